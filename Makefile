@@ -1,0 +1,32 @@
+# `make demo` and `make test` create .venv on first use (CPU torch first, then the package).
+# Elsewhere than this project's machines, get the CPU wheel with:
+#   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv benchmarks clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -q -e ".[dev,nni]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/lightning-nas demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+benchmarks: $(VENV)/.installed
+	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info lightning_logs wandb nas_runs

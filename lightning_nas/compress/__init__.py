@@ -1,0 +1,1 @@
+"""Pure-torch compression algorithms (no Lightning import): pruning, quantization, low-rank, distillation."""

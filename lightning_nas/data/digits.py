@@ -1,0 +1,96 @@
+"""scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes) as a LightningDataModule."""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_nas._validate import check_int, check_range, check_type
+
+
+def load_digits_arrays(flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(x, y)``: images scaled to [0, 1] as float32 ``(N, 1, 8, 8)`` (or ``(N, 64)`` when flat)."""
+    ds = load_digits()
+    x = (ds.data / 16.0).astype(np.float32)
+    if not flat:
+        x = x.reshape(-1, 1, 8, 8)
+    return x, ds.target.astype(np.int64)
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """Digits with a deterministic stratified train/val/test split.
+
+    Args:
+        batch_size: samples per batch.
+        val_fraction: fraction of all samples in the validation split.
+        test_fraction: fraction of all samples in the test split.
+        seed: seed of the split (the same seed always gives the same split) and of train shuffling.
+        flat: serve flat 64-vectors instead of ``1x8x8`` images.
+        num_workers: DataLoader workers.
+    """
+
+    num_classes = 10
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        flat: bool = False,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        check_int("batch_size", batch_size, 1)
+        check_range("val_fraction", val_fraction, 0.0, 0.5, low_inclusive=False)
+        check_range("test_fraction", test_fraction, 0.0, 0.5, low_inclusive=False)
+        check_int("seed", seed, 0)
+        check_type("flat", flat, bool)
+        check_int("num_workers", num_workers, 0)
+        self.batch_size, self.val_fraction, self.test_fraction = batch_size, val_fraction, test_fraction
+        self.seed, self.flat, self.num_workers = seed, flat, num_workers
+        self.save_hyperparameters()
+        self._splits: dict[str, TensorDataset] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (64,) if self.flat else (1, 8, 8)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        x, y = load_digits_arrays(self.flat)
+        idx = np.arange(len(y))
+        rest, test = train_test_split(idx, test_size=self.test_fraction, stratify=y, random_state=self.seed)
+        val_size = self.val_fraction / (1.0 - self.test_fraction)
+        train, val = train_test_split(rest, test_size=val_size, stratify=y[rest], random_state=self.seed)
+        t = lambda ids: TensorDataset(torch.from_numpy(x[ids]), torch.from_numpy(y[ids]))  # noqa: E731
+        self._splits = {"train": t(train), "val": t(val), "test": t(test)}
+
+    def split(self, name: str) -> TensorDataset:
+        """The ``"train"``, ``"val"`` or ``"test"`` dataset (calls ``setup`` if needed)."""
+        self.setup()
+        return self._splits[name]
+
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        return self.split("val").tensors[0][:batch_size].clone()
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(self.split(name), batch_size=self.batch_size, shuffle=shuffle, generator=gen,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

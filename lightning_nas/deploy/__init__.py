@@ -1,0 +1,10 @@
+"""Measurement (size, MACs, latency), export (ONNX, TorchScript) and the model card.
+
+Every size and speed in lightning_nas comes from here, measured, never derived from a pruning ratio.
+"""
+from lightning_nas.deploy.card import ModelCard
+from lightning_nas.deploy.export import export, onnx_session
+from lightning_nas.deploy.measure import Measurement, count_macs, measure, measure_latency, serialized_size
+
+__all__ = ["Measurement", "ModelCard", "count_macs", "export", "measure", "measure_latency", "onnx_session",
+           "serialized_size"]

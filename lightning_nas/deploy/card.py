@@ -1,0 +1,85 @@
+"""The model card: a JSON record of what the model is, how it was made, and what was measured."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+
+    import lightning_nas
+
+    return {"torch": torch.__version__, "lightning": lightning.__version__,
+            "lightning_nas": lightning_nas.__version__, "python": platform.python_version()}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "to_dict"):
+        return _jsonable(v.to_dict())
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if hasattr(v, "item") and callable(v.item):
+        return v.item()
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+class ModelCard:
+    """A model card built stage by stage, written as JSON.
+
+    ``card.add_stage("prune", reason="...", amount=0.5, measurements=m)`` records one thing done to the
+    model, in order; ``card.metrics`` and ``card.measurements`` hold the final numbers.
+    """
+
+    def __init__(self, name: str = "model", model: nn.Module | None = None,
+                 input_spec: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.architecture: str | None = None if model is None else str(model)
+        self.input_spec = dict(input_spec or {})
+        self.stages: list[dict[str, Any]] = []
+        self.metrics: dict[str, Any] = {}
+        self.measurements: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}
+
+    def set_model(self, model: nn.Module) -> ModelCard:
+        self.architecture = str(model)
+        return self
+
+    def add_stage(self, stage: str, **info: Any) -> ModelCard:
+        self.stages.append({"stage": stage, **info})
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable({
+            "name": self.name,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "architecture": self.architecture,
+            "input_spec": self.input_spec,
+            "stages": self.stages,
+            "metrics": self.metrics,
+            "measurements": self.measurements,
+            **({"extra": self.extra} if self.extra else {}),
+        })
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> dict[str, Any]:
+        return json.loads(Path(path).read_text())

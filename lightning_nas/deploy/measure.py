@@ -1,0 +1,145 @@
+"""Measure a model: parameters, serialized size, MACs/FLOPs, and latency in torch eager and ONNX Runtime."""
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_nas._validate import check_int
+
+
+@dataclass
+class Measurement:
+    """What ``measure`` found. Latencies are per call on the whole ``example_input`` batch, in ms."""
+
+    params: int
+    size_bytes: int
+    macs: int | None
+    flops: int | None
+    batch_size: int
+    latency_ms: float | None = None
+    latency_iqr_ms: float | None = None
+    onnx_latency_ms: float | None = None
+    onnx_latency_iqr_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _args(example_input: Any) -> tuple:
+    return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+
+
+def serialized_size(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: what the weights cost on disk (packed int8 included)."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters plus packed (quantized) weights, counted as elements."""
+    n = sum(p.numel() for p in model.parameters())
+    for mod in model.modules():  # torch.ao quantized modules keep weights outside .parameters()
+        w = getattr(mod, "weight", None)
+        if callable(w) and not isinstance(w, (torch.Tensor, nn.Module)):
+            try:
+                t = w()
+            except Exception:  # noqa: BLE001 - not a packed-weight accessor
+                continue
+            if isinstance(t, torch.Tensor) and t.is_quantized:
+                n += t.numel()
+    return n
+
+
+def count_macs(model: nn.Module, example_input: Any) -> int:
+    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (MACs = FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(*_args(example_input))
+    return int(fc.get_total_flops()) // 2
+
+
+def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return statistics.median(times), q[2] - q[0]
+
+
+def measure_latency(model: nn.Module, example_input: Any, repeats: int = 30, warmup: int = 5) -> tuple[float, float]:
+    """Median and inter-quartile range (ms) of ``model(example_input)`` in eval mode under ``no_grad``."""
+    args = _args(example_input)
+    with torch.no_grad():
+        return _time(lambda: model(*args), repeats, warmup)
+
+
+def measure(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    repeats: int = 30,
+    warmup: int = 5,
+    latency: bool = True,
+    onnx: bool = True,
+) -> Measurement:
+    """Measure ``model`` on ``example_input`` (a tensor or tuple of tensors; its batch is the timed batch).
+
+    Returns parameter count, serialized size in bytes, MACs and FLOPs, and median/IQR latency in torch eager
+    (``latency=True``) and in ONNX Runtime on CPU (``onnx=True``). The model is measured in eval mode and
+    put back in its previous mode. Raises ``ValueError`` naming the problem when the model cannot run on
+    ``example_input``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    check_int("repeats", repeats, 1)
+    check_int("warmup", warmup, 0)
+    args = _args(example_input)
+    if not all(isinstance(a, torch.Tensor) for a in args):
+        raise TypeError("`example_input` must be a tensor or a tuple of tensors, got "
+                        f"{[type(a).__name__ for a in args]}")
+    was_training = model.training
+    model.eval()
+    notes: list[str] = []
+    try:
+        try:
+            with torch.no_grad():
+                model(*args)
+        except Exception as exc:  # noqa: BLE001
+            shapes = [tuple(a.shape) for a in args]
+            raise ValueError(f"measure: {type(model).__name__} cannot run on example_input of shape(s) {shapes}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        try:
+            macs = count_macs(model, args)
+        except Exception as exc:  # noqa: BLE001 - e.g. quantized kernels the counter does not know
+            macs = None
+            notes.append(f"MACs not counted: {type(exc).__name__}: {exc}")
+        m = Measurement(params=count_params(model), size_bytes=serialized_size(model), macs=macs,
+                        flops=None if macs is None else 2 * macs, batch_size=int(args[0].shape[0]), notes=notes)
+        if latency:
+            m.latency_ms, m.latency_iqr_ms = measure_latency(model, args, repeats, warmup)
+        if onnx:
+            try:
+                from lightning_nas.deploy.export import onnx_bytes, onnx_session
+
+                sess = onnx_session(onnx_bytes(model, args))
+                feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
+                m.onnx_latency_ms, m.onnx_latency_iqr_ms = _time(lambda: sess.run(None, feeds), repeats, warmup)
+            except Exception as exc:  # noqa: BLE001 - eager numbers stay valid without ONNX
+                notes.append(f"ONNX latency not measured: {str(exc)[:300]}")
+        return m
+    finally:
+        model.train(was_training)

@@ -1,0 +1,74 @@
+"""Small reference models for the demo, tests and benchmarks (digits-sized).
+
+``Classifier`` wraps any ``nn.Module`` in an ordinary LightningModule (cross-entropy; logs ``train_loss``,
+``val_loss``, ``val_acc``, ``test_acc``). It is written the way a user would write one: no lightning_nas
+hooks in it, so callbacks are tested against plain Lightning code.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_nas._validate import check_int, check_range
+
+
+class DigitsCNN(nn.Module):
+    """Two conv blocks and a linear head for ``1x8x8`` digits.
+
+    Args:
+        width: channels of the first conv; the second has ``2 * width``.
+        num_classes: output logits.
+    """
+
+    def __init__(self, width: int = 32, num_classes: int = 10) -> None:
+        super().__init__()
+        check_int("width", width, 1)
+        check_int("num_classes", num_classes, 2)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class Classifier(L.LightningModule):
+    """An ordinary LightningModule around ``net`` (Adam, cross-entropy, accuracy on val and test)."""
+
+    def __init__(self, net: nn.Module | None = None, lr: float = 3e-3, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        check_range("lr", lr, 0.0, 10.0, low_inclusive=False)
+        check_range("weight_decay", weight_decay, 0.0, 1.0)
+        self.net = net if net is not None else DigitsCNN()
+        self.lr, self.weight_decay = lr, weight_decay
+        self.save_hyperparameters(ignore=["net"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, prefix: str):
+        x, y = batch
+        logits = self(x)
+        self.log(f"{prefix}_loss", F.cross_entropy(logits, y), prog_bar=True)
+        self.log(f"{prefix}_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

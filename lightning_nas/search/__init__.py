@@ -1,0 +1,1 @@
+"""Search strategies: one-shot supernets and multi-trial drivers."""

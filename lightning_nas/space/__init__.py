@@ -1,0 +1,1 @@
+"""Search-space vocabulary (LayerChoice, InputChoice, ValueChoice) usable inside any nn.Module."""
