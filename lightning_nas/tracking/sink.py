@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def to_uint8_image(image: Any) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().float().numpy()
     arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3):  # CHW -> HWC
         arr = np.transpose(arr, (1, 2, 0))
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -101,6 +102,7 @@ class Tracker:
         self.enabled = enabled
         self._step_fn = step
         self._fallback_step = 0
+        self._wandb_warned = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -136,7 +138,13 @@ class Tracker:
     def wandb_run(self) -> Any:
         """The W&B run when a ``WandbLogger`` is attached (rank zero), else ``None``."""
         wb = _wandb_logger(self.loggers)
-        return wb.experiment if (wb is not None and self.enabled) else None
+        if wb is None or not self.enabled:
+            return None
+        try:
+            return wb.experiment
+        except Exception as exc:  # noqa: BLE001 - e.g. W&B could not start: files still get everything
+            self._warn_wandb(exc)
+            return None
 
     def _step(self, step: int | None) -> int:
         if step is not None:
@@ -160,7 +168,16 @@ class Tracker:
     def _wandb_log(self, payload: Mapping[str, Any], step: int) -> None:
         run = self.wandb_run
         if run is not None:
-            run.log(dict(payload, **{"trainer/global_step": step}))
+            try:
+                run.log(dict(payload, **{"trainer/global_step": step}))
+            except Exception as exc:  # noqa: BLE001 - W&B trouble must never stop training; files remain
+                self._warn_wandb(exc)
+
+    def _warn_wandb(self, exc: Exception) -> None:
+        if not self._wandb_warned:
+            self._wandb_warned = True
+            warnings.warn(f"lightning_nas: logging to a logger failed ({type(exc).__name__}: {exc}); training goes "
+                          f"on and everything is still written under {self.files_dir}", stacklevel=3)
 
     # ------------------------------------------------------------------ public API
     def log_scalars(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -170,7 +187,10 @@ class Tracker:
         s = self._step(step)
         clean = {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         for lg in self.loggers:
-            lg.log_metrics(clean, step=s)
+            try:
+                lg.log_metrics(clean, step=s)
+            except Exception as exc:  # noqa: BLE001 - a failing logger must not stop training
+                self._warn_wandb(exc)
         self._append("scalars.jsonl", dict(clean, step=s))
         for k in clean:
             self._index("scalar", k, s, "scalars.jsonl")
@@ -271,7 +291,10 @@ class Tracker:
         path.write_text(json.dumps(current, indent=2))
         run = self.wandb_run
         if run is not None:
-            run.summary.update(values)
+            try:
+                run.summary.update(values)
+            except Exception as exc:  # noqa: BLE001
+                self._warn_wandb(exc)
 
 
 def _wandb_logger(loggers: Sequence[Any]) -> Any:
