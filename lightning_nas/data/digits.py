@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from lightning_nas._validate import check_int, check_range, check_type
 
@@ -18,6 +18,25 @@ def load_digits_arrays(flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
     if not flat:
         x = x.reshape(-1, 1, 8, 8)
     return x, ds.target.astype(np.int64)
+
+
+class _EpochSeededSampler(Sampler[int]):
+    """A shuffle that depends only on ``(seed, epoch)``: Lightning calls ``set_epoch`` every epoch, so a fit
+    resumed from a checkpoint sees the very batches an uninterrupted fit sees (a plain seeded generator
+    would restart its sequence in the new process)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class DigitsDataModule(L.LightningDataModule):
@@ -79,9 +98,10 @@ class DigitsDataModule(L.LightningDataModule):
         return self.split("val").tensors[0][:batch_size].clone()
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(self.split(name), batch_size=self.batch_size, shuffle=shuffle, generator=gen,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        ds = self.split(name)
+        sampler = _EpochSeededSampler(len(ds), self.seed) if shuffle else None
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
