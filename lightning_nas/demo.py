@@ -59,7 +59,7 @@ STAGES = [("train", _stage_train)]
 def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",
              seed: int = 0) -> dict[str, Any]:
     """Run every stage, print the summary table, write the model card; return a dict of results."""
-    from lightning.pytorch.loggers import WandbLogger
+    from lightning_nas.tracking import FallbackWandbLogger as WandbLogger
 
     t0 = time.perf_counter()
     L.seed_everything(seed, workers=True, verbose=False)

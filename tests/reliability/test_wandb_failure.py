@@ -1,0 +1,51 @@
+"""W&B trouble never stops training, and nothing logged is lost."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lightning_nas.data import DigitsDataModule
+from lightning_nas.models import Classifier, DigitsCNN
+from lightning_nas.tracking import FallbackWandbLogger, Tracker, read_offline_run
+from tests.conftest import fast_trainer
+from tests.test_tracking import _LogEverything
+
+
+def _fit(tmp_path, logger):
+    trainer = fast_trainer(tmp_path, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2,
+                           limit_val_batches=1)
+    trainer.fit(Classifier(DigitsCNN(4)), datamodule=DigitsDataModule())
+    return trainer
+
+
+@pytest.mark.slow
+def test_online_without_network_falls_back_to_offline(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there: no network
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+    logger = FallbackWandbLogger(project="t", save_dir=str(tmp_path), offline=False)
+    with pytest.warns(UserWarning, match="W&B could not start"):
+        trainer = _fit(tmp_path, logger)
+    assert trainer.state.finished and trainer.current_epoch == 1
+    run_dir = Path(logger.experiment.dir).parent
+    wandb.finish()
+    history, summary, _ = read_offline_run(run_dir)
+    assert summary["test/final"] == 7 and any("val_acc" in row for row in history)
+
+
+def test_invalid_wandb_directory_keeps_training_and_files(tmp_path):
+    import wandb
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    logger = FallbackWandbLogger(project="t", save_dir=str(blocker / "wandb"), offline=True)
+    trainer = _fit(tmp_path, logger)
+    files = Tracker.from_trainer(trainer).files_dir
+    wandb.finish()
+    assert trainer.state.finished
+    assert json.loads((files / "summary.json").read_text())["test/final"] == 7
