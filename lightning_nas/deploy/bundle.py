@@ -186,7 +186,12 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
 
 def _write_models(model: nn.Module, x: torch.Tensor, d: Path, int8: Any, ref: np.ndarray | None) -> list[str]:
     export(model, x, d / FLOAT_ONNX, "onnx")
-    export(model, x, d / TORCHSCRIPT, "torchscript")
+    import lightning as L
+
+    if isinstance(model, L.LightningModule):  # Lightning's own tracer keeps the Trainer-less module traceable
+        torch.jit.save(model.to_torchscript(method="trace", example_inputs=x), str(d / TORCHSCRIPT))
+    else:
+        export(model, x, d / TORCHSCRIPT, "torchscript")
     files = [FLOAT_ONNX, TORCHSCRIPT]
     if int8 is True:
         _calibrated_int8(d / FLOAT_ONNX, d / INT8_ONNX, ref[:512])
