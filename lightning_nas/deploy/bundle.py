@@ -316,7 +316,8 @@ def load_bundle(path: str | Path) -> Bundle:
         actual = sha256(p / f)
         if actual != digest or manifest.get(f) != digest:
             raise BundleError(f"bundle file {f} in {str(p)!r} does not match its recorded sha256 (card "
-                              f"{str(digest)[:12]}..., manifest {str(manifest.get(f))[:12]}..., file {actual[:12]}...): "
+                              f"{str(digest)[:12]}..., manifest {str(manifest.get(f))[:12]}..., "
+                              f"file {actual[:12]}...): "
                               "it was modified or replaced; refusing to load it")
     if manifest.get(CARD) != sha256(p / CARD):
         raise BundleError(f"{CARD} in {str(p)!r} does not match the sha256 in {MANIFEST}: the card was edited; "

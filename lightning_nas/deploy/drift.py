@@ -77,7 +77,8 @@ class DriftThresholds:
         if isinstance(value, dict):
             unknown = sorted(set(value) - set(cls.__dataclass_fields__))
             if unknown:
-                raise ValueError(f"`thresholds` has unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}")
+                raise ValueError(f"`thresholds` has unknown key(s) {unknown}; allowed: "
+                                 f"{sorted(cls.__dataclass_fields__)}")
             return cls(**value)
         raise TypeError(f"`thresholds` must be DriftThresholds, a dict or None, got {type(value).__name__}")
 

@@ -122,7 +122,8 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
     ts_model: list[Any] = []
     model_name = "int8" if int8 else "float"
     app = FastAPI(title=f"lightning_nas: {b.card.get('name', 'model')}", docs_url=None, redoc_url=None)
-    app.state.bundle, app.state.window, app.state.max_batch, app.state.max_body_bytes = b, win, max_batch, max_body_bytes
+    app.state.bundle, app.state.window = b, win
+    app.state.max_batch, app.state.max_body_bytes = max_batch, max_body_bytes
 
     def _error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message, "status": status}, status_code=status)
