@@ -181,3 +181,24 @@ def test_drift_monitor_bad_input(setup, tmp_path):
     x, y = dm.split("val").tensors
     with pytest.raises(ValueError, match="reference profile has no entry for these features"):
         trainer.validate(flat, dataloaders=_loader(x.reshape(len(x), 64), y), verbose=False)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_drift_monitor_ddp_gathers_all_ranks(setup, tmp_path):
+    """2-process DDP validate: inputs gathered from both ranks, one check on rank 0, one set of logged values."""
+    import json
+
+    net, dm, profile = setup
+    x, y = dm.split("val").tensors
+    monitor = DriftMonitor(profile, attribution_samples=16)
+    trainer = fast_trainer(tmp_path, callbacks=[monitor], strategy="ddp_spawn", devices=2)
+    trainer.validate(Classifier(net), dataloaders=_loader(rotated(x.numpy()), y, batch=32), verbose=False)
+    files = tmp_path / "lightning_nas"
+    rows = [json.loads(line) for line in (files / "scalars.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["drift/detected"] == 1.0 and rows[0]["drift/drifted_features"] >= 10
+    assert rows[0]["drift/n_samples"] == len(x)  # both ranks' halves
+    summary = json.loads((files / "summary.json").read_text())
+    assert summary["drift/next_step"] in ("retrain", "re-search")
+    table = (files / "tables" / "drift_features.jsonl").read_text().splitlines()
+    assert len(table) == 1 and len(json.loads(table[0])["rows"]) == 64

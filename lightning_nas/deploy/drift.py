@@ -108,7 +108,8 @@ class DriftReport:
     def metrics(self) -> dict[str, float]:
         """The scalars logged under ``drift/``."""
         out = {"drift/psi_max": self.psi_max, "drift/ks_max": self.ks_max,
-               "drift/drifted_features": float(len(self.drifted_features)), "drift/detected": float(self.drifted)}
+               "drift/drifted_features": float(len(self.drifted_features)), "drift/detected": float(self.drifted),
+               "drift/n_samples": float(self.n_samples)}
         if self.prediction_psi is not None:
             out["drift/prediction_psi"] = self.prediction_psi
         if self.attribution_shift is not None:
