@@ -35,11 +35,20 @@ def _add_serve(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace]
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default: from --max-batch)")
     p.add_argument("--window", type=int, default=512, help="recent inputs kept for GET /drift (default 512)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    p.add_argument("--drift-thresholds", default=None, metavar="JSON",
+                   help='DriftThresholds for GET /drift as JSON, e.g. \'{"psi": 0.2, "ks_alpha": 0.01}\'')
 
     def run(args: argparse.Namespace) -> int:
         from lightning_nas.deploy.bundle import BundleError, load_bundle
         from lightning_nas.deploy.serve import serve
 
+        import json
+
+        try:
+            thresholds = json.loads(args.drift_thresholds) if args.drift_thresholds else None
+        except json.JSONDecodeError as exc:
+            print(f"lightning-nas serve: --drift-thresholds is not valid JSON: {exc}", file=sys.stderr)
+            return 2
         try:
             b = load_bundle(args.bundle)
             if args.int8 and not b.has_int8:
@@ -51,7 +60,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace]
               flush=True)
         try:
             serve(b, host=args.host, port=args.port, int8=args.int8, max_batch=args.max_batch,
-                  max_body_bytes=args.max_body_bytes, window=args.window, threads=args.threads)
+                  max_body_bytes=args.max_body_bytes, window=args.window, threads=args.threads,
+                  thresholds=thresholds)
         except (ValueError, TypeError) as exc:
             print(f"lightning-nas serve: {exc}", file=sys.stderr)
             return 2

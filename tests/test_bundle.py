@@ -141,6 +141,8 @@ def test_bad_arguments(cnn, tmp_path):
         bundle(net, torch.ones(4, dtype=torch.long), tmp_path / "b")
     with pytest.raises(ValueError, match="`reference_data` samples have shape"):
         bundle(net, x, tmp_path / "c", reference_data=torch.rand(50, 64))
+    with pytest.raises(ValueError, match="at least 20 inputs"):
+        bundle(net, x, tmp_path / "c2", reference_data=torch.rand(5, 1, 8, 8))
     with pytest.raises(ValueError, match="`output` must be one of"):
         bundle(net, x, tmp_path / "d", output="softmax")
     with pytest.raises(TypeError, match="`model` must be Module"):

@@ -160,6 +160,10 @@ def test_serve_refuses_what_is_not_a_valid_bundle(tmp_path, capsys):
     assert "has no int8 model" in capsys.readouterr().err
     assert main(["serve", str(out), "--max-batch", "0"]) == 2
     assert "`max_batch` must be in" in capsys.readouterr().err
+    assert main(["serve", str(out), "--drift-thresholds", '{"psi": -1}']) == 2
+    assert "`psi` must be in (0.0, 100.0]" in capsys.readouterr().err
+    assert main(["serve", str(out), "--drift-thresholds", "{psi"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
 
 
 def test_parse_inputs_unit():

@@ -133,6 +133,8 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
     if reference_data is not None:
         ref = (reference_data.detach().cpu().numpy() if isinstance(reference_data, torch.Tensor)
                else np.asarray(reference_data)).astype(np.float32)
+        if len(ref) < 20:
+            raise ValueError(f"`reference_data` must hold at least 20 inputs for a reference profile, got {len(ref)}")
         if tuple(ref.shape[1:]) != shape:
             raise ValueError(f"`reference_data` samples have shape {tuple(ref.shape[1:])}, example_input {shape}")
     if int8 is True and ref is None:
