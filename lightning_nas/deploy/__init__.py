@@ -1,4 +1,4 @@
-"""Measurement (size, MACs, latency), export (ONNX, TorchScript) and the model card.
+"""Measurement (size, MACs, latency), export (ONNX, TorchScript), the model card, bundles, serving and drift.
 
 Every size and speed in lightning_nas comes from here, measured, never derived from a pruning ratio.
 """
