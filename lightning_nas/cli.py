@@ -24,7 +24,53 @@ def _add_demo(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
     return run
 
 
-_COMMANDS: dict[str, Callable] = {"demo": _add_demo}
+def _add_serve(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser("serve", help="serve a bundle over HTTP on ONNX Runtime (POST /predict, GET /health, "
+                                     "/card, /drift)")
+    p.add_argument("bundle", help="a bundle folder written by lightning_nas.deploy.bundle")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--int8", action="store_true", help="serve the bundle's int8 model")
+    p.add_argument("--max-batch", type=int, default=256, help="largest batch per request (default 256)")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default: from --max-batch)")
+    p.add_argument("--window", type=int, default=512, help="recent inputs kept for GET /drift (default 512)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    p.add_argument("--drift-thresholds", default=None, metavar="JSON",
+                   help='DriftThresholds for GET /drift as JSON, e.g. \'{"psi": 0.2, "ks_alpha": 0.01}\'')
+
+    def run(args: argparse.Namespace) -> int:
+        from lightning_nas.deploy.bundle import BundleError, load_bundle
+        from lightning_nas.deploy.serve import serve
+
+        import json
+
+        try:
+            thresholds = json.loads(args.drift_thresholds) if args.drift_thresholds else None
+        except json.JSONDecodeError as exc:
+            print(f"lightning-nas serve: --drift-thresholds is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+        try:
+            b = load_bundle(args.bundle)
+            if args.int8 and not b.has_int8:
+                raise BundleError(f"--int8: bundle {args.bundle!r} has no int8 model")
+        except BundleError as exc:
+            print(f"lightning-nas serve: {exc}", file=sys.stderr)
+            return 2
+        print(f"serving {args.bundle} ({'int8' if args.int8 else 'float'}) on http://{args.host}:{args.port}",
+              flush=True)
+        try:
+            serve(b, host=args.host, port=args.port, int8=args.int8, max_batch=args.max_batch,
+                  max_body_bytes=args.max_body_bytes, window=args.window, threads=args.threads,
+                  thresholds=thresholds)
+        except (ValueError, TypeError) as exc:
+            print(f"lightning-nas serve: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    return run
+
+
+_COMMANDS: dict[str, Callable] = {"demo": _add_demo, "serve": _add_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,7 +53,24 @@ def _stage_train(state: _DemoState) -> None:
     _record(state, "train", state.module.net, acc)
 
 
+def _stage_bundle(state: _DemoState) -> None:
+    """Bundle the final net (ONNX float + int8, TorchScript, card, drift profile); print how to serve it."""
+    import copy
+
+    from lightning_nas.deploy import bundle
+
+    net = state.module.net.eval()
+    card = copy.deepcopy(state.card)
+    card.metrics["test_acc"] = state.rows[-1]["test_acc"] if state.rows else None
+    out = bundle(net, state.datamodule.example_input(64), state.out_dir / "bundle", int8=True, card=card,
+                 reference_data=state.datamodule.split("train").tensors[0], metrics=dict(card.metrics),
+                 overwrite=True)
+    print(f"\nbundle: {out}\n  serve it with:  lightning-nas serve {out} --port 8000 [--int8]\n"
+          "  then POST /predict {\"inputs\": [[[[...8 values...] x 8]]]}, GET /health, /card, /drift")
+
+
 STAGES = [("train", _stage_train)]
+STAGES.append(("bundle", _stage_bundle))
 
 
 def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",

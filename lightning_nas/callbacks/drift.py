@@ -1,0 +1,218 @@
+"""DriftMonitor: check new data against a bundle's reference profile during ``trainer.validate``/``predict``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_nas._validate import check_int, check_type
+from lightning_nas.callbacks.base import LightningNASCallback
+from lightning_nas.deploy.drift import DriftReport, DriftThresholds, check_drift
+from lightning_nas.deploy.profile import ReferenceProfile, attribution_share
+
+STAGES = ("validate", "predict", "test", "fit")
+
+
+def _load_reference(reference: str | Path | ReferenceProfile) -> ReferenceProfile:
+    if isinstance(reference, ReferenceProfile):
+        return reference
+    check_type("reference", reference, (str, Path))
+    p = Path(reference)
+    if p.is_dir():
+        from lightning_nas.deploy.bundle import load_bundle
+
+        prof = load_bundle(p).profile()
+        if prof is None:
+            raise ValueError(f"`reference` bundle {str(p)!r} has no reference profile; bundle it with reference_data")
+        return prof
+    if not p.is_file():
+        raise ValueError(f"`reference` must be a bundle folder, a profile.json or a ReferenceProfile; "
+                         f"{str(p)!r} does not exist")
+    return ReferenceProfile.load(p)
+
+
+class DriftMonitor(LightningNASCallback):
+    """Compare the inputs, predictions and attributions of an evaluation loop with a reference profile.
+
+    Inputs and predicted classes are collected in the batch-end hooks; at epoch end the monitor computes
+    ``deploy.check_drift`` (PSI and KS per feature, prediction PSI, attribution shift from Integrated
+    Gradients on the last ``attribution_samples`` inputs), logs it, warns, and raises a W&B alert
+    (``run.alert``) when drift is declared. The latest report is ``monitor.last_report``.
+
+    Args:
+        reference: a bundle folder (its ``profile.json``, hash-checked), a profile JSON path, or a
+            ``ReferenceProfile``.
+        thresholds: ``DriftThresholds`` or a dict of its fields (``psi``, ``ks_alpha``, ``prediction_psi``,
+            ``attribution_shift``, ``min_drifted_features``, ``research_fraction``, ``min_samples``).
+        stages: loops to watch, from ``"validate"``, ``"predict"``, ``"test"``, ``"fit"`` (the validation
+            loop inside ``fit``; sanity checks are skipped).
+        max_samples: inputs kept per check (the first ones of the epoch).
+        attribution_samples: inputs attributed per check (0: no attribution drift).
+        input_index: where the input is in a batch that is a tuple/list (or the key of a dict batch).
+        alert: raise a W&B alert when drift is declared (never fails the run).
+
+    Logged: ``drift/psi_max``, ``drift/ks_max``, ``drift/prediction_psi``, ``drift/attribution_shift``,
+    ``drift/drifted_features``, ``drift/detected`` (scalars); ``drift/features`` (table: feature, psi, ks,
+    ks_pvalue, drifted); summary ``drift/verdict`` and ``drift/next_step``.
+    """
+
+    _state_attrs = ("history",)
+
+    def __init__(self, reference: str | Path | ReferenceProfile,
+                 thresholds: DriftThresholds | dict[str, Any] | None = None,
+                 stages: list[str] | tuple[str, ...] = ("validate", "predict"), max_samples: int = 4096,
+                 attribution_samples: int = 64, input_index: int | str = 0, alert: bool = True) -> None:
+        super().__init__()
+        self.thresholds = DriftThresholds.coerce(thresholds)
+        check_type("stages", stages, (list, tuple))
+        if not stages:
+            raise ValueError(f"`stages` must name at least one of {list(STAGES)}, got {stages!r}")
+        for s in stages:
+            if s not in STAGES:
+                raise ValueError(f"`stages` entries must be in {list(STAGES)}, got {s!r}")
+        check_int("max_samples", max_samples, 2)
+        check_int("attribution_samples", attribution_samples, 0)
+        check_type("input_index", input_index, (int, str))
+        check_type("alert", alert, bool)
+        self.profile = _load_reference(reference)
+        self.stages, self.max_samples = tuple(stages), max_samples
+        self.attribution_samples, self.input_index, self.alert = attribution_samples, input_index, alert
+        self.history: list[dict[str, Any]] = []
+        self.last_report: DriftReport | None = None
+        self._x: list[np.ndarray] = []
+        self._classes: list[np.ndarray] = []
+        self._n = 0
+
+    # ------------------------------------------------------------------ collection
+    def _stage(self, trainer: L.Trainer, loop: str) -> str | None:
+        if trainer.sanity_checking:
+            return None
+        stage = "fit" if (loop == "validate" and trainer.state.fn == "fit") else loop
+        return stage if stage in self.stages else None
+
+    def _input(self, batch: Any) -> torch.Tensor:
+        x = batch
+        if isinstance(batch, (list, tuple)):
+            if not isinstance(self.input_index, int) or self.input_index >= len(batch):
+                raise ValueError(f"DriftMonitor: `input_index`={self.input_index!r} does not index a batch of "
+                                 f"{len(batch)} items")
+            x = batch[self.input_index]
+        elif isinstance(batch, dict):
+            if self.input_index not in batch:
+                raise ValueError(f"DriftMonitor: `input_index`={self.input_index!r} is not a key of the batch "
+                                 f"({sorted(batch)})")
+            x = batch[self.input_index]
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"DriftMonitor: the batch input must be a tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.profile.input_shape:
+            raise ValueError(f"DriftMonitor: inputs of shape {tuple(x.shape[1:])} do not match the reference "
+                             f"profile's input shape {self.profile.input_shape}: the reference profile has no "
+                             "entry for these features (was it made for another model?)")
+        return x
+
+    def _collect(self, pl_module: L.LightningModule, outputs: Any, batch: Any) -> None:
+        x = self._input(batch)
+        if self._n >= self.max_samples:
+            return
+        x = x[: self.max_samples - self._n]
+        scores = outputs if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and \
+            outputs.shape[0] >= len(x) and outputs.shape[1] == self.profile.num_classes else None
+        if scores is None:
+            with torch.no_grad():
+                scores = pl_module(x)
+        self._x.append(x.detach().float().cpu().numpy())
+        self._classes.append(scores[: len(x)].argmax(1).detach().cpu().numpy())
+        self._n += len(x)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._stage(trainer, "validate"):
+            self._collect(pl_module, outputs, batch)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._stage(trainer, "test"):
+            self._collect(pl_module, outputs, batch)
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._stage(trainer, "predict"):
+            self._collect(pl_module, outputs, batch)
+
+    # ------------------------------------------------------------------ check
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stage(trainer, "validate"):
+            self._check(trainer, pl_module, "fit" if trainer.state.fn == "fit" else "validate")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stage(trainer, "test"):
+            self._check(trainer, pl_module, "test")
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stage(trainer, "predict"):
+            self._check(trainer, pl_module, "predict")
+
+    def _gathered(self, trainer: L.Trainer) -> tuple[np.ndarray, np.ndarray]:
+        x = np.concatenate(self._x) if self._x else np.zeros((0, *self.profile.input_shape), np.float32)
+        c = np.concatenate(self._classes) if self._classes else np.zeros((0,), np.int64)
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, (x, c))
+            x = np.concatenate([p[0] for p in parts])[: self.max_samples]
+            c = np.concatenate([p[1] for p in parts])[: self.max_samples]
+        return x, c
+
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        x, classes = self._gathered(trainer)
+        self._x, self._classes, self._n = [], [], 0
+        report = None
+        if trainer.is_global_zero:
+            share = None
+            if self.attribution_samples and len(x) and self.profile.data.get("attribution") is not None:
+                was_training = pl_module.training
+                pl_module.eval()
+                share = attribution_share(pl_module, x[-self.attribution_samples:], self.profile.feature_mode)
+                pl_module.train(was_training)
+            report = check_drift(self.profile, x, classes, share, self.thresholds)
+        report = self._broadcast(trainer, report)
+        self.last_report = report
+        self.history.append({"stage": stage, "status": report.status, "n_samples": report.n_samples,
+                             "next_step": report.next_step, "drifted_features": report.drifted_features,
+                             **report.metrics()})
+        if report.status == "insufficient":
+            rank_zero_warn(f"DriftMonitor: {report.verdict}")
+            return
+        tracker = self.tracker(trainer)
+        tracker.log_scalars(report.metrics())
+        cols, rows = report.table()
+        tracker.log_table("drift/features", cols, rows)
+        tracker.log_summary({"drift/verdict": report.verdict, "drift/next_step": report.next_step})
+        if report.drifted:
+            rank_zero_warn(f"DriftMonitor ({stage}): {report.verdict}")
+            if self.alert and trainer.is_global_zero:
+                self._alert(tracker, report)
+
+    @staticmethod
+    def _alert(tracker: Any, report: DriftReport) -> None:
+        """W&B alert; offline runs and any W&B failure only warn (monitoring never fails the job)."""
+        run = tracker.wandb_run
+        if run is None:
+            return
+        try:
+            import wandb
+
+            run.alert(title=f"lightning_nas: drift detected (next step: {report.next_step})",
+                      text=report.verdict[:2000], level=wandb.AlertLevel.WARN)
+        except Exception as exc:  # noqa: BLE001 - offline mode, no network, old wandb: never crash
+            rank_zero_warn(f"DriftMonitor: W&B alert not sent ({type(exc).__name__}: {exc})")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.last_report = None
+
+
+__all__ = ["DriftMonitor"]

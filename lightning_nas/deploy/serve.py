@@ -1,0 +1,209 @@
+"""Serve a bundle over HTTP on ONNX Runtime (FastAPI + uvicorn), with drift checks over recent requests.
+
+Endpoints:
+
+``POST /predict``  body ``{"inputs": [x1, x2, ...]}`` (each ``x`` nested lists of the card's input shape)
+                   -> ``{"classes": [...], "labels": [...], "probabilities": [[...], ...], "model": "float"}``
+``GET /health``    -> ``{"status": "ok", ...}``
+``GET /card``      -> the model card
+``GET /drift``     -> the drift report (``deploy.check_drift``) of the last ``window`` served inputs against
+                   the bundle's reference profile, attributions from the bundle's TorchScript model
+
+Every malformed request is answered 4xx with a message (400 non-JSON, 413 body or batch too large,
+422 wrong structure/shape/dtype or NaN/inf), never a 500.
+"""
+
+import json
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_nas._validate import check_int, check_type
+from lightning_nas.deploy.bundle import Bundle, load_bundle
+from lightning_nas.deploy.drift import DriftThresholds, check_drift
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def parse_inputs(obj: Any, shape: tuple[int, ...], max_batch: int) -> np.ndarray:
+    """Validate a decoded JSON body against the input spec; return a float32 batch or raise ``_BadRequest``."""
+    if not isinstance(obj, dict) or "inputs" not in obj:
+        raise _BadRequest(422, 'the body must be a JSON object {"inputs": [...]} holding a batch of inputs')
+    inputs = obj["inputs"]
+    if not isinstance(inputs, list) or not inputs:
+        raise _BadRequest(422, f'"inputs" must be a non-empty list (a batch), got {type(inputs).__name__}')
+    if len(inputs) > max_batch:
+        raise _BadRequest(413, f"batch of {len(inputs)} inputs exceeds the maximum batch size {max_batch}")
+    try:
+        arr = np.asarray(inputs)
+    except (ValueError, TypeError) as exc:
+        raise _BadRequest(422, f"inputs are ragged: every input must have shape {list(shape)} ({exc})") from exc
+    if arr.dtype.kind not in "fiu":
+        what = "booleans" if arr.dtype.kind == "b" else ("nested lists of different lengths or non-numbers"
+                                                         if arr.dtype.kind == "O" else f"{arr.dtype} values")
+        raise _BadRequest(422, f"inputs must be numbers (the card's dtype is float32), got {what}")
+    if tuple(arr.shape[1:]) != shape:
+        raise _BadRequest(422, f"each input must have shape {list(shape)} (the card's input_spec), got "
+                               f"{list(arr.shape[1:])}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = arr.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise _BadRequest(422, f"inputs hold {int(bad.sum())} NaN/inf value(s) (or values beyond float32 range); "
+                               f"first at index {list(np.argwhere(bad)[0])}")
+    return x
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+class _Window:
+    """The last ``size`` served inputs and predicted classes (thread-safe)."""
+
+    def __init__(self, size: int) -> None:
+        self.inputs: deque = deque(maxlen=size)
+        self.classes: deque = deque(maxlen=size)
+        self.lock = threading.Lock()
+
+    def add(self, x: np.ndarray, classes: np.ndarray) -> None:
+        with self.lock:
+            self.inputs.extend(x)
+            self.classes.extend(classes.tolist())
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            return np.array(self.inputs), np.array(self.classes, dtype=np.int64)
+
+
+def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: int = 256,
+               max_body_bytes: int | None = None, window: int = 512, thresholds: Any = None,
+               attribution_samples: int = 64, threads: int | None = 1) -> Any:
+    """A FastAPI app serving ``bundle`` (a path or a loaded ``Bundle``) on ONNX Runtime.
+
+    Args:
+        int8: serve the bundle's int8 model instead of the float one.
+        max_batch: largest batch one request may send.
+        max_body_bytes: largest request body (default: room for ``max_batch`` inputs, >= 64 KiB).
+        window: served inputs kept for ``GET /drift``.
+        thresholds: ``DriftThresholds`` or a dict of its fields.
+        attribution_samples: most recent inputs attributed (Integrated Gradients) per drift check (0: none).
+        threads: ONNX Runtime intra-op threads.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    check_type("int8", int8, bool)
+    check_int("max_batch", max_batch, 1, 1_000_000)
+    check_int("window", window, 2)
+    check_int("attribution_samples", attribution_samples, 0)
+    shape = b.input_shape
+    numel = int(np.prod(shape))
+    if max_body_bytes is None:
+        max_body_bytes = max(64 * 1024, 32 * max_batch * numel + 1024)
+    check_int("max_body_bytes", max_body_bytes, 16)
+    t = DriftThresholds.coerce(thresholds)
+    sess = b.session(int8=int8, threads=threads)
+    in_name = sess.get_inputs()[0].name
+    profile = b.profile()
+    kind = b.output_kind
+    labels = b.card["bundle"]["output"].get("class_names") or [str(i) for i in range(b.num_classes)]
+    win = _Window(window)
+    ts_model: list[Any] = []
+    model_name = "int8" if int8 else "float"
+    app = FastAPI(title=f"lightning_nas: {b.card.get('name', 'model')}", docs_url=None, redoc_url=None)
+    app.state.bundle, app.state.window = b, win
+    app.state.max_batch, app.state.max_body_bytes = max_batch, max_body_bytes
+
+    def _error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # last resort: a message, not a trace
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise _BadRequest(400, f"invalid Content-Length {declared!r}")
+            if int(declared) > max_body_bytes:
+                raise _BadRequest(413, f"request body of {declared} bytes exceeds the limit of {max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise _BadRequest(413, f"request body exceeds the limit of {max_body_bytes} bytes")
+        return bytes(body)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            body = await _read_body(request)
+            try:
+                obj = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+                raise _BadRequest(400, f"the body is not valid JSON: {str(exc)[:200]}") from exc
+            x = parse_inputs(obj, shape, max_batch)
+        except _BadRequest as exc:
+            return _error(exc.status, exc.message)
+        scores = sess.run(None, {in_name: x})[0]
+        probs = _softmax(scores) if kind == "logits" else scores
+        classes = probs.argmax(1)
+        win.add(x, classes)
+        return JSONResponse({"classes": classes.tolist(), "labels": [labels[c] for c in classes],
+                             "probabilities": np.round(probs, 6).tolist(), "model": model_name})
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name, "name": b.card.get("name"), "input_shape": list(shape),
+                "max_batch": max_batch, "window": len(win.inputs), "drift_profile": profile is not None}
+
+    @app.get("/card")
+    def card() -> dict[str, Any]:
+        return b.card
+
+    def _drift() -> dict[str, Any]:
+        x, classes = win.snapshot()
+        if len(x) < t.min_samples:
+            return {"status": "insufficient", "n_samples": int(len(x)),
+                    "verdict": f"{len(x)} inputs served in the window; at least {t.min_samples} are needed"}
+        share = None
+        if attribution_samples and profile.data.get("attribution") is not None:
+            from lightning_nas.deploy.profile import attribution_share
+
+            if not ts_model:
+                ts_model.append(b.torchscript())
+            share = attribution_share(ts_model[0], x[-attribution_samples:], profile.feature_mode)
+        return check_drift(profile, x, classes, share, t).to_dict()
+
+    @app.get("/drift")
+    async def drift() -> JSONResponse:
+        if profile is None:
+            return _error(404, "this bundle has no reference profile (bundle(..., reference_data=...)); "
+                               "drift cannot be checked")
+        return JSONResponse(await run_in_threadpool(_drift))
+
+    return app
+
+
+def serve(bundle: str | Path | Bundle, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
+    """Run ``create_app(bundle, **kwargs)`` with uvicorn until interrupted."""
+    import uvicorn
+
+    check_int("port", port, 0, 65535)
+    app = create_app(bundle, **kwargs)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
+
+
+__all__ = ["create_app", "parse_inputs", "serve"]
