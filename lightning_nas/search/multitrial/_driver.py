@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ from lightning_nas.search.multitrial._objectives import COSTS, evaluate, example
 from lightning_nas.search.multitrial._pruning import TrialPruningCallback
 from lightning_nas.search.multitrial._reinforce import ReinforceSampler
 from lightning_nas.search.multitrial._storage import open_storage
-from lightning_nas.search.multitrial._trial import (SearchTrial, _is_datamodule, grid_from_distributions,
-                                                    record_search_space)
+from lightning_nas.search.multitrial._trial import (SearchTrial, _is_datamodule, build_resolved,
+                                                    grid_from_distributions, record_search_space)
 
 STRATEGIES = ("random", "grid", "tpe", "gp", "nsga2", "evolution", "reinforce")
 SINGLE_OBJECTIVE = ("evolution", "reinforce")
@@ -203,6 +204,7 @@ def run(
     out = Path(out_dir) / study_name
     wandb_runs: list[str] = []
     dm_cache: dict[str, Any] = {}
+    value_labels: dict[str, list[Any]] = {}
 
     def objective(ot: optuna.trial.Trial) -> float | tuple[float, ...]:
         ahead = study._storage.get_all_trials(study._study_id, deepcopy=False,
@@ -211,7 +213,7 @@ def run(
             ot.set_user_attr("surplus", True)
             raise _Surplus(f"trial {ot.number}: the study already has {n_trials} trials")
         trial = SearchTrial(ot)
-        module = build(trial)
+        module = build_resolved(build, trial, value_labels)
         if not isinstance(module, L.LightningModule):
             raise TypeError(f"`build` must return a lightning.LightningModule, got {type(module).__name__}")
         dm = datamodule if _is_datamodule(datamodule) else datamodule(trial)
@@ -262,7 +264,9 @@ def run(
     with _quiet_lightning():
         while True:
             if isinstance(st, optuna.storages.RDBStorage) and heartbeat_interval:
-                optuna.storages.fail_stale_trials(study)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
             counted = study._storage.get_all_trials(study._study_id, deepcopy=False,
                                                     states=_COUNTED + (TrialState.RUNNING,))
             left = None if timeout is None else timeout - (time.monotonic() - t0)

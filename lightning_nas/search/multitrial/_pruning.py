@@ -35,6 +35,14 @@ class TrialPruningCallback(L.Callback):
         self.pruned_at: int | None = None
         self._reports = 0
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        if stage == "fit" and not is_overridden("validation_step", pl_module):
+            raise ValueError(f"TrialPruningCallback reports {self.monitor!r} after each validation, but "
+                             f"{type(pl_module).__name__} has no validation_step; add one that logs {self.monitor!r} "
+                             "or search without a pruner")
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.pruned:
             return

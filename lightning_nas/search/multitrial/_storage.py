@@ -17,6 +17,7 @@ worker's trial stays ``RUNNING`` (it does not count towards ``n_trials``).
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import optuna
@@ -58,11 +59,16 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
         url = "postgresql" + url[len("postgres"):]
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
         kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
-                  "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)}
+                  "failed_trial_callback": retry}
     engine_kwargs = {"connect_args": {"connect_timeout": 10}} if scheme.startswith("postgres") else None
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as exc:
         raise StorageUnreachableError(f"storage {redact(url)!r} needs a database driver that is not installed: "
                                       f"{exc}") from None

@@ -12,6 +12,7 @@ from typing import Any
 
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
+from torch import nn
 
 _PRIMITIVES = (type(None), bool, int, float, str)
 
@@ -87,6 +88,20 @@ class SearchTrial:
             raise ValueError(f"hyperparameter {name!r}: `log=True` needs step=1, got step={step!r}")
         return int(self.optuna_trial.suggest_int(name, low, high, step=step, log=log))
 
+    def arch(self, model: Any) -> Any:
+        """Sample every ``space.LayerChoice``/``InputChoice`` left in ``model`` (one categorical per label, named
+        by the label) and return ``space.freeze(model, sampled, inplace=True)``: a plain module.
+
+        ``ValueChoice``s are resolved earlier, while ``build`` runs (see ``build_resolved``).
+        """
+        from lightning_nas import space
+
+        decs = {lb: d for lb, d in space.decisions(model).items() if d.kind != "value"}
+        if not decs:
+            return model
+        sampled = {lb: self.choice(lb, list(d.candidates)) for lb, d in decs.items()}
+        return space.freeze(model, sampled, inplace=True)
+
     # ------------------------------------------------------------------ bookkeeping
     @property
     def number(self) -> int:
@@ -131,6 +146,32 @@ class _Recorder:
         pass
 
 
+def build_resolved(build: Any, trial: SearchTrial, known: dict[str, list[Any]] | None = None) -> Any:
+    """``build(trial)`` with the search space resolved: every ``ValueChoice`` read while building is sampled as a
+    categorical named by its label (under ``space.fixed_arch``), then every remaining ``LayerChoice``/
+    ``InputChoice`` is sampled and frozen by ``trial.arch``.
+
+    A ``ValueChoice`` first met while building is sampled and the module built again (once per new label;
+    ``known`` carries labels between trials so later trials build once).
+    """
+    from lightning_nas import space
+
+    known = {} if known is None else known
+    sampled = {lb: trial.choice(lb, values) for lb, values in known.items()}
+    for _ in range(16):
+        with space.fixed_arch(sampled), space.recording() as rec:
+            module = build(trial)
+        new = {lb: list(values) for lb, (values, _chosen) in rec.items() if lb not in sampled}
+        if not new:
+            break
+        for lb, values in new.items():
+            known[lb] = values
+            sampled[lb] = trial.choice(lb, values)
+    if isinstance(module, nn.Module) and space.named_choices(module):
+        module = trial.arch(module)
+    return module
+
+
 def record_search_space(build: Any, datamodule: Any = None) -> dict[str, BaseDistribution]:
     """Call ``build`` (and a callable ``datamodule``) once with a recording trial; return ``{name: distribution}``.
 
@@ -138,7 +179,7 @@ def record_search_space(build: Any, datamodule: Any = None) -> dict[str, BaseDis
     """
     rec = _Recorder()
     trial = SearchTrial(rec)
-    build(trial)
+    build_resolved(build, trial)
     if callable(datamodule) and not _is_datamodule(datamodule):
         datamodule(trial)
     return dict(rec.distributions)
