@@ -2,3 +2,6 @@
 from lightning_nas.callbacks.base import LightningNASCallback
 
 __all__ = ["LightningNASCallback"]
+from lightning_nas.callbacks.nas import DifferentiableNAS, SubnetSampling  # noqa: E402
+
+__all__ += ["DifferentiableNAS", "SubnetSampling"]
