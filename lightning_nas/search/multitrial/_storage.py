@@ -10,7 +10,8 @@
 ==========================================  ==========================================================
 
 RDB storages get a heartbeat: a worker that dies mid-trial (SIGKILL, lost machine) stops beating, and the next
-worker to start a trial marks the stale trial ``FAIL`` after ``grace_period`` seconds; ``RetryFailedTrialCallback``
+worker to start a trial marks the stale trial ``FAIL`` after ``grace_period`` seconds;
+``RetryHeartbeatStaleTrialCallback``
 then enqueues it once more with the same parameters. Journal storages have no heartbeat in Optuna: a dead
 worker's trial stays ``RUNNING`` (it does not count towards ``n_trials``).
 """
@@ -61,9 +62,9 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
     if heartbeat_interval:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
         kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
-                  "failed_trial_callback": retry}
+                  "heartbeat_stale_trial_callback": retry}
     engine_kwargs = {"connect_args": {"connect_timeout": 10}} if scheme.startswith("postgres") else None
     try:
         with warnings.catch_warnings():
