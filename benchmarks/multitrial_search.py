@@ -52,8 +52,7 @@ def _sampler(strategy: str, seed: int, budget: int):
     grid = {lb: list(ds.CANDIDATES) for lb in ds.LABELS}
     grid["dummy"] = [0.5]  # grid cannot enumerate a float: the dummy is pinned
     kwargs = {"tpe": dict(n_startup_trials=5), "gp": dict(n_startup_trials=5),
-              "evolution": dict(population_size=6, sample_size=3), "nsga2": dict(population_size=6),
-              "reinforce": dict(learning_rate=0.5)}.get(strategy, {})
+              "evolution": dict(population_size=6, sample_size=3), "nsga2": dict(population_size=6)}.get(strategy, {})
     return make_sampler(strategy, seed=seed, search_space=grid, n_trials=budget, **kwargs)
 
 
@@ -83,7 +82,7 @@ def first_hit(study: optuna.Study, targets: set[str], budget: int) -> int:
 def efficiency(seeds: int, budget: int) -> tuple[str, dict]:
     by_key, ranked = _truth()
     top3, top1 = set(ranked[:3]), {ranked[0]}
-    rows, med = [], {}
+    rows, med, med1 = [], {}, {}
     for s in STRATEGIES:
         t0 = time.perf_counter()
         hits3, hits1, regret10, regret20 = [], [], [], []
@@ -97,13 +96,14 @@ def efficiency(seeds: int, budget: int) -> tuple[str, dict]:
                 acc.append(by_key[ranked[0]]["val_acc"]
                            - by_key[ds.arch_key({lb: pick.params[lb] for lb in ds.LABELS})]["val_acc"])
         med[s] = statistics.median(hits3)
-        rows.append([s, med[s], None, statistics.median(hits1), f"{sum(h <= budget for h in hits3)}/{seeds}",
+        med1[s] = statistics.median(hits1)
+        rows.append([s, med[s], None, med1[s], None, f"{sum(h <= budget for h in hits3)}/{seeds}",
                      float(np.mean(regret10)), float(np.mean(regret20)), (time.perf_counter() - t0) / seeds])
     for r in rows:
-        r[2] = r[1] / med["random"]
-    cols = ["strategy", "median trials to a top-3 arch", "vs random", "median trials to the best arch",
+        r[2], r[4] = r[1] / med["random"], r[3] / med1["random"]
+    cols = ["strategy", "median trials to a top-3 arch", "vs random", "median trials to the best arch", "vs random",
             "runs reaching top-3", "mean regret of pick @10 (val acc)", "mean regret of pick @20", "s per run"]
-    return table(cols, rows), {"median": med, "top3": sorted(top3)}
+    return table(cols, rows), {"median": med, "median_best": med1, "top3": sorted(top3)}
 
 
 def importance_rank(n_trials: int = 150, seeds: int = 3) -> tuple[str, dict]:
@@ -180,6 +180,7 @@ def main() -> None:
     imp, ranks = importance_rank()
     thr, th = throughput(args.fit_trials, args.epochs)
     best_ratio = min(v / e["median"]["random"] for k, v in e["median"].items() if k != "random")
+    best1 = {k: v / e["median_best"]["random"] for k, v in e["median_best"].items() if k != "random"}
     body = f"""
 Space: `benchmarks/_digits_space.py`, 3 `LayerChoice`s x {{conv3, conv1, skip}} = 27 architectures, plus an
 irrelevant `dummy` float in [0, 1]. Top-3 by standalone val accuracy: {', '.join(e['top3'])}.
@@ -187,16 +188,17 @@ irrelevant `dummy` float in [0, 1]. Top-3 by standalone val accuracy: {', '.join
 **1. Sample efficiency** (objective = cached ground-truth LOOKUP, not training: one of the two standalone seeds'
 val accuracy, at random; {args.seeds} seeds per strategy, budget {args.budget} trials; a run that never samples a
 top-3 arch counts as {args.budget + 1}). Samplers as `lightning_nas.search.multitrial.make_sampler` builds
-them (TPE/GP: 5 start-up trials; evolution P=6, S=3; NSGA-II population 6; REINFORCE lr 0.5; grid pins the
+them (TPE/GP: 5 start-up trials; evolution P=6, S=3; NSGA-II population 6; REINFORCE defaults (lr 0.2, baseline decay 0.8); grid pins the
 dummy to 0.5).
 
 {eff}
 
-Goal was <= 0.5x random. Best ratio measured: {best_ratio:.2f}x. Note the floor: with no prior over
-architectures, *any* strategy that never repeats an architecture needs a median of 6 trials to first hit 3 of 27
-(1 - C(24,k)/C(27,k) >= 0.5 first at k = 6), random with replacement about the same, so 0.5x random (~3 trials)
-is out of reach in a 27-architecture space for every strategy; the learning strategies show their value in the
-regret of the architecture they would pick after 10 / 20 trials instead.
+Goal was <= 0.5x random for reaching a top-3 architecture: **not met**, best ratio {best_ratio:.2f}x. In a
+27-architecture space with 3 targets this metric has a floor: blind sampling without repeats needs a median of 6
+trials (1 - C(24,k)/C(27,k) >= 0.5 first at k = 6), random search with repeats also about 6, and a model
+cannot learn much from the first 2-3 trials, so ~3 trials (0.5x) is out of reach for every strategy here. The
+stricter target, the single best architecture, separates them: ratio vs random per strategy
+{', '.join(f'{k} {v:.2f}x' for k, v in best1.items())}.
 
 **2. Importance** of the three choices and the dummy (Optuna's fANOVA and PED-ANOVA through
 `lightning_nas.search.multitrial.importances`, on studies of 150 lookup trials):

@@ -53,7 +53,32 @@ def _stage_train(state: _DemoState) -> None:
     _record(state, "train", state.module.net, acc)
 
 
-STAGES = [("train", _stage_train)]
+def _stage_search(state: _DemoState) -> None:
+    """Multi-trial search (NSGA-II over width and learning rate, accuracy vs measured latency), then the chosen
+    Pareto-optimal model is trained like the first stage and becomes the model the later stages work on."""
+    from lightning_nas.search import run
+    from lightning_nas.tracking import Tracker
+
+    def build(trial):
+        return Classifier(DigitsCNN(width=trial.choice("width", [8, 16, 32])), lr=trial.loguniform("lr", 1e-3, 1e-2))
+
+    res = run(build, state.datamodule, objectives={"val_acc": "maximize", "latency_ms": "minimize"}, n_trials=6,
+              strategy="nsga2", seed=0, out_dir=state.out_dir / "search",
+              trainer_kwargs={"max_epochs": max(1, state.max_epochs // 4), "deterministic": True})
+    front = sorted(res.pareto_front, key=lambda t: -t["values"]["val_acc"])
+    Tracker(loggers=[state.logger], files_dir=state.out_dir / "search" / "demo").log_table(
+        "search/pareto_front", ["number", "width", "lr", "val_acc", "latency_ms"],
+        [[t["number"], t["params"]["width"], t["params"]["lr"], t["values"]["val_acc"], t["values"]["latency_ms"]]
+         for t in front], step=0)
+    best = front[0]["params"]
+    state.module = Classifier(DigitsCNN(width=best["width"]), lr=best["lr"])
+    trainer = _trainer(state)
+    trainer.fit(state.module, datamodule=state.datamodule)
+    acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    _record(state, "search", state.module.net, acc)
+
+
+STAGES = [("train", _stage_train), ("search", _stage_search)]
 
 
 def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",

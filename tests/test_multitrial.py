@@ -150,6 +150,8 @@ def test_built_module_is_frozen_and_sized_by_the_sampled_value(dm, tmp_path):
         assert not space.named_choices(module)
         assert module.net.stem.out_channels == trial.params["width"]
         assert isinstance(module.net.block, nn.Identity) == (trial.params["block"] == "skip")
+    final = space.build(SpaceNet, {k: res.best_params[k] for k in ("width", "block")})  # the docs' last step
+    assert not space.named_choices(final) and final.head.in_features == res.best_params["width"]
 
 
 def test_grid_enumerates_the_whole_discrete_space(dm, tmp_path):

@@ -175,7 +175,8 @@ def run(
                         f"{type(datamodule).__name__}")
     objs = parse_objectives(objectives)
     check_int("n_trials", n_trials, 1)
-    check_range("timeout", timeout, 0.0, None, low_inclusive=False) if timeout is not None else None
+    if timeout is not None:
+        check_range("timeout", timeout, 0.0, None, low_inclusive=False)
     check_type("study_name", study_name, str, allow_none=True)
     mode = _wandb_mode(wandb)
     trainer_kwargs = dict(trainer_kwargs or {})

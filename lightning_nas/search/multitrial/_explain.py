@@ -113,7 +113,8 @@ def summarize(result: Any, files_dir: Path, wandb_mode: str | None = None,
     if imp_rows:
         tracker.log_table("search/importance", ["objective", "method", "param", "importance", "rank"], imp_rows, step=0)
     if len(objs) > 1 and result.best_trials:
-        front_rows = [[t.number] + [_cell(t.params.get(p)) for p in params] + list(t.values) for t in result.best_trials]
+        front_rows = [[t.number] + [_cell(t.params.get(p)) for p in params] + list(t.values)
+                      for t in result.best_trials]
         tracker.log_table("search/pareto_front", ["number"] + params + objs, front_rows, step=0)
         tracker.log_image("search/pareto", pareto_figure(study, objectives), caption="Pareto front", step=0)
     summ: dict[str, Any] = {f"search/n_{s}": sum(t.state.name.lower() == s for t in trials)

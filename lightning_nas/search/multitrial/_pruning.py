@@ -19,7 +19,8 @@ class TrialPruningCallback(L.Callback):
     The step of each report is the index of the validation run (0, 1, 2, ...), so trials with different batch
     sizes stay comparable. When ``trial.should_prune()`` the callback sets ``trainer.should_stop`` (Lightning
     tears the fit down cleanly) and ``pruned`` becomes ``True``; the search driver then raises
-    ``optuna.TrialPruned``. The sanity-check validation is not reported.
+    ``optuna.TrialPruned``. The sanity-check validation is not reported. Under DDP rank zero reports and
+    every rank follows its decision (broadcast), so all ranks stop together.
 
     Args:
         trial: an ``optuna.trial.Trial`` (or a ``SearchTrial``; its Optuna trial is used).
@@ -52,8 +53,11 @@ class TrialPruningCallback(L.Callback):
                              f"keys: {sorted(trainer.callback_metrics)}")
         step = self._reports
         self._reports += 1
-        self.trial.report(float(value), step=step)
-        if self.trial.should_prune():
+        prune = False
+        if trainer.is_global_zero:  # one report per validation; every rank follows rank zero's decision
+            self.trial.report(float(value), step=step)
+            prune = bool(self.trial.should_prune())
+        if trainer.strategy.broadcast(prune, src=0):
             self.pruned, self.pruned_at = True, step
             trainer.should_stop = True
 

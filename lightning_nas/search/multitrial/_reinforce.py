@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
@@ -46,7 +46,7 @@ class ReinforceSampler(BaseSampler):
         seed: seed of the sampler's random numbers.
     """
 
-    def __init__(self, learning_rate: float = 0.5, baseline_decay: float = 0.8, sigma: float = 0.15,
+    def __init__(self, learning_rate: float = 0.2, baseline_decay: float = 0.8, sigma: float = 0.15,
                  max_int_choices: int = 64, seed: int | None = None) -> None:
         check_range("learning_rate", learning_rate, 0.0, None, low_inclusive=False)
         check_range("baseline_decay", baseline_decay, 0.0, 1.0, high_inclusive=False)

@@ -3,17 +3,18 @@
 ==========================================  ==========================================================
 ``None``                                    in memory, one process
 ``sqlite:///path/study.db``                 ``RDBStorage``: processes on one machine
-``postgresql://user:pw@host:5432/db``       ``RDBStorage`` (psycopg2): workers on many machines
+``postgresql://user:pw@host:5432/db``       ``RDBStorage`` (psycopg 3): workers on many machines
 ``mysql+pymysql://...``                     ``RDBStorage`` (any SQLAlchemy URL works)
-``journal:///path/study.log``               ``JournalStorage(JournalFileBackend)``: a shared file (NFS ok)
+``journal:///path/study.log``               ``JournalStorage(JournalFileBackend)``: one shared file
 ``path/study.log`` / ``.journal``           the same
 ==========================================  ==========================================================
 
 RDB storages get a heartbeat: a worker that dies mid-trial (SIGKILL, lost machine) stops beating, and the next
 worker to start a trial marks the stale trial ``FAIL`` after ``grace_period`` seconds;
-``RetryHeartbeatStaleTrialCallback``
-then enqueues it once more with the same parameters. Journal storages have no heartbeat in Optuna: a dead
-worker's trial stays ``RUNNING`` (it does not count towards ``n_trials``).
+``RetryHeartbeatStaleTrialCallback`` then enqueues it once more with the same parameters. Journal storages have
+no heartbeat in Optuna: a dead worker's trial stays ``RUNNING``, and since workers count running trials towards
+the shared budget the study ends one trial short; rerunning a worker does not fix that either, so prefer an RDB
+storage where workers may die.
 """
 from __future__ import annotations
 
