@@ -164,9 +164,10 @@ class _OneShotCallback(LightningNASCallback):
             ys = {c: [h["probs"][lb][c] for h in self.history] for c in probs[lb]}
             tracker.log_line_series(f"nas/{lb}/history", xs, ys, title=f"{lb}: candidate probability", xname="epoch")
 
-    def _log_final(self, trainer: L.Trainer, probs: dict[str, dict[str, float]], score_name: str) -> None:
+    def _log_final(self, trainer: L.Trainer, probs: dict[str, dict[str, float]], score_name: str,
+                   ablation_kind: str = "remove") -> None:
         self._table = xarch.decision_table(probs)
-        self._reasons = xarch.reasons(self._table, self._ablation, score_name)
+        self._reasons = xarch.reasons(self._table, self._ablation, score_name, ablation_kind)
         tracker = self.tracker(trainer)
         tracker.log_table("nas/decisions", xarch.TABLE_COLUMNS, self._table)
         rows = [[lb, c, probs[lb][c], d] for lb, abl in self._ablation.items() for c, d in abl.items()]

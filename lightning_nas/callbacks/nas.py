@@ -185,7 +185,7 @@ class SubnetSampling(_OneShotCallback):
         self._log_probabilities(trainer, probs, {})
         tracker = self.tracker(trainer)
         tracker.log_table("nas/subnets", ["arch", "score"], [[str(a), s] for a, s in self.scored])
-        self._log_final(trainer, probs, "population_share")
+        self._log_final(trainer, probs, "population_share", "switch")
         sn.restore(best)
 
     def export(self) -> dict[str, str]:
