@@ -75,7 +75,7 @@ class DifferentiableNAS(_OneShotCallback):
         if self.mode == "gdas":
             sn.resample()  # the path of the weight step
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _epoch_done(self, trainer: L.Trainer) -> None:
         probs = xarch.probabilities(self._supernet.alpha, self._supernet.names)
         self._log_probabilities(trainer, probs, {"nas/tau": self._supernet.tau} if self.mode == "gdas" else {})
 
