@@ -28,6 +28,7 @@ class _DemoState:
     logger: Any = None
     card: ModelCard = field(default_factory=lambda: ModelCard("digits-demo"))
     rows: list[dict[str, Any]] = field(default_factory=list)  # summary table: one row per stage
+    arch: dict[str, str] | None = None  # set by the "search" stage
 
 
 def _trainer(state: _DemoState, callbacks: list | None = None, max_epochs: int | None = None) -> L.Trainer:
@@ -45,15 +46,42 @@ def _record(state: _DemoState, stage: str, model: torch.nn.Module, test_acc: flo
     return row
 
 
+def _stage_search(state: _DemoState) -> None:
+    """A few epochs of DARTS over two LayerChoices put into DigitsCNN; the found net feeds the next stages."""
+    from torch import nn
+
+    from lightning_nas import space
+    from lightning_nas.callbacks import DifferentiableNAS
+
+    def block(label: str, c: int) -> space.LayerChoice:
+        conv = lambda k: nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2, bias=False),  # noqa: E731
+                                       nn.BatchNorm2d(c), nn.ReLU())
+        return space.LayerChoice({"conv3": conv(3), "conv1": conv(1), "skip": nn.Identity()}, label=label)
+
+    net = DigitsCNN(width=16)
+    f = net.features
+    net.features = nn.Sequential(*f[:3], block("block1", 16), *f[3:6], block("block2", 32), f[6])
+    nas = DifferentiableNAS(mode="darts", seed=0)
+    module = Classifier(net, lr=3e-3)
+    _trainer(state, [nas], max_epochs=min(3, state.max_epochs)).fit(module, datamodule=state.datamodule)
+    state.arch = nas.export()
+    found = space.freeze(net, state.arch)
+    state.module = Classifier(found, lr=3e-3)  # later stages train and compress the found architecture
+    acc = _trainer(state).test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    _record(state, "search", found, acc)
+    state.card.stages[-1].update(arch=state.arch, reasons=nas.reasons(), space_size=space.size(net))
+
+
 def _stage_train(state: _DemoState) -> None:
-    state.module = Classifier(DigitsCNN(width=16), lr=3e-3)
+    if state.module is None:  # no search stage ran: the reference CNN
+        state.module = Classifier(DigitsCNN(width=16), lr=3e-3)
     trainer = _trainer(state)
     trainer.fit(state.module, datamodule=state.datamodule)
     acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
     _record(state, "train", state.module.net, acc)
 
 
-STAGES = [("train", _stage_train)]
+STAGES = [("search", _stage_search), ("train", _stage_train)]
 
 
 def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",

@@ -210,3 +210,20 @@ def test_mixed_op_keeps_state_dict_keys():
     assert isinstance(net.b1, MixedLayer) and set(net.state_dict()) == keys
     sn.restore()
     assert isinstance(net.b1, space.LayerChoice)
+
+
+@pytest.mark.slow
+def test_demo_search_stage_streams_to_wandb_and_card(tmp_path):
+    from lightning_nas.demo import run_demo
+    from lightning_nas.tracking import read_offline_run
+
+    out = run_demo(max_epochs=1, out_dir=tmp_path / "demo")
+    card = json.loads(open(out["card"]).read())
+    search = card["stages"][0]
+    assert search["stage"] == "search" and set(search["arch"]) == {"block1", "block2"}
+    assert set(search["reasons"]) == {"block1", "block2"} and search["space_size"] == 9
+    history, summary, _ = read_offline_run(out["wandb_run"])
+    keys = set().union(*history)
+    assert {"nas/block1/conv3", "nas/block1/entropy", "nas/decisions", "nas/ablation",
+            "nas/block1/history_table"} <= keys  # a W&B line plot is stored as <key>_table
+    assert summary["nas/arch/block1"] == search["arch"]["block1"]
