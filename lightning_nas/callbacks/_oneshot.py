@@ -55,6 +55,7 @@ class _OneShotCallback(LightningNASCallback):
         self._module: L.LightningModule | None = None
         self._pending: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
+        self._logged_epoch = -1
         self._held_out_pos = 0
         self._held_iter: Any = None
         self._val_loader: Any = None
@@ -100,6 +101,23 @@ class _OneShotCallback(LightningNASCallback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_loader = _first_loader(trainer.val_dataloaders)
         self._held_iter = None
+
+    # ------------------------------------------------------------------ per-epoch explanations
+    def _epoch_done(self, trainer: L.Trainer) -> None:
+        """Log this epoch's decisions (subclasses); runs once per epoch, before the epoch-end validation."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # at the last batch, i.e. before the epoch-end validation in which ModelCheckpoint saves: the
+        # checkpoint then holds this epoch's history
+        if batch_idx + 1 >= trainer.num_training_batches and self._logged_epoch != trainer.current_epoch:
+            self._logged_epoch = trainer.current_epoch
+            self._epoch_done(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._logged_epoch != trainer.current_epoch:  # e.g. a loader of unknown length
+            self._logged_epoch = trainer.current_epoch
+            self._epoch_done(trainer)
 
     # ------------------------------------------------------------------ data and loss
     def _loss(self, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -164,9 +182,10 @@ class _OneShotCallback(LightningNASCallback):
             ys = {c: [h["probs"][lb][c] for h in self.history] for c in probs[lb]}
             tracker.log_line_series(f"nas/{lb}/history", xs, ys, title=f"{lb}: candidate probability", xname="epoch")
 
-    def _log_final(self, trainer: L.Trainer, probs: dict[str, dict[str, float]], score_name: str) -> None:
+    def _log_final(self, trainer: L.Trainer, probs: dict[str, dict[str, float]], score_name: str,
+                   ablation_kind: str = "remove") -> None:
         self._table = xarch.decision_table(probs)
-        self._reasons = xarch.reasons(self._table, self._ablation, score_name)
+        self._reasons = xarch.reasons(self._table, self._ablation, score_name, ablation_kind)
         tracker = self.tracker(trainer)
         tracker.log_table("nas/decisions", xarch.TABLE_COLUMNS, self._table)
         rows = [[lb, c, probs[lb][c], d] for lb, abl in self._ablation.items() for c, d in abl.items()]
@@ -224,6 +243,7 @@ class _OneShotCallback(LightningNASCallback):
             raise KeyError(f"{type(self).__name__}: checkpoint state lacks 'supernet'")
         self._supernet.load_state_dict(state["supernet"])
         self.history = list(state["history"])
+        self._logged_epoch = self.history[-1]["epoch"] if self.history else -1
         self._held_out_pos = int(state["held_out_pos"])
         self._held_iter = None
         self._load_extra_state(state)

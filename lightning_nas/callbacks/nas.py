@@ -7,12 +7,13 @@ modules back at the end of training with the found candidate active. The algorit
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import lightning as L
 import torch
 
-from lightning_nas._validate import check_choice, check_int, check_range
+from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._oneshot import _OneShotCallback
 from lightning_nas.explain import architecture as xarch
 from lightning_nas.search.oneshot import REMEDIES, evolutionary_search, recalibrate_batchnorm
@@ -75,7 +76,7 @@ class DifferentiableNAS(_OneShotCallback):
         if self.mode == "gdas":
             sn.resample()  # the path of the weight step
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _epoch_done(self, trainer: L.Trainer) -> None:
         probs = xarch.probabilities(self._supernet.alpha, self._supernet.names)
         self._log_probabilities(trainer, probs, {"nas/tau": self._supernet.tau} if self.mode == "gdas" else {})
 
@@ -111,6 +112,7 @@ class SubnetSampling(_OneShotCallback):
         calib_batches: training batches for each subnet's BatchNorm recalibration (>= 1).
         eval_batches: validation batches scoring each subnet (>= 1).
         seed: seed of path sampling and evolution (``None``: drawn on rank 0 and broadcast).
+        score_all: also score every subnet of the space (small spaces; ``all_scores`` then ranks them all).
 
     Logged at the end: ``nas/<label>/<candidate>`` (share of the candidate among the final population),
     ``nas/<label>/entropy``, tables ``nas/decisions``, ``nas/ablation`` (val-loss change when the winner's
@@ -120,8 +122,11 @@ class SubnetSampling(_OneShotCallback):
     _mode = "spos"
 
     def __init__(self, population: int = 10, generations: int = 5, mutation_prob: float = 0.3,
-                 calib_batches: int = 5, eval_batches: int = 4, seed: int | None = None) -> None:
+                 calib_batches: int = 5, eval_batches: int = 4, seed: int | None = None,
+                 score_all: bool = False) -> None:
         super().__init__(seed)
+        self.score_all = check_type("score_all", score_all, bool)
+        self.all_scores: list[tuple[dict[str, str], float]] = []
         self.population = check_int("population", population, 2)
         self.generations = check_int("generations", generations, 0)
         self.mutation_prob = check_range("mutation_prob", mutation_prob, 0.0, 1.0)
@@ -158,8 +163,6 @@ class SubnetSampling(_OneShotCallback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sn = self._supernet
         loader = _train_loader(trainer)
-        import itertools
-
         self._calib = [trainer.strategy.batch_to_device(b) for b in itertools.islice(iter(loader), self.calib_batches)]
         self._evalb = self._eval_batches(trainer, self.eval_batches)
         was = pl_module.training
@@ -178,6 +181,9 @@ class SubnetSampling(_OneShotCallback):
         self._arch = best
         top = [a for a, _ in sorted(self.scored, key=lambda t: -t[1])[:self.population]]
         probs = {lb: {c: sum(a[lb] == c for a in top) / len(top) for c in sn.names[lb]} for lb in sn.labels}
+        if self.score_all:
+            grid = [dict(zip(sn.labels, combo)) for combo in itertools.product(*(sn.names[lb] for lb in sn.labels))]
+            self.all_scores = [(a, score(a)) for a in grid]
         base = score(best)
         self._ablation = {lb: {c: base - score({**best, lb: c}) for c in sn.names[lb]} for lb in sn.labels}
         pl_module.load_state_dict(bn_state, strict=False)
@@ -185,7 +191,7 @@ class SubnetSampling(_OneShotCallback):
         self._log_probabilities(trainer, probs, {})
         tracker = self.tracker(trainer)
         tracker.log_table("nas/subnets", ["arch", "score"], [[str(a), s] for a, s in self.scored])
-        self._log_final(trainer, probs, "population_share")
+        self._log_final(trainer, probs, "population_share", "switch")
         sn.restore(best)
 
     def export(self) -> dict[str, str]:

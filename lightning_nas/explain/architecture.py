@@ -55,16 +55,25 @@ def op_ablation(evaluate: Callable[[str | None, str | None], float],
 
 
 def reasons(table: Sequence[Sequence], ablation: Mapping[str, Mapping[str, float]] | None = None,
-            score_name: str = "probability") -> dict[str, str]:
-    """One sentence per decision: what won, by how much, and what removing it costs."""
+            score_name: str = "probability", ablation_kind: str = "remove") -> dict[str, str]:
+    """One sentence per decision: what won, by how much, and what the ablation says.
+
+    ``ablation_kind="remove"``: ``ablation[label][c]`` is the supernet's val-loss change without ``c``;
+    ``"switch"``: the val-loss change of the best subnet when ``label`` is switched to ``c`` (SPOS).
+    """
     out = {}
     for lb, best, pb, second, margin, ent in (r[:6] for r in table):
         text = f"{lb}: {best} chosen ({score_name} {pb:.2f}, {margin:+.2f} over {second}; entropy {ent:.2f})"
         if ablation and lb in ablation:
             abl = ablation[lb]
-            top = max(abl, key=abl.get)
-            text += f"; removing {best} changes supernet val loss by {abl[best]:+.3f}"
-            text += " (the largest of its candidates)" if top == best else f" (largest: {top} {abl[top]:+.3f})"
+            if ablation_kind == "switch":
+                alts = {c: d for c, d in abl.items() if c != best}
+                near = min(alts, key=alts.get)
+                text += f"; switching to the closest alternative {near} changes subnet val loss by {alts[near]:+.3f}"
+            else:
+                top = max(abl, key=abl.get)
+                text += f"; removing {best} changes supernet val loss by {abl[best]:+.3f}"
+                text += " (the largest of its candidates)" if top == best else f" (largest: {top} {abl[top]:+.3f})"
         out[lb] = text
     return out
 
