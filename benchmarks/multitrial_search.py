@@ -207,8 +207,9 @@ stricter target, the single best architecture, separates them: ratio vs random p
 
 Dummy ranked last in {sum(r == 4 for v in ranks.values() for r in v)} of {sum(len(v) for v in ranks.values())}
 analyses (fANOVA: {sum(r == 4 for k, v in ranks.items() if k[1] == 'fanova' for r in v)} of
-{sum(len(v) for k, v in ranks.items() if k[1] == 'fanova')}). On TPE studies the choices TPE stopped exploring
-(here `b2`, which matters least among the top architectures) lose variance and importance with it.
+{sum(len(v) for k, v in ranks.items() if k[1] == 'fanova')}). On TPE studies fANOVA gives
+the choice TPE stopped exploring (here `b2`, which varies least among the top architectures) little importance:
+its samples lose variance; fANOVA assumes roughly uniform sampling.
 
 **3. Real fits** (`lightning-nas search` workers on one SQLite study, strategy `evolution`, each trial a Lightning
 fit of {args.epochs} epochs on digits with `lr` searched too; process start-up excluded from the rate):
