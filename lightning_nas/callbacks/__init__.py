@@ -5,3 +5,6 @@ __all__ = ["LightningNASCallback"]
 from lightning_nas.callbacks.nas import DifferentiableNAS, SubnetSampling  # noqa: E402
 
 __all__ += ["DifferentiableNAS", "SubnetSampling"]
+from lightning_nas.search.multitrial import TrialPruningCallback  # noqa: E402
+
+__all__ += ["TrialPruningCallback"]
