@@ -70,7 +70,32 @@ def _add_serve(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace]
     return run
 
 
-_COMMANDS: dict[str, Callable] = {"demo": _add_demo, "serve": _add_serve}
+def _add_search(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser("search", help="start one multi-trial search worker (many may share --storage)")
+    p.add_argument("--config", required=True, help="YAML: build, datamodule, objectives, n_trials, strategy, ...")
+    p.add_argument("--storage", default=None, help="Optuna storage URL: sqlite:///f.db, postgresql://..., "
+                   "journal:///f.log (default: the config's, else in memory)")
+    p.add_argument("--study", default=None, help="study name shared by the workers (default: the config's)")
+    p.add_argument("--n-trials", type=int, default=None, help="override the study's total trial budget")
+
+    def run(args: argparse.Namespace) -> int:
+        from lightning_nas.search.multitrial._config import run_config
+        from lightning_nas.search.multitrial._storage import StorageUnreachableError
+
+        try:
+            result = run_config(args.config, storage=args.storage, study_name=args.study, n_trials=args.n_trials)
+        except (ValueError, TypeError, StorageUnreachableError) as exc:
+            print(f"lightning-nas search: error: {exc}", file=sys.stderr)
+            return 2
+        states = [t.state.name for t in result.study.trials]
+        print(f"study {result.study.study_name!r}: {states.count('COMPLETE')} complete, {states.count('PRUNED')} "
+              f"pruned, {states.count('FAIL')} failed; best {result.best_values} with {result.best_params}")
+        return 0
+
+    return run
+
+
+_COMMANDS: dict[str, Callable] = {"demo": _add_demo, "search": _add_search, "serve": _add_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

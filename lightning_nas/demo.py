@@ -28,6 +28,7 @@ class _DemoState:
     logger: Any = None
     card: ModelCard = field(default_factory=lambda: ModelCard("digits-demo"))
     rows: list[dict[str, Any]] = field(default_factory=list)  # summary table: one row per stage
+    arch: dict[str, str] | None = None  # set by the "search" stage
 
 
 def _trainer(state: _DemoState, callbacks: list | None = None, max_epochs: int | None = None) -> L.Trainer:
@@ -45,8 +46,35 @@ def _record(state: _DemoState, stage: str, model: torch.nn.Module, test_acc: flo
     return row
 
 
+def _stage_search(state: _DemoState) -> None:
+    """A few epochs of DARTS over two LayerChoices put into DigitsCNN; the found net feeds the next stages."""
+    from torch import nn
+
+    from lightning_nas import space
+    from lightning_nas.callbacks import DifferentiableNAS
+
+    def block(label: str, c: int) -> space.LayerChoice:
+        conv = lambda k: nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2, bias=False),  # noqa: E731
+                                       nn.BatchNorm2d(c), nn.ReLU())
+        return space.LayerChoice({"conv3": conv(3), "conv1": conv(1), "skip": nn.Identity()}, label=label)
+
+    net = DigitsCNN(width=16)
+    f = net.features
+    net.features = nn.Sequential(*f[:3], block("block1", 16), *f[3:6], block("block2", 32), f[6])
+    nas = DifferentiableNAS(mode="darts", seed=0)
+    module = Classifier(net, lr=3e-3)
+    _trainer(state, [nas], max_epochs=min(3, state.max_epochs)).fit(module, datamodule=state.datamodule)
+    state.arch = nas.export()
+    found = space.freeze(net, state.arch)
+    state.module = Classifier(found, lr=3e-3)  # later stages train and compress the found architecture
+    acc = _trainer(state).test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    _record(state, "search", found, acc)
+    state.card.stages[-1].update(arch=state.arch, reasons=nas.reasons(), space_size=space.size(net))
+
+
 def _stage_train(state: _DemoState) -> None:
-    state.module = Classifier(DigitsCNN(width=16), lr=3e-3)
+    if state.module is None:  # no search stage ran: the reference CNN
+        state.module = Classifier(DigitsCNN(width=16), lr=3e-3)
     trainer = _trainer(state)
     trainer.fit(state.module, datamodule=state.datamodule)
     acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
@@ -69,8 +97,34 @@ def _stage_bundle(state: _DemoState) -> None:
           "  then POST /predict {\"inputs\": [[[[...8 values...] x 8]]]}, GET /health, /card, /drift")
 
 
-STAGES = [("train", _stage_train)]
-STAGES.append(("bundle", _stage_bundle))
+def _stage_multitrial(state: _DemoState) -> None:
+    """Multi-trial hyperparameter search (TPE, 4 short trials) of lr and weight decay for the current network;
+    the train stage then trains it with the best values. The trials table goes to the demo's W&B run."""
+    import copy
+
+    from lightning_nas.search import run
+    from lightning_nas.tracking import Tracker
+
+    template = state.module.net if state.module is not None else DigitsCNN(width=16)
+
+    def build(trial):
+        return Classifier(copy.deepcopy(template), lr=trial.loguniform("lr", 1e-3, 1e-2),
+                          weight_decay=trial.choice("weight_decay", [0.0, 1e-4, 1e-3]))
+
+    res = run(build, state.datamodule, objectives={"val_acc": "maximize"}, n_trials=4, strategy="tpe", seed=0,
+              out_dir=state.out_dir / "multitrial", trainer_kwargs={"max_epochs": 1, "deterministic": True})
+    Tracker(loggers=[state.logger], files_dir=state.out_dir / "multitrial" / "demo").log_table(
+        "search/trials", ["number", "lr", "weight_decay", "val_acc"],
+        [[t.number, t.params["lr"], t.params["weight_decay"], t.value] for t in res.study.trials
+         if t.value is not None], step=0)
+    best = res.best_params
+    state.module = Classifier(copy.deepcopy(template), lr=best["lr"], weight_decay=best["weight_decay"])
+    state.card.metrics["multitrial_best"] = {"params": best, "val_acc": res.best_values["val_acc"]}
+
+
+# The pipeline, in order: each capability contributes one stage.
+STAGES = [("search", _stage_search), ("multitrial", _stage_multitrial), ("train", _stage_train),
+          ("bundle", _stage_bundle)]
 
 
 def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",

@@ -4,3 +4,9 @@ from lightning_nas.callbacks.drift import DriftMonitor
 
 __all__ = ["LightningNASCallback"]
 __all__ += ["DriftMonitor"]
+from lightning_nas.callbacks.nas import DifferentiableNAS, SubnetSampling  # noqa: E402
+
+__all__ += ["DifferentiableNAS", "SubnetSampling"]
+from lightning_nas.search.multitrial import TrialPruningCallback  # noqa: E402
+
+__all__ += ["TrialPruningCallback"]

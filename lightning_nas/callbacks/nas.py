@@ -1,0 +1,212 @@
+"""One-shot NAS on the user's own ``trainer.fit``: ``DifferentiableNAS`` (DARTS, GDAS) and ``SubnetSampling`` (SPOS).
+
+Both turn every ``LayerChoice``/``InputChoice`` of the module into a mixed op in ``setup()`` (before
+``configure_optimizers``, so the candidates' weights are in the user's optimizer) and put the original choice
+modules back at the end of training with the found candidate active. The algorithms live in
+``lightning_nas.search.oneshot``; the explanations in ``lightning_nas.explain.architecture``.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import lightning as L
+import torch
+
+from lightning_nas._validate import check_choice, check_int, check_range, check_type
+from lightning_nas.callbacks._oneshot import _OneShotCallback
+from lightning_nas.explain import architecture as xarch
+from lightning_nas.search.oneshot import REMEDIES, evolutionary_search, recalibrate_batchnorm
+
+
+class DifferentiableNAS(_OneShotCallback):
+    """Differentiable architecture search (DARTS, first order; GDAS) inside an ordinary ``trainer.fit``.
+
+    Before each of the user's weight steps, one architecture step updates the logits ``alpha`` (held by the
+    callback, with their own Adam optimizer) on a held-out batch: the next validation batch, or the second
+    half of the training batch when there is no validation loader. The loss is the user's ``training_step``
+    output (its logging is silenced for that call).
+
+    Args:
+        mode: ``"darts"`` (softmax mixture of all candidates) or ``"gdas"`` (one Gumbel-sampled path per step,
+            straight-through gradient to ``alpha``, temperature annealed linearly ``tau_max -> tau_min``).
+        arch_lr: Adam learning rate of ``alpha``, in (0, 1].
+        arch_weight_decay: L2 on ``alpha``, in [0, 1).
+        tau_max: GDAS start temperature, in (0, 100].
+        tau_min: GDAS end temperature, in (0, tau_max].
+        remedy: anti-collapse remedy: ``"darts-"`` (auxiliary skip ``beta*x``, ``beta`` 1 -> 0; Chu et al.
+            2021), ``"beta-decay"`` (``lambda * mean logsumexp(alpha)``; Ye et al. 2022) or ``"none"``.
+        beta_decay_weight: final ``lambda`` of ``"beta-decay"``, in [0, 100].
+        warmup_epochs: epochs of weight-only training before ``alpha`` moves.
+        ablation_batches: validation batches for the final op-ablation (0 disables it).
+        seed: seed of the path sampler (``None``: drawn on rank 0 and broadcast).
+
+    Logged every epoch: ``nas/<label>/<candidate>`` (probability), ``nas/<label>/entropy``, ``nas/tau`` (GDAS),
+    line series ``nas/<label>/history``; at the end the tables ``nas/decisions`` and ``nas/ablation`` and the
+    summary ``nas/arch/<label>``, ``nas/reason/<label>``.
+    """
+
+    def __init__(self, mode: str = "darts", arch_lr: float = 3e-3, arch_weight_decay: float = 1e-3,
+                 tau_max: float = 10.0, tau_min: float = 0.1, remedy: str = "none", beta_decay_weight: float = 1.0,
+                 warmup_epochs: int = 0, ablation_batches: int = 4, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self._mode = self.mode = check_choice("mode", mode, ("darts", "gdas"))
+        self.arch_lr = check_range("arch_lr", arch_lr, 0.0, 1.0, low_inclusive=False)
+        self.arch_weight_decay = check_range("arch_weight_decay", arch_weight_decay, 0.0, 1.0, high_inclusive=False)
+        self.tau_max = check_range("tau_max", tau_max, 0.0, 100.0, low_inclusive=False)
+        self.tau_min = check_range("tau_min", tau_min, 0.0, tau_max, low_inclusive=False)
+        self.remedy = check_choice("remedy", remedy, REMEDIES)
+        self.beta_decay_weight = check_range("beta_decay_weight", beta_decay_weight, 0.0, 100.0)
+        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
+        self.ablation_batches = check_int("ablation_batches", ablation_batches, 0)
+
+    def _supernet_kwargs(self) -> dict[str, Any]:
+        return {"arch_lr": self.arch_lr, "arch_weight_decay": self.arch_weight_decay, "tau": self.tau_max,
+                "remedy": self.remedy, "beta_decay_weight": self.beta_decay_weight}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        sn = self._supernet
+        sn.set_progress(trainer.global_step / max(1, trainer.estimated_stepping_batches))
+        sn.tau = self.tau_max - (self.tau_max - self.tau_min) * sn.progress
+        if trainer.current_epoch >= self.warmup_epochs:
+            held = self._held_out(trainer, batch)
+            with torch.enable_grad():
+                sn.arch_step(lambda: self._loss(pl_module, held, batch_idx), reduce=self._reduce(trainer))
+        if self.mode == "gdas":
+            sn.resample()  # the path of the weight step
+
+    def _epoch_done(self, trainer: L.Trainer) -> None:
+        probs = xarch.probabilities(self._supernet.alpha, self._supernet.names)
+        self._log_probabilities(trainer, probs, {"nas/tau": self._supernet.tau} if self.mode == "gdas" else {})
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sn = self._supernet
+        sn.set_progress(1.0)
+        if self.ablation_batches:
+            batches = self._eval_batches(trainer, self.ablation_batches)
+
+            def evaluate(label: str | None, cand: str | None) -> float:
+                sn.removed = {} if label is None else {label: sn.names[label].index(cand)}
+                try:
+                    return self._mean_loss(trainer, pl_module, batches)
+                finally:
+                    sn.removed = {}
+
+            self._ablation = xarch.op_ablation(evaluate, sn.names)
+        self._log_final(trainer, xarch.probabilities(sn.alpha, sn.names), "probability")
+        sn.restore(self.export())
+
+
+class SubnetSampling(_OneShotCallback):
+    """Single-path one-shot search (SPOS): one uniformly sampled path per training step, then evolution.
+
+    At the end of training an evolutionary search scores subnets of the trained supernet by their mean
+    loss (the user's ``training_step`` output) on validation batches, after re-estimating BatchNorm
+    statistics for each subnet on training batches. ``export()`` returns the best subnet.
+
+    Args:
+        population: architectures per generation (>= 2).
+        generations: evolution rounds after the initial population (>= 0).
+        mutation_prob: chance that a child's decision is resampled, in [0, 1].
+        calib_batches: training batches for each subnet's BatchNorm recalibration (>= 1).
+        eval_batches: validation batches scoring each subnet (>= 1).
+        seed: seed of path sampling and evolution (``None``: drawn on rank 0 and broadcast).
+        score_all: also score every subnet of the space (small spaces; ``all_scores`` then ranks them all).
+
+    Logged at the end: ``nas/<label>/<candidate>`` (share of the candidate among the final population),
+    ``nas/<label>/entropy``, tables ``nas/decisions``, ``nas/ablation`` (val-loss change when the winner's
+    decision is switched to each candidate), ``nas/subnets`` (every scored subnet), summary ``nas/arch/*``.
+    """
+
+    _mode = "spos"
+
+    def __init__(self, population: int = 10, generations: int = 5, mutation_prob: float = 0.3,
+                 calib_batches: int = 5, eval_batches: int = 4, seed: int | None = None,
+                 score_all: bool = False) -> None:
+        super().__init__(seed)
+        self.score_all = check_type("score_all", score_all, bool)
+        self.all_scores: list[tuple[dict[str, str], float]] = []
+        self.population = check_int("population", population, 2)
+        self.generations = check_int("generations", generations, 0)
+        self.mutation_prob = check_range("mutation_prob", mutation_prob, 0.0, 1.0)
+        self.calib_batches = check_int("calib_batches", calib_batches, 1)
+        self.eval_batches = check_int("eval_batches", eval_batches, 1)
+        self._arch: dict[str, str] | None = None
+        self.scored: list[tuple[dict[str, str], float]] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._supernet.resample()
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_gen = torch.Generator().manual_seed(int(self._supernet.generator.initial_seed())
+                                                      + 7919 * (trainer.current_epoch + 1))
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        sn = self._supernet
+        for lb in sn.labels:  # a deterministic path per validation batch, off the training generator
+            sn.path[lb] = int(torch.randint(len(sn.names[lb]), (1,), generator=self._val_gen))
+
+    def score(self, trainer: L.Trainer, pl_module: L.LightningModule, arch: dict[str, str]) -> float:
+        """``-(mean val loss)`` of one subnet with inherited weights and recalibrated BatchNorm."""
+        sn = self._supernet
+        sn.set_fixed(arch)
+        try:
+            pl_module.eval()
+            recalibrate_batchnorm(pl_module, lambda b: self._loss(pl_module, b, 0), self._calib)
+            return -self._mean_loss(trainer, pl_module, self._evalb)
+        finally:
+            sn.set_fixed(None)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sn = self._supernet
+        loader = _train_loader(trainer)
+        self._calib = [trainer.strategy.batch_to_device(b) for b in itertools.islice(iter(loader), self.calib_batches)]
+        self._evalb = self._eval_batches(trainer, self.eval_batches)
+        was = pl_module.training
+        bn_state = {k: v.clone() for k, v in pl_module.state_dict().items() if "running_" in k or "num_batches" in k}
+        cache: dict[tuple, float] = {}
+
+        def score(arch: dict[str, str]) -> float:
+            key = tuple(sorted(arch.items()))
+            if key not in cache:
+                cache[key] = self.score(trainer, pl_module, arch)
+            return cache[key]
+
+        best, self.scored = evolutionary_search(sn.names, score, population=self.population,
+                                                generations=self.generations, mutation_prob=self.mutation_prob,
+                                                generator=sn.generator)
+        self._arch = best
+        top = [a for a, _ in sorted(self.scored, key=lambda t: -t[1])[:self.population]]
+        probs = {lb: {c: sum(a[lb] == c for a in top) / len(top) for c in sn.names[lb]} for lb in sn.labels}
+        if self.score_all:
+            grid = [dict(zip(sn.labels, combo)) for combo in itertools.product(*(sn.names[lb] for lb in sn.labels))]
+            self.all_scores = [(a, score(a)) for a in grid]
+        base = score(best)
+        self._ablation = {lb: {c: base - score({**best, lb: c}) for c in sn.names[lb]} for lb in sn.labels}
+        pl_module.load_state_dict(bn_state, strict=False)
+        pl_module.train(was)
+        self._log_probabilities(trainer, probs, {})
+        tracker = self.tracker(trainer)
+        tracker.log_table("nas/subnets", ["arch", "score"], [[str(a), s] for a, s in self.scored])
+        self._log_final(trainer, probs, "population_share", "switch")
+        sn.restore(best)
+
+    def export(self) -> dict[str, str]:
+        if self._arch is None:
+            raise RuntimeError("SubnetSampling.export(): call trainer.fit first (the search runs at the end)")
+        return dict(self._arch)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"arch": self._arch, "scored": list(self.scored)}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self._arch, self.scored = state.get("arch"), list(state.get("scored", []))
+
+
+def _train_loader(trainer: L.Trainer) -> Any:
+    from lightning_nas.callbacks._oneshot import _first_loader
+
+    return _first_loader(trainer.train_dataloader)

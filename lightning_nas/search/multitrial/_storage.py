@@ -1,0 +1,80 @@
+"""Storage URLs for many workers, on Optuna's storages (nothing re-implemented here).
+
+==========================================  ==========================================================
+``None``                                    in memory, one process
+``sqlite:///path/study.db``                 ``RDBStorage``: processes on one machine
+``postgresql://user:pw@host:5432/db``       ``RDBStorage`` (psycopg 3): workers on many machines
+``mysql+pymysql://...``                     ``RDBStorage`` (any SQLAlchemy URL works)
+``journal:///path/study.log``               ``JournalStorage(JournalFileBackend)``: one shared file
+``path/study.log`` / ``.journal``           the same
+==========================================  ==========================================================
+
+RDB storages get a heartbeat: a worker that dies mid-trial (SIGKILL, lost machine) stops beating, and the next
+worker to start a trial marks the stale trial ``FAIL`` after ``grace_period`` seconds;
+``RetryHeartbeatStaleTrialCallback`` then enqueues it once more with the same parameters. Journal storages have
+no heartbeat in Optuna: a dead worker's trial stays ``RUNNING``, and since workers count running trials towards
+the shared budget the study ends one trial short; rerunning a worker does not fix that either, so prefer an RDB
+storage where workers may die.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+import optuna
+
+_RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+
+
+class StorageUnreachableError(ConnectionError):
+    """The storage URL is well-formed but the database cannot be opened (a one-line reason, no traceback)."""
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period: int | None = None,
+                 max_retry: int = 1) -> Any:
+    """Turn a URL (or an Optuna storage, or ``None``) into an Optuna storage; fail with one clear line."""
+    if storage is None or isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    if not isinstance(storage, str) or not storage:
+        raise ValueError(f"`storage` must be None, an Optuna storage or a URL string, got {storage!r}")
+    url = storage
+    if url.startswith("journal://") or url.endswith((".log", ".journal")):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url[len("journal://"):] if url.startswith("journal://") else url
+        path = path[1:] if path.startswith("//") else path  # journal:///abs/path -> /abs/path
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(path))
+        except OSError as exc:
+            raise StorageUnreachableError(f"journal storage {path!r} cannot be opened: {exc.strerror or exc}") from None
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in _RDB_SCHEMES or "://" not in url:
+        raise ValueError(f"`storage` {redact(url)!r} is not a storage URL; allowed: None (in memory), "
+                         "'sqlite:///file.db', 'postgresql://user:pw@host:port/db', 'journal:///file.log'")
+    if scheme == "postgres":
+        url = "postgresql" + url[len("postgres"):]
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
+                  "heartbeat_stale_trial_callback": retry}
+    engine_kwargs = {"connect_args": {"connect_timeout": 10}} if scheme.startswith("postgres") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except ImportError as exc:
+        raise StorageUnreachableError(f"storage {redact(url)!r} needs a database driver that is not installed: "
+                                      f"{exc}") from None
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy's OperationalError & co: one line, not a traceback
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise StorageUnreachableError(f"storage {redact(url)!r} is unreachable: "
+                                      f"{reason[0] if reason else type(exc).__name__}") from None

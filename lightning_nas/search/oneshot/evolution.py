@@ -1,0 +1,109 @@
+"""SPOS' second stage: evolutionary search over the subnets of a trained supernet, BN recalibrated per subnet.
+
+Hand-written (about 50 lines): NNI's evolution strategy drives whole trials, not in-process subnet scoring,
+and no maintained library scores subnets of a live supernet.
+
+The search (Guo et al., 2020, SPOS) keeps a population of architectures; each generation the top
+``population // 2`` are parents, children are made by uniform crossover of two parents and by mutation
+(each decision resampled with probability ``mutation_prob``); every new architecture is scored once (cached).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_nas._validate import check_int, check_range
+
+Arch = dict[str, str]
+
+
+def _key(arch: Mapping[str, str]) -> tuple:
+    return tuple(sorted(arch.items()))
+
+
+def evolutionary_search(space: Mapping[str, list[str]], score: Callable[[Arch], float], *, population: int = 10,
+                        generations: int = 5, mutation_prob: float = 0.3,
+                        generator: torch.Generator | None = None) -> tuple[Arch, list[tuple[Arch, float]]]:
+    """Maximise ``score(arch)`` over ``space`` (``{label: candidates}``); return the best and all scored.
+
+    At most ``population * (generations + 1)`` distinct architectures are scored (fewer when the space is
+    smaller: a space no larger than that is scored exhaustively).
+    """
+    check_int("population", population, 2)
+    check_int("generations", generations, 0)
+    check_range("mutation_prob", mutation_prob, 0.0, 1.0)
+    gen = generator or torch.Generator().manual_seed(0)
+    labels = list(space)
+    total = 1
+    for lb in labels:
+        total *= len(space[lb])
+    scored: dict[tuple, tuple[Arch, float]] = {}
+
+    def rand_int(n: int) -> int:
+        return int(torch.randint(n, (1,), generator=gen))
+
+    def evaluate(arch: Arch) -> None:
+        k = _key(arch)
+        if k not in scored:
+            scored[k] = (dict(arch), float(score(dict(arch))))
+
+    def random_arch() -> Arch:
+        return {lb: space[lb][rand_int(len(space[lb]))] for lb in labels}
+
+    pop: list[Arch] = []
+    for _ in range(50 * population):
+        if len(pop) >= min(population, total):
+            break
+        a = random_arch()
+        if _key(a) not in {_key(p) for p in pop}:
+            pop.append(a)
+    for a in pop:
+        evaluate(a)
+    for _ in range(generations):
+        if len(scored) >= total:
+            break
+        ranked = sorted((scored[_key(a)] for a in pop), key=lambda t: -t[1])
+        parents = [a for a, _ in ranked[:max(2, population // 2)]]
+        children: list[Arch] = []
+        for _ in range(50 * population):
+            if len(children) >= population or len(scored) + len(children) >= total:
+                break
+            p1, p2 = parents[rand_int(len(parents))], parents[rand_int(len(parents))]
+            child = {lb: (p1 if rand_int(2) else p2)[lb] for lb in labels}
+            for lb in labels:
+                if float(torch.rand(1, generator=gen)) < mutation_prob:
+                    child[lb] = space[lb][rand_int(len(space[lb]))]
+            if _key(child) not in scored and _key(child) not in {_key(c) for c in children}:
+                children.append(child)
+        for c in children:
+            evaluate(c)
+        pop = [a for a, _ in sorted(scored.values(), key=lambda t: -t[1])[:population]]
+    history = list(scored.values())
+    best = max(history, key=lambda t: t[1])[0]
+    return best, history
+
+
+def recalibrate_batchnorm(model: nn.Module, forward: Callable[[Any], Any], batches: Iterable[Any]) -> int:
+    """Reset every BatchNorm's running statistics and re-estimate them on ``batches`` (cumulative average).
+
+    A subnet of a weight-sharing supernet sees different activation statistics than the supernet's running
+    averages, so each subnet is scored only after this (SPOS, Sec. 3.3). Returns the number of batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m, m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the calibration batches
+        m.train()
+    n = 0
+    with torch.no_grad():
+        for b in batches:
+            forward(b)
+            n += 1
+    for m, momentum, training in saved:
+        m.momentum = momentum
+        m.train(training)
+    return n

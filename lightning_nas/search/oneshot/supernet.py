@@ -1,0 +1,198 @@
+"""The one-shot supernet: mixed ops installed in a model plus the architecture state that drives them.
+
+``Supernet(model, mode)`` replaces every ``LayerChoice``/``InputChoice`` (ours or NNI's) *in place* by a mixed
+op and holds, per decision label (tied choices share one), the architecture logits ``alpha`` (DARTS, GDAS),
+their Adam optimizer, the Gumbel temperature, the current sampled path and a private ``torch.Generator``
+(so every DDP rank draws the same paths). ``arch_step(loss_fn)`` is one architecture update; ``restore()``
+puts the original choice modules back (same candidate objects, the exported candidate active).
+
+Anti-collapse remedies (DARTS' collapse onto parameter-free skips):
+
+* ``"darts-"`` (Chu et al., 2021, DARTS-): an auxiliary skip ``beta * x`` is added to every mixed op whose
+  input and output shapes agree, with ``beta`` decaying linearly 1 -> 0 over training. The skip candidate
+  then no longer owns the residual gradient path, so it must win on merit.
+* ``"beta-decay"`` (Ye et al., 2022, beta-DARTS): the arch loss gains
+  ``lambda * mean_k logsumexp(alpha_k)``, which keeps ``alpha`` small and its softmax from saturating early;
+  ``lambda`` grows linearly from 0 to ``beta_decay_weight``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_nas._validate import check_choice, check_range
+from lightning_nas.search.oneshot.mixed import MixedInput, MixedLayer, _Mixed
+from lightning_nas.space import decisions, named_choices
+
+MODES = ("darts", "gdas", "spos")
+REMEDIES = ("none", "darts-", "beta-decay")
+
+
+def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, attr = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), attr
+
+
+class Supernet:
+    """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place)."""
+
+    def __init__(self, model: nn.Module, mode: str = "darts", *, arch_lr: float = 3e-3,
+                 arch_weight_decay: float = 1e-3, tau: float = 10.0, remedy: str = "none",
+                 beta_decay_weight: float = 1.0, seed: int = 0) -> None:
+        self.mode = check_choice("mode", mode, MODES)
+        self.remedy = check_choice("remedy", remedy, REMEDIES)
+        check_range("arch_lr", arch_lr, 0.0, 1.0, low_inclusive=False)
+        check_range("tau", tau, 0.0, None, low_inclusive=False)
+        decs = {lb: d for lb, d in decisions(model).items() if d.kind in ("layer", "input")}
+        if not decs:
+            raise ValueError(f"the model ({type(model).__name__}) has no LayerChoice/InputChoice to search; "
+                             "add lightning_nas.space.LayerChoice (or NNI's) to it")
+        if any(isinstance(v.module, _Mixed) for _, v in named_choices(model)):
+            raise ValueError("this model already holds a one-shot supernet (two NAS callbacks on one model?)")
+        self.labels = list(decs)
+        self.names = {lb: list(d.candidates) for lb, d in decs.items()}
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.alpha = {lb: torch.zeros(len(self.names[lb]), device=device, requires_grad=True) for lb in self.labels}
+        self.optimizer = (torch.optim.Adam(list(self.alpha.values()), lr=arch_lr, betas=(0.5, 0.999),
+                                           weight_decay=arch_weight_decay) if mode != "spos" else None)
+        self.tau = float(tau)
+        self.beta_decay_weight = float(beta_decay_weight)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.path = {lb: 0 for lb in self.labels}
+        self._gumbel = {lb: torch.zeros(len(self.names[lb])) for lb in self.labels}
+        self.fixed: dict[str, int] | None = None  # evaluate one architecture of the supernet
+        self.removed: dict[str, int] = {}  # op ablation: a candidate taken out of a decision
+        self.arch_grad = False  # alpha receives gradient only inside arch_step
+        self.aux_beta = 0.0
+        self.progress = 0.0  # fraction of training done (drives the remedies' schedules)
+        self._installed: list[tuple[str, nn.Module, _Mixed]] = []
+        for path, view in reversed(named_choices(model)):  # deepest first: inner paths stay valid
+            mixed = MixedLayer(view, self) if view.kind == "layer" else MixedInput(view, self)
+            if path:
+                parent, attr = _parent(model, path)
+                setattr(parent, attr, mixed)
+                self._installed.append((path, view.module, mixed))
+            else:
+                raise ValueError("the model itself is a choice; wrap it in a module")
+        self._model = model
+
+    # ------------------------------------------------------------------ forward-time decisions
+    def weights(self, label: str) -> tuple[list[int], torch.Tensor | None]:
+        """Candidate indices to run for ``label`` and their weights (``None`` = one path, weight 1)."""
+        n = len(self.names[label])
+        if self.fixed is not None:
+            return [self.fixed[label]], None
+        keep = [i for i in range(n) if self.removed.get(label) != i]
+        if self.mode == "spos":
+            return [self.path[label]], None
+        a = self.alpha[label] if self.arch_grad else self.alpha[label].detach()
+        if self.mode == "darts":
+            return keep, torch.softmax(a[keep], 0)
+        # gdas: one Gumbel-sampled path while training; the best remaining path when evaluating
+        if not self._training():
+            return [keep[int(torch.argmax(a.detach()[keep]))]], None
+        y = torch.softmax((a + self._gumbel[label].to(a.device)) / self.tau, 0)
+        k = int(torch.argmax(y))
+        return [k], (y[k] - y[k].detach() + 1.0).view(1)
+
+    def _training(self) -> bool:
+        return any(m.training for _, _, m in self._installed[:1])
+
+    # ------------------------------------------------------------------ sampling and steps
+    def resample(self) -> None:
+        """Draw the next path(s) from the private generator: Gumbel noise (GDAS) or a uniform path (SPOS)."""
+        for lb in self.labels:
+            n = len(self.names[lb])
+            if self.mode == "gdas":
+                u = torch.rand(n, generator=self.generator).clamp_(1e-9, 1 - 1e-9)
+                self._gumbel[lb] = -torch.log(-torch.log(u))
+            elif self.mode == "spos":
+                self.path[lb] = int(torch.randint(n, (1,), generator=self.generator))
+
+    def set_progress(self, progress: float) -> None:
+        """Advance the schedules: DARTS- auxiliary-skip ``beta = 1 - progress`` while training."""
+        self.progress = min(max(float(progress), 0.0), 1.0)
+        self.aux_beta = (1.0 - self.progress) if self.remedy == "darts-" else 0.0
+
+    def regulariser(self) -> torch.Tensor:
+        """beta-DARTS: ``lambda * mean_k logsumexp(alpha_k)`` with ``lambda`` ramped by progress."""
+        if self.remedy != "beta-decay":
+            return torch.zeros(())
+        lam = self.beta_decay_weight * self.progress
+        return lam * torch.stack([torch.logsumexp(self.alpha[lb], 0) for lb in self.labels]).mean()
+
+    def arch_step(self, loss_fn: Callable[[], torch.Tensor],
+                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+        """One update of ``alpha``: first-order DARTS/GDAS, ``grad`` of ``loss_fn()`` w.r.t. alpha only.
+
+        ``reduce`` averages the flat gradient over DDP ranks. Weight gradients are not touched
+        (``torch.autograd.grad`` with ``inputs=alpha``), so the user's optimizer sees nothing of this step.
+        """
+        if self.optimizer is None:
+            raise RuntimeError("SPOS has no architecture parameters to step")
+        self.arch_grad = True
+        try:
+            if self.mode == "gdas":
+                self.resample()
+            loss = loss_fn() + self.regulariser().to(self.alpha[self.labels[0]].device)
+            params = [self.alpha[lb] for lb in self.labels]
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        finally:
+            self.arch_grad = False
+        flat = torch.cat([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+        if reduce is not None:
+            flat = reduce(flat)
+        self.optimizer.zero_grad(set_to_none=True)
+        offset = 0
+        for p in params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    # ------------------------------------------------------------------ results
+    def probabilities(self) -> dict[str, torch.Tensor]:
+        """``softmax(alpha)`` per label (uniform for SPOS)."""
+        return {lb: torch.softmax(self.alpha[lb].detach().cpu(), 0) for lb in self.labels}
+
+    def export(self) -> dict[str, str]:
+        """The most likely candidate per label."""
+        return {lb: self.names[lb][int(torch.argmax(self.alpha[lb].detach()))] for lb in self.labels}
+
+    def set_fixed(self, arch: dict[str, str] | None) -> None:
+        """Evaluate one architecture of the supernet (``None``: back to the search behaviour)."""
+        self.fixed = None if arch is None else {lb: self.names[lb].index(arch[lb]) for lb in self.labels}
+
+    def restore(self, arch: dict[str, str] | None = None) -> None:
+        """Put the original choice modules back (shared weights), making ``arch``'s candidates active."""
+        for path, original, _mixed in reversed(self._installed):
+            parent, attr = _parent(self._model, path)
+            setattr(parent, attr, original)
+            if arch is not None and hasattr(original, "active") and original.label in arch:
+                original.active = arch[original.label]
+        self._installed = []
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"alpha": {lb: a.detach().cpu().clone() for lb, a in self.alpha.items()},
+                "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+                "tau": self.tau, "rng": self.generator.get_state(), "path": dict(self.path),
+                "gumbel": {lb: g.clone() for lb, g in self._gumbel.items()}, "progress": self.progress}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if sorted(state["alpha"]) != sorted(self.labels):
+            raise ValueError(f"checkpoint architecture labels {sorted(state['alpha'])} differ from the model's "
+                             f"{sorted(self.labels)}")
+        with torch.no_grad():
+            for lb, a in state["alpha"].items():
+                self.alpha[lb].copy_(a.to(self.alpha[lb].device))
+        if self.optimizer is not None and state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.tau = float(state["tau"])
+        self.generator.set_state(state["rng"])
+        self.path = dict(state["path"])
+        self._gumbel = {lb: g.clone() for lb, g in state["gumbel"].items()}
+        self.set_progress(state["progress"])

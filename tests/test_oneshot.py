@@ -1,0 +1,229 @@
+"""One-shot NAS callbacks (DARTS, GDAS, SPOS) on ordinary Lightning modules: search, explanations, bad input."""
+import json
+import warnings
+
+import pytest
+import torch
+from lightning.pytorch.demos.boring_classes import DemoModel, RandomDataset
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_nas import space
+from lightning_nas.callbacks import DifferentiableNAS, SubnetSampling
+from lightning_nas.models import Classifier
+from lightning_nas.search.oneshot import MixedLayer, evolutionary_search
+from tests.conftest import fast_trainer
+
+
+def _conv(c, k):
+    return nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2), nn.BatchNorm2d(c), nn.ReLU())
+
+
+class SmallSpace(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        self.b1 = space.LayerChoice({"conv3": _conv(c, 3), "conv1": _conv(c, 1), "skip": nn.Identity()}, label="b1")
+        self.b2 = space.LayerChoice({"conv3": _conv(c, 3), "skip": nn.Identity()}, label="b2")
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        return self.head(self.b2(self.b1(self.stem(x))).mean((2, 3)))
+
+
+def _scalars(tmp_path):
+    files = list(tmp_path.rglob("lightning_nas/scalars.jsonl"))
+    assert files, "no scalars written"
+    return [json.loads(line) for line in files[0].read_text().splitlines()]
+
+
+def test_darts_on_ordinary_classifier(tmp_path, digits):
+    torch.manual_seed(0)
+    module = Classifier(SmallSpace())
+    nas = DifferentiableNAS(mode="darts", seed=0, ablation_batches=2)
+    trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=6, limit_val_batches=2, callbacks=[nas])
+    trainer.fit(module, datamodule=digits)
+    # the candidates' weights are in the user's optimizer, alpha is not
+    opt_ids = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert {id(p) for p in module.net.b1.candidates.parameters()} <= opt_ids
+    assert not {id(a) for a in nas._supernet.alpha.values()} & opt_ids
+    assert any(float(a.abs().max()) > 0 for a in nas._supernet.alpha.values())  # alpha moved
+    arch = nas.export()
+    assert set(arch) == {"b1", "b2"} and arch["b1"] in ("conv3", "conv1", "skip")
+    # after fit the user's module holds its choices again, with the found candidate active
+    assert isinstance(module.net.b1, space.LayerChoice) and module.net.b1.active == arch["b1"]
+    best = nas.best_model()
+    assert not space.named_choices(best)
+    x = digits.example_input(5)
+    assert torch.allclose(best.eval()(x), module.eval()(x))
+    # explanations: per-epoch scalars, final table, ablation, one reason per decision
+    rows = _scalars(tmp_path)
+    keys = set().union(*rows)
+    assert {"nas/b1/conv3", "nas/b1/skip", "nas/b1/entropy", "nas/b2/entropy"} <= keys
+    probs = [r for r in rows if "nas/b1/conv3" in r]
+    assert len(probs) == 2 and abs(sum(probs[-1][f"nas/b1/{c}"] for c in ("conv3", "conv1", "skip")) - 1) < 1e-6
+    assert [r[0] for r in nas.decision_table()] == ["b1", "b2"]
+    assert set(nas.ablation()["b1"]) == {"conv3", "conv1", "skip"}
+    assert set(nas.reasons()) == {"b1", "b2"} and arch["b1"] in nas.reasons()["b1"]
+    assert list(tmp_path.rglob("series/nas_b1_history.json")) and list(tmp_path.rglob("tables/nas_decisions.csv"))
+
+
+def test_gdas_one_path_per_step_and_tau_annealed(tmp_path, digits):
+    torch.manual_seed(0)
+    net = SmallSpace()
+    calls = {n: 0 for n in ("conv3", "conv1")}
+    for n in calls:
+        net.b1.candidates[n].register_forward_hook(lambda *a, n=n: calls.__setitem__(n, calls[n] + 1))
+    nas = DifferentiableNAS(mode="gdas", tau_max=5.0, tau_min=0.5, seed=1, ablation_batches=0)
+    trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=5, limit_val_batches=0, callbacks=[nas])
+    trainer.fit(Classifier(net), datamodule=digits)
+    # shape check (2 calls: conv3, conv1) + per step: one arch forward + one weight forward, one path each
+    assert sum(calls.values()) <= 2 + 2 * 10 and sum(calls.values()) >= 2
+    taus = [r["nas/tau"] for r in _scalars(tmp_path) if "nas/tau" in r]
+    assert len(taus) == 2 and 0.5 <= taus[1] < taus[0] <= 5.0
+
+
+def test_spos_evolution_with_bn_recalibration(tmp_path, digits):
+    torch.manual_seed(0)
+    module = Classifier(SmallSpace())
+    sampler = SubnetSampling(population=3, generations=2, calib_batches=2, eval_batches=2, seed=0)
+    trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=6, limit_val_batches=2, callbacks=[sampler])
+    trainer.fit(module, datamodule=digits)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    arch = sampler.export()
+    assert set(arch) == {"b1", "b2"} and len(sampler.scored) == 6  # the whole 6-architecture space
+    best_score = max(s for _, s in sampler.scored)
+    assert dict(sampler.scored[[s for _, s in sampler.scored].index(best_score)][0]) == arch
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())  # BN stats put back
+    assert min(sampler.ablation()["b1"].values()) == pytest.approx(0.0)  # switching to the winner costs nothing
+    assert "switching" in sampler.reasons()["b1"]
+
+
+def test_evolution_finds_optimum_of_known_function():
+    space_ = {"a": ["0", "1", "2", "3"], "b": ["0", "1", "2", "3"], "c": ["0", "1", "2", "3"]}
+    best, hist = evolutionary_search(space_, lambda a: -sum((int(v) - 2) ** 2 for v in a.values()),
+                                     population=8, generations=6, generator=torch.Generator().manual_seed(0))
+    assert best == {"a": "2", "b": "2", "c": "2"} and len(hist) < 64
+
+
+def test_unmodified_demo_model_with_a_choice_and_no_val_loader(tmp_path):
+    model = DemoModel()
+    model.l1 = space.LayerChoice({"wide": nn.Linear(32, 10), "mlp": nn.Sequential(nn.Linear(32, 16), nn.ReLU(),
+                                                                                  nn.Linear(16, 10))}, label="l1")
+    nas = DifferentiableNAS(seed=0, ablation_batches=1)
+    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=4, callbacks=[nas]).fit(
+        model, train_dataloaders=DataLoader(RandomDataset(32, 64), batch_size=8))
+    assert nas.export()["l1"] in ("wide", "mlp") and float(nas._supernet.alpha["l1"].abs().max()) > 0
+
+
+def test_no_choices_is_a_clear_error(tmp_path):
+    nas = DifferentiableNAS()
+    with pytest.raises(ValueError, match="DemoModel has no LayerChoice"):
+        fast_trainer(tmp_path, callbacks=[nas]).fit(DemoModel(), train_dataloaders=DataLoader(RandomDataset(32, 8)))
+
+
+def test_candidates_with_different_shapes(tmp_path, digits):
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.op = space.LayerChoice({"keep": nn.Conv2d(1, 4, 3, padding=1), "shrink": nn.Conv2d(1, 4, 3)},
+                                        label="op")
+            self.head = nn.LazyLinear(10)
+
+        def forward(self, x):
+            return self.head(self.op(x).flatten(1))
+
+    with pytest.raises(ValueError, match=r"choice 'op'.*keep -> \(\d+, 4, 8, 8\).*shrink -> \(\d+, 4, 6, 6\)"):
+        fast_trainer(tmp_path, limit_train_batches=1, limit_val_batches=1,
+                     callbacks=[DifferentiableNAS()]).fit(Classifier(Bad()), datamodule=digits)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "enas"}, "mode"), ({"arch_lr": 0.0}, "arch_lr"), ({"arch_lr": 2.0}, "arch_lr"),
+    ({"tau_max": 0.0}, "tau_max"), ({"tau_max": 1.0, "tau_min": 2.0}, "tau_min"), ({"remedy": "magic"}, "remedy"),
+    ({"arch_weight_decay": -1.0}, "arch_weight_decay"), ({"warmup_epochs": -1}, "warmup_epochs"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DifferentiableNAS(**kwargs)
+
+
+def test_bad_subnet_sampling_arguments():
+    with pytest.raises(ValueError, match="population"):
+        SubnetSampling(population=1)
+    with pytest.raises(ValueError, match="mutation_prob"):
+        SubnetSampling(mutation_prob=1.5)
+
+
+def test_tied_choices_share_alpha_and_remedies_schedule(tmp_path, digits):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 4, 3, padding=1)
+            self.a = space.LayerChoice({"conv": _conv(4, 3), "skip": nn.Identity()}, label="cell")
+            self.b = space.LayerChoice({"conv": _conv(4, 3), "skip": nn.Identity()}, label="cell")
+            self.head = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.head(self.b(self.a(self.stem(x))).mean((2, 3)))
+
+    for remedy in ("darts-", "beta-decay"):
+        nas = DifferentiableNAS(remedy=remedy, seed=0, ablation_batches=0)
+        fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1,
+                     callbacks=[nas]).fit(Classifier(Tied()), datamodule=digits)
+        assert list(nas._supernet.alpha) == ["cell"] and nas.export()["cell"] in ("conv", "skip")
+        assert nas._supernet.aux_beta == 0.0  # the DARTS- auxiliary skip has decayed away by the end
+
+
+def test_nni_layer_choice_is_searched(tmp_path, digits):
+    pytest.importorskip("nni")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+
+        class NNINet(ModelSpace):
+            def __init__(self):
+                super().__init__()
+                self.stem = nn.Conv2d(1, 4, 3, padding=1)
+                self.op = LayerChoice({"conv": nn.Conv2d(4, 4, 3, padding=1), "id": nn.Identity()}, label="op")
+                self.head = nn.Linear(4, 10)
+
+            def forward(self, x):
+                return self.head(self.op(self.stem(x)).mean((2, 3)))
+
+        net = NNINet()
+    keys = set(net.state_dict())
+    nas = DifferentiableNAS(seed=0, ablation_batches=1)
+    trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, callbacks=[nas])
+    module = Classifier(net)
+    trainer.fit(module, datamodule=digits)
+    assert nas.export()["op"] in ("conv", "id") and set(net.state_dict()) == keys
+    assert isinstance(nas.best_model().net.op, (nn.Conv2d, nn.Identity))
+
+
+def test_mixed_op_keeps_state_dict_keys():
+    net = SmallSpace()
+    keys = set(net.state_dict())
+    from lightning_nas.search.oneshot import Supernet
+
+    sn = Supernet(net, "darts")
+    assert isinstance(net.b1, MixedLayer) and set(net.state_dict()) == keys
+    sn.restore()
+    assert isinstance(net.b1, space.LayerChoice)
+
+
+@pytest.mark.slow
+def test_demo_search_stage_streams_to_wandb_and_card(tmp_path):
+    from lightning_nas.demo import run_demo
+    from lightning_nas.tracking import read_offline_run
+
+    out = run_demo(max_epochs=1, out_dir=tmp_path / "demo")
+    card = json.loads(open(out["card"]).read())
+    search = card["stages"][0]
+    assert search["stage"] == "search" and set(search["arch"]) == {"block1", "block2"}
+    assert set(search["reasons"]) == {"block1", "block2"} and search["space_size"] == 9
+    history, summary, _ = read_offline_run(out["wandb_run"])
+    keys = set().union(*history)
+    assert {"nas/block1/conv3", "nas/block1/entropy", "nas/decisions", "nas/ablation",
+            "nas/block1/history_table"} <= keys  # a W&B line plot is stored as <key>_table
+    assert summary["nas/arch/block1"] == search["arch"]["block1"]
