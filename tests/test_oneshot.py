@@ -227,3 +227,16 @@ def test_demo_search_stage_streams_to_wandb_and_card(tmp_path):
     assert {"nas/block1/conv3", "nas/block1/entropy", "nas/decisions", "nas/ablation",
             "nas/block1/history_table"} <= keys  # a W&B line plot is stored as <key>_table
     assert summary["nas/arch/block1"] == search["arch"]["block1"]
+
+
+def test_callbacks_build_from_lightning_cli_config():
+    jsonargparse = pytest.importorskip("jsonargparse")
+    parser = jsonargparse.ArgumentParser()
+    parser.add_argument("--cb", type=DifferentiableNAS)
+    parser.add_argument("--spos", type=SubnetSampling)
+    cfg = parser.parse_args(["--cb", '{"class_path": "lightning_nas.callbacks.DifferentiableNAS", '
+                             '"init_args": {"mode": "gdas", "tau_max": 5.0, "remedy": "darts-"}}',
+                             "--spos", '{"class_path": "lightning_nas.callbacks.SubnetSampling", '
+                             '"init_args": {"population": 6}}'])
+    init = parser.instantiate_classes(cfg)
+    assert init.cb.mode == "gdas" and init.cb.tau_max == 5.0 and init.spos.population == 6

@@ -97,6 +97,7 @@ class _Dump(L.Callback):
 
 
 @pytest.mark.slow
+@pytest.mark.ddp
 def test_ddp_ranks_hold_identical_alpha_and_paths(tmp_path, digits):
     from lightning.pytorch.strategies import DDPStrategy
 

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from lightning_utilities.core.apply_func import apply_to_collection
 
 from lightning_nas import space
+from lightning_nas._validate import check_int
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain import architecture as xarch
 from lightning_nas.search.oneshot import Supernet
@@ -47,8 +48,6 @@ class _OneShotCallback(LightningNASCallback):
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
         if seed is not None:
-            from lightning_nas._validate import check_int
-
             check_int("seed", seed, 0)
         self.seed = seed
         self._supernet: Supernet | None = None

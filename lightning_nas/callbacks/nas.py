@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
-from lightning_nas.callbacks._oneshot import _OneShotCallback
+from lightning_nas.callbacks._oneshot import _first_loader, _OneShotCallback
 from lightning_nas.explain import architecture as xarch
 from lightning_nas.search.oneshot import REMEDIES, evolutionary_search, recalibrate_batchnorm
 
@@ -162,7 +162,7 @@ class SubnetSampling(_OneShotCallback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sn = self._supernet
-        loader = _train_loader(trainer)
+        loader = _first_loader(trainer.train_dataloader)
         self._calib = [trainer.strategy.batch_to_device(b) for b in itertools.islice(iter(loader), self.calib_batches)]
         self._evalb = self._eval_batches(trainer, self.eval_batches)
         was = pl_module.training
@@ -204,9 +204,3 @@ class SubnetSampling(_OneShotCallback):
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._arch, self.scored = state.get("arch"), list(state.get("scored", []))
-
-
-def _train_loader(trainer: L.Trainer) -> Any:
-    from lightning_nas.callbacks._oneshot import _first_loader
-
-    return _first_loader(trainer.train_dataloader)
