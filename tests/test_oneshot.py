@@ -40,6 +40,7 @@ def _scalars(tmp_path):
 def test_darts_on_ordinary_classifier(tmp_path, digits):
     torch.manual_seed(0)
     module = Classifier(SmallSpace())
+    module.example_input_array = torch.zeros(2, 1, 8, 8)  # lets setup() check candidate shapes up front
     nas = DifferentiableNAS(mode="darts", seed=0, ablation_batches=2)
     trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=6, limit_val_batches=2, callbacks=[nas])
     trainer.fit(module, datamodule=digits)
@@ -151,7 +152,8 @@ def test_input_choice_is_searched_and_frozen(tmp_path, digits, make):
     assert torch.allclose(frozen.eval()(x), module.net.eval()(x))
 
 
-def test_candidates_with_different_shapes(tmp_path, digits):
+@pytest.mark.parametrize("example", [False, True])
+def test_candidates_with_different_shapes(tmp_path, digits, example):
     class Bad(nn.Module):
         def __init__(self):
             super().__init__()
@@ -162,9 +164,12 @@ def test_candidates_with_different_shapes(tmp_path, digits):
         def forward(self, x):
             return self.head(self.op(x).flatten(1))
 
+    module = Classifier(Bad())
+    if example:  # checked in setup(), before any step
+        module.example_input_array = torch.zeros(2, 1, 8, 8)
     with pytest.raises(ValueError, match=r"choice 'op'.*keep -> \(\d+, 4, 8, 8\).*shrink -> \(\d+, 4, 6, 6\)"):
         fast_trainer(tmp_path, limit_train_batches=1, limit_val_batches=1,
-                     callbacks=[DifferentiableNAS()]).fit(Classifier(Bad()), datamodule=digits)
+                     callbacks=[DifferentiableNAS()]).fit(module, datamodule=digits)
 
 
 @pytest.mark.parametrize("kwargs, match", [

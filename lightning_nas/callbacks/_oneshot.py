@@ -84,15 +84,20 @@ class _OneShotCallback(LightningNASCallback):
             return
         seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, (1,)))
         seed = int(self._broadcast(trainer, seed))
-        self._supernet = Supernet(pl_module, self._mode, seed=seed, **self._supernet_kwargs())
+        self._supernet = Supernet(pl_module, self._mode, seed=seed, device=trainer.strategy.root_device,
+                                  **self._supernet_kwargs())
         self._module = pl_module
         if pl_module.example_input_array is not None:  # shape check before the first step when we can
             x = move_data_to_device(pl_module.example_input_array, pl_module.device)
             was = pl_module.training
-            with torch.no_grad():
-                pl_module.eval()
-                pl_module(*x) if isinstance(x, tuple) else pl_module(x)
-            pl_module.train(was)
+            self._supernet.fixed = {lb: 0 for lb in self._supernet.labels}  # alpha may be on the target device
+            try:
+                with torch.no_grad():
+                    pl_module.eval()
+                    pl_module(*x) if isinstance(x, tuple) else pl_module(x)
+            finally:
+                self._supernet.fixed = None
+                pl_module.train(was)
         if self._pending is not None:
             self._apply_state(self._pending)
             self._pending = None
@@ -168,14 +173,17 @@ class _OneShotCallback(LightningNASCallback):
         return None
 
     # ------------------------------------------------------------------ explanations
-    def _log_probabilities(self, trainer: L.Trainer, probs: dict[str, dict[str, float]], extra: dict[str, float]) -> None:
-        self.history.append({"epoch": trainer.current_epoch, "probs": probs})
+    def _log_probabilities(self, trainer: L.Trainer, probs: dict[str, dict[str, float]], extra: dict[str, float],
+                           record: bool = True) -> None:
         scalars = dict(extra)
         for lb, p in probs.items():
             scalars.update({f"nas/{lb}/{c}": v for c, v in p.items()})
             scalars[f"nas/{lb}/entropy"] = xarch.entropy(p)
         tracker = self.tracker(trainer)
         tracker.log_scalars(scalars)
+        if not record:
+            return
+        self.history.append({"epoch": trainer.current_epoch, "probs": probs})
         xs = [h["epoch"] for h in self.history]
         for lb in probs:
             ys = {c: [h["probs"][lb][c] for h in self.history] for c in probs[lb]}

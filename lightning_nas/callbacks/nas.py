@@ -177,7 +177,7 @@ class SubnetSampling(_OneShotCallback):
 
         best, self.scored = evolutionary_search(sn.names, score, population=self.population,
                                                 generations=self.generations, mutation_prob=self.mutation_prob,
-                                                generator=sn.generator)
+                                                generator=torch.Generator().manual_seed(sn.generator.initial_seed() + 1))
         self._arch = best
         top = [a for a, _ in sorted(self.scored, key=lambda t: -t[1])[:self.population]]
         probs = {lb: {c: sum(a[lb] == c for a in top) / len(top) for c in sn.names[lb]} for lb in sn.labels}
@@ -188,7 +188,7 @@ class SubnetSampling(_OneShotCallback):
         self._ablation = {lb: {c: base - score({**best, lb: c}) for c in sn.names[lb]} for lb in sn.labels}
         pl_module.load_state_dict(bn_state, strict=False)
         pl_module.train(was)
-        self._log_probabilities(trainer, probs, {})
+        self._log_probabilities(trainer, probs, {}, record=False)
         tracker = self.tracker(trainer)
         tracker.log_table("nas/subnets", ["arch", "score"], [[str(a), s] for a, s in self.scored])
         self._log_final(trainer, probs, "population_share", "switch")

@@ -41,7 +41,7 @@ class Supernet:
 
     def __init__(self, model: nn.Module, mode: str = "darts", *, arch_lr: float = 3e-3,
                  arch_weight_decay: float = 1e-3, tau: float = 10.0, remedy: str = "none",
-                 beta_decay_weight: float = 1.0, seed: int = 0) -> None:
+                 beta_decay_weight: float = 1.0, seed: int = 0, device: torch.device | str | None = None) -> None:
         self.mode = check_choice("mode", mode, MODES)
         self.remedy = check_choice("remedy", remedy, REMEDIES)
         check_range("arch_lr", arch_lr, 0.0, 1.0, low_inclusive=False)
@@ -54,7 +54,8 @@ class Supernet:
             raise ValueError("this model already holds a one-shot supernet (two NAS callbacks on one model?)")
         self.labels = list(decs)
         self.names = {lb: list(d.candidates) for lb, d in decs.items()}
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if device is None:  # the model's device; a trainer passes the device the model is about to move to
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.alpha = {lb: torch.zeros(len(self.names[lb]), device=device, requires_grad=True) for lb in self.labels}
         self.optimizer = (torch.optim.Adam(list(self.alpha.values()), lr=arch_lr, betas=(0.5, 0.999),
                                            weight_decay=arch_weight_decay) if mode != "spos" else None)
@@ -120,7 +121,7 @@ class Supernet:
     def regulariser(self) -> torch.Tensor:
         """beta-DARTS: ``lambda * mean_k logsumexp(alpha_k)`` with ``lambda`` ramped by progress."""
         if self.remedy != "beta-decay":
-            return torch.zeros(())
+            return torch.zeros((), device=self.alpha[self.labels[0]].device)
         lam = self.beta_decay_weight * self.progress
         return lam * torch.stack([torch.logsumexp(self.alpha[lb], 0) for lb in self.labels]).mean()
 
@@ -137,7 +138,8 @@ class Supernet:
         try:
             if self.mode == "gdas":
                 self.resample()
-            loss = loss_fn() + self.regulariser().to(self.alpha[self.labels[0]].device)
+            loss = loss_fn()
+            loss = loss + self.regulariser().to(loss.device)
             params = [self.alpha[lb] for lb in self.labels]
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         finally:
