@@ -82,7 +82,8 @@ class _OneShotCallback(LightningNASCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, (1,)))
+        # no seed: follow torch's (seed_everything) without consuming the user's random stream
+        seed = self.seed if self.seed is not None else int(torch.initial_seed() % (2**31 - 1))
         seed = int(self._broadcast(trainer, seed))
         self._supernet = Supernet(pl_module, self._mode, seed=seed, device=trainer.strategy.root_device,
                                   **self._supernet_kwargs())

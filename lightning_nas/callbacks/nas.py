@@ -39,7 +39,7 @@ class DifferentiableNAS(_OneShotCallback):
         beta_decay_weight: final ``lambda`` of ``"beta-decay"``, in [0, 100].
         warmup_epochs: epochs of weight-only training before ``alpha`` moves.
         ablation_batches: validation batches for the final op-ablation (0 disables it).
-        seed: seed of the path sampler (``None``: drawn on rank 0 and broadcast).
+        seed: seed of the path sampler (``None``: torch's initial seed on rank 0, broadcast).
 
     Logged every epoch: ``nas/<label>/<candidate>`` (probability), ``nas/<label>/entropy``, ``nas/tau`` (GDAS),
     line series ``nas/<label>/history``; at the end the tables ``nas/decisions`` and ``nas/ablation`` and the
@@ -111,7 +111,7 @@ class SubnetSampling(_OneShotCallback):
         mutation_prob: chance that a child's decision is resampled, in [0, 1].
         calib_batches: training batches for each subnet's BatchNorm recalibration (>= 1).
         eval_batches: validation batches scoring each subnet (>= 1).
-        seed: seed of path sampling and evolution (``None``: drawn on rank 0 and broadcast).
+        seed: seed of path sampling and evolution (``None``: torch's initial seed on rank 0, broadcast).
         score_all: also score every subnet of the space (small spaces; ``all_scores`` then ranks them all).
 
     Logged at the end: ``nas/<label>/<candidate>`` (share of the candidate among the final population),
@@ -175,9 +175,10 @@ class SubnetSampling(_OneShotCallback):
                 cache[key] = self.score(trainer, pl_module, arch)
             return cache[key]
 
+        evo_gen = torch.Generator().manual_seed(sn.generator.initial_seed() + 1)  # not the training stream
         best, self.scored = evolutionary_search(sn.names, score, population=self.population,
                                                 generations=self.generations, mutation_prob=self.mutation_prob,
-                                                generator=torch.Generator().manual_seed(sn.generator.initial_seed() + 1))
+                                                generator=evo_gen)
         self._arch = best
         top = [a for a, _ in sorted(self.scored, key=lambda t: -t[1])[:self.population]]
         probs = {lb: {c: sum(a[lb] == c for a in top) / len(top) for c in sn.names[lb]} for lb in sn.labels}
