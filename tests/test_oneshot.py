@@ -134,6 +134,13 @@ def test_no_choices_is_a_clear_error(tmp_path, make):
         fast_trainer(tmp_path, callbacks=[cb]).fit(DemoModel(), train_dataloaders=DataLoader(RandomDataset(32, 8)))
 
 
+def test_manual_optimization_is_refused(tmp_path, digits):
+    module = Classifier(SmallSpace())
+    module.automatic_optimization = False
+    with pytest.raises(ValueError, match="automatic optimization"):
+        fast_trainer(tmp_path, callbacks=[DifferentiableNAS()]).fit(module, datamodule=digits)
+
+
 @pytest.mark.parametrize("make", [lambda: DifferentiableNAS("darts", seed=0, ablation_batches=1),
                                   lambda: DifferentiableNAS("gdas", seed=0, ablation_batches=1),
                                   lambda: SubnetSampling(population=2, generations=1, seed=0)])
@@ -293,3 +300,67 @@ def test_value_choices_stay_as_built_and_conflicting_labels_fail_in_setup(tmp_pa
                         space.LayerChoice({"a": nn.Identity(), "c": nn.Tanh()}, label="x"))
     with pytest.raises(ValueError, match="'x' is used by choices with different candidates"):
         fast_trainer(tmp_path, callbacks=[DifferentiableNAS()]).fit(Classifier(bad), datamodule=digits)
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.op = space.LayerChoice({"a": nn.Linear(4, 4), "b": nn.Sequential(nn.Linear(4, 4), nn.Tanh())},
+                                    label="op")
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.op(x))
+
+
+def _tiny_setup(seed=0):
+    from lightning_nas.search.oneshot import Supernet
+
+    torch.manual_seed(seed)
+    net = _Tiny()
+    sn = Supernet(net, "darts", arch_lr=0.1, arch_weight_decay=0.0)
+    with torch.no_grad():
+        sn.alpha["op"].copy_(torch.tensor([0.3, -0.2]))
+    g = torch.Generator().manual_seed(1)
+    xt, yt = torch.randn(16, 4, generator=g), torch.randint(3, (16,), generator=g)
+    xv, yv = torch.randn(16, 4, generator=g), torch.randint(3, (16,), generator=g)
+    ce = nn.functional.cross_entropy
+    return net, sn, (lambda: ce(net(xt), yt)), (lambda: ce(net(xv), yv)), (xt, yt, xv, yv)
+
+
+def test_second_order_matches_exact_hypergradient_and_reduces_to_first_order():
+    from torch.func import functional_call
+
+    xi = 0.5
+    # the exact DARTS hypergradient d/dalpha L_val(w - xi * grad_w L_train(w, alpha), alpha), by double backward
+    net, sn, _, _, (xt, yt, xv, yv) = _tiny_setup()
+    names, ws = zip(*net.named_parameters())
+    sn.arch_grad = True
+    ce = nn.functional.cross_entropy
+    gw = torch.autograd.grad(ce(functional_call(net, dict(zip(names, ws)), (xt,)), yt), ws, create_graph=True)
+    w1 = {n: w - xi * g for n, w, g in zip(names, ws, gw)}
+    exact = torch.autograd.grad(ce(functional_call(net, w1, (xv,)), yv), sn.alpha["op"])[0]
+    sn.arch_grad = False
+    # the finite-difference approximation used by arch_step
+    net, sn, train_fn, val_fn, _ = _tiny_setup()
+    before = [p.detach().clone() for p in net.parameters()]
+    approx, _ = sn._second_order(val_fn, train_fn, list(net.parameters()), xi)
+    assert torch.allclose(approx[0], exact, rtol=1e-3, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # weights put back bit for bit
+    # xi = 0: exactly the first-order step
+    net1, sn1, _, val1, _ = _tiny_setup()
+    sn1.arch_step(val1)
+    net2, sn2, train2, val2, _ = _tiny_setup()
+    sn2.arch_step(val2, train_loss_fn=train2, weights=list(net2.parameters()), xi=0.0)
+    assert torch.allclose(sn1.alpha["op"], sn2.alpha["op"], atol=1e-7)
+
+
+def test_second_order_darts_in_a_fit(tmp_path, digits):
+    nas = DifferentiableNAS(order=2, seed=0, ablation_batches=0)
+    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, callbacks=[nas]).fit(
+        Classifier(SmallSpace()), datamodule=digits)
+    assert float(nas._supernet.alpha["b1"].abs().max()) > 0
+    with pytest.raises(ValueError, match="order"):
+        DifferentiableNAS(mode="gdas", order=2)
+    with pytest.raises(ValueError, match="order"):
+        DifferentiableNAS(order=3)

@@ -72,6 +72,10 @@ class _OneShotCallback(LightningNASCallback):
         if not decs:
             raise ValueError(f"{name}: {type(pl_module).__name__} has no LayerChoice/InputChoice to search; put "
                              "lightning_nas.space.LayerChoice (or NNI's) in the model, or remove the callback")
+        if not pl_module.automatic_optimization:
+            raise ValueError(f"{name} needs automatic optimization: it reuses `training_step` to compute the "
+                             "held-out loss, which with automatic_optimization=False would also step your "
+                             "optimizer; set automatic_optimization=True")
         if self._mode in ("gdas", "spos") and trainer.world_size > 1:
             kwargs = getattr(trainer.strategy, "_ddp_kwargs", {})
             if not kwargs.get("find_unused_parameters", False):
@@ -152,6 +156,11 @@ class _OneShotCallback(LightningNASCallback):
             b = next(self._held_iter)
         self._held_out_pos += 1
         return trainer.strategy.batch_to_device(b)
+
+    @staticmethod
+    def _first_half(batch: Any) -> Any:
+        n = _batch_len(batch)
+        return apply_to_collection(batch, torch.Tensor, lambda t: t[:n // 2] if t.ndim and t.shape[0] == n else t)
 
     def _eval_batches(self, trainer: L.Trainer, n: int) -> list[Any]:
         loader = self._val_loader or _first_loader(trainer.train_dataloader)
