@@ -38,6 +38,7 @@ MODES = {
     "DARTS": lambda s: DifferentiableNAS("darts", seed=s),
     "DARTS + DARTS- (aux skip)": lambda s: DifferentiableNAS("darts", remedy="darts-", seed=s),
     "DARTS + beta-decay": lambda s: DifferentiableNAS("darts", remedy="beta-decay", seed=s),
+    "DARTS 2nd order": lambda s: DifferentiableNAS("darts", order=2, seed=s),
     "GDAS": lambda s: DifferentiableNAS("gdas", seed=s),
     "SPOS (+ evolution)": lambda s: SubnetSampling(population=8, generations=3, seed=s, score_all=True),
 }

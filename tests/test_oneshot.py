@@ -177,6 +177,7 @@ def test_candidates_with_different_shapes(tmp_path, digits, example):
     with pytest.raises(ValueError, match=r"choice 'op'.*keep -> \(\d+, 4, 8, 8\).*shrink -> \(\d+, 4, 6, 6\)"):
         fast_trainer(tmp_path, limit_train_batches=1, limit_val_batches=1,
                      callbacks=[DifferentiableNAS()]).fit(module, datamodule=digits)
+    assert isinstance(module.net.op, space.LayerChoice)  # the failed fit left the user's choice in place
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -111,6 +111,10 @@ class _OneShotCallback(LightningNASCallback):
         self._val_loader = _first_loader(trainer.val_dataloaders)
         self._held_iter = None
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._supernet is not None:  # leave the user's module with its own choice modules, not mixed ops
+            self._supernet.restore()
+
     # ------------------------------------------------------------------ per-epoch explanations
     def _epoch_done(self, trainer: L.Trainer) -> None:
         """Log this epoch's decisions (subclasses); runs once per epoch, before the epoch-end validation."""
