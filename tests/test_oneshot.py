@@ -40,6 +40,7 @@ def _scalars(tmp_path):
 def test_darts_on_ordinary_classifier(tmp_path, digits):
     torch.manual_seed(0)
     module = Classifier(SmallSpace())
+    module.example_input_array = torch.zeros(2, 1, 8, 8)  # lets setup() check candidate shapes up front
     nas = DifferentiableNAS(mode="darts", seed=0, ablation_batches=2)
     trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=6, limit_val_batches=2, callbacks=[nas])
     trainer.fit(module, datamodule=digits)
@@ -71,14 +72,14 @@ def test_darts_on_ordinary_classifier(tmp_path, digits):
 def test_gdas_one_path_per_step_and_tau_annealed(tmp_path, digits):
     torch.manual_seed(0)
     net = SmallSpace()
-    calls = {n: 0 for n in ("conv3", "conv1")}
+    calls = {n: 0 for n in ("conv3", "conv1", "skip")}
     for n in calls:
         net.b1.candidates[n].register_forward_hook(lambda *a, n=n: calls.__setitem__(n, calls[n] + 1))
     nas = DifferentiableNAS(mode="gdas", tau_max=5.0, tau_min=0.5, seed=1, ablation_batches=0)
     trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=5, limit_val_batches=0, callbacks=[nas])
     trainer.fit(Classifier(net), datamodule=digits)
-    # shape check (2 calls: conv3, conv1) + per step: one arch forward + one weight forward, one path each
-    assert sum(calls.values()) <= 2 + 2 * 10 and sum(calls.values()) >= 2
+    # shape check (each candidate once) + per step: one arch and one weight forward, one path each
+    assert sum(calls.values()) == 3 + 2 * 10 and min(calls.values()) >= 1
     taus = [r["nas/tau"] for r in _scalars(tmp_path) if "nas/tau" in r]
     assert len(taus) == 2 and 0.5 <= taus[1] < taus[0] <= 5.0
 
@@ -116,13 +117,50 @@ def test_unmodified_demo_model_with_a_choice_and_no_val_loader(tmp_path):
     assert nas.export()["l1"] in ("wide", "mlp") and float(nas._supernet.alpha["l1"].abs().max()) > 0
 
 
-def test_no_choices_is_a_clear_error(tmp_path):
-    nas = DifferentiableNAS()
-    with pytest.raises(ValueError, match="DemoModel has no LayerChoice"):
-        fast_trainer(tmp_path, callbacks=[nas]).fit(DemoModel(), train_dataloaders=DataLoader(RandomDataset(32, 8)))
+def test_spos_on_unmodified_demo_model_without_val_loader(tmp_path):
+    model = DemoModel()
+    model.l1 = space.LayerChoice({"wide": nn.Linear(32, 10), "mlp": nn.Sequential(nn.Linear(32, 16), nn.ReLU(),
+                                                                                  nn.Linear(16, 10))}, label="l1")
+    sampler = SubnetSampling(population=2, generations=1, calib_batches=1, eval_batches=2, seed=0)
+    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=4, callbacks=[sampler]).fit(
+        model, train_dataloaders=DataLoader(RandomDataset(32, 64), batch_size=8))
+    assert sampler.export()["l1"] in ("wide", "mlp") and len(sampler.scored) == 2
 
 
-def test_candidates_with_different_shapes(tmp_path, digits):
+@pytest.mark.parametrize("make", [lambda: DifferentiableNAS(), lambda: SubnetSampling()])
+def test_no_choices_is_a_clear_error(tmp_path, make):
+    cb = make()
+    with pytest.raises(ValueError, match=f"{type(cb).__name__}: DemoModel has no LayerChoice"):
+        fast_trainer(tmp_path, callbacks=[cb]).fit(DemoModel(), train_dataloaders=DataLoader(RandomDataset(32, 8)))
+
+
+def test_manual_optimization_is_refused(tmp_path, digits):
+    module = Classifier(SmallSpace())
+    module.automatic_optimization = False
+    with pytest.raises(ValueError, match="automatic optimization"):
+        fast_trainer(tmp_path, callbacks=[DifferentiableNAS()]).fit(module, datamodule=digits)
+
+
+@pytest.mark.parametrize("make", [lambda: DifferentiableNAS("darts", seed=0, ablation_batches=1),
+                                  lambda: DifferentiableNAS("gdas", seed=0, ablation_batches=1),
+                                  lambda: SubnetSampling(population=2, generations=1, seed=0)])
+def test_input_choice_is_searched_and_frozen(tmp_path, digits, make):
+    from tests.test_space import Net
+
+    cb = make()
+    module = Classifier(Net())
+    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, callbacks=[cb]).fit(
+        module, datamodule=digits)
+    arch = cb.export()
+    assert arch["inp"] in ("0", "1") and set(arch) == {"b1", "b2", "inp"}
+    frozen = cb.best_model().net
+    assert isinstance(frozen.inp, space.SelectInputs) and frozen.inp.indices == [int(arch["inp"])]
+    x = digits.example_input(3)
+    assert torch.allclose(frozen.eval()(x), module.net.eval()(x))
+
+
+@pytest.mark.parametrize("example", [False, True])
+def test_candidates_with_different_shapes(tmp_path, digits, example):
     class Bad(nn.Module):
         def __init__(self):
             super().__init__()
@@ -133,9 +171,13 @@ def test_candidates_with_different_shapes(tmp_path, digits):
         def forward(self, x):
             return self.head(self.op(x).flatten(1))
 
+    module = Classifier(Bad())
+    if example:  # checked in setup(), before any step
+        module.example_input_array = torch.zeros(2, 1, 8, 8)
     with pytest.raises(ValueError, match=r"choice 'op'.*keep -> \(\d+, 4, 8, 8\).*shrink -> \(\d+, 4, 6, 6\)"):
         fast_trainer(tmp_path, limit_train_batches=1, limit_val_batches=1,
-                     callbacks=[DifferentiableNAS()]).fit(Classifier(Bad()), datamodule=digits)
+                     callbacks=[DifferentiableNAS()]).fit(module, datamodule=digits)
+    assert isinstance(module.net.op, space.LayerChoice)  # the failed fit left the user's choice in place
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -227,3 +269,99 @@ def test_demo_search_stage_streams_to_wandb_and_card(tmp_path):
     assert {"nas/block1/conv3", "nas/block1/entropy", "nas/decisions", "nas/ablation",
             "nas/block1/history_table"} <= keys  # a W&B line plot is stored as <key>_table
     assert summary["nas/arch/block1"] == search["arch"]["block1"]
+
+
+def test_callbacks_build_from_lightning_cli_config():
+    jsonargparse = pytest.importorskip("jsonargparse")
+    parser = jsonargparse.ArgumentParser()
+    parser.add_argument("--cb", type=DifferentiableNAS)
+    parser.add_argument("--spos", type=SubnetSampling)
+    cfg = parser.parse_args(["--cb", '{"class_path": "lightning_nas.callbacks.DifferentiableNAS", '
+                             '"init_args": {"mode": "gdas", "tau_max": 5.0, "remedy": "darts-"}}',
+                             "--spos", '{"class_path": "lightning_nas.callbacks.SubnetSampling", '
+                             '"init_args": {"population": 6}}'])
+    init = parser.instantiate_classes(cfg)
+    assert init.cb.mode == "gdas" and init.cb.tau_max == 5.0 and init.spos.population == 6
+
+
+def test_value_choices_stay_as_built_and_conflicting_labels_fail_in_setup(tmp_path, digits):
+    def make():
+        w = space.ValueChoice([4, 6], label="width")
+        return nn.Sequential(nn.Conv2d(1, w, 3, padding=1),
+                             space.LayerChoice({"conv": nn.Conv2d(w, w, 3, padding=1), "skip": nn.Identity()},
+                                               label="op"),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w, 10))
+
+    nas = DifferentiableNAS(seed=0, ablation_batches=0)
+    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[nas]).fit(
+        Classifier(space.build(make)), datamodule=digits)
+    assert set(nas.export()) == {"op"} and nas.best_model().net[0].out_channels == 4
+
+    bad = nn.Sequential(space.LayerChoice({"a": nn.Identity(), "b": nn.ReLU()}, label="x"),
+                        space.LayerChoice({"a": nn.Identity(), "c": nn.Tanh()}, label="x"))
+    with pytest.raises(ValueError, match="'x' is used by choices with different candidates"):
+        fast_trainer(tmp_path, callbacks=[DifferentiableNAS()]).fit(Classifier(bad), datamodule=digits)
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.op = space.LayerChoice({"a": nn.Linear(4, 4), "b": nn.Sequential(nn.Linear(4, 4), nn.Tanh())},
+                                    label="op")
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.op(x))
+
+
+def _tiny_setup(seed=0):
+    from lightning_nas.search.oneshot import Supernet
+
+    torch.manual_seed(seed)
+    net = _Tiny()
+    sn = Supernet(net, "darts", arch_lr=0.1, arch_weight_decay=0.0)
+    with torch.no_grad():
+        sn.alpha["op"].copy_(torch.tensor([0.3, -0.2]))
+    g = torch.Generator().manual_seed(1)
+    xt, yt = torch.randn(16, 4, generator=g), torch.randint(3, (16,), generator=g)
+    xv, yv = torch.randn(16, 4, generator=g), torch.randint(3, (16,), generator=g)
+    ce = nn.functional.cross_entropy
+    return net, sn, (lambda: ce(net(xt), yt)), (lambda: ce(net(xv), yv)), (xt, yt, xv, yv)
+
+
+def test_second_order_matches_exact_hypergradient_and_reduces_to_first_order():
+    from torch.func import functional_call
+
+    xi = 0.5
+    # the exact DARTS hypergradient d/dalpha L_val(w - xi * grad_w L_train(w, alpha), alpha), by double backward
+    net, sn, _, _, (xt, yt, xv, yv) = _tiny_setup()
+    names, ws = zip(*net.named_parameters())
+    sn.arch_grad = True
+    ce = nn.functional.cross_entropy
+    gw = torch.autograd.grad(ce(functional_call(net, dict(zip(names, ws)), (xt,)), yt), ws, create_graph=True)
+    w1 = {n: w - xi * g for n, w, g in zip(names, ws, gw)}
+    exact = torch.autograd.grad(ce(functional_call(net, w1, (xv,)), yv), sn.alpha["op"])[0]
+    sn.arch_grad = False
+    # the finite-difference approximation used by arch_step
+    net, sn, train_fn, val_fn, _ = _tiny_setup()
+    before = [p.detach().clone() for p in net.parameters()]
+    approx, _ = sn._second_order(val_fn, train_fn, list(net.parameters()), xi)
+    assert torch.allclose(approx[0], exact, rtol=1e-3, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # weights put back bit for bit
+    # xi = 0: exactly the first-order step
+    net1, sn1, _, val1, _ = _tiny_setup()
+    sn1.arch_step(val1)
+    net2, sn2, train2, val2, _ = _tiny_setup()
+    sn2.arch_step(val2, train_loss_fn=train2, weights=list(net2.parameters()), xi=0.0)
+    assert torch.allclose(sn1.alpha["op"], sn2.alpha["op"], atol=1e-7)
+
+
+def test_second_order_darts_in_a_fit(tmp_path, digits):
+    nas = DifferentiableNAS(order=2, seed=0, ablation_batches=0)
+    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, callbacks=[nas]).fit(
+        Classifier(SmallSpace()), datamodule=digits)
+    assert float(nas._supernet.alpha["b1"].abs().max()) > 0
+    with pytest.raises(ValueError, match="order"):
+        DifferentiableNAS(mode="gdas", order=2)
+    with pytest.raises(ValueError, match="order"):
+        DifferentiableNAS(order=3)

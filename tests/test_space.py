@@ -114,6 +114,7 @@ def test_value_choice_build_and_fixed_arch():
     assert model[0].out_channels == 4 and space.size(model) == 4
     frozen = space.build(make, {"width": 8, "act": "tanh"})
     assert frozen[0].out_channels == 8 and isinstance(frozen[1], nn.Tanh) and not space.named_choices(frozen)
+    assert space.freeze(model, {"act": "tanh"})[0].out_channels == 4  # a ValueChoice may be omitted: as built
     with pytest.raises(ValueError, match="cannot become 8"):
         space.freeze(model, {"width": 8, "act": "relu"})
     with pytest.raises(ValueError, match="not one of"):

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from lightning_utilities.core.apply_func import apply_to_collection
 
 from lightning_nas import space
+from lightning_nas._validate import check_int
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain import architecture as xarch
 from lightning_nas.search.oneshot import Supernet
@@ -47,8 +48,6 @@ class _OneShotCallback(LightningNASCallback):
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
         if seed is not None:
-            from lightning_nas._validate import check_int
-
             check_int("seed", seed, 0)
         self.seed = seed
         self._supernet: Supernet | None = None
@@ -73,6 +72,10 @@ class _OneShotCallback(LightningNASCallback):
         if not decs:
             raise ValueError(f"{name}: {type(pl_module).__name__} has no LayerChoice/InputChoice to search; put "
                              "lightning_nas.space.LayerChoice (or NNI's) in the model, or remove the callback")
+        if not pl_module.automatic_optimization:
+            raise ValueError(f"{name} needs automatic optimization: it reuses `training_step` to compute the "
+                             "held-out loss, which with automatic_optimization=False would also step your "
+                             "optimizer; set automatic_optimization=True")
         if self._mode in ("gdas", "spos") and trainer.world_size > 1:
             kwargs = getattr(trainer.strategy, "_ddp_kwargs", {})
             if not kwargs.get("find_unused_parameters", False):
@@ -83,17 +86,23 @@ class _OneShotCallback(LightningNASCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, (1,)))
+        # no seed: follow torch's (seed_everything) without consuming the user's random stream
+        seed = self.seed if self.seed is not None else int(torch.initial_seed() % (2**31 - 1))
         seed = int(self._broadcast(trainer, seed))
-        self._supernet = Supernet(pl_module, self._mode, seed=seed, **self._supernet_kwargs())
+        self._supernet = Supernet(pl_module, self._mode, seed=seed, device=trainer.strategy.root_device,
+                                  **self._supernet_kwargs())
         self._module = pl_module
         if pl_module.example_input_array is not None:  # shape check before the first step when we can
             x = move_data_to_device(pl_module.example_input_array, pl_module.device)
             was = pl_module.training
-            with torch.no_grad():
-                pl_module.eval()
-                pl_module(*x) if isinstance(x, tuple) else pl_module(x)
-            pl_module.train(was)
+            self._supernet.fixed = {lb: 0 for lb in self._supernet.labels}  # alpha may be on the target device
+            try:
+                with torch.no_grad():
+                    pl_module.eval()
+                    pl_module(*x) if isinstance(x, tuple) else pl_module(x)
+            finally:
+                self._supernet.fixed = None
+                pl_module.train(was)
         if self._pending is not None:
             self._apply_state(self._pending)
             self._pending = None
@@ -101,6 +110,10 @@ class _OneShotCallback(LightningNASCallback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_loader = _first_loader(trainer.val_dataloaders)
         self._held_iter = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._supernet is not None:  # leave the user's module with its own choice modules, not mixed ops
+            self._supernet.restore()
 
     # ------------------------------------------------------------------ per-epoch explanations
     def _epoch_done(self, trainer: L.Trainer) -> None:
@@ -148,6 +161,11 @@ class _OneShotCallback(LightningNASCallback):
         self._held_out_pos += 1
         return trainer.strategy.batch_to_device(b)
 
+    @staticmethod
+    def _first_half(batch: Any) -> Any:
+        n = _batch_len(batch)
+        return apply_to_collection(batch, torch.Tensor, lambda t: t[:n // 2] if t.ndim and t.shape[0] == n else t)
+
     def _eval_batches(self, trainer: L.Trainer, n: int) -> list[Any]:
         loader = self._val_loader or _first_loader(trainer.train_dataloader)
         return [trainer.strategy.batch_to_device(b) for b in itertools.islice(iter(loader), n)]
@@ -169,14 +187,17 @@ class _OneShotCallback(LightningNASCallback):
         return None
 
     # ------------------------------------------------------------------ explanations
-    def _log_probabilities(self, trainer: L.Trainer, probs: dict[str, dict[str, float]], extra: dict[str, float]) -> None:
-        self.history.append({"epoch": trainer.current_epoch, "probs": probs})
+    def _log_probabilities(self, trainer: L.Trainer, probs: dict[str, dict[str, float]], extra: dict[str, float],
+                           record: bool = True) -> None:
         scalars = dict(extra)
         for lb, p in probs.items():
             scalars.update({f"nas/{lb}/{c}": v for c, v in p.items()})
             scalars[f"nas/{lb}/entropy"] = xarch.entropy(p)
         tracker = self.tracker(trainer)
         tracker.log_scalars(scalars)
+        if not record:
+            return
+        self.history.append({"epoch": trainer.current_epoch, "probs": probs})
         xs = [h["epoch"] for h in self.history]
         for lb in probs:
             ys = {c: [h["probs"][lb][c] for h in self.history] for c in probs[lb]}

@@ -128,13 +128,15 @@ def architectures(model: nn.Module) -> list[dict[str, Any]]:
 def _check_arch(model: nn.Module, arch: Mapping[str, Any]) -> dict[str, Decision]:
     check_type("arch", arch, Mapping)
     decs = decisions(model)
-    missing = [lb for lb in decs if lb not in arch]
+    missing = [lb for lb, d in decs.items() if lb not in arch and d.kind != "value"]
     extra = [lb for lb in arch if lb not in decs]
     if missing:
         raise ValueError(f"`arch` lacks label(s) {missing}; the model's decisions are {list(decs)}")
     if extra:
         raise ValueError(f"`arch` has unknown label(s) {extra}; the model's decisions are {list(decs)}")
     for label, d in decs.items():
+        if d.kind == "value" and label not in arch:
+            continue  # a ValueChoice may be omitted: it keeps the value the model was built with
         value = arch[label]
         if d.kind == "value":
             built = getattr(model, _VALUES_ATTR)[label][1]
@@ -163,7 +165,8 @@ def freeze(model: nn.Module, arch: Mapping[str, Any], *, inplace: bool = False) 
 
     Args:
         model: a module with choices (ours, NNI's, or the mixed ops of a running search).
-        arch: ``{label: candidate}`` for exactly the model's decisions (``choices(model)``).
+        arch: ``{label: candidate}`` for exactly the model's decisions (``choices(model)``); ``ValueChoice``
+            labels may be omitted (they keep the value the model was built with).
         inplace: modify ``model`` instead of a deep copy.
 
     Raises ``ValueError`` for a missing, extra or unknown label, or a candidate the label does not have.

@@ -41,7 +41,7 @@ class Supernet:
 
     def __init__(self, model: nn.Module, mode: str = "darts", *, arch_lr: float = 3e-3,
                  arch_weight_decay: float = 1e-3, tau: float = 10.0, remedy: str = "none",
-                 beta_decay_weight: float = 1.0, seed: int = 0) -> None:
+                 beta_decay_weight: float = 1.0, seed: int = 0, device: torch.device | str | None = None) -> None:
         self.mode = check_choice("mode", mode, MODES)
         self.remedy = check_choice("remedy", remedy, REMEDIES)
         check_range("arch_lr", arch_lr, 0.0, 1.0, low_inclusive=False)
@@ -54,7 +54,8 @@ class Supernet:
             raise ValueError("this model already holds a one-shot supernet (two NAS callbacks on one model?)")
         self.labels = list(decs)
         self.names = {lb: list(d.candidates) for lb, d in decs.items()}
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if device is None:  # the model's device; a trainer passes the device the model is about to move to
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.alpha = {lb: torch.zeros(len(self.names[lb]), device=device, requires_grad=True) for lb in self.labels}
         self.optimizer = (torch.optim.Adam(list(self.alpha.values()), lr=arch_lr, betas=(0.5, 0.999),
                                            weight_decay=arch_weight_decay) if mode != "spos" else None)
@@ -120,29 +121,39 @@ class Supernet:
     def regulariser(self) -> torch.Tensor:
         """beta-DARTS: ``lambda * mean_k logsumexp(alpha_k)`` with ``lambda`` ramped by progress."""
         if self.remedy != "beta-decay":
-            return torch.zeros(())
+            return torch.zeros((), device=self.alpha[self.labels[0]].device)
         lam = self.beta_decay_weight * self.progress
         return lam * torch.stack([torch.logsumexp(self.alpha[lb], 0) for lb in self.labels]).mean()
 
     def arch_step(self, loss_fn: Callable[[], torch.Tensor],
-                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-        """One update of ``alpha``: first-order DARTS/GDAS, ``grad`` of ``loss_fn()`` w.r.t. alpha only.
+                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+                  train_loss_fn: Callable[[], torch.Tensor] | None = None,
+                  weights: list[torch.Tensor] | None = None, xi: float = 0.0) -> float:
+        """One update of ``alpha`` from the held-out loss ``loss_fn()``.
 
-        ``reduce`` averages the flat gradient over DDP ranks. Weight gradients are not touched
-        (``torch.autograd.grad`` with ``inputs=alpha``), so the user's optimizer sees nothing of this step.
+        First order (default): ``grad_alpha L_val(w, alpha)``. Second order (DARTS eq. 7-8; when
+        ``train_loss_fn`` and ``weights`` are given): ``grad_alpha L_val(w', alpha) - xi * (grad_alpha
+        L_train(w+) - grad_alpha L_train(w-)) / (2 eps)`` with the virtual step ``w' = w - xi grad_w L_train``,
+        ``w+- = w +- eps grad_w' L_val`` and ``eps = 0.01 / ||grad_w' L_val||``; weights and buffers are put back
+        bit for bit afterwards. ``reduce`` averages the flat gradient over DDP ranks. Weight ``.grad`` is never
+        touched (``torch.autograd.grad`` with explicit inputs), so the user's optimizer sees nothing of this step.
         """
         if self.optimizer is None:
             raise RuntimeError("SPOS has no architecture parameters to step")
-        self.arch_grad = True
-        try:
-            if self.mode == "gdas":
-                self.resample()
-            loss = loss_fn() + self.regulariser().to(self.alpha[self.labels[0]].device)
-            params = [self.alpha[lb] for lb in self.labels]
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        finally:
-            self.arch_grad = False
-        flat = torch.cat([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+        params = [self.alpha[lb] for lb in self.labels]
+        if self.mode == "gdas":
+            self.resample()
+        if train_loss_fn is not None and weights:
+            grads, loss = self._second_order(loss_fn, train_loss_fn, list(weights), float(xi))
+        else:
+            self.arch_grad = True
+            try:
+                loss = loss_fn()
+                loss = loss + self.regulariser().to(loss.device)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            finally:
+                self.arch_grad = False
+        flat = torch.cat([torch.zeros_like(p) if g is None else g.reshape(-1) for p, g in zip(params, grads)])
         if reduce is not None:
             flat = reduce(flat)
         self.optimizer.zero_grad(set_to_none=True)
@@ -152,6 +163,44 @@ class Supernet:
             offset += p.numel()
         self.optimizer.step()
         return float(loss.detach())
+
+    def _second_order(self, loss_fn: Callable[[], torch.Tensor], train_loss_fn: Callable[[], torch.Tensor],
+                      weights: list[torch.Tensor], xi: float) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+        params = [self.alpha[lb] for lb in self.labels]
+        w0 = [w.detach().clone() for w in weights]
+        buffers = [b for b in self._model.buffers()]
+        b0 = [b.detach().clone() for b in buffers]
+
+        def put(deltas: list[torch.Tensor | None] | None = None, scale: float = 0.0) -> None:
+            with torch.no_grad():
+                for w, orig, d in zip(weights, w0, deltas or [None] * len(weights)):
+                    w.copy_(orig if d is None else orig + scale * d)
+
+        try:
+            gw = torch.autograd.grad(train_loss_fn(), weights, allow_unused=True)  # alpha detached here
+            put(gw, -xi)  # the virtual step w' = w - xi * grad_w L_train
+            self.arch_grad = True
+            loss = loss_fn()
+            loss = loss + self.regulariser().to(loss.device)
+            g = torch.autograd.grad(loss, params + weights, allow_unused=True)
+            dalpha, dw = list(g[:len(params)]), list(g[len(params):])
+            norm = torch.sqrt(sum((d.pow(2).sum() for d in dw if d is not None), torch.zeros((), device=loss.device)))
+            eps = 0.01 / (float(norm) + 1e-12)
+            put(dw, eps)
+            gp = torch.autograd.grad(train_loss_fn(), params, allow_unused=True)
+            put(dw, -eps)
+            gm = torch.autograd.grad(train_loss_fn(), params, allow_unused=True)
+        finally:
+            self.arch_grad = False
+            put()
+            with torch.no_grad():
+                for b, orig in zip(buffers, b0):
+                    b.copy_(orig)
+        out = []
+        for da, p, m in zip(dalpha, gp, gm):
+            hess = None if p is None or m is None else (p - m) / (2 * eps)
+            out.append(da if hess is None else (hess * -xi if da is None else da - xi * hess))
+        return out, loss
 
     # ------------------------------------------------------------------ results
     def probabilities(self) -> dict[str, torch.Tensor]:
