@@ -2,3 +2,6 @@
 from lightning_nas.callbacks.base import LightningNASCallback
 
 __all__ = ["LightningNASCallback"]
+from lightning_nas.callbacks.attribution import AttributionMonitor  # noqa: E402
+
+__all__ += ["AttributionMonitor"]
