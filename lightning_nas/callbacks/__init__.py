@@ -5,3 +5,6 @@ __all__ = ["LightningNASCallback"]
 from lightning_nas.callbacks.attribution import AttributionMonitor  # noqa: E402
 
 __all__ += ["AttributionMonitor"]
+from lightning_nas.callbacks.explain import ArchitectureView, DecisionPaths, TrainingDynamics  # noqa: E402
+
+__all__ += ["ArchitectureView", "DecisionPaths", "TrainingDynamics"]
