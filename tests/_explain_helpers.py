@@ -25,3 +25,31 @@ def trained_digits_cnn(width: int = 16, epochs: int = 12, seed: int = 0):
             F.cross_entropy(net(x[idx]), y[idx]).backward()
             opt.step()
     return net.eval(), dm
+
+
+class TokenDigits:
+    """Real data for the demo transformer: each digit's first 16 pixels (0..16) as tokens, next-token targets."""
+
+    def __new__(cls, batch_size: int = 8):
+        import lightning as L
+        from sklearn.datasets import load_digits
+        from torch.utils.data import DataLoader, TensorDataset
+
+        class _DM(L.LightningDataModule):
+            def setup(self, stage=None):
+                tok = torch.from_numpy(load_digits().data[:, 8:25].astype("int64"))  # rows 2-3 of each image
+                self.train = TensorDataset(tok[:200, :-1], tok[:200, 1:])
+                self.val = TensorDataset(tok[200:264, :-1], tok[200:264, 1:])
+
+            def train_dataloader(self):
+                return DataLoader(self.train, batch_size=batch_size)
+
+            def val_dataloader(self):
+                return DataLoader(self.val, batch_size=batch_size)
+
+        return _DM()
+
+
+def last_token_logits(model, x):
+    """Adapter for ``LightningTransformer``: feed the tokens as source and target, keep the last position."""
+    return model(x, x).view(x.shape[0], x.shape[1], -1)[:, -1]
