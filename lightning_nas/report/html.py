@@ -52,8 +52,9 @@ def _img_tag(b64: str, alt: str, cls: str = "") -> str:
     return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
-def _figure(inner: str, caption: str) -> str:
-    return f"<figure>{inner}<figcaption>{html.escape(caption)}</figcaption></figure>"
+def _figure(inner: str, caption: str = "") -> str:
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f"<figure>{inner}{cap}</figure>"
 
 
 def _group_scalars(section: str, keys: list[str]) -> dict[str, list[str]]:
@@ -92,7 +93,7 @@ def _plot_lines(data: RunData, title: str, keys: list[str]) -> str:
     ax.grid(alpha=0.3)
     if len(keys) > 1:
         ax.legend(fontsize=6, ncol=2 if len(keys) > 6 else 1)
-    return _figure(_img_tag(_png(fig), title), title)
+    return _figure(_img_tag(_png(fig), title))
 
 
 def _plot_series(key: str, s: dict[str, Any]) -> str:
