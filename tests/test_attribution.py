@@ -227,3 +227,18 @@ def test_transformer_demo_attributes_over_token_embeddings(tmp_path, no_wikitext
     assert rows[0][4].startswith("pos") and len(rows) == 4 * 5
     scal = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "scalars.jsonl")]
     assert "explain/attribution/aopc" in scal[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_explain_callbacks_under_ddp_log_once_from_rank_zero(tmp_path, digits):
+    from lightning_nas.callbacks import TrainingDynamics
+
+    cbs = [AttributionMonitor(n_samples=10), TrainingDynamics(every_n_steps=1)]
+    trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1,
+                           strategy="ddp_spawn", accelerator="cpu", devices=2, callbacks=cbs)
+    trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
+    scal = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "scalars.jsonl")]
+    assert sum("explain/attribution/aopc" in s for s in scal) == 2  # one run per epoch, rank zero only
+    assert sum("explain/attribution/drift_spearman" in s for s in scal) == 1
+    assert [s["step"] for s in scal if "dynamics/grad_norm_total" in s] == [0, 1, 2, 3]
