@@ -53,7 +53,7 @@ class AttributionMonitor(LightningNASCallback):
         self,
         method: str = "integrated_gradients",
         every_n_epochs: int = 1,
-        n_samples: int = 20,
+        n_samples: int = 10,
         target: str = "label",
         layer: str | None = None,
         forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
@@ -64,7 +64,7 @@ class AttributionMonitor(LightningNASCallback):
         baseline: float = 0.0,
         topk: float = 0.1,
         faithfulness: bool = True,
-        aopc_steps: int = 10,
+        aopc_steps: int = 5,
         log_maps: bool = True,
         seed: int = 0,
     ) -> None:

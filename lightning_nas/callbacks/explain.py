@@ -29,12 +29,12 @@ class TrainingDynamics(LightningNASCallback):
 
     Args:
         every_n_steps: log scalars when ``global_step % every_n_steps == 0``.
-        histogram_every_n_steps: histograms as well at these steps (0: never).
+        histogram_every_n_steps: histograms as well when `global_step` is a multiple of it (0: never).
         layers: weight-layer names to watch (default: all).
         dead_units: watch activation modules for units that never fire.
     """
 
-    def __init__(self, every_n_steps: int = 50, histogram_every_n_steps: int = 0, layers: list[str] | None = None,
+    def __init__(self, every_n_steps: int = 50, histogram_every_n_steps: int = 250, layers: list[str] | None = None,
                  dead_units: bool = True) -> None:
         super().__init__()
         check_int("every_n_steps", every_n_steps, 1)
