@@ -50,6 +50,6 @@ class TokenDigits:
         return _DM()
 
 
-def last_token_logits(model, x):
+def last_token_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Adapter for ``LightningTransformer``: feed the tokens as source and target, keep the last position."""
     return model(x, x).view(x.shape[0], x.shape[1], -1)[:, -1]

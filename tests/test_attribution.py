@@ -242,3 +242,22 @@ def test_explain_callbacks_under_ddp_log_once_from_rank_zero(tmp_path, digits):
     assert sum("explain/attribution/aopc" in s for s in scal) == 2  # one run per epoch, rank zero only
     assert sum("explain/attribution/drift_spearman" in s for s in scal) == 1
     assert [s["step"] for s in scal if "dynamics/grad_norm_total" in s] == [0, 1, 2, 3]
+
+
+def test_explain_callbacks_build_from_lightning_cli_yaml():
+    from jsonargparse import ArgumentParser
+
+    from lightning_nas.callbacks import ArchitectureView, DecisionPaths, TrainingDynamics
+
+    for cls, init in [(AttributionMonitor, {"method": "saliency", "n_samples": 5,
+                                            "forward_fn": "tests._explain_helpers.last_token_logits"}),
+                      (TrainingDynamics, {"every_n_steps": 10}), (DecisionPaths, {"top_k": 2}),
+                      (ArchitectureView, {"max_nodes": 10})]:
+        parser = ArgumentParser()
+        parser.add_argument("--cb", type=cls)
+        cfg = parser.parse_args(["--cb", json.dumps({"class_path": f"lightning_nas.callbacks.{cls.__name__}",
+                                                    "init_args": init})])
+        cb = parser.instantiate_classes(cfg).cb
+        assert isinstance(cb, cls)
+        for k, v in init.items():
+            assert getattr(cb, k) == v if k != "forward_fn" else cb.forward_fn.__name__ == "last_token_logits"

@@ -212,7 +212,9 @@ class AttributionMonitor(LightningNASCallback):
     def _log_maps(self, tracker: Any, cur: dict[str, Any], epoch: int) -> None:
         x = self.probe.x
         if torch.is_floating_point(x) and x.ndim >= 3:
-            caption = f"{self.method}, epoch {epoch}; labels {self.probe.y.tolist() if self.probe.y is not None and self.probe.y.ndim == 1 else '-'}"  # noqa: E501
+            y = self.probe.y
+            labels = y.tolist() if y is not None and y.ndim == 1 else "-"
+            caption = f"{self.method}, epoch {epoch}; labels {labels}"
             tracker.log_image(f"{_PREFIX}/maps", A.overlay_grid(x, cur["attr"]), caption=caption)
         else:
             rows = A.top_features_rows(x, cur["attr"], self.probe.y, cur["preds"], k=5)
