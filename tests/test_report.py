@@ -115,3 +115,33 @@ def test_report_renders_in_headless_chromium(wandb_run, tmp_path):
     non_white = (img.mean(-1) < 0.92).mean()
     assert img.std() > 0.1 and non_white > 0.03, (img.std(), non_white)  # header, plots and images are drawn
     assert (np.abs(img - np.array([0x3F, 0x51, 0xB5]) / 255).sum(-1) < 0.05).mean() > 0.01  # the title bar
+
+
+def test_report_from_a_plain_wandb_run_without_lightning_nas_files(tmp_path, digits):
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=logger)
+    trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
+    logger.experiment.log({"custom/picture": __import__("wandb").Image(np.eye(8) * 255)})
+    import wandb
+
+    wandb.finish()
+    sink, run = locate(tmp_path)
+    assert sink is None and run is not None
+    data = load_run(tmp_path)
+    assert len(data.scalars["val_acc"]) == 2 and "custom/picture" in data.images
+    html = build_report(tmp_path, tmp_path / "plain.html").read_text()
+    assert '<section id="training">' in html and "custom/picture" in html
+
+
+@pytest.mark.slow
+def test_demo_writes_the_report_next_to_the_model_card(tmp_path):
+    from lightning_nas.demo import run_demo
+
+    res = run_demo(max_epochs=1, out_dir=tmp_path / "demo")
+    assert "explain" in [r["stage"] for r in res["rows"]]
+    page = tmp_path / "demo" / "report.html"
+    assert res["report"] == str(page) and (tmp_path / "demo" / "model_card.json").exists()
+    html = page.read_text()
+    assert '<section id="attribution">' in html and '<section id="dynamics">' in html
