@@ -54,7 +54,8 @@ def _timed(cb: Any) -> Any:
     return cb
 
 
-def _fit(make_callbacks: Callable[[], list], epochs: int, root: Path) -> float:
+def _fit(make_callbacks: Callable[[], list], epochs: int, root: Path) -> tuple[float, float]:
+    """``(wall seconds, process CPU seconds)`` of one fit."""
     import lightning as L
 
     from lightning_nas.data import DigitsDataModule
@@ -66,9 +67,9 @@ def _fit(make_callbacks: Callable[[], list], epochs: int, root: Path) -> float:
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=make_callbacks(),
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                         default_root_dir=str(root))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(module, datamodule=dm)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,37 +97,43 @@ def main(argv: list[str] | None = None) -> int:
         configs[n] = lambda n=n: [_timed(CONSTRUCTORS[n][0](cbmod))]
     times: dict[str, list[float]] = {k: [] for k in configs}
     ratios: dict[str, list[float]] = {n: [] for n in measured}
+    cpu_ratios: dict[str, list[float]] = {n: [] for n in measured}
     inside: dict[str, list[float]] = {n: [] for n in measured}
     with tempfile.TemporaryDirectory() as tmp:
         for n, make in configs.items():  # imports and first-call costs are paid once per process, not per fit
             _fit(make, 1, Path(tmp) / f"warmup-{n}")
         for r in range(args.repeats):
-            plain = _fit(configs["plain fit"], args.epochs, Path(tmp) / f"plain{r}")
+            plain, plain_cpu = _fit(configs["plain fit"], args.epochs, Path(tmp) / f"plain{r}")
             times["plain fit"].append(plain)
             for n in measured:
                 made: list = []
-                t = _fit(lambda n=n: made.extend(configs[n]()) or made, args.epochs, Path(tmp) / f"{n}{r}")
+                t, cpu = _fit(lambda n=n: made.extend(configs[n]()) or made, args.epochs, Path(tmp) / f"{n}{r}")
                 times[n].append(t)
                 ratios[n].append(t / plain - 1.0)
+                cpu_ratios[n].append(cpu / plain_cpu - 1.0)
                 hook_s = made[0]._bench_s
                 inside[n].append(hook_s / max(t - hook_s, 1e-9))
                 print(f"repeat {r}: {n:<20} {t:6.2f} s vs plain {plain:6.2f} s ({100 * (t / plain - 1):+.1f}%)",
                       flush=True)
-    rows = [["plain fit", statistics.median(times["plain fit"]), "-", "-", "-", "-"]]
+    rows = [["plain fit", statistics.median(times["plain fit"]), "-", "-", "-", "-", "-"]]
     for n in measured:
         over = statistics.median(ratios[n])
+        cpu_over = statistics.median(cpu_ratios[n])
         hooks = statistics.median(inside[n])
         budget = CONSTRUCTORS[n][1]
         verdict = "-" if budget is None else ("ok" if hooks <= budget else "OVER")
-        rows.append([n, statistics.median(times[n]), f"{100 * over:+.1f}%", f"{100 * hooks:.1f}%",
+        rows.append([n, statistics.median(times[n]), f"{100 * over:+.1f}%", f"{100 * cpu_over:+.1f}%",
+                     f"{100 * hooks:.1f}%",
                      "-" if budget is None else f"<= {100 * budget:.0f}%", verdict])
     body = (f"Digits fit: `Classifier(DigitsCNN(32))`, batch 64, {args.epochs} epochs, CPU, 1 thread, no logger "
             f"(the file sink still writes), each callback at its default settings; median of {args.repeats} "
             "interleaved repeats.\n\n"
-            + "*time in hooks* is the wall time spent inside the callback's own hooks divided by the rest of the "
-            "same fit: unlike the paired difference of two fits it does not move with machine load; the verdict "
-            "uses it.\n\n"
-            + table(["configuration", "fit wall time (s)", "overhead vs plain (paired)", "time in hooks",
+            + "*wall* and *CPU* overheads are paired differences of back-to-back fits (CPU: this process's CPU "
+            "time, far less sensitive to other load on the machine); *time in hooks* is the wall time spent inside "
+            "the callback's own hooks divided by the rest of the same fit, which does not move with machine load. "
+            "The verdict uses time in hooks. On an idle machine the three agree; on a busy one trust the last "
+            "two.\n\n"
+            + table(["configuration", "fit wall time (s)", "wall overhead", "CPU overhead", "time in hooks",
                      "budget", "verdict"], rows))
     if skipped:
         body += f"\n\nNot measured (no row in `CONSTRUCTORS` of `benchmarks/overhead.py`): {', '.join(skipped)}."

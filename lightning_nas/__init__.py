@@ -1,2 +1,3 @@
 """lightning_nas: search, compress, explain and ship PyTorch Lightning models with callbacks."""
 __version__ = "0.1.0"
+from lightning_nas.report import build_report  # noqa: E402  (the HTML report of a run)

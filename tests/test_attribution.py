@@ -261,3 +261,21 @@ def test_explain_callbacks_build_from_lightning_cli_yaml():
         assert isinstance(cb, cls)
         for k, v in init.items():
             assert getattr(cb, k) == v if k != "forward_fn" else cb.forward_fn.__name__ == "last_token_logits"
+
+
+def test_monitor_state_survives_a_checkpoint_resume(tmp_path, digits):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(epochs, ckpt=None):
+        L.seed_everything(0)
+        mon = AttributionMonitor(method="saliency", n_samples=6, log_maps=False)
+        ck = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+        trainer = fast_trainer(tmp_path, max_epochs=epochs, limit_train_batches=2, limit_val_batches=1,
+                               enable_checkpointing=True, callbacks=[mon, ck])
+        trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits, ckpt_path=ckpt)
+        return mon
+
+    first = fit(1)
+    resumed = fit(2, str(tmp_path / "ck" / "last.ckpt"))
+    assert resumed._runs == 2 and resumed._probe_indices == first._probe_indices
+    assert torch.equal(resumed._reference["attr"], first._last["attr"])  # the reference came from the checkpoint
