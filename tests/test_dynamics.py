@@ -81,3 +81,14 @@ def test_unknown_layer_fails_at_setup(tmp_path, digits):
     trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[TrainingDynamics(layers=["net.nope"])])
     with pytest.raises(ValueError, match="net.nope"):
         trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
+
+
+def test_gradient_accumulation_logs_once_per_optimizer_step(tmp_path, digits):
+    cb = TrainingDynamics(every_n_steps=2)
+    trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=8, limit_val_batches=1,
+                           accumulate_grad_batches=2, callbacks=[cb])
+    trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
+    recs = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "scalars.jsonl")]
+    assert [r["step"] for r in recs] == [0, 2]
+    assert all(r["dynamics/net.classifier/update_ratio"] > 0 and r["dynamics/net.classifier/grad_norm"] > 0
+               for r in recs)

@@ -44,6 +44,7 @@ class TrainingDynamics(LightningNASCallback):
         self.every_n_steps, self.histogram_every_n_steps = every_n_steps, histogram_every_n_steps
         self.layer_names, self.dead_units = layers, dead_units
         self._due = self._hist = False
+        self._start_step, self._last_step = 0, -1
         self._before: dict[str, torch.Tensor] | None = None
         self._metrics: dict[str, float] = {}
         self._probe: D.DeadUnitProbe | None = None
@@ -54,11 +55,17 @@ class TrainingDynamics(LightningNASCallback):
             raise ValueError(f"TrainingDynamics: {type(pl_module).__name__} has no weight layers (conv, linear, "
                              "embedding) to watch")
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._due, self._last_step, self._before = False, -1, None
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        if self._due:  # gradient accumulation: keep watching until the optimizer step
+            return
         step = trainer.global_step
-        self._due = trainer.is_global_zero and step % self.every_n_steps == 0
+        self._due = trainer.is_global_zero and step % self.every_n_steps == 0 and step != self._last_step
         self._hist = self._due and self.histogram_every_n_steps > 0 and step % self.histogram_every_n_steps == 0
+        self._start_step = step
         self._metrics = {}
         if self._due and self.dead_units:
             acts = D.activation_modules(pl_module)
@@ -82,9 +89,10 @@ class TrainingDynamics(LightningNASCallback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not self._due:
-            return
+        if not self._due or (self._before is None and trainer.global_step == self._start_step):
+            return  # not a logging step, or an accumulation micro-batch before the optimizer step
         self._due = False
+        self._last_step = self._start_step
         layers = D.tracked_layers(pl_module, self.layer_names)
         if self._probe is not None:
             self._probe.__exit__(None, None, None)
@@ -97,8 +105,7 @@ class TrainingDynamics(LightningNASCallback):
                                   for n, v in D.update_ratios(layers, self._before).items()})
             self._before = None
         tracker = self.tracker(trainer)
-        # the optimizer step already advanced global_step: log at the step these numbers describe
-        step = max(trainer.global_step - 1, 0)
+        step = self._start_step  # the optimizer step already advanced global_step
         tracker.log_scalars(self._metrics, step=step)
         if self._hist:
             for n, m in layers:

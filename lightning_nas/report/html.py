@@ -76,9 +76,6 @@ def _group_scalars(section: str, keys: list[str]) -> dict[str, list[str]]:
 
 
 def _plot_lines(data: RunData, title: str, keys: list[str]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.6, 2.9))
@@ -173,6 +170,9 @@ def _section(sid: str, title: str, data: RunData, keys: set[str]) -> str:
 
 def render(data: RunData, title: str | None = None) -> str:
     """The report page for ``data`` as an HTML string."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # headless: draw to PNG only
     title = title or f"lightning_nas report: {data.name}"
     buckets: dict[str, set[str]] = {}
     for k in data.keys():
