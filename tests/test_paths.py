@@ -120,3 +120,11 @@ def test_bad_arguments_and_setup_errors(tmp_path, digits):
     trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[DecisionPaths()])
     with pytest.raises(ValueError, match="validation data"):
         trainer.fit(Classifier(DigitsCNN(4)), train_dataloaders=digits.train_dataloader())
+
+
+def test_architecture_view_without_validation_data_uses_a_training_sample(tmp_path, digits):
+    view = ArchitectureView()
+    trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[view])
+    trainer.fit(Classifier(DigitsCNN(4)), train_dataloaders=digits.train_dataloader())
+    assert tuple(view._example.shape) == (1, 1, 8, 8)
+    assert len(list((tmp_path / "lightning_nas" / "images").glob("explain_architecture_graph-*.png"))) == 2

@@ -59,7 +59,7 @@ class AttributionMonitor(LightningNASCallback):
         forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
         batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
         embedding: str | None = None,
-        n_steps: int = 8,
+        n_steps: int = 6,
         internal_batch_size: int = 256,
         baseline: float = 0.0,
         topk: float = 0.1,
@@ -196,7 +196,7 @@ class AttributionMonitor(LightningNASCallback):
                 else None
             with torch.inference_mode(False), torch.enable_grad():
                 attr = A.attribute(model, x, tgt.to(device), self.method, forward_fn=fwd, layer=layer,
-                                   embedding=emb, n_steps=self.n_steps,
+                                   embedding=emb, n_steps=self.n_steps, n_shap_samples=self.n_steps,
                                    internal_batch_size=self.internal_batch_size, baseline=self.baseline,
                                    seed=self.seed).cpu()
             out: dict[str, Any] = {"attr": attr, "preds": preds, "fingerprint": A.fingerprint(model)}

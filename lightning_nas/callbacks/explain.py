@@ -220,7 +220,16 @@ class ArchitectureView(LightningNASCallback):
         if self.forward_fn is None and required_inputs(pl_module) > 1:
             raise ValueError(f"ArchitectureView: {type(pl_module).__name__}.forward takes several inputs; pass "
                              "`forward_fn=lambda model, x: ...`")
-        self._example = resolve_probe(trainer, pl_module, "ArchitectureView", 1, 0, self.batch_fn).x
+        try:
+            self._example = resolve_probe(trainer, pl_module, "ArchitectureView", 1, 0, self.batch_fn).x
+        except ValueError:  # no validation data: one training sample is as good an example input
+            from lightning_nas.explain.attribution import select_probe
+
+            source = trainer.fit_loop._data_source
+            if not source.is_defined():
+                raise ValueError("ArchitectureView needs a training or validation dataloader for an example "
+                                 "input") from None
+            self._example = select_probe(source.dataloader(), 1, batch_fn=self.batch_fn, max_scan=1).x
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.log_view(trainer, pl_module, "start")
