@@ -28,7 +28,7 @@ class _OtherNamespaces(L.Callback):
 
 
 @pytest.fixture(scope="module")
-def wandb_run(tmp_path_factory, digits_module=None):
+def wandb_run(tmp_path_factory):
     from lightning.pytorch.loggers import WandbLogger
 
     from lightning_nas.data import DigitsDataModule
