@@ -105,6 +105,9 @@ def test_callbacks_on_the_demo_transformer(tmp_path, monkeypatch):
     rows = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "tables" / "explain_architecture_layers.jsonl")]
     names = [r[0] for r in rows[0]["rows"]]
     assert "model.embedding" in names and "model.decoder" in names
+    macs = {r[0]: r[5] for r in rows[0]["rows"]}  # the encoder's fused fast path must not hide its matmuls
+    enc = "model.transformer.encoder.layers.0"
+    assert macs[f"{enc}.self_attn"] > 0 and macs[f"{enc}.linear1"] > 0
 
 
 def test_bad_arguments_and_setup_errors(tmp_path, digits):

@@ -50,8 +50,8 @@ def _is_row_module(mod: nn.Module) -> bool:
 
 def layer_table(model: nn.Module, example_input: Any,
                 forward_fn: Callable[[nn.Module, Any], Any] | None = None) -> list[LayerRow]:
-    """One row per leaf module in execution order, from one forward pass of ``example_input`` (no grad,
-    eval mode, restored after). A module called several times is one row with its first call's shapes."""
+    """One row per leaf module in execution order, from one forward pass of ``example_input`` (eval mode,
+    restored after). A module called several times is one row with its first call's shapes."""
     from torch.utils.flop_counter import FlopCounterMode
 
     fwd = forward_of(model, forward_fn)
@@ -71,7 +71,9 @@ def layer_table(model: nn.Module, example_input: Any,
     was = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        # grad stays on: under no_grad PyTorch's fused fast path for nn.TransformerEncoderLayer hides its matmuls
+        # from the flop counter
+        with torch.enable_grad(), FlopCounterMode(display=False) as fc:
             fwd(example_input)
     finally:
         for h in handles:
