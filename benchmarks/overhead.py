@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             + "*wall* and *CPU* overheads are paired differences of back-to-back fits (CPU: this process's CPU "
             "time, far less sensitive to other load on the machine); *time in hooks* is the wall time spent inside "
             "the callback's own hooks divided by the rest of the same fit, which does not move with machine load. "
-            "The verdict uses time in hooks. On an idle machine the three agree; on a busy one trust the last "
-            "two.\n\n"
+            "The verdict uses time in hooks. On an idle machine the three agree; on a busy one trust time in hooks "
+            "only.\n\n"
             + table(["configuration", "fit wall time (s)", "wall overhead", "CPU overhead", "time in hooks",
                      "budget", "verdict"], rows))
     if skipped:
