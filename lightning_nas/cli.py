@@ -70,6 +70,25 @@ def _add_serve(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace]
     return run
 
 
+def _add_report(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser("report", help="a self-contained HTML report of a run (W&B offline run or file sink)")
+    p.add_argument("run_dir", help="a W&B run or save dir, or a lightning_nas files folder (index.jsonl)")
+    p.add_argument("-o", "--out", default="report.html", help="output HTML file (default report.html)")
+    p.add_argument("--title", default=None, help="page title (default: from the run's name)")
+
+    def run(args: argparse.Namespace) -> int:
+        from lightning_nas.report import build_report
+
+        try:
+            path = build_report(args.run_dir, args.out, args.title)
+        except FileNotFoundError as err:
+            raise SystemExit(str(err)) from None
+        print(f"report: {path}")
+        return 0
+
+    return run
+
+
 def _add_search(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     p = sub.add_parser("search", help="start one multi-trial search worker (many may share --storage)")
     p.add_argument("--config", required=True, help="YAML: build, datamodule, objectives, n_trials, strategy, ...")
@@ -95,7 +114,8 @@ def _add_search(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace
     return run
 
 
-_COMMANDS: dict[str, Callable] = {"demo": _add_demo, "search": _add_search, "serve": _add_serve}
+_COMMANDS: dict[str, Callable] = {"demo": _add_demo, "search": _add_search, "serve": _add_serve,
+                                  "report": _add_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,9 +122,21 @@ def _stage_multitrial(state: _DemoState) -> None:
     state.card.metrics["multitrial_best"] = {"params": best, "val_acc": res.best_values["val_acc"]}
 
 
+def _stage_explain(state: _DemoState) -> None:
+    """Two more epochs of the current model with the explain callbacks attached (maps, AOPC, dynamics, paths)."""
+    from lightning_nas.callbacks import ArchitectureView, AttributionMonitor, DecisionPaths, TrainingDynamics
+
+    cbs = [AttributionMonitor(n_samples=20), TrainingDynamics(every_n_steps=5, histogram_every_n_steps=20),
+           DecisionPaths(n_samples=50), ArchitectureView()]
+    trainer = _trainer(state, callbacks=cbs, max_epochs=2)
+    trainer.fit(state.module, datamodule=state.datamodule)
+    acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    _record(state, "explain", state.module.net, acc)
+
+
 # The pipeline, in order: each capability contributes one stage.
 STAGES = [("search", _stage_search), ("multitrial", _stage_multitrial), ("train", _stage_train),
-          ("bundle", _stage_bundle)]
+          ("explain", _stage_explain), ("bundle", _stage_bundle)]
 
 
 def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",
@@ -155,13 +167,18 @@ def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "n
     import wandb
 
     wandb.finish()
+    from lightning_nas.report import build_report
+
+    report_path = build_report(run_dir, out / "report.html", title="lightning-nas demo")
     _print_table(state.rows)
     print(f"\nmodel card: {card_path}\nONNX model: {onnx_path}")
+    print(f"HTML report: {report_path}")
     print(f"W&B run ({'online' if online else 'offline'}): {run_dir}")
     if not online:
         print(f"  upload it later with:  wandb sync {run_dir}")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s")
-    return {"rows": state.rows, "card": str(card_path), "onnx": str(onnx_path), "wandb_run": str(run_dir)}
+    return {"rows": state.rows, "card": str(card_path), "onnx": str(onnx_path), "wandb_run": str(run_dir),
+            "report": str(report_path)}
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

@@ -10,3 +10,9 @@ __all__ += ["DifferentiableNAS", "SubnetSampling"]
 from lightning_nas.search.multitrial import TrialPruningCallback  # noqa: E402
 
 __all__ += ["TrialPruningCallback"]
+from lightning_nas.callbacks.attribution import AttributionMonitor  # noqa: E402
+
+__all__ += ["AttributionMonitor"]
+from lightning_nas.callbacks.explain import ArchitectureView, DecisionPaths, TrainingDynamics  # noqa: E402
+
+__all__ += ["ArchitectureView", "DecisionPaths", "TrainingDynamics"]

@@ -1,0 +1,222 @@
+"""``AttributionMonitor``: Captum maps on a fixed probe set each N epochs, their faithfulness, and their drift."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_nas._validate import check_choice, check_int, check_range, check_type
+from lightning_nas.callbacks._probe import check_forward, find_embedding, find_module, resolve_probe
+from lightning_nas.callbacks.base import LightningNASCallback
+from lightning_nas.explain import attribution as A
+
+_PREFIX = "explain/attribution"
+
+
+class AttributionMonitor(LightningNASCallback):
+    """Attribute the model's decisions on a fixed validation probe set every ``every_n_epochs`` epochs.
+
+    Each run logs heatmaps over image inputs (``explain/attribution/maps``) or a table of each sample's top
+    features for vector/token inputs (``explain/attribution/top_features``), the deletion-curve AOPC of the
+    maps and of a random ordering (``.../aopc``, ``.../aopc_random``, ``.../deletion_curve``) and, once a
+    reference exists, how far the maps moved from it (``.../drift_spearman``, ``.../drift_topk``,
+    ``.../drift_agreement``). The reference is the first run, replaced by the last run before every change
+    of the model's structure (pruning, QAT, low-rank, a NAS freeze: detected by a fingerprint of module
+    types and parameter shapes) or by ``mark_reference()``.
+
+    Args:
+        method: one of ``explain.attribution.METHODS``.
+        every_n_epochs: attribute after every N-th training epoch.
+        n_samples: probe size, taken round-robin over classes from the validation data (fixed by ``seed``).
+        target: ``"label"`` (the true class) or ``"pred"`` (the model's prediction).
+        layer: Grad-CAM's conv layer, a name from ``pl_module.named_modules()`` (``"net.features.3"``).
+        forward_fn: adapter ``(pl_module, x) -> (batch, classes)`` logits, for a forward that takes several
+            inputs or returns something else (e.g. a language model's last-token logits).
+        batch_fn: adapter ``batch -> (x, y)`` for validation batches that are not ``(x, y)`` pairs.
+        embedding: for integer token inputs, the ``nn.Embedding`` to attribute over (auto when only one).
+        n_steps: integral steps of Integrated Gradients (and GradientSHAP samples).
+        internal_batch_size: bound on the batch Captum builds (memory).
+        baseline: input value (or token id) meaning "absent"; used by the methods and the deletion curve.
+        topk: fraction of features compared by the top-k overlap.
+        faithfulness: compute AOPC each run.
+        aopc_steps: deletion steps of the AOPC curve (up to half the features).
+        log_maps: log heatmaps / top-feature tables each run.
+        seed: picks the probe set.
+    """
+
+    _state_attrs = ("_probe_indices", "_reference", "_last", "_changes", "_runs")
+
+    def __init__(
+        self,
+        method: str = "integrated_gradients",
+        every_n_epochs: int = 1,
+        n_samples: int = 10,
+        target: str = "label",
+        layer: str | None = None,
+        forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+        batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+        embedding: str | None = None,
+        n_steps: int = 6,
+        internal_batch_size: int = 256,
+        baseline: float = 0.0,
+        topk: float = 0.1,
+        faithfulness: bool = True,
+        aopc_steps: int = 5,
+        log_maps: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_choice("method", method, A.METHODS)
+        check_int("every_n_epochs", every_n_epochs, 1)
+        check_int("n_samples", n_samples, 1)
+        check_choice("target", target, ("label", "pred"))
+        check_type("layer", layer, str, allow_none=True)
+        if method == "grad_cam" and layer is None:
+            raise ValueError("`layer` is required for method='grad_cam': name a conv layer, e.g. 'net.features.3'")
+        if forward_fn is not None and not callable(forward_fn):
+            raise TypeError(f"`forward_fn` must be callable, got {type(forward_fn).__name__}")
+        if batch_fn is not None and not callable(batch_fn):
+            raise TypeError(f"`batch_fn` must be callable, got {type(batch_fn).__name__}")
+        check_type("embedding", embedding, str, allow_none=True)
+        check_int("n_steps", n_steps, 1)
+        check_int("internal_batch_size", internal_batch_size, 1)
+        check_range("baseline", baseline)
+        check_range("topk", topk, 0.0, 1.0, low_inclusive=False)
+        check_type("faithfulness", faithfulness, bool)
+        check_int("aopc_steps", aopc_steps, 1)
+        check_type("log_maps", log_maps, bool)
+        check_int("seed", seed, 0)
+        self.method, self.every_n_epochs, self.n_samples, self.target = method, every_n_epochs, n_samples, target
+        self.layer_name, self.forward_fn, self.batch_fn, self.embedding_name = layer, forward_fn, batch_fn, embedding
+        self.n_steps, self.internal_batch_size, self.baseline, self.topk = n_steps, internal_batch_size, baseline, topk
+        self.faithfulness, self.aopc_steps, self.log_maps, self.seed = faithfulness, aopc_steps, log_maps, seed
+        self.probe: A.Probe | None = None
+        self._probe_indices: list[int] = []
+        self._reference: dict[str, Any] | None = None
+        self._last: dict[str, Any] | None = None
+        self._changes = 0
+        self._runs = 0
+        self._pending_mark = False
+
+    # ------------------------------------------------------------------ set-up
+    def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        name = type(self).__name__
+        probe = resolve_probe(trainer, pl_module, name, self.n_samples, self.seed, self.batch_fn)
+        if self._probe_indices and self._probe_indices != probe.indices:
+            raise ValueError(f"{name}: the probe set differs from the checkpoint's (validation data changed?)")
+        self.probe, self._probe_indices = probe, list(probe.indices)
+        if self.target == "label" and (probe.y is None or probe.y.ndim != 1):
+            raise ValueError(f"{name}: `target`='label' needs 1-D class labels in the validation batches; use "
+                             "target='pred' or pass `batch_fn=lambda batch: (x, y)`")
+        check_forward(pl_module, probe, self.forward_fn, name)
+        self._layer = find_module(pl_module, self.layer_name, "layer") if self.layer_name else None
+        self._embedding = find_embedding(pl_module, self.embedding_name) if probe.is_tokens else None
+        if self._embedding is not None and self.embedding_name is None:
+            self.embedding_name = next(n for n, m in pl_module.named_modules() if m is self._embedding)
+        try:
+            A.check_method(self.method, self._layer, probe.is_tokens)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err} (`layer`={self.layer_name!r})") from None
+
+    # ------------------------------------------------------------------ public
+    def mark_reference(self, model: nn.Module | None = None) -> None:
+        """Make the explanation now the reference that later runs' drift is measured against.
+
+        With ``model`` (the LightningModule being fit), attribute it now; without, the last run becomes the
+        reference (or the next run, when none has happened yet).
+        """
+        if model is not None:
+            self._reference = self._compute(model)
+        elif self._last is not None:
+            self._reference = self._last
+        else:
+            self._pending_mark = True
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero or self.probe is None:
+            return
+        self.run(trainer, pl_module)
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Attribute now and log; return the scalars logged."""
+        cur = self._compute(pl_module, with_faithfulness=self.faithfulness)
+        self._runs += 1
+        if self._last is not None and cur["fingerprint"] != self._last["fingerprint"]:
+            self._changes += 1
+            self._reference = self._last  # explain the change against the model just before it
+        if self._reference is None or self._pending_mark:
+            self._reference, self._pending_mark = cur, False
+        metrics: dict[str, float] = {f"{_PREFIX}/structural_changes": float(self._changes)}
+        if self.probe.y is not None and self.probe.y.ndim == 1:
+            metrics[f"{_PREFIX}/probe_acc"] = float((cur["preds"] == self.probe.y).float().mean())
+        if "aopc" in cur:
+            metrics[f"{_PREFIX}/aopc"], metrics[f"{_PREFIX}/aopc_random"] = cur["aopc"], cur["aopc_random"]
+        if self._reference is not cur:
+            rho, top = A.rank_agreement(self._reference["attr"], cur["attr"], self.topk)
+            finite = rho[torch.isfinite(torch.from_numpy(rho)).numpy()]
+            metrics[f"{_PREFIX}/drift_spearman"] = float(finite.mean()) if finite.size else float("nan")
+            metrics[f"{_PREFIX}/drift_topk"] = float(top.mean())
+            metrics[f"{_PREFIX}/drift_agreement"] = float((self._reference["preds"] == cur["preds"]).float().mean())
+        self._last = cur
+        tracker = self.tracker(trainer)
+        tracker.log_scalars(metrics)
+        if "curve" in cur:
+            tracker.log_line_series(f"{_PREFIX}/deletion_curve", cur["fractions"],
+                                    {"attribution": cur["curve"], "random": cur["curve_random"]},
+                                    title="deletion curve (target probability)", xname="fraction deleted")
+        if self.log_maps:
+            self._log_maps(tracker, cur, trainer.current_epoch)
+        return metrics
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self._last is not None:
+            keys = ("aopc", "aopc_random")
+            self.tracker(trainer).log_summary({f"{_PREFIX}/{k}": self._last[k] for k in keys if k in self._last})
+
+    # ------------------------------------------------------------------ internals
+    def _compute(self, model: nn.Module, with_faithfulness: bool = False) -> dict[str, Any]:
+        probe = self.probe
+        if probe is None:
+            raise RuntimeError("AttributionMonitor has no probe yet: it is chosen when the fit starts")
+        was = model.training
+        model.eval()
+        try:
+            device = next(model.parameters(), torch.empty(0)).device
+            x = probe.x.to(device)
+            fwd = self.forward_fn
+            preds = A.predict(model, x, fwd).cpu()
+            tgt = probe.y if self.target == "label" else preds
+            mods = dict(model.named_modules())  # by name: QAT or pruning may have swapped the module
+            layer = mods.get(self.layer_name) if self.layer_name else None
+            emb = (mods.get(self.embedding_name) if self.embedding_name else self._embedding) if probe.is_tokens \
+                else None
+            with torch.inference_mode(False), torch.enable_grad():
+                attr = A.attribute(model, x, tgt.to(device), self.method, forward_fn=fwd, layer=layer,
+                                   embedding=emb, n_steps=self.n_steps, n_shap_samples=self.n_steps,
+                                   internal_batch_size=self.internal_batch_size, baseline=self.baseline,
+                                   seed=self.seed).cpu()
+            out: dict[str, Any] = {"attr": attr, "preds": preds, "fingerprint": A.fingerprint(model)}
+            if with_faithfulness:
+                r = A.aopc(model, x, attr.to(device), tgt.to(device), forward_fn=fwd, steps=self.aopc_steps,
+                           baseline=self.baseline, seed=self.seed)
+                out.update(aopc=r["aopc"], aopc_random=r["aopc_random"], fractions=r["fractions"],
+                           curve=r["aopc_curve"], curve_random=r["aopc_random_curve"])
+            return out
+        finally:
+            model.train(was)
+
+    def _log_maps(self, tracker: Any, cur: dict[str, Any], epoch: int) -> None:
+        x = self.probe.x
+        if torch.is_floating_point(x) and x.ndim >= 3:
+            y = self.probe.y
+            labels = y.tolist() if y is not None and y.ndim == 1 else "-"
+            caption = f"{self.method}, epoch {epoch}; labels {labels}"
+            tracker.log_image(f"{_PREFIX}/maps", A.overlay_grid(x, cur["attr"]), caption=caption)
+        else:
+            rows = A.top_features_rows(x, cur["attr"], self.probe.y, cur["preds"], k=5)
+            tracker.log_table(f"{_PREFIX}/top_features",
+                              ["sample", "label", "pred", "rank", "feature", "value", "attribution"], rows)

@@ -1,0 +1,251 @@
+"""Explain callbacks: ``TrainingDynamics``, ``DecisionPaths`` and ``ArchitectureView`` (``AttributionMonitor``
+lives in ``callbacks/attribution.py``). They decide *when*; ``lightning_nas.explain`` computes."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_nas._validate import check_int, check_type
+from lightning_nas.callbacks._probe import check_forward, resolve_probe
+from lightning_nas.callbacks.base import LightningNASCallback
+from lightning_nas.explain import dynamics as D
+from lightning_nas.explain import graph as G
+from lightning_nas.explain import paths as P
+from lightning_nas.explain.attribution import predict
+
+
+class TrainingDynamics(LightningNASCallback):
+    """Per-layer weight norm, gradient norm, update-to-weight ratio and dead units, every N optimizer steps.
+
+    Logged under ``dynamics/<layer>/``: ``weight_norm``, ``grad_norm``, ``update_ratio`` (for weight layers:
+    conv, linear, embedding) and ``dead_fraction``, ``dead_channel_fraction`` (for ReLU-type modules, over
+    the batch of that step); ``dynamics/grad_norm_total``; weight and gradient histograms
+    (``dynamics/<layer>/weight_hist``, ``.../grad_hist``) every ``histogram_every_n_steps``.
+    Cheap by default: nothing runs between logging steps.
+
+    Args:
+        every_n_steps: log scalars when ``global_step % every_n_steps == 0``.
+        histogram_every_n_steps: histograms as well when `global_step` is a multiple of it (0: never).
+        layers: weight-layer names to watch (default: all).
+        dead_units: watch activation modules for units that never fire.
+    """
+
+    def __init__(self, every_n_steps: int = 50, histogram_every_n_steps: int = 250, layers: list[str] | None = None,
+                 dead_units: bool = True) -> None:
+        super().__init__()
+        check_int("every_n_steps", every_n_steps, 1)
+        check_int("histogram_every_n_steps", histogram_every_n_steps, 0)
+        check_type("layers", layers, list, allow_none=True)
+        check_type("dead_units", dead_units, bool)
+        self.every_n_steps, self.histogram_every_n_steps = every_n_steps, histogram_every_n_steps
+        self.layer_names, self.dead_units = layers, dead_units
+        self._due = self._hist = False
+        self._start_step, self._last_step = 0, -1
+        self._before: dict[str, torch.Tensor] | None = None
+        self._metrics: dict[str, float] = {}
+        self._probe: D.DeadUnitProbe | None = None
+
+    def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        layers = D.tracked_layers(pl_module, self.layer_names)
+        if not layers:
+            raise ValueError(f"TrainingDynamics: {type(pl_module).__name__} has no weight layers (conv, linear, "
+                             "embedding) to watch")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._due, self._last_step, self._before = False, -1, None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._due:  # gradient accumulation: keep watching until the optimizer step
+            return
+        step = trainer.global_step
+        self._due = trainer.is_global_zero and step % self.every_n_steps == 0 and step != self._last_step
+        self._hist = self._due and self.histogram_every_n_steps > 0 and step % self.histogram_every_n_steps == 0
+        self._start_step = step
+        self._metrics = {}
+        if self._due and self.dead_units:
+            acts = D.activation_modules(pl_module)
+            self._probe = D.DeadUnitProbe(acts).__enter__() if acts else None
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if not self._due or self._before is not None:
+            return
+        layers = D.tracked_layers(pl_module, self.layer_names)
+        grads = D.grad_norms(layers)
+        self._metrics.update({f"dynamics/{n}/grad_norm": v for n, v in grads.items()})
+        if grads:
+            self._metrics["dynamics/grad_norm_total"] = float(sum(v * v for v in grads.values()) ** 0.5)
+        if self._hist:
+            tracker = self.tracker(trainer)
+            for n, m in layers:
+                w = D._weight(m)
+                if w.grad is not None:
+                    tracker.log_histogram(f"dynamics/{n}/grad_hist", w.grad)
+        self._before = D.snapshot(layers)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self._due or (self._before is None and trainer.global_step == self._start_step):
+            return  # not a logging step, or an accumulation micro-batch before the optimizer step
+        self._due = False
+        self._last_step = self._start_step
+        layers = D.tracked_layers(pl_module, self.layer_names)
+        if self._probe is not None:
+            self._probe.__exit__(None, None, None)
+            for n, r in self._probe.result().items():
+                self._metrics.update({f"dynamics/{n}/{k}": v for k, v in r.items()})
+            self._probe = None
+        self._metrics.update({f"dynamics/{n}/weight_norm": v for n, v in D.weight_norms(layers).items()})
+        if self._before is not None:
+            self._metrics.update({f"dynamics/{n}/update_ratio": v
+                                  for n, v in D.update_ratios(layers, self._before).items()})
+            self._before = None
+        tracker = self.tracker(trainer)
+        step = self._start_step  # the optimizer step already advanced global_step
+        tracker.log_scalars(self._metrics, step=step)
+        if self._hist:
+            for n, m in layers:
+                tracker.log_histogram(f"dynamics/{n}/weight_hist", D._weight(m), step=step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._probe is not None:
+            self._probe.__exit__(None, None, None)
+            self._probe = None
+
+
+class DecisionPaths(LightningNASCallback):
+    """Which channels carry each class, how much classes share them, and which matter (``explain.paths``).
+
+    On a fixed validation probe, at fit end (and every ``every_n_epochs`` when given), logs the tables
+    ``explain/paths/top_channels``, ``explain/paths/overlap`` (Jaccard per class pair) and
+    ``explain/paths/ablation`` (logit drop when a channel is zeroed), and ``explain/paths/mean_jaccard``.
+
+    Args:
+        n_samples: probe size (round-robin over classes, fixed by ``seed``).
+        top_k: channels per layer on a class's path.
+        layers: module names to follow (default: activation modules, else conv/linear layers).
+        every_n_epochs: also run after every N-th epoch (``None``: only at fit end).
+        target: ``"label"`` or ``"pred"``: which class each probe sample stands for.
+        forward_fn: adapter ``(pl_module, x) -> (batch, classes)`` logits.
+        batch_fn: adapter ``batch -> (x, y)``.
+        seed: picks the probe set.
+    """
+
+    def __init__(self, n_samples: int = 50, top_k: int = 3, layers: list[str] | None = None,
+                 every_n_epochs: int | None = None, target: str = "label",
+                 forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+                 seed: int = 0) -> None:
+        super().__init__()
+        from lightning_nas._validate import check_choice
+
+        check_int("n_samples", n_samples, 1)
+        check_int("top_k", top_k, 1)
+        check_type("layers", layers, list, allow_none=True)
+        if every_n_epochs is not None:
+            check_int("every_n_epochs", every_n_epochs, 1)
+        check_choice("target", target, ("label", "pred"))
+        check_int("seed", seed, 0)
+        self.n_samples, self.top_k, self.layers, self.every_n_epochs = n_samples, top_k, layers, every_n_epochs
+        self.target, self.forward_fn, self.batch_fn, self.seed = target, forward_fn, batch_fn, seed
+        self.probe = None
+        self.report: P.PathReport | None = None
+
+    def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.probe = resolve_probe(trainer, pl_module, "DecisionPaths", self.n_samples, self.seed, self.batch_fn)
+        if self.target == "label" and (self.probe.y is None or self.probe.y.ndim != 1):
+            raise ValueError("DecisionPaths: `target`='label' needs 1-D class labels; use target='pred'")
+        check_forward(pl_module, self.probe, self.forward_fn, "DecisionPaths")
+        layers = self.layers if self.layers is not None else P.default_layers(pl_module)
+        modules = dict(pl_module.named_modules())
+        bad = [n for n in layers if n not in modules]
+        if bad or not layers:
+            raise ValueError(f"DecisionPaths: `layers` {bad or layers} are not modules of {type(pl_module).__name__};"
+                             f" allowed e.g.: {P.default_layers(pl_module)[:12]}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.run(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.run(trainer, pl_module)
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> P.PathReport | None:
+        if not trainer.is_global_zero or self.probe is None:
+            return None
+        x = self.probe.x.to(pl_module.device)
+        was = pl_module.training
+        pl_module.eval()
+        try:
+            cls = self.probe.y if self.target == "label" else predict(pl_module, x, self.forward_fn).cpu()
+        finally:
+            pl_module.train(was)
+        self.report = P.decision_paths(pl_module, x, cls.to(pl_module.device), layers=self.layers,
+                                       top_k=self.top_k, forward_fn=self.forward_fn)
+        tracker = self.tracker(trainer)
+        for name, (cols, rows) in self.report.tables().items():
+            tracker.log_table(f"explain/paths/{name}", cols, rows)
+        tracker.log_scalars({"explain/paths/mean_jaccard": self.report.mean_overlap})
+        return self.report
+
+
+class ArchitectureView(LightningNASCallback):
+    """The model as a layer table and a graph image, at fit start and at fit end (after any compression).
+
+    Logs ``explain/architecture/layers`` (table: name, type, in/out shape, params, MACs, calls),
+    ``explain/architecture/graph`` (image) and the scalars ``explain/architecture/params`` and ``.../macs``,
+    each once at start and once at end.
+
+    Args:
+        forward_fn: adapter ``(pl_module, x) -> output`` for a forward that takes several inputs.
+        batch_fn: adapter ``batch -> (x, y)`` for the example input (one validation or training sample).
+        max_nodes: boxes drawn in the graph image.
+    """
+
+    def __init__(self, forward_fn: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+                 batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+                 max_nodes: int = 60) -> None:
+        super().__init__()
+        check_int("max_nodes", max_nodes, 1)
+        self.forward_fn, self.batch_fn, self.max_nodes = forward_fn, batch_fn, max_nodes
+        self._example: torch.Tensor | None = None
+
+    def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning_nas.explain._attribution_utils import required_inputs
+
+        if self.forward_fn is None and required_inputs(pl_module) > 1:
+            raise ValueError(f"ArchitectureView: {type(pl_module).__name__}.forward takes several inputs; pass "
+                             "`forward_fn=lambda model, x: ...`")
+        try:
+            self._example = resolve_probe(trainer, pl_module, "ArchitectureView", 1, 0, self.batch_fn).x
+        except ValueError:  # no validation data: one training sample is as good an example input
+            from lightning_nas.explain.attribution import select_probe
+
+            source = trainer.fit_loop._data_source
+            if not source.is_defined():
+                raise ValueError("ArchitectureView needs a training or validation dataloader for an example "
+                                 "input") from None
+            self._example = select_probe(source.dataloader(), 1, batch_fn=self.batch_fn, max_scan=1).x
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log_view(trainer, pl_module, "start")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log_view(trainer, pl_module, "end")
+
+    def log_view(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> list[G.LayerRow]:
+        if not trainer.is_global_zero or self._example is None:
+            return []
+        rows = G.layer_table(pl_module, self._example.to(pl_module.device), self.forward_fn)
+        tracker = self.tracker(trainer)
+        tracker.log_table("explain/architecture/layers", G.TABLE_COLUMNS, [r.as_list() for r in rows])
+        fig = G.render_graph(rows, G.graph_edges(pl_module, [r.name for r in rows]),
+                             title=f"{type(pl_module).__name__} at fit {when}", max_nodes=self.max_nodes)
+        tracker.log_image("explain/architecture/graph", fig, caption=f"fit {when}")
+        tracker.log_scalars({"explain/architecture/params": float(sum(p.numel() for p in pl_module.parameters())),
+                             "explain/architecture/macs": float(sum(r.macs for r in rows))})
+        return rows

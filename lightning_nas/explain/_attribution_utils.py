@@ -1,0 +1,144 @@
+"""Helpers of ``explain.attribution``: rank agreement, structural fingerprint, heatmap overlays, top-feature rows."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def forward_of(model: nn.Module, forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None) -> Callable:
+    """``x -> logits``: ``forward_fn(model, x)`` when given, else ``model(x)``."""
+    if forward_fn is None:
+        return model
+    return lambda x: forward_fn(model, x)
+
+
+def required_inputs(model: nn.Module) -> int:
+    """How many positional arguments ``model.forward`` requires (``*args`` counts as one)."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return 1
+    n = 0
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
+            n += 1
+    return n
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A hash of the module tree (names, types) and every parameter's and buffer's name and shape.
+
+    It changes when pruning re-parametrizes or shrinks a layer, QAT swaps modules, a low-rank factorization
+    splits a layer or a NAS space is frozen; it does not change when only weight values change.
+    """
+    h = hashlib.sha1()
+    for name, mod in model.named_modules():
+        h.update(f"m:{name}:{type(mod).__qualname__};".encode())
+    for name, p in model.named_parameters():
+        h.update(f"p:{name}:{tuple(p.shape)};".encode())
+    for name, b in model.named_buffers():
+        h.update(f"b:{name}:{tuple(b.shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(v, axis=1)  # average ranks: ties (e.g. an all-zero background) share a rank
+
+
+def rank_agreement(a: torch.Tensor, b: torch.Tensor, topk: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample Spearman correlation and top-k overlap of ``|a|`` and ``|b|`` (same shape, batch first).
+
+    Spearman is Pearson on average ranks; a sample whose two maps are both constant scores 1, one
+    constant map against a varying one scores ``nan`` (left out of means).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"attributions to compare must have the same shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    fa = a.detach().abs().reshape(a.shape[0], -1).double().cpu().numpy()
+    fb = b.detach().abs().reshape(b.shape[0], -1).double().cpu().numpy()
+    ra, rb = _ranks(fa), _ranks(fb)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    both_const = (np.ptp(fa, axis=1) == 0) & (np.ptp(fb, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), np.nan)
+    rho[both_const] = 1.0
+    d = fa.shape[1]
+    k = max(1, int(np.ceil(topk * d)))
+    ta = np.argsort(-fa, axis=1, kind="stable")[:, :k]
+    tb = np.argsort(-fb, axis=1, kind="stable")[:, :k]
+    top = np.array([len(set(r1.tolist()) & set(r2.tolist())) / k for r1, r2 in zip(ta, tb)])
+    return rho, top
+
+
+def _to_rgb_gray(img: np.ndarray) -> np.ndarray:
+    img = img.astype(np.float64)
+    if img.ndim == 3:  # CxHxW
+        img = img.mean(0) if img.shape[0] != 3 else np.transpose(img, (1, 2, 0))
+    lo, hi = img.min(), img.max()
+    img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+
+
+def overlay_grid(x: torch.Tensor, attributions: torch.Tensor, ncols: int = 10, scale: int = 0,
+                 alpha: float = 0.6) -> np.ndarray:
+    """One uint8 RGB image: each input in gray with its attribution map over it, side by side.
+
+    Signed maps use a blue-white-red scale symmetric around zero (red: evidence for the target);
+    non-negative maps (Grad-CAM) use 'inferno'. ``scale`` upsamples small inputs (0: to about 64 px).
+    """
+    from matplotlib import colormaps
+
+    xs = x.detach().float().cpu().numpy()
+    at = attributions.detach().float().cpu().numpy()
+    if at.ndim == 4:
+        at = at.sum(1)
+    n, h, w = at.shape[0], at.shape[-2], at.shape[-1]
+    scale = scale or max(1, 64 // max(h, w))
+    signed = bool((at < 0).any())
+    cmap = colormaps["bwr" if signed else "inferno"]
+    tiles = []
+    for i in range(n):
+        base = _to_rgb_gray(xs[i])
+        m = at[i]
+        lim = np.abs(m).max() or 1.0
+        heat = cmap((m / lim + 1) / 2 if signed else m / lim)[..., :3]
+        weight = alpha * (np.abs(m) / lim)[..., None]
+        tile = (1 - weight) * base + weight * heat
+        tile = np.kron(tile, np.ones((scale, scale, 1)))
+        tiles.append(np.pad(tile, ((1, 1), (1, 1), (0, 0)), constant_values=1.0))
+    ncols = max(1, min(ncols, n))
+    rows = [tiles[i:i + ncols] for i in range(0, n, ncols)]
+    rows[-1] = rows[-1] + [np.ones_like(tiles[0])] * (ncols - len(rows[-1]))
+    grid = np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
+    return np.clip(np.round(grid * 255), 0, 255).astype(np.uint8)
+
+
+def top_features_rows(x: torch.Tensor, attributions: torch.Tensor, labels: torch.Tensor | None,
+                      preds: torch.Tensor, k: int = 5, feature_names: list[str] | None = None) -> list[list[Any]]:
+    """Rows ``[sample, label, pred, rank, feature, value, attribution]`` of each sample's top-``k`` features."""
+    n = x.shape[0]
+    flat_a = attributions.detach().float().reshape(n, -1).cpu()
+    flat_x = x.detach().reshape(n, -1).cpu()
+    rows: list[list[Any]] = []
+    for i in range(n):
+        idx = flat_a[i].abs().argsort(descending=True)[:k].tolist()
+        for r, j in enumerate(idx):
+            if feature_names is not None and j < len(feature_names):
+                name = feature_names[j]
+            elif not torch.is_floating_point(x):
+                name = f"pos{j}:tok{int(flat_x[i, j])}"
+            else:
+                name = f"f{j}"
+            rows.append([i, None if labels is None or labels.ndim != 1 else int(labels[i]), int(preds[i]), r + 1,
+                         name, float(flat_x[i, j]), round(float(flat_a[i, j]), 6)])
+    return rows

@@ -1,0 +1,123 @@
+"""Training dynamics of a model: per-layer weight and gradient norms, update-to-weight ratio, dead units.
+
+Pure torch, no Lightning import. A "layer" is a module holding its own ``weight`` parameter with two or
+more dimensions (conv, linear, embedding); "activations" are ``nn.ReLU``/``ReLU6``/``LeakyReLU``/``ELU``
+modules, whose outputs are watched for units that never fire.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["tracked_layers", "weight_norms", "grad_norms", "snapshot", "update_ratios", "DeadUnitProbe",
+           "activation_modules"]
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU)
+
+
+def tracked_layers(model: nn.Module, names: Iterable[str] | None = None) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every module with its own >=2-D ``weight`` parameter (or only those in ``names``)."""
+    wanted = set(names) if names is not None else None
+    out = []
+    for name, mod in model.named_modules():
+        w = mod._parameters.get("weight") if hasattr(mod, "_parameters") else None
+        if w is None:
+            w = mod._parameters.get("weight_orig")  # torch.nn.utils.prune re-parametrization
+        if w is not None and w.ndim >= 2 and (wanted is None or name in wanted):
+            out.append((name or type(mod).__name__, mod))
+    if wanted is not None:
+        missing = wanted - {n for n, _ in out}
+        if missing:
+            raise ValueError(f"`layers` {sorted(missing)} are not weight layers of {type(model).__name__}; "
+                             f"allowed: {[n for n, _ in tracked_layers(model)]}")
+    return out
+
+
+def _weight(mod: nn.Module) -> torch.Tensor:
+    w = mod._parameters.get("weight")
+    return w if w is not None else mod._parameters["weight_orig"]
+
+
+def weight_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
+    """:math:`\\|W\\|_2` (Frobenius) per layer."""
+    with torch.no_grad():
+        return {n: float(_weight(m).detach().float().norm()) for n, m in layers}
+
+
+def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
+    """:math:`\\|\\nabla_W L\\|_2` per layer that has a gradient now."""
+    out = {}
+    with torch.no_grad():
+        for n, m in layers:
+            g = _weight(m).grad
+            if g is not None:
+                out[n] = float(g.detach().float().norm())
+    return out
+
+
+def snapshot(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
+    """Copies of the weights, to measure the next update against."""
+    with torch.no_grad():
+        return {n: _weight(m).detach().clone() for n, m in layers}
+
+
+def update_ratios(layers: list[tuple[str, nn.Module]], before: dict[str, torch.Tensor]) -> dict[str, float]:
+    """:math:`\\|W_{t+1} - W_t\\|_2 / \\|W_t\\|_2` per layer (healthy SGD training sits near 1e-3)."""
+    out = {}
+    with torch.no_grad():
+        for n, m in layers:
+            w0 = before.get(n)
+            w1 = _weight(m)
+            if w0 is None or w0.shape != w1.shape:
+                continue
+            denom = float(w0.float().norm())
+            out[n] = float((w1.detach().float() - w0.float()).norm()) / denom if denom > 0 else float("nan")
+    return out
+
+
+def activation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
+
+
+class DeadUnitProbe:
+    """Context manager: forward hooks on the activations that record which units never fire in a batch.
+
+    For an output of shape ``(B, C, ...)``: ``dead_fraction`` is the fraction of units (every ``C, ...``
+    position) that are ``<= 0`` for every sample; ``dead_channel_fraction`` the fraction of channels ``C``
+    that are ``<= 0`` everywhere. Over several forward calls a unit must stay silent in all of them.
+    """
+
+    def __init__(self, modules: list[tuple[str, nn.Module]]) -> None:
+        self.modules = modules
+        self._alive: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def _hook(self, name: str):
+        def fn(_mod: nn.Module, _inp: Any, out: Any) -> None:
+            if not isinstance(out, torch.Tensor) or out.ndim < 2:
+                return
+            fired = (out.detach() > 0).any(0)
+            prev = self._alive.get(name)
+            self._alive[name] = fired if prev is None or prev.shape != fired.shape else (prev | fired)
+        return fn
+
+    def __enter__(self) -> DeadUnitProbe:
+        self._alive.clear()
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.modules]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def result(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for n, alive in self._alive.items():
+            channels = alive.reshape(alive.shape[0], -1).any(1) if alive.ndim > 1 else alive
+            out[n] = {"dead_fraction": 1.0 - float(alive.float().mean()),
+                      "dead_channel_fraction": 1.0 - float(channels.float().mean())}
+        return out

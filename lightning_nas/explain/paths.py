@@ -1,0 +1,155 @@
+"""Decision paths: which channels/units carry each class through the network, and which of them matter.
+
+Pure torch, no Lightning import. For a probe set ``(x, classes)``:
+
+* the **path** of class :math:`c` is, per layer, the ``top_k`` channels with the highest mean activation
+  over the class's samples (conv outputs are averaged over space first); with ``relative=True`` (default)
+  each channel's activation is first standardized over the whole probe, so a channel that is large for
+  every class does not sit on every path;
+* the **overlap** of two classes is the Jaccard index :math:`|P_a \\cap P_b| / |P_a \\cup P_b|` of their paths
+  taken as sets of ``(layer, channel)``;
+* the **ablation effect** of a channel for class :math:`c` is the drop of the mean class-:math:`c` logit over the
+  class's samples when that channel's output is set to zero (each candidate on its own, and the class's
+  whole top-k at once per layer).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_nas.explain._attribution_utils import forward_of
+from lightning_nas.explain.dynamics import _ACTIVATIONS
+
+__all__ = ["PathReport", "default_layers", "decision_paths"]
+
+
+@dataclass
+class PathReport:
+    """What ``decision_paths`` found, with each part ready as a table (``columns``, ``rows``)."""
+
+    layers: list[str]
+    classes: list[int]
+    top_channels: dict[str, dict[int, list[int]]]  # layer -> class -> channels
+    overlap: dict[tuple[int, int], float]
+    ablation: list[tuple[int, str, int, float]]  # (class, layer, channel, logit drop), best first per class
+    group_ablation: dict[tuple[int, str], float] = field(default_factory=dict)
+
+    @property
+    def mean_overlap(self) -> float:
+        vals = [v for (a, b), v in self.overlap.items() if a < b]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    def tables(self) -> dict[str, tuple[list[str], list[list[Any]]]]:
+        top = [[c, layer, " ".join(map(str, chans)), self.group_ablation.get((c, layer))]
+               for layer in self.layers for c, chans in self.top_channels[layer].items()]
+        ov = [[a, b, round(v, 4)] for (a, b), v in sorted(self.overlap.items()) if a < b]
+        abl = [[c, layer, ch, round(d, 5)] for c, layer, ch, d in self.ablation]
+        return {"top_channels": (["class", "layer", "channels", "top_k_ablation_logit_drop"], top),
+                "overlap": (["class_a", "class_b", "jaccard"], ov),
+                "ablation": (["class", "layer", "channel", "logit_drop"], abl)}
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The activation modules (ReLU & co., whose outputs are what fires); without any, every conv and linear
+    layer except a final linear (the logits have no 'channels' to follow)."""
+    acts = [n for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
+    if acts:
+        return acts
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    if names and isinstance(dict(model.named_modules())[names[-1]], nn.Linear):
+        names = names[:-1]
+    return names
+
+
+def _channel_means(out: torch.Tensor) -> torch.Tensor:
+    out = out.detach().float()
+    if out.ndim > 2:
+        return out.flatten(2).mean(2)  # (B, C, ...) -> (B, C)
+    return out
+
+
+def _zero_channels(chans: list[int]) -> Callable:
+    idx = torch.tensor(chans, dtype=torch.long)
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[:, idx.to(out.device)] = 0
+        return out
+    return hook
+
+
+def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, layers: list[str] | None = None,
+                   top_k: int = 3, forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                   ablate: bool = True, top_ablation: int = 3, relative: bool = True) -> PathReport:
+    """Activation paths per class, their overlap and channel-ablation effects on ``model`` (put in eval mode
+    for the call, restored after). ``classes`` are the classes to explain, one per sample (labels or
+    predictions). Cost: one forward plus, with ``ablate``, one per distinct candidate channel of each layer.
+    """
+    modules = dict(model.named_modules())
+    layers = default_layers(model) if layers is None else list(layers)
+    missing = [n for n in layers if n not in modules]
+    if missing or not layers:
+        raise ValueError(f"`layers` {missing or layers} are not usable modules of {type(model).__name__}; "
+                         f"allowed: {default_layers(model)}")
+    fwd = forward_of(model, forward_fn)
+    was = model.training
+    model.eval()
+    acts: dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(
+        lambda _m, _i, o, n=n: acts.__setitem__(n, _channel_means(o))) for n in layers]
+    try:
+        with torch.no_grad():
+            logits = fwd(x).float()
+        for h in handles:
+            h.remove()
+        cls = classes.view(-1).to(logits.device)
+        present = sorted(set(cls.tolist()))
+        top: dict[str, dict[int, list[int]]] = {}
+        for n in layers:
+            a = acts[n]
+            if relative:
+                a = (a - a.mean(0)) / (a.std(0) + 1e-6) if a.shape[0] > 1 else a
+            k = min(top_k, a.shape[1])
+            top[n] = {c: a[cls == c].mean(0).topk(k).indices.tolist() for c in present}
+        paths = {c: {(n, ch) for n in layers for ch in top[n][c]} for c in present}
+        overlap = {(a, b): len(paths[a] & paths[b]) / max(1, len(paths[a] | paths[b]))
+                   for a in present for b in present}
+        ablation: list[tuple[int, str, int, float]] = []
+        group: dict[tuple[int, str], float] = {}
+        if ablate:
+            base = {c: float(logits[cls == c, c].mean()) for c in present}
+            for n in layers:
+                effects: dict[int, torch.Tensor] = {}
+                for ch in sorted({ch for c in present for ch in top[n][c]}):
+                    effects[ch] = _run_ablated(fwd, modules[n], [ch], x)
+                for c in present:
+                    mask = cls == c
+                    group[(c, n)] = base[c] - float(_run_ablated(fwd, modules[n], top[n][c], x)[mask, c].mean())
+                    drops = [(base[c] - float(effects[ch][mask, c].mean()), ch) for ch in top[n][c]]
+                    ablation += [(c, n, ch, d) for d, ch in drops]
+            ablation.sort(key=lambda r: (r[0], -r[3]))
+            per_class: dict[int, int] = {}
+            kept = []
+            for r in ablation:
+                if per_class.get(r[0], 0) < top_ablation:
+                    kept.append(r)
+                    per_class[r[0]] = per_class.get(r[0], 0) + 1
+            ablation = kept
+        return PathReport(layers, present, top, overlap, ablation, group)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+
+
+def _run_ablated(fwd: Callable, module: nn.Module, chans: list[int], x: torch.Tensor) -> torch.Tensor:
+    h = module.register_forward_hook(_zero_channels(chans))
+    try:
+        with torch.no_grad():
+            return fwd(x).float()
+    finally:
+        h.remove()

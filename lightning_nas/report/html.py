@@ -1,0 +1,209 @@
+"""Render a ``RunData`` as one self-contained HTML page: matplotlib plots and images as base64 PNGs, tables as
+HTML, one section per concern the run has (search, compression, distillation, attributions, ...)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lightning_nas.report.load import RunData, load_run
+
+# (section id, title, predicate on a logged key); the first match wins, order matters
+SECTIONS: list[tuple[str, str, Callable[[str], bool]]] = [
+    ("search", "Architecture search", lambda k: k.startswith(("nas/", "search/", "hpo/"))),
+    ("compression", "Compression", lambda k: k.startswith(("prune/", "quant/", "lowrank/", "explain/sensitivity"))),
+    ("distillation", "Distillation", lambda k: k.startswith(("distill/", "explain/agreement"))),
+    ("attribution", "Attributions", lambda k: k.startswith("explain/attribution")),
+    ("paths", "Decision paths", lambda k: k.startswith("explain/paths")),
+    ("architecture", "Architecture", lambda k: k.startswith("explain/architecture")),
+    ("dynamics", "Training dynamics", lambda k: k.startswith("dynamics/")),
+    ("explain", "Other explanations", lambda k: k.startswith("explain/")),
+    ("training", "Training metrics", lambda k: True),
+]
+_MAX_LINES, _MAX_PLOTS, _MAX_ROWS, _MAX_HIST = 16, 24, 200, 12
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#3f51b5;color:#fff;padding:18px 28px}header h1{margin:0;font-size:24px}
+header p{margin:4px 0 0;opacity:.85;font-size:13px}nav{padding:8px 28px;background:#e8eaf6;font-size:14px}
+nav a{margin-right:14px;color:#283593}main{padding:8px 28px}section{background:#fff;border:1px solid #ddd;
+border-radius:6px;margin:16px 0;padding:8px 18px}h2{color:#283593}h3{font-size:15px;margin:14px 0 6px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0}figcaption{font-size:12px;color:#555}
+table{border-collapse:collapse;font-size:12px;margin:6px 0}td,th{border:1px solid #ccc;padding:3px 7px;
+text-align:left}th{background:#eee}.scroll{max-height:360px;overflow:auto;display:inline-block}
+img.media{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}
+"""
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _img_tag(b64: str, alt: str, cls: str = "") -> str:
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _figure(inner: str, caption: str = "") -> str:
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f"<figure>{inner}{cap}</figure>"
+
+
+def _group_scalars(section: str, keys: list[str]) -> dict[str, list[str]]:
+    """Keys sharing a pattern go into one plot: ``nas/<label>/*`` per choice, ``a/*/metric`` per metric
+    across layers, ``.../drift_*`` and ``.../aopc*`` together; anything else alone."""
+    groups: dict[str, list[str]] = {}
+    for k in sorted(keys):
+        parts = k.split("/")
+        if section == "search" and len(parts) >= 3:
+            g = "/".join(parts[:-1]) + "/*"
+        elif section in ("attribution", "paths", "architecture"):
+            g = re.sub(r"(drift|aopc)_?\w*$", r"\1*", k)
+        elif len(parts) >= 3:
+            g = f"{parts[0]}/*/{parts[-1]}"
+        else:
+            g = k
+        groups.setdefault(g, []).append(k)
+    return groups
+
+
+def _plot_lines(data: RunData, title: str, keys: list[str]) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 2.9))
+    for k in keys[:_MAX_LINES]:
+        pts = sorted(data.scalars[k])
+        label = k if len(keys) == 1 else (k.split("/")[-1] if title.endswith("*") else k.split("/")[-2]
+                                          if len(k.split("/")) >= 3 else k)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3, lw=1.2,
+                label=label)
+    ax.set_xlabel("step")
+    ax.set_title(title + ("" if len(keys) <= _MAX_LINES else f" (first {_MAX_LINES} of {len(keys)})"), fontsize=9)
+    ax.grid(alpha=0.3)
+    if len(keys) > 1:
+        ax.legend(fontsize=6, ncol=2 if len(keys) > 6 else 1)
+    return _figure(_img_tag(_png(fig), title))
+
+
+def _plot_series(key: str, s: dict[str, Any]) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 2.9))
+    for name, ys in list(s.get("ys", {}).items())[:_MAX_LINES]:
+        ax.plot(s.get("xs", []), ys, marker="o", ms=3, lw=1.2, label=name)
+    ax.set_xlabel(s.get("xname", "x"))
+    ax.set_title(s.get("title", key), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _figure(_img_tag(_png(fig), key), f"{key} (step {s.get('step', '-')})")
+
+
+def _plot_hist(key: str, recs: list[dict[str, Any]]) -> str:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(4.6, 2.6))
+    shown = [recs[0], recs[-1]] if len(recs) > 1 else recs
+    for r, alpha in zip(shown, (0.45, 0.8)):
+        edges = np.asarray(r["edges"], dtype=float)
+        ax.stairs(np.asarray(r["counts"], dtype=float), edges, fill=True, alpha=alpha, label=f"step {r['step']}")
+    ax.set_title(key, fontsize=9)
+    ax.legend(fontsize=7)
+    return _figure(_img_tag(_png(fig), key), f"{key}: first and last of {len(recs)} histograms")
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape("" if v is None else str(v))
+
+
+def _table(key: str, t: dict[str, Any]) -> str:
+    rows = t.get("rows", [])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t.get("columns", []))
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in r) + "</tr>" for r in rows[:_MAX_ROWS])
+    more = f"<p>... {len(rows) - _MAX_ROWS} more rows</p>" if len(rows) > _MAX_ROWS else ""
+    return (f"<h3>{html.escape(key)} <small>(step {t.get('step', '-')}, {len(rows)} rows)</small></h3>"
+            f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>{more}')
+
+
+def _images(key: str, items: list[tuple[int, Path]]) -> str:
+    items = sorted(items)
+    shown = [items[0], items[-1]] if len(items) > 1 else items
+    figs = [_figure(_img_tag(base64.b64encode(p.read_bytes()).decode(), f"{key} step {s}", "media"),
+                    f"{key} — step {s}" + (" (first)" if i == 0 and len(shown) > 1 else
+                                          " (latest)" if len(shown) > 1 else ""))
+            for i, (s, p) in enumerate(shown)]
+    return f'<h3>{html.escape(key)}</h3><div class="grid">{"".join(figs)}</div>'
+
+
+def _section(sid: str, title: str, data: RunData, keys: set[str]) -> str:
+    parts = [f'<section id="{sid}"><h2>{html.escape(title)}</h2>']
+    scal = [k for k in keys if k in data.scalars]
+    if scal:
+        groups = _group_scalars(sid, scal)
+        plots = [_plot_lines(data, g, ks) for g, ks in list(groups.items())[:_MAX_PLOTS]]
+        plots += [_plot_series(k, data.series[k]) for k in sorted(keys) if k in data.series]
+        parts.append(f'<div class="grid">{"".join(plots)}</div>')
+        if len(groups) > _MAX_PLOTS:
+            parts.append(f"<p>{len(groups) - _MAX_PLOTS} more scalar groups not plotted.</p>")
+    elif any(k in data.series for k in keys):
+        parts.append('<div class="grid">' + "".join(_plot_series(k, data.series[k])
+                                                   for k in sorted(keys) if k in data.series) + "</div>")
+    parts += [_images(k, data.images[k]) for k in sorted(keys) if k in data.images]
+    parts += [_table(k, data.tables[k]) for k in sorted(keys) if k in data.tables]
+    hists = [k for k in sorted(keys) if data.histograms.get(k)]
+    if hists:
+        parts.append('<div class="grid">' + "".join(_plot_hist(k, data.histograms[k]) for k in hists[:_MAX_HIST])
+                     + "</div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render(data: RunData, title: str | None = None) -> str:
+    """The report page for ``data`` as an HTML string."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # headless: draw to PNG only
+    title = title or f"lightning_nas report: {data.name}"
+    buckets: dict[str, set[str]] = {}
+    for k in data.keys():
+        if k == "epoch":  # Lightning's epoch counter says nothing a reader needs
+            continue
+        sid = next(s for s, _, pred in SECTIONS if pred(k))
+        buckets.setdefault(sid, set()).add(k)
+    sections = [(sid, t) for sid, t, _ in SECTIONS if sid in buckets]
+    body = [_section(sid, t, data, buckets[sid]) for sid, t in sections]
+    summ = {**{f"config/{k}": v for k, v in data.config.items()}, **data.summary}
+    if summ:
+        rows = [[k, v] for k, v in sorted(summ.items()) if not isinstance(v, (dict, list))]
+        body.append('<section id="summary"><h2>Summary</h2>'
+                    + _table("final values", {"columns": ["key", "value"], "rows": rows}) + "</section>")
+        sections.append(("summary", "Summary"))
+    if not body:
+        body.append("<section><h2>Empty run</h2><p>Nothing was logged.</p></section>")
+    nav = "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in sections)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body><header><h1>{html.escape(title)}</h1>"
+            f"<p>source: {html.escape(data.source)} · {len(data.keys())} logged keys</p></header>"
+            f"<nav>{nav}</nav><main>{''.join(body)}</main></body></html>")
+
+
+def build_report(run_dir: str | Path, out: str | Path = "report.html", title: str | None = None) -> Path:
+    """Write the self-contained HTML report of the run under ``run_dir`` to ``out``; return its path.
+
+    ``run_dir``: a W&B run or save dir (offline runs included), or a ``Tracker.files_dir`` file sink.
+    """
+    data = load_run(run_dir)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(data, title), encoding="utf-8")
+    return path
