@@ -2,3 +2,7 @@
 from lightning_nas.callbacks.base import LightningNASCallback
 
 __all__ = ["LightningNASCallback"]
+from lightning_nas.callbacks.distillation import KnowledgeDistillation  # noqa: E402
+from lightning_nas.callbacks.quantization import QuantizationAware  # noqa: E402
+
+__all__ += ["KnowledgeDistillation", "QuantizationAware"]
