@@ -21,8 +21,8 @@ class _Leaf(nn.Module):
         super().__init__()
         self.layer = layer
 
-    def forward(self, *args: Any) -> Any:
-        return self.layer(*args)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
 
 
 class QuantizationAware(LightningNASCallback):
@@ -143,13 +143,13 @@ class QuantizationAware(LightningNASCallback):
         Q.set_bn_frozen(model, self.freeze_bn_after is not None and qat_epoch >= self.freeze_bn_after)
 
     def _sync(self, trainer: L.Trainer) -> None:
-        """Every rank takes rank zero's scales, zero-points and observer ranges (identical int8 models)."""
+        """Every rank takes rank zero's buffers: scales, zero-points, observer ranges and the BatchNorm statistics
+        that get folded (DDP syncs gradients, not buffers after the last step), so the int8 models are identical."""
         if trainer.world_size <= 1:
             return
-        state = self._broadcast(trainer, {k: v.cpu() for k, v in Q.quant_state(self.qat_model).items()})
-        for name, m in Q.fake_quant_modules(self.qat_model):
-            own = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-            m.load_state_dict({k: v.to(m.scale.device) for k, v in own.items()})
+        names = {n for n, _ in self.qat_model.named_buffers()}
+        own = {k: v.detach().cpu() for k, v in self.qat_model.state_dict().items() if k in names}
+        self.qat_model.load_state_dict(self._broadcast(trainer, own), strict=False)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply_schedule(trainer.current_epoch)
