@@ -88,6 +88,8 @@ class KnowledgeDistillation(LightningNASCallback):
         self.adapters = nn.ModuleDict()
         self.history: list[dict[str, float]] = []
         self._acc = AgreementAccumulator(temperature)
+        self._train_acc = AgreementAccumulator(temperature)
+        self._logged_epoch = -1
         self._pl: L.LightningModule | None = None
         self._hooks: list[Any] = []
         self._capture = False
@@ -212,6 +214,11 @@ class KnowledgeDistillation(LightningNASCallback):
             total = total + self.feature_weight * f
             logs["distill/feature_loss"] = f.detach()
         self._pl.log_dict(logs, on_step=True, on_epoch=False)
+        if self.explain:  # used when the module has no validation loop
+            batch = args[0] if args else None
+            y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 and \
+                isinstance(batch[1], torch.Tensor) else None
+            self._train_acc.update(self._s_logits, self._t_logits, y)
         self._clear()
         return total if isinstance(out, torch.Tensor) else dict(out, loss=total)
 
@@ -234,15 +241,31 @@ class KnowledgeDistillation(LightningNASCallback):
         self._clear()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.explain or trainer.sanity_checking or self._acc.num_classes == 0:
+        if self.explain and not trainer.sanity_checking:
+            self._log_agreement(trainer, pl_module, self._acc)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._train_acc.reset()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.explain and self._logged_epoch != trainer.current_epoch:  # no validation ran: training batches
+            self._log_agreement(trainer, pl_module, self._train_acc)
+
+    def _log_agreement(self, trainer: L.Trainer, pl_module: L.LightningModule, acc: AgreementAccumulator) -> None:
+        n = torch.tensor([float(acc.num_classes)], device=pl_module.device)
+        if trainer.world_size > 1:
+            n = trainer.strategy.reduce(n, reduce_op="max")
+        if int(n.item()) == 0:
             return
-        state = self._acc.state().to(pl_module.device)
+        acc._grow(int(n.item()))
+        state = acc.state().to(pl_module.device)
         if trainer.world_size > 1:  # exact epoch numbers over every rank's data
             state = trainer.strategy.reduce(state, reduce_op="sum")
-        self._acc.load_state(state, self._acc.num_classes)
-        res = self._acc.compute()
+        acc.load_state(state, acc.num_classes)
+        res = acc.compute()
         entry = {"distill/agreement": res["agreement"], "distill/kl": res["kl"]}
         self.history.append(dict(entry, epoch=trainer.current_epoch))
+        self._logged_epoch = trainer.current_epoch
         tracker = self.tracker(trainer)
         tracker.log_scalars(entry)
         tracker.log_table("distill/per_class", AGREEMENT_COLUMNS, res["rows"])
