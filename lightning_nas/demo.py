@@ -53,7 +53,45 @@ def _stage_train(state: _DemoState) -> None:
     _record(state, "train", state.module.net, acc)
 
 
-STAGES = [("train", _stage_train)]
+def _test_acc(model: torch.nn.Module, state: _DemoState) -> float:
+    x, y = state.datamodule.split("test").tensors
+    with torch.no_grad():
+        return float((model.eval()(x).argmax(1) == y).float().mean())
+
+
+def _stage_distill(state: _DemoState) -> None:
+    """A half-width student learns from the trained model (KD); it becomes the model of later stages."""
+    from lightning_nas.callbacks import KnowledgeDistillation
+
+    teacher = state.module.net
+    student = Classifier(DigitsCNN(width=8), lr=1e-2)
+    kd = KnowledgeDistillation(teacher, temperature=4.0, alpha=0.7)
+    trainer = _trainer(state, [kd])
+    trainer.fit(student, datamodule=state.datamodule)
+    acc = trainer.test(student, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    state.module = student
+    row = _record(state, "distill", student.net, acc)
+    row["agreement"] = kd.history[-1]["distill/agreement"] if kd.history else None
+    state.card.stages[-1].update(teacher_params=sum(p.numel() for p in teacher.parameters()),
+                                 temperature=4.0, alpha=0.7, agreement=row["agreement"])
+
+
+def _stage_quantize(state: _DemoState) -> None:
+    """Two epochs of QAT on the current model, then the real int8 model (torch) and its ONNX QDQ file."""
+    from lightning_nas.callbacks import QuantizationAware
+    from lightning_nas.compress.quantize import allow_int8_kernels
+
+    qat = QuantizationAware(freeze_observers_after=1, onnx_path=str(state.out_dir / "model_int8.onnx"))
+    trainer = _trainer(state, [qat], max_epochs=2)
+    trainer.fit(state.module, datamodule=state.datamodule)
+    with allow_int8_kernels():  # the demo's trainers are deterministic; int8 kernels need the flag lifted
+        _record(state, "quantize", qat.int8_model, _test_acc(qat.int8_model, state))
+    state.card.stages[-1].update(onnx_int8=str(state.out_dir / "model_int8.onnx"), backend="x86",
+                                 size_ratio=qat.measurements.get("quant/size_ratio"),
+                                 speedup=qat.measurements.get("quant/speedup"))
+
+
+STAGES = [("train", _stage_train), ("distill", _stage_distill), ("quantize", _stage_quantize)]
 
 
 def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",

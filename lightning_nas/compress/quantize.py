@@ -145,6 +145,37 @@ def quant_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": v.detach().clone() for n, m in fake_quant_modules(model) for k, v in m.state_dict().items()}
 
 
+@contextmanager
+def allow_int8_kernels():
+    """Lift ``torch.use_deterministic_algorithms(True)`` (``Trainer(deterministic=True)`` sets it) for the block:
+    torch's int8 CPU kernels resize their outputs, which that flag forbids, though they are deterministic."""
+    on, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(on, warn_only=warn_only)
+
+
+def _determinism_off(module: nn.Module, args: Any) -> None:
+    module._lnas_deterministic = (torch.are_deterministic_algorithms_enabled(),
+                                  torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(False)
+
+
+def _determinism_back(module: nn.Module, args: Any, output: Any) -> None:
+    on, warn_only = getattr(module, "_lnas_deterministic", (False, False))
+    torch.use_deterministic_algorithms(on, warn_only=warn_only)
+
+
+def _int8_runnable(model: nn.Module) -> nn.Module:
+    """int8 CPU kernels resize their outputs, which ``torch.use_deterministic_algorithms(True)`` (set by
+    ``Trainer(deterministic=True)``) forbids; they are deterministic on CPU, so lift the flag per call."""
+    model.register_forward_pre_hook(_determinism_off)
+    model.register_forward_hook(_determinism_back, always_call=True)
+    return model
+
+
 def convert_int8(qat_model: nn.Module) -> nn.Module:
     """A real int8 torch model (``convert_fx``) from a prepared model; the prepared model is left untouched.
 
@@ -155,7 +186,7 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with _quiet():
-        return convert_fx(model)
+        return _int8_runnable(convert_fx(model))
 
 
 def post_training_quantize(model: nn.Module, calibration: Iterable[Any], backend: str = "x86",
@@ -170,7 +201,7 @@ def post_training_quantize(model: nn.Module, calibration: Iterable[Any], backend
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with _quiet():
-        return convert_fx(prepared)
+        return _int8_runnable(convert_fx(prepared))
 
 
 def export_int8_onnx(int8_model: nn.Module, example_input: Any, path: str | Path | None = None) -> bytes:
@@ -180,7 +211,7 @@ def export_int8_onnx(int8_model: nn.Module, example_input: Any, path: str | Path
     """
     from lightning_nas.deploy.export import onnx_bytes
 
-    with _quiet():
+    with _quiet(), allow_int8_kernels():  # tracing bypasses the per-call hooks of _int8_runnable
         data = onnx_bytes(int8_model, example_input)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -204,6 +235,6 @@ def int8_onnx_ops(onnx_model: bytes) -> list[str]:
         return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
 
 
-__all__ = ["BACKENDS", "QUANTIZABLE", "convert_int8", "export_int8_onnx", "fake_quant_modules", "int8_onnx_ops",
+__all__ = ["BACKENDS", "QUANTIZABLE", "allow_int8_kernels", "convert_int8", "export_int8_onnx", "fake_quant_modules", "int8_onnx_ops",
            "post_training_quantize", "prepare_qat", "qat_layers", "quant_state", "quantizable_layers",
            "set_bn_frozen", "set_fake_quant", "set_observers"]
