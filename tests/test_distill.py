@@ -144,3 +144,22 @@ def test_kd_on_unmodified_lightning_demo_model(tmp_path):
         model, DataLoader(RandomDataset(32, 64), batch_size=8), DataLoader(RandomDataset(32, 32), batch_size=8))
     assert "training_step" not in model.__dict__ and len(kd.history) == 2
     assert all(0 <= h["distill/agreement"] <= 1 for h in kd.history)
+
+
+def test_callbacks_build_from_lightning_cli_config():
+    """The type hints are enough for jsonargparse (LightningCLI YAML: class_path / init_args)."""
+    from jsonargparse import ArgumentParser
+
+    from lightning_nas.callbacks import KnowledgeDistillation, QuantizationAware
+
+    p = ArgumentParser()
+    p.add_class_arguments(KnowledgeDistillation, "kd")
+    p.add_class_arguments(QuantizationAware, "qat")
+    cfg = p.parse_object({
+        "kd": {"teacher": {"class_path": "lightning_nas.models.DigitsCNN", "init_args": {"width": 8}},
+               "alpha": 0.3, "features": {"net.features.3": "features.3"}},
+        "qat": {"start_epoch": 1, "skip": ["classifier"], "freeze_bn_after": 2}})
+    objs = p.instantiate_classes(cfg)
+    assert objs.kd.alpha == 0.3 and objs.kd.features == {"net.features.3": "features.3"}
+    assert type(objs.kd.teacher).__name__ == "DigitsCNN" and not objs.kd.teacher.training
+    assert objs.qat.skip == ["classifier"] and objs.qat.freeze_bn_after == 2
