@@ -14,8 +14,26 @@ def _loaders(dm, batch=64):
 
 
 class _ScaleProbe(L.Callback):
-    def __init__(self, qat):
-        self.qat, self.states = qat, []
+    def __init__(self, qat, kd=None):
+        self.qat, self.kd, self.states, self.val_moved, self.adapter0 = qat, kd, [], [], None
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.kd is not None:
+            self.adapter0 = {k: v.clone() for k, v in self.kd.adapters.state_dict().items()}
+
+    def on_validation_start(self, trainer, pl_module):
+        from lightning_nas.compress.quantize import quant_state
+
+        self._before = quant_state(self.qat.qat_model)
+
+    def on_validation_end(self, trainer, pl_module):
+        from lightning_nas.compress.quantize import quant_state
+
+        after = quant_state(self.qat.qat_model)
+        # a value that changed (per-channel buffers are only *sized* on the first forward: [] -> [C])
+        self.val_moved.append([k for k in after if after[k].shape == self._before[k].shape
+                               and not torch.equal(after[k], self._before[k])
+                               and k.endswith(("min_val", "max_val", ".scale", ".zero_point"))])
 
     def on_train_epoch_end(self, trainer, pl_module):
         from lightning_nas.compress.quantize import quant_state
@@ -39,7 +57,7 @@ def test_kd_and_qat_in_one_fit_logged_to_wandb(tmp_path, digits):
     float_net = student.net
     qat = QuantizationAware(start_epoch=1, freeze_observers_after=1, onnx_path=str(tmp_path / "int8.onnx"))
     kd = KnowledgeDistillation(teacher, temperature=3.0, alpha=0.6, features={"net.features.3": "features.3"})
-    probe = _ScaleProbe(qat)
+    probe = _ScaleProbe(qat, kd)
     logger = WandbLogger(project="t", save_dir=str(tmp_path), offline=True)
     trainer = fast_trainer(tmp_path, max_epochs=3, limit_train_batches=6, logger=logger, log_every_n_steps=2,
                            callbacks=[kd, qat, probe])
@@ -52,6 +70,9 @@ def test_kd_and_qat_in_one_fit_logged_to_wandb(tmp_path, digits):
     # observers ran in epoch 1 only (QAT starts at 1, frozen after 1 QAT epoch): epoch 2 kept epoch 1's scales
     assert qat.qat_steps == 12
     assert all(torch.equal(probe.states[1][k], probe.states[2][k]) for k in probe.states[1])
+    assert probe.val_moved and not any(probe.val_moved)  # validation data never reaches the observers
+    # the feature adapters were trained by the user's optimizer
+    assert any(not torch.equal(v, kd.adapters.state_dict()[k]) for k, v in probe.adapter0.items())
     # real int8: torch and ONNX Runtime, the ONNX file written by rank zero
     x = digits.split("test").tensors[0]
     with torch.no_grad():
