@@ -90,7 +90,9 @@ def _stage_bundle(state: _DemoState) -> None:
     net = state.module.net.eval()
     card = copy.deepcopy(state.card)
     card.metrics["test_acc"] = state.rows[-1]["test_acc"] if state.rows else None
-    out = bundle(net, state.datamodule.example_input(64), state.out_dir / "bundle", int8=True, card=card,
+    int8 = state.out_dir / "model_int8.onnx"  # the QAT stage's int8 model; else post-training quantization
+    out = bundle(net, state.datamodule.example_input(64), state.out_dir / "bundle",
+                 int8=int8 if int8.exists() else True, card=card,
                  reference_data=state.datamodule.split("train").tensors[0], metrics=dict(card.metrics),
                  overwrite=True)
     print(f"\nbundle: {out}\n  serve it with:  lightning-nas serve {out} --port 8000 [--int8]\n"
@@ -134,9 +136,50 @@ def _stage_explain(state: _DemoState) -> None:
     _record(state, "explain", state.module.net, acc)
 
 
+
+def _test_acc(model: torch.nn.Module, state: _DemoState) -> float:
+    x, y = state.datamodule.split("test").tensors
+    with torch.no_grad():
+        return float((model.eval()(x).argmax(1) == y).float().mean())
+
+
+def _stage_distill(state: _DemoState) -> None:
+    """A half-width student learns from the trained model (KD); it becomes the model of later stages."""
+    from lightning_nas.callbacks import KnowledgeDistillation
+
+    teacher = state.module.net
+    student = Classifier(DigitsCNN(width=8), lr=1e-2)
+    kd = KnowledgeDistillation(teacher, temperature=4.0, alpha=0.7)
+    trainer = _trainer(state, [kd])
+    trainer.fit(student, datamodule=state.datamodule)
+    acc = trainer.test(student, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    state.module = student
+    row = _record(state, "distill", student.net, acc)
+    row["agreement"] = kd.history[-1]["distill/agreement"] if kd.history else None
+    state.card.stages[-1].update(teacher_params=sum(p.numel() for p in teacher.parameters()),
+                                 temperature=4.0, alpha=0.7, agreement=row["agreement"])
+
+
+def _stage_quantize(state: _DemoState) -> None:
+    """Two epochs of QAT on the current model, then the real int8 model (torch) and its ONNX QDQ file."""
+    from lightning_nas.callbacks import QuantizationAware
+    from lightning_nas.compress.quantize import allow_int8_kernels
+
+    qat = QuantizationAware(freeze_observers_after=1, onnx_path=str(state.out_dir / "model_int8.onnx"))
+    trainer = _trainer(state, [qat], max_epochs=2)
+    trainer.fit(state.module, datamodule=state.datamodule)
+    with allow_int8_kernels():  # the demo's trainers are deterministic; int8 kernels need the flag lifted
+        _record(state, "quantize", qat.int8_model, _test_acc(qat.int8_model, state))
+    state.card.stages[-1].update(onnx_int8=str(state.out_dir / "model_int8.onnx"), backend="x86",
+                                 size_ratio=qat.measurements.get("quant/size_ratio"),
+                                 speedup=qat.measurements.get("quant/speedup"))
+
+
+
 # The pipeline, in order: each capability contributes one stage.
 STAGES = [("search", _stage_search), ("multitrial", _stage_multitrial), ("train", _stage_train),
-          ("explain", _stage_explain), ("bundle", _stage_bundle)]
+          ("explain", _stage_explain), ("distill", _stage_distill), ("quantize", _stage_quantize),
+          ("bundle", _stage_bundle)]
 
 
 def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",

@@ -16,3 +16,7 @@ __all__ += ["AttributionMonitor"]
 from lightning_nas.callbacks.explain import ArchitectureView, DecisionPaths, TrainingDynamics  # noqa: E402
 
 __all__ += ["ArchitectureView", "DecisionPaths", "TrainingDynamics"]
+from lightning_nas.callbacks.distillation import KnowledgeDistillation  # noqa: E402
+from lightning_nas.callbacks.quantization import QuantizationAware  # noqa: E402
+
+__all__ += ["KnowledgeDistillation", "QuantizationAware"]

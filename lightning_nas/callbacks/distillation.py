@@ -1,0 +1,283 @@
+"""``KnowledgeDistillation``: distill a teacher into the user's module without touching its training_step."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_nas._validate import check_range, check_type
+from lightning_nas.callbacks.base import LightningNASCallback
+from lightning_nas.compress.distill import FeatureAdapter, feature_loss, kd_loss, layer_width, load_teacher
+from lightning_nas.explain.agreement import AGREEMENT_COLUMNS, AgreementAccumulator
+
+_ADAPTERS = "_kd_adapters"
+
+
+def _logits(out: Any) -> torch.Tensor:
+    """The logits inside a forward output: the tensor, the first element of a tuple, or ``out["logits"]``."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return out["logits"]
+    raise ValueError(f"KnowledgeDistillation: cannot find logits in a forward output of type {type(out).__name__} "
+                     "(allowed: a tensor, a tuple whose first item is a tensor, or a dict with 'logits')")
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+class KnowledgeDistillation(LightningNASCallback):
+    """Add ``alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`` to the loss the user's ``training_step``
+    returns, which keeps weight ``1 - alpha``; optionally ``feature_weight * mean((A(f_s) - f_t)^2)`` per
+    feature pair, ``A`` a learnable adapter trained by the user's optimizer.
+
+    The student logits are the output of ``student_module``'s forward (the LightningModule itself by
+    default); the teacher runs on the very same forward arguments, in eval mode and without gradients, on
+    the student's device. ``training_step`` is wrapped in ``setup`` and restored in ``teardown``; adapters
+    live in the LightningModule during the fit (so the optimizer and checkpoints hold them) and are removed at
+    ``teardown`` (they remain in ``adapters``).
+
+    Args:
+        teacher: an ``nn.Module``, or the path of a state dict / Lightning checkpoint read with
+            ``weights_only=True`` into ``teacher_architecture``.
+        temperature: softmax temperature ``T > 0``.
+        alpha: weight of the distillation term, in [0, 1].
+        features: ``{student_layer: teacher_layer}`` names (student names inside the LightningModule).
+        feature_weight: weight of each feature loss.
+        teacher_architecture: the module a checkpoint path is loaded into.
+        student_module: name of the submodule whose forward output are the student logits (``""``: the
+            LightningModule).
+        explain: log agreement, KL and the per-class table each validation epoch.
+
+    Logged: ``distill/kd_loss``, ``distill/task_loss``, ``distill/feature_loss`` (train steps, through the
+    module's ``log``); ``distill/agreement``, ``distill/kl`` and table ``distill/per_class`` (columns class,
+    support, agreement, student_acc, teacher_acc) each validation epoch.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module | str,
+        temperature: float = 4.0,
+        alpha: float = 0.5,
+        features: dict[str, str] | None = None,
+        feature_weight: float = 1.0,
+        teacher_architecture: nn.Module | None = None,
+        student_module: str = "",
+        explain: bool = True,
+    ) -> None:
+        super().__init__()
+        check_type("teacher", teacher, (nn.Module, str, Path))
+        self.temperature = check_range("temperature", temperature, 0.0, None, low_inclusive=False)
+        self.alpha = check_range("alpha", alpha, 0.0, 1.0)
+        self.features = dict(check_type("features", features, dict, allow_none=True) or {})
+        for s, t in self.features.items():
+            check_type("features key", s, str)
+            check_type("features value", t, str)
+        self.feature_weight = check_range("feature_weight", feature_weight, 0.0, None)
+        check_type("teacher_architecture", teacher_architecture, nn.Module, allow_none=True)
+        self.student_module = check_type("student_module", student_module, str)
+        self.explain = check_type("explain", explain, bool)
+        self.teacher = load_teacher(teacher, teacher_architecture)
+        self.adapters = nn.ModuleDict()
+        self.history: list[dict[str, float]] = []
+        self._acc = AgreementAccumulator(temperature)
+        self._train_acc = AgreementAccumulator(temperature)
+        self._logged_epoch = -1
+        self._pl: L.LightningModule | None = None
+        self._hooks: list[Any] = []
+        self._capture = False
+        self._checked = False
+        self._clear()
+
+    def _clear(self) -> None:
+        self._s_logits = self._t_logits = None
+        if not hasattr(self, "_s_feats"):
+            self._s_feats: dict[str, torch.Tensor] = {}
+            self._t_feats: dict[str, torch.Tensor] = {}
+        self._s_feats.clear()  # in place: the feature hooks hold these dicts
+        self._t_feats.clear()
+
+    # ------------------------------------------------------------------ set-up
+    def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not pl_module.automatic_optimization:
+            raise ValueError("KnowledgeDistillation needs automatic optimization (the loss returned by training_step);"
+                             f" {type(pl_module).__name__}.automatic_optimization is False")
+        if self.student_module:
+            self._get(pl_module, self.student_module, "student_module")
+        adapters = nn.ModuleDict()
+        for s_name, t_name in self.features.items():
+            s_layer = self._get(pl_module, s_name, "features (student layer)")
+            t_layer = self._get(self.teacher, t_name, "features (teacher layer)")
+            cs, ct = layer_width(s_layer), layer_width(t_layer)
+            if cs is None or ct is None:
+                raise ValueError(f"`features` pair {s_name!r} -> {t_name!r}: cannot read the channel count of "
+                                 f"{'the student' if cs is None else 'the teacher'} layer (allowed: layers ending in "
+                                 "a Conv, Linear, BatchNorm or LayerNorm)")
+            adapters[_key(s_name)] = FeatureAdapter(cs, ct)
+        if self.features:
+            if set(adapters.keys()) != set(self.adapters.keys()):  # a second fit keeps the trained adapters
+                self.adapters = adapters
+            setattr(pl_module, _ADAPTERS, self.adapters)  # in configure_optimizers' parameters and in checkpoints
+        self._pl = pl_module
+        original = pl_module.training_step
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            return self._distill_step(original, *args, **kwargs)
+
+        pl_module.training_step = training_step
+        self._checked = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Hooks go in here, after every callback's setup: another callback (QAT) may have swapped submodules.
+        self.teacher.to(pl_module.device).eval()
+        student = pl_module.get_submodule(self.student_module) if self.student_module else pl_module
+        for s_name, t_name in self.features.items():
+            s_layer, t_layer = pl_module.get_submodule(s_name), self.teacher.get_submodule(t_name)
+            self._hooks.append(s_layer.register_forward_hook(self._feature_hook(self._s_feats, s_name, True)))
+            self._hooks.append(t_layer.register_forward_hook(self._feature_hook(self._t_feats, s_name, False)))
+        self._hooks.append(student.register_forward_hook(self._student_hook, with_kwargs=True))
+        if pl_module.example_input_array is not None:  # the shape check before anything runs
+            was = pl_module.training
+            pl_module.eval()
+            try:
+                self._capture = True
+                with torch.no_grad():
+                    ex = pl_module.example_input_array
+                    pl_module(*ex) if isinstance(ex, tuple) else pl_module(ex)
+            finally:
+                self._capture = False
+                self._clear()
+                pl_module.train(was)
+
+    @staticmethod
+    def _get(root: nn.Module, name: str, arg: str) -> nn.Module:
+        try:
+            return root.get_submodule(name)
+        except AttributeError:
+            names = [n for n, _ in root.named_modules() if n][:15]
+            raise ValueError(f"`{arg}` names {name!r}, which is not a layer of {type(root).__name__}; "
+                             f"allowed: e.g. {names}") from None
+
+    # ------------------------------------------------------------------ capture
+    def _feature_hook(self, store: dict[str, torch.Tensor], key: str, student: bool):
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            if self._capture and (not student or key not in store):
+                store[key] = _logits(out)
+        return hook
+
+    def _student_hook(self, _m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        if not self._capture or self._s_logits is not None:
+            return
+        s = _logits(out)
+        teacher = self.teacher
+        if next(teacher.parameters(), s).device != s.device:
+            teacher.to(s.device)
+        with torch.no_grad():
+            t = _logits(teacher(*args, **kwargs))
+        if not self._checked:
+            if t.shape != s.shape:
+                raise ValueError(f"KnowledgeDistillation: the teacher's output shape {tuple(t.shape)} differs from the "
+                                 f"student's {tuple(s.shape)} on the same input; teacher and student must predict "
+                                 "the same classes")
+            self._checked = True
+        self._s_logits, self._t_logits = s, t
+
+    def _distill_step(self, original: Any, *args: Any, **kwargs: Any) -> Any:
+        self._clear()
+        self._capture = True
+        try:
+            out = original(*args, **kwargs)
+        finally:
+            self._capture = False
+        if out is None:
+            return out
+        loss = out if isinstance(out, torch.Tensor) else out["loss"]
+        if self._s_logits is None:
+            name = self.student_module or type(self._pl).__name__
+            raise RuntimeError(f"KnowledgeDistillation: training_step never called the forward of {name!r}; set "
+                               "`student_module` to the submodule that produces the logits")
+        kd = kd_loss(self._s_logits, self._t_logits, self.temperature)
+        total = (1.0 - self.alpha) * loss + self.alpha * kd
+        logs = {"distill/kd_loss": kd.detach(), "distill/task_loss": loss.detach()}
+        if self.features:
+            missing = [k for k in self.features if k not in self._s_feats or k not in self._t_feats]
+            if missing:
+                raise RuntimeError(f"KnowledgeDistillation: feature layer(s) {missing} produced no output in this step")
+            f = sum(feature_loss(self.adapters[_key(k)], self._s_feats[k], self._t_feats[k]) for k in self.features)
+            total = total + self.feature_weight * f
+            logs["distill/feature_loss"] = f.detach()
+        self._pl.log_dict(logs, on_step=True, on_epoch=False)
+        if self.explain:  # used when the module has no validation loop
+            batch = args[0] if args else None
+            y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 and \
+                isinstance(batch[1], torch.Tensor) else None
+            self._train_acc.update(self._s_logits, self._t_logits, y)
+        self._clear()
+        return total if isinstance(out, torch.Tensor) else dict(out, loss=total)
+
+    # ------------------------------------------------------------------ explanations
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._acc.reset()
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._clear()
+        self._capture = self.explain or not self._checked
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._capture = False
+        if self.explain and self._s_logits is not None and not trainer.sanity_checking:
+            y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 and \
+                isinstance(batch[1], torch.Tensor) else None
+            self._acc.update(self._s_logits, self._t_logits, y)
+        self._clear()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.explain and not trainer.sanity_checking:
+            self._log_agreement(trainer, pl_module, self._acc)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._train_acc.reset()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.explain and self._logged_epoch != trainer.current_epoch:  # no validation ran: training batches
+            self._log_agreement(trainer, pl_module, self._train_acc)
+
+    def _log_agreement(self, trainer: L.Trainer, pl_module: L.LightningModule, acc: AgreementAccumulator) -> None:
+        n = torch.tensor([float(acc.num_classes)], device=pl_module.device)
+        if trainer.world_size > 1:
+            n = trainer.strategy.reduce(n, reduce_op="max")
+        if int(n.item()) == 0:
+            return
+        acc._grow(int(n.item()))
+        state = acc.state().to(pl_module.device)
+        if trainer.world_size > 1:  # exact epoch numbers over every rank's data
+            state = trainer.strategy.reduce(state, reduce_op="sum")
+        acc.load_state(state, acc.num_classes)
+        res = acc.compute()
+        entry = {"distill/agreement": res["agreement"], "distill/kl": res["kl"]}
+        self.history.append(dict(entry, epoch=trainer.current_epoch))
+        self._logged_epoch = trainer.current_epoch
+        tracker = self.tracker(trainer)
+        tracker.log_scalars(entry)
+        tracker.log_table("distill/per_class", AGREEMENT_COLUMNS, res["rows"])
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        if "training_step" in pl_module.__dict__:
+            del pl_module.training_step
+        if _ADAPTERS in pl_module._modules:
+            del pl_module._modules[_ADAPTERS]
+        self._pl = None

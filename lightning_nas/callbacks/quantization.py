@@ -1,0 +1,266 @@
+"""``QuantizationAware``: quantization-aware training inside the user's own fit, ending in a real int8 model."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_nas._validate import check_choice, check_int, check_type
+from lightning_nas.callbacks.base import LightningNASCallback
+from lightning_nas.compress import quantize as Q
+from lightning_nas.explain.quant_sensitivity import SENSITIVITY_COLUMNS, SENSITIVITY_KEY, layer_sqnr, quant_sensitivity
+
+
+class _Leaf(nn.Module):
+    """Wraps a bare Conv/Linear child so FX traces a call to it (``module_name`` pointing at a leaf layer)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class QuantizationAware(LightningNASCallback):
+    """Fake-quantize weights (per-channel int8) and activations (uint8) of a submodule during ``fit``, then
+    convert it to a real int8 model: ``int8_model`` (torch, CPU) and ``export_onnx(path)`` (ONNX QDQ that
+    ONNX Runtime runs as ``QLinearConv``/``QGemm``, dynamic batch).
+
+    The submodule is swapped for its FX QAT version in ``setup`` (BatchNorm folded into the convs); parameters
+    are shared, so the user's ``configure_optimizers`` and LR schedulers are untouched. Before ``start_epoch``
+    the fake-quantizers are bypassed (plain float training). At ``teardown`` the user's float submodule is put
+    back (it holds the QAT-trained weights); the fake-quant model stays in ``qat_model``.
+
+    Args:
+        start_epoch: first epoch with fake quantization.
+        freeze_observers_after: QAT epochs after which scales and zero-points stop moving (``None``: never).
+        freeze_bn_after: QAT epochs after which folded BatchNorm statistics are frozen (``None``: never).
+        skip: names (inside the quantized submodule) of submodules kept float and untraced.
+        module_name: the submodule of the LightningModule to quantize (``""``: none given; the largest direct
+            child holding a Conv/Linear layer is chosen).
+        backend: ``"x86"`` or ``"fbgemm"`` (torch.ao quantized engine and qconfig).
+        onnx_path: where rank zero writes the int8 ONNX model at the end of fit (optional).
+        measure: measure size and batch latency of fp32 vs int8 (torch and ONNX Runtime) at fit end.
+        explain: log ``quant/<layer>/sqnr_db`` each validation epoch and the per-layer sensitivity table
+            (``explain/sensitivity``) at fit end, on the first ``explain_batches`` validation batches.
+        explain_batches: validation batches used by the explanations.
+
+    Logged: ``quant/<layer>/sqnr_db``; ``explain/sensitivity`` (columns layer, method, level, accuracy, drop);
+    summary ``quant/fp32_size_bytes``, ``quant/int8_size_bytes``, ``quant/size_ratio``, ``quant/fp32_latency_ms``,
+    ``quant/int8_latency_ms``, ``quant/speedup``, ``quant/onnx_int8_latency_ms``.
+    """
+
+    _state_attrs = ("qat_steps",)
+
+    def __init__(
+        self,
+        start_epoch: int = 0,
+        freeze_observers_after: int | None = 2,
+        freeze_bn_after: int | None = None,
+        skip: list[str] | None = None,
+        module_name: str = "",
+        backend: str = "x86",
+        onnx_path: str | None = None,
+        measure: bool = True,
+        explain: bool = True,
+        explain_batches: int = 4,
+    ) -> None:
+        super().__init__()
+        self.start_epoch = check_int("start_epoch", start_epoch, 0)
+        if freeze_observers_after is not None:
+            check_int("freeze_observers_after", freeze_observers_after, 1)
+        if freeze_bn_after is not None:
+            check_int("freeze_bn_after", freeze_bn_after, 1)
+        self.freeze_observers_after, self.freeze_bn_after = freeze_observers_after, freeze_bn_after
+        self.skip = list(check_type("skip", skip, (list, tuple), allow_none=True) or [])
+        for s in self.skip:
+            check_type("skip[]", s, str)
+        self.module_name = check_type("module_name", module_name, str)
+        self.backend = check_choice("backend", backend, Q.BACKENDS)
+        self.onnx_path = check_type("onnx_path", onnx_path, (str, Path), allow_none=True)
+        self.measure, self.explain = check_type("measure", measure, bool), check_type("explain", explain, bool)
+        self.explain_batches = check_int("explain_batches", explain_batches, 1)
+        self.qat_steps = 0
+        self.qat_model: nn.Module | None = None
+        self.int8_model: nn.Module | None = None
+        self.onnx_model: bytes | None = None
+        self.measurements: dict[str, Any] = {}
+        self._target: tuple[nn.Module, str, nn.Module] | None = None  # (parent, attribute, original float child)
+        self._example: tuple | None = None
+        self._val_inputs: list[tuple] = []
+        self._val_labelled: list[tuple[Any, torch.Tensor]] = []
+        self._hooks: list[Any] = []
+
+    # ------------------------------------------------------------------ set-up: validate, then swap
+    def _resolve(self, pl_module: L.LightningModule) -> tuple[nn.Module, str, nn.Module]:
+        if self.module_name:
+            try:
+                child = pl_module.get_submodule(self.module_name)
+            except AttributeError:
+                names = [n for n, _ in pl_module.named_children()]
+                raise ValueError(f"`module_name` {self.module_name!r} is not a submodule of "
+                                 f"{type(pl_module).__name__}; allowed: e.g. {names}") from None
+            parent_name, _, attr = self.module_name.rpartition(".")
+            return pl_module.get_submodule(parent_name) if parent_name else pl_module, attr, child
+        candidates = [(sum(p.numel() for p in c.parameters()), n, c) for n, c in pl_module.named_children()
+                      if Q.quantizable_layers(c) or isinstance(c, Q.QUANTIZABLE)]
+        if not candidates:
+            raise ValueError(f"QuantizationAware: {type(pl_module).__name__} has no quantizable layer "
+                             f"(allowed: {[t.__name__ for t in Q.QUANTIZABLE]}) in any child module")
+        _, name, child = max(candidates, key=lambda t: t[0])
+        return pl_module, name, child
+
+    def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        parent, attr, child = self._resolve(pl_module)
+        target = _Leaf(child) if isinstance(child, Q.QUANTIZABLE) else child
+        prepared = Q.prepare_qat(target.train(), (), self.backend, self.skip)  # raises ValueError on bad input
+        setattr(parent, attr, prepared)
+        self._target, self.qat_model = (parent, attr, child), prepared
+        self._hooks.append(prepared.register_forward_pre_hook(self._capture))
+        self._apply_schedule(trainer.current_epoch)
+
+    def _capture(self, _module: nn.Module, args: tuple) -> None:
+        if self._example is None:
+            self._example = tuple(a.detach().clone() for a in args)
+        if self._collect_val and len(self._val_inputs) < self.explain_batches:
+            self._val_inputs.append(tuple(a.detach() for a in args))
+
+    _collect_val = False
+
+    # ------------------------------------------------------------------ schedule
+    def _apply_schedule(self, epoch: int, training: bool = True) -> None:
+        model = self.qat_model
+        qat_epoch = epoch - self.start_epoch
+        active = qat_epoch >= 0
+        # Before any QAT step, scales are uninitialised: keep fake quantization off even in validation.
+        Q.set_fake_quant(model, active and (training or self.qat_steps > 0))
+        frozen_obs = self.freeze_observers_after is not None and qat_epoch >= self.freeze_observers_after
+        Q.set_observers(model, active and training and not frozen_obs)
+        Q.set_bn_frozen(model, self.freeze_bn_after is not None and qat_epoch >= self.freeze_bn_after)
+
+    def _sync(self, trainer: L.Trainer) -> None:
+        """Every rank takes rank zero's buffers: scales, zero-points, observer ranges and the BatchNorm statistics
+        that get folded (DDP syncs gradients, not buffers after the last step), so the int8 models are identical."""
+        if trainer.world_size <= 1:
+            return
+        names = {n for n, _ in self.qat_model.named_buffers()}
+        own = {k: v.detach().cpu() for k, v in self.qat_model.state_dict().items() if k in names}
+        self.qat_model.load_state_dict(self._broadcast(trainer, own), strict=False)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply_schedule(trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.current_epoch >= self.start_epoch:
+            self.qat_steps += 1
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.qat_model is None:
+            return
+        self._sync(trainer)
+        self._apply_schedule(trainer.current_epoch, training=False)  # observers off: no leak of val data
+        self._val_inputs, self._val_labelled = [], []
+        self._collect_val = self.explain and not trainer.sanity_checking
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not self._collect_val or len(self._val_labelled) >= self.explain_batches:
+            return
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) \
+                and not batch[1].is_floating_point():
+            self._val_labelled.append((batch[0], batch[1]))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.qat_model is None:
+            return
+        self._collect_val = False
+        if self._val_inputs and trainer.current_epoch >= self.start_epoch and self.qat_steps > 0:
+            sqnr = layer_sqnr(self.qat_model, self._val_inputs, forward=self.qat_model)
+            self.tracker(trainer).log_scalars({f"quant/{n}/sqnr_db": v for n, v in sqnr.items()
+                                               if v != float("inf")})
+        self._apply_schedule(trainer.current_epoch, training=True)
+
+    # ------------------------------------------------------------------ the end: int8
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.qat_model is None or self.qat_steps == 0:
+            return
+        self._sync(trainer)
+        Q.set_observers(self.qat_model, False)
+        Q.set_fake_quant(self.qat_model, True)
+        tracker = self.tracker(trainer)
+        if self.explain and self._val_labelled:
+            try:
+                rows = quant_sensitivity(self.qat_model, self._val_labelled, forward=pl_module)
+                tracker.log_table(SENSITIVITY_KEY, SENSITIVITY_COLUMNS, rows)
+            except Exception as exc:  # noqa: BLE001 - a module whose forward does not return logits
+                self.measurements["sensitivity_error"] = f"{type(exc).__name__}: {exc}"
+        self.convert()
+        if self.measure and self._example is not None:
+            self._measure(tracker)
+        if self.onnx_path is not None and trainer.is_global_zero:
+            self.export_onnx(self.onnx_path)
+
+    def convert(self) -> nn.Module:
+        """The real int8 torch model of the current QAT state (also stored in ``int8_model``)."""
+        if self.qat_model is None:
+            raise RuntimeError("QuantizationAware.convert(): no QAT model yet; run trainer.fit first")
+        self.int8_model = Q.convert_int8(self.qat_model)
+        self.onnx_model = None
+        return self.int8_model
+
+    def export_onnx(self, path: str | Path) -> Path:
+        """Write the int8 ONNX QDQ model (dynamic batch axis) to ``path``; returns the path."""
+        if self.int8_model is None:
+            self.convert()
+        if self.onnx_model is None:
+            example = self._example if self._example is not None else None
+            if example is None:
+                raise RuntimeError("QuantizationAware.export_onnx(): no example input was seen during fit")
+            self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1].cpu() for a in example))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.onnx_model)
+        return path
+
+    def _measure(self, tracker: Any) -> None:
+        from lightning_nas.deploy import measure
+        from lightning_nas.deploy.export import onnx_session
+        from lightning_nas.deploy.measure import _time
+
+        x = tuple(a.cpu() for a in self._example)
+        float_model = self._target[2]
+        device = next(float_model.parameters()).device
+        float_model.cpu()
+        try:
+            fp = measure(float_model, x, onnx=False, repeats=20)
+        finally:
+            float_model.to(device)
+        q = measure(self.int8_model, x, onnx=False, repeats=20)
+        m = {"quant/fp32_size_bytes": fp.size_bytes, "quant/int8_size_bytes": q.size_bytes,
+             "quant/size_ratio": q.size_bytes / fp.size_bytes, "quant/fp32_latency_ms": fp.latency_ms,
+             "quant/int8_latency_ms": q.latency_ms, "quant/speedup": fp.latency_ms / q.latency_ms}
+        try:
+            if self.onnx_model is None:
+                self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1] for a in x))
+            sess = onnx_session(self.onnx_model)
+            feeds = {i.name: a.numpy() for i, a in zip(sess.get_inputs(), x)}
+            m["quant/onnx_int8_latency_ms"] = _time(lambda: sess.run(None, feeds), 20, 3)[0]
+        except Exception as exc:  # noqa: BLE001 - torch int8 numbers stay valid without ONNX
+            self.measurements["onnx_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        self.measurements.update(m)
+        tracker.log_summary(m)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self._target is None:
+            return
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        parent, attr, child = self._target
+        setattr(parent, attr, child)  # the user's float module, holding the QAT-trained weights
+        self._target = None

@@ -1,0 +1,240 @@
+"""Quantization-aware training (QAT) down to a real int8 model: torch int8 on CPU and an ONNX QDQ graph.
+
+Why this stack (measured on torch 2.13 CPU, onnxruntime 1.32, a digits conv net; see BENCHMARKS.md):
+
+* ``torch.ao.quantization`` FX QAT (``prepare_qat_fx`` / ``convert_fx``) is deprecated but is the only
+  maintained flow that yields *fast* int8 CPU modules in eager torch (fbgemm/x86 ``QuantizedConvReLU2d``,
+  ``QuantizedLinear``): 5-7x faster than fp32 at batch 64 on one thread. torchao's QAT covers Linear-centric
+  models only, and its PT2E flow needs Inductor to run fast. FX also fuses Conv+BN(+ReLU) into QAT modules
+  that simulate the folded BatchNorm, uses per-channel symmetric int8 weights, and keeps ``skip`` names float.
+* The ONNX int8 model is the TorchScript-based export (``dynamo=False``) of the *converted* int8 module:
+  every quantized op becomes ``QuantizeLinear``/``DequantizeLinear`` around a float op, with the very int8
+  weights, per-channel scales and activation scales that torch uses, and the batch axis stays dynamic.
+  ONNX Runtime fuses the pairs into ``QLinearConv``/``QGemm``/``QLinearGlobalAveragePool`` (checked by
+  ``int8_onnx_ops``). The alternatives were worse on evidence: the FX-*prepared* model exports with neither
+  exporter (fused observer op, data-dependent observer branch); swapping fake-quant modules for
+  ``torch.fake_quantize_per_*_affine`` exports QDQ with a fixed batch only; ORT's ``quantize_static`` would
+  re-calibrate and discard the QAT scales.
+
+The x86 fused fake-quant modules keep updating their observers in ``eval()``: call ``set_observers(model,
+False)`` before any evaluation so held-out data never leaks into the scales.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_nas._validate import check_choice
+
+BACKENDS = ("x86", "fbgemm")
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@contextmanager
+def _quiet():
+    """Silence torch.ao's deprecation warnings (the flow is chosen on purpose, see the module docstring)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def quantizable_layers(model: nn.Module, skip: Sequence[str] = ()) -> list[str]:
+    """Names of the Conv/Linear layers of ``model`` that QAT quantizes (those under a ``skip`` name excluded)."""
+    def skipped(name: str) -> bool:
+        return any(name == s or name.startswith(s + ".") for s in skip)
+
+    return [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE) and not skipped(n)]
+
+
+def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:
+    names = {n for n, _ in model.named_modules() if n}
+    for s in skip:
+        if s not in names:
+            near = sorted(names)[:12]
+            raise ValueError(f"`skip` name {s!r} matches no submodule of {type(model).__name__}; "
+                             f"allowed: submodule names such as {near}")
+
+
+def _qconfig_mapping(backend: str, skip: Sequence[str], qat: bool) -> Any:
+    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+
+    with _quiet():
+        mapping = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(backend)
+        for s in skip:
+            mapping.set_module_name(s, None)
+    return mapping
+
+
+def _prepare(model: nn.Module, example_inputs: tuple, backend: str, skip: Sequence[str], qat: bool) -> nn.Module:
+    check_choice("backend", backend, BACKENDS)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    skip = list(skip)
+    _check_skip(model, skip)
+    if not quantizable_layers(model, skip):
+        raise ValueError(f"{type(model).__name__} has no quantizable layer (allowed: {[t.__name__ for t in QUANTIZABLE]}"
+                         f" outside `skip`={skip}); QAT would leave it float")
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+    from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+    custom = PrepareCustomConfig().set_non_traceable_module_names(skip)
+    try:
+        with _quiet():
+            fn = prepare_qat_fx if qat else prepare_fx
+            return fn(model, _qconfig_mapping(backend, skip, qat), example_inputs, prepare_custom_config=custom)
+    except Exception as exc:  # noqa: BLE001 - tracing errors are opaque: say what to do
+        raise ValueError(f"torch.fx could not trace {type(model).__name__} for quantization ({type(exc).__name__}: "
+                         f"{str(exc)[:300]}). Choose a traceable submodule (QuantizationAware(module_name=...)) or "
+                         "keep the untraceable part float with skip=[...]") from exc
+
+
+def prepare_qat(model: nn.Module, example_inputs: tuple = (), backend: str = "x86",
+                skip: Sequence[str] = ()) -> nn.Module:
+    """Return ``model`` prepared for QAT: an FX ``GraphModule`` with Conv+BN(+ReLU) fused into QAT modules,
+    per-channel symmetric int8 fake-quantized weights and per-tensor affine uint8 fake-quantized activations.
+
+    The result shares ``model``'s parameters and BatchNorm buffers (an optimizer built on ``model`` still
+    trains it). ``skip`` names submodules kept float (and not traced). Raises ``ValueError`` for a ``skip``
+    name that matches nothing, a model without Conv/Linear layers, or a model FX cannot trace.
+    The fake quantization is q(x) = (clamp(round(x/s) + z, q_min, q_max) - z) * s, straight-through gradient.
+    """
+    return _prepare(model, tuple(example_inputs), backend, skip, qat=True)
+
+
+def fake_quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from torch.ao.quantization import FakeQuantizeBase
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantizeBase)]
+
+
+def qat_layers(model: nn.Module) -> list[str]:
+    """Names of the fake-quantized layers (those with a ``weight_fake_quant``) in a prepared model."""
+    return [n for n, m in model.named_modules() if hasattr(m, "weight_fake_quant")]
+
+
+def set_observers(model: nn.Module, enabled: bool) -> None:
+    """Enable or freeze every observer (frozen: scales and zero-points stop moving)."""
+    from torch.ao.quantization import disable_observer, enable_observer
+
+    model.apply(enable_observer if enabled else disable_observer)
+
+
+def set_fake_quant(model: nn.Module, enabled: bool) -> None:
+    """Enable or bypass every fake-quantizer (bypassed: the prepared model computes in float)."""
+    from torch.ao.quantization import disable_fake_quant, enable_fake_quant
+
+    model.apply(enable_fake_quant if enabled else disable_fake_quant)
+
+
+def set_bn_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze (or unfreeze) the BatchNorm statistics folded into the QAT Conv+BN modules."""
+    from torch.ao.nn.intrinsic import qat as nniqat
+
+    model.apply(nniqat.freeze_bn_stats if frozen else nniqat.update_bn_stats)
+
+
+def quant_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The scales, zero-points, observer ranges and on/off flags of every fake-quantizer (for sync or checks)."""
+    return {f"{n}.{k}": v.detach().clone() for n, m in fake_quant_modules(model) for k, v in m.state_dict().items()}
+
+
+@contextmanager
+def allow_int8_kernels():
+    """Lift ``torch.use_deterministic_algorithms(True)`` (``Trainer(deterministic=True)`` sets it) for the block:
+    torch's int8 CPU kernels resize their outputs, which that flag forbids, though they are deterministic."""
+    on, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(on, warn_only=warn_only)
+
+
+def _determinism_off(module: nn.Module, args: Any) -> None:
+    module._lnas_deterministic = (torch.are_deterministic_algorithms_enabled(),
+                                  torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(False)
+
+
+def _determinism_back(module: nn.Module, args: Any, output: Any) -> None:
+    on, warn_only = getattr(module, "_lnas_deterministic", (False, False))
+    torch.use_deterministic_algorithms(on, warn_only=warn_only)
+
+
+def _int8_runnable(model: nn.Module) -> nn.Module:
+    """int8 CPU kernels resize their outputs, which ``torch.use_deterministic_algorithms(True)`` (set by
+    ``Trainer(deterministic=True)``) forbids; they are deterministic on CPU, so lift the flag per call."""
+    model.register_forward_pre_hook(_determinism_off)
+    model.register_forward_hook(_determinism_back, always_call=True)
+    return model
+
+
+def convert_int8(qat_model: nn.Module) -> nn.Module:
+    """A real int8 torch model (``convert_fx``) from a prepared model; the prepared model is left untouched.
+
+    Weights become packed int8 (per-channel scales), activations quint8, BatchNorm is folded into the convs.
+    """
+    model = copy.deepcopy(qat_model).cpu().eval()
+    set_observers(model, False)
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with _quiet():
+        return _int8_runnable(convert_fx(model))
+
+
+def post_training_quantize(model: nn.Module, calibration: Iterable[Any], backend: str = "x86",
+                           skip: Sequence[str] = ()) -> nn.Module:
+    """Static post-training quantization (the baseline QAT is measured against): observe ``calibration``
+    batches (tensors or tuples of tensors) in float, then ``convert_fx`` with the same qconfig as QAT."""
+    base = copy.deepcopy(model).eval()
+    prepared = _prepare(base, (), backend, skip, qat=False)
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(*(batch if isinstance(batch, (tuple, list)) else (batch,)))
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with _quiet():
+        return _int8_runnable(convert_fx(prepared))
+
+
+def export_int8_onnx(int8_model: nn.Module, example_input: Any, path: str | Path | None = None) -> bytes:
+    """ONNX QDQ bytes of a converted int8 model (dynamic batch axis); also written to ``path`` when given.
+
+    Raises ``RuntimeError`` naming the op when the int8 model holds an op the exporter does not know.
+    """
+    from lightning_nas.deploy.export import onnx_bytes
+
+    with _quiet(), allow_int8_kernels():  # tracing bypasses the per-call hooks of _int8_runnable
+        data = onnx_bytes(int8_model, example_input)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+    return data
+
+
+def int8_onnx_ops(onnx_model: bytes) -> list[str]:
+    """The op types ONNX Runtime actually runs after its graph optimizations (e.g. ``QLinearConv``)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(onnx_model, opts, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+__all__ = ["BACKENDS", "QUANTIZABLE", "allow_int8_kernels", "convert_int8", "export_int8_onnx", "fake_quant_modules", "int8_onnx_ops",
+           "post_training_quantize", "prepare_qat", "qat_layers", "quant_state", "quantizable_layers",
+           "set_bn_frozen", "set_fake_quant", "set_observers"]

@@ -1,0 +1,175 @@
+"""QuantizationAware on real fits: int8 artefacts, schedule, explanations in W&B, resume, bad input."""
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests.conftest import fast_trainer
+
+
+def _loaders(dm, batch=64):
+    train = DataLoader(dm.split("train"), batch_size=batch, shuffle=False)  # fixed order: resume comparable
+    return train, DataLoader(dm.split("val"), batch_size=128)
+
+
+class _ScaleProbe(L.Callback):
+    def __init__(self, qat, kd=None):
+        self.qat, self.kd, self.states, self.val_moved, self.adapter0 = qat, kd, [], [], None
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.kd is not None:
+            self.adapter0 = {k: v.clone() for k, v in self.kd.adapters.state_dict().items()}
+
+    def on_validation_start(self, trainer, pl_module):
+        from lightning_nas.compress.quantize import quant_state
+
+        self._before = quant_state(self.qat.qat_model)
+
+    def on_validation_end(self, trainer, pl_module):
+        from lightning_nas.compress.quantize import quant_state
+
+        after = quant_state(self.qat.qat_model)
+        # a value that changed (per-channel buffers are only *sized* on the first forward: [] -> [C])
+        self.val_moved.append([k for k in after if after[k].shape == self._before[k].shape
+                               and not torch.equal(after[k], self._before[k])
+                               and k.endswith(("min_val", "max_val", ".scale", ".zero_point"))])
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        from lightning_nas.compress.quantize import quant_state
+
+        self.states.append({k: v for k, v in quant_state(self.qat.qat_model).items() if k.endswith(".scale")})
+
+
+@pytest.mark.slow
+def test_kd_and_qat_in_one_fit_logged_to_wandb(tmp_path, digits):
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_nas.callbacks import KnowledgeDistillation, QuantizationAware
+    from lightning_nas.deploy.export import onnx_session
+    from lightning_nas.models import Classifier, DigitsCNN
+    from lightning_nas.tracking import read_offline_run
+
+    L.seed_everything(0)
+    teacher = DigitsCNN(16)
+    student = Classifier(DigitsCNN(8))
+    float_net = student.net
+    qat = QuantizationAware(start_epoch=1, freeze_observers_after=1, onnx_path=str(tmp_path / "int8.onnx"))
+    kd = KnowledgeDistillation(teacher, temperature=3.0, alpha=0.6, features={"net.features.3": "features.3"})
+    probe = _ScaleProbe(qat, kd)
+    logger = WandbLogger(project="t", save_dir=str(tmp_path), offline=True)
+    trainer = fast_trainer(tmp_path, max_epochs=3, limit_train_batches=6, logger=logger, log_every_n_steps=2,
+                           callbacks=[kd, qat, probe])
+    trainer.fit(student, datamodule=digits)
+    wandb.finish()
+
+    # the user's module is float again, with its own net object and no lightning_nas leftovers
+    assert student.net is float_net and "training_step" not in student.__dict__
+    assert not hasattr(student, "_kd_adapters") and len(list(kd.adapters.parameters())) == 2
+    # observers ran in epoch 1 only (QAT starts at 1, frozen after 1 QAT epoch): epoch 2 kept epoch 1's scales
+    assert qat.qat_steps == 12
+    assert all(torch.equal(probe.states[1][k], probe.states[2][k]) for k in probe.states[1])
+    assert probe.val_moved and not any(probe.val_moved)  # validation data never reaches the observers
+    # the feature adapters were trained by the user's optimizer
+    assert any(not torch.equal(v, kd.adapters.state_dict()[k]) for k, v in probe.adapter0.items())
+    # real int8: torch and ONNX Runtime, the ONNX file written by rank zero
+    x = digits.split("test").tensors[0]
+    with torch.no_grad():
+        ref = qat.int8_model(x)
+    sess = onnx_session(tmp_path / "int8.onnx")
+    np.testing.assert_allclose(sess.run(None, {"input": x.numpy()})[0], ref.numpy(), atol=0.1)
+    m = qat.measurements
+    assert m["quant/int8_size_bytes"] < m["quant/fp32_size_bytes"] and m["quant/onnx_int8_latency_ms"] > 0
+
+    history, summary, _ = read_offline_run(tmp_path)
+    keys = set().union(*history)
+    for layer in ("features.0", "features.3", "classifier"):
+        assert f"quant/{layer}/sqnr_db" in keys
+    assert {"distill/agreement", "distill/kl", "distill/per_class", "explain/sensitivity",
+            "distill/kd_loss", "distill/feature_loss"} <= keys
+    table = next(h["explain/sensitivity"] for h in history if "explain/sensitivity" in h)
+    assert table["_type"] == "table-file" and table["ncols"] == 5
+    assert summary["quant/size_ratio"] == pytest.approx(m["quant/size_ratio"])
+    agreements = [h["distill/agreement"] for h in history if "distill/agreement" in h]
+    assert len(agreements) == 3 and all(0 <= a <= 1 for a in agreements)
+
+
+@pytest.mark.slow
+def test_resume_mid_qat_gives_the_same_int8_model(tmp_path, digits):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_nas.callbacks import QuantizationAware
+    from lightning_nas.models import Classifier, DigitsCNN
+
+    train, val = _loaders(digits)
+    x = digits.split("test").tensors[0][:64]
+
+    def run(epochs, root, ckpt=None):
+        L.seed_everything(0)
+        qat = QuantizationAware(start_epoch=1, freeze_observers_after=2, measure=False, explain=False)
+        trainer = fast_trainer(root, max_epochs=epochs, limit_train_batches=5, num_sanity_val_steps=0,
+                               enable_checkpointing=True,
+                               callbacks=[qat, ModelCheckpoint(dirpath=root, save_last=True)])
+        trainer.fit(Classifier(DigitsCNN(8)), train, val, ckpt_path=ckpt)
+        with torch.no_grad():
+            return qat.int8_model(x), qat
+
+    full, qa = run(4, tmp_path / "a")
+    run(2, tmp_path / "b")  # "killed" after epoch 2: mid-QAT, observers still running
+    ckpt = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)
+    assert any("activation_post_process" in k for k in ckpt["state_dict"])  # observer state is checkpointed
+    resumed, qb = run(4, tmp_path / "b", ckpt=str(tmp_path / "b" / "last.ckpt"))
+    assert qa.qat_steps == qb.qat_steps == 15
+    assert torch.equal(full, resumed)
+
+
+def test_qat_on_unmodified_lightning_demo_model(tmp_path):
+    from lightning.pytorch.demos.boring_classes import DemoModel, RandomDataset
+
+    from lightning_nas.callbacks import QuantizationAware
+
+    model = DemoModel(out_dim=4)
+    qat = QuantizationAware(measure=True, explain=True)
+    trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=2, callbacks=[qat])
+    trainer.fit(model, DataLoader(RandomDataset(32, 64), batch_size=8), DataLoader(RandomDataset(32, 32), batch_size=8))
+    assert isinstance(model.l1, torch.nn.Linear)
+    assert qat.int8_model.get_submodule("layer")._get_name() == "QuantizedLinear"
+    x = torch.randn(5, 32)
+    out = qat.int8_model(x)
+    assert out.shape == (5, 4)
+    qat.export_onnx(tmp_path / "demo.onnx")
+    from lightning_nas.deploy.export import onnx_session
+
+    assert onnx_session(tmp_path / "demo.onnx").run(None, {"input": x.numpy()})[0].shape == (5, 4)
+
+
+def test_bad_input_fails_before_the_first_step(tmp_path, digits):
+    from lightning.pytorch.demos.boring_classes import DemoModel
+
+    from lightning_nas.callbacks import QuantizationAware
+    from lightning_nas.models import Classifier, DigitsCNN
+
+    with pytest.raises(ValueError, match="start_epoch"):
+        QuantizationAware(start_epoch=-1)
+    with pytest.raises(ValueError, match="backend"):
+        QuantizationAware(backend="cuda")
+    with pytest.raises(TypeError, match="skip"):
+        QuantizationAware(skip="classifier")
+
+    class NoLayers(DemoModel):
+        def __init__(self):
+            super().__init__()
+            self.l1 = torch.nn.Identity()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+    cases = [(NoLayers(), QuantizationAware(), "no quantizable layer"),
+             (Classifier(DigitsCNN(4)), QuantizationAware(skip=["fc"]), "`skip` name 'fc' matches no submodule"),
+             (Classifier(DigitsCNN(4)), QuantizationAware(module_name="body"), "`module_name` 'body'")]
+    for model, cb, msg in cases:
+        steps = []
+        probe = L.Callback()
+        probe.on_train_batch_start = lambda *a, **k: steps.append(1)
+        with pytest.raises(ValueError, match=msg):
+            fast_trainer(tmp_path, callbacks=[cb, probe], limit_train_batches=2).fit(model, datamodule=digits)
+        assert not steps

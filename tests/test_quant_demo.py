@@ -1,0 +1,19 @@
+"""The demo's distill and quantize stages run end to end and record int8 measurements."""
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_distill_and_quantize_stages(tmp_path):
+    import json
+
+    from lightning_nas.demo import run_demo
+
+    res = run_demo(max_epochs=1, out_dir=tmp_path)
+    rows = {r["stage"]: r for r in res["rows"]}
+    assert {"train", "distill", "quantize"} <= set(rows)
+    assert rows["quantize"]["size_bytes"] < rows["distill"]["size_bytes"]
+    assert rows["quantize"]["onnx_latency_ms"] is not None  # the int8 ONNX model ran in ONNX Runtime
+    assert (tmp_path / "model_int8.onnx").stat().st_size > 0
+    card = json.loads(open(res["card"]).read())
+    stages = [s["stage"] for s in card["stages"]]
+    assert stages.index("distill") < stages.index("quantize")
