@@ -59,6 +59,11 @@ def count_params(model: nn.Module) -> int:
     return n
 
 
+def _has_quantized(model: nn.Module) -> bool:
+    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+               for m in model.modules())
+
+
 def count_macs(model: nn.Module, example_input: Any) -> int:
     """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (MACs = FLOPs / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -127,6 +132,9 @@ def measure(
         except Exception as exc:  # noqa: BLE001 - e.g. quantized kernels the counter does not know
             macs = None
             notes.append(f"MACs not counted: {type(exc).__name__}: {exc}")
+        if macs == 0 and _has_quantized(model):  # flop_counter has no formulas for quantized:: kernels
+            macs = None
+            notes.append("MACs not counted: torch.utils.flop_counter does not see quantized (int8) kernels")
         m = Measurement(params=count_params(model), size_bytes=serialized_size(model), macs=macs,
                         flops=None if macs is None else 2 * macs, batch_size=int(args[0].shape[0]), notes=notes)
         if latency:
