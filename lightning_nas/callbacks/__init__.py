@@ -2,3 +2,6 @@
 from lightning_nas.callbacks.base import LightningNASCallback
 
 __all__ = ["LightningNASCallback"]
+from lightning_nas.callbacks.pruning import MagnitudePruning, StructuredPruning  # noqa: E402
+
+__all__ += ["StructuredPruning", "MagnitudePruning"]
