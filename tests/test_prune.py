@@ -104,19 +104,18 @@ def _loaders(digits):
 class _StepLRClassifier(Classifier):
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=self.lr)
-        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)]
 
 
 def test_callback_prunes_gradually_rebuilds_optimizer_and_keeps_scheduler(tmp_path, digits):
     L.seed_everything(0)
-    module = _StepLRClassifier(DigitsCNN(32), lr=4e-3)
+    module = _StepLRClassifier(DigitsCNN(32), lr=1e-2)
     cb = StructuredPruning(0.5, schedule="cubic", start_epoch=1, end_epoch=3)
     seen = {}
 
     class Probe(L.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
             opt = trainer.optimizers[0]
-            params = {id(p) for g in opt.param_groups for p in g["params"]}
             seen[trainer.current_epoch] = (opt.param_groups[0]["lr"], pl_module.net.features[0].out_channels)
 
         def on_train_batch_end(self, trainer, pl_module, *a):
@@ -127,11 +126,12 @@ def test_callback_prunes_gradually_rebuilds_optimizer_and_keeps_scheduler(tmp_pa
     train, val = _loaders(digits)
     trainer = fast_trainer(tmp_path, max_epochs=6, callbacks=[cb, Probe()], num_sanity_val_steps=0)
     trainer.fit(module, train, val)
-    # StepLR(gamma=0.5) kept its position through the rebuilds: lr halves every epoch
-    assert [round(seen[e][0] / 4e-3, 4) for e in range(6)] == [1, 0.5, 0.25, 0.125, 0.0625, 0.0312]
+    # StepLR(gamma=0.7) kept its position through the rebuilds
+    assert [round(seen[e][0] / 1e-2, 4) for e in range(6)] == [1, 0.7, 0.49, 0.343, 0.2401, 0.1681]
     counts = [seen[e][1] for e in range(6)]
-    assert counts[0] == 32 and counts[-1] == 16 and counts[1] > counts[2] > counts[3] == 16  # cubic schedule
-    assert cb.done == [1, 2, 3] and len(cb.records) == 3
+    # cubic: s = 0.5 (1 - (1 - p)^3) at p = 0, 1/2, 1 -> 0, 0.4375, 0.5 of 32 channels (seen the epoch after)
+    assert counts == [32, 32, 32, 18, 16, 16]
+    assert cb.done == [1, 2, 3] and len(cb.records) == 2
     acc = trainer.validate(module, val, verbose=False)[0]["val_acc"]
     assert acc > 0.6, acc  # fine-tuned after a 4x parameter cut
     files = trainer.default_root_dir + "/lightning_nas"
@@ -186,8 +186,15 @@ def test_on_unmodified_lightning_demos(tmp_path):
     tokens = torch.arange(400) % 37
     pairs = [(tokens[i:i + 12], tokens[i + 1:i + 13]) for i in range(0, 360, 12)]
     lt = LightningTransformer(vocab_size=40)
+    lt.prepare_data = lambda: None  # its prepare_data downloads WikiText-2; tests are offline
     n0 = sum(p.numel() for p in lt.parameters())
-    cb = StructuredPruning(0.5, start_epoch=0)
+    # its PositionalEncoding caches a tensor of the model width outside any parameter: pruning the width
+    # would break it, which a dry run reports before the first step, naming the remedy
+    with pytest.raises(ValueError, match="ignore"):
+        fast_trainer(tmp_path, max_steps=1, callbacks=[StructuredPruning(0.5, start_epoch=1)]).fit(
+            lt, DataLoader(pairs, batch_size=4))
+    assert sum(p.numel() for p in lt.parameters()) == n0
+    cb = StructuredPruning(0.5, start_epoch=0, ignore=["model.embedding"])  # keep the width, prune the rest
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[cb]).fit(
         lt, DataLoader(pairs, batch_size=4))
     ff = [m for n, m in lt.named_modules() if n.endswith("linear1")]

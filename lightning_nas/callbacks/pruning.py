@@ -101,7 +101,7 @@ class StructuredPruning(LightningNASCallback):
         if self.example is None:
             self.example = example_from(pl_module, None, self._given_example)
         if self.example is not None:
-            self._check_layers(pl_module)
+            self._check_layers(pl_module, trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.example is not None:
@@ -112,7 +112,7 @@ class StructuredPruning(LightningNASCallback):
             self.original_channels = P.prunable_layers(pl_module, self._ex(pl_module), self.ignore)
             self._log_state(trainer, pl_module)
 
-    def _check_layers(self, pl_module: L.LightningModule) -> None:
+    def _check_layers(self, pl_module: L.LightningModule, trainer: L.Trainer | None = None) -> None:
         layers = P.prunable_layers(pl_module, self._ex(pl_module), self.ignore)
         if not layers and not self.records:
             raise ValueError(f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
@@ -122,6 +122,22 @@ class StructuredPruning(LightningNASCallback):
             if small:
                 raise ValueError(f"`amount`={self.amount} channels is not smaller than the channel count of "
                                  f"{small}; use a smaller count, a fraction, or `ignore` those layers")
+        if not self.records and trainer is not None:
+            # dry run on a copy: a model that cannot run pruned fails now, not at the first pruning epoch
+            import copy
+
+            trial = copy.deepcopy(pl_module, memo={id(trainer): trainer})
+            self.original_channels, keep = layers, self.original_channels
+            try:
+                amount = self._targets(trial, 1.0)
+                if amount is not None:
+                    P.prune_structured(trial, self._ex(trial), amount, "l1", self.global_pruning, self.ignore,
+                                       self.round_to)
+            except RuntimeError as exc:
+                raise ValueError(f"StructuredPruning(amount={self.amount}): {exc}") from exc
+            finally:
+                self.original_channels = keep
+                del trial
 
     def _ex(self, pl_module: L.LightningModule) -> Any:
         from lightning_nas.callbacks._structural import _to
@@ -146,7 +162,7 @@ class StructuredPruning(LightningNASCallback):
             if self.example is None:
                 raise ValueError("StructuredPruning could not find inputs that the module's forward accepts "
                                  "in the batch; pass `example_input=` or set `example_input_array` on the module")
-            self._check_layers(pl_module)
+            self._check_layers(pl_module, trainer)
             self._ensure_original(trainer, pl_module)
         event = self.schedule.due(trainer, self.done)
         if event is None:

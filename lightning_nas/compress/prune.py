@@ -179,17 +179,17 @@ def prune_structured(
     was = model.training
     model.eval()
     try:
+        with torch.no_grad():  # importance of every channel, before anything changes (for explanations)
+            for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                           root_module_types=pruner.root_module_types):
+                imp = pruner.estimate_importance(group)
+                if imp is not None:
+                    result.scores[names[group[0].dep.target.module]] = [float(v) for v in imp.cpu().reshape(-1)]
         for group in pruner.step(interactive=True):
             dep, idxs = group[0].dep, [int(getattr(i, "idx", i)) for i in group[0].idxs]
             root = dep.target.module
             out = dg.is_out_channel_pruning_fn(dep.handler)
             name = names[root]
-            n = dg.get_out_channels(root) if out else dg.get_in_channels(root)
-            with torch.no_grad():
-                full = dg.get_pruning_group(root, dep.handler, list(range(n)))
-                imp = pruner.estimate_importance(full)
-            if imp is not None and name not in result.scores:
-                result.scores[name] = [float(v) for v in imp.detach().cpu().reshape(-1)[:n]]
             result.removed.setdefault(name, []).extend(idxs)
             group.prune()
             result.steps.append(PruneStep(name, "out" if out else "in", sorted(idxs)))
