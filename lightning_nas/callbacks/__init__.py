@@ -5,3 +5,6 @@ __all__ = ["LightningNASCallback"]
 from lightning_nas.callbacks.pruning import MagnitudePruning, StructuredPruning  # noqa: E402
 
 __all__ += ["StructuredPruning", "MagnitudePruning"]
+from lightning_nas.callbacks.lowrank import LowRankFactorization  # noqa: E402
+
+__all__ += ["LowRankFactorization"]
