@@ -39,6 +39,9 @@ class StructuredPruning(LightningNASCallback):
         example_input: input for tracing the model; default ``example_input_array`` or a batch's inputs.
         round_to: keep channel counts multiples of this.
         log_importance: stream per-layer importance of removed vs kept channels.
+        sensitivity_levels: if given (e.g. ``[0.1, 0.3, 0.5, 0.7, 0.9]``), before the first pruning measure the
+            validation accuracy with each prunable layer alone pruned at each level (rank zero, on the
+            trainer's validation loader) and log table ``explain/sensitivity`` and curves.
 
     Logged: ``prune/<layer>/channels``, ``prune/<layer>/sparsity`` (every epoch), ``prune/params``,
     table ``prune/importance`` and histograms ``prune/<layer>/importance_kept|removed`` (at each pruning).
@@ -60,6 +63,7 @@ class StructuredPruning(LightningNASCallback):
         example_input: Any = None,
         round_to: int | None = None,
         log_importance: bool = True,
+        sensitivity_levels: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(amount, bool) or not isinstance(amount, (int, float)):
@@ -83,6 +87,12 @@ class StructuredPruning(LightningNASCallback):
             check_int("round_to", round_to, 1)
         self.amount, self.importance, self.global_pruning = amount, importance, global_pruning
         self.ignore, self.round_to, self.log_importance = list(ignore), round_to, log_importance
+        if sensitivity_levels is not None:
+            check_type("sensitivity_levels", sensitivity_levels, (list, tuple))
+            for lv in sensitivity_levels:
+                check_range("sensitivity_levels[i]", lv, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        self.sensitivity_levels = None if sensitivity_levels is None else [float(v) for v in sensitivity_levels]
+        self.sensitivity: list[list[Any]] = []
         self._given_example = example_input
         self.records: list[dict[str, Any]] = []  # [{"order", "event", "steps": [PruneStep dicts]}]
         self.done: list[int] = []
@@ -186,7 +196,25 @@ class StructuredPruning(LightningNASCallback):
                 ratios[n] = min(r, 0.95)
         return ratios or None
 
+    def _measure_sensitivity(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning_nas.explain import sensitivity as S
+
+        loaders = trainer.val_dataloaders
+        if loaders is None:
+            return
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        layers = list(self.original_channels)
+        fns = S.prune_perturbations(pl_module, self._ex(pl_module), self.sensitivity_levels, layers,
+                                    "l1" if self.importance == "taylor" else self.importance, self.ignore)
+        import copy
+
+        self.sensitivity = S.sensitivity_table(pl_module, loader, fns,
+                                               copy_fn=lambda m: copy.deepcopy(m, {id(trainer): trainer}))
+        S.log_sensitivity(self.tracker(trainer), self.sensitivity)
+
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, event: int) -> None:
+        if self.sensitivity_levels and not self.records and not self.sensitivity and trainer.is_global_zero:
+            self._measure_sensitivity(trainer, pl_module)
         names_before = param_names(pl_module)
         amount = self._targets(pl_module, self.schedule.fraction(event))
         steps: list[dict[str, Any]] = []
