@@ -135,6 +135,22 @@ def install_restore_hook(pl_module: L.LightningModule,
         hook.replayers.append(replayer)
 
 
+def spawned(trainer: L.Trainer) -> bool:
+    """True under a spawn/fork launcher (``ddp_spawn``): the main process keeps its own, unchanged module and
+    loads the worker's final ``state_dict`` into it, so that state dict must have the original shapes."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return launcher is not None and type(launcher).__name__ == "_MultiProcessingLauncher"
+
+
+def copy_module(pl_module: L.LightningModule, *keep: Any) -> L.LightningModule:
+    """Deep copy of ``pl_module`` that shares (does not copy) the trainer and the objects in ``keep``."""
+    import copy
+
+    memo = {id(pl_module._trainer): pl_module._trainer} if getattr(pl_module, "_trainer", None) else {}
+    memo.update({id(k): k for k in keep})
+    return copy.deepcopy(pl_module, memo)
+
+
 def _small(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         v = v.detach()

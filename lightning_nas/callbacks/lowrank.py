@@ -6,6 +6,7 @@ chosen ranks so a checkpoint resumes into a fresh unfactorized module, and strea
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,7 @@ import lightning as L
 import torch
 
 from lightning_nas._validate import check_int, check_range, check_type
-from lightning_nas.callbacks._structural import install_restore_hook, param_names, rebuild_optimizers
+from lightning_nas.callbacks._structural import install_restore_hook, param_names, rebuild_optimizers, spawned
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress import lowrank as LR
 
@@ -70,7 +71,26 @@ class LowRankFactorization(LightningNASCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._pl_module = pl_module
         install_restore_hook(pl_module, self._replay_items)
+        self._densify = False
+        if stage == "fit" and spawned(trainer) and not getattr(self, "_hooked", False):
+            # ddp_spawn: the main process loads the final state_dict into its own unfactorized module
+            pl_module.register_state_dict_post_hook(functools.partial(type(self)._dense_state_dict, self))
+            self._hooked = True
         super().setup(trainer, pl_module, stage)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._densify = stage == "fit" and getattr(self, "_hooked", False)
+
+    def _dense_state_dict(self, module: Any, state_dict: dict[str, Any], prefix: str, meta: Any) -> None:
+        """Replace each factor pair by its product ``W_r = B A`` (the same function, original key names)."""
+        if not self._densify or prefix:
+            return
+        for layer in self.ranks:
+            a, b = state_dict.pop(f"{layer}.0.weight"), state_dict.pop(f"{layer}.1.weight")
+            w = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
+            state_dict[f"{layer}.weight"] = w.reshape(b.shape[0], *a.shape[1:])
+            if f"{layer}.1.bias" in state_dict:
+                state_dict[f"{layer}.bias"] = state_dict.pop(f"{layer}.1.bias")
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         cands = {n for n, _ in LR.candidates(pl_module)}

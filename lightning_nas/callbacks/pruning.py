@@ -6,6 +6,7 @@ record needed to resume, rebuild the optimizer after a structural change, and ke
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,8 +14,8 @@ import lightning as L
 import torch
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
-from lightning_nas.callbacks._structural import (Schedule, example_from, install_restore_hook, param_names,
-                                                 rebuild_optimizers)
+from lightning_nas.callbacks._structural import (Schedule, copy_module, example_from, install_restore_hook,
+                                                 param_names, rebuild_optimizers, spawned)
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress import prune as P
 
@@ -105,7 +106,21 @@ class StructuredPruning(LightningNASCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._pl_module = pl_module
         install_restore_hook(pl_module, self._replay_items)
+        self._densify = False
+        if stage == "fit" and spawned(trainer) and not hasattr(self, "_unpruned"):
+            # ddp_spawn: the main process loads the final state_dict into its own unpruned module
+            self._unpruned = copy_module(pl_module, self)
+            pl_module.register_state_dict_post_hook(functools.partial(type(self)._dense_state_dict, self))
         super().setup(trainer, pl_module, stage)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._densify = stage == "fit" and hasattr(self, "_unpruned")
+
+    def _dense_state_dict(self, module: Any, state_dict: dict[str, Any], prefix: str, meta: Any) -> None:
+        if not (self._densify and self.records) or prefix:
+            return
+        steps = [s for rec in self.records for s in rec["steps"]]
+        state_dict.update(P.densify_state_dict(self._unpruned, steps, self.example, state_dict))
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.example is None:
@@ -134,9 +149,7 @@ class StructuredPruning(LightningNASCallback):
                                  f"{small}; use a smaller count, a fraction, or `ignore` those layers")
         if not self.records and trainer is not None:
             # dry run on a copy: a model that cannot run pruned fails now, not at the first pruning epoch
-            import copy
-
-            trial = copy.deepcopy(pl_module, memo={id(trainer): trainer})
+            trial = copy_module(pl_module, self)
             self.original_channels, keep = layers, self.original_channels
             try:
                 amount = self._targets(trial, 1.0)
@@ -206,10 +219,7 @@ class StructuredPruning(LightningNASCallback):
         layers = list(self.original_channels)
         fns = S.prune_perturbations(pl_module, self._ex(pl_module), self.sensitivity_levels, layers,
                                     "l1" if self.importance == "taylor" else self.importance, self.ignore)
-        import copy
-
-        self.sensitivity = S.sensitivity_table(pl_module, loader, fns,
-                                               copy_fn=lambda m: copy.deepcopy(m, {id(trainer): trainer}))
+        self.sensitivity = S.sensitivity_table(pl_module, loader, fns, copy_fn=lambda m: copy_module(m, self))
         S.log_sensitivity(self.tracker(trainer), self.sensitivity)
 
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, event: int) -> None:

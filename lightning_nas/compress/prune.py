@@ -224,6 +224,48 @@ def replay_pruning(model: nn.Module, steps: Sequence[PruneStep | Mapping[str, An
         group = dg.get_pruning_group(mod, fn, list(s.idxs))
         group.prune()
 
+def densify_state_dict(unpruned: nn.Module, steps: Sequence[PruneStep | Mapping[str, Any]],
+                       example_inputs: ExampleInputs, pruned_state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """A state dict with ``unpruned``'s shapes that computes what the pruned model computes.
+
+    Each kept entry goes back to its original index and removed channels are zero, so their contribution
+    downstream is zero (every consumer's matching input slice is zero too). Which original indices survived
+    is found by filling a copy of ``unpruned`` with its own index along each dimension and replaying
+    ``steps`` on it. Used to hand a pruned model to a process holding the unpruned one (``ddp_spawn``).
+    """
+    import copy
+
+    ref = unpruned.state_dict()
+    floats = [t for t in ref.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    kept: dict[str, list[torch.Tensor]] = {}
+    for d in range(max((t.ndim for t in floats), default=0)):
+        probe = copy.deepcopy(unpruned)
+        with torch.no_grad():
+            for t in probe.state_dict(keep_vars=True).values():
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim > d:
+                    shape = [1] * t.ndim
+                    shape[d] = -1
+                    t.copy_(torch.arange(t.shape[d], dtype=torch.float64).view(shape).expand_as(t))
+        replay_pruning(probe, steps, example_inputs)
+        for k, t in probe.state_dict().items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim > d:
+                line = t
+                for other in reversed(range(t.ndim)):
+                    if other != d:
+                        line = line.select(other, 0)
+                kept.setdefault(k, []).append(line.double().round().long())
+    out: dict[str, Any] = {}
+    for k, t in pruned_state.items():
+        r = ref.get(k)
+        if not isinstance(t, torch.Tensor) or r is None or r.shape == t.shape or k not in kept:
+            out[k] = t
+            continue
+        dense = torch.zeros_like(r, device=t.device)
+        dense[torch.meshgrid(*[i.to(t.device) for i in kept[k]], indexing="ij")] = t.to(dense.dtype)
+        out[k] = dense
+    return out
+
+
 def channel_counts(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
     """Current output channels (``out_channels``/``out_features``/``embed_dim``) of each named layer."""
     modules = dict(model.named_modules())
