@@ -53,7 +53,18 @@ def _stage_train(state: _DemoState) -> None:
     _record(state, "train", state.module.net, acc)
 
 
-STAGES = [("train", _stage_train)]
+def _stage_prune(state: _DemoState) -> None:
+    """Remove half of the channels of the trained model (physically), then fine-tune (half the training epochs)."""
+    from lightning_nas.callbacks import StructuredPruning
+
+    trainer = _trainer(state, callbacks=[StructuredPruning(amount=0.5, start_epoch=0)],
+                       max_epochs=max(2, state.max_epochs // 2))
+    trainer.fit(state.module, datamodule=state.datamodule)
+    acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    _record(state, "prune", state.module.net, acc)
+
+
+STAGES = [("train", _stage_train), ("prune", _stage_prune)]
 
 
 def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",
