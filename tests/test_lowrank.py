@@ -78,6 +78,15 @@ def test_callback_factorizes_finetunes_logs_and_resumes(tmp_path, digits):
     scalars = [json.loads(line) for line in (files / "scalars.jsonl").read_text().splitlines()]
     assert any("lowrank/net.features.3/rank" in r for r in scalars)
     assert (files / "series" / "lowrank_net.features.3_spectrum.json").exists()
+    # what ddp_spawn hands the main process: the factor products under the original names, same function
+    x = torch.rand(4, 1, 8, 8)
+    sd = full.state_dict()
+    cb._densify = True
+    cb._dense_state_dict(full, sd, "", None)
+    fresh = Classifier(DigitsCNN(32))
+    fresh.load_state_dict(sd)
+    full.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(x), full(x), atol=1e-4, rtol=1e-4)
     run(2, root="part")
     resumed, _, _ = run(4, ckpt=str(tmp_path / "part" / "last.ckpt"), root="res")
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):

@@ -226,3 +226,24 @@ def test_structured_bad_model_config(tmp_path, digits):
     with pytest.raises(ValueError, match="no Linear/Conv"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[MagnitudePruning(ignore=["net"])]).fit(
             Classifier(DigitsCNN(8)), train)
+
+
+def test_step_schedule_and_magnitude_gradual(tmp_path, digits):
+    train, _ = _loaders(digits)
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *a):
+            seen.append(pl_module.net.features[0].out_channels)
+
+    cb = StructuredPruning(0.5, schedule="linear", unit="step", start_epoch=2, end_epoch=6, every=2)
+    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=8, callbacks=[cb, Probe()]).fit(
+        Classifier(DigitsCNN(16)), train)
+    # linear over steps 2..6 every 2: 0, 1/2, 1 of 50% -> 16, 12, 8 channels from the step each event fires
+    assert seen == [16, 16, 16, 16, 12, 12, 8, 8] and cb.done == [2, 4, 6]
+    module = Classifier(DigitsCNN(8))
+    mp = MagnitudePruning(0.8, schedule="cubic", start_epoch=0, end_epoch=2, make_permanent=False)
+    fast_trainer(tmp_path, max_epochs=3, limit_train_batches=2, callbacks=[mp]).fit(module, train)
+    zero = sum(int((m.weight == 0).sum()) for _, m in P.magnitude_targets(module))
+    assert abs(zero / sum(m.weight.numel() for _, m in P.magnitude_targets(module)) - 0.8) < 0.01
+    assert hasattr(module.net.features[0], "weight_mask")  # not folded: make_permanent=False

@@ -241,7 +241,7 @@ class StructuredPruning(LightningNASCallback):
             steps = self._broadcast(trainer, steps)
             if not trainer.is_global_zero:
                 P.replay_pruning(pl_module, steps, self._ex(pl_module))
-        self.done.append(event)
+        self.done += [e for e in self.schedule.events() if e <= event and e not in self.done]
         self._grad_sum, self._grad_n = {}, 0
         if steps:
             self.records.append({"order": trainer.global_step, "event": event, "steps": steps})
@@ -376,7 +376,7 @@ class MagnitudePruning(LightningNASCallback):
         target = self.amount * self.schedule.fraction(event)
         # magnitudes are identical on every rank (DDP keeps weights in sync), so every rank masks the same
         P.magnitude_prune(pl_module, target, self.global_pruning, self.ignore)
-        self.done.append(event)
+        self.done += [e for e in self.schedule.events() if e <= event and e not in self.done]
         self._log(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
