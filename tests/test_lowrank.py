@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_nas.callbacks import LowRankFactorization
+from lightning_nas.callbacks import LowRankFactorization, load_compressed
 from lightning_nas.compress import lowrank as LR
 from lightning_nas.deploy import measure
 from lightning_nas.models import Classifier, DigitsCNN
@@ -89,8 +89,11 @@ def test_callback_factorizes_finetunes_logs_and_resumes(tmp_path, digits):
     torch.testing.assert_close(fresh(x), full(x), atol=1e-4, rtol=1e-4)
     run(2, root="part")
     resumed, _, _ = run(4, ckpt=str(tmp_path / "part" / "last.ckpt"), root="res")
-    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+    loaded = load_compressed(Classifier(DigitsCNN(32)), str(tmp_path / "res" / "last.ckpt"))  # no Trainer
+    for (k, a), (_, b), (_, c) in zip(full.state_dict().items(), resumed.state_dict().items(),
+                                      loaded.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)
+        torch.testing.assert_close(a, c, msg=k)
 
 
 def test_on_unmodified_lightning_demos(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_nas.callbacks import MagnitudePruning, StructuredPruning
+from lightning_nas.callbacks import MagnitudePruning, StructuredPruning, load_compressed
 from lightning_nas.compress import prune as P
 from lightning_nas.deploy import measure
 from lightning_nas.models import Classifier, DigitsCNN
@@ -165,6 +165,10 @@ def test_resume_after_pruning_into_fresh_unpruned_module(tmp_path, digits):
     resumed = run(4, ckpt=str(tmp_path / "part" / "last.ckpt"), root="res", module=Classifier(DigitsCNN(16)))
     assert resumed.net.features[0].out_channels == full.net.features[0].out_channels == 8
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+    # outside a Trainer: the same checkpoint into another fresh module
+    loaded = load_compressed(Classifier(DigitsCNN(16)), str(tmp_path / "res" / "last.ckpt"))
+    for (k, a), (_, b) in zip(full.state_dict().items(), loaded.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)
 
 
