@@ -225,6 +225,9 @@ def test_structured_bad_model_config(tmp_path, digits):
     with pytest.raises(ValueError, match="no prunable layer"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[StructuredPruning(ignore=["net.features"])]).fit(
             Classifier(DigitsCNN(8)), train)
+    with pytest.raises(ValueError, match="bn_scale"):
+        mlp = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)))
+        fast_trainer(tmp_path, max_steps=1, callbacks=[StructuredPruning(importance="bn_scale")]).fit(mlp, train)
     with pytest.raises(ValueError, match="amount"):
         MagnitudePruning(amount=1.5)
     with pytest.raises(ValueError, match="no Linear/Conv"):

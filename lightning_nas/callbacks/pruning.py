@@ -142,6 +142,10 @@ class StructuredPruning(LightningNASCallback):
         if not layers and not self.records:
             raise ValueError(f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
                              f"{self.ignore} (the output layer is never pruned)")
+        if self.importance == "bn_scale" and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                                     for m in pl_module.modules()):
+            raise ValueError(f"`importance`='bn_scale' needs BatchNorm layers; {type(pl_module).__name__} has none "
+                             f"(use 'l1', 'l2' or 'taylor')")
         if isinstance(self.amount, int) and self.amount >= 1 and not self.records:
             small = {n: c for n, c in layers.items() if c <= self.amount}
             if small:
