@@ -5,7 +5,8 @@ Each variant starts from the same trained dense model and is fine-tuned for the 
 in torch eager and in ONNX Runtime) and evaluated on the held-out test split:
 
 * dense;
-* ``StructuredPruning(0.5)``: half the channels physically removed (Torch-Pruning dependency graph);
+* ``StructuredPruning(0.5)``: half the channels physically removed (Torch-Pruning dependency graph),
+  gradually (cubic schedule over the first 4 fine-tuning epochs);
 * Lightning's own ``ModelPruning("l1_unstructured", 0.5)``: masks, for comparison (same dense compute);
 * ``LowRankFactorization`` at three spectral-energy levels.
 
@@ -30,7 +31,7 @@ from lightning_nas.data import DigitsDataModule  # noqa: E402
 from lightning_nas.deploy import measure  # noqa: E402
 from lightning_nas.models import Classifier, DigitsCNN  # noqa: E402
 
-TRAIN_EPOCHS, FINETUNE_EPOCHS, WIDTH = 8, 4, 64
+TRAIN_EPOCHS, FINETUNE_EPOCHS, WIDTH = 8, 8, 64
 
 
 class ResidualCNN(nn.Module):
@@ -63,7 +64,8 @@ def _variants() -> dict[str, list]:
 
     return {
         "dense": [],
-        "StructuredPruning(0.5)": [StructuredPruning(amount=0.5, start_epoch=0)],
+        "StructuredPruning(0.5, cubic ep 0-3)": [StructuredPruning(amount=0.5, schedule="cubic", start_epoch=0,
+                                                                   end_epoch=3)],
         "Lightning ModelPruning (l1 masks 0.5)": [
             ModelPruning("l1_unstructured", amount=0.5, use_global_unstructured=True,
                          apply_pruning=lambda epoch: epoch == 0, make_pruning_permanent=True, verbose=0)],
