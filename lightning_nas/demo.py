@@ -176,10 +176,23 @@ def _stage_quantize(state: _DemoState) -> None:
 
 
 
+
+def _stage_prune(state: _DemoState) -> None:
+    """Remove half of the channels of the trained model (physically), then fine-tune (half the training epochs)."""
+    from lightning_nas.callbacks import StructuredPruning
+
+    trainer = _trainer(state, callbacks=[StructuredPruning(amount=0.5, start_epoch=0)],
+                       max_epochs=max(2, state.max_epochs // 2))
+    trainer.fit(state.module, datamodule=state.datamodule)
+    acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    _record(state, "prune", state.module.net, acc)
+
+
+
 # The pipeline, in order: each capability contributes one stage.
 STAGES = [("search", _stage_search), ("multitrial", _stage_multitrial), ("train", _stage_train),
-          ("explain", _stage_explain), ("distill", _stage_distill), ("quantize", _stage_quantize),
-          ("bundle", _stage_bundle)]
+          ("explain", _stage_explain), ("distill", _stage_distill), ("prune", _stage_prune),
+          ("quantize", _stage_quantize), ("bundle", _stage_bundle)]
 
 
 def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",

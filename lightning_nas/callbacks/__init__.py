@@ -1,22 +1,31 @@
-"""Thin Lightning callbacks: *when* to search, compress and explain on the user's own training loop."""
+"""Thin Lightning callbacks: *when* to search, compress and explain on the user's own training loop.
+
+Each callback validates its arguments in ``__init__`` and the model in ``setup()``, keeps its resumable state in
+``state_dict()``, and takes the same decisions on every DDP rank. The algorithms live in ``lightning_nas.search``,
+``lightning_nas.compress`` and ``lightning_nas.explain``.
+"""
+from lightning_nas.callbacks._structural import load_compressed
+from lightning_nas.callbacks.attribution import AttributionMonitor
 from lightning_nas.callbacks.base import LightningNASCallback
+from lightning_nas.callbacks.distillation import KnowledgeDistillation
 from lightning_nas.callbacks.drift import DriftMonitor
+from lightning_nas.callbacks.explain import ArchitectureView, DecisionPaths, TrainingDynamics
+from lightning_nas.callbacks.lowrank import LowRankFactorization
+from lightning_nas.callbacks.nas import DifferentiableNAS, SubnetSampling
+from lightning_nas.callbacks.pruning import MagnitudePruning, StructuredPruning
+from lightning_nas.callbacks.quantization import QuantizationAware
+from lightning_nas.search.multitrial import TrialPruningCallback
 
-__all__ = ["LightningNASCallback"]
-__all__ += ["DriftMonitor"]
-from lightning_nas.callbacks.nas import DifferentiableNAS, SubnetSampling  # noqa: E402
-
-__all__ += ["DifferentiableNAS", "SubnetSampling"]
-from lightning_nas.search.multitrial import TrialPruningCallback  # noqa: E402
-
-__all__ += ["TrialPruningCallback"]
-from lightning_nas.callbacks.attribution import AttributionMonitor  # noqa: E402
-
-__all__ += ["AttributionMonitor"]
-from lightning_nas.callbacks.explain import ArchitectureView, DecisionPaths, TrainingDynamics  # noqa: E402
-
-__all__ += ["ArchitectureView", "DecisionPaths", "TrainingDynamics"]
-from lightning_nas.callbacks.distillation import KnowledgeDistillation  # noqa: E402
-from lightning_nas.callbacks.quantization import QuantizationAware  # noqa: E402
-
-__all__ += ["KnowledgeDistillation", "QuantizationAware"]
+__all__ = [
+    # search
+    "DifferentiableNAS", "SubnetSampling", "TrialPruningCallback",
+    # compress
+    "StructuredPruning", "MagnitudePruning", "LowRankFactorization", "QuantizationAware", "KnowledgeDistillation",
+    "load_compressed",
+    # explain
+    "AttributionMonitor", "TrainingDynamics", "DecisionPaths", "ArchitectureView",
+    # deploy
+    "DriftMonitor",
+    # base for your own
+    "LightningNASCallback",
+]

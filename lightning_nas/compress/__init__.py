@@ -1,11 +1,18 @@
 """Pure-torch compression algorithms (no Lightning import): pruning, quantization, low-rank, distillation."""
-from lightning_nas.compress.distill import FeatureAdapter, feature_loss, kd_loss, load_teacher  # noqa: E402
-from lightning_nas.compress.quantize import (  # noqa: E402
-    convert_int8,
-    export_int8_onnx,
-    post_training_quantize,
-    prepare_qat,
+from lightning_nas.compress.distill import FeatureAdapter, feature_loss, kd_loss, load_teacher
+from lightning_nas.compress.lowrank import factorize
+from lightning_nas.compress.prune import (
+    magnitude_prune,
+    make_permanent,
+    prunable_layers,
+    prune_structured,
+    replay_pruning,
 )
+from lightning_nas.compress.quantize import convert_int8, export_int8_onnx, post_training_quantize, prepare_qat
 
-__all__ = list(globals().get("__all__", [])) + ["FeatureAdapter", "convert_int8", "export_int8_onnx", "feature_loss", "kd_loss",
-                                                "load_teacher", "post_training_quantize", "prepare_qat"]
+__all__ = [
+    "prune_structured", "replay_pruning", "prunable_layers", "magnitude_prune", "make_permanent",
+    "factorize",
+    "prepare_qat", "convert_int8", "export_int8_onnx", "post_training_quantize",
+    "kd_loss", "feature_loss", "FeatureAdapter", "load_teacher",
+]

@@ -1,10 +1,19 @@
 """Pure-torch / Captum analyses (no Lightning import) that explain search and compression decisions."""
 from lightning_nas.explain import attribution, dynamics, graph, paths
+from lightning_nas.explain.agreement import AgreementAccumulator, agreement
 from lightning_nas.explain.attribution import compare
+from lightning_nas.explain.quant_sensitivity import layer_sqnr, quant_sensitivity
+from lightning_nas.explain.sensitivity import (
+    SENSITIVITY_COLUMNS,
+    evaluate_accuracy,
+    prune_perturbations,
+    rank_layers,
+    sensitivity_table,
+)
 
-__all__ = ["attribution", "compare", "dynamics", "graph", "paths"]
-from lightning_nas.explain.agreement import AgreementAccumulator, agreement  # noqa: E402
-from lightning_nas.explain.quant_sensitivity import layer_sqnr, quant_sensitivity  # noqa: E402
-
-__all__ = list(globals().get("__all__", [])) + ["AgreementAccumulator", "agreement", "layer_sqnr",
-                                                "quant_sensitivity"]
+__all__ = [
+    "attribution", "compare", "dynamics", "graph", "paths",
+    "AgreementAccumulator", "agreement",
+    "SENSITIVITY_COLUMNS", "evaluate_accuracy", "sensitivity_table", "prune_perturbations", "rank_layers",
+    "layer_sqnr", "quant_sensitivity",
+]

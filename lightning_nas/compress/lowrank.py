@@ -1,0 +1,190 @@
+"""Low-rank factorization by truncated SVD (pure torch, no Lightning).
+
+Hand-written: no maintained library ships SVD factorization of Linear/Conv2d layers as a reusable
+transform with a MAC check (torch offers the SVD itself, ``torch.linalg.svd``).
+
+``Linear`` ``W (out x in)``: ``W = U S V^T ~ (U_r S_r^{1/2}) (S_r^{1/2} V_r^T)`` -> ``Linear(in, r, bias=False)``
+then ``Linear(r, out)``. Cost per sample ``r (in + out)`` instead of ``in * out``.
+
+``Conv2d`` ``W (out x in x k x k)`` reshaped to ``out x (in k k)``: the first factor is a ``k x k`` conv from
+``in`` to ``r`` channels (same stride/padding/dilation), the second a ``1 x 1`` conv from ``r`` to ``out``.
+Cost per output pixel ``r (in k^2 + out)`` instead of ``out in k^2``.
+
+Rank choice: the smallest ``r`` keeping ``energy`` of the spectrum, ``sum_{i<r} s_i^2 / sum_i s_i^2 >= energy``,
+or the largest ``r`` whose factors cost at most ``budget`` x the original parameters. A layer whose chosen
+rank would not reduce MACs is left alone and reported as skipped (never an error).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_nas._validate import check_range
+
+
+@dataclass
+class LayerFactorization:
+    """What happened to one layer: ``rank`` is ``None`` when skipped (``reason`` says why)."""
+
+    layer: str
+    kind: str
+    full_rank: int
+    rank: int | None
+    energy_kept: float | None
+    params_before: int
+    params_after: int
+    macs_ratio: float | None  # factored / original cost per sample (or output pixel)
+    reason: str = ""
+    singular_values: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _matrix(m: nn.Module) -> torch.Tensor:
+    w = m.weight.detach()
+    return w.reshape(w.shape[0], -1).float()
+
+
+def _cost_full(m: nn.Module) -> int:
+    w = m.weight
+    return int(w.numel())  # MACs per output position for Linear and Conv2d (groups == 1)
+
+
+def _cost_rank(m: nn.Module, r: int) -> int:
+    mat = m.weight.reshape(m.weight.shape[0], -1)
+    return r * (mat.shape[1] + mat.shape[0])
+
+
+def choose_rank(s: torch.Tensor, energy: float | None = None, budget: float | None = None,
+                per_rank_cost: int = 1, full_cost: int = 1) -> int:
+    """Rank from singular values ``s`` (descending) by retained ``energy`` or parameter ``budget``."""
+    if (energy is None) == (budget is None):
+        raise ValueError("give exactly one of `energy` or `budget`")
+    if energy is not None:
+        check_range("energy", energy, 0.0, 1.0, low_inclusive=False)
+        e = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum().clamp_min(1e-30)
+        return int(min(int((e < energy - 1e-12).sum()) + 1, len(s)))
+    check_range("budget", budget, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    return max(1, min(len(s), int(math.floor(budget * full_cost / per_rank_cost))))
+
+
+def _is_candidate(m: nn.Module) -> str | None:
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, nn.Conv2d) and m.groups == 1 and isinstance(m.padding, (tuple, int)):
+        return "conv2d"
+    return None
+
+
+def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Layers ``factorize`` may replace: Linear and groups=1 Conv2d, except those an attention module
+    reads directly (``nn.MultiheadAttention.out_proj`` is used through its ``.weight``)."""
+    inside = {f"{n}.{c}" if n else c for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+              for c, _ in m.named_modules() if c}
+    return [(n, m) for n, m in model.named_modules() if n and n not in inside and _is_candidate(m)]
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
+    """Two-layer truncated-SVD replacement of a ``Linear`` or ``Conv2d`` (``groups=1``) at ``rank``."""
+    mat = _matrix(m)
+    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    r = int(rank)
+    root = s[:r].sqrt()
+    a = (root[:, None] * vh[:r]).to(m.weight.dtype)  # r x (in k k)
+    b = (u[:, :r] * root[None, :]).to(m.weight.dtype)  # out x r
+    dev = m.weight.device
+    if isinstance(m, nn.Linear):
+        first = nn.Linear(m.in_features, r, bias=False, device=dev, dtype=m.weight.dtype)
+        second = nn.Linear(r, m.out_features, bias=m.bias is not None, device=dev, dtype=m.weight.dtype)
+        first.weight.data.copy_(a)
+        second.weight.data.copy_(b)
+    else:
+        first = nn.Conv2d(m.in_channels, r, m.kernel_size, m.stride, m.padding, m.dilation, bias=False,
+                          padding_mode=m.padding_mode, device=dev, dtype=m.weight.dtype)
+        second = nn.Conv2d(r, m.out_channels, 1, bias=m.bias is not None, device=dev, dtype=m.weight.dtype)
+        first.weight.data.copy_(a.reshape(r, m.in_channels, *m.kernel_size))
+        second.weight.data.copy_(b.reshape(m.out_channels, r, 1, 1))
+    if m.bias is not None:
+        second.bias.data.copy_(m.bias.detach())
+    return nn.Sequential(first, second)
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def factorize(
+    model: nn.Module,
+    energy: float | None = 0.9,
+    budget: float | None = None,
+    layers: Sequence[str] | None = None,
+    ignore: Sequence[str] = (),
+    ranks: Mapping[str, int] | None = None,
+    min_saving: float = 0.1,
+) -> list[LayerFactorization]:
+    """Replace ``Linear``/``Conv2d`` layers of ``model`` (in place) by truncated-SVD pairs where that is cheaper.
+
+    Args:
+        model: any module.
+        energy: fraction of spectral energy to keep, in ``(0, 1]`` (ignored when ``budget`` or ``ranks`` given).
+        budget: instead, the fraction in ``(0, 1)`` of each layer's parameters the two factors may use.
+        layers: names to consider (default: every Linear and groups=1 Conv2d).
+        ignore: names (prefix or glob) to leave alone.
+        ranks: explicit ``{layer: rank}`` (used to replay a factorization on a fresh model).
+        min_saving: factorize only where the factors cost at most ``(1 - min_saving)`` of the layer's MACs.
+
+    Returns:
+        one ``LayerFactorization`` per considered layer, factorized or skipped with the reason.
+    """
+    check_range("min_saving", min_saving, 0.0, 1.0, high_inclusive=False)
+    if ranks is None:
+        if budget is not None:
+            check_range("budget", budget, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+            energy = None
+        else:
+            if energy is None:
+                raise ValueError("give `energy` in (0, 1] or `budget` in (0, 1)")
+            check_range("energy", energy, 0.0, 1.0, low_inclusive=False)
+    report = []
+    cands = candidates(model)
+    if ranks is not None:
+        cands = [(n, m) for n, m in cands if n in ranks]
+    elif layers is not None:
+        missing = [n for n in layers if n not in dict(cands)]
+        if missing:
+            raise ValueError(f"`layers` {missing} are not Linear/Conv2d(groups=1) layers of the model")
+        cands = [(n, m) for n, m in cands if n in layers]
+    cands = [(n, m) for n, m in cands if not _matches(n, ignore)]
+    for name, m in cands:
+        kind = _is_candidate(m)
+        with torch.no_grad():
+            s = torch.linalg.svdvals(_matrix(m))
+        full, per_rank = _cost_full(m), _cost_rank(m, 1)
+        if ranks is not None:
+            r = int(ranks[name])
+        else:
+            r = choose_rank(s, energy, budget, per_rank, full)
+        e = float((s[:r] ** 2).sum() / (s ** 2).sum().clamp_min(1e-30))
+        bias = 0 if m.bias is None else m.bias.numel()
+        rec = LayerFactorization(name, kind, len(s), r, e, full + bias, r * per_rank + bias,
+                                 r * per_rank / full, singular_values=[float(v) for v in s])
+        if ranks is None and r * per_rank > (1.0 - min_saving) * full:
+            rec.rank, rec.params_after, rec.macs_ratio = None, rec.params_before, None
+            rec.reason = (f"rank {r} of {len(s)} (energy {e:.3f}) would cost {r * per_rank} vs {full} MACs per "
+                          f"position, saving less than min_saving={min_saving}: not factorized")
+        else:
+            _set(model, name, factor_layer(m, r))
+        report.append(rec)
+    return report

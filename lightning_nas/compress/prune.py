@@ -1,0 +1,339 @@
+"""Pruning algorithms (pure torch, no Lightning): structured channel removal and unstructured magnitude masks.
+
+Structured pruning goes through Torch-Pruning's dependency graph: removing output channel ``i`` of a conv
+also removes input channel ``i`` of every consumer, the matching BatchNorm entries, both sides of a residual
+add, the right slice of a concatenation, grouped/depthwise convs and ``nn.MultiheadAttention`` dims. The
+model is *physically* smaller afterwards (fewer parameters, fewer MACs, lower latency).
+
+Every structural change is recorded as a list of ``PruneStep(layer, direction, idxs)`` in the order it was
+applied, so that ``replay_pruning`` reproduces the exact architecture on a fresh, unpruned instance of the
+same model (the weights are then loaded over it: this is how checkpoints resume across pruning).
+
+Importance of channel ``c`` of a group (all coupled parameters ``W_k``, summed over the group):
+
+* ``"l1"`` / ``"l2"``: ``sum_k ||W_k[c]||_p`` (magnitude);
+* ``"bn_scale"``: ``|gamma_c|`` of the BatchNorm in the group (network slimming);
+* ``"taylor"``: ``sum_k |sum_j W_k[c, j] * dL/dW_k[c, j]|`` (first-order Taylor estimate of the loss change
+  when the channel is removed); needs ``.grad`` populated on the weights.
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as _tprune
+
+from lightning_nas._validate import check_choice, check_range, check_type
+
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
+
+# (args, kwargs) given to ``model(*args, **kwargs)`` when tracing the dependency graph.
+ExampleInputs = Any
+
+@dataclass
+class PruneStep:
+    """One structural change: remove channels ``idxs`` of ``layer`` (``direction`` "out" or "in" channels)."""
+
+    layer: str
+    direction: str
+    idxs: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+@dataclass
+class PruneResult:
+    """What ``prune_structured`` did: the steps (for replay) and per-layer importance of every channel."""
+
+    steps: list[PruneStep] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=dict)  # importance of every channel before
+    removed: dict[str, list[int]] = field(default_factory=dict)  # channel indices removed (pre-step indexing)
+
+def _as_args(example_inputs: ExampleInputs) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, tuple) and len(example_inputs) == 2 and isinstance(example_inputs[1], dict) \
+            and isinstance(example_inputs[0], tuple):
+        return example_inputs
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+def _forward_fn(model: nn.Module, inputs: ExampleInputs) -> Any:
+    args, kwargs = _as_args(inputs)
+    return model(*args, **kwargs)
+
+def _run(model: nn.Module, example_inputs: ExampleInputs) -> Any:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return _forward_fn(model, example_inputs)
+    finally:
+        model.train(was)
+
+def find_output_layer(model: nn.Module, example_inputs: ExampleInputs) -> str | None:
+    """Name of the last ``Linear``/``Conv`` executed in a forward pass: the layer producing the logits."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
+             for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    try:
+        _run(model, example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order[-1] if order else None
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+def _graph(model: nn.Module, example_inputs: ExampleInputs) -> Any:
+    import torch_pruning as tp
+
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, forward_fn=_forward_fn)
+
+def _ignored_modules(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str]) -> list[nn.Module]:
+    out = find_output_layer(model, example_inputs)
+    names = list(ignore) + ([out] if out else [])
+    return [m for n, m in model.named_modules() if n and _matches(n, names)]
+
+def prunable_layers(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str] = ()) -> dict[str, int]:
+    """``{layer: output channels}`` of every group root that may be pruned (output layer and ``ignore`` excluded)."""
+    dg = _graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    ignored = _ignored_modules(model, example_inputs, ignore)
+    out: dict[str, int] = {}
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d,
+                                                                             nn.Linear]):
+        root = group[0].dep.target.module
+        out[names[root]] = len(group[0].idxs)
+    return out
+
+def _importance(name: str) -> Any:
+    import torch_pruning as tp
+
+    check_choice("importance", name, IMPORTANCES)
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    return tp.importance.GroupTaylorImportance()
+
+def prune_structured(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    amount: float | Mapping[str, float],
+    importance: str = "l1",
+    global_pruning: bool = False,
+    ignore: Sequence[str] = (),
+    round_to: int | None = None,
+) -> PruneResult:
+    """Physically remove a fraction of the channels of every prunable layer of ``model`` (in place).
+
+    Args:
+        model: any ``nn.Module``; its classifier output (last Linear/Conv run) is never pruned.
+        example_inputs: a tensor, a tuple of positional tensors, or ``((args...), {kwargs})``.
+        amount: fraction in ``[0, 1)`` of the *current* channels to remove (global or per layer), or
+            ``{layer_name: fraction}`` to prune only those layers by their own fraction.
+        importance: one of ``IMPORTANCES``.
+        global_pruning: rank channels across all layers (layers lose different fractions) instead of per layer.
+        ignore: layer names (or prefixes / glob patterns) to keep whole.
+        round_to: keep channel counts a multiple of this (hardware-friendly).
+
+    Returns:
+        a ``PruneResult`` with the replayable steps and the importance of every channel of each pruned layer.
+    """
+    import torch_pruning as tp
+
+    check_choice("importance", importance, IMPORTANCES)
+    check_type("global_pruning", global_pruning, bool)
+    ratios = dict(amount) if isinstance(amount, Mapping) else None
+    if ratios is None:
+        check_range("amount", amount, 0.0, 1.0, high_inclusive=False)
+    else:
+        for k, v in ratios.items():
+            check_range(f"amount[{k!r}]", v, 0.0, 1.0, high_inclusive=False)
+    result = PruneResult()
+    if (ratios is None and amount == 0) or (ratios is not None and not any(ratios.values())):
+        return result
+    names = {m: n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
+    ignored = _ignored_modules(model, example_inputs, ignore)
+    ratio_dict = None
+    if ratios is not None:
+        unknown = [k for k in ratios if k not in modules]
+        if unknown:
+            raise ValueError(f"`amount` names layers {unknown} that are not in the model")
+        ratio_dict = {modules[k]: float(v) for k, v in ratios.items()}
+    num_heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    pruner = tp.pruner.MetaPruner(
+        model, example_inputs, importance=_importance(importance), global_pruning=global_pruning,
+        pruning_ratio=0.0 if ratio_dict is not None else float(amount), pruning_ratio_dict=ratio_dict,
+        max_pruning_ratio=0.95, ignored_layers=ignored, round_to=round_to, num_heads=num_heads,
+        forward_fn=_forward_fn, root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear])
+    dg = pruner.DG
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():  # importance of every channel, before anything changes (for explanations)
+            for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                           root_module_types=pruner.root_module_types):
+                imp = pruner.estimate_importance(group)
+                if imp is not None:
+                    result.scores[names[group[0].dep.target.module]] = [float(v) for v in imp.cpu().reshape(-1)]
+        for group in pruner.step(interactive=True):
+            dep, idxs = group[0].dep, [int(getattr(i, "idx", i)) for i in group[0].idxs]
+            root = dep.target.module
+            out = dg.is_out_channel_pruning_fn(dep.handler)
+            name = names[root]
+            result.removed.setdefault(name, []).extend(idxs)
+            group.prune()
+            result.steps.append(PruneStep(name, "out" if out else "in", sorted(idxs)))
+    finally:
+        model.train(was)
+    _check_runs(model, example_inputs, ignore)
+    return result
+
+def _check_runs(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str]) -> None:
+    try:
+        _run(model, example_inputs)
+    except Exception as exc:  # noqa: BLE001 - turn an opaque shape error into advice
+        raise RuntimeError(
+            f"the pruned model no longer runs ({type(exc).__name__}: {exc}). A module probably keeps a "
+            f"tensor or size outside its parameters (e.g. a cached positional encoding); add the layers that "
+            f"feed it to `ignore` (currently {list(ignore)})") from exc
+
+def replay_pruning(model: nn.Module, steps: Sequence[PruneStep | Mapping[str, Any]],
+                   example_inputs: ExampleInputs) -> None:
+    """Apply recorded ``steps`` to a fresh, unpruned ``model`` so it has the pruned architecture (in place)."""
+    if not steps:
+        return
+    dg = _graph(model, example_inputs)
+    modules = dict(model.named_modules())
+    for s in steps:
+        s = s if isinstance(s, PruneStep) else PruneStep(**s)
+        if s.layer not in modules:
+            raise KeyError(f"replay_pruning: layer {s.layer!r} of the record is not in this model")
+        mod = modules[s.layer]
+        pr = dg.get_pruner_of_module(mod)
+        fn = pr.prune_out_channels if s.direction == "out" else pr.prune_in_channels
+        group = dg.get_pruning_group(mod, fn, list(s.idxs))
+        group.prune()
+
+def densify_state_dict(unpruned: nn.Module, steps: Sequence[PruneStep | Mapping[str, Any]],
+                       example_inputs: ExampleInputs, pruned_state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """A state dict with ``unpruned``'s shapes that computes what the pruned model computes.
+
+    Each kept entry goes back to its original index and removed channels are zero, so their contribution
+    downstream is zero (every consumer's matching input slice is zero too). Which original indices survived
+    is found by filling a copy of ``unpruned`` with its own index along each dimension and replaying
+    ``steps`` on it. Used to hand a pruned model to a process holding the unpruned one (``ddp_spawn``).
+    """
+    import copy
+
+    ref = unpruned.state_dict()
+    floats = [t for t in ref.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    kept: dict[str, list[torch.Tensor]] = {}
+    for d in range(max((t.ndim for t in floats), default=0)):
+        probe = copy.deepcopy(unpruned)
+        with torch.no_grad():
+            for t in probe.state_dict(keep_vars=True).values():
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim > d:
+                    shape = [1] * t.ndim
+                    shape[d] = -1
+                    t.copy_(torch.arange(t.shape[d], dtype=torch.float64).view(shape).expand_as(t))
+        replay_pruning(probe, steps, example_inputs)
+        for k, t in probe.state_dict().items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim > d:
+                line = t
+                for other in reversed(range(t.ndim)):
+                    if other != d:
+                        line = line.select(other, 0)
+                kept.setdefault(k, []).append(line.double().round().long())
+    out: dict[str, Any] = {}
+    for k, t in pruned_state.items():
+        r = ref.get(k)
+        if not isinstance(t, torch.Tensor) or r is None or r.shape == t.shape or k not in kept:
+            out[k] = t
+            continue
+        dense = torch.zeros_like(r, device=t.device)
+        dense[torch.meshgrid(*[i.to(t.device) for i in kept[k]], indexing="ij")] = t.to(dense.dtype)
+        out[k] = dense
+    return out
+
+
+def channel_counts(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
+    """Current output channels (``out_channels``/``out_features``/``embed_dim``) of each named layer."""
+    modules = dict(model.named_modules())
+    out = {}
+    for n in layers:
+        m = modules.get(n)
+        for attr in ("out_channels", "out_features", "embed_dim"):
+            if m is not None and hasattr(m, attr):
+                out[n] = int(getattr(m, attr))
+                break
+    return out
+
+# ---------------------------------------------------------------------------------------- unstructured
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+def magnitude_targets(model: nn.Module, ignore: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every Linear/Conv whose ``weight`` unstructured pruning may mask."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _WEIGHTED) and not _matches(n, ignore)]
+
+def magnitude_prune(model: nn.Module, amount: float, global_pruning: bool = True,
+                    ignore: Sequence[str] = ()) -> dict[str, float]:
+    """Mask the smallest-|w| weights with ``torch.nn.utils.prune`` so that ``amount`` of them are zero.
+
+    ``amount`` is the *total* target sparsity in ``[0, 1)`` (already-masked weights count), globally across
+    layers (``global_pruning``) or in each layer. Returns ``{layer: sparsity}`` after the step. The original
+    parameter is kept as ``weight_orig`` (same object, so optimizers keep working); call ``make_permanent``.
+    """
+    check_range("amount", amount, 0.0, 1.0, high_inclusive=False)
+    targets = magnitude_targets(model, ignore)
+    if not targets:
+        raise ValueError(f"no Linear/Conv layer to prune after `ignore`={list(ignore)}")
+    if global_pruning:
+        total = sum(m.weight.numel() for _, m in targets)
+        zero = sum(int((_mask(m) == 0).sum()) for _, m in targets)
+        extra = int(round(amount * total)) - zero
+        if extra > 0:
+            _tprune.global_unstructured([(m, "weight") for _, m in targets], _tprune.L1Unstructured, amount=extra)
+    else:
+        for _, m in targets:
+            extra = int(round(amount * m.weight.numel())) - int((_mask(m) == 0).sum())
+            if extra > 0:
+                _tprune.l1_unstructured(m, "weight", amount=extra)
+    return sparsity(model, ignore)
+
+def _mask(m: nn.Module) -> torch.Tensor:
+    return getattr(m, "weight_mask", torch.ones_like(m.weight))
+
+def sparsity(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, float]:
+    """Fraction of exactly-zero weights of each Linear/Conv layer."""
+    return {n: float((m.weight == 0).float().mean()) for n, m in magnitude_targets(model, ignore)}
+
+def make_permanent(model: nn.Module) -> None:
+    """Fold masks into the weights (``prune.remove``): plain parameters with zeros, no ``weight_mask`` left."""
+    for m in model.modules():
+        if _tprune.is_pruned(m) and hasattr(m, "weight_mask"):
+            _tprune.remove(m, "weight")
+
+def add_masks_for_state_dict(model: nn.Module, state_dict: Mapping[str, Any], prefix: str = "") -> int:
+    """Re-create the ``weight_orig``/``weight_mask`` re-parametrisation where ``state_dict`` has masks.
+
+    Lets a masked checkpoint load into a fresh, unmasked model. Returns the number of layers prepared.
+    """
+    n = 0
+    for name, m in model.named_modules():
+        key = f"{prefix}{name}.weight_mask" if name else f"{prefix}weight_mask"
+        if key in state_dict and not hasattr(m, "weight_mask"):
+            _tprune.identity(m, "weight")
+            n += 1
+    return n
+
+ForwardFn = Callable[[nn.Module, ExampleInputs], Any]
