@@ -1,6 +1,7 @@
 """``QuantizationAware``: quantization-aware training inside the user's own fit, ending in a real int8 model."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,17 @@ class QuantizationAware(LightningNASCallback):
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         parent, attr, child = self._resolve(pl_module)
+        if self.start_epoch > 0 and _structural_callbacks(trainer) and not _ckpt_is_quantized(trainer.ckpt_path):
+            # With pruning / low-rank in the same fit: swap at `start_epoch`, not now, so they change the float
+            # model before QAT starts (Torch-Pruning cannot slice the fused QAT modules' per-channel quantizer
+            # buffers). Validate now on a copy, so bad input still fails before the first step.
+            copied = copy.deepcopy(child)
+            Q.prepare_qat((_Leaf(copied) if isinstance(copied, Q.QUANTIZABLE) else copied).train(), (),
+                          self.backend, self.skip)
+            return
+        self._swap(trainer, parent, attr, child)
+
+    def _swap(self, trainer: L.Trainer, parent: nn.Module, attr: str, child: nn.Module) -> None:
         target = _Leaf(child) if isinstance(child, Q.QUANTIZABLE) else child
         prepared = Q.prepare_qat(target.train(), (), self.backend, self.skip)  # raises ValueError on bad input
         setattr(parent, attr, prepared)
@@ -152,11 +164,16 @@ class QuantizationAware(LightningNASCallback):
         self.qat_model.load_state_dict(self._broadcast(trainer, own), strict=False)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.qat_model is None:
+            if trainer.current_epoch < self.start_epoch:
+                return
+            self._swap(trainer, *self._resolve(pl_module))  # parameters are shared: the optimizer stays valid
+            return
         self._apply_schedule(trainer.current_epoch)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.current_epoch >= self.start_epoch:
+        if self.qat_model is not None and trainer.current_epoch >= self.start_epoch:
             self.qat_steps += 1
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -264,3 +281,22 @@ class QuantizationAware(LightningNASCallback):
         parent, attr, child = self._target
         setattr(parent, attr, child)  # the user's float module, holding the QAT-trained weights
         self._target = None
+
+
+def _structural_callbacks(trainer: L.Trainer) -> list[L.Callback]:
+    from lightning_nas.callbacks.lowrank import LowRankFactorization
+    from lightning_nas.callbacks.pruning import MagnitudePruning, StructuredPruning
+
+    kinds = (StructuredPruning, MagnitudePruning, LowRankFactorization)
+    return [cb for cb in trainer.callbacks if isinstance(cb, kinds)]
+
+
+def _ckpt_is_quantized(ckpt_path: Any) -> bool:
+    """Whether the checkpoint to resume from already holds the QAT model (then the swap happens in ``setup``)."""
+    if not ckpt_path or not Path(str(ckpt_path)).is_file():
+        return False
+    try:
+        state = torch.load(str(ckpt_path), map_location="cpu", weights_only=True).get("state_dict", {})
+    except Exception:  # noqa: BLE001 - unreadable here: keep the old behaviour (swap in setup)
+        return True
+    return any("fake_quant" in k or "activation_post_process" in k for k in state)
