@@ -1,0 +1,52 @@
+"""Each example on a project we did not write runs end to end and has its real effect."""
+import importlib
+import json
+
+import pytest
+import torch
+
+
+def _example(name):
+    return importlib.import_module(f"examples.{name}")
+
+
+@pytest.mark.slow
+def test_transformer_lm_is_pruned_and_explained(tmp_path):
+    res = _example("transformer_lm").main(max_epochs=1, out_dir=tmp_path, limit_train_batches=6)
+    assert res["params_after"] < res["params_before"]
+    ff = [m for n, m in res["model"].named_modules() if n.endswith("linear1")]
+    assert ff and all(m.out_features == 100 for m in ff)  # 200 -> 100 feed-forward channels
+    assert res["model"].model.decoder.out_features == 24  # the vocabulary (the logits) is never pruned
+    rows = [json.loads(x) for x in open(res["files"] / "tables" / "explain_attribution_top_features.jsonl")]
+    assert rows and rows[-1]["rows"][0][4].startswith("pos")  # token positions attributed
+    scal = [json.loads(x) for x in open(res["files"] / "scalars.jsonl")]
+    assert any("explain/attribution/aopc" in s for s in scal)
+
+
+@pytest.mark.slow
+def test_boring_model_gets_int8_kd_and_dynamics(tmp_path):
+    from torch.ao.nn.quantized import Linear as QLinear
+
+    res = _example("boring_model").main(max_epochs=2, out_dir=tmp_path)
+    assert any(isinstance(m, QLinear) for m in res["qat"].int8_model.modules())
+    assert len(res["kd_losses"]) >= 2 and all(v >= 0 for v in res["kd_losses"])
+    assert res["kd"].history == [] or "distill/agreement" in res["kd"].history[-1]
+    assert any("dynamics/grad_norm_total" in s for s in res["scalars"])
+    assert type(res["model"].l1) is torch.nn.Linear  # the user's module is float again after the fit
+
+
+@pytest.mark.slow
+def test_plain_cnn_distilled_pruned_quantized_in_one_fit(tmp_path):
+    from torch.ao.nn.quantized import Conv2d as QConv2d
+
+    from lightning_nas.compress.quantize import int8_onnx_ops
+
+    res = _example("plain_pytorch_cnn").main(max_epochs=2, out_dir=tmp_path, teacher_epochs=2,
+                                             limit_train_batches=8)
+    m = res["measurements"]
+    assert m["pruned fp32 (after fit)"].params < 0.5 * m["fp32 student (before)"].params
+    assert res["student"].net.body[0].out_channels == 8 and res["student"].net.body[3].out_channels == 16
+    assert sum(isinstance(x, QConv2d) for x in res["qat"].int8_model.modules()) == 2
+    assert m["pruned int8 (QAT)"].size_bytes < m["pruned fp32 (after fit)"].size_bytes
+    assert any(op in int8_onnx_ops(res["onnx_path"].read_bytes()) for op in ("QLinearConv", "ConvInteger"))
+    assert len(res["kd"].history) == 2  # KD ran through both epochs, across the pruning and the QAT swap
