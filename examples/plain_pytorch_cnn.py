@@ -1,8 +1,8 @@
 """A plain PyTorch CNN (no Lightning in it) compressed in ONE fit: distillation + pruning + QAT, then int8 ONNX.
 
 A bigger CNN is trained first and becomes the teacher. The student then trains with ``KnowledgeDistillation``
-all along, loses half its channels to ``StructuredPruning`` (epoch 0), and fine-tunes under
-``QuantizationAware`` from the last epoch on; the fit ends with a real int8 model, exported to ONNX and
+all along, loses half its channels to ``StructuredPruning`` (after a third of the epochs), and fine-tunes
+under ``QuantizationAware`` for the last two epochs; the fit ends with a real int8 model, exported to ONNX and
 measured (``deploy.measure``) against the float student before compression.
 
     python examples/plain_pytorch_cnn.py --max-epochs 6 --out-dir nas_runs/plain_cnn
@@ -79,13 +79,14 @@ def main(max_epochs: int = 6, out_dir: str | Path = "nas_runs/plain_cnn", teache
     student = Wrapped(PlainCNN(16))
     before = copy.deepcopy(student.net).eval()
     kd = KnowledgeDistillation(teacher.net, temperature=2.0, alpha=0.5)
-    prune = StructuredPruning(amount=0.5, importance="l1", start_epoch=0)
-    qat = QuantizationAware(start_epoch=max(1, max_epochs - 1), freeze_observers_after=1,
+    prune_epoch = max_epochs // 3  # train a little first, prune, fine-tune, then QAT for the last epochs
+    prune = StructuredPruning(amount=0.5, importance="l1", start_epoch=prune_epoch)
+    qat = QuantizationAware(start_epoch=max(prune_epoch + 1, max_epochs - 2), freeze_observers_after=1,
                             onnx_path=str(out / "student_int8.onnx"), explain=False)
     L.Trainer(max_epochs=max_epochs, callbacks=[kd, prune, qat], **kw).fit(student, datamodule=dm)
 
     x = dm.split("test").tensors[0][:64]
-    rows = {"fp32 student (before)": (measure(before, x), None),
+    rows = {"fp32 student, uncompressed": (measure(before, x), None),
             "pruned fp32 (after fit)": (measure(copy.deepcopy(student.net).eval(), x), _accuracy(student.net, dm)),
             "pruned int8 (QAT)": (measure(qat.int8_model, x), _accuracy(qat.int8_model, dm))}
     print(f"teacher test acc {_accuracy(teacher.net, dm):.3f}; KD agreement per epoch "

@@ -39,7 +39,11 @@ def synthetic_tokens(n: int, seed: int) -> TensorDataset:
 
 
 def last_token_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Adapter for the demo's ``forward(inputs, target)``: the prediction after the last input token."""
+    """Adapter for the demo's ``forward(inputs, target)``: the output at the last position.
+
+    The demo feeds ``target`` to its decoder under a causal mask that still includes the current position, so
+    the model can copy the target token it is asked for; with ``target=x`` its output explains that copying.
+    """
     return model(x, x).view(x.shape[0], x.shape[1], -1)[:, -1]
 
 

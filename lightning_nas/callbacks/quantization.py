@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_nas._validate import check_choice, check_int, check_type
+from lightning_nas.callbacks._structural import install_restore_hook
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress import quantize as Q
 from lightning_nas.explain.quant_sensitivity import SENSITIVITY_COLUMNS, SENSITIVITY_KEY, layer_sqnr, quant_sensitivity
@@ -117,13 +118,20 @@ class QuantizationAware(LightningNASCallback):
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         parent, attr, child = self._resolve(pl_module)
-        if self.start_epoch > 0 and _structural_callbacks(trainer) and not _ckpt_is_quantized(trainer.ckpt_path):
+        if self.start_epoch > 0 and _structural_callbacks(trainer):
             # With pruning / low-rank in the same fit: swap at `start_epoch`, not now, so they change the float
             # model before QAT starts (Torch-Pruning cannot slice the fused QAT modules' per-channel quantizer
-            # buffers). Validate now on a copy, so bad input still fails before the first step.
+            # buffers). Validate now on a copy, so bad input still fails before the first step. A checkpoint
+            # saved after the swap swaps on load, after the pruning replay (restore hook, order +inf).
             copied = copy.deepcopy(child)
             Q.prepare_qat((_Leaf(copied) if isinstance(copied, Q.QUANTIZABLE) else copied).train(), (),
                           self.backend, self.skip)
+
+            def replay(checkpoint: dict[str, Any]) -> list[tuple[float, Any]]:
+                if self.qat_model is not None or not _is_quantized(checkpoint.get("state_dict", {})):
+                    return []
+                return [(float("inf"), lambda: self._swap(trainer, *self._resolve(pl_module)))]
+            install_restore_hook(pl_module, replay)
             return
         self._swap(trainer, parent, attr, child)
 
@@ -291,12 +299,6 @@ def _structural_callbacks(trainer: L.Trainer) -> list[L.Callback]:
     return [cb for cb in trainer.callbacks if isinstance(cb, kinds)]
 
 
-def _ckpt_is_quantized(ckpt_path: Any) -> bool:
-    """Whether the checkpoint to resume from already holds the QAT model (then the swap happens in ``setup``)."""
-    if not ckpt_path or not Path(str(ckpt_path)).is_file():
-        return False
-    try:
-        state = torch.load(str(ckpt_path), map_location="cpu", weights_only=True).get("state_dict", {})
-    except Exception:  # noqa: BLE001 - unreadable here: keep the old behaviour (swap in setup)
-        return True
-    return any("fake_quant" in k or "activation_post_process" in k for k in state)
+def _is_quantized(state_dict: dict[str, Any]) -> bool:
+    """Whether a checkpoint's state dict holds the QAT model (saved after the swap)."""
+    return any("fake_quant" in k or "activation_post_process" in k for k in state_dict)
