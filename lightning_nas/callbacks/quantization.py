@@ -35,7 +35,10 @@ class QuantizationAware(LightningNASCallback):
     The submodule is swapped for its FX QAT version in ``setup`` (BatchNorm folded into the convs); parameters
     are shared, so the user's ``configure_optimizers`` and LR schedulers are untouched. Before ``start_epoch``
     the fake-quantizers are bypassed (plain float training). At ``teardown`` the user's float submodule is put
-    back (it holds the QAT-trained weights); the fake-quant model stays in ``qat_model``.
+    back (it holds the QAT-trained weights); the fake-quant model stays in ``qat_model``. With a pruning or
+    low-rank callback in the same fit and ``start_epoch > 0``, the swap waits for ``start_epoch`` (so those
+    change the float model first; the arguments are still checked in ``setup``, on a copy) and a checkpoint
+    saved after it swaps on load, after the pruning replay.
 
     Args:
         start_epoch: first epoch with fake quantization.
