@@ -5,7 +5,8 @@ arithmetic token sequences (``t, t+s, t+2s, ...`` mod the vocabulary). ``Structu
 the feed-forward channels of every encoder/decoder layer through Torch-Pruning (the model width stays: the
 demo's positional encoding caches a tensor of that width, so ``ignore=["model.embedding"]``), and
 ``AttributionMonitor`` attributes the next-token prediction to the input tokens (over the token embedding,
-with a ``forward_fn`` adapter because the demo's forward takes ``(inputs, target)``).
+with a ``forward_fn`` adapter because the demo's forward takes ``(inputs, target)``), while
+``KnowledgeDistillation`` distils the same demo, trained first, into it token by token.
 
 Only one method of the demo is replaced, on the instance: ``prepare_data`` (it downloads WikiText-2); the
 data come from our own DataLoaders given to ``trainer.fit``.
@@ -24,7 +25,7 @@ import torch
 from lightning.pytorch.demos.transformer import LightningTransformer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_nas.callbacks import AttributionMonitor, StructuredPruning
+from lightning_nas.callbacks import AttributionMonitor, KnowledgeDistillation, StructuredPruning
 
 VOCAB, LENGTH = 24, 12
 
@@ -51,6 +52,14 @@ def main(max_epochs: int = 2, out_dir: str | Path = "nas_runs/transformer",
          limit_train_batches: int | float = 1.0) -> dict[str, Any]:
     out = Path(out_dir)
     L.seed_everything(0)
+    kw = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
+              enable_checkpointing=False, default_root_dir=str(out), limit_train_batches=limit_train_batches)
+    train = DataLoader(synthetic_tokens(512, 0), batch_size=16, shuffle=True)
+    val = DataLoader(synthetic_tokens(64, 1), batch_size=16)
+    teacher = LightningTransformer(vocab_size=VOCAB)  # the same demo, trained first, is the teacher
+    teacher.prepare_data = lambda: None
+    L.Trainer(max_epochs=max_epochs, **kw).fit(teacher, train_dataloaders=train)
+
     model = LightningTransformer(vocab_size=VOCAB)
     model.prepare_data = lambda: None  # data hook only: it would download WikiText-2
     n0 = sum(p.numel() for p in model.parameters())
@@ -58,12 +67,10 @@ def main(max_epochs: int = 2, out_dir: str | Path = "nas_runs/transformer",
                               ignore=["model.embedding"])
     attr = AttributionMonitor(method="integrated_gradients", target="pred", n_samples=6, n_steps=4,
                               forward_fn=last_token_logits)
-    trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, enable_progress_bar=False,
-                        enable_model_summary=False, logger=False, enable_checkpointing=False,
-                        default_root_dir=str(out), limit_train_batches=limit_train_batches,
-                        callbacks=[prune, attr])
-    trainer.fit(model, train_dataloaders=DataLoader(synthetic_tokens(512, 0), batch_size=16, shuffle=True),
-                val_dataloaders=DataLoader(synthetic_tokens(64, 1), batch_size=16))
+    # its forward returns log-probabilities over the vocabulary, one row per token: KD compares them per token
+    kd = KnowledgeDistillation(teacher.model, temperature=2.0, alpha=0.5)
+    trainer = L.Trainer(max_epochs=max_epochs, callbacks=[kd, prune, attr], **kw)
+    trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
 
     n1 = sum(p.numel() for p in model.parameters())
     ff = {n: m.out_features for n, m in model.named_modules() if n.endswith("linear1")}
@@ -72,7 +79,8 @@ def main(max_epochs: int = 2, out_dir: str | Path = "nas_runs/transformer",
     scalars = [json.loads(line) for line in open(files / "scalars.jsonl")]
     print("attribution:", {k.rsplit("/", 1)[1]: round(v, 3) for k, v in scalars[-1].items()
                            if k.startswith("explain/attribution/")})
-    return {"model": model, "params_before": n0, "params_after": n1, "prune": prune, "attribution": attr,
+    print("KD teacher-student agreement per epoch:", [round(h["distill/agreement"], 3) for h in kd.history])
+    return {"model": model, "kd": kd, "params_before": n0, "params_after": n1, "prune": prune, "attribution": attr,
             "files": files}
 
 

@@ -11,7 +11,7 @@ def _example(name):
 
 
 @pytest.mark.slow
-def test_transformer_lm_is_pruned_and_explained(tmp_path):
+def test_transformer_lm_is_pruned_distilled_and_explained(tmp_path):
     res = _example("transformer_lm").main(max_epochs=1, out_dir=tmp_path, limit_train_batches=6)
     assert res["params_after"] < res["params_before"]
     ff = [m for n, m in res["model"].named_modules() if n.endswith("linear1")]
@@ -21,6 +21,8 @@ def test_transformer_lm_is_pruned_and_explained(tmp_path):
     assert rows and rows[-1]["rows"][0][4].startswith("pos")  # token positions attributed
     scal = [json.loads(x) for x in open(res["files"] / "scalars.jsonl")]
     assert any("explain/attribution/aopc" in s for s in scal)
+    hist = res["kd"].history  # teacher-student agreement, over training batches (the demo has no validation_step)
+    assert len(hist) == 1 and 0.0 <= hist[0]["distill/agreement"] <= 1.0
 
 
 @pytest.mark.slow
