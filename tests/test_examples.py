@@ -100,3 +100,20 @@ def test_deferred_qat_still_rejects_bad_input_before_the_first_step(tmp_path, di
     with pytest.raises(ValueError, match="skip"):
         fast_trainer(tmp_path, max_steps=1, callbacks=cbs).fit(model, datamodule=digits)
     assert torch.equal(model.net.features[0].weight, w0)  # failed in setup: no step, no pruning
+
+
+@pytest.mark.slow
+def test_feature_kd_follows_the_layer_that_the_deferred_qat_swap_replaces(tmp_path, digits):
+    from lightning_nas.callbacks import KnowledgeDistillation, QuantizationAware, StructuredPruning
+    from lightning_nas.models import Classifier, DigitsCNN
+    from tests.conftest import fast_trainer
+
+    kd = KnowledgeDistillation(DigitsCNN(16), features={"net.features.3": "features.3"})
+    qat = QuantizationAware(start_epoch=1, freeze_observers_after=1, measure=False, explain=False)
+    prune = StructuredPruning(0.5, ignore=["net.features.3"])  # the distilled layer keeps its width
+    trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1,
+                           callbacks=[kd, prune, qat])
+    model = Classifier(DigitsCNN(8))
+    trainer.fit(model, datamodule=digits)
+    assert model.net.features[0].out_channels == 4 and model.net.features[3].out_channels == 16
+    assert "distill/feature_loss" in trainer.logged_metrics and qat.int8_model is not None
