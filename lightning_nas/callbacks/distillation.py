@@ -92,6 +92,7 @@ class KnowledgeDistillation(LightningNASCallback):
         self._logged_epoch = -1
         self._pl: L.LightningModule | None = None
         self._hooks: list[Any] = []
+        self._s_hooks: dict[str, tuple[nn.Module, Any]] = {}  # student feature layer -> (module, hook handle)
         self._capture = False
         self._checked = False
         self._clear()
@@ -138,9 +139,10 @@ class KnowledgeDistillation(LightningNASCallback):
         # Hooks go in here, after every callback's setup: another callback (QAT) may have swapped submodules.
         self.teacher.to(pl_module.device).eval()
         student = pl_module.get_submodule(self.student_module) if self.student_module else pl_module
+        self._s_hooks = {}
         for s_name, t_name in self.features.items():
-            s_layer, t_layer = pl_module.get_submodule(s_name), self.teacher.get_submodule(t_name)
-            self._hooks.append(s_layer.register_forward_hook(self._feature_hook(self._s_feats, s_name, True)))
+            t_layer = self.teacher.get_submodule(t_name)
+            self._hook_student_layer(pl_module, s_name)
             self._hooks.append(t_layer.register_forward_hook(self._feature_hook(self._t_feats, s_name, False)))
         self._hooks.append(student.register_forward_hook(self._student_hook, with_kwargs=True))
         if pl_module.example_input_array is not None:  # the shape check before anything runs
@@ -155,6 +157,21 @@ class KnowledgeDistillation(LightningNASCallback):
                 self._capture = False
                 self._clear()
                 pl_module.train(was)
+
+    def _hook_student_layer(self, pl_module: L.LightningModule, s_name: str) -> None:
+        layer = pl_module.get_submodule(s_name)
+        old = self._s_hooks.get(s_name)
+        if old is not None:
+            if old[0] is layer:
+                return
+            old[1].remove()
+        self._s_hooks[s_name] = (layer, layer.register_forward_hook(self._feature_hook(self._s_feats, s_name, True)))
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # a callback may swap the named layer mid-fit (QAT at its start_epoch when pruning shares the fit)
+        for s_name in self.features:
+            self._hook_student_layer(pl_module, s_name)
 
     @staticmethod
     def _get(root: nn.Module, name: str, arg: str) -> nn.Module:
@@ -273,9 +290,9 @@ class KnowledgeDistillation(LightningNASCallback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        for h in self._hooks:
+        for h in self._hooks + [h for _, h in self._s_hooks.values()]:
             h.remove()
-        self._hooks = []
+        self._hooks, self._s_hooks = [], {}
         if "training_step" in pl_module.__dict__:
             del pl_module.training_step
         if _ADAPTERS in pl_module._modules:

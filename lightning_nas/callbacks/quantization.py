@@ -1,6 +1,7 @@
 """``QuantizationAware``: quantization-aware training inside the user's own fit, ending in a real int8 model."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_nas._validate import check_choice, check_int, check_type
+from lightning_nas.callbacks._structural import install_restore_hook
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress import quantize as Q
 from lightning_nas.explain.quant_sensitivity import SENSITIVITY_COLUMNS, SENSITIVITY_KEY, layer_sqnr, quant_sensitivity
@@ -33,7 +35,10 @@ class QuantizationAware(LightningNASCallback):
     The submodule is swapped for its FX QAT version in ``setup`` (BatchNorm folded into the convs); parameters
     are shared, so the user's ``configure_optimizers`` and LR schedulers are untouched. Before ``start_epoch``
     the fake-quantizers are bypassed (plain float training). At ``teardown`` the user's float submodule is put
-    back (it holds the QAT-trained weights); the fake-quant model stays in ``qat_model``.
+    back (it holds the QAT-trained weights); the fake-quant model stays in ``qat_model``. With a pruning or
+    low-rank callback in the same fit and ``start_epoch > 0``, the swap waits for ``start_epoch`` (so those
+    change the float model first; the arguments are still checked in ``setup``, on a copy) and a checkpoint
+    saved after it swaps on load, after the pruning replay.
 
     Args:
         start_epoch: first epoch with fake quantization.
@@ -116,6 +121,24 @@ class QuantizationAware(LightningNASCallback):
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         parent, attr, child = self._resolve(pl_module)
+        if self.start_epoch > 0 and _structural_callbacks(trainer):
+            # With pruning / low-rank in the same fit: swap at `start_epoch`, not now, so they change the float
+            # model before QAT starts (Torch-Pruning cannot slice the fused QAT modules' per-channel quantizer
+            # buffers). Validate now on a copy, so bad input still fails before the first step. A checkpoint
+            # saved after the swap swaps on load, after the pruning replay (restore hook, order +inf).
+            copied = copy.deepcopy(child)
+            Q.prepare_qat((_Leaf(copied) if isinstance(copied, Q.QUANTIZABLE) else copied).train(), (),
+                          self.backend, self.skip)
+
+            def replay(checkpoint: dict[str, Any]) -> list[tuple[float, Any]]:
+                if self.qat_model is not None or not _is_quantized(checkpoint.get("state_dict", {})):
+                    return []
+                return [(float("inf"), lambda: self._swap(trainer, *self._resolve(pl_module)))]
+            install_restore_hook(pl_module, replay)
+            return
+        self._swap(trainer, parent, attr, child)
+
+    def _swap(self, trainer: L.Trainer, parent: nn.Module, attr: str, child: nn.Module) -> None:
         target = _Leaf(child) if isinstance(child, Q.QUANTIZABLE) else child
         prepared = Q.prepare_qat(target.train(), (), self.backend, self.skip)  # raises ValueError on bad input
         setattr(parent, attr, prepared)
@@ -152,11 +175,16 @@ class QuantizationAware(LightningNASCallback):
         self.qat_model.load_state_dict(self._broadcast(trainer, own), strict=False)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.qat_model is None:
+            if trainer.current_epoch < self.start_epoch:
+                return
+            self._swap(trainer, *self._resolve(pl_module))  # parameters are shared: the optimizer stays valid
+            return
         self._apply_schedule(trainer.current_epoch)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.current_epoch >= self.start_epoch:
+        if self.qat_model is not None and trainer.current_epoch >= self.start_epoch:
             self.qat_steps += 1
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -264,3 +292,16 @@ class QuantizationAware(LightningNASCallback):
         parent, attr, child = self._target
         setattr(parent, attr, child)  # the user's float module, holding the QAT-trained weights
         self._target = None
+
+
+def _structural_callbacks(trainer: L.Trainer) -> list[L.Callback]:
+    from lightning_nas.callbacks.lowrank import LowRankFactorization
+    from lightning_nas.callbacks.pruning import MagnitudePruning, StructuredPruning
+
+    kinds = (StructuredPruning, MagnitudePruning, LowRankFactorization)
+    return [cb for cb in trainer.callbacks if isinstance(cb, kinds)]
+
+
+def _is_quantized(state_dict: dict[str, Any]) -> bool:
+    """Whether a checkpoint's state dict holds the QAT model (saved after the swap)."""
+    return any("fake_quant" in k or "activation_post_process" in k for k in state_dict)
