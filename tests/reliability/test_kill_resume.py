@@ -27,7 +27,7 @@ def _run(config: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_killed_and_resumed_fit_matches_uninterrupted(config, tmp_path):
     full = _run(config, tmp_path / "full")
     assert full.returncode == 0, full.stderr[-4000:]
-    killed = _run(config, tmp_path / "killed", "--kill-at-epoch", "1")
+    killed = _run(config, tmp_path / "killed", "--kill")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
     assert (tmp_path / "killed" / "ckpt" / "last.ckpt").exists() and not (tmp_path / "killed" / "result.pt").exists()
     resumed = _run(config, tmp_path / "killed", "--resume")
