@@ -65,8 +65,8 @@ def _data() -> DigitsDataModule:
 
 def plain() -> dict[str, Any]:
     """No callback: proves the harness itself resumes exactly (data order, optimizer state)."""
-    return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[],
-                max_epochs=3, result=lambda trainer, module, callbacks: _weights(module))
+    return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[], max_epochs=3,
+                trainer_kwargs=_SMALL, result=lambda trainer, module, callbacks: _weights(module))
 
 
 def _oneshot(nas: L.Callback) -> dict[str, Any]:
