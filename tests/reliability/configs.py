@@ -9,6 +9,7 @@ Adding a configuration is adding one function to ``CONFIGS``.
 """
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -194,7 +195,8 @@ def search_stage(max_epochs: int = 2, **trainer_kwargs: Any) -> tuple[dict[str, 
     opts = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                 enable_checkpointing=False, deterministic=True, **_SMALL)
     opts.update(trainer_kwargs)
-    L.Trainer(max_epochs=max_epochs, callbacks=[nas], **opts).fit(module, datamodule=_data())
+    with tempfile.TemporaryDirectory() as tmp:  # the file sink writes under default_root_dir
+        L.Trainer(max_epochs=max_epochs, callbacks=[nas], default_root_dir=tmp, **opts).fit(module, datamodule=_data())
     arch = nas.export()
     return arch, space.freeze(module.net, arch)
 
@@ -223,7 +225,7 @@ def combo() -> dict[str, Any]:
         kd2 = KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5, explain=False)
         L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
                   enable_model_summary=False, enable_checkpointing=False, deterministic=True,
-                  callbacks=[kd2, qat], **_SMALL).fit(module, datamodule=_data())
+                  default_root_dir=trainer.default_root_dir, callbacks=[kd2, qat], **_SMALL).fit(module, datamodule=_data())
         return {"arch": arch, "channels": _channels(module), "pruned_params": sum(p.numel() for p in
                                                                                   module.parameters()),
                 **_weights(module), **_int8(qat, module)}
