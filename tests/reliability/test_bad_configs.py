@@ -151,7 +151,8 @@ CASES = [
     P(lambda: LowRankFactorization(min_saving=1.0), ValueError, r"`min_saving` must be in \[0.0, 1.0\), got 1.0",
       id="lr-min_saving"),
     P(lambda: _fit([LowRankFactorization(layers=["net.nope"])]), ValueError, r"`layers` \['net.nope'\] are not "
-      r"Linear/Conv2d\(groups=1\) layers of Classifier", id="lr-unknown-layer"),
+      r"Linear/Conv2d\(groups=1\) layers of Classifier; allowed: \['net.classifier', 'net.features.0'",
+      id="lr-unknown-layer"),
     # ---- QuantizationAware
     P(lambda: QuantizationAware(backend="tensorrt"), ValueError, r"`backend` must be one of .*'tensorrt'",
       id="qat-backend"),
