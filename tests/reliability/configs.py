@@ -234,8 +234,37 @@ def combo() -> dict[str, Any]:
                 trainer_kwargs=_SMALL, result=result)
 
 
+def qat_defers_swap() -> bool:
+    """Whether ``QuantizationAware`` waits for ``start_epoch`` to install its fake-quant model when pruning or
+    low-rank share the fit (the int-examples branch adds this; before it, they cannot share one fit)."""
+    from lightning_nas.callbacks import QuantizationAware
+
+    return hasattr(QuantizationAware, "_swap")
+
+
+def combo_one_fit() -> dict[str, Any]:
+    """Search (own fit) then ONE fit of StructuredPruning (epoch 1) + KD + QuantizationAware (from epoch 2,
+    observers frozen after 1 QAT epoch), killed in epoch 3: mid-QAT, after pruning. The resume must replay the
+    pruning, then swap in the QAT model, then load the weights and quantizer buffers."""
+    import copy
+
+    from lightning_nas.callbacks import KnowledgeDistillation, QuantizationAware, StructuredPruning
+
+    arch, net = search_stage()
+    teacher = copy.deepcopy(net)
+    prune = StructuredPruning(amount=0.5, start_epoch=1, log_importance=False)
+    kd = KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5, explain=False)
+    qat = QuantizationAware(start_epoch=2, freeze_observers_after=1, measure=False, explain=False)
+
+    def result(trainer, module, callbacks):
+        return {"arch": arch, "channels": _channels(module), **_weights(module), **_int8(qat, module)}
+
+    return dict(module=Classifier(net), datamodule=_data(), callbacks=[prune, kd, qat], max_epochs=4, kill_epoch=3,
+                trainer_kwargs=_SMALL, result=result)
+
+
 CONFIGS: dict[str, Callable[[], dict[str, Any]]] = {
     "plain": plain, "darts": darts, "gdas": gdas, "spos": spos, "structured_pruning": structured_pruning,
     "magnitude_pruning": magnitude_pruning, "lowrank": lowrank, "qat": qat, "kd": kd, "attribution": attribution,
-    "combo": combo,
+    "combo": combo, "combo_one_fit": combo_one_fit,
 }

@@ -32,6 +32,11 @@ def _wait(proc: subprocess.Popen, out: Path) -> tuple[int, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_killed_and_resumed_fit_matches_uninterrupted(config, tmp_path):
+    if config == "combo_one_fit":
+        from tests.reliability.configs import qat_defers_swap
+
+        if not qat_defers_swap():
+            pytest.skip("QuantizationAware installs its model in setup here: pruning and QAT need two fits")
     # the uninterrupted and the killed fit are independent: run them side by side (one thread each)
     full_p, killed_p = _start(config, tmp_path / "full"), _start(config, tmp_path / "killed", "--kill")
     rc, err = _wait(full_p, tmp_path / "full")
