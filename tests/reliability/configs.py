@@ -225,7 +225,8 @@ def combo() -> dict[str, Any]:
         kd2 = KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5, explain=False)
         L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
                   enable_model_summary=False, enable_checkpointing=False, deterministic=True,
-                  default_root_dir=trainer.default_root_dir, callbacks=[kd2, qat], **_SMALL).fit(module, datamodule=_data())
+                  default_root_dir=trainer.default_root_dir, callbacks=[kd2, qat],
+                  **_SMALL).fit(module, datamodule=_data())
         return {"arch": arch, "channels": _channels(module), "pruned_params": sum(p.numel() for p in
                                                                                   module.parameters()),
                 **_weights(module), **_int8(qat, module)}

@@ -1,4 +1,5 @@
-"""Run one reliability fit in its own process: uninterrupted, killed with SIGKILL at an epoch, or resumed.
+"""Run one reliability fit in its own process: uninterrupted, killed with SIGKILL at the config's ``kill_epoch``
+(``--kill``), or resumed from ``OUT/ckpt/last.ckpt`` (``--resume``).
 
     python -m tests.reliability.resume_script CONFIG OUT [--kill] [--resume]
 

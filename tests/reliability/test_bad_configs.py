@@ -68,14 +68,17 @@ def _mismatched_space():
 
 
 def _fit(callbacks, module=None, **trainer_kwargs):
-    """Fit one tiny epoch; the case's error must come before ``_FirstStep`` sees a batch."""
+    """Fit one tiny epoch; the case's error must come before ``_FirstStep`` sees a batch. Lightning's own
+    ``BoringModel`` (a module we did not write) brings its own data."""
     import tempfile
 
     opts = dict(max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0)
     opts.update(trainer_kwargs)
+    module = module if module is not None else Classifier(DigitsCNN(4))
+    data = {} if isinstance(module, BoringModel) else {"datamodule": DigitsDataModule()}
     with tempfile.TemporaryDirectory() as tmp:
         trainer = fast_trainer(tmp, callbacks=[*callbacks, _FirstStep()], **opts)
-        trainer.fit(module if module is not None else Classifier(DigitsCNN(4)), datamodule=DigitsDataModule())
+        trainer.fit(module, **data)
 
 
 def _run(**kw):
@@ -96,7 +99,8 @@ CASES = [
     # ---- DifferentiableNAS / SubnetSampling: constructor
     P(lambda: DifferentiableNAS(mode="enas"), ValueError, r"`mode` must be one of \['darts', 'gdas'\], got 'enas'",
       id="nas-mode"),
-    P(lambda: DifferentiableNAS(arch_lr=0.0), ValueError, r"`arch_lr` must be in \(0.0, 1.0\], got 0.0", id="nas-arch_lr"),
+    P(lambda: DifferentiableNAS(arch_lr=0.0), ValueError, r"`arch_lr` must be in \(0.0, 1.0\], got 0.0",
+      id="nas-arch_lr"),
     P(lambda: DifferentiableNAS(tau_max=1.0, tau_min=2.0), ValueError, r"`tau_min` must be in \(0.0, 1.0\], got 2.0",
       id="nas-tau_min"),
     P(lambda: DifferentiableNAS(remedy="magic"), ValueError, r"`remedy` must be one of .*got 'magic'", id="nas-remedy"),
@@ -106,30 +110,37 @@ CASES = [
     P(lambda: DifferentiableNAS(warmup_epochs=-1), ValueError, r"`warmup_epochs` must be in \[0, inf\), got -1",
       id="nas-warmup"),
     P(lambda: DifferentiableNAS(seed=-5), ValueError, r"`seed` must be in \[0, inf\), got -5", id="nas-seed"),
-    P(lambda: SubnetSampling(population=1), ValueError, r"`population` must be in \[2, inf\), got 1", id="spos-population"),
+    P(lambda: SubnetSampling(population=1), ValueError, r"`population` must be in \[2, inf\), got 1",
+      id="spos-population"),
     P(lambda: SubnetSampling(mutation_prob=1.5), ValueError, r"`mutation_prob` must be in \[0.0, 1.0\], got 1.5",
       id="spos-mutation"),
-    P(lambda: SubnetSampling(score_all="yes"), TypeError, r"`score_all` must be bool, got str 'yes'", id="spos-score_all"),
+    P(lambda: SubnetSampling(score_all="yes"), TypeError, r"`score_all` must be bool, got str 'yes'",
+      id="spos-score_all"),
     # ---- one-shot NAS: model checks in setup
     P(lambda: _fit([DifferentiableNAS()]), ValueError, r"DifferentiableNAS: Classifier has no LayerChoice/InputChoice",
       id="nas-no-choice"),
     P(lambda: _fit([SubnetSampling()], _Manual(SearchNet())), ValueError, r"needs automatic optimization.*"
       r"automatic_optimization=True", id="spos-manual-opt"),
-    P(lambda: _fit([DifferentiableNAS()], _mismatched_space()), ValueError, r"choice 'b2': candidates produce different output shapes "
+    P(lambda: _fit([DifferentiableNAS()], _mismatched_space()), ValueError,
+      r"choice 'b2': candidates produce different output shapes "
       r"\(conv3 -> \(2, 4, 8, 8\), skip -> \(2, 8, 8, 8\)\)", id="nas-shape-mismatch"),
+    P(lambda: _fit([SubnetSampling()], BoringModel()), ValueError, r"SubnetSampling: BoringModel has no "
+      r"LayerChoice/InputChoice", id="spos-demo-no-choice"),
     # ---- StructuredPruning
     P(lambda: StructuredPruning(amount=1.0), ValueError, r"`amount` must be in \[0.0, 1.0\), got 1.0", id="sp-amount"),
     P(lambda: StructuredPruning(amount="half"), TypeError, r"`amount` must be a float in \[0, 1\) or an int.*'half'",
       id="sp-amount-type"),
     P(lambda: StructuredPruning(amount=2, global_pruning=True), ValueError, r"`amount`=2 .*global_pruning=True",
       id="sp-count-global"),
-    P(lambda: StructuredPruning(importance="random_forest"), ValueError, r"`importance` must be one of .*'random_forest'",
+    P(lambda: StructuredPruning(importance="random_forest"), ValueError,
+      r"`importance` must be one of .*'random_forest'",
       id="sp-importance"),
     P(lambda: StructuredPruning(importance="taylor", start_epoch=0), ValueError, r"`importance`='taylor'.*`start_epoch`"
       r".*>= 1, got 0", id="sp-taylor-epoch0"),
     P(lambda: StructuredPruning(schedule="exponential"), ValueError, r"`schedule` must be one of .*'exponential'",
       id="sp-schedule"),
-    P(lambda: StructuredPruning(schedule="linear", start_epoch=3, end_epoch=1), ValueError, r"`end_epoch`=1 is before `start_epoch`=3",
+    P(lambda: StructuredPruning(schedule="linear", start_epoch=3, end_epoch=1), ValueError,
+      r"`end_epoch`=1 is before `start_epoch`=3",
       id="sp-end-before-start"),
     P(lambda: StructuredPruning(unit="batch"), ValueError, r"`unit` must be one of .*'batch'", id="sp-unit"),
     P(lambda: StructuredPruning(round_to=0), ValueError, r"`round_to` must be in \[1, inf\), got 0", id="sp-round_to"),
@@ -137,6 +148,8 @@ CASES = [
       r"\(0.0, 1.0\), got 1.0", id="sp-sensitivity-levels"),
     P(lambda: _fit([StructuredPruning(ignore=["net.*"])]), ValueError, r"no prunable layer in Classifier "
       r"after `ignore`=\['net.\*'\]", id="sp-ignore-everything"),
+    P(lambda: _fit([StructuredPruning(ignore=["layer"])], BoringModel()), ValueError,
+      r"no prunable layer in BoringModel after `ignore`=\['layer'\] \(the output layer is never pruned\)", id="sp-demo-ignore"),
     # ---- MagnitudePruning
     P(lambda: MagnitudePruning(amount=-0.1), ValueError, r"`amount` must be in \[0.0, 1.0\), got -0.1", id="mp-amount"),
     P(lambda: MagnitudePruning(make_permanent=1), TypeError, r"`make_permanent` must be bool, got int 1",
@@ -146,8 +159,10 @@ CASES = [
     # ---- LowRankFactorization
     P(lambda: LowRankFactorization(energy=None), ValueError, r"give `energy` in \(0, 1\] or `budget` in \(0, 1\), got "
       r"both None", id="lr-none"),
-    P(lambda: LowRankFactorization(energy=1.5), ValueError, r"`energy` must be in \(0.0, 1.0\], got 1.5", id="lr-energy"),
-    P(lambda: LowRankFactorization(budget=1.0), ValueError, r"`budget` must be in \(0.0, 1.0\), got 1.0", id="lr-budget"),
+    P(lambda: LowRankFactorization(energy=1.5), ValueError, r"`energy` must be in \(0.0, 1.0\], got 1.5",
+      id="lr-energy"),
+    P(lambda: LowRankFactorization(budget=1.0), ValueError, r"`budget` must be in \(0.0, 1.0\), got 1.0",
+      id="lr-budget"),
     P(lambda: LowRankFactorization(min_saving=1.0), ValueError, r"`min_saving` must be in \[0.0, 1.0\), got 1.0",
       id="lr-min_saving"),
     P(lambda: _fit([LowRankFactorization(layers=["net.nope"])]), ValueError, r"`layers` \['net.nope'\] are not "
@@ -160,11 +175,14 @@ CASES = [
       id="qat-start"),
     P(lambda: QuantizationAware(freeze_observers_after=0), ValueError, r"`freeze_observers_after` must be in \[1, inf\)"
       r", got 0", id="qat-freeze"),
-    P(lambda: QuantizationAware(skip="net.0"), TypeError, r"`skip` must be list or tuple, got str 'net.0'", id="qat-skip"),
+    P(lambda: QuantizationAware(skip="net.0"), TypeError, r"`skip` must be list or tuple, got str 'net.0'",
+      id="qat-skip"),
     P(lambda: _fit([QuantizationAware(module_name="backbone")]), ValueError, r"`module_name` 'backbone' is not a "
       r"submodule of Classifier; allowed: e.g. \['net'\]", id="qat-module_name"),
     P(lambda: _fit([QuantizationAware()], _NoWeightsModule()), ValueError, r"no quantizable layer \(allowed: ",
       id="qat-no-layers"),
+    P(lambda: _fit([QuantizationAware(module_name="encoder")], BoringModel()), ValueError,
+      r"`module_name` 'encoder' is not a submodule of BoringModel; allowed: e.g. \['layer'\]", id="qat-demo-module_name"),
     # ---- KnowledgeDistillation
     P(lambda: KnowledgeDistillation(teacher=3), TypeError, r"`teacher` must be Module or str or .*Path, got int 3",
       id="kd-teacher-type"),
@@ -179,6 +197,8 @@ CASES = [
       id="kd-unknown-student-layer"),
     P(lambda: _fit([KnowledgeDistillation(DigitsCNN(4))], _Manual(DigitsCNN(4))), ValueError,
       r"automatic optimization.*automatic_optimization is False", id="kd-manual-opt"),
+    P(lambda: _fit([KnowledgeDistillation(DigitsCNN(4), student_module="head")], BoringModel()), ValueError,
+      r"`student_module`.*'head'.*BoringModel", id="kd-demo-student_module"),
     # ---- explain callbacks
     P(lambda: AttributionMonitor(method="lime"), ValueError, r"`method` must be one of .*'lime'", id="attr-method"),
     P(lambda: AttributionMonitor(n_samples=0), ValueError, r"`n_samples` must be in \[1, .*got 0", id="attr-n_samples"),
@@ -190,14 +210,16 @@ CASES = [
     P(lambda: TrainingDynamics(layers="net"), TypeError, r"`layers` must be list, got str 'net'", id="dyn-layers"),
     P(lambda: _fit([TrainingDynamics()], _NoWeightsModule()), ValueError, r"has no weight layers", id="dyn-no-layers"),
     P(lambda: DecisionPaths(top_k=0), ValueError, r"`top_k` must be in \[1, .*got 0", id="paths-top_k"),
-    P(lambda: ArchitectureView(max_nodes=0), ValueError, r"`max_nodes` must be in \[1, inf\), got 0", id="view-max_nodes"),
+    P(lambda: ArchitectureView(max_nodes=0), ValueError, r"`max_nodes` must be in \[1, inf\), got 0",
+      id="view-max_nodes"),
     # ---- DriftMonitor
     P(lambda: DriftMonitor(_reference()), ValueError, r"`reference` must be a bundle folder, a profile.json or a "
       r"ReferenceProfile; '/nonexistent/reference_profile.pt' does not exist", id="drift-reference"),
     P(lambda: DriftMonitor(_reference(), max_samples=0), ValueError, r"`max_samples` must be in \[2, inf\), got 0",
       id="drift-max_samples"),
     # ---- search.run
-    P(lambda: _run(build=3), TypeError, r"`build` must be a callable trial -> LightningModule, got int", id="run-build"),
+    P(lambda: _run(build=3), TypeError, r"`build` must be a callable trial -> LightningModule, got int",
+      id="run-build"),
     P(lambda: _run(datamodule=5), TypeError, r"`datamodule` must be a LightningDataModule or a callable.*got int",
       id="run-datamodule"),
     P(lambda: _run(n_trials=0), ValueError, r"`n_trials` must be in \[1, inf\), got 0", id="run-n_trials"),
