@@ -98,7 +98,7 @@ class LowRankFactorization(LightningNASCallback):
             missing = [n for n in self.layers if n not in cands]
             if missing:
                 raise ValueError(f"LowRankFactorization: `layers` {missing} are not Linear/Conv2d(groups=1) layers "
-                                 f"of {type(pl_module).__name__}")
+                                 f"of {type(pl_module).__name__}; allowed: {sorted(cands)}")
             cands &= set(self.layers)
         if not [n for n in cands if not LR._matches(n, self.ignore)]:
             raise ValueError(f"LowRankFactorization: no Linear/Conv2d(groups=1) layer in {type(pl_module).__name__} "

@@ -1,6 +1,7 @@
-"""Run one reliability fit in its own process: uninterrupted, killed with SIGKILL at an epoch, or resumed.
+"""Run one reliability fit in its own process: uninterrupted, killed with SIGKILL at the config's ``kill_epoch``
+(``--kill``), or resumed from ``OUT/ckpt/last.ckpt`` (``--resume``).
 
-    python -m tests.reliability.resume_script CONFIG OUT [--kill-at-epoch E] [--resume]
+    python -m tests.reliability.resume_script CONFIG OUT [--kill] [--resume]
 
 Writes ``OUT/result.pt`` (the config's result) when the fit completes. Checkpoints go to ``OUT/ckpt/last.ckpt``.
 """
@@ -33,7 +34,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("config", choices=sorted(CONFIGS))
     p.add_argument("out", type=Path)
-    p.add_argument("--kill-at-epoch", type=int, default=None)
+    p.add_argument("--kill", action="store_true", help="SIGKILL at the config's kill_epoch (default 1)")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args()
     L.seed_everything(0, verbose=False)
@@ -41,8 +42,8 @@ def main() -> None:
     cfg = CONFIGS[args.config]()
     ckpt = ModelCheckpoint(dirpath=args.out / "ckpt", save_last=True, save_top_k=1, every_n_epochs=1)
     callbacks = list(cfg["callbacks"]) + [ckpt]
-    if args.kill_at_epoch is not None:
-        callbacks.append(_KillAtEpoch(args.kill_at_epoch))
+    if args.kill:
+        callbacks.append(_KillAtEpoch(cfg.get("kill_epoch", 1)))
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=cfg["max_epochs"], logger=False,
                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
                         default_root_dir=str(args.out), callbacks=callbacks, **cfg.get("trainer_kwargs", {}))

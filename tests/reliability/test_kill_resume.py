@@ -16,22 +16,36 @@ from tests.reliability.configs import CONFIGS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(config: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
-    return subprocess.run([sys.executable, "-m", "tests.reliability.resume_script", config, str(out), *extra],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+def _start(config: str, out: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "stderr.txt", "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "tests.reliability.resume_script", config, str(out), *extra],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT)
+
+
+def _wait(proc: subprocess.Popen, out: Path) -> tuple[int, str]:
+    rc = proc.wait(timeout=600)
+    return rc, (out / "stderr.txt").read_text()[-4000:]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_killed_and_resumed_fit_matches_uninterrupted(config, tmp_path):
-    full = _run(config, tmp_path / "full")
-    assert full.returncode == 0, full.stderr[-4000:]
-    killed = _run(config, tmp_path / "killed", "--kill-at-epoch", "1")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
+    if config == "combo_one_fit":
+        from tests.reliability.configs import qat_defers_swap
+
+        if not qat_defers_swap():
+            pytest.skip("QuantizationAware installs its model in setup here: pruning and QAT need two fits")
+    # the uninterrupted and the killed fit are independent: run them side by side (one thread each)
+    full_p, killed_p = _start(config, tmp_path / "full"), _start(config, tmp_path / "killed", "--kill")
+    rc, err = _wait(full_p, tmp_path / "full")
+    assert rc == 0, err
+    rc, err = _wait(killed_p, tmp_path / "killed")
+    assert rc == -signal.SIGKILL, err
     assert (tmp_path / "killed" / "ckpt" / "last.ckpt").exists() and not (tmp_path / "killed" / "result.pt").exists()
-    resumed = _run(config, tmp_path / "killed", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    rc, err = _wait(_start(config, tmp_path / "killed", "--resume"), tmp_path / "killed")
+    assert rc == 0, err
     a = torch.load(tmp_path / "full" / "result.pt", weights_only=False)
     b = torch.load(tmp_path / "killed" / "result.pt", weights_only=False)
     assert a.keys() == b.keys()
