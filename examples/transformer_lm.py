@@ -75,7 +75,7 @@ def main(max_epochs: int = 2, out_dir: str | Path = "nas_runs/transformer",
     n1 = sum(p.numel() for p in model.parameters())
     ff = {n: m.out_features for n, m in model.named_modules() if n.endswith("linear1")}
     print(f"parameters {n0} -> {n1}; feed-forward widths {sorted(set(ff.values()))}")
-    files = out / "lightning_nas"
+    files = out / "nas_files"
     scalars = [json.loads(line) for line in open(files / "scalars.jsonl")]
     print("attribution:", {k.rsplit("/", 1)[1]: round(v, 3) for k, v in scalars[-1].items()
                            if k.startswith("explain/attribution/")})

@@ -151,12 +151,12 @@ def test_grad_cam_and_vector_inputs_on_a_fit(tmp_path):
     cam = AttributionMonitor(method="grad_cam", layer="net.features.3", n_samples=10, target="pred")
     trainer = fast_trainer(tmp_path, limit_train_batches=2, limit_val_batches=1, callbacks=[cam])
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=DigitsDataModule(seed=0))
-    assert (tmp_path / "lightning_nas" / "images").exists()
+    assert (tmp_path / "nas_files" / "images").exists()
     mlp = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     mon = AttributionMonitor(method="feature_ablation", n_samples=10)
     trainer = fast_trainer(tmp_path / "flat", limit_train_batches=2, limit_val_batches=1, callbacks=[mon])
     trainer.fit(Classifier(mlp), datamodule=DigitsDataModule(seed=0, flat=True))
-    rows = [json.loads(x) for x in open(tmp_path / "flat" / "lightning_nas" / "tables"
+    rows = [json.loads(x) for x in open(tmp_path / "flat" / "nas_files" / "tables"
                                         / "explain_attribution_top_features.jsonl")][-1]["rows"]
     assert len(rows) == 10 * 5 and rows[0][4].startswith("f")
 
@@ -222,10 +222,10 @@ def test_transformer_demo_attributes_over_token_embeddings(tmp_path, no_wikitext
     model = LightningTransformer(vocab_size=17)
     trainer.fit(model, datamodule=TokenDigits())
     assert mon.embedding_name == "model.embedding" and mon._last["attr"].shape == (4, 16)
-    rows = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "tables"
+    rows = [json.loads(x) for x in open(tmp_path / "nas_files" / "tables"
                                         / "explain_attribution_top_features.jsonl")][-1]["rows"]
     assert rows[0][4].startswith("pos") and len(rows) == 4 * 5
-    scal = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "scalars.jsonl")]
+    scal = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
     assert "explain/attribution/aopc" in scal[-1]
 
 
@@ -238,7 +238,7 @@ def test_explain_callbacks_under_ddp_log_once_from_rank_zero(tmp_path, digits):
     trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1,
                            strategy="ddp_spawn", accelerator="cpu", devices=2, callbacks=cbs)
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
-    scal = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "scalars.jsonl")]
+    scal = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
     assert sum("explain/attribution/aopc" in s for s in scal) == 2  # one run per epoch, rank zero only
     assert sum("explain/attribution/drift_spearman" in s for s in scal) == 1
     assert [s["step"] for s in scal if "dynamics/grad_norm_total" in s] == [0, 1, 2, 3]

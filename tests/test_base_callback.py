@@ -33,4 +33,4 @@ def test_state_roundtrip_and_validation_hook(tmp_path, digits):
     assert (fresh.count, fresh.history) == (2, [0, 1])
     with pytest.raises(KeyError, match="lacks"):
         fresh.load_state_dict({"count": 1})
-    assert (tmp_path / "lightning_nas" / "scalars.jsonl").exists()
+    assert (tmp_path / "nas_files" / "scalars.jsonl").exists()

@@ -194,7 +194,7 @@ def test_drift_monitor_ddp_gathers_all_ranks(setup, tmp_path):
     monitor = DriftMonitor(profile, attribution_samples=16)
     trainer = fast_trainer(tmp_path, callbacks=[monitor], strategy="ddp_spawn", devices=2)
     trainer.validate(Classifier(net), dataloaders=_loader(rotated(x.numpy()), y, batch=32), verbose=False)
-    files = tmp_path / "lightning_nas"
+    files = tmp_path / "nas_files"
     rows = [json.loads(line) for line in (files / "scalars.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["drift/detected"] == 1.0 and rows[0]["drift/drifted_features"] >= 10
     assert rows[0]["drift/n_samples"] == len(x)  # both ranks' halves

@@ -44,7 +44,7 @@ def test_callback_logs_per_layer_keys_every_n_steps(tmp_path, digits):
     cb = TrainingDynamics(every_n_steps=5, histogram_every_n_steps=10)
     trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=12, limit_val_batches=1, callbacks=[cb])
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
-    recs = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "scalars.jsonl")]
+    recs = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
     assert [r["step"] for r in recs] == [0, 5, 10]
     r = recs[-1]
     for layer in ("net.features.0", "net.features.3", "net.classifier"):
@@ -53,9 +53,9 @@ def test_callback_logs_per_layer_keys_every_n_steps(tmp_path, digits):
         assert 1e-6 < r[f"dynamics/{layer}/update_ratio"] < 1
     assert 0 <= r["dynamics/net.features.2/dead_fraction"] <= 1
     assert "dynamics/net.features.5/dead_channel_fraction" in r and r["dynamics/grad_norm_total"] > 0
-    hists = sorted(p.name for p in (tmp_path / "lightning_nas" / "histograms").iterdir())
+    hists = sorted(p.name for p in (tmp_path / "nas_files" / "histograms").iterdir())
     assert "dynamics_net.features.0_weight_hist.jsonl" in hists and "dynamics_net.classifier_grad_hist.jsonl" in hists
-    steps = [json.loads(x)["step"] for x in open(tmp_path / "lightning_nas" / "histograms"
+    steps = [json.loads(x)["step"] for x in open(tmp_path / "nas_files" / "histograms"
                                                   / "dynamics_net.classifier_weight_hist.jsonl")]
     assert steps == [0, 10]
 
@@ -66,7 +66,7 @@ def test_callback_on_lightning_demo_model_unmodified(tmp_path):
     cb = TrainingDynamics(every_n_steps=1)
     trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, callbacks=[cb])
     trainer.fit(DemoModel(), datamodule=BoringDataModule())
-    recs = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "scalars.jsonl")]
+    recs = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
     assert len(recs) == 3 and recs[-1]["dynamics/l1/grad_norm"] > 0 and recs[-1]["dynamics/l1/update_ratio"] > 0
 
 
@@ -88,7 +88,7 @@ def test_gradient_accumulation_logs_once_per_optimizer_step(tmp_path, digits):
     trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=8, limit_val_batches=1,
                            accumulate_grad_batches=2, callbacks=[cb])
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
-    recs = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "scalars.jsonl")]
+    recs = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
     assert [r["step"] for r in recs] == [0, 2]
     assert all(r["dynamics/net.classifier/update_ratio"] > 0 and r["dynamics/net.classifier/grad_norm"] > 0
                for r in recs)

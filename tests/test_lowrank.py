@@ -74,7 +74,7 @@ def test_callback_factorizes_finetunes_logs_and_resumes(tmp_path, digits):
     full, cb, tr = run(4)
     assert isinstance(full.net.features[3], nn.Sequential) and cb.ranks["net.features.3"] < 64
     assert tr.validate(full, val, verbose=False)[0]["val_acc"] > 0.8
-    files = pathlib.Path(tr.default_root_dir, "lightning_nas")
+    files = pathlib.Path(tr.default_root_dir, "nas_files")
     scalars = [json.loads(line) for line in (files / "scalars.jsonl").read_text().splitlines()]
     assert any("lowrank/net.features.3/rank" in r for r in scalars)
     assert (files / "series" / "lowrank_net.features.3_spectrum.json").exists()

@@ -78,7 +78,7 @@ def test_paths_and_architecture_callbacks_on_a_fit(tmp_path, digits):
     trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1,
                            callbacks=[paths, view])
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
-    root = tmp_path / "lightning_nas"
+    root = tmp_path / "nas_files"
     overlap = [json.loads(x) for x in open(root / "tables" / "explain_paths_overlap.jsonl")]
     assert len(overlap) == 3 and overlap[-1]["columns"] == ["class_a", "class_b", "jaccard"]  # 2 epochs + end
     layers = [json.loads(x) for x in open(root / "tables" / "explain_architecture_layers.jsonl")]
@@ -102,7 +102,7 @@ def test_callbacks_on_the_demo_transformer(tmp_path, monkeypatch):
     trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[view, paths])
     trainer.fit(LightningTransformer(vocab_size=17), datamodule=TokenDigits())
     assert paths.report is not None and paths.report.layers == ["model.transformer.encoder.layers.0.linear1"]
-    rows = [json.loads(x) for x in open(tmp_path / "lightning_nas" / "tables" / "explain_architecture_layers.jsonl")]
+    rows = [json.loads(x) for x in open(tmp_path / "nas_files" / "tables" / "explain_architecture_layers.jsonl")]
     names = [r[0] for r in rows[0]["rows"]]
     assert "model.embedding" in names and "model.decoder" in names
     macs = {r[0]: r[5] for r in rows[0]["rows"]}  # the encoder's fused fast path must not hide its matmuls
@@ -130,4 +130,4 @@ def test_architecture_view_without_validation_data_uses_a_training_sample(tmp_pa
     trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[view])
     trainer.fit(Classifier(DigitsCNN(4)), train_dataloaders=digits.train_dataloader())
     assert tuple(view._example.shape) == (1, 1, 8, 8)
-    assert len(list((tmp_path / "lightning_nas" / "images").glob("explain_architecture_graph-*.png"))) == 2
+    assert len(list((tmp_path / "nas_files" / "images").glob("explain_architecture_graph-*.png"))) == 2

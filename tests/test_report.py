@@ -52,7 +52,7 @@ def wandb_run(tmp_path_factory):
 
 def test_locate_accepts_save_dir_run_dir_and_files_dir(wandb_run):
     save_dir, run_dir = wandb_run
-    sink = run_dir / "files" / "lightning_nas"
+    sink = run_dir / "files" / "nas_files"
     assert locate(save_dir) == (sink, run_dir)
     assert locate(run_dir) == (sink, run_dir)
     assert locate(sink) == (sink, run_dir)
@@ -74,7 +74,7 @@ def test_report_has_every_section_the_run_has(wandb_run, tmp_path):
 def test_report_from_file_sink_alone(wandb_run, tmp_path):
     _, run_dir = wandb_run
     sink = tmp_path / "sink"
-    shutil.copytree(run_dir / "files" / "lightning_nas", sink)
+    shutil.copytree(run_dir / "files" / "nas_files", sink)
     html = build_report(sink, tmp_path / "s.html").read_text()
     assert '<section id="dynamics">' in html and '<section id="search">' in html
     assert "val_acc" not in html  # Lightning's metrics were only in W&B

@@ -101,7 +101,7 @@ def test_structured_pruning_streams_sensitivity(tmp_path, digits):
     tr.fit(Classifier(DigitsCNN(16)), train, val)
     assert {(r[0], r[2]) for r in cb.sensitivity} == {(n, lv) for n in ("net.features.0", "net.features.3")
                                                       for lv in (0.25, 0.75)}
-    files = pathlib.Path(tmp_path, "lightning_nas")
+    files = pathlib.Path(tmp_path, "nas_files")
     table = json.loads((files / "tables" / "explain_sensitivity.jsonl").read_text().splitlines()[-1])
     assert table["columns"] == S.SENSITIVITY_COLUMNS and len(table["rows"]) == 4
     series = json.loads((files / "series" / "explain_sensitivity_prune_l1.json").read_text())

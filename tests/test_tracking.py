@@ -78,14 +78,14 @@ def test_csv_logger_scalars_and_files(tmp_path):
         rows = list(csv.DictReader(f))
     assert any(r.get("test/scalar") == "2.5" for r in rows)
     files = Tracker.from_trainer(trainer).files_dir
-    assert files == Path(logger.log_dir) / "lightning_nas"
+    assert files == Path(logger.log_dir) / "nas_files"
     _assert_files(files)
 
 
 def test_no_logger_writes_files_only(tmp_path):
     trainer = _fit(tmp_path, False)
     files = Tracker.from_trainer(trainer).files_dir
-    assert files == tmp_path / "lightning_nas"
+    assert files == tmp_path / "nas_files"
     _assert_files(files)
 
 

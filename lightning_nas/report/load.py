@@ -1,7 +1,7 @@
 """Read a run for the report: the tracking sink's files and, when there is one, the W&B offline run.
 
 Accepted ``run_dir``: a file-sink folder (``index.jsonl``/``scalars.jsonl``), a folder holding one
-(``<log_dir>/lightning_nas``), a W&B run folder (``offline-run-*``, its ``files/lightning_nas`` is used), or a
+(``<log_dir>/nas_files``), a W&B run folder (``offline-run-*``, its ``files/nas_files`` is used), or a
 W&B save dir / any folder above them (the newest run found below it).
 """
 from __future__ import annotations
@@ -48,10 +48,10 @@ def locate(run_dir: str | Path) -> tuple[Path | None, Path | None]:
     sink = wb = None
     if _is_sink(p):
         sink = p
-    elif _is_sink(p / "lightning_nas"):
-        sink = p / "lightning_nas"
-    elif _is_sink(p / "files" / "lightning_nas"):
-        sink = p / "files" / "lightning_nas"
+    elif _is_sink(p / "nas_files"):
+        sink = p / "nas_files"
+    elif _is_sink(p / "files" / "nas_files"):
+        sink = p / "files" / "nas_files"
     if list(p.glob("run-*.wandb")):
         wb = p
     elif sink is not None and list(sink.parent.parent.glob("run-*.wandb")):
@@ -59,10 +59,10 @@ def locate(run_dir: str | Path) -> tuple[Path | None, Path | None]:
     if sink is None and wb is None:
         runs = [r.parent for r in p.glob("**/run-*.wandb") if r.parent.name != "tmp"]
         wb = _newest(runs)
-        if wb is not None and _is_sink(wb / "files" / "lightning_nas"):
-            sink = wb / "files" / "lightning_nas"
+        if wb is not None and _is_sink(wb / "files" / "nas_files"):
+            sink = wb / "files" / "nas_files"
         if wb is None:
-            sink = _newest([q.parent for q in p.glob("**/lightning_nas/index.jsonl")])
+            sink = _newest([q.parent for q in p.glob("**/nas_files/index.jsonl")])
     if sink is None and wb is None:
         raise FileNotFoundError(f"report: no lightning_nas files (index.jsonl) nor W&B run (run-*.wandb) under "
                                 f"{str(p)!r}; pass a W&B run or save dir, or a Tracker.files_dir")
@@ -145,7 +145,7 @@ def load_run(run_dir: str | Path) -> RunData:
     if wb is not None:
         name = wb.name
     else:
-        name = sink.parent.name if sink.name == "lightning_nas" else sink.name
+        name = sink.parent.name if sink.name == "nas_files" else sink.name
         name = sink.parent.parent.name if name == "files" else name
     data = RunData(name=name, source=str(wb or sink))
     if sink is not None:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 _TRACKER_ATTR = "_lightning_nas_tracker"
+#: the folder (under the W&B run's files/, the logger's log_dir, or default_root_dir) that holds the file copy
+FILES_DIRNAME = "nas_files"
 
 
 def _safe(key: str) -> str:
@@ -126,12 +128,12 @@ class Tracker:
     def _files_dir_for(trainer: Any, loggers: list[Any], enabled: bool) -> Path:
         wb = _wandb_logger(loggers)
         if wb is not None and enabled:
-            return Path(wb.experiment.dir) / "lightning_nas"
+            return Path(wb.experiment.dir) / FILES_DIRNAME
         for lg in loggers:
             log_dir = getattr(lg, "log_dir", None)
             if log_dir:
-                return Path(log_dir) / "lightning_nas"
-        return Path(trainer.default_root_dir) / "lightning_nas"
+                return Path(log_dir) / FILES_DIRNAME
+        return Path(trainer.default_root_dir) / FILES_DIRNAME
 
     # ------------------------------------------------------------------ helpers
     @property

@@ -134,7 +134,7 @@ def test_search_prune_qat_kd_identical_on_two_ranks_and_media_once(tmp_path):
 
     # media once: only rank 0 writes the file sink, and no media (kind, key, step) is recorded twice
     for stage, must in (("search", {"nas/decisions", "nas/ablation"}), ("prune", {"distill/per_class"})):
-        index = tmp_path / stage / "lightning_nas" / "index.jsonl"
+        index = tmp_path / stage / "nas_files" / "index.jsonl"
         rows = [json.loads(line) for line in index.read_text().splitlines()]
         # media (tables, images, series, histograms): one record per key and step. (Scalars may repeat a step
         # legitimately: pruning logs channel counts at the end of an epoch and again after pruning, same step.)
