@@ -1,4 +1,11 @@
-"""lightning_nas: search, compress, explain and ship PyTorch Lightning models with callbacks."""
+"""lightning_nas: search, compress, explain and ship PyTorch Lightning models with callbacks.
+
+Packages: ``space`` (choices inside any nn.Module), ``search`` (one-shot and multi-trial), ``compress``,
+``explain``, ``callbacks``, ``tracking``, ``deploy``, ``data``. See README.md.
+"""
 __version__ = "0.1.0"
-from lightning_nas import space  # noqa: E402,F401  (search-space vocabulary: lightning_nas.space.LayerChoice, ...)
+
+from lightning_nas import space  # noqa: E402  (lightning_nas.space.LayerChoice, ...)
 from lightning_nas.report import build_report  # noqa: E402  (the HTML report of a run)
+
+__all__ = ["__version__", "build_report", "space"]
