@@ -26,7 +26,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 benchmarks: $(VENV)/.installed
-	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+	for f in benchmarks/[a-z]*.py; do echo "== $$f"; PYTHONPATH=. $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info lightning_logs wandb nas_runs
