@@ -23,3 +23,16 @@ def fast_trainer(tmp_path, **kwargs):
                 default_root_dir=str(tmp_path))
     opts.update(kwargs)
     return L.Trainer(**opts)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_global_torch_flags():
+    """``Trainer(deterministic=True)`` turns on ``torch.use_deterministic_algorithms`` for the whole process and
+    never turns it off; restore it (and the quantized engine) after each test so tests don't leak into others."""
+    import torch
+
+    det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    engine = torch.backends.quantized.engine
+    yield
+    torch.use_deterministic_algorithms(det, warn_only=warn)
+    torch.backends.quantized.engine = engine
