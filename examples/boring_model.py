@@ -38,7 +38,7 @@ def main(max_epochs: int = 3, out_dir: str | Path = "nas_runs/boring") -> dict[s
                         default_root_dir=str(out), callbacks=[kd, qat, dyn])
     trainer.fit(model, DataLoader(RandomDataset(32, 256), batch_size=16))
 
-    scalars = [json.loads(line) for line in open(next(out.rglob("lightning_nas/scalars.jsonl")))]
+    scalars = [json.loads(line) for line in open(next(out.rglob("nas_files/scalars.jsonl")))]
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:  # KD logs through the module's logger
         kd_losses = [float(r["distill/kd_loss"]) for r in csv.DictReader(f) if r.get("distill/kd_loss")]
     x = torch.randn(8, 32)

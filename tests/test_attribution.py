@@ -122,7 +122,7 @@ def test_monitor_logs_maps_aopc_and_drift_after_a_structural_change(tmp_path, di
     assert any(r.get("explain/attribution/maps", {}).get("_type") == "image-file" for r in history)
     assert "explain/attribution/aopc" in summary
     assert mon._changes == 1 and mon._reference is not None
-    scal = [json.loads(x) for x in open(f"{files}/lightning_nas/scalars.jsonl")]
+    scal = [json.loads(x) for x in open(f"{files}/nas_files/scalars.jsonl")]
     assert any("explain/attribution/drift_topk" in s for s in scal)
 
 

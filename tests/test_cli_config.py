@@ -114,7 +114,7 @@ def test_cli_config_prunes_quantizes_and_explains_in_one_fit(tmp_path):
     ops = int8_onnx_ops(onnx.read_bytes())
     assert any(op in ops for op in ("QLinearConv", "ConvInteger"))
     # attribution: maps each epoch in the file sink, and drift after the structural changes
-    scal = [json.loads(x) for x in open(next(tmp_path.rglob("lightning_nas/scalars.jsonl")))]
+    scal = [json.loads(x) for x in open(next(tmp_path.rglob("nas_files/scalars.jsonl")))]
     assert sum("explain/attribution/aopc" in s for s in scal) == 3
     assert any("explain/attribution/drift_spearman" in s for s in scal)
     assert any(s.get("explain/attribution/structural_changes", 0) >= 1 for s in scal)
@@ -127,5 +127,5 @@ def test_cli_search_config_finds_an_architecture(tmp_path):
              "--trainer.callbacks.init_args.mode=gdas")  # the last callback: GDAS instead of DARTS
     cbs = _saved_config(tmp_path)["trainer"]["callbacks"]
     assert cbs[1]["class_path"].endswith("DifferentiableNAS") and cbs[1]["init_args"]["mode"] == "gdas"
-    summary = json.loads(next(tmp_path.rglob("lightning_nas/summary.json")).read_text())
+    summary = json.loads(next(tmp_path.rglob("nas_files/summary.json")).read_text())
     assert summary["nas/arch/block"] in ("conv3x3", "conv5x5", "sepconv3x3")

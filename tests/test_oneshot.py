@@ -32,7 +32,7 @@ class SmallSpace(nn.Module):
 
 
 def _scalars(tmp_path):
-    files = list(tmp_path.rglob("lightning_nas/scalars.jsonl"))
+    files = list(tmp_path.rglob("nas_files/scalars.jsonl"))
     assert files, "no scalars written"
     return [json.loads(line) for line in files[0].read_text().splitlines()]
 

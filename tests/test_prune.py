@@ -134,7 +134,7 @@ def test_callback_prunes_gradually_rebuilds_optimizer_and_keeps_scheduler(tmp_pa
     assert cb.done == [1, 2, 3] and len(cb.records) == 2
     acc = trainer.validate(module, val, verbose=False)[0]["val_acc"]
     assert acc > 0.6, acc  # fine-tuned after a 4x parameter cut
-    files = trainer.default_root_dir + "/lightning_nas"
+    files = trainer.default_root_dir + "/nas_files"
     import json
     import pathlib
 
