@@ -36,3 +36,14 @@ def _isolate_global_torch_flags():
     yield
     torch.use_deterministic_algorithms(det, warn_only=warn)
     torch.backends.quantized.engine = engine
+
+
+@pytest.fixture(autouse=True)
+def _finish_open_wandb_run():
+    """A test that leaves a W&B run open makes the next WandbLogger reuse it (and write into the wrong folder)."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
