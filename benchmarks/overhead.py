@@ -28,7 +28,21 @@ CONSTRUCTORS: dict[str, tuple[Callable[[Any], Any], float | None]] = {
     "TrainingDynamics": (lambda cb: cb.TrainingDynamics(), 0.03),
     "DecisionPaths": (lambda cb: cb.DecisionPaths(), None),
     "ArchitectureView": (lambda cb: cb.ArchitectureView(), None),
+    # compression callbacks change the model they time (a pruned or int8-simulating net trains at another speed):
+    # their row is the cost of the whole compressed fit, decisions and optimizer rebuilds included
+    "StructuredPruning": (lambda cb: cb.StructuredPruning(amount=0.5, start_epoch=1), None),
+    "MagnitudePruning": (lambda cb: cb.MagnitudePruning(amount=0.5, start_epoch=1), None),
+    "LowRankFactorization": (lambda cb: cb.LowRankFactorization(energy=0.9, epoch=1), None),
+    "QuantizationAware": (lambda cb: cb.QuantizationAware(start_epoch=1, measure=False), None),
+    "KnowledgeDistillation": (lambda cb: cb.KnowledgeDistillation(_teacher()), None),
 }
+
+
+def _teacher() -> Any:
+    from lightning_nas.models import DigitsCNN
+
+    return DigitsCNN(64)
+
 
 
 _HOOKS = ("setup", "teardown", "state_dict", "load_state_dict")

@@ -19,6 +19,7 @@ storage where workers may die.
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from typing import Any
 
@@ -68,9 +69,18 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
                   "heartbeat_stale_trial_callback": retry}
     engine_kwargs = {"connect_args": {"connect_timeout": 10}} if scheme.startswith("postgres") else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        # Workers started together on a fresh database race to create its tables; the loser sees "already
+        # exists" (SQLite) or a unique violation (PostgreSQL). Tables are there by then: try again.
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                text = str(getattr(exc, "orig", None) or exc)
+                if attempt == 4 or not ("already exists" in text or "duplicate key" in text):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except ImportError as exc:
         raise StorageUnreachableError(f"storage {redact(url)!r} needs a database driver that is not installed: "
                                       f"{exc}") from None
