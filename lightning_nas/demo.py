@@ -144,11 +144,12 @@ def _test_acc(model: torch.nn.Module, state: _DemoState) -> float:
 
 
 def _stage_distill(state: _DemoState) -> None:
-    """A half-width student learns from the trained model (KD); it becomes the model of later stages."""
+    """A plain DigitsCNN student (no searched blocks) learns from the trained model (KD); it becomes the model of
+    later stages."""
     from lightning_nas.callbacks import KnowledgeDistillation
 
     teacher = state.module.net
-    student = Classifier(DigitsCNN(width=8), lr=1e-2)
+    student = Classifier(DigitsCNN(width=16), lr=1e-2)
     kd = KnowledgeDistillation(teacher, temperature=4.0, alpha=0.7)
     trainer = _trainer(state, [kd])
     trainer.fit(student, datamodule=state.datamodule)
