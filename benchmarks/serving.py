@@ -30,7 +30,7 @@ from _report import table, write_section  # noqa: E402
 from lightning_nas.data import DigitsDataModule  # noqa: E402
 from lightning_nas.deploy import ReferenceProfile, bundle, check_drift  # noqa: E402
 from lightning_nas.deploy.profile import attribution_share  # noqa: E402
-from lightning_nas.models import DigitsCNN  # noqa: E402
+from lightning_nas.models import DigitsCNN, train_plain  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUESTS = {1: 200, 32: 100}  # batch size -> requests per client run
@@ -68,18 +68,8 @@ def _free_port() -> int:
 
 def _train(dm: DigitsDataModule, epochs: int = 10) -> torch.nn.Module:
     torch.manual_seed(0)
-    x, y = dm.split("train").tensors
     net = DigitsCNN(16)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(perm), 64):
-            idx = perm[i:i + 64]
-            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
+    return train_plain(net, *dm.split("train").tensors, epochs=epochs)
 
 
 def _start(bundle_dir: Path, int8: bool, env: dict) -> tuple[subprocess.Popen, str]:

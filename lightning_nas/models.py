@@ -72,3 +72,19 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def train_plain(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 6, lr: float = 3e-3,
+                batch_size: int = 64) -> nn.Module:
+    """Train ``net`` with a plain Adam/cross-entropy loop (no Lightning; shuffled by torch's global RNG) and
+    return it in eval mode: a quick trained model for tests and benchmarks."""
+    opt = torch.optim.Adam(net.parameters(), lr)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()

@@ -6,25 +6,15 @@ import torch
 from scipy import ndimage
 
 from lightning_nas.data import DigitsDataModule
-from lightning_nas.models import DigitsCNN
+from lightning_nas.models import DigitsCNN, train_plain
 
 
 def trained_digits_cnn(epochs: int = 6, seed: int = 0) -> tuple[torch.nn.Module, DigitsDataModule]:
     """A DigitsCNN(16) trained for a few epochs with a plain loop (~1 s), in eval mode."""
     torch.manual_seed(seed)
     dm = DigitsDataModule(seed=seed)
-    x, y = dm.split("train").tensors
     net = DigitsCNN(16)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(perm), 64):
-            idx = perm[i:i + 64]
-            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval(), dm
+    return train_plain(net, *dm.split("train").tensors, epochs=epochs), dm
 
 
 def brighter(x: np.ndarray, delta: float = 0.2) -> np.ndarray:

@@ -48,13 +48,7 @@ class LowRankFactorization(LightningNASCallback):
         min_saving: float = 0.1,
     ) -> None:
         super().__init__()
-        if budget is not None:
-            check_range("budget", budget, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
-            energy = None
-        else:
-            if energy is None:
-                raise ValueError("give `energy` in (0, 1] or `budget` in (0, 1), got both None")
-            check_range("energy", energy, 0.0, 1.0, low_inclusive=False)
+        energy, budget = LR.check_energy_budget(energy, budget)
         check_int("epoch", epoch, 0)
         check_range("min_saving", min_saving, 0.0, 1.0, high_inclusive=False)
         if isinstance(ignore, str):

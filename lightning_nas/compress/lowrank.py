@@ -47,6 +47,16 @@ class LayerFactorization:
         return asdict(self)
 
 
+def check_energy_budget(energy: float | None, budget: float | None) -> tuple[float | None, float | None]:
+    """Validate the rank rule: a ``budget`` in (0, 1) wins (energy dropped), else ``energy`` in (0, 1]."""
+    if budget is not None:
+        check_range("budget", budget, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        return None, budget
+    if energy is None:
+        raise ValueError("give `energy` in (0, 1] or `budget` in (0, 1), got both None")
+    check_range("energy", energy, 0.0, 1.0, low_inclusive=False)
+    return energy, None
+
 def _matrix(m: nn.Module) -> torch.Tensor:
     w = m.weight.detach()
     return w.reshape(w.shape[0], -1).float()
@@ -150,13 +160,7 @@ def factorize(
     """
     check_range("min_saving", min_saving, 0.0, 1.0, high_inclusive=False)
     if ranks is None:
-        if budget is not None:
-            check_range("budget", budget, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
-            energy = None
-        else:
-            if energy is None:
-                raise ValueError("give `energy` in (0, 1] or `budget` in (0, 1)")
-            check_range("energy", energy, 0.0, 1.0, low_inclusive=False)
+        energy, budget = check_energy_budget(energy, budget)
     report = []
     cands = candidates(model)
     if ranks is not None:
