@@ -25,6 +25,7 @@ class _ScaleProbe(L.Callback):
         from lightning_nas.compress.quantize import quant_state
 
         self._before = quant_state(self.qat.qat_model)
+        self._bn_before = {k: v.clone() for k, v in self.qat.qat_model.state_dict().items() if "running_" in k}
 
     def on_validation_end(self, trainer, pl_module):
         from lightning_nas.compress.quantize import quant_state
@@ -33,7 +34,9 @@ class _ScaleProbe(L.Callback):
         # a value that changed (per-channel buffers are only *sized* on the first forward: [] -> [C])
         self.val_moved.append([k for k in after if after[k].shape == self._before[k].shape
                                and not torch.equal(after[k], self._before[k])
-                               and k.endswith(("min_val", "max_val", ".scale", ".zero_point"))])
+                               and k.endswith(("min_val", "max_val", ".scale", ".zero_point"))]
+                              + [k for k, v in self.qat.qat_model.state_dict().items()  # folded BN statistics
+                                 if k in self._bn_before and not torch.equal(v, self._bn_before[k])])
 
     def on_train_epoch_end(self, trainer, pl_module):
         from lightning_nas.compress.quantize import quant_state
@@ -70,7 +73,7 @@ def test_kd_and_qat_in_one_fit_logged_to_wandb(tmp_path, digits):
     # observers ran in epoch 1 only (QAT starts at 1, frozen after 1 QAT epoch): epoch 2 kept epoch 1's scales
     assert qat.qat_steps == 12
     assert all(torch.equal(probe.states[1][k], probe.states[2][k]) for k in probe.states[1])
-    assert probe.val_moved and not any(probe.val_moved)  # validation data never reaches the observers
+    assert probe.val_moved and not any(probe.val_moved)  # validation data never reaches observers or BN statistics
     # the feature adapters were trained by the user's optimizer
     assert any(not torch.equal(v, kd.adapters.state_dict()[k]) for k, v in probe.adapter0.items())
     # real int8: torch and ONNX Runtime, the ONNX file written by rank zero
@@ -108,7 +111,8 @@ def test_resume_mid_qat_gives_the_same_int8_model(tmp_path, digits):
     def run(epochs, root, ckpt=None):
         L.seed_everything(0)
         qat = QuantizationAware(start_epoch=1, freeze_observers_after=2, measure=False, explain=False)
-        trainer = fast_trainer(root, max_epochs=epochs, limit_train_batches=5, num_sanity_val_steps=0,
+        # default sanity check on: on resume it validates the restored QAT model before training goes on
+        trainer = fast_trainer(root, max_epochs=epochs, limit_train_batches=5, limit_val_batches=2,
                                enable_checkpointing=True,
                                callbacks=[qat, ModelCheckpoint(dirpath=root, save_last=True)])
         trainer.fit(Classifier(DigitsCNN(8)), train, val, ckpt_path=ckpt)

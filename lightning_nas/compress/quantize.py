@@ -138,6 +138,10 @@ def set_bn_frozen(model: nn.Module, frozen: bool) -> None:
     from torch.ao.nn.intrinsic import qat as nniqat
 
     model.apply(nniqat.freeze_bn_stats if frozen else nniqat.update_bn_stats)
+    if not frozen:  # torch's update_bn_stats sets bn.training = True even in eval(): follow the module's mode
+        for mod in model.modules():
+            if isinstance(getattr(mod, "bn", None), nn.modules.batchnorm._BatchNorm) and hasattr(mod, "freeze_bn"):
+                mod.bn.train(mod.training)
 
 
 def quant_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from lightning_nas import space
 from lightning_nas.data import DigitsDataModule
 from lightning_nas.models import Classifier, DigitsCNN
 
-_SMALL = {"limit_train_batches": 4, "limit_val_batches": 2, "num_sanity_val_steps": 0}
+_SMALL = {"limit_train_batches": 4, "limit_val_batches": 2}  # sanity check on: resume must survive it
 
 
 def _conv(c: int, k: int) -> nn.Module:
