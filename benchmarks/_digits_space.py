@@ -26,7 +26,7 @@ LABELS = ("b1", "b2", "b3")
 CANDIDATES = ("conv3", "conv1", "skip")
 ARCHS: list[dict[str, str]] = [dict(zip(LABELS, c)) for c in itertools.product(CANDIDATES, repeat=len(LABELS))]
 WIDTH = 16
-BUDGET = {"epochs": 12, "batch_size": 64, "lr": 3e-3, "optimizer": "Adam", "seeds": [0, 1],
+BUDGET = {"epochs": 12, "batch_size": 64, "lr": 3e-3, "optimizer": "Adam", "seeds": list(range(8)),
           "data": "DigitsDataModule(seed=0) train split; val/test splits for scoring"}
 TRUTH_PATH = Path(__file__).resolve().parent / "results" / "digits_space_truth.json"
 
@@ -95,26 +95,42 @@ def train_standalone(arch: dict[str, str], seed: int, epochs: int = BUDGET["epoc
     return out
 
 
-def compute_truth(seeds: list[int] | None = None) -> dict[str, Any]:
-    """Train all 27 architectures with every seed; mean accuracies per architecture."""
+def _row(arch: dict[str, str], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"arch": arch, "key": arch_key(arch),
+            "val_acc": sum(r["val_acc"] for r in runs) / len(runs),
+            "test_acc": sum(r["test_acc"] for r in runs) / len(runs),
+            "test_acc_per_seed": [r["test_acc"] for r in runs],
+            "val_acc_per_seed": [r["val_acc"] for r in runs],
+            "seconds": sum(r["seconds"] for r in runs) / len(runs)}
+
+
+def compute_truth(seeds: list[int] | None = None, cached: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train all 27 architectures with every seed; mean accuracies per architecture.
+
+    Seeds already in ``cached`` (an earlier truth with the same epochs) are reused, not retrained: training is
+    deterministic per seed (one thread), so extending the seed list only trains the new seeds.
+    """
     seeds = list(BUDGET["seeds"] if seeds is None else seeds)
+    old: dict[tuple[str, int], dict[str, Any]] = {}
+    if cached and cached["budget"].get("epochs") == BUDGET["epochs"]:
+        for r in cached["archs"]:
+            for i, s in enumerate(cached["budget"]["seeds"]):
+                old[(r["key"], s)] = {"val_acc": r["val_acc_per_seed"][i], "test_acc": r["test_acc_per_seed"][i],
+                                      "seconds": r["seconds"]}
     rows = []
     for arch in ARCHS:
-        runs = [train_standalone(arch, s) for s in seeds]
-        rows.append({"arch": arch, "key": arch_key(arch),
-                     "val_acc": sum(r["val_acc"] for r in runs) / len(runs),
-                     "test_acc": sum(r["test_acc"] for r in runs) / len(runs),
-                     "test_acc_per_seed": [r["test_acc"] for r in runs],
-                     "val_acc_per_seed": [r["val_acc"] for r in runs],
-                     "seconds": sum(r["seconds"] for r in runs) / len(runs)})
+        runs = [old.get((arch_key(arch), s)) or train_standalone(arch, s) for s in seeds]
+        rows.append(_row(arch, runs))
     return {"budget": dict(BUDGET, seeds=seeds), "archs": rows}
 
 
 def load_truth(recompute: bool = False) -> dict[str, Any]:
-    """The cached ground truth (computed and written on first use, or when ``recompute``)."""
-    if TRUTH_PATH.exists() and not recompute:
-        return json.loads(TRUTH_PATH.read_text())
-    truth = compute_truth()
+    """The cached ground truth (computed on first use, extended when ``BUDGET`` lists new seeds, or
+    recomputed from scratch when ``recompute``)."""
+    cached = json.loads(TRUTH_PATH.read_text()) if TRUTH_PATH.exists() and not recompute else None
+    if cached is not None and cached["budget"].get("seeds") == BUDGET["seeds"]:
+        return cached
+    truth = compute_truth(cached=cached)
     TRUTH_PATH.parent.mkdir(parents=True, exist_ok=True)
     TRUTH_PATH.write_text(json.dumps(truth, indent=1))
     return truth

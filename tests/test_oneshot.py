@@ -365,3 +365,51 @@ def test_second_order_darts_in_a_fit(tmp_path, digits):
         DifferentiableNAS(mode="gdas", order=2)
     with pytest.raises(ValueError, match="order"):
         DifferentiableNAS(order=3)
+
+
+def test_mixed_op_weighted_sum_and_folded_aux_skip_match_the_formula():
+    from lightning_nas.search.oneshot import Supernet
+
+    torch.manual_seed(0)
+    net = SmallSpace()
+    net.train()
+    x = torch.randn(4, 8, 6, 6)
+    ops = {n: net.b1.candidates[n] for n in ("conv3", "conv1", "skip")}
+    sn = Supernet(net, "darts", remedy="darts-")
+    with torch.no_grad():
+        sn.alpha["b1"].copy_(torch.tensor([0.5, -0.3, 0.1]))
+    w = torch.softmax(sn.alpha["b1"].detach(), 0)
+    for beta in (0.0, 0.7):  # DARTS-: beta * x folded into the skip candidate's weight
+        sn.aux_beta = beta
+        want = sum(wi * ops[n](x) for wi, n in zip(w, ("conv3", "conv1", "skip"))) + beta * x
+        torch.testing.assert_close(net.b1(x), want)
+    sn.arch_grad = True  # the gradient to alpha is the plain DARTS one (the aux skip carries none)
+    g = torch.autograd.grad(net.b1(x).square().sum(), sn.alpha["b1"])[0]
+    a = sn.alpha["b1"].detach().clone().requires_grad_(True)
+    ref = sum(wi * ops[n](x) for wi, n in zip(torch.softmax(a, 0), ("conv3", "conv1", "skip"))) + 0.7 * x
+    torch.testing.assert_close(g, torch.autograd.grad(ref.square().sum(), a)[0])
+
+
+def test_spos_fair_sampling_trains_every_candidate_equally_and_resumes():
+    from lightning_nas.search.oneshot import Supernet
+
+    counts = {}
+    for sampling in ("fair", "uniform"):
+        sn = Supernet(SmallSpace(), "spos", sampling=sampling, seed=3)
+        c = {lb: [0] * len(sn.names[lb]) for lb in sn.labels}
+        for _ in range(12):  # 12 steps: 4 rounds of b1's 3 candidates, 6 of b2's 2
+            sn.resample()
+            for lb in sn.labels:
+                c[lb][sn.path[lb]] += 1
+        counts[sampling] = c
+    assert counts["fair"] == {"b1": [4, 4, 4], "b2": [6, 6]}
+    sn = Supernet(SmallSpace(), "spos", seed=5)
+    for _ in range(4):
+        sn.resample()
+    state = sn.state_dict()
+    ahead = [(sn.resample(), dict(sn.path))[1] for _ in range(5)]
+    again = Supernet(SmallSpace(), "spos", seed=0)
+    again.load_state_dict(state)
+    assert [(again.resample(), dict(again.path))[1] for _ in range(5)] == ahead
+    with pytest.raises(ValueError, match="sampling"):
+        SubnetSampling(sampling="roundrobin")

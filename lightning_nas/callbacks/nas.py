@@ -16,7 +16,7 @@ import torch
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._oneshot import _first_loader, _OneShotCallback
 from lightning_nas.explain import architecture as xarch
-from lightning_nas.search.oneshot import REMEDIES, evolutionary_search, recalibrate_batchnorm
+from lightning_nas.search.oneshot import REMEDIES, SAMPLINGS, evolutionary_search, recalibrate_batchnorm
 
 
 class DifferentiableNAS(_OneShotCallback):
@@ -115,7 +115,7 @@ class DifferentiableNAS(_OneShotCallback):
 
 
 class SubnetSampling(_OneShotCallback):
-    """Single-path one-shot search (SPOS): one uniformly sampled path per training step, then evolution.
+    """Single-path one-shot search (SPOS): one sampled path per training step (fair or uniform), then evolution.
 
     At the end of training an evolutionary search scores subnets of the trained supernet by their mean
     loss (the user's ``training_step`` output) on validation batches, after re-estimating BatchNorm
@@ -129,6 +129,9 @@ class SubnetSampling(_OneShotCallback):
         eval_batches: validation batches scoring each subnet (>= 1).
         seed: seed of path sampling and evolution (``None``: torch's initial seed on rank 0, broadcast).
         score_all: also score every subnet of the space (small spaces; ``all_scores`` then ranks them all).
+        sampling: ``"fair"`` (default; each decision cycles through random permutations of its candidates, so
+            every candidate gets the same number of steps: FairNAS' strict fairness, Chu et al. 2021) or
+            ``"uniform"`` (independent uniform draws per step, as in the SPOS paper).
 
     Logged at the end: ``nas/<label>/<candidate>`` (share of the candidate among the final population),
     ``nas/<label>/entropy``, tables ``nas/decisions``, ``nas/ablation`` (val-loss change when the winner's
@@ -137,10 +140,14 @@ class SubnetSampling(_OneShotCallback):
 
     _mode = "spos"
 
+    def _supernet_kwargs(self) -> dict[str, Any]:
+        return {"sampling": self.sampling}
+
     def __init__(self, population: int = 10, generations: int = 5, mutation_prob: float = 0.3,
                  calib_batches: int = 5, eval_batches: int = 4, seed: int | None = None,
-                 score_all: bool = False) -> None:
+                 score_all: bool = False, sampling: str = "fair") -> None:
         super().__init__(seed)
+        self.sampling = check_choice("sampling", sampling, SAMPLINGS)
         self.score_all = check_type("score_all", score_all, bool)
         self.all_scores: list[tuple[dict[str, str], float]] = []
         self.population = check_int("population", population, 2)

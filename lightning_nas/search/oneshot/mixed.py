@@ -38,6 +38,7 @@ class _Mixed(ChoiceModule):
         self._ctl = controller
         self._checked = False
         self.aux_skip_ok = False  # input and output shapes agree (DARTS- auxiliary skip applies)
+        self._identity: int | None = None  # index of an nn.Identity candidate (the aux skip folds into it)
 
     def candidate_names(self) -> list[str]:
         return list(self._names)
@@ -64,14 +65,19 @@ class _Mixed(ChoiceModule):
         if not self._checked:
             self._check_shapes(*args, **kwargs)
         idx, w = self._ctl.weights(self.label)
+        beta = self._ctl.aux_beta if self.aux_skip_ok and self.training else 0.0
         if w is None:
             out = self._run(idx[0], *args, **kwargs)
-        else:
-            out = sum(wi * self._run(i, *args, **kwargs) for i, wi in zip(idx, w))
-        beta = self._ctl.aux_beta
-        if beta > 0 and self.aux_skip_ok and self.training:
-            out = out + beta * args[0]
-        return out
+            return out + beta * args[0] if beta > 0 else out
+        ws = list(w.unbind())
+        if beta > 0 and self._identity in idx:  # DARTS-: fold the auxiliary skip into the skip's weight
+            j = idx.index(self._identity)
+            ws[j], beta = ws[j] + beta, 0.0
+        out = None  # weighted sum with one fused op per further candidate (cheaper than sum(w_i * y_i))
+        for i, wi in zip(idx, ws):
+            y = self._run(i, *args, **kwargs)
+            out = y * wi if out is None else torch.addcmul(out, y, wi)
+        return out + beta * args[0] if beta > 0 else out
 
 
 class MixedLayer(_Mixed):
@@ -88,6 +94,7 @@ class MixedLayer(_Mixed):
             self._ops = [view.frozen(n) for n in self._names]
             for n, m in zip(self._names, self._ops):
                 self.add_module(n, m)
+        self._identity = next((i for i, op in enumerate(self._ops) if type(op) is nn.Identity), None)
 
     def _run(self, i: int, *args: Any, **kwargs: Any) -> Any:
         return self._ops[i](*args, **kwargs)

@@ -28,6 +28,7 @@ from lightning_nas.search.oneshot.mixed import MixedInput, MixedLayer, _Mixed
 from lightning_nas.space import decisions, named_choices
 
 MODES = ("darts", "gdas", "spos")
+SAMPLINGS = ("fair", "uniform")
 REMEDIES = ("none", "darts-", "beta-decay")
 
 
@@ -41,8 +42,10 @@ class Supernet:
 
     def __init__(self, model: nn.Module, mode: str = "darts", *, arch_lr: float = 3e-3,
                  arch_weight_decay: float = 1e-3, tau: float = 10.0, remedy: str = "none",
-                 beta_decay_weight: float = 1.0, seed: int = 0, device: torch.device | str | None = None) -> None:
+                 beta_decay_weight: float = 1.0, seed: int = 0, device: torch.device | str | None = None,
+                 sampling: str = "fair") -> None:
         self.mode = check_choice("mode", mode, MODES)
+        self.sampling = check_choice("sampling", sampling, SAMPLINGS)
         self.remedy = check_choice("remedy", remedy, REMEDIES)
         check_range("arch_lr", arch_lr, 0.0, 1.0, low_inclusive=False)
         check_range("tau", tau, 0.0, None, low_inclusive=False)
@@ -63,6 +66,7 @@ class Supernet:
         self.beta_decay_weight = float(beta_decay_weight)
         self.generator = torch.Generator().manual_seed(int(seed))
         self.path = {lb: 0 for lb in self.labels}
+        self._queue: dict[str, list[int]] = {lb: [] for lb in self.labels}  # SPOS fair sampling
         self._gumbel = {lb: torch.zeros(len(self.names[lb])) for lb in self.labels}
         self.fixed: dict[str, int] | None = None  # evaluate one architecture of the supernet
         self.removed: dict[str, int] = {}  # op ablation: a candidate taken out of a decision
@@ -91,7 +95,7 @@ class Supernet:
             return [self.path[label]], None
         a = self.alpha[label] if self.arch_grad else self.alpha[label].detach()
         if self.mode == "darts":
-            return keep, torch.softmax(a[keep], 0)
+            return keep, torch.softmax(a if len(keep) == n else a[keep], 0)
         # gdas: one Gumbel-sampled path while training; the best remaining path when evaluating
         if not self._training():
             return [keep[int(torch.argmax(a.detach()[keep]))]], None
@@ -104,12 +108,22 @@ class Supernet:
 
     # ------------------------------------------------------------------ sampling and steps
     def resample(self) -> None:
-        """Draw the next path(s) from the private generator: Gumbel noise (GDAS) or a uniform path (SPOS)."""
+        """Draw the next path(s) from the private generator: Gumbel noise (GDAS) or a path (SPOS).
+
+        SPOS ``sampling="uniform"``: each decision drawn independently per step (Guo et al. 2020);
+        ``"fair"`` (strict fairness, Chu et al. 2021, FairNAS): each decision walks through a random permutation
+        of its candidates, so over every ``n`` steps each candidate is trained exactly once (same cost, fewer
+        under-trained candidates and a better supernet ranking).
+        """
         for lb in self.labels:
             n = len(self.names[lb])
             if self.mode == "gdas":
                 u = torch.rand(n, generator=self.generator).clamp_(1e-9, 1 - 1e-9)
                 self._gumbel[lb] = -torch.log(-torch.log(u))
+            elif self.mode == "spos" and self.sampling == "fair":
+                if not self._queue[lb]:
+                    self._queue[lb] = torch.randperm(n, generator=self.generator).tolist()
+                self.path[lb] = self._queue[lb].pop()
             elif self.mode == "spos":
                 self.path[lb] = int(torch.randint(n, (1,), generator=self.generator))
 
@@ -149,7 +163,8 @@ class Supernet:
             self.arch_grad = True
             try:
                 loss = loss_fn()
-                loss = loss + self.regulariser().to(loss.device)
+                if self.remedy == "beta-decay":
+                    loss = loss + self.regulariser().to(loss.device)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
             finally:
                 self.arch_grad = False
@@ -229,7 +244,8 @@ class Supernet:
         return {"alpha": {lb: a.detach().cpu().clone() for lb, a in self.alpha.items()},
                 "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
                 "tau": self.tau, "rng": self.generator.get_state(), "path": dict(self.path),
-                "gumbel": {lb: g.clone() for lb, g in self._gumbel.items()}, "progress": self.progress}
+                "gumbel": {lb: g.clone() for lb, g in self._gumbel.items()}, "progress": self.progress,
+                "queue": {lb: list(q) for lb, q in self._queue.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if sorted(state["alpha"]) != sorted(self.labels):
@@ -245,3 +261,4 @@ class Supernet:
         self.path = dict(state["path"])
         self._gumbel = {lb: g.clone() for lb, g in state["gumbel"].items()}
         self.set_progress(state["progress"])
+        self._queue = {lb: list(state.get("queue", {}).get(lb, [])) for lb in self.labels}
