@@ -128,7 +128,10 @@ def _compact(data: bytes, drop_zero_points: bool) -> bytes:
             return name
         name = alias.get(name, name)
         if name not in names:
-            names[name] = _short(next(counter))
+            short = _short(next(counter))
+            while short in keep_names:  # never reuse a graph input/output name
+                short = _short(next(counter))
+            names[name] = short
         return names[name]
 
     for node in g.node:
