@@ -58,6 +58,36 @@ def test_int8_torch_and_onnx_agree_with_dynamic_batch():
         np.testing.assert_allclose(out, ref[:n].numpy(), atol=0.1)
 
 
+def test_compact_onnx_forms_run_bit_identically_and_are_smaller():
+    import onnx
+
+    from lightning_nas.compress.quantize_onnx import check_same_outputs, compact_onnx
+    from lightning_nas.deploy.export import onnx_bytes, onnx_session
+
+    model, qat, x, _ = _qat(width=16)
+    int8 = Q.convert_int8(qat)
+    raw, qdq, fused = (Q.export_int8_onnx(int8, x[:1], form=f) for f in ("raw", "qdq", "fused"))
+    assert len(fused) < len(qdq) < 0.85 * len(raw)
+    xs = x.numpy()
+    check_same_outputs(raw, qdq, xs)  # same kernels, same scales: bit-identical
+    check_same_outputs(raw, fused, xs)
+    g = onnx.load_from_string(qdq).graph
+    assert {n.domain for n in g.node} <= {""}  # portable: standard ONNX ops only
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in g.node}
+    assert sorted(Q.int8_onnx_ops(qdq)) == sorted(Q.int8_onnx_ops(raw))  # ORT still fuses QLinearConv / QGemm
+    assert "QLinearConv" in {n.op_type for n in onnx.load_from_string(fused).graph.node}
+    names = [t.name for t in g.initializer]
+    assert len(names) == len(set(names)) and max(map(len, names)) <= 6
+    contents = {(t.data_type, tuple(t.dims), onnx.numpy_helper.to_array(t).tobytes()) for t in g.initializer}
+    assert len(contents) == len(names)  # identical initializers stored once
+    sess = onnx_session(qdq)
+    assert sess.run(None, {"input": xs[:37]})[0].shape == (37, 10)  # batch axis still dynamic
+    fp = onnx_bytes(model.eval(), x[:1])  # a float graph compacts too
+    check_same_outputs(fp, compact_onnx(fp), xs)
+    with pytest.raises(ValueError, match="form"):
+        Q.export_int8_onnx(int8, x[:1], form="zip")
+
+
 def test_skip_keeps_layer_float_and_ptq_baseline():
     model, qat, x, y = _qat(skip=["classifier"])
     assert "classifier" not in Q.qat_layers(qat)

@@ -49,6 +49,8 @@ class QuantizationAware(LightningNASCallback):
             child holding a Conv/Linear layer is chosen).
         backend: ``"x86"`` or ``"fbgemm"`` (torch.ao quantized engine and qconfig).
         onnx_path: where rank zero writes the int8 ONNX model at the end of fit (optional).
+        onnx_form: ``"qdq"`` compact portable QDQ graph, ``"fused"`` ONNX Runtime's fused QLinear graph
+            (smallest; ONNX Runtime CPU only) or ``"raw"`` the exporter's output (see ``export_int8_onnx``).
         measure: measure size and batch latency of fp32 vs int8 (torch and ONNX Runtime) at fit end.
         explain: log ``quant/<layer>/sqnr_db`` each validation epoch and the per-layer sensitivity table
             (``explain/sensitivity``) at fit end, on the first ``explain_batches`` validation batches.
@@ -70,6 +72,7 @@ class QuantizationAware(LightningNASCallback):
         module_name: str = "",
         backend: str = "x86",
         onnx_path: str | None = None,
+        onnx_form: str = "qdq",
         measure: bool = True,
         explain: bool = True,
         explain_batches: int = 4,
@@ -87,6 +90,7 @@ class QuantizationAware(LightningNASCallback):
         self.module_name = check_type("module_name", module_name, str)
         self.backend = check_choice("backend", backend, Q.BACKENDS)
         self.onnx_path = check_type("onnx_path", onnx_path, (str, Path), allow_none=True)
+        self.onnx_form = check_choice("onnx_form", onnx_form, Q.ONNX_FORMS)
         self.measure, self.explain = check_type("measure", measure, bool), check_type("explain", explain, bool)
         self.explain_batches = check_int("explain_batches", explain_batches, 1)
         self.qat_steps = 0
@@ -242,14 +246,15 @@ class QuantizationAware(LightningNASCallback):
         return self.int8_model
 
     def export_onnx(self, path: str | Path) -> Path:
-        """Write the int8 ONNX QDQ model (dynamic batch axis) to ``path``; returns the path."""
+        """Write the int8 ONNX model (``onnx_form``, dynamic batch axis) to ``path``; returns the path."""
         if self.int8_model is None:
             self.convert()
         if self.onnx_model is None:
             example = self._example if self._example is not None else None
             if example is None:
                 raise RuntimeError("QuantizationAware.export_onnx(): no example input was seen during fit")
-            self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1].cpu() for a in example))
+            self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1].cpu() for a in example),
+                                                form=self.onnx_form)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.onnx_model)
@@ -274,7 +279,7 @@ class QuantizationAware(LightningNASCallback):
              "quant/int8_latency_ms": q.latency_ms, "quant/speedup": fp.latency_ms / q.latency_ms}
         try:
             if self.onnx_model is None:
-                self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1] for a in x))
+                self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1] for a in x), form=self.onnx_form)
             sess = onnx_session(self.onnx_model)
             feeds = {i.name: a.numpy() for i, a in zip(sess.get_inputs(), x)}
             m["quant/onnx_int8_latency_ms"] = _time(lambda: sess.run(None, feeds), 20, 3)[0]

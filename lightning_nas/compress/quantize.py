@@ -208,15 +208,27 @@ def post_training_quantize(model: nn.Module, calibration: Iterable[Any], backend
         return _int8_runnable(convert_fx(prepared))
 
 
-def export_int8_onnx(int8_model: nn.Module, example_input: Any, path: str | Path | None = None) -> bytes:
-    """ONNX QDQ bytes of a converted int8 model (dynamic batch axis); also written to ``path`` when given.
+ONNX_FORMS = ("qdq", "fused", "raw")
 
-    Raises ``RuntimeError`` naming the op when the int8 model holds an op the exporter does not know.
+
+def export_int8_onnx(int8_model: nn.Module, example_input: Any, path: str | Path | None = None,
+                     form: str = "qdq") -> bytes:
+    """ONNX bytes of a converted int8 model (dynamic batch axis); also written to ``path`` when given.
+
+    ``form``: ``"qdq"`` (default) the exporter's QDQ graph compacted by ``compact_onnx`` (portable standard
+    ops, bit-identical outputs in ONNX Runtime, ~20% smaller at 32 channels); ``"fused"`` ONNX Runtime's
+    offline-optimized graph (``QLinearConv``/``QGemm``: smallest, runs on ONNX Runtime's CPU provider only);
+    ``"raw"`` the exporter's output as is. Raises ``RuntimeError`` naming the op when the int8 model holds an
+    op the exporter does not know.
     """
+    from lightning_nas.compress.quantize_onnx import compact_onnx
     from lightning_nas.deploy.export import onnx_bytes
 
+    check_choice("form", form, ONNX_FORMS)
     with _quiet(), allow_int8_kernels():  # tracing bypasses the per-call hooks of _int8_runnable
         data = onnx_bytes(int8_model, example_input)
+    if form != "raw":
+        data = compact_onnx(data, fuse=form == "fused")
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(data)
@@ -239,6 +251,7 @@ def int8_onnx_ops(onnx_model: bytes) -> list[str]:
         return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
 
 
-__all__ = ["BACKENDS", "QUANTIZABLE", "allow_int8_kernels", "convert_int8", "export_int8_onnx", "fake_quant_modules", "int8_onnx_ops",
+__all__ = ["BACKENDS", "ONNX_FORMS", "QUANTIZABLE", "allow_int8_kernels", "convert_int8", "export_int8_onnx",
+           "fake_quant_modules", "int8_onnx_ops",
            "post_training_quantize", "prepare_qat", "qat_layers", "quant_state", "quantizable_layers",
            "set_bn_frozen", "set_fake_quant", "set_observers"]
