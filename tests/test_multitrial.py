@@ -15,7 +15,7 @@ from lightning_nas.data import DigitsDataModule
 from lightning_nas.models import Classifier, DigitsCNN
 from lightning_nas.search import (STRATEGIES, RegularizedEvolutionSampler, ReinforceSampler, SearchTrial,
                                   StorageUnreachableError, TrialPruningCallback, run)
-from lightning_nas.search.multitrial import record_search_space
+from lightning_nas.search.multitrial import find_duplicate, record_search_space
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 TINY = dict(max_epochs=1, limit_train_batches=3, limit_val_batches=2)
@@ -164,6 +164,33 @@ def test_grid_enumerates_the_whole_discrete_space(dm, tmp_path):
     assert combos == {(4, "conv3"), (4, "skip"), (8, "conv3"), (8, "skip")}
     with pytest.raises(ValueError, match="needs discrete hyperparameters"):
         run(build_space, dm, objectives="val_acc", n_trials=2, strategy="grid", out_dir=tmp_path)
+
+
+def test_dedup_answers_a_repeated_configuration_from_the_study_without_a_fit(dm, tmp_path):
+    import lightning as L
+
+    fits = []
+
+    class CountFits(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            fits.append(1)
+
+    def build(trial):  # two configurations in all
+        return Classifier(DigitsCNN(4), lr=trial.choice("lr", [1e-3, 3e-3]))
+
+    res = run(build, dm, objectives="val_acc", n_trials=3, strategy="random", seed=0, dedup=True,
+              trainer_kwargs=dict(TINY, callbacks=[CountFits()]), out_dir=tmp_path, summary=False)
+    trials = res.study.trials
+    fitted = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    dups = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert len(fits) == len(fitted) == 2 and {t.params["lr"] for t in fitted} == {1e-3, 3e-3}
+    assert len(dups) == 3  # the space is exhausted: the search ends after n_trials answers from the study
+    for t in dups:
+        orig = trials[t.user_attrs["duplicate_of"]]
+        assert orig.number < t.number and orig.params == t.params and orig.values == t.values
+        assert "duplicate_of" not in orig.user_attrs and t.user_attrs["metrics"] == orig.user_attrs["metrics"]
+    assert find_duplicate(res.study, {"lr": 3e-3}).number in {t.number for t in fitted}
+    assert find_duplicate(res.study, {"lr": 1e-2}) is None
 
 
 def test_pruning_stops_bad_trials_through_the_callback(dm, tmp_path):

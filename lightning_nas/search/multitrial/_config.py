@@ -17,6 +17,7 @@
     out_dir: nas_runs/search
     wandb: false                            # true/offline or online
     heartbeat_interval: 60
+    dedup: false                            # true: a repeated configuration is answered from the study
     storage: sqlite:///study.db             # --storage overrides
     study_name: digits                      # --study overrides
 """
@@ -32,7 +33,7 @@ from typing import Any
 
 _KEYS = {"build", "datamodule", "objectives", "n_trials", "strategy", "pruner", "seed", "trainer", "sampler_kwargs",
          "timeout", "out_dir", "wandb", "wandb_project", "heartbeat_interval", "grace_period", "storage",
-         "study_name", "search_space"}
+         "study_name", "search_space", "dedup"}
 
 
 def import_object(spec: str, what: str = "object") -> Any:
@@ -115,4 +116,4 @@ def run_config(path: str | Path, storage: str | None = None, study_name: str | N
                sampler_kwargs=cfg.get("sampler_kwargs"), wandb=cfg.get("wandb", False),
                wandb_project=cfg.get("wandb_project", "lightning-nas-search"),
                out_dir=cfg.get("out_dir", "nas_runs/search"), heartbeat_interval=cfg.get("heartbeat_interval", 60),
-               grace_period=cfg.get("grace_period"))
+               grace_period=cfg.get("grace_period"), dedup=cfg.get("dedup", False))

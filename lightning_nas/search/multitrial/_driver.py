@@ -162,11 +162,17 @@ def run(
     heartbeat_interval: int | None = 60,
     grace_period: int | None = None,
     summary: bool = True,
+    dedup: bool = False,
 ) -> SearchResult:
     """Search hyperparameters and architecture with one Lightning fit per trial; see ``docs/sections/4-multitrial.md``.
 
     ``n_trials`` is the study's total budget of finished (complete or pruned) trials, shared by every worker on
     ``storage`` and counted across resumes: rerunning with the same ``storage`` and ``study_name`` continues.
+
+    ``dedup=True``: a trial whose sampled parameters equal those of an earlier complete trial is not fitted; it
+    is completed with that trial's values (user attribute ``duplicate_of``) and does not count toward
+    ``n_trials``. The search also ends once as many trials as ``n_trials`` were answered so (the sampler keeps
+    proposing what it has seen, or the space is exhausted).
     """
     if not callable(build):
         raise TypeError(f"`build` must be a callable trial -> LightningModule, got {type(build).__name__}")
@@ -178,6 +184,7 @@ def run(
     if timeout is not None:
         check_range("timeout", timeout, 0.0, None, low_inclusive=False)
     check_type("study_name", study_name, str, allow_none=True)
+    check_type("dedup", dedup, bool)
     mode = _wandb_mode(wandb)
     trainer_kwargs = dict(trainer_kwargs or {})
     metric_objs = [k for k in objs if k not in COSTS]
@@ -208,11 +215,8 @@ def run(
     value_labels: dict[str, list[Any]] = {}
 
     def objective(ot: optuna.trial.Trial) -> float | tuple[float, ...]:
-        ahead = study._storage.get_all_trials(study._study_id, deepcopy=False,
-                                              states=_COUNTED + (TrialState.RUNNING,))
-        if sum(t.number < ot.number for t in ahead) >= n_trials:
-            ot.set_user_attr("surplus", True)
-            raise _Surplus(f"trial {ot.number}: the study already has {n_trials} trials")
+        if not dedup:
+            _check_budget(study, ot, n_trials)
         trial = SearchTrial(ot)
         module = build_resolved(build, trial, value_labels)
         if not isinstance(module, L.LightningModule):
@@ -220,6 +224,13 @@ def run(
         dm = datamodule if _is_datamodule(datamodule) else datamodule(trial)
         if not _is_datamodule(dm):
             raise TypeError(f"the `datamodule` callable must return a LightningDataModule, got {type(dm).__name__}")
+        if dedup:
+            seen = find_duplicate(study, ot.params, before=ot.number)
+            if seen is not None:
+                ot.set_user_attr("duplicate_of", seen.number)
+                ot.set_user_attr("metrics", seen.user_attrs.get("metrics", {}))
+                return seen.values[0] if len(objs) == 1 else tuple(seen.values)
+            _check_budget(study, ot, n_trials)
         kw = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
                   enable_checkpointing=False, logger=False, default_root_dir=str(out / f"trial-{ot.number}"))
         kw.update(trainer_kwargs)
@@ -270,8 +281,9 @@ def run(
                     optuna.storages.fail_stale_trials(study)
             counted = study._storage.get_all_trials(study._study_id, deepcopy=False,
                                                     states=_COUNTED + (TrialState.RUNNING,))
+            dups = sum("duplicate_of" in t.user_attrs for t in counted)
             left = None if timeout is None else timeout - (time.monotonic() - t0)
-            if len(counted) >= n_trials or (left is not None and left <= 0):
+            if len(counted) - dups >= n_trials or dups >= n_trials or (left is not None and left <= 0):
                 break
             study.optimize(objective, n_trials=1, timeout=left, catch=(_Surplus,), gc_after_trial=False)
     best = _best_trials(study)
@@ -281,6 +293,22 @@ def run(
 
         summarize(result, out / "summary", wandb_mode=mode, wandb_project=wandb_project)
     return result
+
+
+def _check_budget(study: optuna.Study, ot: optuna.trial.Trial, n_trials: int) -> None:
+    ahead = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_COUNTED + (TrialState.RUNNING,))
+    if sum(t.number < ot.number and "duplicate_of" not in t.user_attrs for t in ahead) >= n_trials:
+        ot.set_user_attr("surplus", True)
+        raise _Surplus(f"trial {ot.number}: the study already has {n_trials} trials")
+
+
+def find_duplicate(study: optuna.Study, params: Mapping[str, Any], before: int | None = None) -> FrozenTrial | None:
+    """The first complete trial of ``study`` (numbered below ``before``, if given) whose parameters equal
+    ``params``, or ``None``: what ``run(..., dedup=True)`` answers a repeated configuration with."""
+    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.COMPLETE,)):
+        if (before is None or t.number < before) and t.params == dict(params):
+            return t
+    return None
 
 
 def _best_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -70,7 +70,8 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
     engine_kwargs = {"connect_args": {"connect_timeout": 10}} if scheme.startswith("postgres") else None
     try:
         # Workers started together on a fresh database race to create its tables; the loser sees "already
-        # exists" (SQLite) or a unique violation (PostgreSQL). Tables are there by then: try again.
+        # exists" or "UNIQUE constraint failed" (SQLite) or a unique violation (PostgreSQL). Tables are there by
+        # then: try again.
         for attempt in range(5):
             try:
                 with warnings.catch_warnings():
@@ -78,7 +79,7 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
                     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
             except Exception as exc:  # noqa: BLE001
                 text = str(getattr(exc, "orig", None) or exc)
-                if attempt == 4 or not ("already exists" in text or "duplicate key" in text):
+                if attempt == 4 or not any(m in text for m in ("already exists", "duplicate key", "UNIQUE constraint")):
                     raise
                 time.sleep(0.2 * (attempt + 1))
     except ImportError as exc:
