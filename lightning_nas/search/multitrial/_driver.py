@@ -164,7 +164,7 @@ def run(
     summary: bool = True,
     dedup: bool = False,
 ) -> SearchResult:
-    """Search hyperparameters and architecture with one Lightning fit per trial; see ``docs/sections/4-multitrial.md``.
+    """Search hyperparameters and architecture with one Lightning fit per trial; README "Multi-trial search".
 
     ``n_trials`` is the study's total budget of finished (complete or pruned) trials, shared by every worker on
     ``storage`` and counted across resumes: rerunning with the same ``storage`` and ``study_name`` continues.
