@@ -51,7 +51,7 @@ def _row(sp: ModuleType, space: str, setting: str, name: str, seed: int, epochs:
     h = r["history"]
     marks = sorted({min(len(h), e) for e in (12, len(h) // 2, len(h))})
     won = sum(a == "skip" for a in r["arch"].values())
-    row = [space, setting, name, seed, key, acc[key], best - acc[key], won,
+    row = [space, setting, name, seed, key, f"{acc[key]:.2f}", best - acc[key], won,
            " / ".join(f"{p:.2f}" for p in r["p_skip"]), sum(p > 0.5 for p in r["p_skip"]),
            ", ".join(f"{h[e - 1]:.2f} (ep {e})" for e in marks)]
     print(row, f"{r['seconds']:.0f} s", flush=True)
@@ -75,6 +75,18 @@ def section(seeds: list[int], epochs: int) -> str:
         summary.append([*group, len(rs), sum(r[6] for r in rs) / len(rs), max(r[6] for r in rs),
                         f"{sum(p_skip) / len(p_skip):.2f}", f"{max(p_skip):.2f}",
                         f"{sum(r[7] for r in rs)} of {3 * len(rs)}", sum(r[7] >= 2 for r in rs)])
+    by = {tuple(r[:3]): r for r in summary}
+
+    def verdict(group: tuple[str, str, str]) -> str:
+        r = by[group]
+        return f"mean regret {r[4]:.2f} pt (max {r[5]:.2f}), {r[9]} of {r[3]} seeds picked >= 2 skips"
+
+    long_s = f"{long} ep"
+    verdicts = ("\n\nLong search: plain DARTS on the cell space: " + verdict(("cell", long_s, "DARTS"))
+                + "; with DARTS-: " + verdict(("cell", long_s, "DARTS + DARTS- (aux skip)"))
+                + "; with beta-decay: " + verdict(("cell", long_s, "DARTS + beta-decay"))
+                + "; plain DARTS on the chain space (control): " + verdict(("chain (control)", long_s, "DARTS"))
+                + ".")
     ranked = sorted(acc.items(), key=lambda kv: -kv[1])
     pos = {k: i + 1 for i, (k, _) in enumerate(ranked)}
     skips = [(k, v) for k, v in ranked if k.count("skip") >= 2]
@@ -89,7 +101,8 @@ def section(seeds: list[int], epochs: int) -> str:
         f"{truth['budget']['seeds']}, mean test accuracy (`results/digits_cell_space_truth.json`). Best "
         f"{ranked[0][0]} {ranked[0][1]:.2f} %; {sum(best - v <= 0.5 for v in acc.values())} architectures lie "
         f"within 0.5 pt of it (the top is flat); the best with >= 2 skips: "
-        + ", ".join(f"{k} {v:.2f} % (rank {pos[k]})" for k, v in skips[:3]) + f", all-skip {acc['skip-skip-skip']:.2f} %. "
+        + ", ".join(f"{k} {v:.2f} % (rank {pos[k]})" for k, v in skips[:3])
+        + f", all-skip {acc['skip-skip-skip']:.2f} %. "
         f"Searches: library defaults (`DifferentiableNAS('darts', remedy=...)`: arch_lr 3e-3, first order, "
         f"Adam weights lr 3e-3), seeds {seeds}, {epochs} epochs and a long search of {long} epochs ({LONG_FACTOR}x; "
         "a longer search is the published trigger of the collapse: Liang et al. 2019 (DARTS+), Bi et al. 2019, "
@@ -100,6 +113,7 @@ def section(seeds: list[int], epochs: int) -> str:
         "(argmax) and a skip-heavy, standalone-worse architecture.\n\n"
         + table(["space", "search", "mode", "seeds", "regret mean (pt)", "regret max (pt)", "mean final p(skip)",
                  "max final p(skip)", "decisions won by skip", "seeds picking >= 2 skips"], summary)
+        + verdicts
         + "\n\nPer seed:\n\n"
         + table(["space", "search", "mode", "seed", "found", "standalone acc (%)", "regret (pt)",
                  "decisions won by skip", "final p(skip) per decision", "decisions with p(skip) > 0.5",

@@ -19,8 +19,8 @@ a 33x larger architecture learning rate (published causes of the collapse onto `
 and regret. The collapse test on a DARTS-style cell space (``_digits_cell_space.py``, where a skip can act as a
 residual; ``_cell_collapse.py``) follows as its own section, ``results/oneshot_search_cell.md``: plain DARTS,
 DARTS- and beta-DARTS, all seeds, default and 8x longer search, plus plain DARTS on the chain space with
-the long search as the control (~17 min for 4 seeds on one thread; ``--skip-collapse`` leaves it out, ``--only-collapse``
-runs only it).
+the long search as the control (~17 min for 4 seeds on one thread; ``--skip-collapse`` leaves it out,
+``--only-collapse`` runs only it).
 
 Run: ``python benchmarks/oneshot_search.py [--epochs 12] [--seeds 0 1 2 3] [--recompute] [--no-stress]
 [--skip-collapse | --only-collapse]``.
@@ -179,7 +179,8 @@ def main() -> None:
             f"\n\n**Collapse stress**: {STRESS['epochs_factor'] * args.epochs} epochs and "
             f"`arch_lr={STRESS['arch_lr']}` (33x the default), two published triggers of DARTS' collapse onto "
             "`skip` (long search, fast architecture updates); a collapse shows as p(skip) near 1 on most "
-            "decisions.\n\n"
+            "decisions. (In this chain space a skip only deletes a block; the next section tests a cell space where "
+            "it acts as a residual.)\n\n"
             + table(["mode", "seed", "found", "regret (pt)", "mean p(skip)", "max p(skip) (one decision)",
                      "final entropy (nats)"], srows))
     top = sorted(acc.items(), key=lambda kv: -kv[1])[:3]
