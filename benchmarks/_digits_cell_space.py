@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
+import _digits_space as ds  # the chain space's standalone training and truth rows (same budget)
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lightning_nas import space
@@ -82,53 +81,14 @@ def arch_key(arch: dict[str, str]) -> str:
 
 
 def train_standalone(arch: dict[str, str], seed: int, epochs: int = BUDGET["epochs"]) -> dict[str, Any]:
-    """Train ``arch`` from scratch (plain torch loop, the fixed budget); return val/test accuracy and time."""
-    from lightning_nas.data import DigitsDataModule
-
-    dm = DigitsDataModule(batch_size=BUDGET["batch_size"], seed=0)
-    torch.manual_seed(seed)
-    model = build_model(arch)
-    opt = torch.optim.Adam(model.parameters(), lr=BUDGET["lr"])
-    xtr, ytr = dm.split("train").tensors
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(ytr), generator=gen)
-        for i in range(0, len(ytr), BUDGET["batch_size"]):
-            idx = perm[i:i + BUDGET["batch_size"]]
-            opt.zero_grad()
-            F.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
-            opt.step()
-    seconds = time.perf_counter() - t0
-    model.eval()
-    out = {"seconds": seconds}
-    with torch.no_grad():
-        for split in ("val", "test"):
-            x, y = dm.split(split).tensors
-            out[f"{split}_acc"] = float((model(x).argmax(1) == y).float().mean())
-    return out
+    """Train ``arch`` from scratch with the chain space's loop and budget; val/test accuracy and time."""
+    return ds.train_standalone(arch, seed, epochs, build=build_model)
 
 
 def compute_truth(seeds: list[int] | None = None, cached: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train all 27 architectures with every seed (seeds already in ``cached`` are reused, not retrained)."""
-    seeds = list(BUDGET["seeds"] if seeds is None else seeds)
-    old: dict[tuple[str, int], dict[str, Any]] = {}
-    if cached and cached["budget"].get("epochs") == BUDGET["epochs"]:
-        for r in cached["archs"]:
-            for i, s in enumerate(cached["budget"]["seeds"]):
-                old[(r["key"], s)] = {"val_acc": r["val_acc_per_seed"][i], "test_acc": r["test_acc_per_seed"][i],
-                                      "seconds": r["seconds"]}
-    rows = []
-    for arch in ARCHS:
-        runs = [old.get((arch_key(arch), s)) or train_standalone(arch, s) for s in seeds]
-        rows.append({"arch": arch, "key": arch_key(arch),
-                     "val_acc": sum(r["val_acc"] for r in runs) / len(runs),
-                     "test_acc": sum(r["test_acc"] for r in runs) / len(runs),
-                     "test_acc_per_seed": [r["test_acc"] for r in runs],
-                     "val_acc_per_seed": [r["val_acc"] for r in runs],
-                     "seconds": sum(r["seconds"] for r in runs) / len(runs)})
-    return {"budget": dict(BUDGET, seeds=seeds), "archs": rows}
+    truth = ds.compute_truth(list(BUDGET["seeds"] if seeds is None else seeds), cached, ARCHS, arch_key, build_model)
+    return dict(truth, budget=dict(BUDGET, seeds=truth["budget"]["seeds"]))
 
 
 def load_truth(recompute: bool = False) -> dict[str, Any]:

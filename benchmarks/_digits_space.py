@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +67,15 @@ def arch_key(arch: dict[str, str]) -> str:
     return "-".join(arch[lb] for lb in LABELS)
 
 
-def train_standalone(arch: dict[str, str], seed: int, epochs: int = BUDGET["epochs"]) -> dict[str, Any]:
-    """Train ``arch`` from scratch (plain torch loop, the fixed budget); return val/test accuracy and time."""
+def train_standalone(arch: dict[str, str], seed: int, epochs: int = BUDGET["epochs"],
+                     build: Callable[[dict[str, str]], nn.Module] | None = None) -> dict[str, Any]:
+    """Train ``arch`` from scratch (plain torch loop, the fixed budget); return val/test accuracy and time.
+    ``build``: the space's ``build_model`` (default: this chain space's; the cell space passes its own)."""
     from lightning_nas.data import DigitsDataModule
 
     dm = DigitsDataModule(batch_size=BUDGET["batch_size"], seed=0)
     torch.manual_seed(seed)
-    model = build_model(arch)
+    model = (build or build_model)(arch)
     opt = torch.optim.Adam(model.parameters(), lr=BUDGET["lr"])
     xtr, ytr = dm.split("train").tensors
     gen = torch.Generator().manual_seed(seed)
@@ -95,8 +98,9 @@ def train_standalone(arch: dict[str, str], seed: int, epochs: int = BUDGET["epoc
     return out
 
 
-def _row(arch: dict[str, str], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"arch": arch, "key": arch_key(arch),
+def truth_row(arch: dict[str, str], key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One architecture's entry of a truth file: mean and per-seed val/test accuracy of its standalone runs."""
+    return {"arch": arch, "key": key,
             "val_acc": sum(r["val_acc"] for r in runs) / len(runs),
             "test_acc": sum(r["test_acc"] for r in runs) / len(runs),
             "test_acc_per_seed": [r["test_acc"] for r in runs],
@@ -104,11 +108,14 @@ def _row(arch: dict[str, str], runs: list[dict[str, Any]]) -> dict[str, Any]:
             "seconds": sum(r["seconds"] for r in runs) / len(runs)}
 
 
-def compute_truth(seeds: list[int] | None = None, cached: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train all 27 architectures with every seed; mean accuracies per architecture.
+def compute_truth(seeds: list[int] | None = None, cached: dict[str, Any] | None = None, archs: list[dict[str, str]]
+                  | None = None, key: Callable[[dict[str, str]], str] = arch_key,
+                  build: Callable[[dict[str, str]], nn.Module] | None = None) -> dict[str, Any]:
+    """Train every architecture (default: this space's 27) with every seed; mean accuracies per architecture.
 
     Seeds already in ``cached`` (an earlier truth with the same epochs) are reused, not retrained: training is
-    deterministic per seed (one thread), so extending the seed list only trains the new seeds.
+    deterministic per seed (one thread), so extending the seed list only trains the new seeds. ``archs``,
+    ``key`` and ``build`` make it serve another space of the same budget (the cell space).
     """
     seeds = list(BUDGET["seeds"] if seeds is None else seeds)
     old: dict[tuple[str, int], dict[str, Any]] = {}
@@ -118,9 +125,9 @@ def compute_truth(seeds: list[int] | None = None, cached: dict[str, Any] | None 
                 old[(r["key"], s)] = {"val_acc": r["val_acc_per_seed"][i], "test_acc": r["test_acc_per_seed"][i],
                                       "seconds": r["seconds"]}
     rows = []
-    for arch in ARCHS:
-        runs = [old.get((arch_key(arch), s)) or train_standalone(arch, s) for s in seeds]
-        rows.append(_row(arch, runs))
+    for arch in ARCHS if archs is None else archs:
+        runs = [old.get((key(arch), s)) or train_standalone(arch, s, build=build) for s in seeds]
+        rows.append(truth_row(arch, key(arch), runs))
     return {"budget": dict(BUDGET, seeds=seeds), "archs": rows}
 
 

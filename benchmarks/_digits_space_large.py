@@ -92,10 +92,7 @@ def compute_truth(path: Path = TRUTH_PATH) -> dict[str, Any]:
     rows = []
     for arch in ARCHS:
         r = [runs[f"{arch_key(arch)}/{s}"] for s in SEEDS]
-        rows.append({"arch": arch, "key": arch_key(arch),
-                     "val_acc": sum(x["val_acc"] for x in r) / len(r), "test_acc": sum(x["test_acc"] for x in r) / len(r),
-                     "val_acc_per_seed": [x["val_acc"] for x in r], "test_acc_per_seed": [x["test_acc"] for x in r],
-                     "seconds": sum(x["seconds"] for x in r) / len(r)})
+        rows.append(ds.truth_row(arch, arch_key(arch), r))
     truth = {"budget": BUDGET, "archs": rows}
     path.write_text(json.dumps(truth, indent=1))
     partial.unlink()
