@@ -289,6 +289,8 @@ def test_bad_input_is_refused_clearly(dm, tmp_path):
         run(build_cnn, dm, strategy="evolution", **dict(kw, objectives={"val_acc": "max", "params": "min"}))
     with pytest.raises(ValueError, match="`n_trials` must be in"):
         run(build_cnn, dm, **dict(kw, n_trials=0))
+    with pytest.raises(TypeError, match="dedup"):
+        run(build_cnn, dm, **dict(kw, dedup="yes"))
     with pytest.raises(ValueError, match=r"`objectives\['val_acc'\]` must be one of"):
         run(build_cnn, dm, **dict(kw, objectives={"val_acc": "up"}))
     with pytest.raises(ValueError, match="`options` is empty"):

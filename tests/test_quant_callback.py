@@ -158,6 +158,8 @@ def test_bad_input_fails_before_the_first_step(tmp_path, digits):
         QuantizationAware(start_epoch=-1)
     with pytest.raises(ValueError, match="backend"):
         QuantizationAware(backend="cuda")
+    with pytest.raises(ValueError, match="onnx_form"):
+        QuantizationAware(onnx_form="int4")
     with pytest.raises(TypeError, match="skip"):
         QuantizationAware(skip="classifier")
 
