@@ -108,6 +108,26 @@ def test_observers_frozen_do_not_move_in_eval():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_weight_qparams_are_initialised_before_any_observed_step():
+    # torch sizes per-channel scales on the first forward with resize_ (uninitialised bytes, NaN possible):
+    # before QAT starts they would reach checkpoints and make equal states compare unequal
+    dirty = torch.full((1 << 16,), float("nan"))
+    del dirty
+    qat = Q.prepare_qat(DigitsCNN(8).train())
+    Q.set_fake_quant(qat, False)
+    Q.set_observers(qat, False)
+    before = Q.quant_state(qat)
+    for name in Q.qat_layers(qat):
+        fq = qat.get_submodule(name).weight_fake_quant
+        channels = qat.get_submodule(name).weight.shape[0]
+        assert torch.equal(fq.scale, torch.ones(channels)) and not fq.zero_point.any()
+    with torch.no_grad():
+        qat.eval()(torch.randn(4, 1, 8, 8))
+    after = Q.quant_state(qat)
+    assert all(torch.equal(before[k], after[k]) for k in before if before[k].shape == after[k].shape)
+    assert all(before[k].shape == after[k].shape for k in before if k.endswith((".scale", ".zero_point")))
+
+
 def test_sqnr_and_sensitivity_table():
     _, qat, x, y = _qat(steps=8)
     sqnr = layer_sqnr(qat, [x[:128]])

@@ -105,7 +105,25 @@ def prepare_qat(model: nn.Module, example_inputs: tuple = (), backend: str = "x8
     name that matches nothing, a model without Conv/Linear layers, or a model FX cannot trace.
     The fake quantization is q(x) = (clamp(round(x/s) + z, q_min, q_max) - z) * s, straight-through gradient.
     """
-    return _prepare(model, tuple(example_inputs), backend, skip, qat=True)
+    return _init_weight_qparams(_prepare(model, tuple(example_inputs), backend, skip, qat=True))
+
+
+def _init_weight_qparams(model: nn.Module) -> nn.Module:
+    """Size each per-channel weight quantizer's scale / zero-point to the layer's channels (1.0 / 0) now.
+
+    torch sizes them on the first forward with ``resize_``, which leaves the new elements uninitialised (any
+    bytes, NaN included) until an observer runs: before QAT starts they would reach checkpoints and make two
+    identical states compare unequal."""
+    for mod in model.modules():
+        fq = getattr(mod, "weight_fake_quant", None)
+        weight = getattr(mod, "weight", None)
+        if fq is None or weight is None or not getattr(fq, "is_per_channel", False):
+            continue
+        channels = weight.shape[fq.ch_axis]
+        if fq.scale.numel() != channels:
+            fq.scale = torch.ones(channels, dtype=fq.scale.dtype, device=fq.scale.device)
+            fq.zero_point = torch.zeros(channels, dtype=fq.zero_point.dtype, device=fq.zero_point.device)
+    return model
 
 
 def fake_quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
