@@ -84,6 +84,19 @@ KD_SHIFT = 2
 TEACHER_EPOCHS = 20
 
 
+def quiet_worker() -> None:
+    """One benchmark process per core: one torch thread, no Lightning banners."""
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+
+
+def gap_recovered(kd: float, alone: float, teacher: float) -> float:
+    """(acc_kd - acc_alone) / (acc_teacher - acc_alone): the share of the teacher-student gap KD closes."""
+    return (kd - alone) / (teacher - alone)
+
+
 def _fit(model: torch.nn.Module, epochs: int, dm: Mnist5k, callbacks=(), shift: int = 0) -> torch.nn.Module:
     clf = Classifier(model, lr=3e-3)
     L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -115,10 +128,7 @@ def kd_cv(protocol: tuple[int, int], folds: int = 5, hidden: int = 512, teacher_
           settings: list[tuple[float, float]] = KD_SETTINGS) -> list[dict]:
     """One protocol ``(epochs, shift)`` on each fold: a teacher (seed 0) and the arms (seed = fold index).
     Returns per fold ``{"teacher" | "alone" | (T, alpha): (val acc, test acc)}``."""
-    import logging
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    torch.set_num_threads(1)
+    quiet_worker()
     epochs, shift = protocol
     out = []
     for k in range(folds):
@@ -141,8 +151,8 @@ def kd_report(folds: list[dict], settings: list[tuple[float, float]] = KD_SETTIN
             for k, (f, c) in enumerate(zip(folds, chosen))]
     pooled = lambda get: statistics.mean(get(f) for f in folds)  # noqa: E731
     t, a = pooled(lambda f: f["teacher"][1]), pooled(lambda f: f["alone"][1])
-    rec = lambda kd: (kd - a) / (t - a)  # noqa: E731
-    per_fold = [(f[c][1] - f["alone"][1]) / (f["teacher"][1] - f["alone"][1]) for f, c in zip(folds, chosen)]
+    rec = lambda kd: gap_recovered(kd, a, t)  # noqa: E731
+    per_fold = [gap_recovered(f[c][1], f["alone"][1], f["teacher"][1]) for f, c in zip(folds, chosen)]
     kd_chosen = statistics.mean(f[c][1] for f, c in zip(folds, chosen))
     lines = [f"- pooled test accuracy over all {1000 * len(folds)} images: "
              f"teacher {100 * t:.2f}%, student alone {100 * a:.2f}%, gap {100 * (t - a):.2f} pt",

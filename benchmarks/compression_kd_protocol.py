@@ -26,7 +26,8 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from benchmarks._kd_mnist import KD_SETTINGS, Mnist5k, kd_arms, train_teacher  # noqa: E402
+from benchmarks._kd_mnist import (KD_SETTINGS, Mnist5k, gap_recovered, kd_arms, quiet_worker,  # noqa: E402
+                                  train_teacher)
 from benchmarks._report import table, write_section  # noqa: E402
 
 PROTOCOLS = [(40, 0), (40, 1), (40, 2), (80, 2)]  # (epochs, max shift in pixels, both arms)
@@ -35,10 +36,7 @@ HIDDEN = 512
 
 
 def _run(protocol: tuple[int, int]) -> tuple[tuple[int, int], float, list[dict]]:
-    import logging
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    torch.set_num_threads(1)
+    quiet_worker()
     dm = Mnist5k()
     teacher = train_teacher(dm)
     epochs, shift = protocol
@@ -58,8 +56,7 @@ def main() -> None:
     for (epochs, shift), teacher, arms in results:
         mean = {k: statistics.mean(a[k][0] for a in arms) for k in arms[0]}
         chosen = max(KD_SETTINGS, key=mean.get)
-        gap = teacher - mean["alone"]
-        rec = {k: (mean[k] - mean["alone"]) / gap for k in KD_SETTINGS}
+        rec = {k: gap_recovered(mean[k], mean["alone"], teacher) for k in KD_SETTINGS}
         score[(epochs, shift)] = rec[chosen]
         rows.append([epochs, shift, f"{100 * teacher:.1f}", f"{100 * mean['alone']:.2f}",
                      *(f"{100 * mean[k]:.2f} ({rec[k]:+.2f})" for k in KD_SETTINGS),
