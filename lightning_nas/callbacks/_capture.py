@@ -11,6 +11,7 @@ run itself.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,7 @@ class ModelIO:
         self._listeners: list[tuple[int, str, Listener, Route | None]] = []
         self._route_listeners: list[tuple[int, Callable[[str, Route | None], None]]] = []
         self._warned: set[str] = set()
+        self._trainer: weakref.ref | None = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> None:
         return None  # a copied module gets its own service when a callback asks for one
@@ -99,13 +101,18 @@ class ModelIO:
             module.__dict__[_ATTR] = io
         return io
 
-    def attach(self, owner: object) -> ModelIO:
-        """Register ``owner`` (a callback) for this fit; the first one installs the step wrappers."""
-        if id(owner) in self._owners:  # the last fit ended without teardown (an exception): start afresh
+    def attach(self, owner: object, trainer: Any = None) -> ModelIO:
+        """Register ``owner`` (a callback) for the fit ``trainer`` runs; the first one installs the step wrappers.
+
+        A fit that ended in an exception skips teardown: an owner attaching again, or another trainer, means the
+        old registrations are stale and everything starts afresh."""
+        old = self._trainer() if self._trainer is not None else None
+        if id(owner) in self._owners or (trainer is not None and old is not None and old is not trainer):
             self._reset()
         if not self._owners:
             self.routes, self.examples = {}, {}
             self._install()
+            self._trainer = weakref.ref(trainer) if trainer is not None else None
         self._owners.add(id(owner))
         return self
 
@@ -121,7 +128,7 @@ class ModelIO:
         for name, wrapper in self._wrappers.items():
             if self.module.__dict__.get(name) is wrapper:
                 del self.module.__dict__[name]
-        self._wrappers, self._owners = {}, set()
+        self._wrappers, self._owners, self._trainer = {}, set(), None
         self._listeners, self._route_listeners = [], []
 
     def _install(self) -> None:
@@ -325,3 +332,26 @@ class ProbeCollector:
 def call_scores(call: RouteCall) -> torch.Tensor | None:
     """``(batch, classes)`` scores of one recorded run of the route (its output), or ``None``."""
     return per_sample_logits(call.output, batch_size(call.args, call.kwargs))
+
+
+class EvalBatches:
+    """A listener keeping the route's inputs and labels of the first ``max_batches`` validation batches of the
+    latest validation run (CPU copies), for explanations that need accuracy on what the model receives."""
+
+    def __init__(self, max_batches: int, labels: Callable[[Any, int], torch.Tensor | None] = labels_of) -> None:
+        self.max_batches, self.labels = max_batches, labels
+        self.batches: list[tuple[tuple[tuple, dict], torch.Tensor | None]] = []
+
+    def __call__(self, record: StepRecord) -> None:
+        if record.step != "validation_step" or not record.calls:
+            return
+        if record.batch_idx == 0:  # a new validation run
+            self.batches = []
+        if len(self.batches) >= self.max_batches:
+            return
+        call = record.calls[0]
+        y = self.labels(record.batch, call.batch_size)
+        self.batches.append(((detached(call.args), detached(call.kwargs)), None if y is None else y.cpu()))
+
+    def labelled(self) -> list[tuple[tuple[tuple, dict], torch.Tensor]]:
+        return [(inputs, y) for inputs, y in self.batches if y is not None]

@@ -112,6 +112,7 @@ class _OneShotCallback(LightningNASCallback):
         self._held_iter = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
         if self._supernet is not None:  # leave the user's module with its own choice modules, not mixed ops
             self._supernet.restore()
 

@@ -92,6 +92,18 @@ class Route:
             out = mod(GLUES[glue](t).reshape(t.shape[0], *shape))
         return out
 
+    def run(self, root: nn.Module, example: tuple[tuple, dict]) -> Any:
+        """Run the route on an ``(args, kwargs)`` example (the ``forward_fn`` form ``compress.prune`` takes)."""
+        return self(root, *example[0], **example[1])
+
+    def logits(self, root: nn.Module, example: tuple[tuple, dict]) -> torch.Tensor:
+        """``(batch, classes)`` scores of an ``(args, kwargs)`` example (``ValueError`` when there are none)."""
+        n = batch_size(*example)
+        scores = per_sample_logits(self.run(root, example), n)
+        if scores is None:
+            raise ValueError(f"`{self.describe()}` does not return (batch, classes) scores for a batch of {n}")
+        return scores
+
     def describe(self) -> str:
         """E.g. ``self.backbone -> mean -> self.head`` (``self`` alone: the LightningModule's forward)."""
         parts = [f"self.{self.paths[0]}" if self.paths[0] else "self"]

@@ -9,7 +9,6 @@
   structural callback registers a replay function that runs inside the module's ``on_load_checkpoint``
   (called by Lightning with the whole checkpoint just before ``load_state_dict``); replays of several
   callbacks run in the order their changes were originally made.
-* ``capture_example``: the positional/keyword inputs of the module's forward, needed to trace the graph.
 """
 from __future__ import annotations
 
@@ -152,61 +151,6 @@ def copy_module(pl_module: L.LightningModule, *keep: Any) -> L.LightningModule:
     return copy.deepcopy(pl_module, memo)
 
 
-def _small(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        v = v.detach()
-        return (v[:2] if v.ndim and v.shape[0] > 2 else v).cpu().clone()
-    if isinstance(v, (tuple, list)):
-        return type(v)(_small(x) for x in v)
-    if isinstance(v, dict):
-        return {k: _small(x) for k, x in v.items()}
-    return v
-
-
-def _to(v: Any, device: torch.device) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.to(device)
-    if isinstance(v, (tuple, list)):
-        return type(v)(_to(x, device) for x in v)
-    if isinstance(v, dict):
-        return {k: _to(x, device) for k, x in v.items()}
-    return v
-
-
-def _runs(module: nn.Module, ex: tuple[tuple, dict]) -> bool:
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            module(*ex[0], **ex[1])
-        return True
-    except Exception:  # noqa: BLE001 - trying candidate inputs
-        return False
-    finally:
-        module.train(was)
-
-
-def example_from(pl_module: L.LightningModule, batch: Any, given: Any = None) -> tuple[tuple, dict] | None:
-    """Small ``(args, kwargs)`` that ``pl_module`` runs on: ``given``, ``example_input_array``, or from ``batch``."""
-    cands = []
-    for src in (given, getattr(pl_module, "example_input_array", None)):
-        if src is not None:
-            cands.append((tuple(src), {}) if isinstance(src, (tuple, list)) else ((src,), {}))
-    if batch is not None:
-        if isinstance(batch, (tuple, list)) and batch:
-            cands += [((batch[0],), {}), (tuple(batch), {})]
-        elif isinstance(batch, dict):
-            cands.append(((), dict(batch)))
-        cands.append(((batch,), {}))
-    dev = pl_module.device
-    for c in cands:
-        for ex in (_small(c), c):
-            ex = _to(ex, dev)
-            if _runs(pl_module, ex):
-                return _to(ex, torch.device("cpu"))
-    return None
-
-
 def load_compressed(module: nn.Module, checkpoint: str | dict[str, Any]) -> nn.Module:
     """Load a Lightning checkpoint written with ``StructuredPruning`` / ``LowRankFactorization`` /
     ``MagnitudePruning`` into a fresh, unchanged instance of the module, outside a ``Trainer``.
@@ -214,6 +158,9 @@ def load_compressed(module: nn.Module, checkpoint: str | dict[str, Any]) -> nn.M
     The recorded changes are replayed in their original order, then the weights are loaded (strictly).
     Returns ``module`` (now pruned/factorized), e.g. ``load_compressed(MyModule(), "last.ckpt").eval()``.
     """
+    from lightning.pytorch.utilities import move_data_to_device
+
+    from lightning_nas.callbacks._route import Route
     from lightning_nas.compress import lowrank as LR
     from lightning_nas.compress import prune as P
 
@@ -225,8 +172,9 @@ def load_compressed(module: nn.Module, checkpoint: str | dict[str, Any]) -> nn.M
     items: list[tuple[int, Callable[[], Any]]] = []
     for key, state in ckpt.get("callbacks", {}).items():
         if key.startswith("StructuredPruning") and state.get("records"):
-            ex = _to(state["example"], dev)
-            items += [(r["order"], functools.partial(P.replay_pruning, module, r["steps"], ex))
+            ex = move_data_to_device(state["example"], dev)
+            fwd = Route.from_state(state["route"]).run
+            items += [(r["order"], functools.partial(P.replay_pruning, module, r["steps"], ex, fwd))
                       for r in state["records"]]
         elif key.startswith("LowRankFactorization") and state.get("ranks"):
             items.append((state["order"], functools.partial(LR.factorize, module, ranks=state["ranks"])))

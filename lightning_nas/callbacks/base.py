@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 from torch import nn
 
+from lightning_nas.callbacks._capture import ModelIO
 from lightning_nas.tracking import Tracker
 
 
@@ -30,6 +31,16 @@ class LightningNASCallback(L.Callback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key()
+
+    def model_io(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ModelIO:
+        """The fit's shared view of what the user's steps feed the model (attached until teardown)."""
+        return ModelIO.of(pl_module).attach(self, trainer)
+
+    def release_model_io(self, pl_module: L.LightningModule) -> None:
+        ModelIO.of(pl_module).detach(self)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.release_model_io(pl_module)  # Lightning skips teardown after an exception
 
     def tracker(self, trainer: L.Trainer) -> Tracker:
         """The trainer's tracking sink (W&B media, logger scalars, files; no-op off rank zero)."""

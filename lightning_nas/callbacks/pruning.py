@@ -14,8 +14,10 @@ import lightning as L
 import torch
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
-from lightning_nas.callbacks._structural import (Schedule, copy_module, example_from, install_restore_hook,
-                                                 param_names, rebuild_optimizers, spawned)
+from lightning_nas.callbacks._capture import EvalBatches
+from lightning_nas.callbacks._route import ROOT, Route
+from lightning_nas.callbacks._structural import (Schedule, copy_module, install_restore_hook, param_names,
+                                                 rebuild_optimizers, spawned)
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress import prune as P
 
@@ -37,7 +39,11 @@ class StructuredPruning(LightningNASCallback):
         global_pruning: rank channels across layers instead of removing ``amount`` from each layer.
         ignore: layer names (prefix or glob, e.g. ``"net.features.0"``, ``"*.downsample*"``) to keep whole.
             The output layer producing the logits is always kept.
-        example_input: input for tracing the model; default ``example_input_array`` or a batch's inputs.
+        example_input: an override: input of the LightningModule's own ``forward`` for tracing. By default the
+            model is traced on what the step really feeds it (the module ``training_step`` calls, with the inputs
+            it receives, found in the first validation or training step; see "What the callbacks capture").
+            Until then nothing is pruned: with no sanity check and no validation loop, pruning due at the first
+            step happens at the second.
         round_to: keep channel counts multiples of this.
         log_importance: stream per-layer importance of removed vs kept channels.
         sensitivity_levels: if given (e.g. ``[0.1, 0.3, 0.5, 0.7, 0.9]``), before the first pruning measure the
@@ -48,7 +54,7 @@ class StructuredPruning(LightningNASCallback):
     table ``prune/importance`` and histograms ``prune/<layer>/importance_kept|removed`` (at each pruning).
     """
 
-    _state_attrs = ("records", "done", "example", "original_channels")
+    _state_attrs = ("records", "done", "example", "route", "original_channels")
 
     def __init__(
         self,
@@ -98,6 +104,8 @@ class StructuredPruning(LightningNASCallback):
         self.records: list[dict[str, Any]] = []  # [{"order", "event", "steps": [PruneStep dicts]}]
         self.done: list[int] = []
         self.example: tuple[tuple, dict] | None = None
+        self.route: dict[str, Any] | None = None  # Route.to_state() of the route ``example`` goes through
+        self._eval = EvalBatches(4)
         self.original_channels: dict[str, int] = {}
         self._grad_sum: dict[str, torch.Tensor] = {}
         self._grad_n = 0
@@ -106,6 +114,11 @@ class StructuredPruning(LightningNASCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._pl_module = pl_module
         install_restore_hook(pl_module, self._replay_items)
+        if stage == "fit":
+            self._io = self.model_io(trainer, pl_module)
+            self._io.on_route(self, lambda kind, route: self._route_found(trainer, pl_module))
+            if self.sensitivity_levels:
+                self._io.listen(self, "eval", self._eval)
         self._densify = False
         if stage == "fit" and spawned(trainer) and not hasattr(self, "_unpruned"):
             # ddp_spawn: the main process loads the final state_dict into its own unpruned module
@@ -115,18 +128,34 @@ class StructuredPruning(LightningNASCallback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._densify = stage == "fit" and hasattr(self, "_unpruned")
+        if stage == "fit":
+            self.release_model_io(pl_module)
 
     def _dense_state_dict(self, module: Any, state_dict: dict[str, Any], prefix: str, meta: Any) -> None:
         if not (self._densify and self.records) or prefix:
             return
         steps = [s for rec in self.records for s in rec["steps"]]
-        state_dict.update(P.densify_state_dict(self._unpruned, steps, self.example, state_dict))
+        state_dict.update(P.densify_state_dict(self._unpruned, steps, self.example, state_dict, self._fwd))
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.example is None:
-            self.example = example_from(pl_module, None, self._given_example)
+        if self.example is None and self._given_example is not None:
+            given = self._given_example
+            self.example = (tuple(given), {}) if isinstance(given, (tuple, list)) else ((given,), {})
+            self.route = ROOT.to_state()
         if self.example is not None:
             self._check_layers(pl_module, trainer)
+
+    def _route_found(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The first step showed what the model receives: trace that, and check the model now."""
+        if self.example is not None or trainer.state.fn != "fit":
+            return
+        route = self._io.route("train")
+        self.example, self.route = self._io.example("train"), route.to_state()
+        self._check_layers(pl_module, trainer)
+
+    @property
+    def _fwd(self) -> Any:
+        return Route.from_state(self.route).run if self.route else None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.example is not None:
@@ -134,11 +163,11 @@ class StructuredPruning(LightningNASCallback):
 
     def _ensure_original(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.original_channels:
-            self.original_channels = P.prunable_layers(pl_module, self._ex(pl_module), self.ignore)
+            self.original_channels = P.prunable_layers(pl_module, self._ex(pl_module), self.ignore, self._fwd)
             self._log_state(trainer, pl_module)
 
     def _check_layers(self, pl_module: L.LightningModule, trainer: L.Trainer | None = None) -> None:
-        layers = P.prunable_layers(pl_module, self._ex(pl_module), self.ignore)
+        layers = P.prunable_layers(pl_module, self._ex(pl_module), self.ignore, self._fwd)
         if not layers and not self.records:
             raise ValueError(f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
                              f"{self.ignore} (the output layer is never pruned)")
@@ -159,7 +188,7 @@ class StructuredPruning(LightningNASCallback):
                 amount = self._targets(trial, 1.0)
                 if amount is not None:
                     P.prune_structured(trial, self._ex(trial), amount, "l1", self.global_pruning, self.ignore,
-                                       self.round_to)
+                                       self.round_to, self._fwd)
             except RuntimeError as exc:
                 raise ValueError(f"StructuredPruning(amount={self.amount}): {exc}") from exc
             finally:
@@ -167,9 +196,9 @@ class StructuredPruning(LightningNASCallback):
                 del trial
 
     def _ex(self, pl_module: L.LightningModule) -> Any:
-        from lightning_nas.callbacks._structural import _to
+        from lightning.pytorch.utilities import move_data_to_device
 
-        return _to(self.example, pl_module.device)
+        return move_data_to_device(self.example, pl_module.device)
 
     # ------------------------------------------------------------------ Taylor gradients
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
@@ -184,13 +213,9 @@ class StructuredPruning(LightningNASCallback):
     # ------------------------------------------------------------------ pruning events
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self.example is None:  # no example_input_array: the inputs of this (first) batch, before any step
-            self.example = example_from(pl_module, batch, None)
-            if self.example is None:
-                raise ValueError("StructuredPruning could not find inputs that the module's forward accepts "
-                                 "in the batch; pass `example_input=` or set `example_input_array` on the module")
-            self._check_layers(pl_module, trainer)
-            self._ensure_original(trainer, pl_module)
+        if self.example is None:  # no step ran yet: this first training step shows what the model receives
+            return
+        self._ensure_original(trainer, pl_module)
         event = self.schedule.due(trainer, self.done)
         if event is None:
             return
@@ -216,14 +241,20 @@ class StructuredPruning(LightningNASCallback):
     def _measure_sensitivity(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning_nas.explain import sensitivity as S
 
-        loaders = trainer.val_dataloaders
-        if loaders is None:
+        batches = self._eval.labelled()
+        if not batches:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn("StructuredPruning: no labelled validation batch ran before the first pruning, so the "
+                           "sensitivity table is skipped (it uses what the validation steps feed the model)")
             return
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         layers = list(self.original_channels)
         fns = S.prune_perturbations(pl_module, self._ex(pl_module), self.sensitivity_levels, layers,
-                                    "l1" if self.importance == "taylor" else self.importance, self.ignore)
-        self.sensitivity = S.sensitivity_table(pl_module, loader, fns, copy_fn=lambda m: copy_module(m, self))
+                                    "l1" if self.importance == "taylor" else self.importance, self.ignore,
+                                    forward_fn=self._fwd)
+        route = Route.from_state(self.route)
+        self.sensitivity = S.sensitivity_table(pl_module, batches, fns, copy_fn=lambda m: copy_module(m, self),
+                                               forward_fn=route.logits)
         S.log_sensitivity(self.tracker(trainer), self.sensitivity)
 
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, event: int) -> None:
@@ -237,14 +268,14 @@ class StructuredPruning(LightningNASCallback):
             grads = self._install_grads(pl_module)
             try:
                 result = P.prune_structured(pl_module, self._ex(pl_module), amount, self.importance,
-                                            self.global_pruning, self.ignore, self.round_to)
+                                            self.global_pruning, self.ignore, self.round_to, self._fwd)
             finally:
                 self._remove_grads(pl_module, grads)
             steps = [s.to_dict() for s in result.steps]
         if trainer.world_size > 1:
             steps = self._broadcast(trainer, steps)
             if not trainer.is_global_zero:
-                P.replay_pruning(pl_module, steps, self._ex(pl_module))
+                P.replay_pruning(pl_module, steps, self._ex(pl_module), self._fwd)
         self.done += [e for e in self.schedule.events() if e <= event and e not in self.done]
         self._grad_sum, self._grad_n = {}, 0
         if steps:
@@ -275,10 +306,13 @@ class StructuredPruning(LightningNASCallback):
         if not state or not state.get("records"):
             return []
         module = self._pl_module
-        from lightning_nas.callbacks._structural import _to
+        from lightning.pytorch.utilities import move_data_to_device
+
+        fwd = Route.from_state(state["route"]).run
 
         def replay(rec: dict[str, Any]) -> Any:
-            return lambda: P.replay_pruning(module, rec["steps"], _to(state["example"], module.device))
+            return lambda: P.replay_pruning(module, rec["steps"], move_data_to_device(state["example"], module.device),
+                                            fwd)
         return [(rec["order"], replay(rec)) for rec in state["records"]]
 
     # ------------------------------------------------------------------ logging

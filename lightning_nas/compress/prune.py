@@ -33,6 +33,8 @@ IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 
 # (args, kwargs) given to ``model(*args, **kwargs)`` when tracing the dependency graph.
 ExampleInputs = Any
+# ``forward_fn(model, example_inputs)`` runs the model on the example (default ``model(*args, **kwargs)``); a
+# caller passes its own when the inputs go to a submodule, or through several (a backbone, then a head).
 
 @dataclass
 class PruneStep:
@@ -65,22 +67,23 @@ def _forward_fn(model: nn.Module, inputs: ExampleInputs) -> Any:
     args, kwargs = _as_args(inputs)
     return model(*args, **kwargs)
 
-def _run(model: nn.Module, example_inputs: ExampleInputs) -> Any:
+def _run(model: nn.Module, example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None) -> Any:
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return _forward_fn(model, example_inputs)
+            return (forward_fn or _forward_fn)(model, example_inputs)
     finally:
         model.train(was)
 
-def find_output_layer(model: nn.Module, example_inputs: ExampleInputs) -> str | None:
+def find_output_layer(model: nn.Module, example_inputs: ExampleInputs,
+                      forward_fn: ForwardFn | None = None) -> str | None:
     """Name of the last ``Linear``/``Conv`` executed in a forward pass: the layer producing the logits."""
     order: list[str] = []
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
              for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     try:
-        _run(model, example_inputs)
+        _run(model, example_inputs, forward_fn)
     finally:
         for h in hooks:
             h.remove()
@@ -89,21 +92,27 @@ def find_output_layer(model: nn.Module, example_inputs: ExampleInputs) -> str | 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
-def _graph(model: nn.Module, example_inputs: ExampleInputs) -> Any:
+def _graph(model: nn.Module, example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None) -> Any:
     import torch_pruning as tp
 
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, forward_fn=_forward_fn)
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                 forward_fn=forward_fn or _forward_fn)
 
-def _ignored_modules(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str]) -> list[nn.Module]:
-    out = find_output_layer(model, example_inputs)
+def _ignored_modules(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str],
+                     forward_fn: ForwardFn | None = None) -> list[nn.Module]:
+    out = find_output_layer(model, example_inputs, forward_fn)
     names = list(ignore) + ([out] if out else [])
     return [m for n, m in model.named_modules() if n and _matches(n, names)]
 
-def prunable_layers(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str] = ()) -> dict[str, int]:
-    """``{layer: output channels}`` of every group root that may be pruned (output layer and ``ignore`` excluded)."""
-    dg = _graph(model, example_inputs)
+def prunable_layers(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str] = (),
+                    forward_fn: ForwardFn | None = None) -> dict[str, int]:
+    """``{layer: output channels}`` of every group root that may be pruned (output layer and ``ignore`` excluded).
+
+    Only layers the forward runs count (``forward_fn(model, example_inputs)``, default ``model(*args, **kwargs)``).
+    """
+    dg = _graph(model, example_inputs, forward_fn)
     names = {m: n for n, m in model.named_modules()}
-    ignored = _ignored_modules(model, example_inputs, ignore)
+    ignored = _ignored_modules(model, example_inputs, ignore, forward_fn)
     out: dict[str, int] = {}
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d,
                                                                              nn.Linear]):
@@ -131,6 +140,7 @@ def prune_structured(
     global_pruning: bool = False,
     ignore: Sequence[str] = (),
     round_to: int | None = None,
+    forward_fn: ForwardFn | None = None,
 ) -> PruneResult:
     """Physically remove a fraction of the channels of every prunable layer of ``model`` (in place).
 
@@ -143,6 +153,7 @@ def prune_structured(
         global_pruning: rank channels across all layers (layers lose different fractions) instead of per layer.
         ignore: layer names (or prefixes / glob patterns) to keep whole.
         round_to: keep channel counts a multiple of this (hardware-friendly).
+        forward_fn: ``forward_fn(model, example_inputs)`` runs the model (default ``model(*args, **kwargs)``).
 
     Returns:
         a ``PruneResult`` with the replayable steps and the importance of every channel of each pruned layer.
@@ -162,7 +173,7 @@ def prune_structured(
         return result
     names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
-    ignored = _ignored_modules(model, example_inputs, ignore)
+    ignored = _ignored_modules(model, example_inputs, ignore, forward_fn)
     ratio_dict = None
     if ratios is not None:
         unknown = [k for k in ratios if k not in modules]
@@ -174,7 +185,7 @@ def prune_structured(
         model, example_inputs, importance=_importance(importance), global_pruning=global_pruning,
         pruning_ratio=0.0 if ratio_dict is not None else float(amount), pruning_ratio_dict=ratio_dict,
         max_pruning_ratio=0.95, ignored_layers=ignored, round_to=round_to, num_heads=num_heads,
-        forward_fn=_forward_fn, root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear])
+        forward_fn=forward_fn or _forward_fn, root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear])
     dg = pruner.DG
     was = model.training
     model.eval()
@@ -195,12 +206,13 @@ def prune_structured(
             result.steps.append(PruneStep(name, "out" if out else "in", sorted(idxs)))
     finally:
         model.train(was)
-    _check_runs(model, example_inputs, ignore)
+    _check_runs(model, example_inputs, ignore, forward_fn)
     return result
 
-def _check_runs(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str]) -> None:
+def _check_runs(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str],
+                forward_fn: ForwardFn | None = None) -> None:
     try:
-        _run(model, example_inputs)
+        _run(model, example_inputs, forward_fn)
     except Exception as exc:  # noqa: BLE001 - turn an opaque shape error into advice
         raise RuntimeError(
             f"the pruned model no longer runs ({type(exc).__name__}: {exc}). A module probably keeps a "
@@ -208,11 +220,11 @@ def _check_runs(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequenc
             f"feed it to `ignore` (currently {list(ignore)})") from exc
 
 def replay_pruning(model: nn.Module, steps: Sequence[PruneStep | Mapping[str, Any]],
-                   example_inputs: ExampleInputs) -> None:
+                   example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None) -> None:
     """Apply recorded ``steps`` to a fresh, unpruned ``model`` so it has the pruned architecture (in place)."""
     if not steps:
         return
-    dg = _graph(model, example_inputs)
+    dg = _graph(model, example_inputs, forward_fn)
     modules = dict(model.named_modules())
     for s in steps:
         s = s if isinstance(s, PruneStep) else PruneStep(**s)
@@ -225,7 +237,8 @@ def replay_pruning(model: nn.Module, steps: Sequence[PruneStep | Mapping[str, An
         group.prune()
 
 def densify_state_dict(unpruned: nn.Module, steps: Sequence[PruneStep | Mapping[str, Any]],
-                       example_inputs: ExampleInputs, pruned_state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+                       example_inputs: ExampleInputs, pruned_state: Mapping[str, torch.Tensor],
+                       forward_fn: ForwardFn | None = None) -> dict[str, Any]:
     """A state dict with ``unpruned``'s shapes that computes what the pruned model computes.
 
     Each kept entry goes back to its original index and removed channels are zero, so their contribution
@@ -246,7 +259,7 @@ def densify_state_dict(unpruned: nn.Module, steps: Sequence[PruneStep | Mapping[
                     shape = [1] * t.ndim
                     shape[d] = -1
                     t.copy_(torch.arange(t.shape[d], dtype=torch.float64).view(shape).expand_as(t))
-        replay_pruning(probe, steps, example_inputs)
+        replay_pruning(probe, steps, example_inputs, forward_fn)
         for k, t in probe.state_dict().items():
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim > d:
                 line = t
@@ -336,4 +349,3 @@ def add_masks_for_state_dict(model: nn.Module, state_dict: Mapping[str, Any], pr
             n += 1
     return n
 
-ForwardFn = Callable[[nn.Module, ExampleInputs], Any]

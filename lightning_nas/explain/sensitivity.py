@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
 SENSITIVITY_KEY = "explain/sensitivity"
@@ -23,8 +24,16 @@ SENSITIVITY_COLUMNS = ["layer", "method", "level", "accuracy", "drop"]
 PerturbFn = Callable[[nn.Module], "nn.Module | None"]
 
 
-def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: torch.device | str | None = None) -> float:
-    """Top-1 accuracy of ``model`` on ``loader`` batches ``(x, y, ...)`` (eval mode, no grad; mode restored)."""
+ForwardFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: torch.device | str | None = None,
+                      forward_fn: ForwardFn | None = None) -> float:
+    """Top-1 accuracy of ``model`` on ``loader`` batches ``(x, y, ...)`` (eval mode, no grad; mode restored).
+
+    ``forward_fn(model, x)`` gives the logits (default ``model(x)``), e.g. when ``x`` goes to a submodule.
+    """
+    fwd = forward_fn or (lambda m, x: m(x))
     device = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
     was = model.training
@@ -33,8 +42,8 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: torch.dev
     try:
         with torch.no_grad():
             for batch in loader:
-                x, y = batch[0].to(device), batch[1].to(device)
-                correct += int((model(x).argmax(-1) == y).sum())
+                x, y = apply_to_collection(batch[0], torch.Tensor, lambda t: t.to(device)), batch[1].to(device)
+                correct += int((fwd(model, x).argmax(-1) == y).sum())
                 total += int(y.numel())
     finally:
         model.train(was)
@@ -49,6 +58,7 @@ def sensitivity_table(
     perturb_fns: Mapping[tuple[str, str, float], PerturbFn],
     baseline: float | None = None,
     copy_fn: Callable[[nn.Module], nn.Module] = copy.deepcopy,
+    forward_fn: ForwardFn | None = None,
 ) -> list[list[Any]]:
     """Rows ``[layer, method, level, accuracy, drop]``, one per entry of ``perturb_fns``.
 
@@ -59,16 +69,17 @@ def sensitivity_table(
             replacement module.
         baseline: accuracy of the unperturbed model (measured when ``None``).
         copy_fn: how to copy the model for each perturbation (e.g. a ``deepcopy`` that shares a trainer).
+        forward_fn: ``forward_fn(model, x)`` gives the logits of a batch's inputs (default ``model(x)``).
     """
     if not perturb_fns:
         raise ValueError("sensitivity_table: `perturb_fns` is empty")
-    base = evaluate_accuracy(model, loader) if baseline is None else float(baseline)
+    base = evaluate_accuracy(model, loader, forward_fn=forward_fn) if baseline is None else float(baseline)
     rows = []
     for (layer, method, level), fn in perturb_fns.items():
         m = copy_fn(model)
         out = fn(m)
         m = out if isinstance(out, nn.Module) else m
-        acc = evaluate_accuracy(m, loader)
+        acc = evaluate_accuracy(m, loader, forward_fn=forward_fn)
         rows.append([layer, method, float(level), acc, base - acc])
     return rows
 
@@ -80,19 +91,22 @@ def prune_perturbations(
     layers: Sequence[str] | None = None,
     importance: str = "l1",
     ignore: Sequence[str] = (),
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
 ) -> dict[tuple[str, str, float], PerturbFn]:
-    """Perturbations that physically prune ``level`` of one layer's channels (all others untouched)."""
+    """Perturbations that physically prune ``level`` of one layer's channels (all others untouched);
+    ``forward_fn`` as in ``compress.prune.prune_structured``."""
     from lightning_nas.compress.prune import prunable_layers, prune_structured
 
     for lv in levels:
         if not 0.0 < lv < 1.0:
             raise ValueError(f"`levels` must lie in (0, 1), got {lv!r}")
-    names = list(prunable_layers(model, example_inputs, ignore)) if layers is None else list(layers)
+    names = list(prunable_layers(model, example_inputs, ignore, forward_fn)) if layers is None else list(layers)
     if not names:
         raise ValueError("prune_perturbations: no prunable layer")
 
     def make(layer: str, level: float) -> PerturbFn:
-        return lambda m: prune_structured(m, example_inputs, {layer: level}, importance) and None
+        return lambda m: prune_structured(m, example_inputs, {layer: level}, importance,
+                                          forward_fn=forward_fn) and None
     return {(n, f"prune_{importance}", float(lv)): make(n, float(lv)) for n in names for lv in levels}
 
 
