@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from lightning_nas._validate import check_range, check_type
+from lightning_nas.callbacks._capture import StepRecord
+from lightning_nas.callbacks._route import Route, labels_of, logits_of
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress.distill import FeatureAdapter, feature_loss, kd_loss, layer_width, load_teacher
 from lightning_nas.explain.agreement import AGREEMENT_COLUMNS, AgreementAccumulator
@@ -18,15 +20,11 @@ _ADAPTERS = "_kd_adapters"
 
 
 def _logits(out: Any) -> torch.Tensor:
-    """The logits inside a forward output: the tensor, the first element of a tuple, or ``out["logits"]``."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
-        return out["logits"]
-    raise ValueError(f"KnowledgeDistillation: cannot find logits in a forward output of type {type(out).__name__} "
-                     "(allowed: a tensor, a tuple whose first item is a tensor, or a dict with 'logits')")
+    t = logits_of(out)
+    if t is None:
+        raise ValueError(f"KnowledgeDistillation: cannot find logits in a forward output of type {type(out).__name__} "
+                         "(allowed: a tensor, a tuple whose first item is a tensor, or a dict with 'logits')")
+    return t
 
 
 def _key(name: str) -> str:
@@ -38,11 +36,12 @@ class KnowledgeDistillation(LightningNASCallback):
     returns, which keeps weight ``1 - alpha``; optionally ``feature_weight * mean((A(f_s) - f_t)^2)`` per
     feature pair, ``A`` a learnable adapter trained by the user's optimizer.
 
-    The student logits are the output of ``student_module``'s forward (the LightningModule itself by
-    default); the teacher runs on the very same forward arguments, in eval mode and without gradients, on
-    the student's device. ``training_step`` is wrapped in ``setup`` and restored in ``teardown``; adapters
-    live in the LightningModule during the fit (so the optimizer and checkpoints hold them) and are removed at
-    ``teardown`` (they remain in ``adapters``).
+    The student is the model the user's ``training_step`` runs: the module it calls (``self(x)``,
+    ``self.model(x)``, or a backbone then a head), found in the first step, whose output are the student logits;
+    the teacher runs on the very inputs that module received (after the step's own resizing, normalising or
+    key picking), in eval mode and without gradients, on the student's device. The term is added to the loss
+    the step returns (the step itself is not changed); adapters live in the LightningModule during the fit (so
+    the optimizer and checkpoints hold them) and are removed at ``teardown`` (they remain in ``adapters``).
 
     Args:
         teacher: an ``nn.Module``, or the path of a state dict / Lightning checkpoint read with
@@ -52,8 +51,8 @@ class KnowledgeDistillation(LightningNASCallback):
         features: ``{student_layer: teacher_layer}`` names (student names inside the LightningModule).
         feature_weight: weight of each feature loss.
         teacher_architecture: the module a checkpoint path is loaded into.
-        student_module: name of the submodule whose forward output are the student logits (``""``: the
-            LightningModule).
+        student_module: an override: the name of the submodule whose forward output are the student logits
+            (``""``: the module the step calls, found from the first step).
         explain: log agreement, KL and the per-class table each validation epoch.
 
     Logged: ``distill/kd_loss``, ``distill/task_loss``, ``distill/feature_loss`` (train steps, through the
@@ -98,7 +97,6 @@ class KnowledgeDistillation(LightningNASCallback):
         self._clear()
 
     def _clear(self) -> None:
-        self._s_logits = self._t_logits = None
         if not hasattr(self, "_s_feats"):
             self._s_feats: dict[str, torch.Tensor] = {}
             self._t_feats: dict[str, torch.Tensor] = {}
@@ -126,37 +124,21 @@ class KnowledgeDistillation(LightningNASCallback):
             if set(adapters.keys()) != set(self.adapters.keys()):  # a second fit keeps the trained adapters
                 self.adapters = adapters
             setattr(pl_module, _ADAPTERS, self.adapters)  # in configure_optimizers' parameters and in checkpoints
-        self._pl = pl_module
-        original = pl_module.training_step
-
-        def training_step(*args: Any, **kwargs: Any) -> Any:
-            return self._distill_step(original, *args, **kwargs)
-
-        pl_module.training_step = training_step
+        self._pl, self._trainer = pl_module, trainer
         self._checked = False
+        route = Route((self.student_module,)) if self.student_module else None
+        io = self.model_io(trainer, pl_module)
+        io.listen(self, "train", self._distill_step, route)
+        io.listen(self, "eval", self._eval_step, route)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Hooks go in here, after every callback's setup: another callback (QAT) may have swapped submodules.
         self.teacher.to(pl_module.device).eval()
-        student = pl_module.get_submodule(self.student_module) if self.student_module else pl_module
         self._s_hooks = {}
         for s_name, t_name in self.features.items():
             t_layer = self.teacher.get_submodule(t_name)
             self._hook_student_layer(pl_module, s_name)
             self._hooks.append(t_layer.register_forward_hook(self._feature_hook(self._t_feats, s_name, False)))
-        self._hooks.append(student.register_forward_hook(self._student_hook, with_kwargs=True))
-        if pl_module.example_input_array is not None:  # the shape check before anything runs
-            was = pl_module.training
-            pl_module.eval()
-            try:
-                self._capture = True
-                with torch.no_grad():
-                    ex = pl_module.example_input_array
-                    pl_module(*ex) if isinstance(ex, tuple) else pl_module(ex)
-            finally:
-                self._capture = False
-                self._clear()
-                pl_module.train(was)
 
     def _hook_student_layer(self, pl_module: L.LightningModule, s_name: str) -> None:
         layer = pl_module.get_submodule(s_name)
@@ -172,6 +154,13 @@ class KnowledgeDistillation(LightningNASCallback):
         # a callback may swap the named layer mid-fit (QAT at its start_epoch when pruning shares the fit)
         for s_name in self.features:
             self._hook_student_layer(pl_module, s_name)
+        self._clear()
+        self._capture = bool(self.features)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._capture = False
+        self._clear()
 
     @staticmethod
     def _get(root: nn.Module, name: str, arg: str) -> nn.Module:
@@ -189,38 +178,36 @@ class KnowledgeDistillation(LightningNASCallback):
                 store[key] = _logits(out)
         return hook
 
-    def _student_hook(self, _m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-        if not self._capture or self._s_logits is not None:
-            return
-        s = _logits(out)
+    def _teach(self, record: StepRecord) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Student logits of the step's first run of the student, and the teacher's on the same inputs."""
+        if not record.calls:
+            return None
+        call = record.calls[0]
+        s = _logits(call.output)
         teacher = self.teacher
         if next(teacher.parameters(), s).device != s.device:
             teacher.to(s.device)
         with torch.no_grad():
-            t = _logits(teacher(*args, **kwargs))
+            t = _logits(teacher(*call.args, **call.kwargs))
         if not self._checked:
             if t.shape != s.shape:
                 raise ValueError(f"KnowledgeDistillation: the teacher's output shape {tuple(t.shape)} differs from the "
-                                 f"student's {tuple(s.shape)} on the same input; teacher and student must predict "
-                                 "the same classes")
+                                 f"student's {tuple(s.shape)} (`{record.route.describe()}`) on the same input; "
+                                 "teacher and student must predict the same classes")
             self._checked = True
-        self._s_logits, self._t_logits = s, t
+        return s, t
 
-    def _distill_step(self, original: Any, *args: Any, **kwargs: Any) -> Any:
-        self._clear()
-        self._capture = True
-        try:
-            out = original(*args, **kwargs)
-        finally:
-            self._capture = False
-        if out is None:
-            return out
-        loss = out if isinstance(out, torch.Tensor) else out["loss"]
-        if self._s_logits is None:
-            name = self.student_module or type(self._pl).__name__
-            raise RuntimeError(f"KnowledgeDistillation: training_step never called the forward of {name!r}; set "
+    def _distill_step(self, record: StepRecord) -> Any:
+        out, loss = record.output, record.loss
+        if loss is None:
+            return None
+        pair = self._teach(record)
+        if pair is None:
+            name = self.student_module or "any module"
+            raise RuntimeError(f"KnowledgeDistillation: training_step never called {name!r} to produce logits; set "
                                "`student_module` to the submodule that produces the logits")
-        kd = kd_loss(self._s_logits, self._t_logits, self.temperature)
+        s_logits, t_logits = pair
+        kd = kd_loss(s_logits, t_logits, self.temperature)
         total = (1.0 - self.alpha) * loss + self.alpha * kd
         logs = {"distill/kd_loss": kd.detach(), "distill/task_loss": loss.detach()}
         if self.features:
@@ -232,10 +219,7 @@ class KnowledgeDistillation(LightningNASCallback):
             logs["distill/feature_loss"] = f.detach()
         self._pl.log_dict(logs, on_step=True, on_epoch=False)
         if self.explain:  # used when the module has no validation loop
-            batch = args[0] if args else None
-            y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 and \
-                isinstance(batch[1], torch.Tensor) else None
-            self._train_acc.update(self._s_logits, self._t_logits, y)
+            self._train_acc.update(s_logits, t_logits, labels_of(record.batch, s_logits.shape[0]))
         self._clear()
         return total if isinstance(out, torch.Tensor) else dict(out, loss=total)
 
@@ -243,18 +227,13 @@ class KnowledgeDistillation(LightningNASCallback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._acc.reset()
 
-    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._clear()
-        self._capture = self.explain or not self._checked
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._capture = False
-        if self.explain and self._s_logits is not None and not trainer.sanity_checking:
-            y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 and \
-                isinstance(batch[1], torch.Tensor) else None
-            self._acc.update(self._s_logits, self._t_logits, y)
+    def _eval_step(self, record: StepRecord) -> None:
+        trainer = self._trainer
+        if record.step != "validation_step" or (self._checked and (not self.explain or trainer.sanity_checking)):
+            return
+        pair = self._teach(record)  # the first one checks the teacher's output shape before any training step
+        if pair is not None and self.explain and not trainer.sanity_checking:
+            self._acc.update(pair[0], pair[1], labels_of(record.batch, pair[0].shape[0]))
         self._clear()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -293,8 +272,7 @@ class KnowledgeDistillation(LightningNASCallback):
         for h in self._hooks + [h for _, h in self._s_hooks.values()]:
             h.remove()
         self._hooks, self._s_hooks = [], {}
-        if "training_step" in pl_module.__dict__:
-            del pl_module.training_step
+        self.release_model_io(pl_module)
         if _ADAPTERS in pl_module._modules:
             del pl_module._modules[_ADAPTERS]
         self._pl = None
