@@ -95,18 +95,28 @@ def test_the_route_ends_where_the_loss_comes_from():
     assert find_route(rec.calls, loss).route.paths == ("backbone", "head")
 
 
-def test_self_call_is_the_root_route_and_dropout_between_parts_is_recognised():
+def test_self_call_is_named_by_the_parts_its_forward_runs():
     class M(L.LightningModule):
         def __init__(self):
             super().__init__()
-            self.a, self.b, self.drop = nn.Linear(4, 8), nn.Linear(8, 3), nn.Dropout(0.5)
+            self.a, self.b, self.drop = nn.Linear(16, 8), nn.Linear(8, 3), nn.Dropout(0.5)
+            self.scale = nn.Parameter(torch.full((1,), 2.0))
 
         def forward(self, x):
-            return self.b(self.a(x))
+            return self.b(F.relu(self.a(x.flatten(1))))
 
     m = M()
-    rec, _ = _record(m, lambda: m(torch.randn(6, 4)))
-    assert find_route(rec.calls).route == ROOT
+    x = torch.randn(6, 4, 4)
+    rec, _ = _record(m, lambda: m(x))
+    found = find_route(rec.calls, inner=rec.inner)
+    assert found.route == Route(("a", "b"), (("relu", (8,)),), ("same", (16,)))
+    assert torch.allclose(found.route(m, x), m(x)) and found.call.args[0] is x
+    m.forward = lambda x: m.b(m.a(x.flatten(1))) * m.scale  # code beyond its parts: the LightningModule itself
+    rec, _ = _record(m, lambda: m(x))
+    assert find_route(rec.calls, inner=rec.inner).route == ROOT
+
+
+def test_dropout_between_parts_is_recognised():
     out = torch.randn(16, 8)
     assert match_glue(out, F.dropout(out, 0.5, training=True)) == ("same", (8,))
 

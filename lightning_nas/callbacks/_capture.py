@@ -82,10 +82,12 @@ class ModelIO:
         self.module = module
         self.routes: dict[str, Route | None] = {}
         self.examples: dict[str, tuple[tuple, dict]] = {}
+        self.ran: set[str] = set()  # names of the model parts that ran in the steps the routes were found in
         self._owners: set[int] = set()
         self._wrappers: dict[str, _StepWrapper] = {}
         self._listeners: list[tuple[int, str, Listener, Route | None]] = []
         self._route_listeners: list[tuple[int, Callable[[str, Route | None], None]]] = []
+        self._before: list[tuple[int, str, Callable[[], None]]] = []
         self._warned: set[str] = set()
         self._trainer: weakref.ref | None = None
 
@@ -110,7 +112,7 @@ class ModelIO:
         if id(owner) in self._owners or (trainer is not None and old is not None and old is not trainer):
             self._reset()
         if not self._owners:
-            self.routes, self.examples = {}, {}
+            self.routes, self.examples, self.ran = {}, {}, set()
             self._install()
             self._trainer = weakref.ref(trainer) if trainer is not None else None
         self._owners.add(id(owner))
@@ -120,6 +122,7 @@ class ModelIO:
         """Unregister ``owner`` and its listeners; the last one removes the step wrappers."""
         self._listeners = [entry for entry in self._listeners if entry[0] != id(owner)]
         self._route_listeners = [entry for entry in self._route_listeners if entry[0] != id(owner)]
+        self._before = [entry for entry in self._before if entry[0] != id(owner)]
         self._owners.discard(id(owner))
         if not self._owners:
             self._reset()
@@ -129,7 +132,7 @@ class ModelIO:
             if self.module.__dict__.get(name) is wrapper:
                 del self.module.__dict__[name]
         self._wrappers, self._owners, self._trainer = {}, set(), None
-        self._listeners, self._route_listeners = [], []
+        self._listeners, self._route_listeners, self._before = [], [], []
 
     def _install(self) -> None:
         for name in STEPS:
@@ -160,6 +163,11 @@ class ModelIO:
     def unlisten(self, owner: object, kind: str | None = None) -> None:
         self._listeners = [e for e in self._listeners if not (e[0] == id(owner) and kind in (None, e[1]))]
 
+    def before(self, owner: object, kind: str, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` right before every step of ``kind`` runs (after every callback's batch-start hook)."""
+        if not any(o == id(owner) and k == kind and f == fn for o, k, f in self._before):
+            self._before.append((id(owner), kind, fn))
+
     def on_route(self, owner: object, fn: Callable[[str, Route | None], None]) -> None:
         """Call ``fn(kind, route)`` when the route of a step kind is found (until ``owner`` detaches)."""
         if not any(o == id(owner) and f == fn for o, f in self._route_listeners):
@@ -168,6 +176,9 @@ class ModelIO:
     # ------------------------------------------------------------------ the wrapped step
     def _run(self, name: str, original: Callable, args: tuple, kwargs: dict) -> Any:
         kind = STEPS[name]
+        for _, k, fn in list(self._before):
+            if k == kind:
+                fn()
         listeners = [(fn, r) for _, k, fn, r in self._listeners if k == kind]
         discover = kind not in self.routes
         own = {r for _, r in listeners if r is not None}
@@ -191,7 +202,8 @@ class ModelIO:
                 t.__exit__(None, None, None)
         calls_of: dict[Route | None, list[RouteCall]] = {r: t.calls for r, t in taps.items()}
         if recorder is not None:
-            found = find_route(recorder.calls, _loss_of(out) if kind == "train" else None)
+            found = find_route(recorder.calls, _loss_of(out) if kind == "train" else None, recorder.inner)
+            self.ran |= recorder.ran
             self._found(kind, name, found)
             found_route = self.route(kind)
             if found is not None:

@@ -33,6 +33,8 @@ GLUES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
+    "softmax": lambda t: torch.softmax(t, -1),
+    "log_softmax": lambda t: torch.log_softmax(t, -1),
 }
 
 
@@ -66,18 +68,30 @@ def per_sample_logits(out: Any, batch: int) -> torch.Tensor | None:
     return None
 
 
+Link = tuple[str, tuple[int, ...]]  # (glue name, per-sample shape of what the next part receives)
+
+
+def _glued(link: Link, out: Any) -> torch.Tensor:
+    t = logits_of(out)
+    return GLUES[link[0]](t).reshape(t.shape[0], *link[1])
+
+
 @dataclass(frozen=True)
 class Route:
     """The module calls from the model's input to the logits (paths inside the LightningModule, ``""`` itself),
-    with the glue ``(name, per-sample shape)`` applied between consecutive calls."""
+    with the glue between consecutive calls (``links``) and, optionally, applied to the input first (``entry``,
+    e.g. the LightningModule's ``forward`` flattening ``x`` before its first layer) and to the last output
+    (``exit``, e.g. a final activation)."""
 
     paths: tuple[str, ...]
-    links: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    links: tuple[Link, ...] = ()
+    entry: Link | None = None
+    exit: Link | None = None
 
     def __post_init__(self) -> None:
         if not self.paths or len(self.links) != len(self.paths) - 1:
             raise ValueError(f"a route needs one link between consecutive calls, got {self.paths} / {self.links}")
-        for glue, _ in self.links:
+        for glue, _ in (*self.links, *(g for g in (self.entry, self.exit) if g)):
             if glue not in GLUES:
                 raise ValueError(f"unknown glue {glue!r}; allowed: {sorted(GLUES)}")
 
@@ -85,12 +99,7 @@ class Route:
         return [root.get_submodule(p) if p else root for p in self.paths]
 
     def __call__(self, root: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        mods = self.modules(root)
-        out = mods[0](*args, **kwargs)
-        for (glue, shape), mod in zip(self.links, mods[1:]):
-            t = logits_of(out)
-            out = mod(GLUES[glue](t).reshape(t.shape[0], *shape))
-        return out
+        return _run_parts(self.modules(root), self.links, self.entry, self.exit, args, kwargs)
 
     def run(self, root: nn.Module, example: tuple[tuple, dict]) -> Any:
         """Run the route on an ``(args, kwargs)`` example (the ``forward_fn`` form ``compress.prune`` takes)."""
@@ -106,33 +115,77 @@ class Route:
 
     def describe(self) -> str:
         """E.g. ``self.backbone -> mean -> self.head`` (``self`` alone: the LightningModule's forward)."""
-        parts = [f"self.{self.paths[0]}" if self.paths[0] else "self"]
+        parts = ([self.entry[0]] if self.entry and self.entry[0] != "same" else [])
+        parts += [f"self.{self.paths[0]}" if self.paths[0] else "self"]
         for (glue, _), p in zip(self.links, self.paths[1:]):
             parts += ([] if glue == "same" else [glue]) + [f"self.{p}" if p else "self"]
+        parts += [self.exit[0]] if self.exit and self.exit[0] != "same" else []
         return " -> ".join(parts)
 
     def to_state(self) -> dict[str, Any]:
         """Plain lists and strings (checkpoint state that loads with ``weights_only=True``)."""
-        return {"paths": list(self.paths), "links": [[g, list(s)] for g, s in self.links]}
+        return {"paths": list(self.paths), "links": [[g, list(s)] for g, s in self.links],
+                "entry": None if self.entry is None else [self.entry[0], list(self.entry[1])],
+                "exit": None if self.exit is None else [self.exit[0], list(self.exit[1])]}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Route:
-        return cls(tuple(state["paths"]), tuple((g, tuple(s)) for g, s in state["links"]))
+        entry, out = state.get("entry"), state.get("exit")
+        return cls(tuple(state["paths"]), tuple((g, tuple(s)) for g, s in state["links"]),
+                   None if entry is None else (entry[0], tuple(entry[1])),
+                   None if out is None else (out[0], tuple(out[1])))
 
 
 ROOT = Route(("",))
 
 
+def _run_parts(parts: list[nn.Module], links: tuple[Link, ...], entry: Link | None, exit: Link | None,
+               args: tuple, kwargs: dict) -> Any:
+    if entry is not None:
+        args = (_glued(entry, args[0]), *args[1:])
+    out = parts[0](*args, **kwargs)
+    for link, part in zip(links, parts[1:]):
+        out = part(_glued(link, out))
+    return out if exit is None else _glued(exit, out)
+
+
+class Chain(nn.Module):
+    """Modules run one after the other with a route's glue: a standalone model made of the parts a step calls
+    (e.g. an int8 backbone and an int8 head). ``Chain([m])`` is ``m``'s forward."""
+
+    def __init__(self, parts: list[nn.Module], links: tuple[Link, ...] = (), entry: Link | None = None,
+                 exit: Link | None = None) -> None:
+        super().__init__()
+        if len(links) != len(parts) - 1:
+            raise ValueError(f"{len(parts)} parts need {len(parts) - 1} links, got {len(links)}")
+        self.parts = nn.ModuleList(parts)
+        self.links = tuple((g, tuple(s)) for g, s in links)
+        self.entry = None if entry is None else (entry[0], tuple(entry[1]))
+        self.exit = None if exit is None else (exit[0], tuple(exit[1]))
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return _run_parts(list(self.parts), self.links, self.entry, self.exit, args, kwargs)
+
+    @classmethod
+    def of(cls, parts: list[nn.Module], route: Route) -> nn.Module:
+        """The parts of ``route`` as one model (a single part with no glue is returned as it is)."""
+        if len(parts) == 1 and route.entry is None and route.exit is None:
+            return parts[0]
+        return cls(parts, route.links, route.entry, route.exit)
+
+
 # ---------------------------------------------------------------------------------------------- recording
 @dataclass
 class Call:
-    """One module call: its path, the inputs it received and what it returned."""
+    """One module call: its path, the inputs it received, what it returned, and the call it ran inside (for the
+    calls made by the LightningModule's own ``forward``)."""
 
     path: str
     module: nn.Module
     args: tuple
     kwargs: dict
     output: Any = None
+    parent: Call | None = None
 
 
 def _is_model_part(module: nn.Module) -> bool:
@@ -145,16 +198,18 @@ def _is_model_part(module: nn.Module) -> bool:
 
 
 class CallRecorder:
-    """Record the outermost calls of the model parts under ``root`` while the block runs.
+    """Record the outermost calls of the model parts under ``root`` while the block runs (``self.model(x)``, not
+    the layers inside it), and the calls the root's own forward makes one level down.
 
-    Only calls made while no other recorded part is running are kept (``self.model(x)``, not the layers inside
-    it); the inputs and outputs are references (the recorder copies nothing).
+    The inputs and outputs are references (the recorder copies nothing); ``ran`` names every part that ran.
     """
 
     def __init__(self, root: nn.Module) -> None:
         self.root = root
-        self.calls: list[Call] = []
-        self._depth = 0
+        self.calls: list[Call] = []  # outermost calls
+        self.inner: list[Call] = []  # calls made directly inside an outermost call of the root itself
+        self.ran: set[str] = set()
+        self._stack: list[Call | None] = []
         self._handles: list[Any] = []
 
     def __enter__(self) -> CallRecorder:
@@ -169,20 +224,26 @@ class CallRecorder:
 
     def _pre(self, name: str) -> Callable:
         def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            if self._depth == 0:
-                self.calls.append(Call(name, mod, args, dict(kwargs)))
-            self._depth += 1
+            self.ran.add(name)
+            call = None
+            if not self._stack:
+                call = Call(name, mod, args, dict(kwargs))
+                self.calls.append(call)
+            elif len(self._stack) == 1 and self._stack[0] is not None and self._stack[0].module is self.root:
+                call = Call(name, mod, args, dict(kwargs), parent=self._stack[0])
+                self.inner.append(call)
+            self._stack.append(call)
         return hook
 
     def _post(self, mod: nn.Module, args: tuple, out: Any) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self.calls and self.calls[-1].module is mod:
-            self.calls[-1].output = out
+        call = self._stack.pop() if self._stack else None
+        if call is not None:
+            call.output = out
 
     def __exit__(self, *exc: Any) -> None:
         for h in self._handles:
             h.remove()
-        self._handles = []
+        self._handles, self._stack = [], []
 
 
 @dataclass
@@ -267,10 +328,11 @@ def _dropout_of(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.shape != b.shape or not torch.is_floating_point(a):
         return False
     keep = b != 0
-    if not keep.any():
+    if not keep.any() or not ((~keep) & (a != 0)).any():  # dropout zeroes some entries and scales the rest
         return False
     ratio = b[keep].float() / a[keep].float()
-    return bool(torch.isfinite(ratio).all()) and _close(ratio, torch.full_like(ratio, float(ratio[0])))
+    scale = float(ratio[0])
+    return scale > 1.0 + 1e-6 and bool(torch.isfinite(ratio).all()) and _close(ratio, torch.full_like(ratio, scale))
 
 
 def match_glue(out: Any, inp: torch.Tensor) -> tuple[str, tuple[int, ...]] | None:
@@ -286,20 +348,65 @@ def match_glue(out: Any, inp: torch.Tensor) -> tuple[str, tuple[int, ...]] | Non
             continue
         with torch.no_grad():
             y = fn(t.detach())
-        if y.numel() != inp.numel():
-            continue
-        y = y.reshape(inp.shape)
-        if _close(y, inp.detach()) or (name == "same" and _dropout_of(y, inp.detach())):
+        if y.numel() == inp.numel() and _close(y.reshape(inp.shape), inp.detach()):
             return (name, shape)
+    if t.numel() == inp.numel() and _dropout_of(t.detach().reshape(inp.shape), inp.detach()):
+        return ("same", shape)
     return None
 
 
-def find_route(calls: list[Call], loss: torch.Tensor | None = None) -> FoundRoute | None:
+def _chain_back(calls: list[Call], last: int) -> tuple[int, list[Link]]:
+    """Extend a route ending at ``calls[last]`` backwards while the previous call's output, through
+    ``match_glue``, is the next call's only input; returns the first index and the links."""
+    first, links = last, []
+    while first > 0:
+        inp = _single_input(calls[first])
+        link = None if inp is None else match_glue(calls[first - 1].output, inp)
+        if link is None:
+            break
+        links.insert(0, link)
+        first -= 1
+    return first, links
+
+
+def _refine(root_call: Call, inner: list[Call]) -> tuple[Route, RouteCall] | None:
+    """The route inside the LightningModule's own ``forward``: the chain of the parts it calls that starts from
+    its input (as is, or through glue) and ends in its output. ``None`` when its code does more than that."""
+    out = logits_of(root_call.output)
+    kids = [c for c in inner if c.parent is root_call]
+    exit = None
+    ends = [i for i, c in enumerate(kids) if (t := logits_of(c.output)) is not None and out is not None
+            and (t is out or _close(t, out))]
+    if not ends and kids and out is not None:  # a last activation (or softmax) after the last part
+        exit = match_glue(kids[-1].output, out)
+        ends = [len(kids) - 1] if exit is not None else []
+    if not ends:
+        return None
+    first, links = _chain_back(kids, ends[-1])
+    start = kids[first]
+    if len(start.args) == len(root_call.args) and all(a is b for a, b in zip(start.args, root_call.args)) \
+            and start.kwargs.keys() == root_call.kwargs.keys() \
+            and all(start.kwargs[k] is root_call.kwargs[k] for k in start.kwargs):
+        entry = None
+    else:
+        x, inp = _single_input(root_call), _single_input(start)
+        entry = None if x is None or inp is None else match_glue(x, inp)
+        if entry is None:
+            return None
+        entry = None if entry[0] == "same" and tuple(x.shape) == tuple(inp.shape) else entry
+    route = Route(tuple(c.path for c in kids[first:ends[-1] + 1]), tuple(links), entry, exit)
+    return route, RouteCall(root_call.args, root_call.kwargs, root_call.output)
+
+
+def find_route(calls: list[Call], loss: torch.Tensor | None = None, inner: list[Call] | None = None
+               ) -> FoundRoute | None:
     """The route to the logits among the recorded ``calls`` of one step.
 
     The route ends at the last call returning a floating tensor with a batch dimension; when the step's
     ``loss`` carries an autograd graph, at the last such call the loss was computed from. It extends backwards
-    while the previous call's output, through ``match_glue``, is the next call's only input.
+    while the previous call's output, through ``match_glue``, is the next call's only input. A route that is the
+    LightningModule's own ``forward`` is replaced by the parts that forward calls (``inner``) when they account
+    for all of it, so the model is named by its own modules (``self.net``, not the LightningModule).
     """
     ends = [i for i, c in enumerate(calls) if (t := logits_of(c.output)) is not None and torch.is_floating_point(t)
             and t.ndim >= 1]
@@ -309,15 +416,8 @@ def find_route(calls: list[Call], loss: torch.Tensor | None = None) -> FoundRout
         anc = _ancestors(loss)
         used = [i for i in ends if logits_of(calls[i].output).grad_fn in anc]
         ends = used or ends
-    first = last = ends[-1]
-    links: list[tuple[str, tuple[int, ...]]] = []
-    while first > 0:
-        inp = _single_input(calls[first])
-        link = None if inp is None else match_glue(calls[first - 1].output, inp)
-        if link is None:
-            break
-        links.insert(0, link)
-        first -= 1
+    last = ends[-1]
+    first, links = _chain_back(calls, last)
     dropped = []
     if first > 0:  # a model call right before the route fed it something the route cannot replay
         inp = _single_input(calls[first])
@@ -325,7 +425,12 @@ def find_route(calls: list[Call], loss: torch.Tensor | None = None) -> FoundRout
         if inp is not None and prev is not None and prev.ndim and inp.ndim and prev.shape[0] == inp.shape[0]:
             dropped = [calls[first - 1].path or "self"]
     route = Route(tuple(calls[i].path for i in range(first, last + 1)), tuple(links))
-    return FoundRoute(route, RouteCall(calls[first].args, calls[first].kwargs, calls[last].output), dropped)
+    call = RouteCall(calls[first].args, calls[first].kwargs, calls[last].output)
+    if route.paths == ("",) and inner:
+        refined = _refine(calls[last], inner)
+        if refined is not None:
+            route, call = refined
+    return FoundRoute(route, call, dropped)
 
 
 # ---------------------------------------------------------------------------------------------- batches and rows

@@ -130,6 +130,8 @@ class KnowledgeDistillation(LightningNASCallback):
         io = self.model_io(trainer, pl_module)
         io.listen(self, "train", self._distill_step, route)
         io.listen(self, "eval", self._eval_step, route)
+        if self.features:
+            io.before(self, "train", self._before_train_step)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Hooks go in here, after every callback's setup: another callback (QAT) may have swapped submodules.
@@ -149,13 +151,12 @@ class KnowledgeDistillation(LightningNASCallback):
             old[1].remove()
         self._s_hooks[s_name] = (layer, layer.register_forward_hook(self._feature_hook(self._s_feats, s_name, True)))
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        # a callback may swap the named layer mid-fit (QAT at its start_epoch when pruning shares the fit)
+    def _before_train_step(self) -> None:
+        # a callback may have swapped the named layer since the last step (QAT): hook the one this step runs
         for s_name in self.features:
-            self._hook_student_layer(pl_module, s_name)
+            self._hook_student_layer(self._pl, s_name)
         self._clear()
-        self._capture = bool(self.features)
+        self._capture = True
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -10,14 +10,19 @@ import torch
 from torch import nn
 
 from lightning_nas._validate import check_choice, check_int, check_type
-from lightning_nas.callbacks._structural import install_restore_hook
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
+
+from lightning_nas.callbacks._capture import EvalBatches, ModelIO
+from lightning_nas.callbacks._route import Chain, Route
+from lightning_nas.callbacks._structural import copy_module, install_restore_hook
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress import quantize as Q
 from lightning_nas.explain.quant_sensitivity import SENSITIVITY_COLUMNS, SENSITIVITY_KEY, layer_sqnr, quant_sensitivity
 
 
 class _Leaf(nn.Module):
-    """Wraps a bare Conv/Linear child so FX traces a call to it (``module_name`` pointing at a leaf layer)."""
+    """Wraps a bare Conv/Linear so FX traces a call to it (a step that calls one layer, or ``module_name`` naming
+    a leaf layer)."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
@@ -28,40 +33,48 @@ class _Leaf(nn.Module):
 
 
 class QuantizationAware(LightningNASCallback):
-    """Fake-quantize weights (per-channel int8) and activations (uint8) of a submodule during ``fit``, then
-    convert it to a real int8 model: ``int8_model`` (torch, CPU) and ``export_onnx(path)`` (ONNX QDQ that
+    """Fake-quantize weights (per-channel int8) and activations (uint8) of the model the step runs during ``fit``,
+    then convert it to a real int8 model: ``int8_model`` (torch, CPU) and ``export_onnx(path)`` (ONNX QDQ that
     ONNX Runtime runs as ``QLinearConv``/``QGemm``, dynamic batch).
 
-    The submodule is swapped for its FX QAT version in ``setup`` (BatchNorm folded into the convs); parameters
-    are shared, so the user's ``configure_optimizers`` and LR schedulers are untouched. Before ``start_epoch``
-    the fake-quantizers are bypassed (plain float training). At ``teardown`` the user's float submodule is put
-    back (it holds the QAT-trained weights); the fake-quant model stays in ``qat_model``. With a pruning or
-    low-rank callback in the same fit and ``start_epoch > 0``, the swap waits for ``start_epoch`` (so those
-    change the float model first; the arguments are still checked in ``setup``, on a copy) and a checkpoint
-    saved after it swaps on load, after the pruning replay.
+    What is quantized is what ``training_step`` runs, whole: the module it calls (``self.model(x)``; a backbone then
+    a head, each part; for ``self(x)``, every module the LightningModule's own ``forward`` runs, its code between
+    them staying float), found in the first validation or training step (see "What the callbacks capture"). Each
+    part is swapped for its FX QAT version (BatchNorm folded into the convs) before the next training step;
+    parameters are shared, so the user's
+    ``configure_optimizers`` and LR schedulers are untouched. A part torch.fx cannot trace is quantized through
+    its children instead, and what stays float is named in a warning and in the summary
+    (``quant/float_parts``). ``int8_model`` runs the parts in the same order, on the inputs the step gives the
+    model. Before ``start_epoch`` the fake-quantizers are bypassed (plain float training). At ``teardown`` the
+    user's float modules are put back (they hold the QAT-trained weights); the fake-quant model stays in
+    ``qat_model``. With a pruning or low-rank callback in the same fit and ``start_epoch > 0``, the swap waits
+    for ``start_epoch`` (so those change the float model first). A checkpoint saved after the swap swaps on load
+    (after any pruning replay).
 
     Args:
         start_epoch: first epoch with fake quantization.
         freeze_observers_after: QAT epochs after which scales and zero-points stop moving (``None``: never).
         freeze_bn_after: QAT epochs after which folded BatchNorm statistics are frozen (``None``: never).
-        skip: names (inside the quantized submodule) of submodules kept float and untraced.
-        module_name: the submodule of the LightningModule to quantize (``""``: none given; the largest direct
-            child holding a Conv/Linear layer is chosen).
+        skip: names of submodules kept float and untraced (full names in the LightningModule, e.g.
+            ``"model.classifier"``, or names inside the quantized module).
+        module_name: an override: the submodule of the LightningModule to quantize (``""``: the model the step
+            runs, found from the first step).
         backend: ``"x86"`` or ``"fbgemm"`` (torch.ao quantized engine and qconfig).
         onnx_path: where rank zero writes the int8 ONNX model at the end of fit (optional).
         onnx_form: ``"qdq"`` compact portable QDQ graph, ``"fused"`` ONNX Runtime's fused QLinear graph
             (smallest; ONNX Runtime CPU only) or ``"raw"`` the exporter's output (see ``export_int8_onnx``).
         measure: measure size and batch latency of fp32 vs int8 (torch and ONNX Runtime) at fit end.
         explain: log ``quant/<layer>/sqnr_db`` each validation epoch and the per-layer sensitivity table
-            (``explain/sensitivity``) at fit end, on the first ``explain_batches`` validation batches.
+            (``explain/sensitivity``) at fit end, on the first ``explain_batches`` validation batches (as the
+            model receives them).
         explain_batches: validation batches used by the explanations.
 
     Logged: ``quant/<layer>/sqnr_db``; ``explain/sensitivity`` (columns layer, method, level, accuracy, drop);
     summary ``quant/fp32_size_bytes``, ``quant/int8_size_bytes``, ``quant/size_ratio``, ``quant/fp32_latency_ms``,
-    ``quant/int8_latency_ms``, ``quant/speedup``, ``quant/onnx_int8_latency_ms``.
+    ``quant/int8_latency_ms``, ``quant/speedup``, ``quant/onnx_int8_latency_ms``, ``quant/float_parts``.
     """
 
-    _state_attrs = ("qat_steps",)
+    _state_attrs = ("qat_steps", "targets")
 
     def __init__(
         self,
@@ -94,69 +107,146 @@ class QuantizationAware(LightningNASCallback):
         self.measure, self.explain = check_type("measure", measure, bool), check_type("explain", explain, bool)
         self.explain_batches = check_int("explain_batches", explain_batches, 1)
         self.qat_steps = 0
+        self.targets: list[str] = []  # the paths swapped for QAT models ("": the LightningModule's forward)
+        self.float_parts: dict[str, str] = {}  # part of the route kept float -> why
         self.qat_model: nn.Module | None = None
         self.int8_model: nn.Module | None = None
         self.onnx_model: bytes | None = None
         self.measurements: dict[str, Any] = {}
-        self._target: tuple[nn.Module, str, nn.Module] | None = None  # (parent, attribute, original float child)
-        self._example: tuple | None = None
-        self._val_inputs: list[tuple] = []
-        self._val_labelled: list[tuple[Any, torch.Tensor]] = []
-        self._hooks: list[Any] = []
+        self._route: Route | None = None
+        self._prepared: dict[str, nn.Module] = {}
+        self._originals: dict[str, nn.Module] = {}
+        self._pl: L.LightningModule | None = None
+        self._eval = EvalBatches(explain_batches)
 
-    # ------------------------------------------------------------------ set-up: validate, then swap
-    def _resolve(self, pl_module: L.LightningModule) -> tuple[nn.Module, str, nn.Module]:
-        if self.module_name:
-            try:
-                child = pl_module.get_submodule(self.module_name)
-            except AttributeError:
-                names = [n for n, _ in pl_module.named_children()]
-                raise ValueError(f"`module_name` {self.module_name!r} is not a submodule of "
-                                 f"{type(pl_module).__name__}; allowed: e.g. {names}") from None
-            parent_name, _, attr = self.module_name.rpartition(".")
-            return pl_module.get_submodule(parent_name) if parent_name else pl_module, attr, child
-        candidates = [(sum(p.numel() for p in c.parameters()), n, c) for n, c in pl_module.named_children()
-                      if Q.quantizable_layers(c) or isinstance(c, Q.QUANTIZABLE)]
-        if not candidates:
-            raise ValueError(f"QuantizationAware: {type(pl_module).__name__} has no quantizable layer "
-                             f"(allowed: {[t.__name__ for t in Q.QUANTIZABLE]}) in any child module")
-        _, name, child = max(candidates, key=lambda t: t[0])
-        return pl_module, name, child
+    # ------------------------------------------------------------------ set-up: what to quantize
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._pl = pl_module
+            io = self.model_io(trainer, pl_module)
+            if self.explain:
+                io.listen(self, "eval", self._eval)
+            install_restore_hook(pl_module, self._replay)
+        super().setup(trainer, pl_module, stage)
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        parent, attr, child = self._resolve(pl_module)
-        if self.start_epoch > 0 and _structural_callbacks(trainer):
-            # With pruning / low-rank in the same fit: swap at `start_epoch`, not now, so they change the float
-            # model before QAT starts (Torch-Pruning cannot slice the fused QAT modules' per-channel quantizer
-            # buffers). Validate now on a copy, so bad input still fails before the first step. A checkpoint
-            # saved after the swap swaps on load, after the pruning replay (restore hook, order +inf).
-            copied = copy.deepcopy(child)
-            Q.prepare_qat((_Leaf(copied) if isinstance(copied, Q.QUANTIZABLE) else copied).train(), (),
-                          self.backend, self.skip)
+        names = {n for n, _ in pl_module.named_modules()}
+        if self.module_name:
+            if self.module_name not in names:
+                children = [n for n, _ in pl_module.named_children()]
+                raise ValueError(f"`module_name` {self.module_name!r} is not a submodule of "
+                                 f"{type(pl_module).__name__}; allowed: e.g. {children}")
+            self._route = Route((self.module_name,))
+        for s in self.skip:
+            inside = self.module_name and f"{self.module_name}.{s}" in names
+            if s not in names and not inside and not any(n.endswith("." + s) for n in names):
+                raise ValueError(f"`skip` name {s!r} matches no submodule of {type(pl_module).__name__}; "
+                                 f"allowed: submodule names such as {sorted(n for n in names if n)[:12]}")
+        if not Q.quantizable_layers(pl_module, ()):
+            raise ValueError(f"QuantizationAware: {type(pl_module).__name__} has no quantizable layer "
+                             f"(allowed: {[t.__name__ for t in Q.QUANTIZABLE]})")
+        if self._route is not None and not (self.start_epoch > 0 and _structural_callbacks(trainer)):
+            self._swap(trainer, pl_module)  # known now: swap before the optimizer and any checkpoint load
 
-            def replay(checkpoint: dict[str, Any]) -> list[tuple[float, Any]]:
-                if self.qat_model is not None or not _is_quantized(checkpoint.get("state_dict", {})):
-                    return []
-                return [(float("inf"), lambda: self._swap(trainer, *self._resolve(pl_module)))]
-            install_restore_hook(pl_module, replay)
+    def _maybe_swap(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Swap when the route is known (from the first step) and it is time (``start_epoch`` behind pruning)."""
+        if self.qat_model is not None:
             return
-        self._swap(trainer, parent, attr, child)
+        if self._route is None:
+            self._route = ModelIO.of(pl_module).route("train")
+            if self._route is None:
+                return  # no step ran yet: the first training step shows what the model is
+        if self.start_epoch > 0 and _structural_callbacks(trainer) and trainer.current_epoch < self.start_epoch:
+            return
+        self._swap(trainer, pl_module)
 
-    def _swap(self, trainer: L.Trainer, parent: nn.Module, attr: str, child: nn.Module) -> None:
-        target = _Leaf(child) if isinstance(child, Q.QUANTIZABLE) else child
-        prepared = Q.prepare_qat(target.train(), (), self.backend, self.skip)  # raises ValueError on bad input
-        setattr(parent, attr, prepared)
-        self._target, self.qat_model = (parent, attr, child), prepared
-        self._hooks.append(prepared.register_forward_pre_hook(self._capture))
+    def _skip_for(self, path: str) -> list[str]:
+        """``skip`` names relative to the module at ``path`` (full names, or names already inside it)."""
+        out = []
+        for s in self.skip:
+            if not path:
+                out.append(s)
+            elif s.startswith(path + "."):
+                out.append(s[len(path) + 1:])
+            elif path == self.module_name or "." not in s:
+                out.append(s)
+        return out
+
+    def _prepare(self, pl_module: L.LightningModule, path: str) -> tuple[dict[str, nn.Module], dict[str, str]]:
+        """QAT models for ``path``: itself, or its children (recursively) when it is the LightningModule (its
+        layer names stay valid for other callbacks) or torch.fx cannot trace it; and notes on what stays float."""
+        module = pl_module.get_submodule(path) if path else pl_module
+        target = _Leaf(module) if isinstance(module, Q.QUANTIZABLE) else module
+        skip = [s for s in self._skip_for(path) if s in {n for n, _ in target.named_modules()}]
+        if not Q.quantizable_layers(target, skip):
+            return {}, {}
+        reason = "the LightningModule's forward is quantized through the parts it calls"
+        if path:
+            was = target.training
+            try:
+                return {path: Q.prepare_qat(target.train(), (), self.backend, skip)}, {}
+            except ValueError as exc:
+                reason = str(exc).split(". Choose")[0]
+            finally:
+                target.train(was)
+        ran = ModelIO.of(pl_module).ran
+        prepared: dict[str, nn.Module] = {}
+        notes: dict[str, str] = {}
+        for name, child in module.named_children():
+            full = f"{path}.{name}" if path else name
+            if name.startswith(("_kd_", "_lightning_nas")) or (ran and full not in ran):
+                continue  # added by another callback, or not run by the step
+            if isinstance(child, Q.QUANTIZABLE) or Q.quantizable_layers(child):
+                p, n = self._prepare(pl_module, full)
+                prepared.update(p)
+                notes.update(n)
+        if path or not prepared:
+            notes[path or "self"] = (f"quantized through its parts {sorted(prepared)}; its own forward code runs in "
+                                     f"float ({reason})" if prepared else f"stays float ({reason})")
+        return prepared, notes
+
+    def _swap(self, trainer: L.Trainer, pl_module: L.LightningModule, paths: list[str] | None = None) -> None:
+        if paths is None:
+            prepared: dict[str, nn.Module] = {}
+            notes: dict[str, str] = {}
+            for path in self._route.paths:
+                p, n = self._prepare(pl_module, path)
+                prepared.update(p)
+                notes.update(n)
+            if not prepared:
+                raise ValueError(f"QuantizationAware: nothing to quantize in `{self._route.describe()}` "
+                                 f"({'; '.join(f'{k}: {v}' for k, v in notes.items()) or 'no Conv/Linear layer'})")
+        else:  # a checkpoint saved after the swap: the same paths, no search
+            prepared = {p: self._prepare(pl_module, p)[0][p] for p in paths}
+            notes = {}
+        for path, qat in prepared.items():
+            parent_name, _, attr = path.rpartition(".")
+            parent = pl_module.get_submodule(parent_name) if parent_name else pl_module
+            self._originals[path] = getattr(parent, attr)
+            setattr(parent, attr, qat)
+        self._prepared, self.targets, self.float_parts = prepared, list(prepared), notes
+        self.qat_model = next(iter(prepared.values())) if len(prepared) == 1 else nn.ModuleDict(
+            {p.replace(".", "/"): m for p, m in prepared.items()})
+        if notes:
+            rank_zero_warn("QuantizationAware: " + "; ".join(f"`{k}` {v}" for k, v in notes.items()))
         self._apply_schedule(trainer.current_epoch)
 
-    def _capture(self, _module: nn.Module, args: tuple) -> None:
-        if self._example is None:
-            self._example = tuple(a.detach().clone() for a in args)
-        if self._collect_val and len(self._val_inputs) < self.explain_batches:
-            self._val_inputs.append(tuple(a.detach() for a in args))
+    def _uninstall(self, pl_module: L.LightningModule) -> None:
+        for path, original in self._originals.items():
+            parent_name, _, attr = path.rpartition(".")
+            setattr(pl_module.get_submodule(parent_name) if parent_name else pl_module, attr, original)
+        self._originals = {}
 
-    _collect_val = False
+    def _replay(self, checkpoint: dict[str, Any]) -> list[tuple[float, Any]]:
+        state = checkpoint.get("callbacks", {}).get(self.state_key) or {}
+        if self.qat_model is not None or not state.get("targets") or \
+                not _is_quantized(checkpoint.get("state_dict", {})):
+            return []
+        paths = list(state["targets"])
+        return [(float("inf"), lambda: self._swap(self._trainer_of(), self._pl, paths))]
+
+    def _trainer_of(self) -> L.Trainer:
+        return self._pl.trainer
 
     # ------------------------------------------------------------------ schedule
     def _apply_schedule(self, epoch: int, training: bool = True) -> None:
@@ -179,12 +269,12 @@ class QuantizationAware(LightningNASCallback):
         self.qat_model.load_state_dict(self._broadcast(trainer, own), strict=False)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.qat_model is None:
-            if trainer.current_epoch < self.start_epoch:
-                return
-            self._swap(trainer, *self._resolve(pl_module))  # parameters are shared: the optimizer stays valid
-            return
-        self._apply_schedule(trainer.current_epoch)
+        if self.qat_model is not None:
+            self._apply_schedule(trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._maybe_swap(trainer, pl_module)  # parameters are shared: the optimizer stays valid
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -196,26 +286,40 @@ class QuantizationAware(LightningNASCallback):
             return
         self._sync(trainer)
         self._apply_schedule(trainer.current_epoch, training=False)  # observers off: no leak of val data
-        self._val_inputs, self._val_labelled = [], []
-        self._collect_val = self.explain and not trainer.sanity_checking
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not self._collect_val or len(self._val_labelled) >= self.explain_batches:
-            return
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) \
-                and not batch[1].is_floating_point():
-            self._val_labelled.append((batch[0], batch[1]))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.qat_model is None:
             return
-        self._collect_val = False
-        if self._val_inputs and trainer.current_epoch >= self.start_epoch and self.qat_steps > 0:
-            sqnr = layer_sqnr(self.qat_model, self._val_inputs, forward=self.qat_model)
+        if self.explain and not trainer.sanity_checking and self._eval.batches and \
+                trainer.current_epoch >= self.start_epoch and self.qat_steps > 0:
+            inputs = [move_data_to_device(x, pl_module.device) for x, _ in self._eval.batches]
+            sqnr = self._per_part(lambda qat, fwd: layer_sqnr(qat, inputs, forward=fwd), pl_module, rows=False)
             self.tracker(trainer).log_scalars({f"quant/{n}/sqnr_db": v for n, v in sqnr.items()
                                                if v != float("inf")})
         self._apply_schedule(trainer.current_epoch, training=True)
+
+    def _per_part(self, fn: Any, pl_module: L.LightningModule, rows: bool) -> Any:
+        """``fn(qat_part, forward)`` for every QAT part, the others' fake-quantizers off meanwhile; results merged
+        with layer names made full (``model.features.0``). ``forward(args, kwargs)`` runs the route's logits."""
+        route = self._route or Route(tuple(self.targets))
+        forward = (lambda args, kwargs: route.logits(pl_module, (args, kwargs)))
+        merged: Any = [] if rows else {}
+        for path, qat in self._prepared.items():
+            others = [m for p, m in self._prepared.items() if p != path]
+            saved = [(m, m.fake_quant_enabled.clone()) for o in others for _, m in Q.fake_quant_modules(o)]
+            try:
+                for o in others:
+                    Q.set_fake_quant(o, False)
+                out = fn(qat, forward)
+            finally:
+                for m, flag in saved:
+                    m.fake_quant_enabled.copy_(flag)
+            full = (lambda n, path=path: f"{path}.{n}" if path else n)
+            if rows:
+                merged += [[full(r[0]), *r[1:]] for r in out]
+            else:
+                merged.update({full(n): v for n, v in out.items()})
+        return merged
 
     # ------------------------------------------------------------------ the end: int8
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -225,48 +329,86 @@ class QuantizationAware(LightningNASCallback):
         Q.set_observers(self.qat_model, False)
         Q.set_fake_quant(self.qat_model, True)
         tracker = self.tracker(trainer)
-        if self.explain and self._val_labelled:
+        labelled = [(move_data_to_device(x, pl_module.device), y.to(pl_module.device))
+                    for x, y in self._eval.labelled()]
+        if self.explain and labelled:
             try:
-                rows = quant_sensitivity(self.qat_model, self._val_labelled, forward=pl_module)
+                rows = self._per_part(lambda qat, fwd: quant_sensitivity(qat, labelled, forward=fwd), pl_module,
+                                      rows=True)
                 tracker.log_table(SENSITIVITY_KEY, SENSITIVITY_COLUMNS, rows)
             except Exception as exc:  # noqa: BLE001 - a module whose forward does not return logits
                 self.measurements["sensitivity_error"] = f"{type(exc).__name__}: {exc}"
         self.convert()
-        if self.measure and self._example is not None:
+        if self.float_parts:
+            tracker.log_summary({"quant/float_parts": "; ".join(f"{k}: {v}" for k, v in self.float_parts.items())})
+        if self.measure and self._example() is not None:
             self._measure(tracker)
         if self.onnx_path is not None and trainer.is_global_zero:
             self.export_onnx(self.onnx_path)
 
+    def _example(self) -> tuple[torch.Tensor, ...] | None:
+        """Positional example inputs of the int8 model (two samples, CPU), as the step fed the model."""
+        ex = ModelIO.of(self._pl).example("train") if self._pl is not None else None
+        if ex is None and self._example_cache is not None:
+            return self._example_cache
+        if ex is None or ex[1] or not all(isinstance(a, torch.Tensor) for a in ex[0]):
+            return None
+        self._example_cache = tuple(a.cpu() for a in ex[0])
+        return self._example_cache
+
+    _example_cache: tuple[torch.Tensor, ...] | None = None
+
     def convert(self) -> nn.Module:
-        """The real int8 torch model of the current QAT state (also stored in ``int8_model``)."""
+        """The real int8 torch model of the current QAT state (also stored in ``int8_model``): the parts the step
+        runs, in order, each converted (``Chain`` when there are several)."""
         if self.qat_model is None:
             raise RuntimeError("QuantizationAware.convert(): no QAT model yet; run trainer.fit first")
-        self.int8_model = Q.convert_int8(self.qat_model)
+        route = self._route or Route(tuple(self.targets))
+        self.int8_model = Chain.of([self._int8_part(path) for path in route.paths], route)
         self.onnx_model = None
         return self.int8_model
+
+    def _int8_part(self, path: str) -> nn.Module:
+        if path in self._prepared:
+            return Q.convert_int8(self._prepared[path])
+        # quantized through its children (or not at all): a CPU copy of the module, each QAT child converted
+        inner = [p for p in self._prepared if not path or p.startswith(path + ".")]
+        part = copy.deepcopy(self._pl.get_submodule(path)) if path else copy_module(self._pl, self)
+        part = part.cpu().eval()
+        for p in inner:
+            rel = p[len(path) + 1:] if path else p
+            parent_name, _, attr = rel.rpartition(".")
+            parent = part.get_submodule(parent_name) if parent_name else part
+            setattr(parent, attr, Q.convert_int8(getattr(parent, attr)))
+        return part
 
     def export_onnx(self, path: str | Path) -> Path:
         """Write the int8 ONNX model (``onnx_form``, dynamic batch axis) to ``path``; returns the path."""
         if self.int8_model is None:
             self.convert()
         if self.onnx_model is None:
-            example = self._example if self._example is not None else None
+            example = self._example()
             if example is None:
-                raise RuntimeError("QuantizationAware.export_onnx(): no example input was seen during fit")
-            self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1].cpu() for a in example),
-                                                form=self.onnx_form)
+                raise RuntimeError("QuantizationAware.export_onnx(): no positional tensor inputs were seen during fit")
+            self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1] for a in example), form=self.onnx_form)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.onnx_model)
         return path
+
+    def float_model(self) -> nn.Module:
+        """The float model the step runs (the user's modules, with the QAT-trained weights), for comparisons."""
+        route = self._route or Route(tuple(self.targets))
+        return Chain.of([self._pl if not p else self._originals.get(p, self._pl.get_submodule(p))
+                         for p in route.paths], route)
 
     def _measure(self, tracker: Any) -> None:
         from lightning_nas.deploy import measure
         from lightning_nas.deploy.export import onnx_session
         from lightning_nas.deploy.measure import _time
 
-        x = tuple(a.cpu() for a in self._example)
-        float_model = self._target[2]
+        x = self._example()
+        float_model = self.float_model()
         device = next(float_model.parameters()).device
         float_model.cpu()
         try:
@@ -289,14 +431,11 @@ class QuantizationAware(LightningNASCallback):
         tracker.log_summary(m)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self._target is None:
+        if stage != "fit":
             return
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-        parent, attr, child = self._target
-        setattr(parent, attr, child)  # the user's float module, holding the QAT-trained weights
-        self._target = None
+        self._example()  # keep the example for export_onnx() after the fit
+        self._uninstall(pl_module)  # the user's float modules, holding the QAT-trained weights
+        self.release_model_io(pl_module)
 
 
 def _structural_callbacks(trainer: L.Trainer) -> list[L.Callback]:
