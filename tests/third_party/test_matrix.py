@@ -12,7 +12,6 @@ to edit when a fix lands: a fixed cell XPASSes, which fails the run until its en
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import lightning as L
@@ -186,15 +185,17 @@ def _runs_its_step(module: L.LightningModule, p: Project, tmp_path) -> Observed:
 
 def _weight_layers(module: nn.Module, obs: Observed, *, own_forward: bool = False) -> set[str]:
     """Weight layers (own >= 2-D ``weight``: conv, linear, embedding) of the model the step ran: those whose
-    forward ran, and (unless ``own_forward``) those whose parent ran and uses their weight itself (the
-    ``out_proj`` of ``nn.MultiheadAttention``). The LightningModule itself does not count as a parent."""
+    forward ran and, unless ``own_forward``, the ``out_proj`` of an ``nn.MultiheadAttention`` that ran (it
+    uses that weight without calling ``out_proj``)."""
+    mods = dict(module.named_modules())
     out = set()
-    for n, m in module.named_modules():
+    for n, m in mods.items():
         w = getattr(m, "weight", None)
         if not n or not isinstance(w, torch.Tensor) or w.ndim < 2:
             continue
         parent = n.rpartition(".")[0]
-        if n in obs.ran or (not own_forward and parent and parent in obs.ran):
+        used_by_parent = not own_forward and parent in obs.ran and isinstance(mods[parent], nn.MultiheadAttention)
+        if n in obs.ran or used_by_parent:
             out.add(n)
     return out
 
@@ -366,24 +367,26 @@ def cell_DecisionPaths(p, cb, tmp_path, baseline):
             f"class {c}: zeroing {layer}[{ch}] lowers the real logit by {real:.4f}, DecisionPaths says {drop:.4f}"
 
 
+def _per_layer(keys: set[str], module: nn.Module, metric: str) -> dict[str, str]:
+    """``dynamics/<layer>/<metric>`` keys -> {the module's own name for <layer>: key}."""
+    pre, suf = "dynamics/", "/" + metric
+    return {_resolve(module, k[len(pre):-len(suf)]): k for k in keys if k.startswith(pre) and k.endswith(suf)}
+
+
 def cell_TrainingDynamics(p, cb, tmp_path, baseline):
     module, *_ = fit(tmp_path, p, [cb])
     obs = run_user_step(module, p, tmp_path=tmp_path)
     sink = Sink(tmp_path)
     keys = sink.scalar_keys()
-    logged = {_resolve(module, k[len("dynamics/"):-len("/weight_norm")]) for k in keys
-              if k.startswith("dynamics/") and k.endswith("/weight_norm")}
-    expected = _weight_layers(module, obs)
+    logged, expected = set(_per_layer(keys, module, "weight_norm")), _weight_layers(module, obs)
     assert logged == expected, \
         f"dynamics describe {sorted(logged - expected)} not run by the step, miss {sorted(expected - logged)}"
-    for name in expected:
-        short = next(k for k in keys if k.endswith("/weight_norm") and _resolve(
-            module, k[len("dynamics/"):-len("/weight_norm")]) == name)[:-len("/weight_norm")]
-        grads = sink.scalars(f"{short}/grad_norm")
-        assert grads and max(grads) > 0, f"no gradient norm logged for {name}: {grads}"
+    grads = _per_layer(keys, module, "grad_norm")
+    for name in sorted(expected):
+        values = sink.scalars(grads[name]) if name in grads else []
+        assert values and max(values) > 0, f"no gradient norm logged for {name}: {values}"
     acts = {n for n, r in obs.layers.items() if r["type"] in ("ReLU", "ReLU6", "LeakyReLU", "ELU")}
-    dead = {_resolve(module, k[len("dynamics/"):-len("/dead_fraction")]) for k in keys
-            if k.startswith("dynamics/") and k.endswith("/dead_fraction")}
+    dead = set(_per_layer(keys, module, "dead_fraction"))
     assert acts <= dead, f"dead units not watched for {sorted(acts - dead)}"
 
 
