@@ -44,7 +44,7 @@ class _BackboneHead(nn.Module):
         super().__init__()
         self.glue = glue
         self.backbone = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(6 * 4 * 4 if glue == "flatten" else 6, 10)
+        self.head = nn.Linear({"flatten": 6 * 4 * 4, "pool2": 6 * 2 * 2}.get(glue, 6), 10)
         self.criterion = nn.CrossEntropyLoss()
 
     def step(self, x, y):
@@ -57,11 +57,13 @@ class _BackboneHead(nn.Module):
             f = f.flatten(1)
         elif self.glue == "max":
             f = f.amax(dim=(-1, -2))
+        elif self.glue == "pool2":
+            f = F.adaptive_avg_pool2d(f, 2).flatten(1)
         return self.criterion(self.head(f), y)
 
 
 @pytest.mark.parametrize("glue,expected", [("mean", "mean"), ("pool", "mean"), ("flatten", "same"),
-                                           ("max", "amax")])
+                                           ("max", "amax"), ("pool2", "avg_pool")])
 def test_backbone_then_head_is_one_route_through_the_glue(glue, expected):
     m = _BackboneHead(glue)
     x, y = torch.randn(3, 3, 4, 4), torch.randint(0, 10, (3,))

@@ -229,8 +229,9 @@ class ModelIO:
             rank_zero_warn(f"lightning_nas: `{step}` feeds {found.dropped} into `{found.route.describe()}` through "
                            "code it cannot replay (only reshape, pooling and activations are recognised); example "
                            f"inputs, probes and the int8 model cover `{found.route.describe()}` only")
-        for _, fn in list(self._route_listeners):
-            fn(kind, found.route)
+        with torch.inference_mode(False), torch.enable_grad():  # listeners may trace (pruning) or prepare (QAT)
+            for _, fn in list(self._route_listeners):
+                fn(kind, found.route)
 
 
 # ---------------------------------------------------------------------------------------------- probes

@@ -23,18 +23,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# name -> function of the earlier call's output; the result is then reshaped to the later call's input shape
-GLUES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "same": lambda t: t,
-    "mean": lambda t: t.flatten(2).mean(2),
-    "amax": lambda t: t.flatten(2).amax(2),
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "silu": F.silu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "softmax": lambda t: torch.softmax(t, -1),
-    "log_softmax": lambda t: torch.log_softmax(t, -1),
+
+
+def _adaptive(pool: Callable, t: torch.Tensor, numel: int) -> torch.Tensor:
+    """Adaptive pooling of ``(B, C, *spatial)`` to the size that gives ``numel`` values per sample."""
+    cells = numel // t.shape[1] if t.ndim >= 3 and numel % t.shape[1] == 0 else 0
+    side = round(cells ** (1 / (t.ndim - 2))) if cells else 0
+    if not side or side ** (t.ndim - 2) != cells:
+        return t
+    return pool(t, side)
+
+
+_AVG = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}
+_MAX = {3: F.adaptive_max_pool1d, 4: F.adaptive_max_pool2d, 5: F.adaptive_max_pool3d}
+
+# name -> function of (the earlier call's output, values per sample the later call receives); the result is then
+# reshaped to the later call's input shape
+GLUES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "same": lambda t, n: t,
+    "mean": lambda t, n: t.flatten(2).mean(2),
+    "amax": lambda t, n: t.flatten(2).amax(2),
+    "avg_pool": lambda t, n: _adaptive(_AVG[t.ndim], t, n) if t.ndim in _AVG else t,
+    "max_pool": lambda t, n: _adaptive(_MAX[t.ndim], t, n) if t.ndim in _MAX else t,
+    "relu": lambda t, n: F.relu(t),
+    "gelu": lambda t, n: F.gelu(t),
+    "silu": lambda t, n: F.silu(t),
+    "tanh": lambda t, n: torch.tanh(t),
+    "sigmoid": lambda t, n: torch.sigmoid(t),
+    "softmax": lambda t, n: torch.softmax(t, -1),
+    "log_softmax": lambda t, n: torch.log_softmax(t, -1),
 }
 
 
@@ -73,7 +90,10 @@ Link = tuple[str, tuple[int, ...]]  # (glue name, per-sample shape of what the n
 
 def _glued(link: Link, out: Any) -> torch.Tensor:
     t = logits_of(out)
-    return GLUES[link[0]](t).reshape(t.shape[0], *link[1])
+    numel = 1
+    for d in link[1]:
+        numel *= d
+    return GLUES[link[0]](t, numel).reshape(t.shape[0], *link[1])
 
 
 @dataclass(frozen=True)
@@ -343,11 +363,12 @@ def match_glue(out: Any, inp: torch.Tensor) -> tuple[str, tuple[int, ...]] | Non
     shape = tuple(inp.shape[1:])
     if t is inp:
         return ("same", shape)
+    per_sample = inp.numel() // max(1, inp.shape[0])
     for name, fn in GLUES.items():
-        if name in ("mean", "amax") and t.ndim < 3:
+        if name in ("mean", "amax", "avg_pool", "max_pool") and t.ndim < 3:
             continue
         with torch.no_grad():
-            y = fn(t.detach())
+            y = fn(t.detach(), per_sample)
         if y.numel() == inp.numel() and _close(y.reshape(inp.shape), inp.detach()):
             return (name, shape)
     if t.numel() == inp.numel() and _dropout_of(t.detach().reshape(inp.shape), inp.detach()):
@@ -467,10 +488,12 @@ def map_rows(obj: Any, n: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> An
 
 
 def detached(obj: Any, device: torch.device | str | None = "cpu") -> Any:
-    """A detached copy of every tensor in ``obj`` (moved to ``device``; ``None`` keeps it)."""
+    """A detached copy of every tensor in ``obj`` (moved to ``device``; ``None`` keeps it), usable by autograd
+    even when taken inside an evaluation loop's ``inference_mode``."""
     if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        return (t.to(device) if device is not None else t).clone()
+        with torch.inference_mode(False):
+            t = obj.detach()
+            return (t.to(device) if device is not None else t).clone()
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return type(obj)(*(detached(v, device) for v in obj))
     if isinstance(obj, (tuple, list)):

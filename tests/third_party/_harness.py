@@ -40,12 +40,13 @@ class Project:
 
 
 class StepCounter(L.Callback):
-    """Counts training batches started: a refusal must come before the first one."""
+    """Counts optimizer steps taken: a refusal must come before the first one (nothing of the user's is lost; a
+    project without validation shows the library its model in the forward of its first training step)."""
 
     def __init__(self) -> None:
         self.started = 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.started += 1
 
 

@@ -70,26 +70,20 @@ def _forward(name: str, where: str = "") -> tuple[type[BaseException], str]:
 
 
 EXPECTED_FAILURES: dict[tuple[str, str], tuple[type[BaseException], str]] = {
-    ("demo_net", "StructuredPruning"): _INPUTS,
     ("demo_net", "QuantizationAware"): (AssertionError, "QAT from epoch 0 collapses: int8 val acc 0.659 (float "
                                                         "after the QAT fit 0.659) vs 0.933 without QAT"),
-    ("demo_net", "KnowledgeDistillation"): _student("DigitsOnMNISTNet"),
     ("demo_net", "AttributionMonitor"): _forward("DigitsOnMNISTNet"),
     ("demo_net", "DecisionPaths"): _forward("DigitsOnMNISTNet"),
     ("demo_net", "ArchitectureView"): _forward("DigitsOnMNISTNet"),
     ("demo_net", "DriftMonitor"): _forward("DigitsOnMNISTNet", " in validation"),
 
-    ("resnet18", "StructuredPruning"): _INPUTS,
-    ("resnet18", "KnowledgeDistillation"): _student("ResNetClassifier"),
     ("resnet18", "AttributionMonitor"): _forward("ResNetClassifier"),
     ("resnet18", "DecisionPaths"): _forward("ResNetClassifier"),
     ("resnet18", "ArchitectureView"): _forward("ResNetClassifier"),
     ("resnet18", "DriftMonitor"): _forward("ResNetClassifier", " in validation"),
 
-    ("dict_batches", "StructuredPruning"): _INPUTS,
     ("dict_batches", "QuantizationAware"): (AssertionError, "int8 val acc 0.941 vs 0.967 without QAT (float after "
                                                             "the QAT fit 0.956)"),
-    ("dict_batches", "KnowledgeDistillation"): _student("DictBatchClassifier"),
     ("dict_batches", "AttributionMonitor"): _forward("DictBatchClassifier"),
     ("dict_batches", "DecisionPaths"): _forward("DictBatchClassifier"),
     ("dict_batches", "ArchitectureView"): _forward("DictBatchClassifier"),
@@ -97,24 +91,22 @@ EXPECTED_FAILURES: dict[tuple[str, str], tuple[type[BaseException], str]] = {
                                                    "batch (image, label)', where AttributionMonitor finds the key"),
 
     ("backbone_head", "StructuredPruning"): _INPUTS,
-    ("backbone_head", "QuantizationAware"): (AssertionError, "int8_model is the backbone alone: int8_model(x) gives "
-                                                             "(64, 32, 2, 2), the float model (64, 10)"),
-    ("backbone_head", "KnowledgeDistillation"): _student("BackboneHead"),
+    ("backbone_head", "QuantizationAware"): (AssertionError, "QAT from epoch 0 collapses: int8 val acc 0.196 vs "
+                                                             "0.952 without QAT"),
     ("backbone_head", "AttributionMonitor"): _forward("BackboneHead"),
     ("backbone_head", "DecisionPaths"): _forward("BackboneHead"),
     ("backbone_head", "ArchitectureView"): _forward("BackboneHead"),
     ("backbone_head", "DriftMonitor"): _forward("BackboneHead", " in validation"),
 
     ("backbone_pool_head", "StructuredPruning"): _INPUTS,
-    ("backbone_pool_head", "QuantizationAware"): (AssertionError, "int8_model is the backbone alone: int8_model(x) "
-                                                                  "gives (64, 32, 4, 4), the float model (64, 10)"),
+    ("backbone_pool_head", "QuantizationAware"): (AssertionError, "QAT from epoch 0 collapses: int8 val acc 0.200 "
+                                                                  "vs 0.956 without QAT"),
     ("backbone_pool_head", "KnowledgeDistillation"): _student("BackbonePoolHead"),
     ("backbone_pool_head", "AttributionMonitor"): _forward("BackbonePoolHead"),
     ("backbone_pool_head", "DecisionPaths"): _forward("BackbonePoolHead"),
     ("backbone_pool_head", "ArchitectureView"): _forward("BackbonePoolHead"),
     ("backbone_pool_head", "DriftMonitor"): _forward("BackbonePoolHead", " in validation"),
 
-    ("manual_opt", "StructuredPruning"): _INPUTS,
     ("manual_opt", "QuantizationAware"): (AssertionError, "QAT from epoch 0 collapses: int8 val acc 0.185 (float "
                                                           "after the QAT fit 0.537) vs 0.967 without QAT"),
     ("manual_opt", "AttributionMonitor"): _forward("ManualOptClassifier"),
@@ -123,8 +115,6 @@ EXPECTED_FAILURES: dict[tuple[str, str], tuple[type[BaseException], str]] = {
     ("manual_opt", "DriftMonitor"): _forward("ManualOptClassifier", " in validation"),
 
     ("flat_mlp", "StructuredPruning"): (ValueError, _INPUTS[1] + " (the step flattens; forward takes 64-vectors)"),
-    ("flat_mlp", "QuantizationAware"): (AssertionError, "int8_model is fc1 alone: int8_model(x) gives (64, 128), the "
-                                                        "float model (64, 10)"),
     ("flat_mlp", "AttributionMonitor"): (RuntimeError, _MAT.format(" in setup", "16x8")),
     ("flat_mlp", "DecisionPaths"): (RuntimeError, _MAT.format(" in setup", "16x8")),
     ("flat_mlp", "ArchitectureView"): (RuntimeError, _MAT.format(" at fit start", "8x8")),
@@ -134,10 +124,6 @@ EXPECTED_FAILURES: dict[tuple[str, str], tuple[type[BaseException], str]] = {
                                                              "the graph a second time' (MultiheadAttention reads "
                                                              "out_proj.weight without calling out_proj, whose mask "
                                                              "is then never recomputed)"),
-    ("demo_transformer", "QuantizationAware"): (ValueError, "ValueError in setup: 'torch.fx could not trace "
-                                                            "Transformer (ones() takes 1 positional argument but 2 "
-                                                            "were given)': nothing is quantized, rather than the "
-                                                            "untraceable part staying float"),
     ("demo_transformer", "ArchitectureView"): (ValueError, "ValueError in setup: 'SyntheticTokensLM.forward takes "
                                                            "several inputs; pass `forward_fn=`' (the step's own call "
                                                            "is not used)"),
