@@ -138,6 +138,10 @@ class StructuredPruning(LightningNASCallback):
         state_dict.update(P.densify_state_dict(self._unpruned, steps, self.example, state_dict, self._fwd))
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        layers = [n for n, m in pl_module.named_modules() if isinstance(m, P.ROOT_TYPES)]
+        if not self.records and not [n for n in layers if not P._matches(n, self.ignore)]:
+            raise ValueError(f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
+                             f"{self.ignore} (the output layer is never pruned)")
         if self.example is None and self._given_example is not None:
             given = self._given_example
             self.example = (tuple(given), {}) if isinstance(given, (tuple, list)) else ((given,), {})

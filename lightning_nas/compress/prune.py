@@ -30,6 +30,7 @@ from torch.nn.utils import prune as _tprune
 from lightning_nas._validate import check_choice, check_range, check_type
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
+ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # the layers whose output channels are pruned
 
 # (args, kwargs) given to ``model(*args, **kwargs)`` when tracing the dependency graph.
 ExampleInputs = Any
@@ -114,8 +115,7 @@ def prunable_layers(model: nn.Module, example_inputs: ExampleInputs, ignore: Seq
     names = {m: n for n, m in model.named_modules()}
     ignored = _ignored_modules(model, example_inputs, ignore, forward_fn)
     out: dict[str, int] = {}
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d,
-                                                                             nn.Linear]):
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=list(ROOT_TYPES)):
         root = group[0].dep.target.module
         out[names[root]] = len(group[0].idxs)
     return out
