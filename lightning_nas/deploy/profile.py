@@ -68,11 +68,12 @@ def _forward_numpy(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray,
 
 
 def attribution_share(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, mode: str,
-                      n_steps: int = 16) -> np.ndarray:
+                      n_steps: int = 16) -> np.ndarray | None:
     """Share of mean |Integrated Gradients| attribution per feature (sums to 1; uniform if all zero).
 
     IG (Captum, zero baseline, target = the predicted class): ``(x - 0) * mean_alpha grad f_c(alpha x)``.
-    Works on any differentiable callable, a TorchScript module included.
+    Works on any differentiable callable, a TorchScript module included. Inputs whose attribution is not finite
+    (values near float32's limit overflow in the gradients) are left out; ``None`` when none is left.
     """
     from captum.attr import IntegratedGradients
 
@@ -83,8 +84,16 @@ def attribution_share(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarr
         attr = IntegratedGradients(model).attribute(t, baselines=torch.zeros_like(t), target=target,
                                                     n_steps=n_steps, internal_batch_size=512)
     a = np.abs(attr.detach().double().cpu().numpy())
-    per_feature = feature_matrix(a, mode).mean(0)
-    total = per_feature.sum()
+    with np.errstate(over="ignore", invalid="ignore"):
+        feats = feature_matrix(a, mode)
+        feats = feats[np.isfinite(feats).all(axis=1)]
+        if not len(feats):
+            return None
+        per_feature = feats.mean(0)
+        total = per_feature.sum()
+    if not np.isfinite(total) or not np.isfinite(per_feature).all():  # finite per sample, overflowing summed
+        per_feature = (feats / np.maximum(feats.max(), 1e-300)).mean(0)
+        total = per_feature.sum()
     return per_feature / total if total > 0 else np.full_like(per_feature, 1.0 / len(per_feature))
 
 
@@ -150,9 +159,10 @@ class ReferenceProfile:
         }
         if attribution_samples:
             idx = rng.choice(len(xs), size=min(attribution_samples, len(xs)), replace=False)
-            data["attribution"] = {"method": "IntegratedGradients", "baseline": "zeros", "n_steps": 16,
-                                   "n_samples": int(len(idx)),
-                                   "share": attribution_share(model, xs[idx], feature_mode).tolist()}
+            share = attribution_share(model, xs[idx], feature_mode)
+            if share is not None:  # None: no reference input had a finite attribution
+                data["attribution"] = {"method": "IntegratedGradients", "baseline": "zeros", "n_steps": 16,
+                                       "n_samples": int(len(idx)), "share": share.tolist()}
         return cls(data)
 
     @classmethod
