@@ -11,11 +11,14 @@
       bundle.sha256      ``sha256sum -c`` manifest of every file above, card included
 
 ``load_bundle`` recomputes every hash and refuses a folder whose files were modified, replaced or removed.
+``bundle`` builds into a temporary folder beside ``out_dir`` and swaps it in at the end; ``overwrite=True`` only
+ever replaces a folder that is a bundle.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -36,6 +39,10 @@ VERSION = 1
 CARD, MANIFEST = "card.json", "bundle.sha256"
 FLOAT_ONNX, INT8_ONNX, TORCHSCRIPT, PROFILE = "model.onnx", "model.int8.onnx", "model.ts", "profile.json"
 OUTPUT_KINDS = ("auto", "logits", "probabilities")
+#: every file a bundle folder may hold
+BUNDLE_FILES = (FLOAT_ONNX, INT8_ONNX, TORCHSCRIPT, PROFILE)
+#: largest card/manifest read
+MAX_CARD_BYTES = 16 << 20
 #: ONNX / TorchScript outputs must match torch within ``atol + rtol * |torch|`` (float32 kernels differ).
 FLOAT_ATOL, FLOAT_RTOL = 1e-4, 1e-3
 
@@ -99,7 +106,8 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
         model: a classifier mapping a float32 batch ``(N, *shape)`` to ``(N, classes)`` scores.
         example_input: a float batch ``(B, *shape)``; its per-sample shape becomes the card's input spec and
             its batch the measured batch.
-        out_dir: the bundle folder (created; must be empty unless ``overwrite``).
+        out_dir: the bundle folder (created; must be absent or empty unless ``overwrite``). The bundle is built in
+            a temporary folder beside it and swapped in when complete, so a failure leaves ``out_dir`` as it was.
         int8: ``True``: quantize the float ONNX to int8 QDQ with ONNX Runtime, calibrated on
             ``reference_data``; ONNX bytes or a path: an int8 model made elsewhere (e.g. after QAT);
             ``None``/``False``: no int8 model.
@@ -111,7 +119,8 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
         output: ``"logits"``, ``"probabilities"`` or ``"auto"`` (probabilities when every row is a
             distribution on the reference/example data).
         class_names: labels of the output classes (default ``"0".."K-1"``).
-        overwrite: replace an existing non-empty ``out_dir``.
+        overwrite: replace an existing bundle in ``out_dir``. A folder that is not a bundle (no bundle card, or
+            files a bundle does not have) is never replaced: ``FileExistsError``.
     """
     check_type("model", model, nn.Module)
     check_type("example_input", example_input, torch.Tensor)
@@ -124,10 +133,7 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
         raise ValueError(f"`example_input` must be a float batch (B, ...), got {example_input.dtype} "
                          f"{tuple(example_input.shape)}")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"`out_dir` {str(out)!r} exists and is not empty; pass overwrite=True to replace it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    _check_out_dir(out, overwrite)
     shape = tuple(int(s) for s in example_input.shape[1:])
     ref = None
     if reference_data is not None:
@@ -141,49 +147,134 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
         raise ValueError("`int8=True` calibrates the int8 model on `reference_data`; pass reference_data")
     was_training = model.training
     model.eval()
+    target = out.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmpd = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        with tempfile.TemporaryDirectory(prefix="lightning-nas-bundle-") as tmp:
-            tmpd = Path(tmp)
-            files = _write_models(model, example_input.detach().cpu().float(), tmpd, int8, ref)
-            check_x = (ref[:128] if ref is not None else example_input.detach().cpu().numpy()).astype(np.float32)
-            with torch.no_grad():
-                want = model(torch.from_numpy(check_x)).float().numpy()
-            if want.ndim != 2 or want.shape[1] < 2:
-                raise ValueError(f"bundle: the model must output (N, classes) scores, got shape {want.shape}")
-            checks = _check_outputs(tmpd, files, check_x, want)
-            kind = output
-            if kind == "auto":
-                is_dist = (want >= 0).all() and np.allclose(want.sum(1), 1.0, atol=1e-4)
-                kind = "probabilities" if is_dist else "logits"
-            if ref is not None:
-                ReferenceProfile.from_data(model, ref).save(tmpd / PROFILE)
-                files.append(PROFILE)
-            c = card or ModelCard(name or type(model).__name__)
-            c.set_model(model)
-            c.metrics.update(metrics or {})
-            c.measurements = _measurements(model, example_input, tmpd, files)
-            rng = (float(ref.min()), float(ref.max())) if ref is not None else None
-            c.input_spec = {"name": "input", "dtype": "float32", "shape": ["batch", *shape],
-                            "normalisation": normalisation or c.input_spec.get("normalisation"),
-                            "range": list(rng) if rng else c.input_spec.get("range")}
-            k = want.shape[1]
-            names = [str(n) for n in (class_names or range(k))]
-            if len(names) != k:
-                raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
-            d = c.to_dict()
-            d["name"] = name or c.name
-            d["bundle"] = {"format": FORMAT, "version": VERSION, "output": {"kind": kind, "num_classes": k,
-                                                                             "class_names": names},
-                           "checks": checks, "files": {f: {"sha256": sha256(tmpd / f),
-                                                           "bytes": (tmpd / f).stat().st_size} for f in files}}
-            (tmpd / CARD).write_text(json.dumps(_jsonable(d), indent=2))
-            (tmpd / MANIFEST).write_text("".join(f"{sha256(tmpd / f)}  {f}\n" for f in [*files, CARD]))
-            out.mkdir(parents=True, exist_ok=True)
-            for f in [*files, CARD, MANIFEST]:
-                shutil.move(str(tmpd / f), str(out / f))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmpd.chmod(0o777 & ~umask)  # mkdtemp makes it private; the bundle folder gets the usual permissions
+        # everything is written into tmpd (beside out_dir), then swapped in whole
+        files = _write_models(model, example_input.detach().cpu().float(), tmpd, int8, ref)
+        check_x = (ref[:128] if ref is not None else example_input.detach().cpu().numpy()).astype(np.float32)
+        with torch.no_grad():
+            want = model(torch.from_numpy(check_x)).float().numpy()
+        if want.ndim != 2 or want.shape[1] < 2:
+            raise ValueError(f"bundle: the model must output (N, classes) scores, got shape {want.shape}")
+        checks = _check_outputs(tmpd, files, check_x, want)
+        kind = output
+        if kind == "auto":
+            is_dist = (want >= 0).all() and np.allclose(want.sum(1), 1.0, atol=1e-4)
+            kind = "probabilities" if is_dist else "logits"
+        if ref is not None:
+            ReferenceProfile.from_data(model, ref).save(tmpd / PROFILE)
+            files.append(PROFILE)
+        c = card or ModelCard(name or type(model).__name__)
+        c.set_model(model)
+        c.metrics.update(metrics or {})
+        c.measurements = _measurements(model, example_input, tmpd, files)
+        rng = (float(ref.min()), float(ref.max())) if ref is not None else None
+        c.input_spec = {"name": "input", "dtype": "float32", "shape": ["batch", *shape],
+                        "normalisation": normalisation or c.input_spec.get("normalisation"),
+                        "range": list(rng) if rng else c.input_spec.get("range")}
+        k = want.shape[1]
+        names = [str(n) for n in (class_names or range(k))]
+        if len(names) != k:
+            raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
+        d = c.to_dict()
+        d["name"] = name or c.name
+        d["bundle"] = {"format": FORMAT, "version": VERSION, "output": {"kind": kind, "num_classes": k,
+                                                                         "class_names": names},
+                       "checks": checks, "files": {f: {"sha256": sha256(tmpd / f),
+                                                       "bytes": (tmpd / f).stat().st_size} for f in files}}
+        (tmpd / CARD).write_text(json.dumps(_jsonable(d), indent=2))
+        (tmpd / MANIFEST).write_text("".join(f"{sha256(tmpd / f)}  {f}\n" for f in [*files, CARD]))
+        leftovers = sorted(x.name for x in tmpd.iterdir() if x.name not in (*files, CARD, MANIFEST))
+        for x in leftovers:
+            (tmpd / x).unlink()
+        _check_out_dir(out, overwrite)  # again: the folder may have changed while the bundle was built
+        _swap_in(tmpd, target)
+    except BaseException:
+        shutil.rmtree(tmpd, ignore_errors=True)
+        raise
     finally:
         model.train(was_training)
     return out
+
+
+def _is_bundle_folder(p: Path) -> str | None:
+    """``None`` when ``p`` is a bundle folder written by ``bundle`` (a bundle card, and only bundle files),
+    else the reason it is not."""
+    names = sorted(x.name for x in p.iterdir())
+    foreign = [n for n in names if n not in (*BUNDLE_FILES, CARD, MANIFEST) or not (p / n).is_file()
+               or (p / n).is_symlink()]
+    if foreign:
+        return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a bundle does not have: {foreign[:5]}"
+    try:
+        card = json.loads((p / CARD).read_bytes()) if (p / CARD).stat().st_size <= MAX_CARD_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        card = None
+    meta = card.get("bundle") if isinstance(card, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return f"it has no {CARD} of format {FORMAT!r}"
+    return None
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that exists and holds anything, unless it is a bundle and ``overwrite`` is set."""
+    if not out.exists() and not out.is_symlink():
+        return
+    target = out.resolve()
+    if not target.is_dir():
+        raise FileExistsError(f"`out_dir` {str(out)!r} exists and is not a folder; refusing to replace it")
+    if not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"`out_dir` {str(out)!r} exists and is not empty; pass overwrite=True to replace a "
+                              "bundle written there before")
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise FileExistsError(f"`out_dir` {str(out)!r} is the current directory or holds it; refusing to replace it")
+    reason = _is_bundle_folder(target)
+    if reason is not None:
+        raise FileExistsError(f"`out_dir` {str(out)!r} is not a bundle folder ({reason}); overwrite=True only "
+                              "replaces a bundle, so nothing was deleted")
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux ``renameat2(RENAME_EXCHANGE)``; ``False`` where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` at ``target``: a rename when ``target`` is absent or empty, else an atomic
+    exchange (two renames with a roll-back where the platform has no exchange), then the old bundle is deleted."""
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        os.replace(new, target)  # rename(2) replaces an empty folder atomically
+        return
+    if _rename_exchange(new, target):  # target now holds the new bundle, `new` the old one
+        shutil.rmtree(new, ignore_errors=True)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_models(model: nn.Module, x: torch.Tensor, d: Path, int8: Any, ref: np.ndarray | None) -> list[str]:
