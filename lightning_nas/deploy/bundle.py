@@ -10,25 +10,28 @@
       card.json          the model card + ``bundle`` section: format, input/output spec, sha256 of each file
       bundle.sha256      ``sha256sum -c`` manifest of every file above, card included
 
-``load_bundle`` recomputes every hash and refuses a folder whose files were modified, replaced or removed.
-``bundle`` builds into a temporary folder beside ``out_dir`` and swaps it in at the end; ``overwrite=True`` only
-ever replaces a folder that is a bundle.
+``load_bundle`` reads every file once, checks the card against a schema and every file's bytes against its sha256,
+and keeps those bytes: the ONNX session, the TorchScript module and the profile are made from exactly the bytes
+that were checked, never re-read from disk. ``bundle`` builds into a temporary folder beside ``out_dir`` and
+swaps it in at the end; ``overwrite=True`` only ever replaces a folder that is a bundle.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from lightning_nas._trust import UnsafePathError, inside
 from lightning_nas._validate import check_type
 from lightning_nas.deploy.card import ModelCard, _jsonable
 from lightning_nas.deploy.export import export, onnx_session
@@ -39,10 +42,12 @@ VERSION = 1
 CARD, MANIFEST = "card.json", "bundle.sha256"
 FLOAT_ONNX, INT8_ONNX, TORCHSCRIPT, PROFILE = "model.onnx", "model.int8.onnx", "model.ts", "profile.json"
 OUTPUT_KINDS = ("auto", "logits", "probabilities")
-#: every file a bundle folder may hold
+#: every file a bundle folder may hold; a card naming any other file is refused
 BUNDLE_FILES = (FLOAT_ONNX, INT8_ONNX, TORCHSCRIPT, PROFILE)
-#: largest card/manifest read
+#: largest card/manifest read (the model files are read whole anyway, to be hashed and then used)
 MAX_CARD_BYTES = 16 << 20
+#: largest number of elements one input may have according to a card (64 MiB of float32)
+MAX_INPUT_ELEMENTS = 1 << 24
 #: ONNX / TorchScript outputs must match torch within ``atol + rtol * |torch|`` (float32 kernels differ).
 FLOAT_ATOL, FLOAT_RTOL = 1e-4, 1e-3
 
@@ -55,8 +60,103 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class BundleError(ValueError):
     """A folder that is not a valid bundle, or one whose files do not match their recorded hashes."""
+
+
+# ------------------------------------------------------------------------------------------------ card schema
+def _card_models() -> Any:
+    """The pydantic schema of a bundle card (strict: no coercion of strings to numbers, no NaN/inf)."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+    class _Strict(BaseModel):
+        model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+
+    class FileInfo(_Strict):
+        sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+        bytes: Annotated[int, Field(ge=0)]
+
+    class Output(_Strict):
+        kind: Literal["logits", "probabilities"]
+        num_classes: Annotated[int, Field(ge=2, le=1_000_000)]
+        class_names: list[str] | None = None
+
+        @model_validator(mode="after")
+        def _names_match(self) -> Any:
+            if self.class_names is not None and len(self.class_names) != self.num_classes:
+                raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes}")
+            return self
+
+    class Meta(_Strict):
+        format: Literal["lightning_nas.bundle"]
+        version: Literal[1]
+        output: Output
+        files: dict[Literal["model.onnx", "model.int8.onnx", "model.ts", "profile.json"], FileInfo]
+        checks: dict[str, Any] = {}
+
+        @model_validator(mode="after")
+        def _required_files(self) -> Any:
+            missing = [f for f in (FLOAT_ONNX, TORCHSCRIPT) if f not in self.files]
+            if missing:
+                raise ValueError(f"lists no {' / '.join(missing)}")
+            return self
+
+    class InputSpec(_Strict):
+        dtype: Literal["float32"]
+        shape: list[str | int]
+        name: str = "input"
+        normalisation: str | None = None
+        range: list[float] | None = None
+
+        @model_validator(mode="after")
+        def _shape(self) -> Any:
+            dims = self.shape[1:]
+            if not self.shape or self.shape[0] != "batch" or not 1 <= len(dims) <= 8 or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+                raise ValueError(f"shape must be ['batch', d1, ...] with 1 to 8 positive integer sizes, got "
+                                 f"{str(self.shape)[:80]}")
+            if int(np.prod(dims, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+                raise ValueError(f"shape {dims} has more than {MAX_INPUT_ELEMENTS} elements per input")
+            return self
+
+    class Card(_Strict):
+        name: str
+        input_spec: InputSpec
+        bundle: Meta
+        architecture: str | None = None
+        stages: list[dict[str, Any]] = []
+        metrics: dict[str, Any] = {}
+        measurements: dict[str, Any] = {}
+
+    return Card
+
+
+_CARD_SCHEMA: list[Any] = []
+
+
+def validate_card(card: Any, where: str = "card.json") -> dict[str, Any]:
+    """Check a decoded card against the bundle-card schema; return it, or raise ``BundleError`` (one line)."""
+    from pydantic import ValidationError
+
+    if not _CARD_SCHEMA:
+        _CARD_SCHEMA.append(_card_models())
+    try:
+        _CARD_SCHEMA[0].model_validate(card)
+    except ValidationError as exc:
+        errs = exc.errors()
+        e = errs[0]
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+        raise BundleError(f"bundle card {where!r} is invalid: {loc}: {e['msg'][:200]}{more}") from None
+    except RecursionError:
+        raise BundleError(f"bundle card {where!r} is invalid: nested too deeply") from None
+    return card
 
 
 def _calibrated_int8(float_path: Path, out_path: Path, data: np.ndarray, batch: int = 32) -> None:
@@ -340,10 +440,13 @@ def _measurements(model: nn.Module, x: torch.Tensor, d: Path, files: list[str]) 
 
 @dataclass
 class Bundle:
-    """A loaded, verified bundle. ``session()`` gives an ONNX Runtime session, ``torchscript()`` the module."""
+    """A loaded, verified bundle. ``session()`` gives an ONNX Runtime session, ``torchscript()`` the module,
+    ``profile()`` the reference profile: all made from the bytes whose sha256 ``load_bundle`` checked."""
 
     path: Path
     card: dict[str, Any]
+    blobs: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _profile: ReferenceProfile | None = field(default=None, repr=False)
 
     @property
     def files(self) -> dict[str, Any]:
@@ -362,73 +465,135 @@ class Bundle:
         return int(self.card["bundle"]["output"]["num_classes"])
 
     @property
+    def class_names(self) -> list[str]:
+        return list(self.card["bundle"]["output"].get("class_names") or [str(i) for i in range(self.num_classes)])
+
+    @property
     def has_int8(self) -> bool:
         return INT8_ONNX in self.files
+
+    def data(self, name: str) -> bytes:
+        """The verified bytes of the bundle file ``name`` (read and checked against the card now if this
+        ``Bundle`` was not made by ``load_bundle``)."""
+        if name not in self.files:
+            raise BundleError(f"bundle {str(self.path)!r} has no {name}")
+        if name not in self.blobs:
+            data = _read_checked(self.path, name, self.files[name].get("sha256"), None)
+            self.blobs[name] = data
+        return self.blobs[name]
 
     def session(self, int8: bool = False, threads: int | None = None) -> Any:
         if int8 and not self.has_int8:
             raise BundleError(f"bundle {str(self.path)!r} has no int8 model ({INT8_ONNX})")
-        return onnx_session(self.path / (INT8_ONNX if int8 else FLOAT_ONNX), threads=threads)
+        return onnx_session(self.data(INT8_ONNX if int8 else FLOAT_ONNX), threads=threads)
 
     def torchscript(self) -> torch.jit.ScriptModule:
-        return torch.jit.load(str(self.path / TORCHSCRIPT)).eval()
+        return torch.jit.load(io.BytesIO(self.data(TORCHSCRIPT)), map_location="cpu").eval()
 
     def profile(self) -> ReferenceProfile | None:
-        return ReferenceProfile.load(self.path / PROFILE) if PROFILE in self.files else None
+        if PROFILE not in self.files:
+            return None
+        if self._profile is None:
+            self._profile = _parse_profile(self, self.data(PROFILE))
+        return self._profile
+
+
+def _read_checked(p: Path, name: str, digest: Any, manifest: dict[str, str] | None) -> bytes:
+    """The bytes of bundle file ``name``, read once, checked against the card's (and manifest's) sha256."""
+    try:
+        path = inside(p, name, "bundle file")
+    except UnsafePathError as exc:
+        raise BundleError(f"bundle {str(p)!r}: {exc}") from None
+    if not path.is_file():
+        raise BundleError(f"bundle {str(p)!r} is missing {name}, which its card lists")
+    data = path.read_bytes()
+    actual = _sha256_bytes(data)
+    if actual != digest or (manifest is not None and manifest.get(name) != digest):
+        recorded = str(manifest.get(name)) if manifest is not None else "-"
+        raise BundleError(f"bundle file {name} in {str(p)!r} does not match its recorded sha256 (card "
+                          f"{str(digest)[:12]}..., manifest {recorded[:12]}..., file {actual[:12]}...): "
+                          "it was modified or replaced; refusing to load it")
+    return data
+
+
+def _parse_profile(b: Bundle, data: bytes) -> ReferenceProfile:
+    try:
+        prof = ReferenceProfile(json.loads(data))
+    except RecursionError:
+        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} is nested too deeply") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} is not a valid reference profile: "
+                          f"{(str(exc).splitlines() or [''])[0][:200]}") from None
+    if prof.input_shape != b.input_shape:
+        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} is for inputs of shape {list(prof.input_shape)}, the "
+                          f"card says {list(b.input_shape)}")
+    if prof.num_classes != b.num_classes:
+        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} has {prof.num_classes} classes, the card "
+                          f"{b.num_classes}")
+    return prof
+
+
+def _read_small(p: Path, name: str) -> bytes:
+    try:
+        path = inside(p, name)
+    except UnsafePathError as exc:
+        raise BundleError(f"bundle {str(p)!r}: {exc}") from None
+    if not path.is_file():
+        raise BundleError(f"{str(p)!r} is not a bundle: it has no {name}"
+                          + (" (write one with lightning_nas.deploy.bundle)" if name == CARD else ""))
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise BundleError(f"bundle {str(p)!r}: {name} is larger than {MAX_CARD_BYTES} bytes")
+    return path.read_bytes()
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Open and verify a bundle: the card parses, and every file matches its sha256 in the card and manifest.
+    """Open and verify a bundle: the card parses and matches the bundle-card schema, names only bundle files,
+    and every file matches its sha256 in the card and manifest; the reference profile is valid and agrees
+    with the card. The returned ``Bundle`` keeps the verified bytes and never reads the files again.
 
-    Raises ``BundleError`` naming the file when a folder is not a bundle, or a file is missing or was changed.
+    Raises ``BundleError`` (one line) when a folder is not a bundle, its card is malformed, or a file is
+    missing, was changed, or lies outside the folder.
     """
     p = Path(path)
     if not p.is_dir():
         raise BundleError(f"{str(p)!r} is not a bundle: not a folder")
-    if not (p / CARD).is_file():
-        raise BundleError(f"{str(p)!r} is not a bundle: it has no {CARD} (write one with lightning_nas.deploy.bundle)")
+    card_bytes = _read_small(p, CARD)
     try:
-        card = json.loads((p / CARD).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{str(p / CARD)!r} is not valid JSON: {exc}") from exc
+        card = json.loads(card_bytes)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BundleError(f"{str(p / CARD)!r} is not valid JSON: {str(exc)[:200] or 'nested too deeply'}") from None
     meta = card.get("bundle") if isinstance(card, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{str(p)!r} is not a bundle: {CARD} has no 'bundle' section of format {FORMAT!r}")
     if meta.get("version") != VERSION:
-        raise BundleError(f"bundle {str(p)!r} has version {meta.get('version')!r}; this lightning_nas reads {VERSION}")
-    for key in ("files", "output"):
-        if key not in meta:
-            raise BundleError(f"bundle card {str(p / CARD)!r} lacks bundle.{key}")
-    if FLOAT_ONNX not in meta["files"]:
-        raise BundleError(f"bundle card {str(p / CARD)!r} lists no {FLOAT_ONNX}")
-    recorded = {f: info.get("sha256") for f, info in meta["files"].items()}
+        raise BundleError(f"bundle {str(p)!r} has version {str(meta.get('version'))[:20]!r}; this lightning_nas "
+                          f"reads {VERSION}")
+    validate_card(card, str(p / CARD))
     manifest = _read_manifest(p)
-    for f, digest in recorded.items():
-        if not (p / f).is_file():
-            raise BundleError(f"bundle {str(p)!r} is missing {f}, which its card lists")
-        actual = sha256(p / f)
-        if actual != digest or manifest.get(f) != digest:
-            raise BundleError(f"bundle file {f} in {str(p)!r} does not match its recorded sha256 (card "
-                              f"{str(digest)[:12]}..., manifest {str(manifest.get(f))[:12]}..., "
-                              f"file {actual[:12]}...): "
-                              "it was modified or replaced; refusing to load it")
-    if manifest.get(CARD) != sha256(p / CARD):
+    blobs = {f: _read_checked(p, f, info["sha256"], manifest) for f, info in meta["files"].items()}
+    if manifest.get(CARD) != _sha256_bytes(card_bytes):
         raise BundleError(f"{CARD} in {str(p)!r} does not match the sha256 in {MANIFEST}: the card was edited; "
                           "refusing to load it")
-    if "input_spec" not in card or "shape" not in card["input_spec"]:
-        raise BundleError(f"bundle card {str(p / CARD)!r} has no input_spec.shape")
-    return Bundle(p, card)
+    b = Bundle(p, card, blobs)
+    b.profile()  # parsed and checked now: a bad profile is refused at load, not at the first /drift
+    return b
 
 
 def _read_manifest(p: Path) -> dict[str, str]:
-    if not (p / MANIFEST).is_file():
-        raise BundleError(f"bundle {str(p)!r} is missing {MANIFEST}")
+    try:
+        text = _read_small(p, MANIFEST).decode("utf-8")
+    except BundleError as exc:
+        if "it has no" in str(exc):
+            raise BundleError(f"bundle {str(p)!r} is missing {MANIFEST}") from None
+        raise
+    except UnicodeDecodeError:
+        raise BundleError(f"bundle {str(p)!r}: {MANIFEST} is not text") from None
     out = {}
-    for line in (p / MANIFEST).read_text().splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2:
             out[parts[1]] = parts[0]
     return out
 
 
-__all__ = ["Bundle", "BundleError", "bundle", "load_bundle", "sha256"]
+__all__ = ["Bundle", "BundleError", "bundle", "load_bundle", "sha256", "validate_card"]

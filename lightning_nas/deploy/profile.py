@@ -97,6 +97,64 @@ def attribution_share(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarr
     return per_feature / total if total > 0 else np.full_like(per_feature, 1.0 / len(per_feature))
 
 
+def _profile_schema() -> Any:
+    """The pydantic schema of a profile's types (strict: numbers are numbers, finite; shapes are bounded)."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class _Strict(BaseModel):
+        model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+
+    class Feature(_Strict):
+        name: str
+        mean: float
+        std: float
+        min: float
+        max: float
+        cuts: list[float]
+        fractions: list[float]
+
+    class Prediction(_Strict):
+        num_classes: Annotated[int, Field(ge=2, le=1_000_000)]
+        fractions: list[float]
+
+    class Attribution(_Strict):
+        share: list[float]
+
+    class Profile(_Strict):
+        input_shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=8)]
+        features: list[Feature]
+        sample: Annotated[list[list[float]], Field(min_length=2)]
+        prediction: Prediction
+        attribution: Attribution | None = None
+
+    return Profile
+
+
+_SCHEMA: list[Any] = []
+
+
+def _check_types(data: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    if not _SCHEMA:
+        _SCHEMA.append(_profile_schema())
+    try:
+        _SCHEMA[0].model_validate(data)
+    except ValidationError as exc:
+        errs = exc.errors()
+        e = errs[0]
+        loc = e["loc"]
+        if e["type"] == "missing" and len(loc) == 3 and loc[0] == "features":
+            lacking = [x["loc"][2] for x in errs if x["type"] == "missing" and x["loc"][:2] == loc[:2]]
+            raise ValueError(f"reference profile entry for feature {data['features'][loc[1]].get('name')!r} lacks "
+                             f"{lacking}") from None
+        raise ValueError(f"reference profile field {'.'.join(str(x) for x in loc)}: {e['msg'][:200]}") from None
+    if float(np.prod(data["input_shape"], dtype=np.float64)) > 1 << 24:
+        raise ValueError(f"reference profile input shape {data['input_shape']} is too large")
+
+
 class ReferenceProfile:
     """Statistics of reference data for drift checks (see the module docstring). Build with ``from_data``."""
 
@@ -216,7 +274,12 @@ class ReferenceProfile:
             if key not in data:
                 raise ValueError(f"reference profile lacks {key!r}")
         check_choice("feature_mode", data["feature_mode"], FEATURE_MODES[1:])
+        _check_types(data)
         shape = tuple(data["input_shape"])
+        n_expected = shape[0] if data["feature_mode"] == "channel" else int(np.prod(shape))
+        if len(data["features"]) != n_expected and n_expected > 100_000:  # no names made for a huge claimed shape
+            raise ValueError(f"reference profile has {len(data['features'])} feature entries for the {n_expected} "
+                             f"features of input shape {list(shape)}")
         expected = feature_names(shape, data["feature_mode"])
         got = [f.get("name") for f in data["features"]]
         missing = [n for n in expected if n not in got]

@@ -171,6 +171,9 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
         thresholds: ``DriftThresholds`` or a dict of its fields.
         attribution_samples: most recent inputs attributed (Integrated Gradients) per drift check (0: none).
         threads: ONNX Runtime intra-op threads.
+
+    Raises ``BundleError`` when the model does not accept the card's input shape or does not output
+    ``(N, num_classes)`` scores (checked once on a zero input).
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -189,9 +192,10 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
     t = DriftThresholds.coerce(thresholds)
     sess = b.session(int8=int8, threads=threads)
     in_name = sess.get_inputs()[0].name
+    _check_model_matches_card(b, sess, in_name)
     profile = b.profile()
     kind = b.output_kind
-    labels = b.card["bundle"]["output"].get("class_names") or [str(i) for i in range(b.num_classes)]
+    labels = b.class_names
     win = _Window(window)
     ts_model: list[Any] = []
     model_name = "int8" if int8 else "float"
@@ -294,6 +298,20 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
             return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
 
     return app
+
+
+def _check_model_matches_card(b: Bundle, sess: Any, in_name: str) -> None:
+    """The ONNX model takes the card's input shape and outputs ``(N, num_classes)``: checked on one zero input."""
+    from lightning_nas.deploy.bundle import BundleError
+
+    try:
+        y = sess.run(None, {in_name: np.zeros((1, *b.input_shape), np.float32)})[0]
+    except Exception as exc:  # noqa: BLE001
+        raise BundleError(f"bundle {str(b.path)!r}: the model does not accept the card's input shape "
+                          f"{list(b.input_shape)}: {(str(exc).splitlines() or [''])[0][:200]}") from None
+    if np.shape(y) != (1, b.num_classes):
+        raise BundleError(f"bundle {str(b.path)!r}: the model outputs shape {list(np.shape(y))} for one input, "
+                          f"the card says (N, {b.num_classes})")
 
 
 def serve(bundle: str | Path | Bundle, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
