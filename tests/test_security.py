@@ -110,3 +110,104 @@ def test_nothing_in_the_package_unpickles_arbitrary_objects():
                                                 and kw["allow_pickle"].value is False):
                 bad.append(f"{where(node)}: allow_pickle")
     assert not bad, bad
+
+
+# --------------------------------------------------------------------------------------------- path joins
+_PATH_METHODS = {"resolve", "absolute", "expanduser", "with_name", "with_suffix", "with_stem"}
+_PATH_ATTRS = {"parent", "files_dir", "path"}
+MARKER = "trusted-path:"
+
+
+def _constant(e: ast.AST) -> bool:
+    """A string literal or an UPPER_CASE constant: a name the code itself chose."""
+    return ((isinstance(e, ast.Constant) and isinstance(e.value, str)) or (isinstance(e, ast.Name) and e.id.isupper())
+            or (isinstance(e, ast.Attribute) and e.attr.isupper()))
+
+
+class _PathJoins(ast.NodeVisitor):
+    """Finds ``path / x``, ``path.joinpath(x)`` and ``os.path.join(p, x)`` with a non-constant ``x``, where
+    ``path`` is known to be a Path (``Path(...)``, a parameter annotated ``Path``, a name assigned from one,
+    ``.parent``/``.resolve()`` of one, or another join)."""
+
+    def __init__(self) -> None:
+        self.found: list[ast.AST] = []
+        self.scopes: list[set[str]] = [set()]
+
+    def is_path(self, e: ast.AST) -> bool:
+        if isinstance(e, ast.Call):
+            f = e.func
+            return ((isinstance(f, ast.Name) and f.id == "Path") or (isinstance(f, ast.Attribute) and f.attr == "Path")
+                    or (isinstance(f, ast.Attribute) and f.attr in _PATH_METHODS and self.is_path(f.value)))
+        if isinstance(e, ast.Name):
+            return any(e.id in s for s in self.scopes)
+        if isinstance(e, ast.Attribute):
+            return e.attr in _PATH_ATTRS and ((isinstance(e.value, ast.Name) and e.value.id == "self")
+                                              or self.is_path(e.value))
+        return isinstance(e, ast.BinOp) and isinstance(e.op, ast.Div) and self.is_path(e.left)
+
+    def visit_FunctionDef(self, node):
+        args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+        self.scopes.append({a.arg for a in args if a.annotation is not None and "Path" in ast.unparse(a.annotation)})
+        self.generic_visit(node)
+        self.scopes.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Assign(self, node):
+        if self.is_path(node.value):
+            self.scopes[-1].update(t.id for t in node.targets if isinstance(t, ast.Name))
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node):
+        if isinstance(node.target, ast.Name) and ("Path" in ast.unparse(node.annotation)
+                                                  or (node.value is not None and self.is_path(node.value))):
+            self.scopes[-1].add(node.target.id)
+        self.generic_visit(node)
+
+    def visit_BinOp(self, node):
+        if isinstance(node.op, ast.Div) and self.is_path(node.left) and not _constant(node.right):
+            self.found.append(node)
+        self.generic_visit(node)
+
+    def visit_Call(self, node):
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == "joinpath" and not all(map(_constant, node.args)):
+            self.found.append(node)
+        elif ast.unparse(f) == "os.path.join" and not all(map(_constant, node.args[1:])):
+            self.found.append(node)
+        self.generic_visit(node)
+
+
+def _unchecked_joins(root: Path) -> list[str]:
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "_trust.py":  # inside() itself: the one checked join
+            continue
+        src = path.read_text()
+        lines = src.splitlines()
+        finder = _PathJoins()
+        finder.visit(ast.parse(src))
+        for node in finder.found:
+            span = lines[node.lineno - 1:node.end_lineno]
+            if not any(MARKER in line for line in span):
+                bad.append(f"{path.relative_to(root.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return bad
+
+
+def test_no_unchecked_path_join_in_the_package():
+    """A name read from a file (a card, an index, a W&B history) is joined onto its folder only through
+    ``_trust.inside``; any other join with a non-constant name says why it is safe (``# trusted-path: why``)."""
+    assert not _unchecked_joins(PACKAGE), "\n".join(_unchecked_joins(PACKAGE))
+
+
+def test_the_path_join_check_finds_what_it_should(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text(
+        "import os\nfrom pathlib import Path\n\n"
+        "def read(sink: Path, entry: dict):\n    return (sink / entry['file']).read_bytes()\n\n"
+        "def read2(run):\n    files = Path(run) / 'files'\n    return files / run.name\n\n"
+        "def ok(d: Path, n: str):\n    return d / 'card.json', d / n  # trusted-path: a test\n\n"
+        "def read3(p: Path, n):\n    return os.path.join(p, n), p.joinpath(n)\n")
+    found = _unchecked_joins(pkg)
+    assert [f.split(":")[1] for f in found] == ["5", "9", "15", "15"], found

@@ -283,15 +283,16 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
             raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
         d = c.to_dict()
         d["name"] = name or c.name
+        written = {f: tmpd / f for f in [*files, CARD]}  # trusted-path: our own file names
         d["bundle"] = {"format": FORMAT, "version": VERSION, "output": {"kind": kind, "num_classes": k,
                                                                          "class_names": names},
-                       "checks": checks, "files": {f: {"sha256": sha256(tmpd / f),
-                                                       "bytes": (tmpd / f).stat().st_size} for f in files}}
-        (tmpd / CARD).write_text(json.dumps(_jsonable(d), indent=2))
-        (tmpd / MANIFEST).write_text("".join(f"{sha256(tmpd / f)}  {f}\n" for f in [*files, CARD]))
-        leftovers = sorted(x.name for x in tmpd.iterdir() if x.name not in (*files, CARD, MANIFEST))
-        for x in leftovers:
-            (tmpd / x).unlink()
+                       "checks": checks, "files": {f: {"sha256": sha256(written[f]),
+                                                       "bytes": written[f].stat().st_size} for f in files}}
+        written[CARD].write_text(json.dumps(_jsonable(d), indent=2))
+        (tmpd / MANIFEST).write_text("".join(f"{sha256(q)}  {f}\n" for f, q in written.items()))
+        for x in tmpd.iterdir():  # intermediate files (e.g. the int8 pre-processing) do not ship
+            if x.name not in (*written, MANIFEST):
+                x.unlink()
         _check_out_dir(out, overwrite)  # again: the folder may have changed while the bundle was built
         _swap_in(tmpd, target)
     except BaseException:
@@ -305,9 +306,9 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
 def _is_bundle_folder(p: Path) -> str | None:
     """``None`` when ``p`` is a bundle folder written by ``bundle`` (a bundle card, and only bundle files),
     else the reason it is not."""
-    names = sorted(x.name for x in p.iterdir())
-    foreign = [n for n in names if n not in (*BUNDLE_FILES, CARD, MANIFEST) or not (p / n).is_file()
-               or (p / n).is_symlink()]
+    entries = sorted(p.iterdir())
+    foreign = [x.name for x in entries if x.name not in (*BUNDLE_FILES, CARD, MANIFEST) or not x.is_file()
+               or x.is_symlink()]
     if foreign:
         return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a bundle does not have: {foreign[:5]}"
     try:
@@ -432,7 +433,7 @@ def _measurements(model: nn.Module, x: torch.Tensor, d: Path, files: list[str]) 
     m = measure(model, x, repeats=20, warmup=3, onnx=False).to_dict()
     xn = x.detach().cpu().numpy().astype(np.float32)
     m["onnx_latency_ms"] = _onnx_latency_ms(d / FLOAT_ONNX, xn)
-    m["file_bytes"] = {f: (d / f).stat().st_size for f in files}
+    m["file_bytes"] = {f: (d / f).stat().st_size for f in files}  # trusted-path: our own file names
     if INT8_ONNX in files:
         m["int8_onnx_latency_ms"] = _onnx_latency_ms(d / INT8_ONNX, xn)
     return m

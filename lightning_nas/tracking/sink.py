@@ -153,7 +153,7 @@ class Tracker:
         return self._fallback_step
 
     def _path(self, *parts: str) -> Path:
-        p = self.files_dir.joinpath(*parts)
+        p = self.files_dir.joinpath(*parts)  # trusted-path: constants and _safe() names
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 

