@@ -188,3 +188,18 @@ def test_plots_skip_non_finite_points(tmp_path):
     sink = _sink(tmp_path, [], scalars=[{"step": i, "loss": v} for i, v in enumerate([1.0, np.inf, np.nan, 0.5])])
     page = render(load_run(sink))
     assert page.count("data:image/png;base64,") == 1
+
+
+def test_a_corrupt_wandb_file_is_named_not_fatal(tmp_path):
+    """A .wandb file with a valid header and checksum but a payload that is not a W&B record."""
+    import struct
+    import zlib
+
+    sink = _sink(tmp_path, [], scalars=[{"step": 0, "loss": 1.0}])
+    payload = b"\xff" * 20
+    crc = zlib.crc32(payload, zlib.crc32(bytes([1]))) & 0xFFFFFFFF
+    (tmp_path / "run-x.wandb").write_bytes(b":W&B" + struct.pack("<H", 0xBEE1) + b"\x00"
+                                              + struct.pack("<IHB", crc, len(payload), 1) + payload)
+    data = load_run(sink)
+    assert "loss" in data.scalars and any("is not a W&B record" in s for s in data.skipped), data.skipped
+    assert "Not shown" in render(data)
