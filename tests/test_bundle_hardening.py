@@ -205,7 +205,8 @@ def test_profile_and_model_that_disagree_with_the_card_are_refused(made, tmp_pat
 _json_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
                        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
                        st.sampled_from(["batch", "logits", "probabilities", "model.onnx", "../x", "/etc/x"]))
-_json = st.recursive(_json_leaf, lambda k: st.lists(k, max_size=3) | st.dictionaries(st.text(max_size=6), k, max_size=3),
+_json = st.recursive(_json_leaf,
+                     lambda k: st.lists(k, max_size=3) | st.dictionaries(st.text(max_size=6), k, max_size=3),
                      max_leaves=12)
 
 

@@ -310,7 +310,8 @@ def _is_bundle_folder(p: Path) -> str | None:
     foreign = [x.name for x in entries if x.name not in (*BUNDLE_FILES, CARD, MANIFEST) or not x.is_file()
                or x.is_symlink()]
     if foreign:
-        return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a bundle does not have: {foreign[:5]}"
+        return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a bundle does not have: " \
+               f"{foreign[:5]}"
     try:
         card = json.loads((p / CARD).read_bytes()) if (p / CARD).stat().st_size <= MAX_CARD_BYTES else None
     except (OSError, ValueError, RecursionError):

@@ -54,15 +54,16 @@ def parse_inputs(obj: Any, shape: tuple[int, ...], max_batch: int) -> np.ndarray
         raise _BadRequest(422, 'the body must be a JSON object {"inputs": [...]} holding a batch of inputs')
     inputs = obj["inputs"]
     if not isinstance(inputs, list) or not inputs:
-        raise _BadRequest(422, f'"inputs" must be a non-empty list (a batch), got '
-                               f'{"an empty list" if isinstance(inputs, list) else _JSON_TYPE.get(type(inputs), "a number")}')
+        got = "an empty list" if isinstance(inputs, list) else _JSON_TYPE.get(type(inputs), "a number")
+        raise _BadRequest(422, f'"inputs" must be a non-empty list (a batch), got {got}')
     if len(inputs) > max_batch:
         raise _BadRequest(413, f"batch of {len(inputs)} inputs exceeds the maximum batch size {max_batch}")
     want = (len(inputs), *shape)
     try:  # object cells: numpy never converts here, so every JSON value keeps its Python type
         cells = np.array(inputs, dtype=object)
     except (ValueError, TypeError, RecursionError) as exc:
-        raise _BadRequest(422, f"inputs are ragged: every input must have shape {list(shape)} ({str(exc)[:120]})") from None
+        raise _BadRequest(422, f"inputs are ragged: every input must have shape {list(shape)} "
+                               f"({str(exc)[:120]})") from None
     flat = cells.ravel().tolist()
     types = set(map(type, flat))
     if list in types:  # numpy stopped where sibling lists differ in length (or nesting beyond 64 levels)

@@ -180,7 +180,8 @@ def _section(sid: str, title: str, data: RunData, keys: set[str], skipped: list[
               if k in data.series]
     if scal:
         groups = _group_scalars(sid, scal)
-        plots = [_drawn(f"plot {g!r}", skipped, _plot_lines, data, g, ks) for g, ks in list(groups.items())[:_MAX_PLOTS]]
+        plots = [_drawn(f"plot {g!r}", skipped, _plot_lines, data, g, ks)
+                 for g, ks in list(groups.items())[:_MAX_PLOTS]]
         parts.append(f'<div class="grid">{"".join(plots + series)}</div>')
         if len(groups) > _MAX_PLOTS:
             parts.append(f"<p>{len(groups) - _MAX_PLOTS} more scalar groups not plotted.</p>")
