@@ -275,3 +275,19 @@ def test_load_bundle_property(made, key, value):
             assert "\n" not in str(exc)
         else:
             assert got.num_classes == 10 and got.input_shape == (1, 8, 8)
+
+
+def test_reference_profile_file_from_elsewhere_is_a_value_error(made, tmp_path):
+    """DriftMonitor(reference="profile.json") reads a profile file directly: malformed ones are ValueErrors."""
+    from lightning_nas.deploy import ReferenceProfile
+
+    good = json.loads((made[0] / "profile.json").read_text())
+    bad_values = {"sample": [["a"] * 64] * 3, "input_shape": [10 ** 6, 10 ** 6], "features": "x", "prediction": 5}
+    for key, value in bad_values.items():
+        (tmp_path / "p.json").write_text(json.dumps(dict(good, **{key: value})))
+        with pytest.raises(ValueError, match="reference profile"):
+            ReferenceProfile.load(tmp_path / "p.json")
+    for raw in (b"[" * 100_000, b"\xff\xfe{"):
+        (tmp_path / "p.json").write_bytes(raw)
+        with pytest.raises(ValueError, match="not valid JSON"):
+            ReferenceProfile.load(tmp_path / "p.json")

@@ -229,9 +229,10 @@ class ReferenceProfile:
         if not path.is_file():
             raise FileNotFoundError(f"reference profile {str(path)!r} does not exist")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"reference profile {str(path)!r} is not valid JSON: {exc}") from exc
+            data = json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nested too deeply
+            raise ValueError(f"reference profile {str(path)!r} is not valid JSON: "
+                             f"{str(exc)[:200] or 'nested too deeply'}") from None
         return cls(data)
 
     def save(self, path: str | Path) -> Path:
