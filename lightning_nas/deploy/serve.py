@@ -227,7 +227,7 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
                 raise _BadRequest(413, f"request body exceeds the limit of {max_body_bytes} bytes")
         return bytes(body)
 
-    body_schema = {"type": "object", "required": ["inputs"], "additionalProperties": False,
+    body_schema = {"type": "object", "required": ["inputs"],  # other keys are ignored
                    "properties": {"inputs": {"type": "array", "minItems": 1, "maxItems": max_batch,
                                              "items": _nested_array(shape)}}}
 
