@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -77,13 +78,29 @@ def _add_report(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace
     p.add_argument("--title", default=None, help="page title (default: from the run's name)")
 
     def run(args: argparse.Namespace) -> int:
-        from lightning_nas.report import build_report
+        from lightning_nas.report import load_run, render
 
+        out = Path(args.out)
         try:
-            path = build_report(args.run_dir, args.out, args.title)
-        except FileNotFoundError as err:
-            raise SystemExit(str(err)) from None
-        print(f"report: {path}")
+            if out.is_dir():
+                raise IsADirectoryError(f"-o {args.out!r} is a folder; give a file name such as "
+                                        f"{str(out / 'report.html')!r}")
+            data = load_run(args.run_dir)
+            page = render(data, args.title)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(page, encoding="utf-8")
+        except (OSError, ValueError) as err:  # FileNotFoundError, IsADirectoryError, PermissionError, ...
+            if isinstance(err, OSError) and err.strerror:  # raised by the OS: say which file
+                msg = f"{err.strerror}: {err.filename!r}" if err.filename else err.strerror
+            else:
+                msg = str(err).removeprefix("report: ")
+            msg = (msg.splitlines() or [type(err).__name__])[0]
+            print(f"lightning-nas report: error: {msg}", file=sys.stderr)
+            return 2
+        if data.skipped:
+            print(f"lightning-nas report: {len(data.skipped)} item(s) of the run skipped (listed under 'Not shown' "
+                  f"in the page), e.g. {data.skipped[0]}", file=sys.stderr)
+        print(f"report: {out}")
         return 0
 
     return run

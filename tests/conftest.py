@@ -5,6 +5,9 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+# Hypothesis/Schemathesis keep caches under ./.hypothesis by default: no test writes into the repository
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
+                      os.path.join(__import__("tempfile").gettempdir(), "lightning-nas-hypothesis"))
 
 
 @pytest.fixture

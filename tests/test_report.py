@@ -69,6 +69,7 @@ def test_report_has_every_section_the_run_has(wandb_run, tmp_path):
         assert f'<section id="{sid}">' in html, sid
     assert html.count("data:image/png;base64,") >= 15 and "<table>" in html
     assert 'src="http' not in html and "<script" not in html  # self-contained, nothing fetched
+    assert not data.skipped and "Not shown" not in html  # a run we wrote ourselves: nothing to skip
 
 
 def test_report_from_file_sink_alone(wandb_run, tmp_path):
@@ -86,10 +87,10 @@ def test_cli_report_and_missing_run(wandb_run, tmp_path, capsys):
     assert main(["report", str(save_dir), "-o", str(out), "--title", "my run"]) == 0
     assert "<title>my run</title>" in out.read_text() and str(out) in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no lightning_nas files"):
-        main(["report", str(tmp_path / "empty"), "-o", str(out)])
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(["report", str(tmp_path / "nope")])
+    assert main(["report", str(tmp_path / "empty"), "-o", str(out)]) == 2
+    assert "no lightning_nas files" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -103,7 +103,7 @@ def test_bad_requests_are_4xx_with_a_message(served):
         (b'{"inputs": [' + b"0.0," * 200000 + b"0.0]}", 413, "exceeds the limit"),
     ]
     for body, status, msg in cases:
-        r = client.post("/predict", content=body)
+        r = client.post("/predict", content=body, headers={"content-type": "application/json"})
         assert r.status_code == status, (body[:80], r.text)
         assert msg in r.json()["error"], r.text
     assert client.get("/nowhere").status_code == 404

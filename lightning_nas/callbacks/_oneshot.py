@@ -175,9 +175,11 @@ class _OneShotCallback(LightningNASCallback):
         """Mean loss over ``batches`` in eval mode, averaged over DDP ranks."""
         was = pl_module.training
         pl_module.eval()
-        with torch.no_grad():
-            loss = torch.stack([self._loss(pl_module, b, i).detach().float() for i, b in enumerate(batches)]).mean()
-        pl_module.train(was)
+        try:
+            with torch.no_grad():
+                loss = torch.stack([self._loss(pl_module, b, i).detach().float() for i, b in enumerate(batches)]).mean()
+        finally:
+            pl_module.train(was)
         if trainer.world_size > 1:
             loss = trainer.strategy.reduce(loss, reduce_op="mean")
         return float(loss)

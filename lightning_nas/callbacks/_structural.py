@@ -164,8 +164,9 @@ def load_compressed(module: nn.Module, checkpoint: str | dict[str, Any]) -> nn.M
     from lightning_nas.compress import lowrank as LR
     from lightning_nas.compress import prune as P
 
-    ckpt = checkpoint if isinstance(checkpoint, dict) else torch.load(checkpoint, map_location="cpu",
-                                                                       weights_only=False)
+    from lightning_nas._trust import load_weights  # a checkpoint file is data: never unpickle objects from it
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_weights(checkpoint, "load_compressed: checkpoint")
     if "state_dict" not in ckpt:
         raise ValueError("load_compressed: `checkpoint` is not a Lightning checkpoint (no 'state_dict')")
     dev = next((p.device for p in module.parameters()), torch.device("cpu"))

@@ -175,8 +175,10 @@ class DriftMonitor(LightningNASCallback):
             if self.attribution_samples and len(x) and self.profile.data.get("attribution") is not None:
                 was_training = pl_module.training
                 pl_module.eval()
-                share = attribution_share(pl_module, x[-self.attribution_samples:], self.profile.feature_mode)
-                pl_module.train(was_training)
+                try:
+                    share = attribution_share(pl_module, x[-self.attribution_samples:], self.profile.feature_mode)
+                finally:
+                    pl_module.train(was_training)
             report = check_drift(self.profile, x, classes, share, self.thresholds)
         report = self._broadcast(trainer, report)
         self.last_report = report

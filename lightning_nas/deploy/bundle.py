@@ -10,22 +10,28 @@
       card.json          the model card + ``bundle`` section: format, input/output spec, sha256 of each file
       bundle.sha256      ``sha256sum -c`` manifest of every file above, card included
 
-``load_bundle`` recomputes every hash and refuses a folder whose files were modified, replaced or removed.
+``load_bundle`` reads every file once, checks the card against a schema and every file's bytes against its sha256,
+and keeps those bytes: the ONNX session, the TorchScript module and the profile are made from exactly the bytes
+that were checked, never re-read from disk. ``bundle`` builds into a temporary folder beside ``out_dir`` and
+swaps it in at the end; ``overwrite=True`` only ever replaces a folder that is a bundle.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from lightning_nas._trust import UnsafePathError, inside
 from lightning_nas._validate import check_type
 from lightning_nas.deploy.card import ModelCard, _jsonable
 from lightning_nas.deploy.export import export, onnx_session
@@ -36,6 +42,12 @@ VERSION = 1
 CARD, MANIFEST = "card.json", "bundle.sha256"
 FLOAT_ONNX, INT8_ONNX, TORCHSCRIPT, PROFILE = "model.onnx", "model.int8.onnx", "model.ts", "profile.json"
 OUTPUT_KINDS = ("auto", "logits", "probabilities")
+#: every file a bundle folder may hold; a card naming any other file is refused
+BUNDLE_FILES = (FLOAT_ONNX, INT8_ONNX, TORCHSCRIPT, PROFILE)
+#: largest card/manifest read (the model files are read whole anyway, to be hashed and then used)
+MAX_CARD_BYTES = 16 << 20
+#: largest number of elements one input may have according to a card (64 MiB of float32)
+MAX_INPUT_ELEMENTS = 1 << 24
 #: ONNX / TorchScript outputs must match torch within ``atol + rtol * |torch|`` (float32 kernels differ).
 FLOAT_ATOL, FLOAT_RTOL = 1e-4, 1e-3
 
@@ -48,8 +60,103 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class BundleError(ValueError):
     """A folder that is not a valid bundle, or one whose files do not match their recorded hashes."""
+
+
+# ------------------------------------------------------------------------------------------------ card schema
+def _card_models() -> Any:
+    """The pydantic schema of a bundle card (strict: no coercion of strings to numbers, no NaN/inf)."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+    class _Strict(BaseModel):
+        model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+
+    class FileInfo(_Strict):
+        sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+        bytes: Annotated[int, Field(ge=0)]
+
+    class Output(_Strict):
+        kind: Literal["logits", "probabilities"]
+        num_classes: Annotated[int, Field(ge=2, le=1_000_000)]
+        class_names: list[str] | None = None
+
+        @model_validator(mode="after")
+        def _names_match(self) -> Any:
+            if self.class_names is not None and len(self.class_names) != self.num_classes:
+                raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes}")
+            return self
+
+    class Meta(_Strict):
+        format: Literal["lightning_nas.bundle"]
+        version: Literal[1]
+        output: Output
+        files: dict[Literal["model.onnx", "model.int8.onnx", "model.ts", "profile.json"], FileInfo]
+        checks: dict[str, Any] = {}
+
+        @model_validator(mode="after")
+        def _required_files(self) -> Any:
+            missing = [f for f in (FLOAT_ONNX, TORCHSCRIPT) if f not in self.files]
+            if missing:
+                raise ValueError(f"lists no {' / '.join(missing)}")
+            return self
+
+    class InputSpec(_Strict):
+        dtype: Literal["float32"]
+        shape: list[str | int]
+        name: str = "input"
+        normalisation: str | None = None
+        range: list[float] | None = None
+
+        @model_validator(mode="after")
+        def _shape(self) -> Any:
+            dims = self.shape[1:]
+            if not self.shape or self.shape[0] != "batch" or not 1 <= len(dims) <= 8 or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+                raise ValueError(f"shape must be ['batch', d1, ...] with 1 to 8 positive integer sizes, got "
+                                 f"{str(self.shape)[:80]}")
+            if int(np.prod(dims, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+                raise ValueError(f"shape {dims} has more than {MAX_INPUT_ELEMENTS} elements per input")
+            return self
+
+    class Card(_Strict):
+        name: str
+        input_spec: InputSpec
+        bundle: Meta
+        architecture: str | None = None
+        stages: list[dict[str, Any]] = []
+        metrics: dict[str, Any] = {}
+        measurements: dict[str, Any] = {}
+
+    return Card
+
+
+_CARD_SCHEMA: list[Any] = []
+
+
+def validate_card(card: Any, where: str = "card.json") -> dict[str, Any]:
+    """Check a decoded card against the bundle-card schema; return it, or raise ``BundleError`` (one line)."""
+    from pydantic import ValidationError
+
+    if not _CARD_SCHEMA:
+        _CARD_SCHEMA.append(_card_models())
+    try:
+        _CARD_SCHEMA[0].model_validate(card)
+    except ValidationError as exc:
+        errs = exc.errors()
+        e = errs[0]
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+        raise BundleError(f"bundle card {where!r} is invalid: {loc}: {e['msg'][:200]}{more}") from None
+    except RecursionError:
+        raise BundleError(f"bundle card {where!r} is invalid: nested too deeply") from None
+    return card
 
 
 def _calibrated_int8(float_path: Path, out_path: Path, data: np.ndarray, batch: int = 32) -> None:
@@ -99,7 +206,8 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
         model: a classifier mapping a float32 batch ``(N, *shape)`` to ``(N, classes)`` scores.
         example_input: a float batch ``(B, *shape)``; its per-sample shape becomes the card's input spec and
             its batch the measured batch.
-        out_dir: the bundle folder (created; must be empty unless ``overwrite``).
+        out_dir: the bundle folder (created; must be absent or empty unless ``overwrite``). The bundle is built in
+            a temporary folder beside it and swapped in when complete, so a failure leaves ``out_dir`` as it was.
         int8: ``True``: quantize the float ONNX to int8 QDQ with ONNX Runtime, calibrated on
             ``reference_data``; ONNX bytes or a path: an int8 model made elsewhere (e.g. after QAT);
             ``None``/``False``: no int8 model.
@@ -111,7 +219,8 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
         output: ``"logits"``, ``"probabilities"`` or ``"auto"`` (probabilities when every row is a
             distribution on the reference/example data).
         class_names: labels of the output classes (default ``"0".."K-1"``).
-        overwrite: replace an existing non-empty ``out_dir``.
+        overwrite: replace an existing bundle in ``out_dir``. A folder that is not a bundle (no bundle card, or
+            files a bundle does not have) is never replaced: ``FileExistsError``.
     """
     check_type("model", model, nn.Module)
     check_type("example_input", example_input, torch.Tensor)
@@ -124,10 +233,7 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
         raise ValueError(f"`example_input` must be a float batch (B, ...), got {example_input.dtype} "
                          f"{tuple(example_input.shape)}")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"`out_dir` {str(out)!r} exists and is not empty; pass overwrite=True to replace it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    _check_out_dir(out, overwrite)
     shape = tuple(int(s) for s in example_input.shape[1:])
     ref = None
     if reference_data is not None:
@@ -141,49 +247,136 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
         raise ValueError("`int8=True` calibrates the int8 model on `reference_data`; pass reference_data")
     was_training = model.training
     model.eval()
+    target = out.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmpd = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        with tempfile.TemporaryDirectory(prefix="lightning-nas-bundle-") as tmp:
-            tmpd = Path(tmp)
-            files = _write_models(model, example_input.detach().cpu().float(), tmpd, int8, ref)
-            check_x = (ref[:128] if ref is not None else example_input.detach().cpu().numpy()).astype(np.float32)
-            with torch.no_grad():
-                want = model(torch.from_numpy(check_x)).float().numpy()
-            if want.ndim != 2 or want.shape[1] < 2:
-                raise ValueError(f"bundle: the model must output (N, classes) scores, got shape {want.shape}")
-            checks = _check_outputs(tmpd, files, check_x, want)
-            kind = output
-            if kind == "auto":
-                is_dist = (want >= 0).all() and np.allclose(want.sum(1), 1.0, atol=1e-4)
-                kind = "probabilities" if is_dist else "logits"
-            if ref is not None:
-                ReferenceProfile.from_data(model, ref).save(tmpd / PROFILE)
-                files.append(PROFILE)
-            c = card or ModelCard(name or type(model).__name__)
-            c.set_model(model)
-            c.metrics.update(metrics or {})
-            c.measurements = _measurements(model, example_input, tmpd, files)
-            rng = (float(ref.min()), float(ref.max())) if ref is not None else None
-            c.input_spec = {"name": "input", "dtype": "float32", "shape": ["batch", *shape],
-                            "normalisation": normalisation or c.input_spec.get("normalisation"),
-                            "range": list(rng) if rng else c.input_spec.get("range")}
-            k = want.shape[1]
-            names = [str(n) for n in (class_names or range(k))]
-            if len(names) != k:
-                raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
-            d = c.to_dict()
-            d["name"] = name or c.name
-            d["bundle"] = {"format": FORMAT, "version": VERSION, "output": {"kind": kind, "num_classes": k,
-                                                                             "class_names": names},
-                           "checks": checks, "files": {f: {"sha256": sha256(tmpd / f),
-                                                           "bytes": (tmpd / f).stat().st_size} for f in files}}
-            (tmpd / CARD).write_text(json.dumps(_jsonable(d), indent=2))
-            (tmpd / MANIFEST).write_text("".join(f"{sha256(tmpd / f)}  {f}\n" for f in [*files, CARD]))
-            out.mkdir(parents=True, exist_ok=True)
-            for f in [*files, CARD, MANIFEST]:
-                shutil.move(str(tmpd / f), str(out / f))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmpd.chmod(0o777 & ~umask)  # mkdtemp makes it private; the bundle folder gets the usual permissions
+        # everything is written into tmpd (beside out_dir), then swapped in whole
+        files = _write_models(model, example_input.detach().cpu().float(), tmpd, int8, ref)
+        check_x = (ref[:128] if ref is not None else example_input.detach().cpu().numpy()).astype(np.float32)
+        with torch.no_grad():
+            want = model(torch.from_numpy(check_x)).float().numpy()
+        if want.ndim != 2 or want.shape[1] < 2:
+            raise ValueError(f"bundle: the model must output (N, classes) scores, got shape {want.shape}")
+        checks = _check_outputs(tmpd, files, check_x, want)
+        kind = output
+        if kind == "auto":
+            is_dist = (want >= 0).all() and np.allclose(want.sum(1), 1.0, atol=1e-4)
+            kind = "probabilities" if is_dist else "logits"
+        if ref is not None:
+            ReferenceProfile.from_data(model, ref).save(tmpd / PROFILE)
+            files.append(PROFILE)
+        c = card or ModelCard(name or type(model).__name__)
+        c.set_model(model)
+        c.metrics.update(metrics or {})
+        c.measurements = _measurements(model, example_input, tmpd, files)
+        rng = (float(ref.min()), float(ref.max())) if ref is not None else None
+        c.input_spec = {"name": "input", "dtype": "float32", "shape": ["batch", *shape],
+                        "normalisation": normalisation or c.input_spec.get("normalisation"),
+                        "range": list(rng) if rng else c.input_spec.get("range")}
+        k = want.shape[1]
+        names = [str(n) for n in (class_names or range(k))]
+        if len(names) != k:
+            raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
+        d = c.to_dict()
+        d["name"] = name or c.name
+        written = {f: tmpd / f for f in [*files, CARD]}  # trusted-path: our own file names
+        d["bundle"] = {"format": FORMAT, "version": VERSION, "output": {"kind": kind, "num_classes": k,
+                                                                         "class_names": names},
+                       "checks": checks, "files": {f: {"sha256": sha256(written[f]),
+                                                       "bytes": written[f].stat().st_size} for f in files}}
+        written[CARD].write_text(json.dumps(_jsonable(d), indent=2))
+        (tmpd / MANIFEST).write_text("".join(f"{sha256(q)}  {f}\n" for f, q in written.items()))
+        for x in tmpd.iterdir():  # intermediate files (e.g. the int8 pre-processing) do not ship
+            if x.name not in (*written, MANIFEST):
+                x.unlink()
+        _check_out_dir(out, overwrite)  # again: the folder may have changed while the bundle was built
+        _swap_in(tmpd, target)
+    except BaseException:
+        shutil.rmtree(tmpd, ignore_errors=True)
+        raise
     finally:
         model.train(was_training)
     return out
+
+
+def _is_bundle_folder(p: Path) -> str | None:
+    """``None`` when ``p`` is a bundle folder written by ``bundle`` (a bundle card, and only bundle files),
+    else the reason it is not."""
+    entries = sorted(p.iterdir())
+    foreign = [x.name for x in entries if x.name not in (*BUNDLE_FILES, CARD, MANIFEST) or not x.is_file()
+               or x.is_symlink()]
+    if foreign:
+        return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a bundle does not have: " \
+               f"{foreign[:5]}"
+    try:
+        card = json.loads((p / CARD).read_bytes()) if (p / CARD).stat().st_size <= MAX_CARD_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        card = None
+    meta = card.get("bundle") if isinstance(card, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return f"it has no {CARD} of format {FORMAT!r}"
+    return None
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that exists and holds anything, unless it is a bundle and ``overwrite`` is set."""
+    if not out.exists() and not out.is_symlink():
+        return
+    target = out.resolve()
+    if not target.is_dir():
+        raise FileExistsError(f"`out_dir` {str(out)!r} exists and is not a folder; refusing to replace it")
+    if not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"`out_dir` {str(out)!r} exists and is not empty; pass overwrite=True to replace a "
+                              "bundle written there before")
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise FileExistsError(f"`out_dir` {str(out)!r} is the current directory or holds it; refusing to replace it")
+    reason = _is_bundle_folder(target)
+    if reason is not None:
+        raise FileExistsError(f"`out_dir` {str(out)!r} is not a bundle folder ({reason}); overwrite=True only "
+                              "replaces a bundle, so nothing was deleted")
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux ``renameat2(RENAME_EXCHANGE)``; ``False`` where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` at ``target``: a rename when ``target`` is absent or empty, else an atomic
+    exchange (two renames with a roll-back where the platform has no exchange), then the old bundle is deleted."""
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        os.replace(new, target)  # rename(2) replaces an empty folder atomically
+        return
+    if _rename_exchange(new, target):  # target now holds the new bundle, `new` the old one
+        shutil.rmtree(new, ignore_errors=True)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_models(model: nn.Module, x: torch.Tensor, d: Path, int8: Any, ref: np.ndarray | None) -> list[str]:
@@ -241,7 +434,7 @@ def _measurements(model: nn.Module, x: torch.Tensor, d: Path, files: list[str]) 
     m = measure(model, x, repeats=20, warmup=3, onnx=False).to_dict()
     xn = x.detach().cpu().numpy().astype(np.float32)
     m["onnx_latency_ms"] = _onnx_latency_ms(d / FLOAT_ONNX, xn)
-    m["file_bytes"] = {f: (d / f).stat().st_size for f in files}
+    m["file_bytes"] = {f: (d / f).stat().st_size for f in files}  # trusted-path: our own file names
     if INT8_ONNX in files:
         m["int8_onnx_latency_ms"] = _onnx_latency_ms(d / INT8_ONNX, xn)
     return m
@@ -249,10 +442,13 @@ def _measurements(model: nn.Module, x: torch.Tensor, d: Path, files: list[str]) 
 
 @dataclass
 class Bundle:
-    """A loaded, verified bundle. ``session()`` gives an ONNX Runtime session, ``torchscript()`` the module."""
+    """A loaded, verified bundle. ``session()`` gives an ONNX Runtime session, ``torchscript()`` the module,
+    ``profile()`` the reference profile: all made from the bytes whose sha256 ``load_bundle`` checked."""
 
     path: Path
     card: dict[str, Any]
+    blobs: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _profile: ReferenceProfile | None = field(default=None, repr=False)
 
     @property
     def files(self) -> dict[str, Any]:
@@ -271,73 +467,135 @@ class Bundle:
         return int(self.card["bundle"]["output"]["num_classes"])
 
     @property
+    def class_names(self) -> list[str]:
+        return list(self.card["bundle"]["output"].get("class_names") or [str(i) for i in range(self.num_classes)])
+
+    @property
     def has_int8(self) -> bool:
         return INT8_ONNX in self.files
+
+    def data(self, name: str) -> bytes:
+        """The verified bytes of the bundle file ``name`` (read and checked against the card now if this
+        ``Bundle`` was not made by ``load_bundle``)."""
+        if name not in self.files:
+            raise BundleError(f"bundle {str(self.path)!r} has no {name}")
+        if name not in self.blobs:
+            data = _read_checked(self.path, name, self.files[name].get("sha256"), None)
+            self.blobs[name] = data
+        return self.blobs[name]
 
     def session(self, int8: bool = False, threads: int | None = None) -> Any:
         if int8 and not self.has_int8:
             raise BundleError(f"bundle {str(self.path)!r} has no int8 model ({INT8_ONNX})")
-        return onnx_session(self.path / (INT8_ONNX if int8 else FLOAT_ONNX), threads=threads)
+        return onnx_session(self.data(INT8_ONNX if int8 else FLOAT_ONNX), threads=threads)
 
     def torchscript(self) -> torch.jit.ScriptModule:
-        return torch.jit.load(str(self.path / TORCHSCRIPT)).eval()
+        return torch.jit.load(io.BytesIO(self.data(TORCHSCRIPT)), map_location="cpu").eval()
 
     def profile(self) -> ReferenceProfile | None:
-        return ReferenceProfile.load(self.path / PROFILE) if PROFILE in self.files else None
+        if PROFILE not in self.files:
+            return None
+        if self._profile is None:
+            self._profile = _parse_profile(self, self.data(PROFILE))
+        return self._profile
+
+
+def _read_checked(p: Path, name: str, digest: Any, manifest: dict[str, str] | None) -> bytes:
+    """The bytes of bundle file ``name``, read once, checked against the card's (and manifest's) sha256."""
+    try:
+        path = inside(p, name, "bundle file")
+    except UnsafePathError as exc:
+        raise BundleError(f"bundle {str(p)!r}: {exc}") from None
+    if not path.is_file():
+        raise BundleError(f"bundle {str(p)!r} is missing {name}, which its card lists")
+    data = path.read_bytes()
+    actual = _sha256_bytes(data)
+    if actual != digest or (manifest is not None and manifest.get(name) != digest):
+        recorded = str(manifest.get(name)) if manifest is not None else "-"
+        raise BundleError(f"bundle file {name} in {str(p)!r} does not match its recorded sha256 (card "
+                          f"{str(digest)[:12]}..., manifest {recorded[:12]}..., file {actual[:12]}...): "
+                          "it was modified or replaced; refusing to load it")
+    return data
+
+
+def _parse_profile(b: Bundle, data: bytes) -> ReferenceProfile:
+    try:
+        prof = ReferenceProfile(json.loads(data))
+    except RecursionError:
+        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} is nested too deeply") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} is not a valid reference profile: "
+                          f"{(str(exc).splitlines() or [''])[0][:200]}") from None
+    if prof.input_shape != b.input_shape:
+        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} is for inputs of shape {list(prof.input_shape)}, the "
+                          f"card says {list(b.input_shape)}")
+    if prof.num_classes != b.num_classes:
+        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} has {prof.num_classes} classes, the card "
+                          f"{b.num_classes}")
+    return prof
+
+
+def _read_small(p: Path, name: str) -> bytes:
+    try:
+        path = inside(p, name)
+    except UnsafePathError as exc:
+        raise BundleError(f"bundle {str(p)!r}: {exc}") from None
+    if not path.is_file():
+        raise BundleError(f"{str(p)!r} is not a bundle: it has no {name}"
+                          + (" (write one with lightning_nas.deploy.bundle)" if name == CARD else ""))
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise BundleError(f"bundle {str(p)!r}: {name} is larger than {MAX_CARD_BYTES} bytes")
+    return path.read_bytes()
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Open and verify a bundle: the card parses, and every file matches its sha256 in the card and manifest.
+    """Open and verify a bundle: the card parses and matches the bundle-card schema, names only bundle files,
+    and every file matches its sha256 in the card and manifest; the reference profile is valid and agrees
+    with the card. The returned ``Bundle`` keeps the verified bytes and never reads the files again.
 
-    Raises ``BundleError`` naming the file when a folder is not a bundle, or a file is missing or was changed.
+    Raises ``BundleError`` (one line) when a folder is not a bundle, its card is malformed, or a file is
+    missing, was changed, or lies outside the folder.
     """
     p = Path(path)
     if not p.is_dir():
         raise BundleError(f"{str(p)!r} is not a bundle: not a folder")
-    if not (p / CARD).is_file():
-        raise BundleError(f"{str(p)!r} is not a bundle: it has no {CARD} (write one with lightning_nas.deploy.bundle)")
+    card_bytes = _read_small(p, CARD)
     try:
-        card = json.loads((p / CARD).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{str(p / CARD)!r} is not valid JSON: {exc}") from exc
+        card = json.loads(card_bytes)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BundleError(f"{str(p / CARD)!r} is not valid JSON: {str(exc)[:200] or 'nested too deeply'}") from None
     meta = card.get("bundle") if isinstance(card, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{str(p)!r} is not a bundle: {CARD} has no 'bundle' section of format {FORMAT!r}")
     if meta.get("version") != VERSION:
-        raise BundleError(f"bundle {str(p)!r} has version {meta.get('version')!r}; this lightning_nas reads {VERSION}")
-    for key in ("files", "output"):
-        if key not in meta:
-            raise BundleError(f"bundle card {str(p / CARD)!r} lacks bundle.{key}")
-    if FLOAT_ONNX not in meta["files"]:
-        raise BundleError(f"bundle card {str(p / CARD)!r} lists no {FLOAT_ONNX}")
-    recorded = {f: info.get("sha256") for f, info in meta["files"].items()}
+        raise BundleError(f"bundle {str(p)!r} has version {str(meta.get('version'))[:20]!r}; this lightning_nas "
+                          f"reads {VERSION}")
+    validate_card(card, str(p / CARD))
     manifest = _read_manifest(p)
-    for f, digest in recorded.items():
-        if not (p / f).is_file():
-            raise BundleError(f"bundle {str(p)!r} is missing {f}, which its card lists")
-        actual = sha256(p / f)
-        if actual != digest or manifest.get(f) != digest:
-            raise BundleError(f"bundle file {f} in {str(p)!r} does not match its recorded sha256 (card "
-                              f"{str(digest)[:12]}..., manifest {str(manifest.get(f))[:12]}..., "
-                              f"file {actual[:12]}...): "
-                              "it was modified or replaced; refusing to load it")
-    if manifest.get(CARD) != sha256(p / CARD):
+    blobs = {f: _read_checked(p, f, info["sha256"], manifest) for f, info in meta["files"].items()}
+    if manifest.get(CARD) != _sha256_bytes(card_bytes):
         raise BundleError(f"{CARD} in {str(p)!r} does not match the sha256 in {MANIFEST}: the card was edited; "
                           "refusing to load it")
-    if "input_spec" not in card or "shape" not in card["input_spec"]:
-        raise BundleError(f"bundle card {str(p / CARD)!r} has no input_spec.shape")
-    return Bundle(p, card)
+    b = Bundle(p, card, blobs)
+    b.profile()  # parsed and checked now: a bad profile is refused at load, not at the first /drift
+    return b
 
 
 def _read_manifest(p: Path) -> dict[str, str]:
-    if not (p / MANIFEST).is_file():
-        raise BundleError(f"bundle {str(p)!r} is missing {MANIFEST}")
+    try:
+        text = _read_small(p, MANIFEST).decode("utf-8")
+    except BundleError as exc:
+        if "it has no" in str(exc):
+            raise BundleError(f"bundle {str(p)!r} is missing {MANIFEST}") from None
+        raise
+    except UnicodeDecodeError:
+        raise BundleError(f"bundle {str(p)!r}: {MANIFEST} is not text") from None
     out = {}
-    for line in (p / MANIFEST).read_text().splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2:
             out[parts[1]] = parts[0]
     return out
 
 
-__all__ = ["Bundle", "BundleError", "bundle", "load_bundle", "sha256"]
+__all__ = ["Bundle", "BundleError", "bundle", "load_bundle", "sha256", "validate_card"]

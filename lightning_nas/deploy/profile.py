@@ -68,11 +68,12 @@ def _forward_numpy(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray,
 
 
 def attribution_share(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, mode: str,
-                      n_steps: int = 16) -> np.ndarray:
+                      n_steps: int = 16) -> np.ndarray | None:
     """Share of mean |Integrated Gradients| attribution per feature (sums to 1; uniform if all zero).
 
     IG (Captum, zero baseline, target = the predicted class): ``(x - 0) * mean_alpha grad f_c(alpha x)``.
-    Works on any differentiable callable, a TorchScript module included.
+    Works on any differentiable callable, a TorchScript module included. Inputs whose attribution is not finite
+    (values near float32's limit overflow in the gradients) are left out; ``None`` when none is left.
     """
     from captum.attr import IntegratedGradients
 
@@ -83,9 +84,75 @@ def attribution_share(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarr
         attr = IntegratedGradients(model).attribute(t, baselines=torch.zeros_like(t), target=target,
                                                     n_steps=n_steps, internal_batch_size=512)
     a = np.abs(attr.detach().double().cpu().numpy())
-    per_feature = feature_matrix(a, mode).mean(0)
-    total = per_feature.sum()
+    with np.errstate(over="ignore", invalid="ignore"):
+        feats = feature_matrix(a, mode)
+        feats = feats[np.isfinite(feats).all(axis=1)]
+        if not len(feats):
+            return None
+        per_feature = feats.mean(0)
+        total = per_feature.sum()
+    if not np.isfinite(total) or not np.isfinite(per_feature).all():  # finite per sample, overflowing summed
+        per_feature = (feats / np.maximum(feats.max(), 1e-300)).mean(0)
+        total = per_feature.sum()
     return per_feature / total if total > 0 else np.full_like(per_feature, 1.0 / len(per_feature))
+
+
+def _profile_schema() -> Any:
+    """The pydantic schema of a profile's types (strict: numbers are numbers, finite; shapes are bounded)."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class _Strict(BaseModel):
+        model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+
+    class Feature(_Strict):
+        name: str
+        mean: float
+        std: float
+        min: float
+        max: float
+        cuts: list[float]
+        fractions: list[float]
+
+    class Prediction(_Strict):
+        num_classes: Annotated[int, Field(ge=2, le=1_000_000)]
+        fractions: list[float]
+
+    class Attribution(_Strict):
+        share: list[float]
+
+    class Profile(_Strict):
+        input_shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=8)]
+        features: list[Feature]
+        sample: Annotated[list[list[float]], Field(min_length=2)]
+        prediction: Prediction
+        attribution: Attribution | None = None
+
+    return Profile
+
+
+_SCHEMA: list[Any] = []
+
+
+def _check_types(data: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    if not _SCHEMA:
+        _SCHEMA.append(_profile_schema())
+    try:
+        _SCHEMA[0].model_validate(data)
+    except ValidationError as exc:
+        errs = exc.errors()
+        e = errs[0]
+        loc = e["loc"]
+        if e["type"] == "missing" and len(loc) == 3 and loc[0] == "features":
+            lacking = [x["loc"][2] for x in errs if x["type"] == "missing" and x["loc"][:2] == loc[:2]]
+            raise ValueError(f"reference profile entry for feature {data['features'][loc[1]].get('name')!r} lacks "
+                             f"{lacking}") from None
+        raise ValueError(f"reference profile field {'.'.join(str(x) for x in loc)}: {e['msg'][:200]}") from None
+    if float(np.prod(data["input_shape"], dtype=np.float64)) > 1 << 24:
+        raise ValueError(f"reference profile input shape {data['input_shape']} is too large")
 
 
 class ReferenceProfile:
@@ -150,9 +217,10 @@ class ReferenceProfile:
         }
         if attribution_samples:
             idx = rng.choice(len(xs), size=min(attribution_samples, len(xs)), replace=False)
-            data["attribution"] = {"method": "IntegratedGradients", "baseline": "zeros", "n_steps": 16,
-                                   "n_samples": int(len(idx)),
-                                   "share": attribution_share(model, xs[idx], feature_mode).tolist()}
+            share = attribution_share(model, xs[idx], feature_mode)
+            if share is not None:  # None: no reference input had a finite attribution
+                data["attribution"] = {"method": "IntegratedGradients", "baseline": "zeros", "n_steps": 16,
+                                       "n_samples": int(len(idx)), "share": share.tolist()}
         return cls(data)
 
     @classmethod
@@ -161,9 +229,10 @@ class ReferenceProfile:
         if not path.is_file():
             raise FileNotFoundError(f"reference profile {str(path)!r} does not exist")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"reference profile {str(path)!r} is not valid JSON: {exc}") from exc
+            data = json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nested too deeply
+            raise ValueError(f"reference profile {str(path)!r} is not valid JSON: "
+                             f"{str(exc)[:200] or 'nested too deeply'}") from None
         return cls(data)
 
     def save(self, path: str | Path) -> Path:
@@ -206,7 +275,12 @@ class ReferenceProfile:
             if key not in data:
                 raise ValueError(f"reference profile lacks {key!r}")
         check_choice("feature_mode", data["feature_mode"], FEATURE_MODES[1:])
+        _check_types(data)
         shape = tuple(data["input_shape"])
+        n_expected = shape[0] if data["feature_mode"] == "channel" else int(np.prod(shape))
+        if len(data["features"]) != n_expected and n_expected > 100_000:  # no names made for a huge claimed shape
+            raise ValueError(f"reference profile has {len(data['features'])} feature entries for the {n_expected} "
+                             f"features of input shape {list(shape)}")
         expected = feature_names(shape, data["feature_mode"])
         got = [f.get("name") for f in data["features"]]
         missing = [n for n in expected if n not in got]

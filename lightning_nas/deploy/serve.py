@@ -9,8 +9,10 @@ Endpoints:
 ``GET /drift``     -> the drift report (``deploy.check_drift``) of the last ``window`` served inputs against
                    the bundle's reference profile, attributions from the bundle's TorchScript model
 
-Every malformed request is answered 4xx with a message (400 non-JSON, 413 body or batch too large,
-422 wrong structure/shape/dtype or NaN/inf), never a 500.
+Every malformed request is answered 4xx with a one-line message (400 non-JSON, 413 body or batch too large,
+415 a Content-Type other than ``application/json``, 422 wrong structure/shape/dtype, NaN/inf or values beyond
+float32, or inputs for which the model's output is not finite), never a 500. A rejected request enters nothing
+into the drift window. The OpenAPI schema (``/openapi.json``) documents the request body and every response.
 """
 
 import json
@@ -32,32 +34,62 @@ class _BadRequest(Exception):
         self.status, self.message = status, message
 
 
+_JSON_TYPES = {bool: "booleans", str: "strings", dict: "objects", type(None): "nulls", list: "lists"}
+_JSON_TYPE = {bool: "a boolean", str: "a string", dict: "an object", type(None): "null", int: "a number",
+              float: "a number"}
+
+
+def _at(index: Any) -> str:
+    return "inputs" + "".join(f"[{int(i)}]" for i in index)
+
+
 def parse_inputs(obj: Any, shape: tuple[int, ...], max_batch: int) -> np.ndarray:
-    """Validate a decoded JSON body against the input spec; return a float32 batch or raise ``_BadRequest``."""
+    """Validate a decoded JSON body against the input spec; return a float32 batch or raise ``_BadRequest``.
+
+    Accepted: ``{"inputs": [x1, ...]}``, 1 to ``max_batch`` inputs, each nested lists of JSON numbers of the card's
+    per-input ``shape`` whose values are finite in float32. Anything else raises ``_BadRequest`` (413 for too
+    many inputs, 422 otherwise) with one line naming the first offending position (``inputs[i][j]...``).
+    """
     if not isinstance(obj, dict) or "inputs" not in obj:
         raise _BadRequest(422, 'the body must be a JSON object {"inputs": [...]} holding a batch of inputs')
     inputs = obj["inputs"]
     if not isinstance(inputs, list) or not inputs:
-        raise _BadRequest(422, f'"inputs" must be a non-empty list (a batch), got {type(inputs).__name__}')
+        got = "an empty list" if isinstance(inputs, list) else _JSON_TYPE.get(type(inputs), "a number")
+        raise _BadRequest(422, f'"inputs" must be a non-empty list (a batch), got {got}')
     if len(inputs) > max_batch:
         raise _BadRequest(413, f"batch of {len(inputs)} inputs exceeds the maximum batch size {max_batch}")
-    try:
-        arr = np.asarray(inputs)
-    except (ValueError, TypeError) as exc:
-        raise _BadRequest(422, f"inputs are ragged: every input must have shape {list(shape)} ({exc})") from exc
-    if arr.dtype.kind not in "fiu":
-        what = "booleans" if arr.dtype.kind == "b" else ("nested lists of different lengths or non-numbers"
-                                                         if arr.dtype.kind == "O" else f"{arr.dtype} values")
-        raise _BadRequest(422, f"inputs must be numbers (the card's dtype is float32), got {what}")
-    if tuple(arr.shape[1:]) != shape:
+    want = (len(inputs), *shape)
+    try:  # object cells: numpy never converts here, so every JSON value keeps its Python type
+        cells = np.array(inputs, dtype=object)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise _BadRequest(422, f"inputs are ragged: every input must have shape {list(shape)} "
+                               f"({str(exc)[:120]})") from None
+    flat = cells.ravel().tolist()
+    types = set(map(type, flat))
+    if list in types:  # numpy stopped where sibling lists differ in length (or nesting beyond 64 levels)
+        first = next(i for i, v in enumerate(flat) if type(v) is list)
+        raise _BadRequest(422, f"inputs are ragged: every input must have shape {list(shape)}; nested lists of "
+                               f"different lengths at {_at(np.unravel_index(first, cells.shape))}")
+    if cells.shape != want:
         raise _BadRequest(422, f"each input must have shape {list(shape)} (the card's input_spec), got "
-                               f"{list(arr.shape[1:])}")
+                               f"{list(cells.shape[1:])}")
+    if not types <= {int, float}:
+        first = next(i for i, v in enumerate(flat) if type(v) not in (int, float))
+        what = _JSON_TYPES.get(type(flat[first]), type(flat[first]).__name__)
+        raise _BadRequest(422, f"inputs must be numbers (the card's dtype is float32), got {what} at "
+                               f"{_at(np.unravel_index(first, want))}")
+    try:
+        x64 = np.array(flat, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        first = next((i for i, v in enumerate(flat) if type(v) is int and abs(v) > 2 ** 1000), 0)
+        raise _BadRequest(422, f"inputs hold an integer beyond float32 range at {_at(np.unravel_index(first, want))}"
+                          ) from None
     with np.errstate(over="ignore", invalid="ignore"):
-        x = arr.astype(np.float32)
+        x = x64.astype(np.float32).reshape(want)
     bad = ~np.isfinite(x)
     if bad.any():
         raise _BadRequest(422, f"inputs hold {int(bad.sum())} NaN/inf value(s) (or values beyond float32 range); "
-                               f"first at index {list(np.argwhere(bad)[0])}")
+                               f"first at {_at(np.argwhere(bad)[0])}")
     return x
 
 
@@ -84,6 +116,49 @@ class _Window:
             return np.array(self.inputs), np.array(self.classes, dtype=np.int64)
 
 
+def _nested_array(shape: tuple[int, ...]) -> dict[str, Any]:
+    """JSON schema of one input: nested arrays of ``shape`` of numbers within float32's range."""
+    f32 = float(np.finfo(np.float32).max)
+    item: dict[str, Any] = {"type": "number", "minimum": -f32, "maximum": f32}
+    for n in reversed(shape):
+        item = {"type": "array", "items": item, "minItems": n, "maxItems": n}
+    return item
+
+
+def _openapi_models() -> dict[str, Any]:
+    from pydantic import BaseModel, ConfigDict
+
+    class Error(BaseModel):
+        """Every 4xx (and the last-resort 500): one line saying what was wrong."""
+
+        model_config = ConfigDict(extra="forbid")
+        error: str
+        status: int
+
+    class Prediction(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        classes: list[int]
+        labels: list[str]
+        probabilities: list[list[float]]
+        model: str
+
+    class Health(BaseModel):
+        status: str
+        model: str
+        name: str | None
+        input_shape: list[int]
+        max_batch: int
+        window: int
+        drift_profile: bool
+
+    class Drift(BaseModel):
+        status: str
+        n_samples: int
+        verdict: str
+
+    return {"Error": Error, "Prediction": Prediction, "Health": Health, "Drift": Drift}
+
+
 def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: int = 256,
                max_body_bytes: int | None = None, window: int = 512, thresholds: Any = None,
                attribution_samples: int = 64, threads: int | None = 1) -> Any:
@@ -97,6 +172,9 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
         thresholds: ``DriftThresholds`` or a dict of its fields.
         attribution_samples: most recent inputs attributed (Integrated Gradients) per drift check (0: none).
         threads: ONNX Runtime intra-op threads.
+
+    Raises ``BundleError`` when the model does not accept the card's input shape or does not output
+    ``(N, num_classes)`` scores (checked once on a zero input).
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -115,28 +193,31 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
     t = DriftThresholds.coerce(thresholds)
     sess = b.session(int8=int8, threads=threads)
     in_name = sess.get_inputs()[0].name
+    _check_model_matches_card(b, sess, in_name)
     profile = b.profile()
     kind = b.output_kind
-    labels = b.card["bundle"]["output"].get("class_names") or [str(i) for i in range(b.num_classes)]
+    labels = b.class_names
     win = _Window(window)
     ts_model: list[Any] = []
     model_name = "int8" if int8 else "float"
+    m = _openapi_models()
     app = FastAPI(title=f"lightning_nas: {b.card.get('name', 'model')}", docs_url=None, redoc_url=None)
     app.state.bundle, app.state.window = b, win
     app.state.max_batch, app.state.max_body_bytes = max_batch, max_body_bytes
+    err = {"model": m["Error"]}
 
     def _error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message, "status": status}, status_code=status)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # last resort: a message, not a trace
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
 
     async def _read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
-                raise _BadRequest(400, f"invalid Content-Length {declared!r}")
+                raise _BadRequest(400, f"invalid Content-Length {declared[:40]!r}")
             if int(declared) > max_body_bytes:
                 raise _BadRequest(413, f"request body of {declared} bytes exceeds the limit of {max_body_bytes} bytes")
         body = bytearray()
@@ -146,30 +227,50 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
                 raise _BadRequest(413, f"request body exceeds the limit of {max_body_bytes} bytes")
         return bytes(body)
 
-    @app.post("/predict")
+    body_schema = {"type": "object", "required": ["inputs"],  # other keys are ignored
+                   "properties": {"inputs": {"type": "array", "minItems": 1, "maxItems": max_batch,
+                                             "items": _nested_array(shape)}}}
+
+    @app.post("/predict", response_model=m["Prediction"],
+              responses={400: err, 413: err, 415: err, 422: err, 500: err},
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": body_schema}}}})
     async def predict(request: Request) -> JSONResponse:
         try:
+            ctype = request.headers.get("content-type", "")
+            if ctype.split(";", 1)[0].strip().lower() != "application/json":
+                raise _BadRequest(415, f"Content-Type must be application/json, got {ctype[:60]!r}")
             body = await _read_body(request)
             try:
                 obj = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
                 raise _BadRequest(400, f"the body is not valid JSON: {str(exc)[:200]}") from exc
             x = parse_inputs(obj, shape, max_batch)
+            scores = np.asarray(sess.run(None, {in_name: x})[0], dtype=np.float64)
+            with np.errstate(all="ignore"):
+                probs = _softmax(scores) if kind == "logits" else scores
+            bad = ~np.isfinite(probs).all(axis=1)
+            if bad.any():  # e.g. inputs near float32's limit overflow inside the model: never served, never in /drift
+                rows = np.flatnonzero(bad).tolist()
+                raise _BadRequest(422, f"the model's output is not finite (NaN/inf) for input(s) {rows[:10]}"
+                                       f"{' ...' if len(rows) > 10 else ''} of {len(x)}: values this large "
+                                       f"(|x| up to {float(np.abs(x).max()):.3g}) overflow inside the model; "
+                                       "nothing from this request was served or added to the drift window")
         except _BadRequest as exc:
             return _error(exc.status, exc.message)
-        scores = sess.run(None, {in_name: x})[0]
-        probs = _softmax(scores) if kind == "logits" else scores
+        except Exception as exc:  # noqa: BLE001 - answered here, so the connection is kept (not reset)
+            return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
         classes = probs.argmax(1)
         win.add(x, classes)
         return JSONResponse({"classes": classes.tolist(), "labels": [labels[c] for c in classes],
                              "probabilities": np.round(probs, 6).tolist(), "model": model_name})
 
-    @app.get("/health")
+    @app.get("/health", response_model=m["Health"])
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": model_name, "name": b.card.get("name"), "input_shape": list(shape),
                 "max_batch": max_batch, "window": len(win.inputs), "drift_profile": profile is not None}
 
-    @app.get("/card")
+    @app.get("/card", response_model=dict[str, Any])
     def card() -> dict[str, Any]:
         return b.card
 
@@ -187,14 +288,31 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
             share = attribution_share(ts_model[0], x[-attribution_samples:], profile.feature_mode)
         return check_drift(profile, x, classes, share, t).to_dict()
 
-    @app.get("/drift")
+    @app.get("/drift", response_model=m["Drift"], responses={404: err, 500: err})
     async def drift() -> JSONResponse:
         if profile is None:
             return _error(404, "this bundle has no reference profile (bundle(..., reference_data=...)); "
                                "drift cannot be checked")
-        return JSONResponse(await run_in_threadpool(_drift))
+        try:
+            return JSONResponse(await run_in_threadpool(_drift))
+        except Exception as exc:  # noqa: BLE001 - answered here, so the connection is kept (not reset)
+            return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
 
     return app
+
+
+def _check_model_matches_card(b: Bundle, sess: Any, in_name: str) -> None:
+    """The ONNX model takes the card's input shape and outputs ``(N, num_classes)``: checked on one zero input."""
+    from lightning_nas.deploy.bundle import BundleError
+
+    try:
+        y = sess.run(None, {in_name: np.zeros((1, *b.input_shape), np.float32)})[0]
+    except Exception as exc:  # noqa: BLE001
+        raise BundleError(f"bundle {str(b.path)!r}: the model does not accept the card's input shape "
+                          f"{list(b.input_shape)}: {(str(exc).splitlines() or [''])[0][:200]}") from None
+    if np.shape(y) != (1, b.num_classes):
+        raise BundleError(f"bundle {str(b.path)!r}: the model outputs shape {list(np.shape(y))} for one input, "
+                          f"the card says (N, {b.num_classes})")
 
 
 def serve(bundle: str | Path | Bundle, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:

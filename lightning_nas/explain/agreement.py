@@ -7,6 +7,9 @@ numbers are exact for a whole validation epoch. Definitions, with rows r and the
 * kl = mean_r KL(softmax(z_t(r)/T) || softmax(z_s(r)/T))
 * per class c (rows whose label is c, or whose teacher prediction is c when there are no labels):
   support, agreement, student accuracy, teacher accuracy.
+
+Rows whose label equals ``ignore_index`` (default -100, as in ``torch.nn.functional.cross_entropy``: padding
+tokens, unlabelled pixels) are left out of every number; any other label outside ``[0, classes)`` is an error.
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ AGREEMENT_COLUMNS = ["class", "support", "agreement", "student_acc", "teacher_ac
 class AgreementAccumulator:
     """Accumulate teacher-student agreement statistics over batches; ``compute()`` gives the epoch numbers."""
 
-    def __init__(self, temperature: float = 1.0) -> None:
+    def __init__(self, temperature: float = 1.0, ignore_index: int | None = -100) -> None:
         self.temperature = float(temperature)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.reset()
 
     def reset(self) -> None:
@@ -44,17 +48,22 @@ class AgreementAccumulator:
         s = student_logits.detach().reshape(-1, c).float().cpu()
         t = teacher_logits.detach().reshape(-1, c).float().cpu()
         self._grow(c)
+        y = None
+        if targets is not None and targets.numel() == len(s) and not targets.is_floating_point():
+            y = targets.detach().reshape(-1).cpu().long()
+            keep = y != self.ignore_index if self.ignore_index is not None else torch.ones_like(y, dtype=torch.bool)
+            out_of_range = keep & ((y < 0) | (y >= c))
+            if out_of_range.any():
+                raise ValueError(f"agreement: labels must lie in [0, {c}) or equal ignore_index={self.ignore_index}, "
+                                 f"got {int(y[out_of_range][0])}")
+            s, t, y = s[keep], t[keep], y[keep]  # ignored rows (padding, unlabelled) count nowhere
+            self.labelled = True
         ps, pt = s.argmax(1), t.argmax(1)
         agree = (ps == pt).double()
         kl = F.kl_div(F.log_softmax(s / self.temperature, 1), F.log_softmax(t / self.temperature, 1),
                       log_target=True, reduction="none").sum(1).double()
         self.totals += torch.stack([torch.tensor(float(len(s)), dtype=torch.float64), agree.sum(), kl.sum()])
-        y = None
-        if targets is not None and targets.numel() == len(s) and not targets.is_floating_point():
-            y = targets.detach().reshape(-1).cpu().long()
-            self.labelled = True
         key = y if y is not None else pt
-        key = key.clamp(0, c - 1)
         ok_s = (ps == y).double() if y is not None else torch.zeros(len(s), dtype=torch.float64)
         ok_t = (pt == y).double() if y is not None else torch.zeros(len(s), dtype=torch.float64)
         stats = torch.stack([torch.ones(len(s), dtype=torch.float64), agree, ok_s, ok_t], 1)
@@ -83,9 +92,9 @@ class AgreementAccumulator:
 
 
 def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None,
-              temperature: float = 1.0) -> dict[str, Any]:
+              temperature: float = 1.0, ignore_index: int | None = -100) -> dict[str, Any]:
     """One-shot version of ``AgreementAccumulator`` for a single batch of logits."""
-    acc = AgreementAccumulator(temperature)
+    acc = AgreementAccumulator(temperature, ignore_index)
     acc.update(student_logits, teacher_logits, targets)
     return acc.compute()
 

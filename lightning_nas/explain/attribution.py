@@ -12,7 +12,8 @@ and summed over the embedding dimension, so every method returns one score per t
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,25 @@ def check_method(method: str, layer: nn.Module | None, tokens: bool) -> None:
         raise ValueError(f"`method` for token inputs must be one of {list(_TOKEN_METHODS)}, got {method!r}")
 
 
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the generators Captum's GradientSHAP draws from (torch's CPU generator and ``device``'s, numpy's
+    global one) for this block only; the caller's generator states are restored afterwards."""
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    np_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+
+
 def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str = "integrated_gradients", *,
               forward_fn: ForwardFn | None = None, layer: nn.Module | None = None,
               embedding: nn.Module | None = None, n_steps: int = 8, n_shap_samples: int = 8,
@@ -171,9 +191,9 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
         elif method == "saliency":
             a = ca.LayerGradientXActivation(fwd, embedding, multiply_by_inputs=False).attribute(x, target=target)
         elif method == "gradient_shap":
-            torch.manual_seed(seed)
-            a = ca.LayerGradientShap(fwd, embedding).attribute(x, baselines=base[:1], target=target,
-                                                               n_samples=n_shap_samples)
+            with _seeded(seed, x.device):
+                a = ca.LayerGradientShap(fwd, embedding).attribute(x, baselines=base[:1], target=target,
+                                                                   n_samples=n_shap_samples)
         else:  # feature_ablation / occlusion: replace one token at a time by the baseline token
             with torch.no_grad():
                 return ca.FeatureAblation(fwd).attribute(x, baselines=int(baseline), target=target).detach().float()
@@ -186,9 +206,9 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
     elif method == "saliency":
         a = ca.Saliency(fwd).attribute(xin, target=target, abs=False)
     elif method == "gradient_shap":
-        torch.manual_seed(seed)
         base = torch.stack([torch.full_like(xin[0], float(baseline)), xin.mean(0)])
-        a = ca.GradientShap(fwd).attribute(xin, baselines=base, target=target, n_samples=n_shap_samples)
+        with _seeded(seed, xin.device):
+            a = ca.GradientShap(fwd).attribute(xin, baselines=base, target=target, n_samples=n_shap_samples)
     elif method == "occlusion":
         win = (xin.shape[1],) + tuple(min(window, s) for s in xin.shape[2:]) if xin.ndim > 2 else (window,)
         with torch.no_grad():

@@ -1,15 +1,21 @@
 """Render a ``RunData`` as one self-contained HTML page: matplotlib plots and images as base64 PNGs, tables as
-HTML, one section per concern the run has (search, compression, distillation, attributions, ...)."""
+HTML, one section per concern the run has (search, compression, distillation, attributions, ...).
+
+Every value that comes from the run (keys, steps, table cells, captions, titles, config) is HTML-escaped;
+matplotlib draws text literally (no mathtext, so a ``$`` in a key is just a character); a plot or image that
+cannot be drawn is skipped and listed in a "Not shown" section instead of stopping the page."""
 from __future__ import annotations
 
 import base64
 import html
 import io
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lightning_nas._trust import image_type
 from lightning_nas.report.load import RunData, load_run
 
 # (section id, title, predicate on a logged key); the first match wins, order matters
@@ -24,7 +30,7 @@ SECTIONS: list[tuple[str, str, Callable[[str], bool]]] = [
     ("explain", "Other explanations", lambda k: k.startswith("explain/")),
     ("training", "Training metrics", lambda k: True),
 ]
-_MAX_LINES, _MAX_PLOTS, _MAX_ROWS, _MAX_HIST = 16, 24, 200, 12
+_MAX_LINES, _MAX_PLOTS, _MAX_ROWS, _MAX_HIST, _MAX_SKIPPED = 16, 24, 200, 12, 100
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -48,8 +54,8 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _img_tag(b64: str, alt: str, cls: str = "") -> str:
-    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+def _img_tag(b64: str, alt: str, cls: str = "", kind: str = "png") -> str:
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/{kind};base64,{b64}">'
 
 
 def _figure(inner: str, caption: str = "") -> str:
@@ -80,7 +86,7 @@ def _plot_lines(data: RunData, title: str, keys: list[str]) -> str:
 
     fig, ax = plt.subplots(figsize=(4.6, 2.9))
     for k in keys[:_MAX_LINES]:
-        pts = sorted(data.scalars[k])
+        pts = sorted(p for p in data.scalars[k] if math.isfinite(p[1]))  # inf/NaN cannot be drawn
         label = k if len(keys) == 1 else (k.split("/")[-1] if title.endswith("*") else k.split("/")[-2]
                                           if len(k.split("/")) >= 3 else k)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3, lw=1.2,
@@ -128,44 +134,76 @@ def _cell(v: Any) -> str:
 
 def _table(key: str, t: dict[str, Any]) -> str:
     rows = t.get("rows", [])
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t.get("columns", []))
+    head = "".join(f"<th>{_cell(c)}</th>" for c in t.get("columns", []))
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in r) + "</tr>" for r in rows[:_MAX_ROWS])
     more = f"<p>... {len(rows) - _MAX_ROWS} more rows</p>" if len(rows) > _MAX_ROWS else ""
-    return (f"<h3>{html.escape(key)} <small>(step {t.get('step', '-')}, {len(rows)} rows)</small></h3>"
+    return (f"<h3>{html.escape(key)} <small>(step {_cell(t.get('step', '-'))}, {len(rows)} rows)</small></h3>"
             f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>{more}')
 
 
-def _images(key: str, items: list[tuple[int, Path]]) -> str:
-    items = sorted(items)
+def _images(key: str, items: list[tuple[int, Path]], skipped: list[str]) -> str:
+    items = sorted(items, key=lambda t: t[0])
     shown = [items[0], items[-1]] if len(items) > 1 else items
-    figs = [_figure(_img_tag(base64.b64encode(p.read_bytes()).decode(), f"{key} step {s}", "media"),
-                    f"{key} — step {s}" + (" (first)" if i == 0 and len(shown) > 1 else
-                                          " (latest)" if len(shown) > 1 else ""))
-            for i, (s, p) in enumerate(shown)]
-    return f'<h3>{html.escape(key)}</h3><div class="grid">{"".join(figs)}</div>'
+    figs = []
+    for i, (s, p) in enumerate(shown):
+        try:
+            raw = Path(p).read_bytes()
+        except OSError as exc:
+            skipped.append(f"image {key!r} step {s}: cannot be read ({exc.strerror or type(exc).__name__})")
+            continue
+        kind = image_type(raw)  # checked again on the very bytes that are embedded
+        if kind is None:
+            skipped.append(f"image {key!r} step {s}: not a PNG or JPEG image; not embedded")
+            continue
+        figs.append(_figure(_img_tag(base64.b64encode(raw).decode(), f"{key} step {s}", "media", kind),
+                            f"{key} — step {s}" + (" (first)" if i == 0 and len(shown) > 1 else
+                                                  " (latest)" if len(shown) > 1 else "")))
+    return f'<h3>{html.escape(key)}</h3><div class="grid">{"".join(figs)}</div>' if figs else ""
 
 
-def _section(sid: str, title: str, data: RunData, keys: set[str]) -> str:
+def _drawn(what: str, skipped: list[str], fn: Callable[..., str], *args: Any) -> str:
+    """``fn(*args)``, or ``""`` with ``what`` named in ``skipped`` when it cannot be drawn."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - one odd plot must not stop the page
+        plt.close("all")
+        skipped.append(f"{what}: cannot be drawn ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})")
+        return ""
+
+
+def _section(sid: str, title: str, data: RunData, keys: set[str], skipped: list[str]) -> str:
     parts = [f'<section id="{sid}"><h2>{html.escape(title)}</h2>']
     scal = [k for k in keys if k in data.scalars]
+    series = [_drawn(f"series {k!r}", skipped, _plot_series, k, data.series[k]) for k in sorted(keys)
+              if k in data.series]
     if scal:
         groups = _group_scalars(sid, scal)
-        plots = [_plot_lines(data, g, ks) for g, ks in list(groups.items())[:_MAX_PLOTS]]
-        plots += [_plot_series(k, data.series[k]) for k in sorted(keys) if k in data.series]
-        parts.append(f'<div class="grid">{"".join(plots)}</div>')
+        plots = [_drawn(f"plot {g!r}", skipped, _plot_lines, data, g, ks)
+                 for g, ks in list(groups.items())[:_MAX_PLOTS]]
+        parts.append(f'<div class="grid">{"".join(plots + series)}</div>')
         if len(groups) > _MAX_PLOTS:
             parts.append(f"<p>{len(groups) - _MAX_PLOTS} more scalar groups not plotted.</p>")
-    elif any(k in data.series for k in keys):
-        parts.append('<div class="grid">' + "".join(_plot_series(k, data.series[k])
-                                                   for k in sorted(keys) if k in data.series) + "</div>")
-    parts += [_images(k, data.images[k]) for k in sorted(keys) if k in data.images]
+    elif series:
+        parts.append('<div class="grid">' + "".join(series) + "</div>")
+    parts += [_images(k, data.images[k], skipped) for k in sorted(keys) if k in data.images]
     parts += [_table(k, data.tables[k]) for k in sorted(keys) if k in data.tables]
     hists = [k for k in sorted(keys) if data.histograms.get(k)]
     if hists:
-        parts.append('<div class="grid">' + "".join(_plot_hist(k, data.histograms[k]) for k in hists[:_MAX_HIST])
+        parts.append('<div class="grid">' + "".join(_drawn(f"histogram {k!r}", skipped, _plot_hist, k,
+                                                           data.histograms[k]) for k in hists[:_MAX_HIST])
                      + "</div>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _not_shown(skipped: list[str]) -> str:
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in skipped[:_MAX_SKIPPED])
+    more = f"<p>... and {len(skipped) - _MAX_SKIPPED} more.</p>" if len(skipped) > _MAX_SKIPPED else ""
+    return (f'<section id="skipped"><h2>Not shown</h2><p>{len(skipped)} item(s) of this run were skipped: files '
+            f"outside the run folder, files that are not images, records of the wrong shape, plots that could not "
+            f"be drawn.</p><ul>{items}</ul>{more}</section>")
 
 
 def render(data: RunData, title: str | None = None) -> str:
@@ -174,6 +212,7 @@ def render(data: RunData, title: str | None = None) -> str:
 
     matplotlib.use("Agg", force=False)  # headless: draw to PNG only
     title = title or f"lightning_nas report: {data.name}"
+    skipped = list(data.skipped)
     buckets: dict[str, set[str]] = {}
     for k in data.keys():
         if k == "epoch":  # Lightning's epoch counter says nothing a reader needs
@@ -181,13 +220,19 @@ def render(data: RunData, title: str | None = None) -> str:
         sid = next(s for s, _, pred in SECTIONS if pred(k))
         buckets.setdefault(sid, set()).add(k)
     sections = [(sid, t) for sid, t, _ in SECTIONS if sid in buckets]
-    body = [_section(sid, t, data, buckets[sid]) for sid, t in sections]
+    # keys are the run's: drawn as plain text (no mathtext: "$x" or "$\\frac{" in a key must not stop the page)
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        body = [_section(sid, t, data, buckets[sid], skipped) for sid, t in sections]
     summ = {**{f"config/{k}": v for k, v in data.config.items()}, **data.summary}
     if summ:
-        rows = [[k, v] for k, v in sorted(summ.items()) if not isinstance(v, (dict, list))]
+        rows = [[k, v] for k, v in sorted(summ.items(), key=lambda kv: str(kv[0]))
+                if not isinstance(v, (dict, list))]
         body.append('<section id="summary"><h2>Summary</h2>'
                     + _table("final values", {"columns": ["key", "value"], "rows": rows}) + "</section>")
         sections.append(("summary", "Summary"))
+    if skipped:
+        body.append(_not_shown(skipped))
+        sections.append(("skipped", "Not shown"))
     if not body:
         body.append("<section><h2>Empty run</h2><p>Nothing was logged.</p></section>")
     nav = "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in sections)
@@ -202,8 +247,12 @@ def build_report(run_dir: str | Path, out: str | Path = "report.html", title: st
 
     ``run_dir``: a W&B run or save dir (offline runs included), or a ``Tracker.files_dir`` file sink.
     """
-    data = load_run(run_dir)
     path = Path(out)
+    if path.is_dir():
+        raise IsADirectoryError(f"report: the output {str(path)!r} is a folder; pass a file name such as "
+                                f"{str(path / 'report.html')!r}")
+    data = load_run(run_dir)
+    page = render(data, title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(data, title), encoding="utf-8")
+    path.write_text(page, encoding="utf-8")
     return path

@@ -95,7 +95,7 @@ def _key(item: Any) -> str:
 def _value(item: Any) -> Any:
     try:
         return json.loads(item.value_json)
-    except (json.JSONDecodeError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # not JSON, or nested too deeply: the raw text
         return item.value_json
 
 
@@ -118,9 +118,13 @@ def read_offline_run(run_dir: str | Path, timeout: float = 10.0) -> tuple[list[d
     while True:
         raws = _records(path.read_bytes(), path)
         recs = []
-        for raw in raws:
+        for i, raw in enumerate(raws):
             r = pb.Record()
-            r.ParseFromString(raw)
+            try:
+                r.ParseFromString(raw)
+            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError & co: a file that is not W&B's
+                raise ValueError(f"read_offline_run: record {i} of {str(path)!r} is not a W&B record "
+                                 f"({type(exc).__name__})") from None
             recs.append(r)
         if any(r.WhichOneof("record_type") == "exit" for r in recs) or time.monotonic() > deadline:
             break

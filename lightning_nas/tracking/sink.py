@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,7 @@ def _jsonable(v: Any) -> Any:
         return v.tolist()
     if isinstance(v, np.generic):
         return v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
+    return v  # NaN/inf stay floats (JSON files write NaN/Infinity, which json.loads reads back)
 
 
 def to_uint8_image(image: Any) -> np.ndarray:
@@ -156,7 +153,7 @@ class Tracker:
         return self._fallback_step
 
     def _path(self, *parts: str) -> Path:
-        p = self.files_dir.joinpath(*parts)
+        p = self.files_dir.joinpath(*parts)  # trusted-path: constants and _safe() names
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
@@ -167,11 +164,13 @@ class Tracker:
     def _index(self, kind: str, key: str, step: int, file: str | None) -> None:
         self._append("index.jsonl", {"kind": kind, "key": key, "step": step, "file": file})
 
-    def _wandb_log(self, payload: Mapping[str, Any], step: int) -> None:
+    def _wandb_log(self, payload: Mapping[str, Any] | Callable[[], Mapping[str, Any]], step: int) -> None:
+        """Log to W&B; ``payload`` may be a function building the media, so that building it is guarded too."""
         run = self.wandb_run
         if run is not None:
             try:
-                run.log(dict(payload, **{"trainer/global_step": step}))
+                built = payload() if callable(payload) else payload
+                run.log(dict(built, **{"trainer/global_step": step}))
             except Exception as exc:  # noqa: BLE001 - W&B trouble must never stop training; files remain
                 self._warn_wandb(exc)
 
@@ -215,7 +214,7 @@ class Tracker:
         if self.wandb_run is not None:
             import wandb
 
-            self._wandb_log({key: wandb.Histogram(np_histogram=(counts.tolist(), edges.tolist()))}, s)
+            self._wandb_log(lambda: {key: wandb.Histogram(np_histogram=(counts.tolist(), edges.tolist()))}, s)
 
     def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
                   step: int | None = None) -> None:
@@ -238,7 +237,7 @@ class Tracker:
         if self.wandb_run is not None:
             import wandb
 
-            self._wandb_log({key: wandb.Table(columns=columns, data=rows)}, s)
+            self._wandb_log(lambda: {key: wandb.Table(columns=columns, data=rows)}, s)
 
     def log_image(self, key: str, image: Any, caption: str | None = None, step: int | None = None) -> None:
         """An image (array/tensor, CHW or HWC, or a matplotlib figure); PNG on disk, ``wandb.Image`` on W&B."""
@@ -258,7 +257,7 @@ class Tracker:
         if self.wandb_run is not None:
             import wandb
 
-            self._wandb_log({key: wandb.Image(arr, caption=caption)}, s)
+            self._wandb_log(lambda: {key: wandb.Image(arr, caption=caption)}, s)
 
     def log_line_series(self, key: str, xs: Sequence[float], ys: Mapping[str, Sequence[float]],
                         title: str | None = None, xname: str = "step", step: int | None = None) -> None:
@@ -279,8 +278,8 @@ class Tracker:
         if self.wandb_run is not None:
             import wandb
 
-            plot = wandb.plot.line_series(xs=xs, ys=series, keys=names, title=title or key, xname=xname)
-            self._wandb_log({key: plot}, s)
+            self._wandb_log(lambda: {key: wandb.plot.line_series(xs=xs, ys=series, keys=names, title=title or key,
+                                                                 xname=xname)}, s)
 
     def log_summary(self, values: Mapping[str, Any]) -> None:
         """Final values: the W&B run summary and ``summary.json``."""

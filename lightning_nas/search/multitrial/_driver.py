@@ -20,7 +20,7 @@ from lightning_nas.search.multitrial._evolution import RegularizedEvolutionSampl
 from lightning_nas.search.multitrial._objectives import COSTS, evaluate, example_input_of, parse_objectives
 from lightning_nas.search.multitrial._pruning import TrialPruningCallback
 from lightning_nas.search.multitrial._reinforce import ReinforceSampler
-from lightning_nas.search.multitrial._storage import open_storage
+from lightning_nas.search.multitrial._storage import open_storage, storage_errors
 from lightning_nas.search.multitrial._trial import (SearchTrial, _is_datamodule, build_resolved,
                                                     grid_from_distributions, record_search_space)
 
@@ -201,15 +201,16 @@ def run(
                            n_trials=n_trials, **dict(sampler_kwargs or {}))
     study_name = study_name or "lightning-nas-search"
     st = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    study = optuna.create_study(storage=st, sampler=sampler, pruner=pr, study_name=study_name,
-                                directions=list(objs.values()), load_if_exists=True)
-    stored = study.user_attrs.get("objectives")
+    with storage_errors(storage):  # e.g. a read-only SQLite or journal file: one line naming the cause
+        study = optuna.create_study(storage=st, sampler=sampler, pruner=pr, study_name=study_name,
+                                    directions=list(objs.values()), load_if_exists=True)
+        stored = study.user_attrs.get("objectives")
+        if stored is None:
+            study.set_user_attr("objectives", objs)
     if stored is not None and stored != objs:
         raise ValueError(f"study {study_name!r} in this storage was created with objectives {stored}; resuming "
                          f"it with {objs} is not possible (use another `study_name`)")
-    if stored is None:
-        study.set_user_attr("objectives", objs)
-    out = Path(out_dir) / study_name
+    out = Path(out_dir) / study_name  # trusted-path: the user's own config
     wandb_runs: list[str] = []
     dm_cache: dict[str, Any] = {}
     value_labels: dict[str, list[Any]] = {}
@@ -232,7 +233,8 @@ def run(
                 return seen.values[0] if len(objs) == 1 else tuple(seen.values)
             _check_budget(study, ot, n_trials)
         kw = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-                  enable_checkpointing=False, logger=False, default_root_dir=str(out / f"trial-{ot.number}"))
+                  enable_checkpointing=False, logger=False,
+                  default_root_dir=str(out / f"trial-{ot.number}"))  # trusted-path: an int
         kw.update(trainer_kwargs)
         kw["callbacks"] = copy.deepcopy(list(trainer_kwargs.get("callbacks") or []))
         prune_cb = None
@@ -273,7 +275,7 @@ def run(
         return values[next(iter(objs))] if len(objs) == 1 else tuple(values.values())
 
     t0 = time.monotonic()
-    with _quiet_lightning():
+    with _quiet_lightning(), storage_errors(storage):
         while True:
             if isinstance(st, optuna.storages.RDBStorage) and heartbeat_interval:
                 with warnings.catch_warnings():

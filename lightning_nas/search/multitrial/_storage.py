@@ -18,9 +18,12 @@ storage where workers may die.
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
@@ -29,7 +32,8 @@ _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle"
 
 
 class StorageUnreachableError(ConnectionError):
-    """The storage URL is well-formed but the database cannot be opened (a one-line reason, no traceback)."""
+    """The storage URL is well-formed but the database cannot be opened, read or written (a one-line reason,
+    no traceback)."""
 
 
 def redact(url: str) -> str:
@@ -89,3 +93,67 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         raise StorageUnreachableError(f"storage {redact(url)!r} is unreachable: "
                                       f"{reason[0] if reason else type(exc).__name__}") from None
+
+
+_STORAGE_CODE = os.path.dirname(optuna.storages.__file__)
+
+
+def describe(storage: Any) -> str:
+    """How a storage is named in messages: the URL without its password, else the storage's type."""
+    return repr(redact(storage)) if isinstance(storage, str) else type(storage).__name__
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (``__cause__``/``__context__``, and SQLAlchemy's ``orig``)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+        if not isinstance(nxt, BaseException):
+            break
+        exc = nxt
+    return exc
+
+
+def _raised_in_storage(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of Optuna's storage code (which never calls the user's build/datamodule code)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_STORAGE_CODE):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    root = _root_cause(exc)
+    if isinstance(root, OSError) and root.strerror:
+        text = f"{root.strerror}: {root.filename!r}" if root.filename else root.strerror
+    else:
+        text = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    if "readonly database" in text:
+        text += " (the database file, or its folder, is read-only for this process)"
+    elif isinstance(root, PermissionError):
+        text += " (the file is read-only for this process)"
+    return text[:300]
+
+
+@contextmanager
+def storage_errors(storage: Any) -> Iterator[None]:
+    """Turn a storage failure inside the block (Optuna's StorageInternalError, a SQLAlchemy error, an OSError
+    raised by Optuna's storage code, e.g. a read-only journal file) into one ``StorageUnreachableError`` line
+    naming the real cause. Errors of the user's own code pass through unchanged."""
+    try:
+        yield
+    except StorageUnreachableError:
+        raise
+    except optuna.exceptions.StorageInternalError as exc:
+        raise StorageUnreachableError(f"storage {describe(storage)} failed: {_reason(exc)}") from None
+    except OSError as exc:
+        if not _raised_in_storage(exc):
+            raise
+        raise StorageUnreachableError(f"storage {describe(storage)} failed: {_reason(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - only SQLAlchemy's errors are rewritten here
+        if type(exc).__module__.split(".")[0] != "sqlalchemy":
+            raise
+        raise StorageUnreachableError(f"storage {describe(storage)} failed: {_reason(exc)}") from None
