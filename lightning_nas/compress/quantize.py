@@ -25,13 +25,14 @@ import copy
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lightning_nas._validate import check_choice
+from lightning_nas._validate import check_choice, check_int, check_range, check_type
 
 BACKENDS = ("x86", "fbgemm")
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -62,17 +63,64 @@ def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:
                              f"allowed: submodule names such as {near}")
 
 
-def _qconfig_mapping(backend: str, skip: Sequence[str], qat: bool) -> Any:
-    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+@dataclass(frozen=True)
+class QATRecipe:
+    """How the fake-quantizers follow the model during QAT; validated when made (``ValueError`` naming the field).
+
+    Args:
+        activation_averaging: weight of the newest batch in the moving-average min/max of each activation range
+            (torch's default is 0.01: a ~100-step memory, too slow for the logits of a fit at Adam 1e-2, see the
+            module docstring). ``(0, 1]``.
+        weight_averaging: the same for the per-channel weight ranges; ``1.0`` (default) is the current weights'
+            exact min/max at every step (weights are known exactly, averaging only makes the range lag behind
+            them). ``(0, 1]``.
+        observer_warmup_steps: QAT steps at the start that only observe (ranges settle, the forward stays float)
+            before fake quantization is switched on. ``>= 0``.
+        freeze_weight_ranges: when the observers freeze (``freeze_observers_after``), freeze the weight ranges
+            too (torch's behaviour); default ``False``: only activation ranges freeze, weight ranges keep
+            following the weights, so a weight that grows after the freeze is not clipped.
+
+    ``QATRecipe.torch_default()`` is torch.ao's own recipe (the one that collapses), kept for comparison.
+    """
+
+    activation_averaging: float = 0.1
+    weight_averaging: float = 1.0
+    observer_warmup_steps: int = 20
+    freeze_weight_ranges: bool = False
+
+    def __post_init__(self) -> None:
+        check_range("activation_averaging", self.activation_averaging, 0.0, 1.0, low_inclusive=False)
+        check_range("weight_averaging", self.weight_averaging, 0.0, 1.0, low_inclusive=False)
+        check_int("observer_warmup_steps", self.observer_warmup_steps, 0)
+        check_type("freeze_weight_ranges", self.freeze_weight_ranges, bool)
+
+    @classmethod
+    def torch_default(cls) -> QATRecipe:
+        """torch.ao's default QAT recipe: 0.01 moving averages for all ranges, no warm-up, all ranges freeze."""
+        return cls(activation_averaging=0.01, weight_averaging=0.01, observer_warmup_steps=0,
+                   freeze_weight_ranges=True)
+
+
+def _qconfig_mapping(backend: str, skip: Sequence[str], qat: bool, recipe: QATRecipe | None = None) -> Any:
+    from torch.ao.quantization import QConfig, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 
     with _quiet():
         mapping = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(backend)
+        if recipe is not None:  # same fake-quantizers and dtypes as torch's, with the recipe's range averaging
+            default = mapping.global_qconfig
+            ours = QConfig(activation=default.activation.with_args(averaging_constant=recipe.activation_averaging),
+                           weight=default.weight.with_args(averaging_constant=recipe.weight_averaging))
+            mapping.set_global(ours)
+            for key, qconfig in list(mapping.object_type_qconfigs.items()):
+                if qconfig == default:  # fixed-qparams ops (sigmoid, tanh, ...) keep their own
+                    mapping.set_object_type(key, ours)
         for s in skip:
             mapping.set_module_name(s, None)
     return mapping
 
 
-def _prepare(model: nn.Module, example_inputs: tuple, backend: str, skip: Sequence[str], qat: bool) -> nn.Module:
+def _prepare(model: nn.Module, example_inputs: tuple, backend: str, skip: Sequence[str], qat: bool,
+             recipe: QATRecipe | None = None) -> nn.Module:
     check_choice("backend", backend, BACKENDS)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -88,7 +136,8 @@ def _prepare(model: nn.Module, example_inputs: tuple, backend: str, skip: Sequen
     try:
         with _quiet():
             fn = prepare_qat_fx if qat else prepare_fx
-            return fn(model, _qconfig_mapping(backend, skip, qat), example_inputs, prepare_custom_config=custom)
+            return fn(model, _qconfig_mapping(backend, skip, qat, recipe), example_inputs,
+                      prepare_custom_config=custom)
     except Exception as exc:  # noqa: BLE001 - tracing errors are opaque: say what to do
         raise ValueError(f"torch.fx could not trace {type(model).__name__} for quantization ({type(exc).__name__}: "
                          f"{str(exc)[:300]}). Choose a traceable submodule (QuantizationAware(module_name=...)) or "
@@ -96,16 +145,19 @@ def _prepare(model: nn.Module, example_inputs: tuple, backend: str, skip: Sequen
 
 
 def prepare_qat(model: nn.Module, example_inputs: tuple = (), backend: str = "x86",
-                skip: Sequence[str] = ()) -> nn.Module:
+                skip: Sequence[str] = (), recipe: QATRecipe | None = None) -> nn.Module:
     """Return ``model`` prepared for QAT: an FX ``GraphModule`` with Conv+BN(+ReLU) fused into QAT modules,
-    per-channel symmetric int8 fake-quantized weights and per-tensor affine uint8 fake-quantized activations.
+    per-channel symmetric int8 fake-quantized weights and per-tensor affine uint8 fake-quantized activations,
+    whose ranges follow ``recipe`` (default ``QATRecipe()``; drive its warm-up and freezing with
+    ``apply_qat_schedule``).
 
     The result shares ``model``'s parameters and BatchNorm buffers (an optimizer built on ``model`` still
     trains it). ``skip`` names submodules kept float (and not traced). Raises ``ValueError`` for a ``skip``
     name that matches nothing, a model without Conv/Linear layers, or a model FX cannot trace.
     The fake quantization is q(x) = (clamp(round(x/s) + z, q_min, q_max) - z) * s, straight-through gradient.
     """
-    return _init_weight_qparams(_prepare(model, tuple(example_inputs), backend, skip, qat=True))
+    recipe = QATRecipe() if recipe is None else check_type("recipe", recipe, QATRecipe)
+    return _init_weight_qparams(_prepare(model, tuple(example_inputs), backend, skip, qat=True, recipe=recipe))
 
 
 def _init_weight_qparams(model: nn.Module) -> nn.Module:
@@ -142,6 +194,38 @@ def set_observers(model: nn.Module, enabled: bool) -> None:
     from torch.ao.quantization import disable_observer, enable_observer
 
     model.apply(enable_observer if enabled else disable_observer)
+
+
+def _set_weight_observers(model: nn.Module, enabled: bool) -> None:
+    for mod in model.modules():
+        fq = getattr(mod, "weight_fake_quant", None)
+        if fq is not None:
+            fq.enable_observer(enabled)
+
+
+def apply_qat_schedule(model: nn.Module, recipe: QATRecipe, *, active: bool, qat_steps: int,
+                       observers_frozen: bool = False, bn_frozen: bool = False, training: bool = True) -> None:
+    """Put a prepared model in the state ``recipe`` asks for at this point of QAT.
+
+    ``active``: QAT has started (else everything is bypassed: float training). ``qat_steps``: QAT training steps
+    done so far; the first ``recipe.observer_warmup_steps`` of them only observe (fake quantization off).
+    ``observers_frozen``: activation ranges stop moving (weight ranges too with ``recipe.freeze_weight_ranges``).
+    ``training=False`` (validation, tests): no observer moves; fake quantization is on once a QAT step has run.
+    """
+    warm = qat_steps < recipe.observer_warmup_steps
+    set_fake_quant(model, active and (qat_steps > 0 if not training else not warm))
+    set_observers(model, active and training and not observers_frozen)
+    if active and training and observers_frozen and not recipe.freeze_weight_ranges:
+        _set_weight_observers(model, True)
+    set_bn_frozen(model, bn_frozen)
+
+
+def loss_diverged(mean_loss: float, reference: float, factor: float, floor: float = 0.05) -> bool:
+    """Whether an epoch-mean training loss has diverged: not finite, or above ``factor`` x ``reference`` (the
+    reference counted as at least ``floor``, so that noise around a near-zero loss is not called divergence)."""
+    import math
+
+    return not math.isfinite(mean_loss) or mean_loss > factor * max(reference, floor)
 
 
 def set_fake_quant(model: nn.Module, enabled: bool) -> None:
@@ -205,6 +289,12 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
     """
     model = copy.deepcopy(qat_model).cpu().eval()
     set_observers(model, False)
+    # convert_fx observes each (BN-folded) weight once more: let exact trackers (weight_averaging 1.0) take the
+    # final weights, not those of the last forward, which the last optimizer step has since moved
+    for mod in model.modules():
+        fq = getattr(mod, "weight_fake_quant", None)
+        if fq is not None and getattr(getattr(fq, "activation_post_process", None), "averaging_constant", 0) == 1.0:
+            fq.enable_observer(True)
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with _quiet():
@@ -269,7 +359,7 @@ def int8_onnx_ops(onnx_model: bytes) -> list[str]:
         return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
 
 
-__all__ = ["BACKENDS", "ONNX_FORMS", "QUANTIZABLE", "allow_int8_kernels", "convert_int8", "export_int8_onnx",
-           "fake_quant_modules", "int8_onnx_ops",
+__all__ = ["BACKENDS", "ONNX_FORMS", "QUANTIZABLE", "QATRecipe", "allow_int8_kernels", "apply_qat_schedule",
+           "convert_int8", "export_int8_onnx", "fake_quant_modules", "int8_onnx_ops", "loss_diverged",
            "post_training_quantize", "prepare_qat", "qat_layers", "quant_state", "quantizable_layers",
            "set_bn_frozen", "set_fake_quant", "set_observers"]
