@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lightning_nas._validate import check_choice, check_int, check_type
+from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._structural import install_restore_hook
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress import quantize as Q
@@ -40,10 +42,27 @@ class QuantizationAware(LightningNASCallback):
     change the float model first; the arguments are still checked in ``setup``, on a copy) and a checkpoint
     saved after it swaps on load, after the pruning replay.
 
+    The recipe (``compress.quantize.QATRecipe``, measured in BENCHMARKS.md "QAT recipe"): activation ranges are
+    0.1 moving averages (torch's 0.01 lags behind the logits of a fit at the user's learning rate: they leave the
+    range, are clipped, get no gradient, and the fit collapses), weight ranges are the current weights' exact
+    per-channel min/max, and the first ``observer_warmup_steps`` QAT steps (at most half of an epoch's batches, so
+    that a short fit still trains with fake quantization) only observe before fake quantization is switched on. It holds from
+    epoch 0 (no float warm-up needed) and as a fine-tune. BatchNorm is not frozen by default: freezing it late
+    broke fits at Adam 1e-2 and SGD 0.1 in the benchmark.
+
+    Divergence guard: the epoch-mean training loss (accumulated on the device, read once per epoch) of each QAT
+    epoch is compared with a reference, the last float epoch's mean (or the first QAT epoch's when QAT starts
+    the fit); a QAT epoch above ``divergence_factor`` x reference (a reference below 0.05 counts as 0.05), or not
+    finite, has diverged: a warning with the numbers, ``quant/diverged`` = 1 and ``quant/loss_ratio`` logged,
+    ``quant/divergence_*`` in the summary.
+
     Args:
         start_epoch: first epoch with fake quantization.
-        freeze_observers_after: QAT epochs after which scales and zero-points stop moving (``None``: never).
+        freeze_observers_after: QAT epochs after which activation ranges stop moving (weight ranges too with
+            ``recipe.freeze_weight_ranges``; ``None``: never).
         freeze_bn_after: QAT epochs after which folded BatchNorm statistics are frozen (``None``: never).
+        recipe: how ranges follow the model (``QATRecipe()``; ``QATRecipe.torch_default()`` is torch's own).
+        divergence_factor: QAT loss / reference ratio that counts as divergence (``None``: no guard).
         skip: names (inside the quantized submodule) of submodules kept float and untraced.
         module_name: the submodule of the LightningModule to quantize (``""``: none given; the largest direct
             child holding a Conv/Linear layer is chosen).
@@ -57,17 +76,21 @@ class QuantizationAware(LightningNASCallback):
         explain_batches: validation batches used by the explanations.
 
     Logged: ``quant/<layer>/sqnr_db``; ``explain/sensitivity`` (columns layer, method, level, accuracy, drop);
-    summary ``quant/fp32_size_bytes``, ``quant/int8_size_bytes``, ``quant/size_ratio``, ``quant/fp32_latency_ms``,
+    ``quant/diverged``, ``quant/loss_ratio`` (each QAT epoch after the reference); summary
+    ``quant/divergence_epoch``, ``quant/divergence_loss``, ``quant/divergence_reference`` (first diverged epoch),
+    ``quant/fp32_size_bytes``, ``quant/int8_size_bytes``, ``quant/size_ratio``, ``quant/fp32_latency_ms``,
     ``quant/int8_latency_ms``, ``quant/speedup``, ``quant/onnx_int8_latency_ms``.
     """
 
-    _state_attrs = ("qat_steps",)
+    _state_attrs = ("qat_steps", "warmup_steps", "loss_reference", "divergence")
 
     def __init__(
         self,
         start_epoch: int = 0,
-        freeze_observers_after: int | None = 2,
+        freeze_observers_after: int | None = None,
         freeze_bn_after: int | None = None,
+        recipe: Q.QATRecipe | None = None,
+        divergence_factor: float | None = 3.0,
         skip: list[str] | None = None,
         module_name: str = "",
         backend: str = "x86",
@@ -84,6 +107,16 @@ class QuantizationAware(LightningNASCallback):
         if freeze_bn_after is not None:
             check_int("freeze_bn_after", freeze_bn_after, 1)
         self.freeze_observers_after, self.freeze_bn_after = freeze_observers_after, freeze_bn_after
+        self.recipe = Q.QATRecipe() if recipe is None else check_type("recipe", recipe, Q.QATRecipe)
+        if divergence_factor is not None:
+            check_range("divergence_factor", divergence_factor, 1.0, None, low_inclusive=False)
+        self.divergence_factor = divergence_factor
+        self.warmup_steps = self.recipe.observer_warmup_steps  # capped in on_train_start by the fit's length
+        self.loss_reference: float | None = None  # divergence guard: reference epoch-mean loss
+        self.divergence: dict[str, float] | None = None  # the first diverged epoch: epoch, loss, reference
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+        self._float_loss: float | None = None
         self.skip = list(check_type("skip", skip, (list, tuple), allow_none=True) or [])
         for s in self.skip:
             check_type("skip[]", s, str)
@@ -132,7 +165,7 @@ class QuantizationAware(LightningNASCallback):
             # saved after the swap swaps on load, after the pruning replay (restore hook, order +inf).
             copied = copy.deepcopy(child)
             Q.prepare_qat((_Leaf(copied) if isinstance(copied, Q.QUANTIZABLE) else copied).train(), (),
-                          self.backend, self.skip)
+                          self.backend, self.skip, self.recipe)
 
             def replay(checkpoint: dict[str, Any]) -> list[tuple[float, Any]]:
                 if self.qat_model is not None or not _is_quantized(checkpoint.get("state_dict", {})):
@@ -144,7 +177,7 @@ class QuantizationAware(LightningNASCallback):
 
     def _swap(self, trainer: L.Trainer, parent: nn.Module, attr: str, child: nn.Module) -> None:
         target = _Leaf(child) if isinstance(child, Q.QUANTIZABLE) else child
-        prepared = Q.prepare_qat(target.train(), (), self.backend, self.skip)  # raises ValueError on bad input
+        prepared = Q.prepare_qat(target.train(), (), self.backend, self.skip, self.recipe)  # ValueError on bad input
         setattr(parent, attr, prepared)
         self._target, self.qat_model = (parent, attr, child), prepared
         self._hooks.append(prepared.register_forward_pre_hook(self._capture))
@@ -160,14 +193,13 @@ class QuantizationAware(LightningNASCallback):
 
     # ------------------------------------------------------------------ schedule
     def _apply_schedule(self, epoch: int, training: bool = True) -> None:
-        model = self.qat_model
         qat_epoch = epoch - self.start_epoch
-        active = qat_epoch >= 0
-        # Before any QAT step, scales are uninitialised: keep fake quantization off even in validation.
-        Q.set_fake_quant(model, active and (training or self.qat_steps > 0))
         frozen_obs = self.freeze_observers_after is not None and qat_epoch >= self.freeze_observers_after
-        Q.set_observers(model, active and training and not frozen_obs)
-        Q.set_bn_frozen(model, self.freeze_bn_after is not None and qat_epoch >= self.freeze_bn_after)
+        recipe = dataclasses.replace(self.recipe, observer_warmup_steps=self.warmup_steps)
+        # Before any QAT step, scales are uninitialised: fake quantization stays off even in validation.
+        Q.apply_qat_schedule(self.qat_model, recipe, active=qat_epoch >= 0, qat_steps=self.qat_steps,
+                             observers_frozen=frozen_obs, training=training,
+                             bn_frozen=self.freeze_bn_after is not None and qat_epoch >= self.freeze_bn_after)
 
     def _sync(self, trainer: L.Trainer) -> None:
         """Every rank takes rank zero's buffers: scales, zero-points, observer ranges and the BatchNorm statistics
@@ -178,7 +210,14 @@ class QuantizationAware(LightningNASCallback):
         own = {k: v.detach().cpu() for k, v in self.qat_model.state_dict().items() if k in names}
         self.qat_model.load_state_dict(self._broadcast(trainer, own), strict=False)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Epochs shorter than the warm-up: observe for at most half of an epoch, then fake-quantize.
+        batches = trainer.num_training_batches
+        if self.qat_steps == 0 and batches != float("inf"):
+            self.warmup_steps = min(self.recipe.observer_warmup_steps, int(batches) // 2)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._loss_sum, self._loss_count = None, 0
         if self.qat_model is None:
             if trainer.current_epoch < self.start_epoch:
                 return
@@ -186,10 +225,54 @@ class QuantizationAware(LightningNASCallback):
             return
         self._apply_schedule(trainer.current_epoch)
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.qat_model is not None and self.qat_steps == self.warmup_steps > 0 \
+                and trainer.current_epoch >= self.start_epoch:
+            self._apply_schedule(trainer.current_epoch)  # observer warm-up over: fake quantization on
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.qat_model is not None and trainer.current_epoch >= self.start_epoch:
             self.qat_steps += 1
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if self.divergence_factor is not None and isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            loss = loss.detach().float().reshape(())  # summed on the device: no host sync per step
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_count += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._loss_sum is None:
+            return
+        mean = float(trainer.strategy.reduce(self._loss_sum / self._loss_count, reduce_op="mean"))
+        self._loss_sum = None
+        qat_epoch = trainer.current_epoch - self.start_epoch
+        if qat_epoch < 0:
+            self._float_loss = mean
+            return
+        if self.loss_reference is None:
+            self.loss_reference = self._float_loss if self._float_loss is not None else mean
+            if self._float_loss is None:
+                return
+        ref, factor = self.loss_reference, self.divergence_factor
+        diverged = Q.loss_diverged(mean, ref, factor)
+        tracker = self.tracker(trainer)
+        tracker.log_scalars({"quant/diverged": float(diverged), "quant/loss_ratio": mean / max(ref, 1e-12)})
+        if diverged and self.divergence is None:
+            self.divergence = {"epoch": trainer.current_epoch, "loss": mean, "reference": ref}
+            tracker.log_summary({f"quant/divergence_{k}": v for k, v in self.divergence.items()})
+            kind = "the last float epoch" if self._float_loss is not None and ref == self._float_loss else \
+                "the first QAT epoch"
+            rank_zero_warn(
+                f"QuantizationAware: QAT diverged in epoch {trainer.current_epoch}: mean training loss {mean:.4g} "
+                f"> {factor:g} x {ref:.4g} (the reference, {kind}; ratio {mean / max(ref, 1e-12):.3g}). "
+                "The int8 model will be poor. Lower the learning rate for QAT, start QAT later (start_epoch), "
+                "or keep the default QATRecipe (see BENCHMARKS.md, QAT recipe).")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # checkpoints from before the recipe and the guard hold only qat_steps
+        defaults = {"warmup_steps": self.recipe.observer_warmup_steps, "loss_reference": None, "divergence": None}
+        super().load_state_dict({**defaults, **state_dict})
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.qat_model is None:
