@@ -105,7 +105,7 @@ class QuantizationAware(LightningNASCallback):
         if freeze_observers_after is not None:
             check_int("freeze_observers_after", freeze_observers_after, 1)
         if freeze_bn_after is not None:
-            check_int("freeze_bn_after", freeze_bn_after, 1)
+            check_int("freeze_bn_after", freeze_bn_after, 0)
         self.freeze_observers_after, self.freeze_bn_after = freeze_observers_after, freeze_bn_after
         self.recipe = Q.QATRecipe() if recipe is None else check_type("recipe", recipe, Q.QATRecipe)
         if divergence_factor is not None:
