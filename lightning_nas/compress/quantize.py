@@ -4,9 +4,19 @@ Why this stack (measured on torch 2.13 CPU, onnxruntime 1.32, a digits conv net;
 
 * ``torch.ao.quantization`` FX QAT (``prepare_qat_fx`` / ``convert_fx``) is deprecated but is the only
   maintained flow that yields *fast* int8 CPU modules in eager torch (fbgemm/x86 ``QuantizedConvReLU2d``,
-  ``QuantizedLinear``): 5-7x faster than fp32 at batch 64 on one thread. torchao's QAT covers Linear-centric
-  models only, and its PT2E flow needs Inductor to run fast. FX also fuses Conv+BN(+ReLU) into QAT modules
-  that simulate the folded BatchNorm, uses per-channel symmetric int8 weights, and keeps ``skip`` names float.
+  ``QuantizedLinear``): 5-7x faster than fp32 at batch 64 on one thread. FX also fuses Conv+BN(+ReLU) into QAT
+  modules that simulate the folded BatchNorm, uses per-channel symmetric int8 weights, and keeps ``skip`` names
+  float.
+* PT2E (torchao 0.18 ``prepare_qat_pt2e`` / ``convert_pt2e``; torch 2.13 no longer ships
+  ``torch.ao.quantization.quantize_pt2e``) was measured against it (``benchmarks/qat_pt2e.py``, SmallCNN(64),
+  batch 64, one thread, one run): int8 accuracy as a fine-tune equal (98.15% in all three flows), from the
+  start at Adam 1e-2 FX + ``QATRecipe`` 97.78% vs PT2E X86 95.56% / XNNPACK 92.59%; the converted PT2E model is
+  a reference graph (dequantize -> fp32 op -> quantize): eager int8 29.9 ms (X86) / 14.0 ms (XNNPACK) vs FX
+  1.20 ms; under ``torch.compile`` (Inductor, ``freezing=True``) X86 reaches 1.36 ms (FX eager 1.20 ms),
+  XNNPACK does not compile; ONNX only through the dynamo exporter (needs onnxscript, not a dependency; the
+  TorchScript exporter fails on ``quantized_decomposed::dequantize_per_channel``), ORT 1.81 / 1.66 ms vs FX's
+  1.56 ms; ``torch.export`` + prepare 9.5 / 23.9 s vs 0.1 s. Decision: keep FX; revisit when torch removes
+  ``torch.ao.quantization`` or PT2E runs int8 in eager torch.
 * The ONNX int8 model is the TorchScript-based export (``dynamo=False``) of the *converted* int8 module:
   every quantized op becomes ``QuantizeLinear``/``DequantizeLinear`` around a float op, with the very int8
   weights, per-channel scales and activation scales that torch uses, and the batch axis stays dynamic.
@@ -15,6 +25,23 @@ Why this stack (measured on torch 2.13 CPU, onnxruntime 1.32, a digits conv net;
   exporter (fused observer op, data-dependent observer branch); swapping fake-quant modules for
   ``torch.fake_quantize_per_*_affine`` exports QDQ with a fixed batch only; ORT's ``quantize_static`` would
   re-calibrate and discard the QAT scales.
+
+The recipe (``QATRecipe``, measured in ``benchmarks/qat_recipe.py`` and ``benchmarks/_qat_alternatives.py``).
+torch.ao's default QAT qconfig collapses a fit from its start at the user's learning rate (SmallCNN(64), Adam
+1e-2: int8 accuracy 0.10, float 0.98; also Adam 1e-3 and SGD 0.1 on some models). Root cause, measured step by
+step: activation ranges are moving averages of min/max with constant 0.01 (~100-step memory). One Adam step at
+1e-2 moves the logits from [-0.39, 0.30] to [-6.2, 5.4] while their range moves to [-0.45, 0.35]: 95% of the
+logits are clipped at step 1, 100% from step 2 on. A clipped value gets no gradient through the straight-through
+estimator, so nothing pulls the logits back; they keep growing (to [-66, 42] by step 55) faster than the range
+(to [-18.5, 12.0]), the loss climbs 2.3 -> 20. Switching off only that one fake-quantizer (the logits') trains
+normally; switching off only the weights' does not help. Weight ranges lag too (the same 0.01 average: every
+channel of every layer clipped from step 1 at Adam 1e-2). Freezing the ranges after 2 epochs does the same to a
+fit that had started well (``start_epoch=1``: 0.60 -> 0.14), as the logits grow past the frozen range. The
+recipe: activation ranges average with 0.1; weight ranges are the exact current per-channel min/max, never
+frozen by default; a short observe-only warm-up before fake quantization. Not chosen, on the numbers: learnable
+scales (LSQ, ``_LearnableFakeQuantize``: unstable at Adam 1e-2, and its scales train with the user's optimizer,
+learning rate and weight decay), BatchNorm frozen late (collapsed fits at Adam 1e-2 and SGD 0.1), a float
+warm-up (``start_epoch``) as the fix (not needed once ranges follow; the default stays 0).
 
 The x86 fused fake-quant modules keep updating their observers in ``eval()``: call ``set_observers(model,
 False)`` before any evaluation so held-out data never leaks into the scales.
