@@ -112,6 +112,7 @@ def test_guard_warns_and_logs_a_divergent_fit(tmp_path, digits):
     with pytest.warns(UserWarning, match=r"QAT diverged in epoch 1: mean training loss [\d.]+ > 2 x [\d.]+"):
         _fit(tmp_path, digits, SmallCNN, [qat], epochs=3)
     logged, summary = sink.scalars, sink.summary
+    assert qat.loss_reference["epoch"] == 0  # the first QAT epoch (QAT starts the fit)
     assert qat.divergence["epoch"] == 1 and qat.divergence["loss"] > 2 * qat.divergence["reference"]
     diverged = [m["quant/diverged"] for m in logged if "quant/diverged" in m]
     assert diverged == [1.0, 1.0]  # epochs 1 and 2; epoch 0 is the reference
@@ -199,3 +200,49 @@ def test_loss_diverged():
     assert loss_diverged(3.1, 1.0, 3.0) and not loss_diverged(2.9, 1.0, 3.0)
     assert not loss_diverged(0.1, 0.001, 3.0)  # near-zero reference: counted as 0.05
     assert loss_diverged(0.16, 0.001, 3.0)
+
+
+def test_guard_reference_is_the_last_float_epoch_and_survives_a_resume():
+    """QAT from epoch 2: the reference is float epoch 1's mean loss (0.5). QAT epoch 2 at 2x is not divergence
+    (factor 3), epoch 3 at 3.2x is; the state (reference, finding) goes through ``state_dict``. The loss is summed
+    as a tensor per step and read once per epoch."""
+    import types
+
+    from lightning_nas.callbacks import QuantizationAware
+
+    trainer = types.SimpleNamespace(current_epoch=0, is_global_zero=True,
+                                    strategy=types.SimpleNamespace(reduce=lambda t, reduce_op: t))
+
+    class Sink:
+        scalars, summary = [], {}
+
+        def log_scalars(self, metrics, step=None):
+            self.scalars.append(dict(metrics))
+
+        def log_summary(self, values):
+            self.summary.update(values)
+
+    def run(qat, epochs):
+        for epoch, losses in epochs:
+            trainer.current_epoch = epoch
+            for loss in losses:
+                qat.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, 0)
+            assert isinstance(qat._loss_sum, torch.Tensor)  # no host sync per step
+            qat.on_train_epoch_end(trainer, None)
+
+    qat = QuantizationAware(start_epoch=2, divergence_factor=3.0)
+    qat.tracker = lambda t: Sink()
+    run(qat, [(0, [2.0, 2.0]), (1, [0.4, 0.6]), (2, [1.0, 1.0])])
+    assert qat.loss_reference == {"epoch": 1, "loss": pytest.approx(0.5)} and qat.divergence is None
+    resumed = QuantizationAware(start_epoch=2, divergence_factor=3.0)
+    resumed.load_state_dict(qat.state_dict())
+    resumed.tracker = lambda t: Sink()
+    with pytest.warns(UserWarning, match=r"epoch 3: mean training loss 1.6 > 3 x 0.5, the mean of float epoch 1 "
+                                         r"\(ratio 3.2\)"):
+        run(resumed, [(3, [1.6, 1.6])])
+    assert resumed.divergence == {"epoch": 3, "loss": pytest.approx(1.6), "reference": pytest.approx(0.5)}
+    assert Sink.scalars[-2:] == [{"quant/diverged": 0.0, "quant/loss_ratio": pytest.approx(2.0)},
+                                 {"quant/diverged": 1.0, "quant/loss_ratio": pytest.approx(3.2)}]
+    assert Sink.summary["quant/divergence_epoch"] == 3
+    # an old checkpoint (qat_steps only) still loads
+    QuantizationAware().load_state_dict({"qat_steps": 4})

@@ -45,10 +45,11 @@ class QuantizationAware(LightningNASCallback):
     The recipe (``compress.quantize.QATRecipe``, measured in BENCHMARKS.md "QAT recipe"): activation ranges are
     0.1 moving averages (torch's 0.01 lags behind the logits of a fit at the user's learning rate: they leave the
     range, are clipped, get no gradient, and the fit collapses), weight ranges are the current weights' exact
-    per-channel min/max, and the first ``observer_warmup_steps`` QAT steps (at most half of an epoch's batches, so
-    that a short fit still trains with fake quantization) only observe before fake quantization is switched on. It holds from
-    epoch 0 (no float warm-up needed) and as a fine-tune. BatchNorm is not frozen by default: freezing it late
-    broke fits at Adam 1e-2 and SGD 0.1 in the benchmark.
+    per-channel min/max, and the first ``observer_warmup_steps`` QAT steps (at most half of an epoch's batches,
+    so that a short fit still trains with fake quantization) only observe before fake quantization is switched
+    on. It holds from epoch 0 (no float warm-up needed) and as a fine-tune. BatchNorm is not frozen by default:
+    freezing it late broke fits at Adam 1e-2 and SGD 0.1 in the benchmark (``freeze_bn_after=0`` suits a
+    fine-tune of a small trained model at a low learning rate, as in the demo).
 
     Divergence guard: the epoch-mean training loss (accumulated on the device, read once per epoch) of each QAT
     epoch is compared with a reference, the last float epoch's mean (or the first QAT epoch's when QAT starts
@@ -82,7 +83,7 @@ class QuantizationAware(LightningNASCallback):
     ``quant/int8_latency_ms``, ``quant/speedup``, ``quant/onnx_int8_latency_ms``.
     """
 
-    _state_attrs = ("qat_steps", "warmup_steps", "loss_reference", "divergence")
+    _state_attrs = ("qat_steps", "warmup_steps", "last_float_loss", "loss_reference", "divergence")
 
     def __init__(
         self,
@@ -112,11 +113,12 @@ class QuantizationAware(LightningNASCallback):
             check_range("divergence_factor", divergence_factor, 1.0, None, low_inclusive=False)
         self.divergence_factor = divergence_factor
         self.warmup_steps = self.recipe.observer_warmup_steps  # capped in on_train_start by the fit's length
-        self.loss_reference: float | None = None  # divergence guard: reference epoch-mean loss
-        self.divergence: dict[str, float] | None = None  # the first diverged epoch: epoch, loss, reference
+        # divergence guard: the last float epoch's mean loss, the reference {"epoch", "loss"}, the first divergence
+        self.last_float_loss: float | None = None
+        self.loss_reference: dict[str, float] | None = None
+        self.divergence: dict[str, float] | None = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
-        self._float_loss: float | None = None
         self.skip = list(check_type("skip", skip, (list, tuple), allow_none=True) or [])
         for s in self.skip:
             check_type("skip[]", s, str)
@@ -245,33 +247,36 @@ class QuantizationAware(LightningNASCallback):
         if self._loss_sum is None:
             return
         mean = float(trainer.strategy.reduce(self._loss_sum / self._loss_count, reduce_op="mean"))
-        self._loss_sum = None
-        qat_epoch = trainer.current_epoch - self.start_epoch
-        if qat_epoch < 0:
-            self._float_loss = mean
+        self._loss_sum, self._loss_count = None, 0
+        epoch = trainer.current_epoch
+        if epoch < self.start_epoch:
+            self.last_float_loss = mean
             return
         if self.loss_reference is None:
-            self.loss_reference = self._float_loss if self._float_loss is not None else mean
-            if self._float_loss is None:
+            ref_float = self.last_float_loss is not None
+            self.loss_reference = {"epoch": epoch - 1 if ref_float else epoch,
+                                   "loss": self.last_float_loss if ref_float else mean}
+            if not ref_float:
                 return
-        ref, factor = self.loss_reference, self.divergence_factor
+        ref, factor = self.loss_reference["loss"], self.divergence_factor
+        ratio = mean / max(ref, 1e-12)
         diverged = Q.loss_diverged(mean, ref, factor)
         tracker = self.tracker(trainer)
-        tracker.log_scalars({"quant/diverged": float(diverged), "quant/loss_ratio": mean / max(ref, 1e-12)})
+        tracker.log_scalars({"quant/diverged": float(diverged), "quant/loss_ratio": ratio})
         if diverged and self.divergence is None:
-            self.divergence = {"epoch": trainer.current_epoch, "loss": mean, "reference": ref}
+            self.divergence = {"epoch": epoch, "loss": mean, "reference": ref}
             tracker.log_summary({f"quant/divergence_{k}": v for k, v in self.divergence.items()})
-            kind = "the last float epoch" if self._float_loss is not None and ref == self._float_loss else \
-                "the first QAT epoch"
+            kind = "float" if self.loss_reference["epoch"] < self.start_epoch else "first QAT"
             rank_zero_warn(
-                f"QuantizationAware: QAT diverged in epoch {trainer.current_epoch}: mean training loss {mean:.4g} "
-                f"> {factor:g} x {ref:.4g} (the reference, {kind}; ratio {mean / max(ref, 1e-12):.3g}). "
-                "The int8 model will be poor. Lower the learning rate for QAT, start QAT later (start_epoch), "
-                "or keep the default QATRecipe (see BENCHMARKS.md, QAT recipe).")
+                f"QuantizationAware: QAT diverged in epoch {epoch}: mean training loss {mean:.4g} > {factor:g} x "
+                f"{ref:.4g}, the mean of {kind} epoch {self.loss_reference['epoch']} (ratio {ratio:.3g}). The int8 "
+                "model will be poor: lower the learning rate for QAT, start QAT later (start_epoch), or keep the "
+                "default QATRecipe (BENCHMARKS.md, QAT recipe).")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # checkpoints from before the recipe and the guard hold only qat_steps
-        defaults = {"warmup_steps": self.recipe.observer_warmup_steps, "loss_reference": None, "divergence": None}
+        defaults = {"warmup_steps": self.recipe.observer_warmup_steps, "last_float_loss": None,
+                    "loss_reference": None, "divergence": None}
         super().load_state_dict({**defaults, **state_dict})
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
