@@ -9,14 +9,16 @@ Why this stack (measured on torch 2.13 CPU, onnxruntime 1.32, a digits conv net;
   float.
 * PT2E (torchao 0.18 ``prepare_qat_pt2e`` / ``convert_pt2e``; torch 2.13 no longer ships
   ``torch.ao.quantization.quantize_pt2e``) was measured against it (``benchmarks/qat_pt2e.py``, SmallCNN(64),
-  batch 64, one thread, one run): int8 accuracy as a fine-tune equal (98.15% in all three flows), from the
-  start at Adam 1e-2 FX + ``QATRecipe`` 97.78% vs PT2E X86 95.56% / XNNPACK 92.59%; the converted PT2E model is
-  a reference graph (dequantize -> fp32 op -> quantize): eager int8 29.9 ms (X86) / 14.0 ms (XNNPACK) vs FX
-  1.20 ms; under ``torch.compile`` (Inductor, ``freezing=True``) X86 reaches 1.36 ms (FX eager 1.20 ms),
-  XNNPACK does not compile; ONNX only through the dynamo exporter (needs onnxscript, not a dependency; the
-  TorchScript exporter fails on ``quantized_decomposed::dequantize_per_channel``), ORT 1.81 / 1.66 ms vs FX's
-  1.56 ms; ``torch.export`` + prepare 9.5 / 23.9 s vs 0.1 s. Decision: keep FX; revisit when torch removes
-  ``torch.ao.quantization`` or PT2E runs int8 in eager torch.
+  batch 64, one thread, interleaved rounds): int8 accuracy as a fine-tune equal (98.15% in all three flows);
+  from the start at Adam 1e-2 FX + ``QATRecipe`` 97.78% vs PT2E X86 95.56% / XNNPACK 92.59% (their own QAT
+  configs). The converted PT2E model is a reference graph (dequantize -> fp32 op -> quantize): eager int8
+  4.76 ms (X86) / 4.26 ms (XNNPACK), slower than fp32's 3.34 ms, vs FX's 1.09 ms; only ``torch.compile``
+  (Inductor, ``freezing=True``; a C++ compiler at run time, a compile per input shape) brings X86 to 1.02 ms,
+  and the XNNPACK model does not compile. ONNX: only through the dynamo exporter (needs onnxscript, not a
+  dependency; the TorchScript exporter fails on ``quantized_decomposed::dequantize_per_channel``); in ONNX
+  Runtime the three int8 files run alike (1.48-1.50 ms vs fp32 2.53 ms). ``torch.export`` + prepare 1.4 / 2.6 s
+  vs FX's 0.0 s. Decision: keep FX; revisit when torch removes ``torch.ao.quantization`` (it warns it is
+  deprecated) or when PT2E's int8 model runs fast in eager torch.
 * The ONNX int8 model is the TorchScript-based export (``dynamo=False``) of the *converted* int8 module:
   every quantized op becomes ``QuantizeLinear``/``DequantizeLinear`` around a float op, with the very int8
   weights, per-channel scales and activation scales that torch uses, and the batch axis stays dynamic.
