@@ -45,10 +45,15 @@ def _fit(tmp_path, digits, make_net, callbacks, epochs=12, lr=1e-2):
     """A seeded fit: the same initialisation and batches whatever ran before in the process."""
     from lightning_nas.models import Classifier
 
-    torch.set_num_threads(1)
-    L.seed_everything(0, verbose=False)
-    module = Classifier(make_net(), lr=lr)
-    fast_trainer(tmp_path, max_epochs=epochs, num_sanity_val_steps=0, callbacks=callbacks).fit(module, datamodule=digits)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # several times faster on a small machine; put back for the tests after
+    try:
+        L.seed_everything(0, verbose=False)
+        module = Classifier(make_net(), lr=lr)
+        fast_trainer(tmp_path, max_epochs=epochs, num_sanity_val_steps=0, callbacks=callbacks).fit(
+            module, datamodule=digits)
+    finally:
+        torch.set_num_threads(threads)
     return module
 
 
@@ -191,6 +196,17 @@ def test_int8_weight_scales_come_from_the_final_weights():
     w = model.get_submodule("4").weight.detach()  # the Linear (no BatchNorm to fold)
     scales = int8.get_submodule("4").weight().q_per_channel_scales().float()
     torch.testing.assert_close(scales, w.abs().amax(1) / 127.5, rtol=1e-5, atol=1e-8)
+    # the fake-quant model itself, conv+BatchNorm included: its weight range is that of the folded final weight
+    from lightning_nas.compress.quantize import refresh_weight_ranges
+
+    refresh_weight_ranges(model)
+    conv = model.get_submodule("0")
+    folded = conv.weight * (conv.bn.weight / torch.sqrt(conv.bn.running_var + conv.bn.eps)).reshape(-1, 1, 1, 1)
+    observer = conv.weight_fake_quant.activation_post_process
+    torch.testing.assert_close(observer.max_val, folded.detach().flatten(1).amax(1))
+    torch.testing.assert_close(observer.min_val, folded.detach().flatten(1).amin(1))
+    torch.testing.assert_close(int8.get_submodule("0").weight().q_per_channel_scales().float(),
+                               conv.weight_fake_quant.calculate_qparams()[0].float())
 
 
 def test_loss_diverged():

@@ -311,6 +311,7 @@ class QuantizationAware(LightningNASCallback):
             return
         self._sync(trainer)
         Q.set_observers(self.qat_model, False)
+        Q.refresh_weight_ranges(self.qat_model)  # the fake-quant model takes the final weights, as int8_model does
         Q.set_fake_quant(self.qat_model, True)
         tracker = self.tracker(trainer)
         if self.explain and self._val_labelled:

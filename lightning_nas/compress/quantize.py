@@ -311,6 +311,27 @@ def _int8_runnable(model: nn.Module) -> nn.Module:
     return model
 
 
+def refresh_weight_ranges(model: nn.Module) -> None:
+    """Let exact weight-range trackers (``weight_averaging=1.0``) take the current weights, BatchNorm-folded where
+    fused (as the forward and ``convert_fx`` fold them): the last optimizer step moved the weights after the last
+    forward. Other weight observers, and every on/off flag, are left as they are."""
+    with torch.no_grad():
+        for mod in model.modules():
+            fq = getattr(mod, "weight_fake_quant", None)
+            if fq is None or getattr(getattr(fq, "activation_post_process", None), "averaging_constant", 0) != 1.0:
+                continue
+            weight = mod.weight
+            bn = getattr(mod, "bn", None)
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and hasattr(mod, "freeze_bn"):
+                gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+                factor = gamma / torch.sqrt(bn.running_var + bn.eps)
+                weight = weight * factor.reshape([-1] + [1] * (weight.dim() - 1))
+            was = bool(fq.observer_enabled[0])
+            fq.enable_observer(True)
+            fq(weight)
+            fq.enable_observer(was)
+
+
 def convert_int8(qat_model: nn.Module) -> nn.Module:
     """A real int8 torch model (``convert_fx``) from a prepared model; the prepared model is left untouched.
 
@@ -318,12 +339,7 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
     """
     model = copy.deepcopy(qat_model).cpu().eval()
     set_observers(model, False)
-    # convert_fx observes each (BN-folded) weight once more: let exact trackers (weight_averaging 1.0) take the
-    # final weights, not those of the last forward, which the last optimizer step has since moved
-    for mod in model.modules():
-        fq = getattr(mod, "weight_fake_quant", None)
-        if fq is not None and getattr(getattr(fq, "activation_post_process", None), "averaging_constant", 0) == 1.0:
-            fq.enable_observer(True)
+    refresh_weight_ranges(model)
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with _quiet():
@@ -390,5 +406,6 @@ def int8_onnx_ops(onnx_model: bytes) -> list[str]:
 
 __all__ = ["BACKENDS", "ONNX_FORMS", "QUANTIZABLE", "QATRecipe", "allow_int8_kernels", "apply_qat_schedule",
            "convert_int8", "export_int8_onnx", "fake_quant_modules", "int8_onnx_ops", "loss_diverged",
+           "refresh_weight_ranges",
            "post_training_quantize", "prepare_qat", "qat_layers", "quant_state", "quantizable_layers",
            "set_bn_frozen", "set_fake_quant", "set_observers"]
