@@ -25,6 +25,7 @@ def _qat(width=8, skip=(), steps=6, seed=0):
         loss.backward()
         opt.step()
     Q.set_observers(qat, False)
+    Q.refresh_weight_ranges(qat)  # the weight ranges of the final weights, as convert_int8 takes them
     return model, qat.eval(), x[-256:], y[-256:]
 
 

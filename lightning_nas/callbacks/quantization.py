@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from torch import nn
 
-from lightning_nas._validate import check_choice, check_int, check_type
-from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
-
+from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._capture import EvalBatches, ModelIO
 from lightning_nas.callbacks._route import Chain, Route
 from lightning_nas.callbacks._structural import copy_module, install_restore_hook
@@ -51,10 +51,28 @@ class QuantizationAware(LightningNASCallback):
     for ``start_epoch`` (so those change the float model first). A checkpoint saved after the swap swaps on load
     (after any pruning replay).
 
+    The recipe (``compress.quantize.QATRecipe``, measured in BENCHMARKS.md "QAT recipe"): activation ranges are
+    0.1 moving averages (torch's 0.01 lags behind the logits of a fit at the user's learning rate: they leave the
+    range, are clipped, get no gradient, and the fit collapses), weight ranges are the current weights' exact
+    per-channel min/max, and the first ``observer_warmup_steps`` QAT steps (at most half of an epoch's batches,
+    so that a short fit still trains with fake quantization) only observe before fake quantization is switched
+    on. It holds from epoch 0 (no float warm-up needed) and as a fine-tune. BatchNorm is not frozen by default:
+    freezing it late broke fits at Adam 1e-2 and SGD 0.1 in the benchmark (``freeze_bn_after=0`` suits a
+    fine-tune of a small trained model at a low learning rate, as in the demo).
+
+    Divergence guard: the epoch-mean training loss (accumulated on the device, read once per epoch) of each QAT
+    epoch is compared with a reference, the last float epoch's mean (or the first QAT epoch's when QAT starts
+    the fit); a QAT epoch above ``divergence_factor`` x reference (a reference below 0.05 counts as 0.05), or not
+    finite, has diverged: a warning with the numbers, ``quant/diverged`` = 1 and ``quant/loss_ratio`` logged,
+    ``quant/divergence_*`` in the summary.
+
     Args:
         start_epoch: first epoch with fake quantization.
-        freeze_observers_after: QAT epochs after which scales and zero-points stop moving (``None``: never).
+        freeze_observers_after: QAT epochs after which activation ranges stop moving (weight ranges too with
+            ``recipe.freeze_weight_ranges``; ``None``: never).
         freeze_bn_after: QAT epochs after which folded BatchNorm statistics are frozen (``None``: never).
+        recipe: how ranges follow the model (``QATRecipe()``; ``QATRecipe.torch_default()`` is torch's own).
+        divergence_factor: QAT loss / reference ratio that counts as divergence (``None``: no guard).
         skip: names of submodules kept float and untraced (full names in the LightningModule, e.g.
             ``"model.classifier"``, or names inside the quantized module).
         module_name: an override: the submodule of the LightningModule to quantize (``""``: the model the step
@@ -70,17 +88,21 @@ class QuantizationAware(LightningNASCallback):
         explain_batches: validation batches used by the explanations.
 
     Logged: ``quant/<layer>/sqnr_db``; ``explain/sensitivity`` (columns layer, method, level, accuracy, drop);
-    summary ``quant/fp32_size_bytes``, ``quant/int8_size_bytes``, ``quant/size_ratio``, ``quant/fp32_latency_ms``,
+    ``quant/diverged``, ``quant/loss_ratio`` (each QAT epoch after the reference); summary
+    ``quant/divergence_epoch``, ``quant/divergence_loss``, ``quant/divergence_reference`` (first diverged epoch),
+    ``quant/fp32_size_bytes``, ``quant/int8_size_bytes``, ``quant/size_ratio``, ``quant/fp32_latency_ms``,
     ``quant/int8_latency_ms``, ``quant/speedup``, ``quant/onnx_int8_latency_ms``, ``quant/float_parts``.
     """
 
-    _state_attrs = ("qat_steps", "targets")
+    _state_attrs = ("qat_steps", "targets", "warmup_steps", "last_float_loss", "loss_reference", "divergence")
 
     def __init__(
         self,
         start_epoch: int = 0,
-        freeze_observers_after: int | None = 2,
+        freeze_observers_after: int | None = None,
         freeze_bn_after: int | None = None,
+        recipe: Q.QATRecipe | None = None,
+        divergence_factor: float | None = 3.0,
         skip: list[str] | None = None,
         module_name: str = "",
         backend: str = "x86",
@@ -95,8 +117,19 @@ class QuantizationAware(LightningNASCallback):
         if freeze_observers_after is not None:
             check_int("freeze_observers_after", freeze_observers_after, 1)
         if freeze_bn_after is not None:
-            check_int("freeze_bn_after", freeze_bn_after, 1)
+            check_int("freeze_bn_after", freeze_bn_after, 0)
         self.freeze_observers_after, self.freeze_bn_after = freeze_observers_after, freeze_bn_after
+        self.recipe = Q.QATRecipe() if recipe is None else check_type("recipe", recipe, Q.QATRecipe)
+        if divergence_factor is not None:
+            check_range("divergence_factor", divergence_factor, 1.0, None, low_inclusive=False)
+        self.divergence_factor = divergence_factor
+        self.warmup_steps = self.recipe.observer_warmup_steps  # capped in on_train_start by the fit's length
+        # divergence guard: the last float epoch's mean loss, the reference {"epoch", "loss"}, the first divergence
+        self.last_float_loss: float | None = None
+        self.loss_reference: dict[str, float] | None = None
+        self.divergence: dict[str, float] | None = None
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
         self.skip = list(check_type("skip", skip, (list, tuple), allow_none=True) or [])
         for s in self.skip:
             check_type("skip[]", s, str)
@@ -162,15 +195,7 @@ class QuantizationAware(LightningNASCallback):
 
     def _skip_for(self, path: str) -> list[str]:
         """``skip`` names relative to the module at ``path`` (full names, or names already inside it)."""
-        out = []
-        for s in self.skip:
-            if not path:
-                out.append(s)
-            elif s.startswith(path + "."):
-                out.append(s[len(path) + 1:])
-            elif path == self.module_name or "." not in s:
-                out.append(s)
-        return out
+        return [s[len(path) + 1:] if path and s.startswith(path + ".") else s for s in self.skip]
 
     def _prepare(self, pl_module: L.LightningModule, path: str) -> tuple[dict[str, nn.Module], dict[str, str]]:
         """QAT models for ``path``: itself, or its children (recursively) when it is the LightningModule (its
@@ -184,7 +209,7 @@ class QuantizationAware(LightningNASCallback):
         if path:
             was = target.training
             try:
-                return {path: Q.prepare_qat(target.train(), (), self.backend, skip)}, {}
+                return {path: Q.prepare_qat(target.train(), (), self.backend, skip, self.recipe)}, {}
             except ValueError as exc:
                 reason = str(exc).split(". Choose")[0]
             finally:
@@ -250,14 +275,13 @@ class QuantizationAware(LightningNASCallback):
 
     # ------------------------------------------------------------------ schedule
     def _apply_schedule(self, epoch: int, training: bool = True) -> None:
-        model = self.qat_model
         qat_epoch = epoch - self.start_epoch
-        active = qat_epoch >= 0
-        # Before any QAT step, scales are uninitialised: keep fake quantization off even in validation.
-        Q.set_fake_quant(model, active and (training or self.qat_steps > 0))
         frozen_obs = self.freeze_observers_after is not None and qat_epoch >= self.freeze_observers_after
-        Q.set_observers(model, active and training and not frozen_obs)
-        Q.set_bn_frozen(model, self.freeze_bn_after is not None and qat_epoch >= self.freeze_bn_after)
+        recipe = dataclasses.replace(self.recipe, observer_warmup_steps=self.warmup_steps)
+        # Before any QAT step, scales are uninitialised: fake quantization stays off even in validation.
+        Q.apply_qat_schedule(self.qat_model, recipe, active=qat_epoch >= 0, qat_steps=self.qat_steps,
+                             observers_frozen=frozen_obs, training=training,
+                             bn_frozen=self.freeze_bn_after is not None and qat_epoch >= self.freeze_bn_after)
 
     def _sync(self, trainer: L.Trainer) -> None:
         """Every rank takes rank zero's buffers: scales, zero-points, observer ranges and the BatchNorm statistics
@@ -268,18 +292,69 @@ class QuantizationAware(LightningNASCallback):
         own = {k: v.detach().cpu() for k, v in self.qat_model.state_dict().items() if k in names}
         self.qat_model.load_state_dict(self._broadcast(trainer, own), strict=False)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Epochs shorter than the warm-up: observe for at most half of an epoch, then fake-quantize.
+        batches = trainer.num_training_batches
+        if self.qat_steps == 0 and batches != float("inf"):
+            self.warmup_steps = min(self.recipe.observer_warmup_steps, int(batches) // 2)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._loss_sum, self._loss_count = None, 0
         if self.qat_model is not None:
             self._apply_schedule(trainer.current_epoch)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         self._maybe_swap(trainer, pl_module)  # parameters are shared: the optimizer stays valid
+        if self.qat_model is not None and self.qat_steps == self.warmup_steps > 0 \
+                and trainer.current_epoch >= self.start_epoch:
+            self._apply_schedule(trainer.current_epoch)  # observer warm-up over: fake quantization on
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.qat_model is not None and trainer.current_epoch >= self.start_epoch:
             self.qat_steps += 1
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if self.divergence_factor is not None and isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            loss = loss.detach().float().reshape(())  # summed on the device: no host sync per step
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_count += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._loss_sum is None:
+            return
+        mean = float(trainer.strategy.reduce(self._loss_sum / self._loss_count, reduce_op="mean"))
+        self._loss_sum, self._loss_count = None, 0
+        epoch = trainer.current_epoch
+        if epoch < self.start_epoch:
+            self.last_float_loss = mean
+            return
+        if self.loss_reference is None:
+            ref_float = self.last_float_loss is not None
+            self.loss_reference = {"epoch": epoch - 1 if ref_float else epoch,
+                                   "loss": self.last_float_loss if ref_float else mean}
+            if not ref_float:
+                return
+        ref, factor = self.loss_reference["loss"], self.divergence_factor
+        ratio = mean / max(ref, 1e-12)
+        diverged = Q.loss_diverged(mean, ref, factor)
+        tracker = self.tracker(trainer)
+        tracker.log_scalars({"quant/diverged": float(diverged), "quant/loss_ratio": ratio})
+        if diverged and self.divergence is None:
+            self.divergence = {"epoch": epoch, "loss": mean, "reference": ref}
+            tracker.log_summary({f"quant/divergence_{k}": v for k, v in self.divergence.items()})
+            kind = "float" if self.loss_reference["epoch"] < self.start_epoch else "first QAT"
+            rank_zero_warn(
+                f"QuantizationAware: QAT diverged in epoch {epoch}: mean training loss {mean:.4g} > {factor:g} x "
+                f"{ref:.4g}, the mean of {kind} epoch {self.loss_reference['epoch']} (ratio {ratio:.3g}). The int8 "
+                "model will be poor: lower the learning rate for QAT, start QAT later (start_epoch), or keep the "
+                "default QATRecipe (BENCHMARKS.md, QAT recipe).")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # checkpoints from before the recipe and the guard hold only qat_steps
+        defaults = {"warmup_steps": self.recipe.observer_warmup_steps, "last_float_loss": None,
+                    "loss_reference": None, "divergence": None}
+        super().load_state_dict({**defaults, **state_dict})
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.qat_model is None:
@@ -327,6 +402,7 @@ class QuantizationAware(LightningNASCallback):
             return
         self._sync(trainer)
         Q.set_observers(self.qat_model, False)
+        Q.refresh_weight_ranges(self.qat_model)  # the fake-quant model takes the final weights, as int8_model does
         Q.set_fake_quant(self.qat_model, True)
         tracker = self.tracker(trainer)
         labelled = [(move_data_to_device(x, pl_module.device), y.to(pl_module.device))

@@ -4,9 +4,21 @@ Why this stack (measured on torch 2.13 CPU, onnxruntime 1.32, a digits conv net;
 
 * ``torch.ao.quantization`` FX QAT (``prepare_qat_fx`` / ``convert_fx``) is deprecated but is the only
   maintained flow that yields *fast* int8 CPU modules in eager torch (fbgemm/x86 ``QuantizedConvReLU2d``,
-  ``QuantizedLinear``): 5-7x faster than fp32 at batch 64 on one thread. torchao's QAT covers Linear-centric
-  models only, and its PT2E flow needs Inductor to run fast. FX also fuses Conv+BN(+ReLU) into QAT modules
-  that simulate the folded BatchNorm, uses per-channel symmetric int8 weights, and keeps ``skip`` names float.
+  ``QuantizedLinear``): 5-7x faster than fp32 at batch 64 on one thread. FX also fuses Conv+BN(+ReLU) into QAT
+  modules that simulate the folded BatchNorm, uses per-channel symmetric int8 weights, and keeps ``skip`` names
+  float.
+* PT2E (torchao 0.18 ``prepare_qat_pt2e`` / ``convert_pt2e``; torch 2.13 no longer ships
+  ``torch.ao.quantization.quantize_pt2e``) was measured against it (``benchmarks/qat_pt2e.py``, SmallCNN(64),
+  batch 64, one thread, interleaved rounds): int8 accuracy as a fine-tune equal (98.15% in all three flows);
+  from the start at Adam 1e-2 FX + ``QATRecipe`` 97.78% vs PT2E X86 95.56% / XNNPACK 92.59% (their own QAT
+  configs). The converted PT2E model is a reference graph (dequantize -> fp32 op -> quantize): eager int8
+  4.76 ms (X86) / 4.26 ms (XNNPACK), slower than fp32's 3.34 ms, vs FX's 1.09 ms; only ``torch.compile``
+  (Inductor, ``freezing=True``; a C++ compiler at run time, a compile per input shape) brings X86 to 1.02 ms,
+  and the XNNPACK model does not compile. ONNX: only through the dynamo exporter (needs onnxscript, not a
+  dependency; the TorchScript exporter fails on ``quantized_decomposed::dequantize_per_channel``); in ONNX
+  Runtime the three int8 files run alike (1.48-1.50 ms vs fp32 2.53 ms). ``torch.export`` + prepare 1.4 / 2.6 s
+  vs FX's 0.0 s. Decision: keep FX; revisit when torch removes ``torch.ao.quantization`` (it warns it is
+  deprecated) or when PT2E's int8 model runs fast in eager torch.
 * The ONNX int8 model is the TorchScript-based export (``dynamo=False``) of the *converted* int8 module:
   every quantized op becomes ``QuantizeLinear``/``DequantizeLinear`` around a float op, with the very int8
   weights, per-channel scales and activation scales that torch uses, and the batch axis stays dynamic.
@@ -15,6 +27,23 @@ Why this stack (measured on torch 2.13 CPU, onnxruntime 1.32, a digits conv net;
   exporter (fused observer op, data-dependent observer branch); swapping fake-quant modules for
   ``torch.fake_quantize_per_*_affine`` exports QDQ with a fixed batch only; ORT's ``quantize_static`` would
   re-calibrate and discard the QAT scales.
+
+The recipe (``QATRecipe``, measured in ``benchmarks/qat_recipe.py`` and ``benchmarks/_qat_alternatives.py``).
+torch.ao's default QAT qconfig collapses a fit from its start at the user's learning rate (SmallCNN(64), Adam
+1e-2: int8 accuracy 0.10, float 0.98; also Adam 1e-3 and SGD 0.1 on some models). Root cause, measured step by
+step: activation ranges are moving averages of min/max with constant 0.01 (~100-step memory). One Adam step at
+1e-2 moves the logits from [-0.39, 0.30] to [-6.2, 5.4] while their range moves to [-0.45, 0.35]: 95% of the
+logits are clipped at step 1, 100% from step 2 on. A clipped value gets no gradient through the straight-through
+estimator, so nothing pulls the logits back; they keep growing (to [-66, 42] by step 55) faster than the range
+(to [-18.5, 12.0]), the loss climbs 2.3 -> 20. Switching off only that one fake-quantizer (the logits') trains
+normally; switching off only the weights' does not help. Weight ranges lag too (the same 0.01 average: every
+channel of every layer clipped from step 1 at Adam 1e-2). Freezing the ranges after 2 epochs does the same to a
+fit that had started well (``start_epoch=1``: 0.60 -> 0.14), as the logits grow past the frozen range. The
+recipe: activation ranges average with 0.1; weight ranges are the exact current per-channel min/max, never
+frozen by default; a short observe-only warm-up before fake quantization. Not chosen, on the numbers: learnable
+scales (LSQ, ``_LearnableFakeQuantize``: unstable at Adam 1e-2, and its scales train with the user's optimizer,
+learning rate and weight decay), BatchNorm frozen late (collapsed fits at Adam 1e-2 and SGD 0.1), a float
+warm-up (``start_epoch``) as the fix (not needed once ranges follow; the default stays 0).
 
 The x86 fused fake-quant modules keep updating their observers in ``eval()``: call ``set_observers(model,
 False)`` before any evaluation so held-out data never leaks into the scales.
@@ -25,13 +54,14 @@ import copy
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lightning_nas._validate import check_choice
+from lightning_nas._validate import check_choice, check_int, check_range, check_type
 
 BACKENDS = ("x86", "fbgemm")
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -62,17 +92,64 @@ def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:
                              f"allowed: submodule names such as {near}")
 
 
-def _qconfig_mapping(backend: str, skip: Sequence[str], qat: bool) -> Any:
-    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+@dataclass(frozen=True)
+class QATRecipe:
+    """How the fake-quantizers follow the model during QAT; validated when made (``ValueError`` naming the field).
+
+    Args:
+        activation_averaging: weight of the newest batch in the moving-average min/max of each activation range
+            (torch's default is 0.01: a ~100-step memory, too slow for the logits of a fit at Adam 1e-2, see the
+            module docstring). ``(0, 1]``.
+        weight_averaging: the same for the per-channel weight ranges; ``1.0`` (default) is the current weights'
+            exact min/max at every step (weights are known exactly, averaging only makes the range lag behind
+            them). ``(0, 1]``.
+        observer_warmup_steps: QAT steps at the start that only observe (ranges settle, the forward stays float)
+            before fake quantization is switched on. ``>= 0``.
+        freeze_weight_ranges: when the observers freeze (``freeze_observers_after``), freeze the weight ranges
+            too (torch's behaviour); default ``False``: only activation ranges freeze, weight ranges keep
+            following the weights, so a weight that grows after the freeze is not clipped.
+
+    ``QATRecipe.torch_default()`` is torch.ao's own recipe (the one that collapses), kept for comparison.
+    """
+
+    activation_averaging: float = 0.1
+    weight_averaging: float = 1.0
+    observer_warmup_steps: int = 20
+    freeze_weight_ranges: bool = False
+
+    def __post_init__(self) -> None:
+        check_range("activation_averaging", self.activation_averaging, 0.0, 1.0, low_inclusive=False)
+        check_range("weight_averaging", self.weight_averaging, 0.0, 1.0, low_inclusive=False)
+        check_int("observer_warmup_steps", self.observer_warmup_steps, 0)
+        check_type("freeze_weight_ranges", self.freeze_weight_ranges, bool)
+
+    @classmethod
+    def torch_default(cls) -> QATRecipe:
+        """torch.ao's default QAT recipe: 0.01 moving averages for all ranges, no warm-up, all ranges freeze."""
+        return cls(activation_averaging=0.01, weight_averaging=0.01, observer_warmup_steps=0,
+                   freeze_weight_ranges=True)
+
+
+def _qconfig_mapping(backend: str, skip: Sequence[str], qat: bool, recipe: QATRecipe | None = None) -> Any:
+    from torch.ao.quantization import QConfig, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 
     with _quiet():
         mapping = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(backend)
+        if recipe is not None:  # same fake-quantizers and dtypes as torch's, with the recipe's range averaging
+            default = mapping.global_qconfig
+            ours = QConfig(activation=default.activation.with_args(averaging_constant=recipe.activation_averaging),
+                           weight=default.weight.with_args(averaging_constant=recipe.weight_averaging))
+            mapping.set_global(ours)
+            for key, qconfig in list(mapping.object_type_qconfigs.items()):
+                if qconfig == default:  # fixed-qparams ops (sigmoid, tanh, ...) keep their own
+                    mapping.set_object_type(key, ours)
         for s in skip:
             mapping.set_module_name(s, None)
     return mapping
 
 
-def _prepare(model: nn.Module, example_inputs: tuple, backend: str, skip: Sequence[str], qat: bool) -> nn.Module:
+def _prepare(model: nn.Module, example_inputs: tuple, backend: str, skip: Sequence[str], qat: bool,
+             recipe: QATRecipe | None = None) -> nn.Module:
     check_choice("backend", backend, BACKENDS)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -88,7 +165,8 @@ def _prepare(model: nn.Module, example_inputs: tuple, backend: str, skip: Sequen
     try:
         with _quiet():
             fn = prepare_qat_fx if qat else prepare_fx
-            return fn(model, _qconfig_mapping(backend, skip, qat), example_inputs, prepare_custom_config=custom)
+            return fn(model, _qconfig_mapping(backend, skip, qat, recipe), example_inputs,
+                      prepare_custom_config=custom)
     except Exception as exc:  # noqa: BLE001 - tracing errors are opaque: say what to do
         raise ValueError(f"torch.fx could not trace {type(model).__name__} for quantization ({type(exc).__name__}: "
                          f"{str(exc)[:300]}). Choose a traceable submodule (QuantizationAware(module_name=...)) or "
@@ -96,16 +174,19 @@ def _prepare(model: nn.Module, example_inputs: tuple, backend: str, skip: Sequen
 
 
 def prepare_qat(model: nn.Module, example_inputs: tuple = (), backend: str = "x86",
-                skip: Sequence[str] = ()) -> nn.Module:
+                skip: Sequence[str] = (), recipe: QATRecipe | None = None) -> nn.Module:
     """Return ``model`` prepared for QAT: an FX ``GraphModule`` with Conv+BN(+ReLU) fused into QAT modules,
-    per-channel symmetric int8 fake-quantized weights and per-tensor affine uint8 fake-quantized activations.
+    per-channel symmetric int8 fake-quantized weights and per-tensor affine uint8 fake-quantized activations,
+    whose ranges follow ``recipe`` (default ``QATRecipe()``; drive its warm-up and freezing with
+    ``apply_qat_schedule``).
 
     The result shares ``model``'s parameters and BatchNorm buffers (an optimizer built on ``model`` still
     trains it). ``skip`` names submodules kept float (and not traced). Raises ``ValueError`` for a ``skip``
     name that matches nothing, a model without Conv/Linear layers, or a model FX cannot trace.
     The fake quantization is q(x) = (clamp(round(x/s) + z, q_min, q_max) - z) * s, straight-through gradient.
     """
-    return _init_weight_qparams(_prepare(model, tuple(example_inputs), backend, skip, qat=True))
+    recipe = QATRecipe() if recipe is None else check_type("recipe", recipe, QATRecipe)
+    return _init_weight_qparams(_prepare(model, tuple(example_inputs), backend, skip, qat=True, recipe=recipe))
 
 
 def _init_weight_qparams(model: nn.Module) -> nn.Module:
@@ -142,6 +223,38 @@ def set_observers(model: nn.Module, enabled: bool) -> None:
     from torch.ao.quantization import disable_observer, enable_observer
 
     model.apply(enable_observer if enabled else disable_observer)
+
+
+def _set_weight_observers(model: nn.Module, enabled: bool) -> None:
+    for mod in model.modules():
+        fq = getattr(mod, "weight_fake_quant", None)
+        if fq is not None:
+            fq.enable_observer(enabled)
+
+
+def apply_qat_schedule(model: nn.Module, recipe: QATRecipe, *, active: bool, qat_steps: int,
+                       observers_frozen: bool = False, bn_frozen: bool = False, training: bool = True) -> None:
+    """Put a prepared model in the state ``recipe`` asks for at this point of QAT.
+
+    ``active``: QAT has started (else everything is bypassed: float training). ``qat_steps``: QAT training steps
+    done so far; the first ``recipe.observer_warmup_steps`` of them only observe (fake quantization off).
+    ``observers_frozen``: activation ranges stop moving (weight ranges too with ``recipe.freeze_weight_ranges``).
+    ``training=False`` (validation, tests): no observer moves; fake quantization is on once a QAT step has run.
+    """
+    warm = qat_steps < recipe.observer_warmup_steps
+    set_fake_quant(model, active and (qat_steps > 0 if not training else not warm))
+    set_observers(model, active and training and not observers_frozen)
+    if active and training and observers_frozen and not recipe.freeze_weight_ranges:
+        _set_weight_observers(model, True)
+    set_bn_frozen(model, bn_frozen)
+
+
+def loss_diverged(mean_loss: float, reference: float, factor: float, floor: float = 0.05) -> bool:
+    """Whether an epoch-mean training loss has diverged: not finite, or above ``factor`` x ``reference`` (the
+    reference counted as at least ``floor``, so that noise around a near-zero loss is not called divergence)."""
+    import math
+
+    return not math.isfinite(mean_loss) or mean_loss > factor * max(reference, floor)
 
 
 def set_fake_quant(model: nn.Module, enabled: bool) -> None:
@@ -198,6 +311,27 @@ def _int8_runnable(model: nn.Module) -> nn.Module:
     return model
 
 
+def refresh_weight_ranges(model: nn.Module) -> None:
+    """Let exact weight-range trackers (``weight_averaging=1.0``) take the current weights, BatchNorm-folded where
+    fused (as the forward and ``convert_fx`` fold them): the last optimizer step moved the weights after the last
+    forward. Other weight observers, and every on/off flag, are left as they are."""
+    with torch.no_grad():
+        for mod in model.modules():
+            fq = getattr(mod, "weight_fake_quant", None)
+            if fq is None or getattr(getattr(fq, "activation_post_process", None), "averaging_constant", 0) != 1.0:
+                continue
+            weight = mod.weight
+            bn = getattr(mod, "bn", None)
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and hasattr(mod, "freeze_bn"):
+                gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+                factor = gamma / torch.sqrt(bn.running_var + bn.eps)
+                weight = weight * factor.reshape([-1] + [1] * (weight.dim() - 1))
+            was = bool(fq.observer_enabled[0])
+            fq.enable_observer(True)
+            fq(weight)
+            fq.enable_observer(was)
+
+
 def convert_int8(qat_model: nn.Module) -> nn.Module:
     """A real int8 torch model (``convert_fx``) from a prepared model; the prepared model is left untouched.
 
@@ -205,6 +339,7 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
     """
     model = copy.deepcopy(qat_model).cpu().eval()
     set_observers(model, False)
+    refresh_weight_ranges(model)
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with _quiet():
@@ -269,7 +404,8 @@ def int8_onnx_ops(onnx_model: bytes) -> list[str]:
         return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
 
 
-__all__ = ["BACKENDS", "ONNX_FORMS", "QUANTIZABLE", "allow_int8_kernels", "convert_int8", "export_int8_onnx",
-           "fake_quant_modules", "int8_onnx_ops",
+__all__ = ["BACKENDS", "ONNX_FORMS", "QUANTIZABLE", "QATRecipe", "allow_int8_kernels", "apply_qat_schedule",
+           "convert_int8", "export_int8_onnx", "fake_quant_modules", "int8_onnx_ops", "loss_diverged",
+           "refresh_weight_ranges",
            "post_training_quantize", "prepare_qat", "qat_layers", "quant_state", "quantizable_layers",
            "set_bn_frozen", "set_fake_quant", "set_observers"]
