@@ -63,7 +63,7 @@ class _BackboneHead(nn.Module):
 
 
 @pytest.mark.parametrize("glue,expected", [("mean", "mean"), ("pool", "mean"), ("flatten", "same"),
-                                           ("max", "amax"), ("pool2", "avg_pool")])
+                                           ("max", "amax"), ("pool2", "avg_pool@2")])
 def test_backbone_then_head_is_one_route_through_the_glue(glue, expected):
     m = _BackboneHead(glue)
     x, y = torch.randn(3, 3, 4, 4), torch.randint(0, 10, (3,))

@@ -25,34 +25,41 @@ from torch import nn
 
 
 
-def _adaptive(pool: Callable, t: torch.Tensor, numel: int) -> torch.Tensor:
-    """Adaptive pooling of ``(B, C, *spatial)`` to the size that gives ``numel`` values per sample."""
-    cells = numel // t.shape[1] if t.ndim >= 3 and numel % t.shape[1] == 0 else 0
-    side = round(cells ** (1 / (t.ndim - 2))) if cells else 0
-    if not side or side ** (t.ndim - 2) != cells:
-        return t
-    return pool(t, side)
-
-
 _AVG = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}
 _MAX = {3: F.adaptive_max_pool1d, 4: F.adaptive_max_pool2d, 5: F.adaptive_max_pool3d}
 
-# name -> function of (the earlier call's output, values per sample the later call receives); the result is then
-# reshaped to the later call's input shape
-GLUES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
-    "same": lambda t, n: t,
-    "mean": lambda t, n: t.flatten(2).mean(2),
-    "amax": lambda t, n: t.flatten(2).amax(2),
-    "avg_pool": lambda t, n: _adaptive(_AVG[t.ndim], t, n) if t.ndim in _AVG else t,
-    "max_pool": lambda t, n: _adaptive(_MAX[t.ndim], t, n) if t.ndim in _MAX else t,
-    "relu": lambda t, n: F.relu(t),
-    "gelu": lambda t, n: F.gelu(t),
-    "silu": lambda t, n: F.silu(t),
-    "tanh": lambda t, n: torch.tanh(t),
-    "sigmoid": lambda t, n: torch.sigmoid(t),
-    "softmax": lambda t, n: torch.softmax(t, -1),
-    "log_softmax": lambda t, n: torch.log_softmax(t, -1),
+# name -> function of (the earlier call's output, the glue's size parameter); the result is then reshaped to the
+# later call's input shape. Pooling glues carry their output size in the name: ``"avg_pool@2"`` pools to 2x2.
+GLUES: dict[str, Callable[[torch.Tensor, int | None], torch.Tensor]] = {
+    "same": lambda t, k: t,
+    "mean": lambda t, k: t.flatten(2).mean(2),
+    "amax": lambda t, k: t.flatten(2).amax(2),
+    "avg_pool": lambda t, k: _AVG[t.ndim](t, k),
+    "max_pool": lambda t, k: _MAX[t.ndim](t, k),
+    "relu": lambda t, k: F.relu(t),
+    "gelu": lambda t, k: F.gelu(t),
+    "silu": lambda t, k: F.silu(t),
+    "tanh": lambda t, k: torch.tanh(t),
+    "sigmoid": lambda t, k: torch.sigmoid(t),
+    "softmax": lambda t, k: torch.softmax(t, -1),
+    "log_softmax": lambda t, k: torch.log_softmax(t, -1),
 }
+
+
+def _glue_fn(name: str) -> tuple[Callable[[torch.Tensor, int | None], torch.Tensor], int | None]:
+    base, _, size = name.partition("@")
+    if base not in GLUES or (size and not size.isdigit()):
+        raise ValueError(f"unknown glue {name!r}; allowed: {sorted(GLUES)} (pooling as 'avg_pool@<size>')")
+    return GLUES[base], int(size) if size else None
+
+
+def _pool_sizes(t: torch.Tensor, per_sample: int) -> list[int]:
+    """Adaptive pooling output sizes of ``t`` (B, C, *spatial) that give ``per_sample`` values."""
+    if t.ndim not in _AVG or per_sample % t.shape[1]:
+        return []
+    cells, dims = per_sample // t.shape[1], t.ndim - 2
+    side = round(cells ** (1 / dims))
+    return [side] if side ** dims == cells and all(side <= d for d in t.shape[2:]) else []
 
 
 def logits_of(out: Any) -> torch.Tensor | None:
@@ -89,11 +96,13 @@ Link = tuple[str, tuple[int, ...]]  # (glue name, per-sample shape of what the n
 
 
 def _glued(link: Link, out: Any) -> torch.Tensor:
+    """Apply a link: its glue, then the reshape to the next part's per-sample shape (its first dimension left free,
+    so the route still runs after pruning removes channels)."""
     t = logits_of(out)
-    numel = 1
-    for d in link[1]:
-        numel *= d
-    return GLUES[link[0]](t, numel).reshape(t.shape[0], *link[1])
+    fn, size = _glue_fn(link[0])
+    y = fn(t, size)
+    shape = link[1]
+    return y.reshape(t.shape[0], -1, *shape[1:]) if shape else y.reshape(t.shape[0])
 
 
 @dataclass(frozen=True)
@@ -112,8 +121,7 @@ class Route:
         if not self.paths or len(self.links) != len(self.paths) - 1:
             raise ValueError(f"a route needs one link between consecutive calls, got {self.paths} / {self.links}")
         for glue, _ in (*self.links, *(g for g in (self.entry, self.exit) if g)):
-            if glue not in GLUES:
-                raise ValueError(f"unknown glue {glue!r}; allowed: {sorted(GLUES)}")
+            _glue_fn(glue)
 
     def modules(self, root: nn.Module) -> list[nn.Module]:
         return [root.get_submodule(p) if p else root for p in self.paths]
@@ -367,10 +375,11 @@ def match_glue(out: Any, inp: torch.Tensor) -> tuple[str, tuple[int, ...]] | Non
     for name, fn in GLUES.items():
         if name in ("mean", "amax", "avg_pool", "max_pool") and t.ndim < 3:
             continue
-        with torch.no_grad():
-            y = fn(t.detach(), per_sample)
-        if y.numel() == inp.numel() and _close(y.reshape(inp.shape), inp.detach()):
-            return (name, shape)
+        for size in _pool_sizes(t, per_sample) if name in ("avg_pool", "max_pool") else [None]:
+            with torch.no_grad():
+                y = fn(t.detach(), size)
+            if y.numel() == inp.numel() and _close(y.reshape(inp.shape), inp.detach()):
+                return (name if size is None else f"{name}@{size}", shape)
     if t.numel() == inp.numel() and _dropout_of(t.detach().reshape(inp.shape), inp.detach()):
         return ("same", shape)
     return None

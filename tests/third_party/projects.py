@@ -98,7 +98,7 @@ PROJECTS: dict[str, Project] = {p.key: p for p in [
         fit_data=_digits_fit, val_loader=_digits_val, ref_loader=_digits_ref,
         input_module="backbone", logits_module="head", labels=_xy_labels, raw_input=_xy_input,
         predict=lambda m, x: m._logits(x),
-        teacher=lambda m: _eval(nn.Sequential(copy.deepcopy(m.backbone), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        teacher=lambda m: _eval(nn.Sequential(copy.deepcopy(m.backbone), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
                                               copy.deepcopy(m.head))),
     ),
     Project(
