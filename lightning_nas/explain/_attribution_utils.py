@@ -11,11 +11,18 @@ import torch
 from torch import nn
 
 
-def forward_of(model: nn.Module, forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None) -> Callable:
-    """``x -> logits``: ``forward_fn(model, x)`` when given, else ``model(x)``."""
+def forward_of(model: nn.Module, forward_fn: Callable[..., torch.Tensor] | None) -> Callable:
+    """``(x, *rest) -> logits``: ``forward_fn(model, x, *rest)`` when given, else ``model(x, *rest)``.
+
+    ``rest`` are the model's other inputs (``additional_forward_args``), row-aligned with ``x``."""
     if forward_fn is None:
         return model
-    return lambda x: forward_fn(model, x)
+    return lambda x, *rest: forward_fn(model, x, *rest)
+
+
+def rows_of(rest: tuple, n: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple:
+    """``fn`` applied to every tensor of ``rest`` whose first dimension is the batch ``n`` (others unchanged)."""
+    return tuple(fn(t) if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == n else t for t in rest)
 
 
 def required_inputs(model: nn.Module) -> int:

@@ -23,7 +23,7 @@ from torch import nn
 
 from lightning_nas._validate import check_choice, check_int, check_range
 from lightning_nas.explain._attribution_utils import (
-    fingerprint, forward_of, overlay_grid, rank_agreement, top_features_rows,
+    fingerprint, forward_of, overlay_grid, rank_agreement, rows_of, top_features_rows,
 )
 
 __all__ = ["METHODS", "Probe", "AttributionDrift", "select_probe", "attribute", "aopc", "compare",
@@ -165,7 +165,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
               forward_fn: ForwardFn | None = None, layer: nn.Module | None = None,
               embedding: nn.Module | None = None, n_steps: int = 8, n_shap_samples: int = 8,
               internal_batch_size: int | None = 256, baseline: float | int = 0, window: int = 2,
-              seed: int = 0) -> torch.Tensor:
+              seed: int = 0, additional_forward_args: tuple = ()) -> torch.Tensor:
     """Attributions of ``target`` logits to the inputs; the same shape as ``x`` (token inputs: ``(B, T)``;
     ``grad_cam``: ``(B, 1, H, W)`` upsampled to the input size).
 
@@ -173,8 +173,11 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
     with baseline :math:`x'` = ``baseline`` and :math:`m` = ``n_steps``. Grad-CAM:
     :math:`\\mathrm{ReLU}(\\sum_c \\bar g_c A_c)` on ``layer``'s activations :math:`A`. ``model`` is used
     as it is (call ``.eval()`` first); ``internal_batch_size`` bounds memory of the path methods.
+    ``additional_forward_args`` are the model's other inputs, row-aligned with ``x`` (Captum expands them).
     """
     import captum.attr as ca
+
+    afa = tuple(additional_forward_args) or None
 
     tokens = not torch.is_floating_point(x)
     check_method(method, layer, tokens)
@@ -187,57 +190,63 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
         base = torch.full_like(x, int(baseline))
         if method == "integrated_gradients":
             a = ca.LayerIntegratedGradients(fwd, embedding).attribute(
-                x, baselines=base, target=target, n_steps=n_steps, internal_batch_size=internal_batch_size)
+                x, baselines=base, target=target, n_steps=n_steps, internal_batch_size=internal_batch_size,
+                additional_forward_args=afa)
         elif method == "saliency":
-            a = ca.LayerGradientXActivation(fwd, embedding, multiply_by_inputs=False).attribute(x, target=target)
+            a = ca.LayerGradientXActivation(fwd, embedding, multiply_by_inputs=False).attribute(
+                x, target=target, additional_forward_args=afa)
         elif method == "gradient_shap":
             with _seeded(seed, x.device):
-                a = ca.LayerGradientShap(fwd, embedding).attribute(x, baselines=base[:1], target=target,
-                                                                   n_samples=n_shap_samples)
+                a = ca.LayerGradientShap(fwd, embedding).attribute(
+                    x, baselines=base[:1], target=target, n_samples=n_shap_samples, additional_forward_args=afa)
         else:  # feature_ablation / occlusion: replace one token at a time by the baseline token
             with torch.no_grad():
-                return ca.FeatureAblation(fwd).attribute(x, baselines=int(baseline), target=target).detach().float()
+                return ca.FeatureAblation(fwd).attribute(x, baselines=int(baseline), target=target,
+                                                         additional_forward_args=afa).detach().float()
         a = a[0] if isinstance(a, (tuple, list)) else a
         return a.detach().float().sum(-1)
     xin = x.detach().clone().float()
     if method == "integrated_gradients":
         a = ca.IntegratedGradients(fwd).attribute(xin, baselines=float(baseline), target=target, n_steps=n_steps,
-                                                  internal_batch_size=internal_batch_size)
+                                                  internal_batch_size=internal_batch_size, additional_forward_args=afa)
     elif method == "saliency":
-        a = ca.Saliency(fwd).attribute(xin, target=target, abs=False)
+        a = ca.Saliency(fwd).attribute(xin, target=target, abs=False, additional_forward_args=afa)
     elif method == "gradient_shap":
         base = torch.stack([torch.full_like(xin[0], float(baseline)), xin.mean(0)])
         with _seeded(seed, xin.device):
-            a = ca.GradientShap(fwd).attribute(xin, baselines=base, target=target, n_samples=n_shap_samples)
+            a = ca.GradientShap(fwd).attribute(xin, baselines=base, target=target, n_samples=n_shap_samples,
+                                               additional_forward_args=afa)
     elif method == "occlusion":
         win = (xin.shape[1],) + tuple(min(window, s) for s in xin.shape[2:]) if xin.ndim > 2 else (window,)
         with torch.no_grad():
             a = ca.Occlusion(fwd).attribute(xin, sliding_window_shapes=win, baselines=float(baseline),
-                                            target=target, perturbations_per_eval=64)
+                                            target=target, perturbations_per_eval=64, additional_forward_args=afa)
     elif method == "feature_ablation":
         with torch.no_grad():
             a = ca.FeatureAblation(fwd).attribute(xin, baselines=float(baseline), target=target,
-                                                  perturbations_per_eval=64)
+                                                  perturbations_per_eval=64, additional_forward_args=afa)
     else:  # grad_cam
-        cam = ca.LayerGradCam(fwd, layer).attribute(xin, target=target, relu_attributions=True)
+        cam = ca.LayerGradCam(fwd, layer).attribute(xin, target=target, relu_attributions=True,
+                                                     additional_forward_args=afa)
         a = ca.LayerAttribution.interpolate(cam, tuple(xin.shape[2:]), interpolate_mode="bilinear") \
             if xin.ndim == 4 else cam
     return a.detach().float()
 
 
-def _scores(fwd: Callable, x: torch.Tensor, target: torch.Tensor, batch: int) -> torch.Tensor:
+def _scores(fwd: Callable, x: torch.Tensor, target: torch.Tensor, batch: int, rest: tuple = ()) -> torch.Tensor:
     """Softmax probability of ``target`` (one per row), in chunks of ``batch``."""
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            p = torch.softmax(fwd(x[i:i + batch]).float(), dim=-1)
+            p = torch.softmax(fwd(x[i:i + batch], *rows_of(rest, len(x), lambda t: t[i:i + batch])).float(), dim=-1)
             out.append(p.gather(1, target[i:i + batch].view(-1, 1)).squeeze(1))
     return torch.cat(out)
 
 
 def aopc(model: nn.Module, x: torch.Tensor, attributions: torch.Tensor, target: torch.Tensor, *,
          forward_fn: ForwardFn | None = None, steps: int = 10, max_fraction: float = 0.5,
-         baseline: float | int = 0, seed: int = 0, batch_size: int = 512) -> dict[str, Any]:
+         baseline: float | int = 0, seed: int = 0, batch_size: int = 512,
+         additional_forward_args: tuple = ()) -> dict[str, Any]:
     """Area over the perturbation curve (Samek et al., 2017) for ``attributions`` and for a random order.
 
     Features (pixels, vector entries, tokens) are deleted (set to ``baseline``) most-relevant first in
@@ -270,7 +279,8 @@ def aopc(model: nn.Module, x: torch.Tensor, attributions: torch.Tensor, target: 
             variants.append(v)
     m = len(variants)
     allx = torch.stack(variants, 1).reshape((n * m,) + tuple(x.shape[1:]))
-    p = _scores(fwd, allx, target.repeat_interleave(m), batch_size).view(n, m)
+    rest = rows_of(tuple(additional_forward_args), n, lambda t: t.repeat_interleave(m, dim=0))
+    p = _scores(fwd, allx, target.repeat_interleave(m), batch_size, rest).view(n, m)
     for i, name in enumerate(orders):
         curve = torch.cat([p[:, :1], p[:, 1 + i * steps: 1 + (i + 1) * steps]], dim=1)
         result[name] = float((curve[:, :1] - curve).mean())
@@ -280,11 +290,13 @@ def aopc(model: nn.Module, x: torch.Tensor, attributions: torch.Tensor, target: 
 
 
 def predict(model: nn.Module, x: torch.Tensor, forward_fn: ForwardFn | None = None,
-            batch_size: int = 512) -> torch.Tensor:
+            batch_size: int = 512, additional_forward_args: tuple = ()) -> torch.Tensor:
     """Arg-max class of each row (no grad)."""
     fwd = forward_of(model, forward_fn)
+    rest = tuple(additional_forward_args)
     with torch.no_grad():
-        return torch.cat([fwd(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+        return torch.cat([fwd(x[i:i + batch_size], *rows_of(rest, len(x), lambda t: t[i:i + batch_size])).argmax(-1)
+                          for i in range(0, len(x), batch_size)])
 
 
 def compare(model_a: nn.Module, model_b: nn.Module, probe: Probe | tuple[torch.Tensor, torch.Tensor | None], *,
