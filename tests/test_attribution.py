@@ -187,10 +187,11 @@ def test_bad_model_facing_arguments_fail_at_setup(tmp_path, digits, kwargs, matc
     assert trainer.global_step == 0
 
 
-def test_no_validation_data_fails_at_setup(tmp_path, digits):
-    trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[AttributionMonitor()])
-    with pytest.raises(ValueError, match="validation data"):
-        trainer.fit(Classifier(DigitsCNN(4)), train_dataloaders=digits.train_dataloader())
+def test_without_validation_data_the_training_inputs_are_explained(tmp_path, digits):
+    mon = AttributionMonitor(n_samples=6)
+    trainer = fast_trainer(tmp_path, limit_train_batches=2, callbacks=[mon])
+    trainer.fit(Classifier(DigitsCNN(4)), train_dataloaders=digits.train_dataloader())
+    assert mon.probe.x.shape == (6, 1, 8, 8) and mon._runs == 1
 
 
 @pytest.fixture
@@ -201,14 +202,18 @@ def no_wikitext_download(monkeypatch):
     monkeypatch.setattr(LightningTransformer, "prepare_data", lambda self: None)
 
 
-def test_several_inputs_without_adapter_fail_at_setup(tmp_path, no_wikitext_download):
+def test_a_model_with_several_inputs_is_explained_over_the_first_without_an_adapter(tmp_path, no_wikitext_download):
     from lightning.pytorch.demos.transformer import LightningTransformer
 
     from tests._explain_helpers import TokenDigits
 
-    trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[AttributionMonitor(target="pred")])
-    with pytest.raises(ValueError, match="forward_fn"):
-        trainer.fit(LightningTransformer(vocab_size=17), datamodule=TokenDigits())
+    # forward(inputs, target): the tokens are explained, the decoder input is held as the step gave it, and the
+    # (batch * T, vocab) output is explained at its last position
+    mon = AttributionMonitor(target="pred", n_samples=4, n_steps=4)
+    trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[mon])
+    trainer.fit(LightningTransformer(vocab_size=17), datamodule=TokenDigits())
+    assert mon.embedding_name == "model.embedding" and mon._last["attr"].shape == (4, 16)
+    assert len(mon.probe.rest) == 1 and mon.probe.rest[0].shape == (4, 16)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_nas.callbacks._capture import ModelIO, ProbeCollector
-from lightning_nas.callbacks._route import ROOT, CallRecorder, Route, find_route, match_glue, per_sample_logits
+from lightning_nas.callbacks._route import ROOT, CallRecorder, Chain, Route, find_route, match_glue, per_sample_logits
 from tests.conftest import fast_trainer
 
 
@@ -111,7 +111,8 @@ def test_self_call_is_named_by_the_parts_its_forward_runs():
     x = torch.randn(6, 4, 4)
     rec, _ = _record(m, lambda: m(x))
     found = find_route(rec.calls, inner=rec.inner)
-    assert found.route == Route(("a", "b"), (("relu", (8,)),), ("same", (16,)))
+    assert found.route == Route(("a", "b"), (("relu", (8,)),), ("same", (16,)), whole="")
+    assert torch.allclose(Chain.of(found.route.modules(m), found.route)(x), m(x))  # the parts alone, standalone
     assert torch.allclose(found.route(m, x), m(x)) and found.call.args[0] is x
     m.forward = lambda x: m.b(m.a(x.flatten(1))) * m.scale  # code beyond its parts: the LightningModule itself
     rec, _ = _record(m, lambda: m(x))

@@ -120,14 +120,38 @@ def test_bad_arguments_and_setup_errors(tmp_path, digits):
     trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[DecisionPaths(layers=["net.nope"])])
     with pytest.raises(ValueError, match="net.nope"):
         trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
-    trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[DecisionPaths()])
-    with pytest.raises(ValueError, match="validation data"):
-        trainer.fit(Classifier(DigitsCNN(4)), train_dataloaders=digits.train_dataloader())
+    paths = DecisionPaths(n_samples=20)  # no validation data: the training steps' inputs are followed
+    trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[paths])
+    trainer.fit(Classifier(DigitsCNN(4)), train_dataloaders=digits.train_dataloader())
+    assert paths.probe.x.shape == (20, 1, 8, 8) and paths.report is not None
 
 
 def test_architecture_view_without_validation_data_uses_a_training_sample(tmp_path, digits):
     view = ArchitectureView()
     trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[view])
     trainer.fit(Classifier(DigitsCNN(4)), train_dataloaders=digits.train_dataloader())
-    assert tuple(view._example.shape) == (1, 1, 8, 8)
+    assert tuple(view._example[0][0].shape) == (1, 1, 8, 8)  # (args, kwargs) of what the step fed the model
     assert len(list((tmp_path / "nas_files" / "images").glob("explain_architecture_graph-*.png"))) == 2
+
+
+def test_one_relu_module_reused_after_layers_of_different_widths():
+    """A common pattern (one ``self.act = nn.ReLU()`` for every layer): each call is followed on its own."""
+    from lightning_nas.explain.paths import decision_paths
+
+    class MLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.out = torch.nn.Linear(64, 32), torch.nn.Linear(32, 48), torch.nn.Linear(48, 10)
+            self.act = torch.nn.ReLU()
+
+        def forward(self, x):
+            return self.out(self.act(self.fc2(self.act(self.fc1(x)))))
+
+    torch.manual_seed(0)
+    model, x = MLP(), torch.randn(40, 64)
+    report = decision_paths(model, x, model(x).argmax(1), layers=["act"], top_k=3)
+    assert report.layers == ["act#0", "act#1"]
+    assert max(ch for chans in report.top_channels["act#0"].values() for ch in chans) < 32  # (was: IndexError)
+    assert report.ablation and all(layer in ("act#0", "act#1") for _, layer, _, _ in report.ablation)
+    capped = decision_paths(model, x, model(x).argmax(1), layers=["act"], top_k=3, max_ablations=0)
+    assert {layer for _, layer, _, _ in capped.ablation} == {"act#1"} and capped.overlap == report.overlap

@@ -251,6 +251,10 @@ class ProbeSet:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    @property
+    def is_tokens(self) -> bool:
+        return not torch.is_floating_point(self.x)
+
     def to_state(self) -> dict[str, Any]:
         return {"args": list(self.args), "kwargs": dict(self.kwargs), "y": self.y, "indices": list(self.indices)}
 
@@ -325,7 +329,12 @@ class ProbeCollector:
     def ready(self) -> bool:
         return bool(self._parts["eval"] or self._parts["train"])
 
-    def probe(self) -> ProbeSet | None:
+    @property
+    def full(self) -> bool:
+        """The pool of evaluation samples is complete (a sanity check alone may not fill it)."""
+        return self._count["eval"] >= self.pool
+
+    def probe(self, partial: bool = False) -> ProbeSet | None:
         from lightning_nas.explain.attribution import select_probe
 
         parts = self._parts["eval"] or self._parts["train"]
@@ -335,6 +344,8 @@ class ProbeCollector:
         total = sum(n for *_, n, _ in parts)
         ys = [y for *_, y in parts]
         y = torch.cat(ys) if all(t is not None for t in ys) else None
+        if total < self.n_samples and not partial:
+            raise ValueError(f"`n_samples`={self.n_samples} is more than the {total} samples the steps fed the model")
         labels = y if y is not None else torch.zeros(total)  # float: drawn uniformly
         picked = select_probe((torch.arange(total), labels), min(self.n_samples, total), seed=self.seed).indices
         idx = torch.tensor(picked, dtype=torch.long)

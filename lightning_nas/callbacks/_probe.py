@@ -1,4 +1,10 @@
-"""Shared by the explain callbacks: find the validation data, pick the probe, check the forward contract."""
+"""Shared by the explain callbacks: where the probe comes from, and the forward contract it must meet.
+
+By default a probe is what the model receives: samples of the inputs the user's own validation steps (training
+steps when no validation ran) fed the model, collected by ``ProbeSource`` from the fit's ``ModelIO``, and
+explained through the route the step runs. With ``forward_fn=`` or ``batch_fn=`` (the overrides), the probe is
+taken from the raw validation batches and explained through ``forward_fn(pl_module, x)``, as the user says.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,8 +12,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
 
+from lightning_nas.callbacks._capture import ProbeCollector, ProbeSet
+from lightning_nas.callbacks._route import Route
 from lightning_nas.explain._attribution_utils import forward_of, required_inputs
 from lightning_nas.explain.attribution import Probe, select_probe
 
@@ -84,3 +93,96 @@ def find_embedding(pl_module: nn.Module, name: str | None) -> nn.Module:
     if len(embs) != 1:
         raise ValueError(f"token inputs need the nn.Embedding to attribute over: pass `embedding=` (found {embs})")
     return dict(pl_module.named_modules())[embs[0]]
+
+
+class ProbeSource:
+    """The probe of an explain callback: collected from what the model receives (default), or resolved from the raw
+    validation data when the user passes ``forward_fn``/``batch_fn``. ``fwd``/``rest`` are what the explanation
+    functions take: ``forward_fn(model, x, *rest)`` and the model's other inputs."""
+
+    def __init__(self, owner: str, n_samples: int, seed: int, forward_fn: Callable | None,
+                 batch_fn: Callable | None) -> None:
+        self.owner, self.n_samples, self.seed = owner, n_samples, seed
+        self.forward_fn, self.batch_fn = forward_fn, batch_fn
+        self.captured = forward_fn is None and batch_fn is None
+        self.collector = ProbeCollector(n_samples, seed)
+        self.route: Route | None = None
+
+    def listen(self, callback: L.Callback, trainer: L.Trainer, pl_module: L.LightningModule,
+               ready: Callable[[], None] | None = None) -> None:
+        """Collect samples from this fit's steps (default mode). Without a validation loop, ``ready()`` runs in the
+        first training step, before its backward pass, so the probe is checked before any weight changes."""
+        if not self.captured:
+            return
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        self.collector = ProbeCollector(self.n_samples, self.seed)
+        io = callback.model_io(trainer, pl_module)
+        io.listen(callback, "eval", self.collector)
+        io.listen(callback, "train", self.collector)
+        if ready is not None and not is_overridden("validation_step", pl_module):
+            io.listen(callback, "train", lambda record: ready() if self._first_train(record) else None)
+
+    def _first_train(self, record: Any) -> bool:
+        first = not getattr(self, "_trained", False)
+        self._trained = True
+        return first
+
+    def preview(self, pl_module: L.LightningModule) -> ProbeSet | None:
+        """A probe from the samples seen so far, however few (to check the model early); not the probe kept."""
+        from lightning_nas.callbacks._capture import ModelIO
+
+        self.route = ModelIO.of(pl_module).route("eval")
+        return self.collector.probe(partial=True) if self.route is not None and self.collector.ready else None
+
+    def resolve(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Probe:
+        """The override mode's probe, from the raw validation data (``ValueError`` if there is none)."""
+        return resolve_probe(trainer, pl_module, self.owner, self.n_samples, self.seed, self.batch_fn)
+
+    def collected(self, pl_module: L.LightningModule, final: bool = True) -> ProbeSet | None:
+        """The default mode's probe from the samples seen so far (``None`` before any step, or while the pool is
+        still filling and not ``final``)."""
+        from lightning_nas.callbacks._capture import ModelIO
+
+        self.route = ModelIO.of(pl_module).route("eval")
+        if self.route is None or not self.collector.ready or not (final or self.collector.full):
+            return None
+        try:
+            return self.collector.probe()
+        except ValueError as err:
+            raise ValueError(f"{self.owner}: {err}") from None
+
+    def check_size(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """``n_samples`` no larger than the validation set, when its size is known now."""
+        try:
+            data = val_data(trainer, pl_module, self.owner)
+            size = len(data.dataset)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - no validation data, or a dataset of unknown size: checked later
+            return
+        if self.n_samples > size:
+            raise ValueError(f"{self.owner}: `n_samples` must be <= the {size} validation samples available, "
+                             f"got {self.n_samples}")
+
+    def forward(self, probe: Probe | ProbeSet) -> tuple[Callable | None, tuple]:
+        if isinstance(probe, ProbeSet):
+            return probe.forward_fn(self.route), tuple(probe.rest)
+        return self.forward_fn, ()
+
+    def check(self, pl_module: nn.Module, probe: Probe | ProbeSet) -> torch.Tensor:
+        """Run the model on two probe samples; it must give ``(batch, classes)`` scores."""
+        fwd, rest = self.forward(probe)
+        if isinstance(probe, Probe):
+            return check_forward(pl_module, probe, self.forward_fn, self.owner)
+        n = len(probe)
+        was = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                two = [t[:2] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == n else t for t in rest]
+                return forward_of(pl_module, fwd)(probe.x[:2].to(pl_module.device),
+                                                   *move_data_to_device(two, pl_module.device))
+        except ValueError as err:
+            raise ValueError(f"{self.owner}: {err}; pass `forward_fn=lambda model, x: ...` returning (batch, "
+                             "classes) scores") from None
+        finally:
+            pl_module.train(was)

@@ -110,12 +110,15 @@ class Route:
     """The module calls from the model's input to the logits (paths inside the LightningModule, ``""`` itself),
     with the glue between consecutive calls (``links``) and, optionally, applied to the input first (``entry``,
     e.g. the LightningModule's ``forward`` flattening ``x`` before its first layer) and to the last output
-    (``exit``, e.g. a final activation)."""
+    (``exit``, e.g. a final activation). ``whole`` names a module whose own ``forward`` runs exactly these parts
+    (the LightningModule, ``""``, when its forward was resolved into the parts it calls): calling the route runs
+    that forward, the user's own code, and the parts and glue serve to build a standalone model (``Chain``)."""
 
     paths: tuple[str, ...]
     links: tuple[Link, ...] = ()
     entry: Link | None = None
     exit: Link | None = None
+    whole: str | None = None
 
     def __post_init__(self) -> None:
         if not self.paths or len(self.links) != len(self.paths) - 1:
@@ -127,6 +130,8 @@ class Route:
         return [root.get_submodule(p) if p else root for p in self.paths]
 
     def __call__(self, root: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.whole is not None:
+            return (root.get_submodule(self.whole) if self.whole else root)(*args, **kwargs)
         return _run_parts(self.modules(root), self.links, self.entry, self.exit, args, kwargs)
 
     def run(self, root: nn.Module, example: tuple[tuple, dict]) -> Any:
@@ -154,14 +159,14 @@ class Route:
         """Plain lists and strings (checkpoint state that loads with ``weights_only=True``)."""
         return {"paths": list(self.paths), "links": [[g, list(s)] for g, s in self.links],
                 "entry": None if self.entry is None else [self.entry[0], list(self.entry[1])],
-                "exit": None if self.exit is None else [self.exit[0], list(self.exit[1])]}
+                "exit": None if self.exit is None else [self.exit[0], list(self.exit[1])], "whole": self.whole}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Route:
         entry, out = state.get("entry"), state.get("exit")
         return cls(tuple(state["paths"]), tuple((g, tuple(s)) for g, s in state["links"]),
                    None if entry is None else (entry[0], tuple(entry[1])),
-                   None if out is None else (out[0], tuple(out[1])))
+                   None if out is None else (out[0], tuple(out[1])), state.get("whole"))
 
 
 ROOT = Route(("",))
@@ -424,7 +429,7 @@ def _refine(root_call: Call, inner: list[Call]) -> tuple[Route, RouteCall] | Non
         if entry is None:
             return None
         entry = None if entry[0] == "same" and tuple(x.shape) == tuple(inp.shape) else entry
-    route = Route(tuple(c.path for c in kids[first:ends[-1] + 1]), tuple(links), entry, exit)
+    route = Route(tuple(c.path for c in kids[first:ends[-1] + 1]), tuple(links), entry, exit, whole=root_call.path)
     return route, RouteCall(root_call.args, root_call.kwargs, root_call.output)
 
 

@@ -6,10 +6,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
-from lightning_nas.callbacks._probe import check_forward, find_embedding, find_module, resolve_probe
+from lightning_nas.callbacks._capture import ProbeSet
+from lightning_nas.callbacks._probe import ProbeSource, find_embedding, find_module
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain import attribution as A
 
@@ -33,9 +35,11 @@ class AttributionMonitor(LightningNASCallback):
         n_samples: probe size, taken round-robin over classes from the validation data (fixed by ``seed``).
         target: ``"label"`` (the true class) or ``"pred"`` (the model's prediction).
         layer: Grad-CAM's conv layer, a name from ``pl_module.named_modules()`` (``"net.features.3"``).
-        forward_fn: adapter ``(pl_module, x) -> (batch, classes)`` logits, for a forward that takes several
-            inputs or returns something else (e.g. a language model's last-token logits).
-        batch_fn: adapter ``batch -> (x, y)`` for validation batches that are not ``(x, y)`` pairs.
+        forward_fn: an override: ``(pl_module, x) -> (batch, classes)`` logits, with ``x`` from the raw
+            validation batches. By default the probe is what the model receives (the inputs the user's own
+            validation steps feed the module they call, training steps when no validation ran; labels from the
+            batch) and the model is the one the step runs; sequence outputs are explained at their last position.
+        batch_fn: an override: ``batch -> (x, y)`` for raw validation batches (with ``forward_fn``).
         embedding: for integer token inputs, the ``nn.Embedding`` to attribute over (auto when only one).
         n_steps: integral steps of Integrated Gradients (and GradientSHAP samples).
         internal_batch_size: bound on the batch Captum builds (memory).
@@ -47,7 +51,7 @@ class AttributionMonitor(LightningNASCallback):
         seed: picks the probe set.
     """
 
-    _state_attrs = ("_probe_indices", "_reference", "_last", "_changes", "_runs")
+    _state_attrs = ("_probe_indices", "_probe_state", "_reference", "_last", "_changes", "_runs")
 
     def __init__(
         self,
@@ -93,8 +97,10 @@ class AttributionMonitor(LightningNASCallback):
         self.layer_name, self.forward_fn, self.batch_fn, self.embedding_name = layer, forward_fn, batch_fn, embedding
         self.n_steps, self.internal_batch_size, self.baseline, self.topk = n_steps, internal_batch_size, baseline, topk
         self.faithfulness, self.aopc_steps, self.log_maps, self.seed = faithfulness, aopc_steps, log_maps, seed
-        self.probe: A.Probe | None = None
+        self.probe: A.Probe | ProbeSet | None = None
+        self._source = ProbeSource(type(self).__name__, n_samples, seed, forward_fn, batch_fn)
         self._probe_indices: list[int] = []
+        self._probe_state: dict[str, Any] | None = None
         self._reference: dict[str, Any] | None = None
         self._last: dict[str, Any] | None = None
         self._changes = 0
@@ -102,17 +108,66 @@ class AttributionMonitor(LightningNASCallback):
         self._pending_mark = False
 
     # ------------------------------------------------------------------ set-up
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
+        super().setup(trainer, pl_module, stage)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.release_model_io(pl_module)
+
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._layer = find_module(pl_module, self.layer_name, "layer") if self.layer_name else None
+        if self.embedding_name is not None:
+            find_embedding(pl_module, self.embedding_name)
+        if self.method == "grad_cam":
+            try:
+                A.check_method(self.method, self._layer, False)
+            except ValueError as err:
+                raise ValueError(f"{type(self).__name__}: {err} (`layer`={self.layer_name!r})") from None
+        self._source.check_size(trainer, pl_module)
+        if not self._source.captured:  # the overrides: the raw validation batches, now
+            probe = self._source.resolve(trainer, pl_module)
+            if self._probe_indices and self._probe_indices != probe.indices:
+                raise ValueError(f"{type(self).__name__}: the probe set differs from the checkpoint's (validation "
+                                 "data changed?)")
+            self._adopt(pl_module, probe)
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._ensure_probe(pl_module, final=False)  # checked before the first step when the sanity check fills it
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._ensure_probe(pl_module)
+
+    def _ensure_probe(self, pl_module: L.LightningModule, final: bool = True) -> None:
+        if self.probe is not None or not self._source.captured:
+            return
+        if self._probe_state is not None:  # resumed: the very probe of the interrupted fit
+            self._source.collected(pl_module)
+            probe = ProbeSet.from_state(self._probe_state)
+        else:
+            probe = self._source.collected(pl_module, final)
+            if probe is None:
+                return
+            self._probe_state = probe.to_state()
+        self._adopt(pl_module, probe)
+
+    def _preview(self, pl_module: L.LightningModule) -> None:
+        """No validation loop: check the model on the first training step's samples, before its backward pass."""
+        probe = self._source.preview(pl_module)
+        if probe is not None and self.probe is None and self._probe_state is None:
+            self._adopt(pl_module, probe, keep=False)
+
+    def _adopt(self, pl_module: L.LightningModule, probe: A.Probe | ProbeSet, keep: bool = True) -> None:
         name = type(self).__name__
-        probe = resolve_probe(trainer, pl_module, name, self.n_samples, self.seed, self.batch_fn)
-        if self._probe_indices and self._probe_indices != probe.indices:
-            raise ValueError(f"{name}: the probe set differs from the checkpoint's (validation data changed?)")
-        self.probe, self._probe_indices = probe, list(probe.indices)
+        if keep:
+            self.probe, self._probe_indices = probe, list(probe.indices)
         if self.target == "label" and (probe.y is None or probe.y.ndim != 1):
             raise ValueError(f"{name}: `target`='label' needs 1-D class labels in the validation batches; use "
-                             "target='pred' or pass `batch_fn=lambda batch: (x, y)`")
-        check_forward(pl_module, probe, self.forward_fn, name)
-        self._layer = find_module(pl_module, self.layer_name, "layer") if self.layer_name else None
+                             "target='pred' or pass `batch_fn=lambda batch: (x, y)` and `forward_fn`")
+        self._source.check(pl_module, probe)
         self._embedding = find_embedding(pl_module, self.embedding_name) if probe.is_tokens else None
         if self._embedding is not None and self.embedding_name is None:
             self.embedding_name = next(n for n, m in pl_module.named_modules() if m is self._embedding)
@@ -137,9 +192,11 @@ class AttributionMonitor(LightningNASCallback):
 
     # ------------------------------------------------------------------ hooks
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero or self.probe is None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
             return
-        self.run(trainer, pl_module)
+        self._ensure_probe(pl_module)  # no validation ran yet: the training steps' inputs
+        if self.probe is not None:
+            self.run(trainer, pl_module)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Attribute now and log; return the scalars logged."""
@@ -187,8 +244,9 @@ class AttributionMonitor(LightningNASCallback):
         try:
             device = next(model.parameters(), torch.empty(0)).device
             x = probe.x.to(device)
-            fwd = self.forward_fn
-            preds = A.predict(model, x, fwd).cpu()
+            fwd, rest = self._source.forward(probe)
+            rest = move_data_to_device(rest, device)
+            preds = A.predict(model, x, fwd, additional_forward_args=rest).cpu()
             tgt = probe.y if self.target == "label" else preds
             mods = dict(model.named_modules())  # by name: QAT or pruning may have swapped the module
             layer = mods.get(self.layer_name) if self.layer_name else None
@@ -198,11 +256,11 @@ class AttributionMonitor(LightningNASCallback):
                 attr = A.attribute(model, x, tgt.to(device), self.method, forward_fn=fwd, layer=layer,
                                    embedding=emb, n_steps=self.n_steps, n_shap_samples=self.n_steps,
                                    internal_batch_size=self.internal_batch_size, baseline=self.baseline,
-                                   seed=self.seed).cpu()
+                                   seed=self.seed, additional_forward_args=rest).cpu()
             out: dict[str, Any] = {"attr": attr, "preds": preds, "fingerprint": A.fingerprint(model)}
             if with_faithfulness:
                 r = A.aopc(model, x, attr.to(device), tgt.to(device), forward_fn=fwd, steps=self.aopc_steps,
-                           baseline=self.baseline, seed=self.seed)
+                           baseline=self.baseline, seed=self.seed, additional_forward_args=rest)
                 out.update(aopc=r["aopc"], aopc_random=r["aopc_random"], fractions=r["fractions"],
                            curve=r["aopc_curve"], curve_random=r["aopc_random_curve"])
             return out

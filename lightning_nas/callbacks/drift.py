@@ -10,11 +10,24 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_nas._validate import check_int, check_type
+from lightning_nas.callbacks._capture import StepRecord, call_scores
+from lightning_nas.callbacks._route import Route, split_input
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.deploy.drift import DriftReport, DriftThresholds, check_drift
 from lightning_nas.deploy.profile import ReferenceProfile, attribution_share
 
 STAGES = ("validate", "predict", "test", "fit")
+
+
+class _RouteScores(torch.nn.Module):
+    """``x -> (batch, classes)`` through the route the step runs (for attribution drift)."""
+
+    def __init__(self, module: L.LightningModule, route: Route) -> None:
+        super().__init__()
+        self.module, self.route = module, route
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.route.logits(self.module, ((x,), {}))
 
 
 def _load_reference(reference: str | Path | ReferenceProfile) -> ReferenceProfile:
@@ -38,7 +51,9 @@ def _load_reference(reference: str | Path | ReferenceProfile) -> ReferenceProfil
 class DriftMonitor(LightningNASCallback):
     """Compare the inputs, predictions and attributions of an evaluation loop with a reference profile.
 
-    Inputs and predicted classes are collected in the batch-end hooks; at epoch end the monitor computes
+    The inputs are what the model receives (the first tensor the user's step passes to the module it calls, after
+    the step's own resizing, normalising or key picking: the inputs the bundle's model and its reference profile
+    describe) and the predictions its output; at epoch end the monitor computes
     ``deploy.check_drift`` (PSI and KS per feature, prediction PSI, attribution shift from Integrated
     Gradients on the last ``attribution_samples`` inputs), logs it, warns, and raises a W&B alert
     (``run.alert``) when drift is declared. The latest report is ``monitor.last_report``.
@@ -52,7 +67,8 @@ class DriftMonitor(LightningNASCallback):
             loop inside ``fit``; sanity checks are skipped).
         max_samples: inputs kept per check (the first ones of the epoch).
         attribution_samples: inputs attributed per check (0: no attribution drift).
-        input_index: where the input is in a batch that is a tuple/list (or the key of a dict batch).
+        input_index: an override: take the input from the raw batch instead, at this index of a tuple/list
+            batch or this key of a dict batch (``None``: what the model receives).
         alert: raise a W&B alert when drift is declared (never fails the run).
 
     Logged: ``drift/psi_max``, ``drift/ks_max``, ``drift/prediction_psi``, ``drift/attribution_shift``,
@@ -65,7 +81,7 @@ class DriftMonitor(LightningNASCallback):
     def __init__(self, reference: str | Path | ReferenceProfile,
                  thresholds: DriftThresholds | dict[str, Any] | None = None,
                  stages: list[str] | tuple[str, ...] = ("validate", "predict"), max_samples: int = 4096,
-                 attribution_samples: int = 64, input_index: int | str = 0, alert: bool = True) -> None:
+                 attribution_samples: int = 64, input_index: int | str | None = None, alert: bool = True) -> None:
         super().__init__()
         self.thresholds = DriftThresholds.coerce(thresholds)
         check_type("stages", stages, (list, tuple))
@@ -76,7 +92,7 @@ class DriftMonitor(LightningNASCallback):
                 raise ValueError(f"`stages` entries must be in {list(STAGES)}, got {s!r}")
         check_int("max_samples", max_samples, 2)
         check_int("attribution_samples", attribution_samples, 0)
-        check_type("input_index", input_index, (int, str))
+        check_type("input_index", input_index, (int, str), allow_none=True)
         check_type("alert", alert, bool)
         self.profile = _load_reference(reference)
         self.stages, self.max_samples = tuple(stages), max_samples
@@ -86,6 +102,8 @@ class DriftMonitor(LightningNASCallback):
         self._x: list[np.ndarray] = []
         self._classes: list[np.ndarray] = []
         self._n = 0
+        self._route: Route | None = None
+        self._single_input = True
 
     # ------------------------------------------------------------------ collection
     def _stage(self, trainer: L.Trainer, loop: str) -> str | None:
@@ -94,7 +112,25 @@ class DriftMonitor(LightningNASCallback):
         stage = "fit" if (loop == "validate" and trainer.state.fn == "fit") else loop
         return stage if stage in self.stages else None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        if self.input_index is None:
+            self._route_scorer = None
+            self.model_io(trainer, pl_module).listen(self, "eval", self._on_step)
+        super().setup(trainer, pl_module, stage)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.release_model_io(pl_module)
+
+    def _check_shape(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.profile.input_shape:
+            raise ValueError(f"DriftMonitor: inputs of shape {tuple(x.shape[1:])} do not match the reference "
+                             f"profile's input shape {self.profile.input_shape}: the reference profile has no "
+                             "entry for these features (was it made for another model?)")
+        return x
+
     def _input(self, batch: Any) -> torch.Tensor:
+        """The ``input_index`` override: the input from the raw batch."""
         x = batch
         if isinstance(batch, (list, tuple)):
             if not isinstance(self.input_index, int) or self.input_index >= len(batch):
@@ -108,25 +144,40 @@ class DriftMonitor(LightningNASCallback):
             x = batch[self.input_index]
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"DriftMonitor: the batch input must be a tensor, got {type(x).__name__}")
-        if tuple(x.shape[1:]) != self.profile.input_shape:
-            raise ValueError(f"DriftMonitor: inputs of shape {tuple(x.shape[1:])} do not match the reference "
-                             f"profile's input shape {self.profile.input_shape}: the reference profile has no "
-                             "entry for these features (was it made for another model?)")
-        return x
+        return self._check_shape(x)
+
+    def _keep(self, x: torch.Tensor, scores: torch.Tensor) -> None:
+        x = x[: self.max_samples - self._n]
+        self._x.append(x.detach().float().cpu().numpy())
+        self._classes.append(scores[: len(x)].argmax(1).detach().cpu().numpy())
+        self._n += len(x)
+
+    def _on_step(self, record: StepRecord) -> None:
+        """What the model received and returned in an evaluation step (the default)."""
+        loop = {"validation_step": "validate", "test_step": "test", "predict_step": "predict"}[record.step]
+        if not self._stage(self._trainer, loop) or not record.calls or self._n >= self.max_samples:
+            return
+        call = record.calls[0]
+        x, rest, _ = split_input(call.args, call.kwargs)
+        scores = call_scores(call)
+        if scores is None or not torch.is_floating_point(x):
+            raise ValueError(f"DriftMonitor: `{record.route.describe()}` does not give (batch, classes) scores for "
+                             "float inputs; pass `input_index=` to watch the raw batch")
+        self._route, self._single_input = record.route, not rest
+        self._keep(self._check_shape(x), scores)
 
     def _collect(self, pl_module: L.LightningModule, outputs: Any, batch: Any) -> None:
+        if self.input_index is None:
+            return
         x = self._input(batch)
         if self._n >= self.max_samples:
             return
-        x = x[: self.max_samples - self._n]
         scores = outputs if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and \
             outputs.shape[0] >= len(x) and outputs.shape[1] == self.profile.num_classes else None
         if scores is None:
             with torch.no_grad():
                 scores = pl_module(x)
-        self._x.append(x.detach().float().cpu().numpy())
-        self._classes.append(scores[: len(x)].argmax(1).detach().cpu().numpy())
-        self._n += len(x)
+        self._keep(x, scores)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -176,7 +227,10 @@ class DriftMonitor(LightningNASCallback):
                 was_training = pl_module.training
                 pl_module.eval()
                 try:
-                    share = attribution_share(pl_module, x[-self.attribution_samples:], self.profile.feature_mode)
+                    model = pl_module if self.input_index is not None else \
+                        _RouteScores(pl_module, self._route) if self._single_input else None
+                    if model is not None:  # several model inputs: no attribution over the one watched
+                        share = attribution_share(model, x[-self.attribution_samples:], self.profile.feature_mode)
                 finally:
                     pl_module.train(was_training)
             report = check_drift(self.profile, x, classes, share, self.thresholds)

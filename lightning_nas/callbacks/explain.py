@@ -7,10 +7,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
 from torch import nn
 
 from lightning_nas._validate import check_int, check_type
-from lightning_nas.callbacks._probe import check_forward, resolve_probe
+from lightning_nas.callbacks._probe import ProbeSource, resolve_probe
+from lightning_nas.callbacks._route import Route, first_rows
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain import dynamics as D
 from lightning_nas.explain import graph as G
@@ -120,23 +122,28 @@ class TrainingDynamics(LightningNASCallback):
 class DecisionPaths(LightningNASCallback):
     """Which channels carry each class, how much classes share them, and which matter (``explain.paths``).
 
-    On a fixed validation probe, at fit end (and every ``every_n_epochs`` when given), logs the tables
+    On a fixed probe, at fit end (and every ``every_n_epochs`` when given), logs the tables
     ``explain/paths/top_channels``, ``explain/paths/overlap`` (Jaccard per class pair) and
     ``explain/paths/ablation`` (logit drop when a channel is zeroed), and ``explain/paths/mean_jaccard``.
+    The probe is what the model receives (the inputs the user's validation steps feed the module they call;
+    training steps when no validation ran), unless ``forward_fn``/``batch_fn`` say otherwise.
 
     Args:
         n_samples: probe size (round-robin over classes, fixed by ``seed``).
         top_k: channels per layer on a class's path.
-        layers: module names to follow (default: activation modules, else conv/linear layers).
+        layers: module names to follow (default: activation modules, else conv/linear layers). A module run
+            several times per forward is followed per call (``"name#k"``).
         every_n_epochs: also run after every N-th epoch (``None``: only at fit end).
         target: ``"label"`` or ``"pred"``: which class each probe sample stands for.
-        forward_fn: adapter ``(pl_module, x) -> (batch, classes)`` logits.
-        batch_fn: adapter ``batch -> (x, y)``.
+        max_ablations: the ablation forwards (of the probe) one run may spend, on the layers nearest the output
+            first; the default keeps a run to about one validation pass of a digits-sized set (``None``: all).
+        forward_fn: an override: ``(pl_module, x) -> (batch, classes)`` logits on raw validation inputs.
+        batch_fn: an override: ``batch -> (x, y)`` for raw validation batches.
         seed: picks the probe set.
     """
 
     def __init__(self, n_samples: int = 50, top_k: int = 3, layers: list[str] | None = None,
-                 every_n_epochs: int | None = None, target: str = "label",
+                 every_n_epochs: int | None = None, target: str = "label", max_ablations: int | None = 32,
                  forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
                  batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
                  seed: int = 0) -> None:
@@ -148,24 +155,63 @@ class DecisionPaths(LightningNASCallback):
         check_type("layers", layers, list, allow_none=True)
         if every_n_epochs is not None:
             check_int("every_n_epochs", every_n_epochs, 1)
+        if max_ablations is not None:
+            check_int("max_ablations", max_ablations, 0)
         check_choice("target", target, ("label", "pred"))
         check_int("seed", seed, 0)
         self.n_samples, self.top_k, self.layers, self.every_n_epochs = n_samples, top_k, layers, every_n_epochs
         self.target, self.forward_fn, self.batch_fn, self.seed = target, forward_fn, batch_fn, seed
-        self.probe = None
+        self.max_ablations = max_ablations
+        self.probe: Any = None
         self.report: P.PathReport | None = None
+        self._source = ProbeSource("DecisionPaths", n_samples, seed, forward_fn, batch_fn)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
+        super().setup(trainer, pl_module, stage)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.release_model_io(pl_module)
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.probe = resolve_probe(trainer, pl_module, "DecisionPaths", self.n_samples, self.seed, self.batch_fn)
-        if self.target == "label" and (self.probe.y is None or self.probe.y.ndim != 1):
-            raise ValueError("DecisionPaths: `target`='label' needs 1-D class labels; use target='pred'")
-        check_forward(pl_module, self.probe, self.forward_fn, "DecisionPaths")
         layers = self.layers if self.layers is not None else P.default_layers(pl_module)
         modules = dict(pl_module.named_modules())
         bad = [n for n in layers if n not in modules]
         if bad or not layers:
             raise ValueError(f"DecisionPaths: `layers` {bad or layers} are not modules of {type(pl_module).__name__};"
                              f" allowed e.g.: {P.default_layers(pl_module)[:12]}")
+        self._source.check_size(trainer, pl_module)
+        self.probe = None
+        if not self._source.captured:
+            self._adopt(pl_module, self._source.resolve(trainer, pl_module))
+
+    def _preview(self, pl_module: L.LightningModule) -> None:
+        """No validation loop: check the model on the first training step's samples, before its backward pass."""
+        probe = self._source.preview(pl_module)
+        if probe is not None and self.probe is None:
+            self._adopt(pl_module, probe, keep=False)
+
+    def _adopt(self, pl_module: L.LightningModule, probe: Any, keep: bool = True) -> None:
+        if self.target == "label" and (probe.y is None or probe.y.ndim != 1):
+            raise ValueError("DecisionPaths: `target`='label' needs 1-D class labels; use target='pred'")
+        self._source.check(pl_module, probe)
+        if keep:
+            self.probe = probe
+
+    def _ensure_probe(self, pl_module: L.LightningModule, final: bool = True) -> None:
+        if self.probe is None and self._source.captured:
+            probe = self._source.collected(pl_module, final)
+            if probe is not None:
+                self._adopt(pl_module, probe)
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._ensure_probe(pl_module, final=False)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._ensure_probe(pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -175,17 +221,27 @@ class DecisionPaths(LightningNASCallback):
         self.run(trainer, pl_module)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> P.PathReport | None:
-        if not trainer.is_global_zero or self.probe is None:
+        if not trainer.is_global_zero:
             return None
-        x = self.probe.x.to(pl_module.device)
+        self._ensure_probe(pl_module)
+        if self.probe is None:
+            return None
+        device = pl_module.device
+        x = self.probe.x.to(device)
+        fwd, rest = self._source.forward(self.probe)
+        rest = move_data_to_device(rest, device)
         was = pl_module.training
         pl_module.eval()
         try:
-            cls = self.probe.y if self.target == "label" else predict(pl_module, x, self.forward_fn).cpu()
+            cls = self.probe.y if self.target == "label" else predict(pl_module, x, fwd,
+                                                                      additional_forward_args=rest).cpu()
         finally:
             pl_module.train(was)
-        self.report = P.decision_paths(pl_module, x, cls.to(pl_module.device), layers=self.layers,
-                                       top_k=self.top_k, forward_fn=self.forward_fn)
+        rank_zero_info(f"DecisionPaths: following {len(x)} probe samples (epoch {trainer.current_epoch})")
+        self.report = P.decision_paths(pl_module, x, cls.to(device), layers=self.layers, top_k=self.top_k,
+                                       forward_fn=fwd, additional_forward_args=rest,
+                                       max_ablations=self.max_ablations,
+                                       progress=lambda msg: rank_zero_info(f"DecisionPaths: {msg}"))
         tracker = self.tracker(trainer)
         for name, (cols, rows) in self.report.tables().items():
             tracker.log_table(f"explain/paths/{name}", cols, rows)
@@ -194,15 +250,18 @@ class DecisionPaths(LightningNASCallback):
 
 
 class ArchitectureView(LightningNASCallback):
-    """The model as a layer table and a graph image, at fit start and at fit end (after any compression).
+    """The model as a layer table and a graph image, when the fit first runs it and at fit end (after any
+    compression).
 
-    Logs ``explain/architecture/layers`` (table: name, type, in/out shape, params, MACs, calls),
-    ``explain/architecture/graph`` (image) and the scalars ``explain/architecture/params`` and ``.../macs``,
-    each once at start and once at end.
+    The model is the one the user's step runs, on the inputs it really receives (found in the first validation or
+    training step); ``forward_fn``/``batch_fn`` override that with raw batches and an adapter. Logs
+    ``explain/architecture/layers`` (table: name, type, in/out shape, params, MACs, calls),
+    ``explain/architecture/graph`` (image) and the scalars ``explain/architecture/params`` (of the modules the
+    step runs) and ``.../macs``, each once at the start and once at the end.
 
     Args:
-        forward_fn: adapter ``(pl_module, x) -> output`` for a forward that takes several inputs.
-        batch_fn: adapter ``batch -> (x, y)`` for the example input (one validation or training sample).
+        forward_fn: an override: ``(pl_module, x) -> output`` with ``x`` a raw batch's input.
+        batch_fn: an override: ``batch -> (x, y)`` for the example input (one validation or training sample).
         max_nodes: boxes drawn in the graph image.
     """
 
@@ -212,9 +271,35 @@ class ArchitectureView(LightningNASCallback):
         super().__init__()
         check_int("max_nodes", max_nodes, 1)
         self.forward_fn, self.batch_fn, self.max_nodes = forward_fn, batch_fn, max_nodes
-        self._example: torch.Tensor | None = None
+        self._example: Any = None
+        self._route: Route | None = None
+
+    @property
+    def _captured(self) -> bool:
+        return self.forward_fn is None and self.batch_fn is None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._captured:
+            self._example, self._route = None, None
+            io = self.model_io(trainer, pl_module)
+            io.on_route(self, lambda kind, route: self._route_found(trainer, pl_module, io))
+        super().setup(trainer, pl_module, stage)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.release_model_io(pl_module)
+
+    def _route_found(self, trainer: L.Trainer, pl_module: L.LightningModule, io: Any) -> None:
+        if self._route is not None:
+            return
+        self._route = io.route("eval")
+        args, kwargs = io.example("eval")
+        self._example = first_rows(args, kwargs, 1)
+        self.log_view(trainer, pl_module, "start")
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._captured:
+            return
         from lightning_nas.explain._attribution_utils import required_inputs
 
         if self.forward_fn is None and required_inputs(pl_module) > 1:
@@ -232,7 +317,8 @@ class ArchitectureView(LightningNASCallback):
             self._example = select_probe(source.dataloader(), 1, batch_fn=self.batch_fn, max_scan=1).x
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log_view(trainer, pl_module, "start")
+        if not self._captured:
+            self.log_view(trainer, pl_module, "start")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.log_view(trainer, pl_module, "end")
@@ -240,12 +326,18 @@ class ArchitectureView(LightningNASCallback):
     def log_view(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> list[G.LayerRow]:
         if not trainer.is_global_zero or self._example is None:
             return []
-        rows = G.layer_table(pl_module, self._example.to(pl_module.device), self.forward_fn)
+        example = move_data_to_device(self._example, pl_module.device)
+        if self._route is not None:
+            rows = G.layer_table(pl_module, example, self._route.run)
+            parts = {id(p): p for m in self._route.modules(pl_module) for p in m.parameters()}
+        else:
+            rows = G.layer_table(pl_module, example, self.forward_fn)
+            parts = {id(p): p for p in pl_module.parameters()}
         tracker = self.tracker(trainer)
         tracker.log_table("explain/architecture/layers", G.TABLE_COLUMNS, [r.as_list() for r in rows])
         fig = G.render_graph(rows, G.graph_edges(pl_module, [r.name for r in rows]),
                              title=f"{type(pl_module).__name__} at fit {when}", max_nodes=self.max_nodes)
         tracker.log_image("explain/architecture/graph", fig, caption=f"fit {when}")
-        tracker.log_scalars({"explain/architecture/params": float(sum(p.numel() for p in pl_module.parameters())),
+        tracker.log_scalars({"explain/architecture/params": float(sum(p.numel() for p in parts.values())),
                              "explain/architecture/macs": float(sum(r.macs for r in rows))})
         return rows

@@ -321,7 +321,25 @@ def magnitude_prune(model: nn.Module, amount: float, global_pruning: bool = True
             extra = int(round(amount * m.weight.numel())) - int((_mask(m) == 0).sum())
             if extra > 0:
                 _tprune.l1_unstructured(m, "weight", amount=extra)
+    _refresh_masked_children(model)
     return sparsity(model, ignore)
+
+def _refresh_masked_children(model: nn.Module) -> None:
+    """``nn.MultiheadAttention`` reads ``out_proj.weight`` without calling ``out_proj``, so torch's pruning
+    pre-hook never recomputes ``weight = weight_orig * weight_mask`` (the second backward then fails): recompute it
+    in a pre-hook of the attention module itself (hand-written: torch.nn.utils.prune has no such case)."""
+    def refresh(mha: nn.Module, _args: Any) -> None:
+        child = mha.out_proj
+        for hook in child._forward_pre_hooks.values():
+            if isinstance(hook, _tprune.BasePruningMethod):
+                hook(child, None)
+
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention) and _tprune.is_pruned(m.out_proj) \
+                and not getattr(m, "_lnas_prune_refresh", False):
+            m.register_forward_pre_hook(refresh)
+            m._lnas_prune_refresh = True
+
 
 def _mask(m: nn.Module) -> torch.Tensor:
     return getattr(m, "weight_mask", torch.ones_like(m.weight))
@@ -347,5 +365,6 @@ def add_masks_for_state_dict(model: nn.Module, state_dict: Mapping[str, Any], pr
         if key in state_dict and not hasattr(m, "weight_mask"):
             _tprune.identity(m, "weight")
             n += 1
+    _refresh_masked_children(model)
     return n
 

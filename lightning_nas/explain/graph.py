@@ -79,10 +79,14 @@ def layer_table(model: nn.Module, example_input: Any,
         for h in handles:
             h.remove()
         model.train(was)
-    root = type(model).__name__
     for fqn, ops in fc.get_flop_counts().items():
-        name = fqn[len(root) + 1:] if fqn.startswith(root + ".") else None
-        if name in rows:
+        # names are rooted at the outermost module the forward called (``model``, or a submodule of it when
+        # ``forward_fn`` calls one): match the rest of the name to a row, as is or as the tail of a longer name
+        name: str | None = fqn.partition(".")[2]
+        if name not in rows:
+            longer = [n for n in rows if n.endswith("." + name)] if name else []
+            name = longer[0] if len(longer) == 1 else None
+        if name is not None:
             rows[name].macs = int(sum(ops.values())) // 2
     return list(rows.values())
 

@@ -72,10 +72,16 @@ def _channel_means(out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _zero_channels(chans: list[int]) -> Callable:
+def _zero_channels(chans: list[int], call: int | None) -> Callable:
+    """A forward hook zeroing ``chans`` of the module's output (only on its ``call``-th call in a forward, when the
+    module runs several times: one ``nn.ReLU`` reused after layers of different widths)."""
     idx = torch.tensor(chans, dtype=torch.long)
+    seen = [0]
 
-    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor:
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor | None:
+        k, seen[0] = seen[0], seen[0] + 1
+        if call is not None and k != call:
+            return None
         out = out.clone()
         out[:, idx.to(out.device)] = 0
         return out
@@ -83,11 +89,18 @@ def _zero_channels(chans: list[int]) -> Callable:
 
 
 def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, layers: list[str] | None = None,
-                   top_k: int = 3, forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
-                   ablate: bool = True, top_ablation: int = 3, relative: bool = True) -> PathReport:
+                   top_k: int = 3, forward_fn: Callable[..., torch.Tensor] | None = None,
+                   ablate: bool = True, top_ablation: int = 3, relative: bool = True,
+                   max_ablations: int | None = None, additional_forward_args: tuple = (),
+                   progress: Callable[[str], None] | None = None) -> PathReport:
     """Activation paths per class, their overlap and channel-ablation effects on ``model`` (put in eval mode
     for the call, restored after). ``classes`` are the classes to explain, one per sample (labels or
-    predictions). Cost: one forward plus, with ``ablate``, one per distinct candidate channel of each layer.
+    predictions); ``additional_forward_args`` the model's other inputs, row-aligned with ``x``.
+
+    A module that runs several times in one forward (one ``nn.ReLU`` after layers of different widths) is followed
+    per call, as ``"name#k"``. Cost: one forward plus, with ``ablate``, one per distinct candidate channel of each
+    layer and one per class and layer; ``max_ablations`` caps those forwards, spending them on the layers nearest
+    the output first (that one always; the others get paths and overlaps, no ablation). ``progress(message)`` hears each layer.
     """
     modules = dict(model.named_modules())
     layers = default_layers(model) if layers is None else list(layers)
@@ -95,40 +108,63 @@ def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, 
     if missing or not layers:
         raise ValueError(f"`layers` {missing or layers} are not usable modules of {type(model).__name__}; "
                          f"allowed: {default_layers(model)}")
-    fwd = forward_of(model, forward_fn)
+    base_fwd = forward_of(model, forward_fn)
+    rest = tuple(additional_forward_args)
+
+    def fwd(inp: torch.Tensor) -> torch.Tensor:
+        return base_fwd(inp, *rest)
     was = model.training
     model.eval()
-    acts: dict[str, torch.Tensor] = {}
+    outs: dict[str, list[torch.Tensor]] = {}
     handles = [modules[n].register_forward_hook(
-        lambda _m, _i, o, n=n: acts.__setitem__(n, _channel_means(o))) for n in layers]
+        lambda _m, _i, o, n=n: outs.setdefault(n, []).append(_channel_means(o))) for n in layers]
     try:
         with torch.no_grad():
             logits = fwd(x).float()
         for h in handles:
             h.remove()
+        units: dict[str, tuple[str, int | None]] = {}  # key -> (module name, call index)
+        acts: dict[str, torch.Tensor] = {}
+        for n in layers:
+            calls = outs.get(n, [])
+            for k, a in enumerate(calls):
+                key = n if len(calls) == 1 else f"{n}#{k}"
+                units[key], acts[key] = (n, None if len(calls) == 1 else k), a
+        if not units:
+            raise ValueError(f"none of `layers` {layers} ran in the forward of {type(model).__name__}")
+        keys = list(units)
         cls = classes.view(-1).to(logits.device)
         present = sorted(set(cls.tolist()))
         top: dict[str, dict[int, list[int]]] = {}
-        for n in layers:
+        for n in keys:
             a = acts[n]
             if relative:
                 a = (a - a.mean(0)) / (a.std(0) + 1e-6) if a.shape[0] > 1 else a
             k = min(top_k, a.shape[1])
             top[n] = {c: a[cls == c].mean(0).topk(k).indices.tolist() for c in present}
-        paths = {c: {(n, ch) for n in layers for ch in top[n][c]} for c in present}
+        paths = {c: {(n, ch) for n in keys for ch in top[n][c]} for c in present}
         overlap = {(a, b): len(paths[a] & paths[b]) / max(1, len(paths[a] | paths[b]))
                    for a in present for b in present}
         ablation: list[tuple[int, str, int, float]] = []
         group: dict[tuple[int, str], float] = {}
         if ablate:
             base = {c: float(logits[cls == c, c].mean()) for c in present}
-            for n in layers:
-                effects: dict[int, torch.Tensor] = {}
-                for ch in sorted({ch for c in present for ch in top[n][c]}):
-                    effects[ch] = _run_ablated(fwd, modules[n], [ch], x)
+            budget = max_ablations if max_ablations is not None else float("inf")
+            for i, n in enumerate(reversed(keys)):
+                chans = sorted({ch for c in present for ch in top[n][c]})
+                cost = len(chans) + len(present)
+                if cost > budget and i:  # the layer nearest the output is always ablated
+                    if progress is not None:
+                        progress(f"ablation budget spent: {len(keys) - i} of {len(keys)} layers not ablated")
+                    break
+                budget -= cost
+                if progress is not None:
+                    progress(f"ablating {n} ({i + 1}/{len(keys)}, {cost} forwards)")
+                module, call = modules[units[n][0]], units[n][1]
+                effects = {ch: _run_ablated(fwd, module, [ch], x, call) for ch in chans}
                 for c in present:
                     mask = cls == c
-                    group[(c, n)] = base[c] - float(_run_ablated(fwd, modules[n], top[n][c], x)[mask, c].mean())
+                    group[(c, n)] = base[c] - float(_run_ablated(fwd, module, top[n][c], x, call)[mask, c].mean())
                     drops = [(base[c] - float(effects[ch][mask, c].mean()), ch) for ch in top[n][c]]
                     ablation += [(c, n, ch, d) for d, ch in drops]
             ablation.sort(key=lambda r: (r[0], -r[3]))
@@ -139,15 +175,16 @@ def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, 
                     kept.append(r)
                     per_class[r[0]] = per_class.get(r[0], 0) + 1
             ablation = kept
-        return PathReport(layers, present, top, overlap, ablation, group)
+        return PathReport(keys, present, top, overlap, ablation, group)
     finally:
         for h in handles:
             h.remove()
         model.train(was)
 
 
-def _run_ablated(fwd: Callable, module: nn.Module, chans: list[int], x: torch.Tensor) -> torch.Tensor:
-    h = module.register_forward_hook(_zero_channels(chans))
+def _run_ablated(fwd: Callable, module: nn.Module, chans: list[int], x: torch.Tensor,
+                 call: int | None = None) -> torch.Tensor:
+    h = module.register_forward_hook(_zero_channels(chans, call))
     try:
         with torch.no_grad():
             return fwd(x).float()

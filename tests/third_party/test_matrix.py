@@ -39,9 +39,9 @@ REFUSALS: dict[tuple[str, str], str] = {
     ("manual_opt", "SubnetSampling"): r"(?i)manual|automatic_optimization",
     # KD rewrites the loss the training_step returns; a manual step returns none to rewrite
     ("manual_opt", "KnowledgeDistillation"): r"(?i)manual|automatic_optimization",
-    # README, explain: a forward with several inputs needs `forward_fn`; the probe needs validation data
-    ("demo_transformer", "AttributionMonitor"): r"forward_fn|validation",
-    ("demo_transformer", "DecisionPaths"): r"forward_fn|validation",
+    # a language model's labels are token sequences: explaining "the label" needs 1-D class labels
+    ("demo_transformer", "AttributionMonitor"): r"1-D class labels.*target='pred'",
+    ("demo_transformer", "DecisionPaths"): r"1-D class labels.*target='pred'",
     # README, pruning: the demo Transformer caches a tensor of the model width; the dry run names `ignore`
     ("demo_transformer", "StructuredPruning"): r"ignore",
 }
@@ -70,49 +70,6 @@ def _forward(name: str, where: str = "") -> tuple[type[BaseException], str]:
 
 
 EXPECTED_FAILURES: dict[tuple[str, str], tuple[type[BaseException], str]] = {
-    ("demo_net", "AttributionMonitor"): _forward("DigitsOnMNISTNet"),
-    ("demo_net", "DecisionPaths"): _forward("DigitsOnMNISTNet"),
-    ("demo_net", "ArchitectureView"): _forward("DigitsOnMNISTNet"),
-    ("demo_net", "DriftMonitor"): _forward("DigitsOnMNISTNet", " in validation"),
-
-    ("resnet18", "AttributionMonitor"): _forward("ResNetClassifier"),
-    ("resnet18", "DecisionPaths"): _forward("ResNetClassifier"),
-    ("resnet18", "ArchitectureView"): _forward("ResNetClassifier"),
-    ("resnet18", "DriftMonitor"): _forward("ResNetClassifier", " in validation"),
-
-    ("dict_batches", "AttributionMonitor"): _forward("DictBatchClassifier"),
-    ("dict_batches", "DecisionPaths"): _forward("DictBatchClassifier"),
-    ("dict_batches", "ArchitectureView"): _forward("DictBatchClassifier"),
-    ("dict_batches", "DriftMonitor"): (ValueError, "ValueError in validation: '`input_index`=0 is not a key of the "
-                                                   "batch (image, label)', where AttributionMonitor finds the key"),
-
-    ("backbone_head", "AttributionMonitor"): _forward("BackboneHead"),
-    ("backbone_head", "DecisionPaths"): _forward("BackboneHead"),
-    ("backbone_head", "ArchitectureView"): _forward("BackboneHead"),
-    ("backbone_head", "DriftMonitor"): _forward("BackboneHead", " in validation"),
-
-    ("backbone_pool_head", "AttributionMonitor"): _forward("BackbonePoolHead"),
-    ("backbone_pool_head", "DecisionPaths"): _forward("BackbonePoolHead"),
-    ("backbone_pool_head", "ArchitectureView"): _forward("BackbonePoolHead"),
-    ("backbone_pool_head", "DriftMonitor"): _forward("BackbonePoolHead", " in validation"),
-
-    ("manual_opt", "AttributionMonitor"): _forward("ManualOptClassifier"),
-    ("manual_opt", "DecisionPaths"): _forward("ManualOptClassifier"),
-    ("manual_opt", "ArchitectureView"): _forward("ManualOptClassifier"),
-    ("manual_opt", "DriftMonitor"): _forward("ManualOptClassifier", " in validation"),
-
-    ("flat_mlp", "AttributionMonitor"): (RuntimeError, _MAT.format(" in setup", "16x8")),
-    ("flat_mlp", "DecisionPaths"): (RuntimeError, _MAT.format(" in setup", "16x8")),
-    ("flat_mlp", "ArchitectureView"): (RuntimeError, _MAT.format(" at fit start", "8x8")),
-    ("flat_mlp", "DriftMonitor"): (RuntimeError, _MAT.format(" in validation", "512x8")),
-
-    ("demo_transformer", "MagnitudePruning"): (RuntimeError, "RuntimeError at step 2: 'Trying to backward through "
-                                                             "the graph a second time' (MultiheadAttention reads "
-                                                             "out_proj.weight without calling out_proj, whose mask "
-                                                             "is then never recomputed)"),
-    ("demo_transformer", "ArchitectureView"): (ValueError, "ValueError in setup: 'SyntheticTokensLM.forward takes "
-                                                           "several inputs; pass `forward_fn=`' (the step's own call "
-                                                           "is not used)"),
 }
 
 
@@ -328,9 +285,14 @@ def cell_DecisionPaths(p, cb, tmp_path, baseline):
     y = base.all_labels
     mods = dict(module.named_modules())
     for c, (layer, ch, drop) in sorted(best.items()):
-        target = mods[_resolve(module, layer)]
+        name, _, call = layer.partition("#")  # "relu#1": the module's second call in a forward (documented)
+        target = mods[_resolve(module, name)]
+        seen, per_forward = [0], _calls_per_forward(module, p, _resolve(module, name)) if call else 1
 
-        def zero(_m, _i, out, ch=ch):
+        def zero(_m, _i, out, ch=ch, call=call, seen=seen, per_forward=per_forward):
+            k, seen[0] = seen[0], seen[0] + 1
+            if call and k % per_forward != int(call):
+                return None
             out = out.clone()
             out[:, ch] = 0
             return out
@@ -343,6 +305,18 @@ def cell_DecisionPaths(p, cb, tmp_path, baseline):
         real = float(base.all_logits[mask, c].mean() - ablated.all_logits[mask, c].mean())
         assert real == pytest.approx(drop, abs=1e-3, rel=0.01), \
             f"class {c}: zeroing {layer}[{ch}] lowers the real logit by {real:.4f}, DecisionPaths says {drop:.4f}"
+
+
+def _calls_per_forward(module: nn.Module, p: Project, name: str) -> int:
+    """How many times the module ``name`` runs in one forward of the user's step (counted on one batch)."""
+    target = dict(module.named_modules())[name]
+    count = [0]
+    h = target.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    try:
+        run_user_step(module, p, _subset_loader(p, [0]))
+    finally:
+        h.remove()
+    return max(count[0], 1)
 
 
 def _per_layer(keys: set[str], module: nn.Module, metric: str) -> dict[str, str]:
@@ -389,8 +363,11 @@ def cell_ArchitectureView(p, cb, tmp_path, baseline):
 
 def cell_DriftMonitor(p, cb, tmp_path, baseline):
     model = _fresh_copy(p, baseline(p.key).module)
-    ref = _raw_inputs(p, p.ref_loader())
-    profile = ReferenceProfile.from_data(lambda x: p.predict(model, x), ref)  # the library's public API
+    # the reference describes what the model receives (as a bundle of the model does): the inputs the user's own
+    # step gives it on the training data, and the model's scores on them (the library's public API)
+    obs = run_user_step(model, p, loader=p.ref_loader(), tmp_path=tmp_path / "ref")
+    ref = torch.cat([args[0] for args, _ in obs.inputs])
+    profile = ReferenceProfile.from_data(p.teacher(model), ref)
     val = p.val_loader()
     reports = {}
     for kind, loader in {"clean": val, "shifted": DataLoader(_Shifted(val.dataset), batch_size=val.batch_size)}.items():
