@@ -50,8 +50,9 @@ def _fit(tmp_path, digits, make_net, callbacks, epochs=12, lr=1e-2):
     try:
         L.seed_everything(0, verbose=False)
         module = Classifier(make_net(), lr=lr)
-        fast_trainer(tmp_path, max_epochs=epochs, num_sanity_val_steps=0, callbacks=callbacks).fit(
-            module, datamodule=digits)
+        # Lightning's default sanity check shows the callbacks the model before the first step, so QAT is on from
+        # the very first training step (without it, the first step is the one that shows the model, and runs float)
+        fast_trainer(tmp_path, max_epochs=epochs, callbacks=callbacks).fit(module, datamodule=digits)
     finally:
         torch.set_num_threads(threads)
     return module

@@ -227,8 +227,8 @@ class DriftMonitor(LightningNASCallback):
                 was_training = pl_module.training
                 pl_module.eval()
                 try:
-                    model = pl_module if self.input_index is not None else \
-                        _RouteScores(pl_module, self._route) if self._single_input else None
+                    model = pl_module if self.input_index is not None or self._route is None else \
+                        _RouteScores(pl_module, self._route).eval() if self._single_input else None
                     if model is not None:  # several model inputs: no attribution over the one watched
                         share = attribution_share(model, x[-self.attribution_samples:], self.profile.feature_mode)
                 finally:

@@ -352,7 +352,7 @@ class QuantizationAware(LightningNASCallback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # checkpoints from before the recipe and the guard hold only qat_steps
-        defaults = {"warmup_steps": self.recipe.observer_warmup_steps, "last_float_loss": None,
+        defaults = {"targets": [], "warmup_steps": self.recipe.observer_warmup_steps, "last_float_loss": None,
                     "loss_reference": None, "divergence": None}
         super().load_state_dict({**defaults, **state_dict})
 
