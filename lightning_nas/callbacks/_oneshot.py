@@ -12,10 +12,10 @@ from lightning.pytorch.utilities import move_data_to_device
 from lightning_utilities.core.apply_func import apply_to_collection
 
 from lightning_nas import space
-from lightning_nas._validate import check_int
+from lightning_nas._validate import check_int, check_type
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain import architecture as xarch
-from lightning_nas.search.oneshot import Supernet
+from lightning_nas.search.oneshot import Supernet, recalibrate_batchnorm
 
 
 @contextmanager
@@ -45,10 +45,13 @@ class _OneShotCallback(LightningNASCallback):
 
     _mode = "darts"
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, recalibrate_bn: bool = True, bn_batches: int = 20) -> None:
         super().__init__()
         if seed is not None:
             check_int("seed", seed, 0)
+        self.recalibrate_bn = check_type("recalibrate_bn", recalibrate_bn, bool)
+        self.bn_batches = check_int("bn_batches", bn_batches, 1)
+        self._bn_data: list[Any] = []
         self.seed = seed
         self._supernet: Supernet | None = None
         self._module: L.LightningModule | None = None
@@ -227,10 +230,33 @@ class _OneShotCallback(LightningNASCallback):
         return self._supernet.export()
 
     def best_model(self) -> torch.nn.Module:
-        """The user's module frozen to ``export()`` (a deep copy with no search machinery)."""
+        """The user's module frozen to ``export()`` (a deep copy with no search machinery).
+
+        With ``recalibrate_bn`` (default) its BatchNorm statistics are re-estimated (cumulative average, SPOS Sec.
+        3.3) on ``bn_batches`` training batches run through the user's own ``training_step`` on the copy: the
+        supernet's running statistics mix every candidate's activations, which is not what the chosen path
+        produces.
+        """
         if self._module is None:
             raise RuntimeError(f"{type(self).__name__}.best_model(): call trainer.fit first")
-        return space.freeze(self._module, self.export())
+        model = space.freeze(self._module, self.export())
+        if self.recalibrate_bn and self._bn_data and any(
+                isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            device = next(model.parameters()).device
+            was = model.training
+            model.eval()
+            try:
+                recalibrate_batchnorm(model, lambda b: self._loss(model, move_data_to_device(b, device), 0),
+                                      self._bn_data)
+            finally:
+                model.train(was)
+        return model
+
+    def _keep_bn_batches(self, trainer: L.Trainer) -> None:
+        """The training batches ``best_model()`` re-estimates BatchNorm on (raw, as the loader gives them)."""
+        loader = _first_loader(trainer.train_dataloader)
+        self._bn_data = list(itertools.islice(iter(loader), self.bn_batches)) \
+            if self.recalibrate_bn and loader is not None else []
 
     def reasons(self) -> dict[str, str]:
         """One line per decision: what won, by how much, and what removing it costs (for the model card)."""

@@ -43,6 +43,8 @@ class DifferentiableNAS(_OneShotCallback):
         unrolled_lr: learning rate ``xi`` of the virtual step (``None``: the user's optimizer's current lr).
         ablation_batches: validation batches for the final op-ablation (0 disables it).
         seed: seed of the path sampler (``None``: torch's initial seed on rank 0, broadcast).
+        recalibrate_bn: ``best_model()`` re-estimates BatchNorm statistics for the exported architecture.
+        bn_batches: training batches (the first ones of the loader) used for that.
 
     Logged every epoch: ``nas/<label>/<candidate>`` (probability), ``nas/<label>/entropy``, ``nas/tau`` (GDAS),
     line series ``nas/<label>/history``; at the end the tables ``nas/decisions`` and ``nas/ablation`` and the
@@ -52,8 +54,8 @@ class DifferentiableNAS(_OneShotCallback):
     def __init__(self, mode: str = "darts", arch_lr: float = 3e-3, arch_weight_decay: float = 1e-3,
                  tau_max: float = 10.0, tau_min: float = 0.1, remedy: str = "none", beta_decay_weight: float = 1.0,
                  warmup_epochs: int = 0, ablation_batches: int = 4, seed: int | None = None, order: int = 1,
-                 unrolled_lr: float | None = None) -> None:
-        super().__init__(seed)
+                 unrolled_lr: float | None = None, recalibrate_bn: bool = True, bn_batches: int = 20) -> None:
+        super().__init__(seed, recalibrate_bn, bn_batches)
         self._mode = self.mode = check_choice("mode", mode, ("darts", "gdas"))
         self.arch_lr = check_range("arch_lr", arch_lr, 0.0, 1.0, low_inclusive=False)
         self.arch_weight_decay = check_range("arch_weight_decay", arch_weight_decay, 0.0, 1.0, high_inclusive=False)
@@ -98,6 +100,7 @@ class DifferentiableNAS(_OneShotCallback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sn = self._supernet
+        self._keep_bn_batches(trainer)
         sn.set_progress(1.0)
         if self.ablation_batches:
             batches = self._eval_batches(trainer, self.ablation_batches)
@@ -132,6 +135,8 @@ class SubnetSampling(_OneShotCallback):
         sampling: ``"fair"`` (default; each decision cycles through random permutations of its candidates, so
             every candidate gets the same number of steps: FairNAS' strict fairness, Chu et al. 2021) or
             ``"uniform"`` (independent uniform draws per step, as in the SPOS paper).
+        recalibrate_bn: ``best_model()`` re-estimates BatchNorm statistics for the exported architecture.
+        bn_batches: training batches (the first ones of the loader) used for that.
 
     Logged at the end: ``nas/<label>/<candidate>`` (share of the candidate among the final population),
     ``nas/<label>/entropy``, tables ``nas/decisions``, ``nas/ablation`` (val-loss change when the winner's
@@ -145,8 +150,9 @@ class SubnetSampling(_OneShotCallback):
 
     def __init__(self, population: int = 10, generations: int = 5, mutation_prob: float = 0.3,
                  calib_batches: int = 5, eval_batches: int = 4, seed: int | None = None,
-                 score_all: bool = False, sampling: str = "fair") -> None:
-        super().__init__(seed)
+                 score_all: bool = False, sampling: str = "fair", recalibrate_bn: bool = True,
+                 bn_batches: int = 20) -> None:
+        super().__init__(seed, recalibrate_bn, bn_batches)
         self.sampling = check_choice("sampling", sampling, SAMPLINGS)
         self.score_all = check_type("score_all", score_all, bool)
         self.all_scores: list[tuple[dict[str, str], float]] = []
@@ -185,6 +191,7 @@ class SubnetSampling(_OneShotCallback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sn = self._supernet
+        self._keep_bn_batches(trainer)
         loader = _first_loader(trainer.train_dataloader)
         self._calib = [trainer.strategy.batch_to_device(b) for b in itertools.islice(iter(loader), self.calib_batches)]
         self._evalb = self._eval_batches(trainer, self.eval_batches)
