@@ -88,3 +88,59 @@ def train_plain(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 
             loss.backward()
             opt.step()
     return net.eval()
+
+
+class BasicBlock(nn.Module):
+    """ResNet's two-conv residual block (He et al. 2016), as torchvision writes it."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet-18/34 layout (BasicBlocks, 7x7 stem, max-pool, four stages, average pool, ``fc``) at
+    any base ``width`` (64 is ResNet-18 itself, 11.2M parameters with 10 classes). Benchmarks use it to measure
+    costs at the scale users train at; torchvision itself does not import beside this machine's CPU torch."""
+
+    def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, width: int = 64,
+                 in_channels: int = 3) -> None:
+        super().__init__()
+        check_int("width", width, 1)
+        self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stages, cin = [], width
+        for i, n in enumerate(layers):
+            cout = width * 2 ** i
+            stages.append(nn.Sequential(*[BasicBlock(cin if j == 0 else cout, cout, 2 if i and j == 0 else 1)
+                                          for j in range(n)]))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet18(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNet:
+    return ResNet((2, 2, 2, 2), num_classes, width, in_channels)
+
+
+def resnet34(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNet:
+    return ResNet((3, 4, 6, 3), num_classes, width, in_channels)

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
@@ -86,6 +86,8 @@ class QuantizationAware(LightningNASCallback):
             (``explain/sensitivity``) at fit end, on the first ``explain_batches`` validation batches (as the
             model receives them).
         explain_batches: validation batches used by the explanations.
+        sensitivity_layers: the layers in the fit-end sensitivity table (one pass over ``explain_batches`` each):
+            those with the lowest SQNR at the last validation first (``None``: every quantized layer).
 
     Logged: ``quant/<layer>/sqnr_db``; ``explain/sensitivity`` (columns layer, method, level, accuracy, drop);
     ``quant/diverged``, ``quant/loss_ratio`` (each QAT epoch after the reference); summary
@@ -110,7 +112,8 @@ class QuantizationAware(LightningNASCallback):
         onnx_form: str = "qdq",
         measure: bool = True,
         explain: bool = True,
-        explain_batches: int = 4,
+        explain_batches: int = 2,
+        sensitivity_layers: int | None = 8,
     ) -> None:
         super().__init__()
         self.start_epoch = check_int("start_epoch", start_epoch, 0)
@@ -139,6 +142,9 @@ class QuantizationAware(LightningNASCallback):
         self.onnx_form = check_choice("onnx_form", onnx_form, Q.ONNX_FORMS)
         self.measure, self.explain = check_type("measure", measure, bool), check_type("explain", explain, bool)
         self.explain_batches = check_int("explain_batches", explain_batches, 1)
+        self.sensitivity_layers = None if sensitivity_layers is None else \
+            check_int("sensitivity_layers", sensitivity_layers, 1)
+        self._sqnr: dict[str, float] = {}
         self.qat_steps = 0
         self.targets: list[str] = []  # the paths swapped for QAT models ("": the LightningModule's forward)
         self.float_parts: dict[str, str] = {}  # part of the route kept float -> why
@@ -368,33 +374,44 @@ class QuantizationAware(LightningNASCallback):
         if self.explain and not trainer.sanity_checking and self._eval.batches and \
                 trainer.current_epoch >= self.start_epoch and self.qat_steps > 0:
             inputs = [move_data_to_device(x, pl_module.device) for x, _ in self._eval.batches]
-            sqnr = self._per_part(lambda qat, fwd: layer_sqnr(qat, inputs, forward=fwd), pl_module, rows=False)
+            sqnr = self._per_part(lambda qat, fwd, full: layer_sqnr(qat, inputs, forward=fwd), pl_module, rows=False)
+            self._sqnr = sqnr
             self.tracker(trainer).log_scalars({f"quant/{n}/sqnr_db": v for n, v in sqnr.items()
                                                if v != float("inf")})
         self._apply_schedule(trainer.current_epoch, training=True)
 
     def _per_part(self, fn: Any, pl_module: L.LightningModule, rows: bool) -> Any:
-        """``fn(qat_part, forward)`` for every QAT part, the others' fake-quantizers off meanwhile; results merged
-        with layer names made full (``model.features.0``). ``forward(args, kwargs)`` runs the route's logits."""
+        """``fn(qat_part, forward, full)`` for every QAT part, the others' fake-quantizers off meanwhile; results
+        merged with layer names made full (``model.features.0``, by ``full(name)``). ``forward(args, kwargs)`` runs
+        the route's logits."""
         route = self._route or Route(tuple(self.targets))
         forward = (lambda args, kwargs: route.logits(pl_module, (args, kwargs)))
         merged: Any = [] if rows else {}
         for path, qat in self._prepared.items():
+            full = (lambda n, path=path: f"{path}.{n}" if path else n)
             others = [m for p, m in self._prepared.items() if p != path]
             saved = [(m, m.fake_quant_enabled.clone()) for o in others for _, m in Q.fake_quant_modules(o)]
             try:
                 for o in others:
                     Q.set_fake_quant(o, False)
-                out = fn(qat, forward)
+                out = fn(qat, forward, full)
             finally:
                 for m, flag in saved:
                     m.fake_quant_enabled.copy_(flag)
-            full = (lambda n, path=path: f"{path}.{n}" if path else n)
             if rows:
                 merged += [[full(r[0]), *r[1:]] for r in out]
             else:
                 merged.update({full(n): v for n, v in out.items()})
         return merged
+
+    def _sensitivity_choice(self) -> set[str] | None:
+        """The ``sensitivity_layers`` layers with the lowest SQNR at the last validation (in model order when
+        none was measured), or ``None`` for every layer."""
+        if self.sensitivity_layers is None:
+            return None
+        names = [f"{p}.{n}" if p else n for p, qat in self._prepared.items() for n in Q.qat_layers(qat)]
+        ranked = sorted(range(len(names)), key=lambda i: (self._sqnr.get(names[i], float("inf")), i))
+        return {names[i] for i in ranked[:self.sensitivity_layers]}
 
     # ------------------------------------------------------------------ the end: int8
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -409,11 +426,17 @@ class QuantizationAware(LightningNASCallback):
                     for x, y in self._eval.labelled()]
         if self.explain and labelled:
             try:
-                rows = self._per_part(lambda qat, fwd: quant_sensitivity(qat, labelled, forward=fwd), pl_module,
-                                      rows=True)
+                chosen = self._sensitivity_choice()
+                rank_zero_info(f"QuantizationAware: sensitivity of {len(chosen) if chosen else 'every'} quantized "
+                               f"layer(s) on {len(labelled)} validation batch(es)")
+                rows = self._per_part(lambda qat, fwd, full: quant_sensitivity(
+                    qat, labelled, forward=fwd,
+                    layers=None if chosen is None else [n for n in Q.qat_layers(qat) if full(n) in chosen]),
+                    pl_module, rows=True)
                 tracker.log_table(SENSITIVITY_KEY, SENSITIVITY_COLUMNS, rows)
             except Exception as exc:  # noqa: BLE001 - a module whose forward does not return logits
                 self.measurements["sensitivity_error"] = f"{type(exc).__name__}: {exc}"
+        rank_zero_info("QuantizationAware: converting to int8" + (" and measuring" if self.measure else ""))
         self.convert()
         if self.float_parts:
             tracker.log_summary({"quant/float_parts": "; ".join(f"{k}: {v}" for k, v in self.float_parts.items())})

@@ -112,11 +112,13 @@ def _accuracy(fwd: Callable[..., Any], batches: Sequence[tuple[Any, torch.Tensor
 
 
 def quant_sensitivity(model: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]],
-                      forward: Callable[..., Any] | None = None) -> list[list[Any]]:
+                      forward: Callable[..., Any] | None = None,
+                      layers: Sequence[str] | None = None) -> list[list[Any]]:
     """One row per layer: ``[layer, "quant_int8", 8, accuracy, drop]`` (``SENSITIVITY_COLUMNS``).
 
     ``batches`` are ``(input, integer labels)`` pairs; accuracy is top-1 of the logits' last dimension with
-    only that layer quantized; ``drop`` = float accuracy (all quantizers off) - that accuracy.
+    only that layer quantized; ``drop`` = float accuracy (all quantizers off) - that accuracy. ``layers`` limits the
+    table to those layers (one pass over ``batches`` each; default every quantized layer).
     """
     fwd = forward or model
     rows: list[list[Any]] = []
@@ -124,7 +126,7 @@ def quant_sensitivity(model: nn.Module, batches: Sequence[tuple[Any, torch.Tenso
         _set_all(fqs, False)
         baseline = _accuracy(fwd, batches)
         by_name = dict(fqs)
-        for layer in qat_layers(model):
+        for layer in qat_layers(model) if layers is None else [n for n in qat_layers(model) if n in set(layers)]:
             _set_all(fqs, False)
             for n in _layer_quantizers(model, layer):
                 if n in by_name:

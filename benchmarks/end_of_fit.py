@@ -1,0 +1,155 @@
+"""Fixed cost of each callback at the end of a fit, on a ResNet-18 (32x32 inputs, batch 64), against one epoch.
+
+Work a callback does once at the end (the decision-path ablations, QAT's sensitivity table, int8 conversion and
+measurement, the final architecture view, the search's op ablation or evolution) is timed inside its own hooks
+(``on_train_end``, ``on_fit_end``, ``teardown``, and ``on_train_epoch_end`` for callbacks that explain each
+epoch), in the same run as a plain one-epoch fit of the same model. "before" runs each callback with its budget
+arguments lifted (what v0.1 did: every layer ablated, every quantized layer in the sensitivity table on four
+batches, 20 timing repeats); "after" runs the defaults. Inputs are synthetic (timing only). Goal: every
+end-of-fit cost at defaults <= 10% of one epoch.
+
+    python benchmarks/end_of_fit.py [--steps 50] [--width 64] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+_END_HOOKS = ("on_train_end", "on_fit_end", "teardown", "on_train_epoch_end", "on_sanity_check_end",
+              "on_validation_end")
+
+
+def _timed(cb: Any) -> Any:
+    """Wrap the callback's end-of-fit hooks to add the wall time spent inside them to ``cb._end_s``."""
+    cb._end_s = 0.0
+    for name in _END_HOOKS:
+        fn = getattr(cb, name, None)
+        if fn is None:
+            continue
+
+        def wrapper(*a: Any, _fn: Callable = fn, _name: str = name, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                if _name not in ("on_sanity_check_end", "on_validation_end"):
+                    cb._end_s += time.perf_counter() - t0
+        setattr(cb, name, wrapper)
+    return cb
+
+
+def _module(width: int, searchable: bool) -> Any:
+    import torch
+    from torch import nn
+
+    from lightning_nas import space
+    from lightning_nas.models import Classifier, resnet18
+
+    net = resnet18(10, width)
+    if searchable:
+        c = width * 8
+        net.layer4[1].conv2 = space.LayerChoice({"conv3": nn.Conv2d(c, c, 3, padding=1, bias=False),
+                                                 "conv1": nn.Conv2d(c, c, 1, bias=False)}, label="layer4_conv")
+    torch.manual_seed(0)
+    return Classifier(net, lr=1e-3)
+
+
+def _data(steps: int) -> tuple[Any, Any]:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64 * steps, 3, 32, 32, generator=g), torch.randint(0, 10, (64 * steps,), generator=g)
+    xv, yv = torch.randn(256, 3, 32, 32, generator=g), torch.randint(0, 10, (256,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=64), DataLoader(TensorDataset(xv, yv), batch_size=64)
+
+
+def _fit(callbacks: list, steps: int, width: int, root: Path, searchable: bool = False) -> float:
+    import lightning as L
+
+    L.seed_everything(0, verbose=False)
+    train, val = _data(steps)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=str(root))
+    t0 = time.perf_counter()
+    trainer.fit(_module(width, searchable), train, val)
+    return time.perf_counter() - t0
+
+
+def configs(cb: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], Any], bool]]:
+    """name -> (before: budgets lifted, after: defaults, needs a search space)."""
+    return {
+        "DecisionPaths": (lambda: cb.DecisionPaths(max_ablations=None), lambda: cb.DecisionPaths(), False),
+        "QuantizationAware": (lambda: cb.QuantizationAware(**UNBOUNDED_QAT), lambda: cb.QuantizationAware(), False),
+        "AttributionMonitor": (lambda: cb.AttributionMonitor(), lambda: cb.AttributionMonitor(), False),
+        "ArchitectureView": (lambda: cb.ArchitectureView(), lambda: cb.ArchitectureView(), False),
+        "DifferentiableNAS": (lambda: cb.DifferentiableNAS(recalibrate_bn=False),
+                              lambda: cb.DifferentiableNAS(), True),
+        "SubnetSampling": (lambda: cb.SubnetSampling(recalibrate_bn=False), lambda: cb.SubnetSampling(), True),
+    }
+
+
+# QuantizationAware as v0.1 ran it at the end: the sensitivity table over every quantized layer on 4 batches
+UNBOUNDED_QAT: dict[str, Any] = {"explain_batches": 4, "sensitivity_layers": None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+    import warnings
+
+    import torch
+
+    import lightning_nas.callbacks as cbmod
+    from benchmarks._report import table, write_section
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=50, help="training steps of batch 64 in the one epoch")
+    ap.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64: ResNet-18 itself)")
+    ap.add_argument("--quick", action="store_true", help="width 16, 10 steps; writes nothing")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.width = 10, 16
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(2)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        _fit([], 2, args.width, Path(tmp) / "warmup")
+        plain = _fit([], args.steps, args.width, Path(tmp) / "plain")
+        print(f"plain one-epoch fit ({args.steps} steps): {plain:.1f} s", flush=True)
+        for name, (before, after, search) in configs(cbmod).items():
+            row: list[Any] = [name]
+            for label, make in (("before", before), ("after", after)):
+                cb = _timed(make())
+                _fit([cb], args.steps, args.width, Path(tmp) / f"{name}-{label}", searchable=search)
+                row += [cb._end_s, f"{100 * cb._end_s / plain:.1f}%"]
+                print(f"{name:<20} {label:<6} {cb._end_s:6.2f} s at the end ({100 * cb._end_s / plain:.1f}% of "
+                      "an epoch)", flush=True)
+            row.append("ok" if row[3] <= 0.10 * plain else "OVER")
+            rows.append(row)
+    body = (f"ResNet-18 (base width {args.width}, {sum(p.numel() for p in _module(args.width, False).parameters()):,}"
+            f" parameters), 3x32x32 synthetic inputs, batch 64; one epoch = {args.steps} steps + 4 validation "
+            f"batches: **{plain:.1f} s** plain. CPU, {torch.get_num_threads()} threads.\n\n"
+            + table(["callback", "before (s)", "before / epoch", "after (s)", "after / epoch", "<= 10%"], rows)
+            + "\n\n\"before\": budgets lifted as v0.1 ran (DecisionPaths `max_ablations=None`; QuantizationAware "
+            "`explain_batches=4, sensitivity_layers=None`; the searches without BatchNorm re-estimation). "
+            "\"after\": defaults. Time inside the callback's end-of-fit and end-of-epoch hooks.")
+    if args.quick:
+        print(body)
+        return 0
+    path = write_section("end_of_fit", "End-of-fit cost on a ResNet-18", "python benchmarks/end_of_fit.py", body)
+    print(body)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
