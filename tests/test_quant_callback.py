@@ -189,3 +189,43 @@ def test_bad_input_fails_before_the_first_step(tmp_path, digits):
         with pytest.raises(ValueError, match=msg):
             fast_trainer(tmp_path, callbacks=[cb, probe], limit_train_batches=2).fit(model, datamodule=digits)
         assert not steps
+
+
+class _FeaturesClassifier(L.LightningModule):
+    """features + classifier on the LightningModule itself, the step calling them in turn (v0.1 quantized only
+    ``features``: int8_model(x) gave (N, 16, 4, 4))."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.AdaptiveAvgPool2d(4))
+        self.classifier = torch.nn.Linear(16 * 16, 10)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.classifier(self.features(x).flatten(1)), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self.classifier(self.features(x).flatten(1)).argmax(1) == y).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), 3e-3)
+
+
+def test_qat_quantizes_the_whole_model_the_step_runs(tmp_path, digits):
+    from lightning_nas.callbacks import QuantizationAware
+
+    L.seed_everything(0)
+    module, qat = _FeaturesClassifier(), QuantizationAware(measure=False)
+    fast_trainer(tmp_path, max_epochs=2, callbacks=[qat]).fit(module, datamodule=digits)
+    assert qat.targets == ["features", "classifier"]
+    x, y = digits.split("val").tensors
+    with torch.no_grad():
+        q, f = qat.int8_model(x), module.classifier(module.features(x).flatten(1))
+    assert q.shape == f.shape == (len(x), 10)
+    kinds = {m._get_name() for m in qat.int8_model.modules()}
+    assert {"QuantizedConvReLU2d", "QuantizedLinear"} <= kinds  # both parts are real int8
+    acc_q, acc_f = float((q.argmax(1) == y).float().mean()), float((f.argmax(1) == y).float().mean())
+    assert acc_q >= acc_f - 0.02, (acc_q, acc_f)

@@ -143,7 +143,7 @@ class DecisionPaths(LightningNASCallback):
     """
 
     def __init__(self, n_samples: int = 50, top_k: int = 3, layers: list[str] | None = None,
-                 every_n_epochs: int | None = None, target: str = "label", max_ablations: int | None = 32,
+                 every_n_epochs: int | None = None, target: str = "label", max_ablations: int | None = 16,
                  forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
                  batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
                  seed: int = 0) -> None:

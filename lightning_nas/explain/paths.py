@@ -100,7 +100,7 @@ def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, 
     A module that runs several times in one forward (one ``nn.ReLU`` after layers of different widths) is followed
     per call, as ``"name#k"``. Cost: one forward plus, with ``ablate``, one per distinct candidate channel of each
     layer and one per class and layer; ``max_ablations`` caps those forwards, spending them on the layers nearest
-    the output first (that one always; the others get paths and overlaps, no ablation). ``progress(message)`` hears each layer.
+    the output first and, in a layer, on each class's best channel first (the rest get paths and overlaps). ``progress(message)`` hears each layer.
     """
     modules = dict(model.named_modules())
     layers = default_layers(model) if layers is None else list(layers)
@@ -151,22 +151,32 @@ def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, 
             base = {c: float(logits[cls == c, c].mean()) for c in present}
             budget = max_ablations if max_ablations is not None else float("inf")
             for i, n in enumerate(reversed(keys)):
-                chans = sorted({ch for c in present for ch in top[n][c]})
-                cost = len(chans) + len(present)
-                if cost > budget and i:  # the layer nearest the output is always ablated
+                if budget < 1:
                     if progress is not None:
                         progress(f"ablation budget spent: {len(keys) - i} of {len(keys)} layers not ablated")
                     break
-                budget -= cost
-                if progress is not None:
-                    progress(f"ablating {n} ({i + 1}/{len(keys)}, {cost} forwards)")
                 module, call = modules[units[n][0]], units[n][1]
-                effects = {ch: _run_ablated(fwd, module, [ch], x, call) for ch in chans}
+                # each class's best channel first, then the next ranks, then each class's whole top-k at once
+                order = list(dict.fromkeys(ch for r in range(top_k) for c in present
+                                           for ch in top[n][c][r:r + 1]))
+                if progress is not None:
+                    progress(f"ablating {n} ({i + 1}/{len(keys)})")
+                effects: dict[int, torch.Tensor] = {}
+                for ch in order:
+                    if budget < 1:
+                        break
+                    effects[ch] = _run_ablated(fwd, module, [ch], x, call)
+                    budget -= 1
                 for c in present:
                     mask = cls == c
+                    ablation += [(c, n, ch, base[c] - float(effects[ch][mask, c].mean()))
+                                 for ch in top[n][c] if ch in effects]
+                for c in present:
+                    if budget < 1:
+                        break
+                    mask = cls == c
                     group[(c, n)] = base[c] - float(_run_ablated(fwd, module, top[n][c], x, call)[mask, c].mean())
-                    drops = [(base[c] - float(effects[ch][mask, c].mean()), ch) for ch in top[n][c]]
-                    ablation += [(c, n, ch, d) for d, ch in drops]
+                    budget -= 1
             ablation.sort(key=lambda r: (r[0], -r[3]))
             per_class: dict[int, int] = {}
             kept = []
