@@ -276,23 +276,19 @@ class ProbeSet:
         return fwd
 
 
+def _batch_tensors(obj: Any, n: int) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    map_rows(obj, n, lambda t: found.append(t) or t)
+    return found
+
+
 def cat_rows(parts: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict]:
     """Concatenate several calls' inputs along the batch (values without a batch dimension: the first's)."""
-    first_args, first_kwargs, n0 = parts[0]
+    args, kwargs, n0 = parts[0]
     if len(parts) == 1:
-        return first_args, first_kwargs
-    flat: list[list[torch.Tensor]] = []
-
-    def collect(part: tuple[tuple, dict, int]) -> None:
-        got: list[torch.Tensor] = []
-        map_rows((part[0], part[1]), part[2], lambda t: got.append(t) or t)
-        flat.append(got)
-    for p in parts:
-        collect(p)
-    joined = [torch.cat([f[i] for f in flat]) for i in range(len(flat[0]))]
-    it = iter(joined)
-    args, kwargs = map_rows((first_args, first_kwargs), n0, lambda t: next(it))
-    return args, kwargs
+        return args, kwargs
+    joined = iter([torch.cat(column) for column in zip(*[_batch_tensors((a, k), n) for a, k, n in parts])])
+    return map_rows((args, kwargs), n0, lambda _: next(joined))
 
 
 class ProbeCollector:

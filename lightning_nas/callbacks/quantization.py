@@ -114,7 +114,7 @@ class QuantizationAware(LightningNASCallback):
         measure: bool = True,
         explain: bool = True,
         explain_batches: int = 2,
-        sensitivity_layers: int | None = 8,
+        sensitivity_layers: int | None = 4,
     ) -> None:
         super().__init__()
         self.start_epoch = check_int("start_epoch", start_epoch, 0)
