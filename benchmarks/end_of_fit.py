@@ -8,7 +8,7 @@ arguments lifted (what v0.1 did: every layer ablated, every quantized layer in t
 batches, 20 timing repeats); "after" runs the defaults. Inputs are synthetic (timing only). Goal: every
 end-of-fit cost at defaults <= 10% of one epoch.
 
-    python benchmarks/end_of_fit.py [--steps 50] [--width 64] [--quick]
+    python benchmarks/end_of_fit.py [--steps 50] [--width 64] [--quick]   (--quick writes results/quick/)
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=50, help="training steps of batch 64 in the one epoch")
     ap.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64: ResNet-18 itself)")
-    ap.add_argument("--quick", action="store_true", help="width 16, 10 steps; writes nothing")
+    ap.add_argument("--quick", action="store_true", help="width 16, 10 steps; writes results/quick/")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.width = 10, 16
@@ -151,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "`explain_batches=4, sensitivity_layers=None` and the ONNX Runtime measurement, which v0.1 made without "
             "`onnx_path`; the rows without a budget change run the same settings twice). "
             "\"after\": defaults. Time inside the callback's end-of-fit and end-of-epoch hooks.")
-    if args.quick:
-        print(body)
-        return 0
-    path = write_section("end_of_fit", "End-of-fit cost on a ResNet-18", "python benchmarks/end_of_fit.py", body)
+    path = write_section("end_of_fit", "End-of-fit cost on a ResNet-18", body, args)  # --quick: results/quick/
     print(body)
     print(f"\nwrote {path}")
     return 0

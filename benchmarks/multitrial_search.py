@@ -315,8 +315,7 @@ workers' start-up stagger and the last trial's imbalance (~0.7 s) made the ratio
 workers this cannot be reached - rerun on a quiet machine with >= 2 free cores).
 Total benchmark time: {time.perf_counter() - t0:.0f} s.
 """
-    path = write_section("multitrial_search", "Multi-trial search: strategies, importance, workers",
-                         "python benchmarks/multitrial_search.py", body)
+    path = write_section("multitrial_search", "Multi-trial search: strategies, importance, workers", body, args)
     print(path.read_text())
 
 

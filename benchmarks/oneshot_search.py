@@ -129,8 +129,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if not args.skip_collapse:
         body = cell.section(args.seeds, args.epochs)
-        print(write_section("oneshot_search_cell", "DARTS collapse onto skip: chain vs cell space (digits)",
-                            "python benchmarks/oneshot_search.py --only-collapse", body))
+        print(write_section("oneshot_search_cell", "DARTS collapse onto skip: chain vs cell space (digits)", body,
+                            args))
     if args.only_collapse:
         return
     truth = ds.load_truth(recompute=args.recompute)
@@ -209,8 +209,8 @@ def main() -> None:
         + stress_note
         + "\n\nCPU timings taken on a shared, contended machine: rerun on a quiet one for clean cost ratios."
     )
-    print(write_section("oneshot_search", "One-shot NAS (DARTS, GDAS, SPOS) on an enumerable digits space",
-                        "python benchmarks/oneshot_search.py", body))
+    print(write_section("oneshot_search", "One-shot NAS (DARTS, GDAS, SPOS) on an enumerable digits space", body,
+                        args))
 
 
 if __name__ == "__main__":

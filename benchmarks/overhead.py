@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                      "budget", "verdict"], rows))
     if skipped:
         body += f"\n\nNot measured (no row in `CONSTRUCTORS` of `benchmarks/overhead.py`): {', '.join(skipped)}."
-    path = write_section("overhead", "Callback overhead on a digits fit", "python benchmarks/overhead.py", body)
+    path = write_section("overhead", "Callback overhead on a digits fit", body, args)
     print(body)
     print(f"\nwrote {path}")
     return 0

@@ -169,8 +169,7 @@ def main() -> None:
         "",
         f"Run time {time.perf_counter() - t0:.0f} s.",
     ]
-    cmd = "python benchmarks/qat_demo.py" + (f" --seeds {args.seeds}" if args.seeds != "0,1,2" else "")
-    path = write_section("qat_demo", "QAT: make demo's quantize stage", cmd, "\n".join(body))
+    path = write_section("qat_demo", "QAT: make demo's quantize stage", "\n".join(body), args)
     print(path.read_text())
 
 

@@ -13,6 +13,7 @@ own QAT config. Latency: median ms, batch 64, one thread, measured side by side 
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 import statistics
@@ -123,6 +124,7 @@ def onnx_of(flow: str, int8, x) -> tuple[bytes | None, str]:
 
 
 def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options: --quick is refused
     try:
         import torchao  # noqa: F401
     except ImportError:  # not a dependency: `make benchmarks` keeps the section measured where it was installed
@@ -216,8 +218,7 @@ def main() -> None:
         "",
         f"Run time {time.perf_counter() - t_start:.0f} s.",
     ]
-    path = write_section("qat_pt2e", "QAT flows: torch.ao FX vs torchao PT2E", "python benchmarks/qat_pt2e.py",
-                         "\n".join(body))
+    path = write_section("qat_pt2e", "QAT flows: torch.ao FX vs torchao PT2E", "\n".join(body), args)
     print(path.read_text())
 
 

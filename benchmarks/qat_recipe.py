@@ -2,7 +2,8 @@
 the user's learning rate (Adam 1e-2, Adam 1e-3, SGD 0.1 momentum 0.9), on a digits CNN and a residual CNN.
 
 Run: ``python benchmarks/qat_recipe.py [--quick] [--seeds 0,1,2] [--jobs 2]``. Writes
-``benchmarks/results/qat_recipe.md`` (and rebuilds BENCHMARKS.md).
+``benchmarks/results/qat_recipe.md`` (and rebuilds BENCHMARKS.md; a ``--quick`` smoke run writes
+``benchmarks/results/quick/qat_recipe.md`` and leaves both alone).
 
 Each cell: the float model trained 12 epochs (the reference); "from the start" = the same 12-epoch fit (same seed,
 same batches) with ``QuantizationAware`` attached from epoch 0; "fine-tune" = a 4-epoch fit of the trained float
@@ -185,9 +186,7 @@ def main() -> None:
         "",
         f"Run time {time.perf_counter() - t0:.0f} s ({args.jobs} jobs).",
     ]
-    cmd = "python benchmarks/qat_recipe.py" + (" --quick" if args.quick else "") + \
-        (f" --seeds {args.seeds}" if args.seeds != "0,1,2" else "")
-    path = write_section("qat_recipe", "QAT recipe: int8 vs float at the user's learning rate", cmd, "\n".join(body))
+    path = write_section("qat_recipe", "QAT recipe: int8 vs float at the user's learning rate", "\n".join(body), args)
     print(path.read_text())
 
 

@@ -10,6 +10,7 @@ Run: ``python benchmarks/serving.py`` (about 1-2 minutes).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -160,6 +161,7 @@ def _drift_rates(net: torch.nn.Module, dm: DigitsDataModule) -> list[list]:
 
 
 def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options: --quick is refused
     torch.set_num_threads(1)
     dm = DigitsDataModule(seed=0)
     net = _train(dm)
@@ -195,8 +197,7 @@ flagged when any drift (input, prediction or attribution) is declared; "clean" r
 
 {table(["data", "flagged", "median psi_max", "median drifted features", "next step"], drift_rows)}
 """
-    path = write_section("serving", "Serving (HTTP on ONNX Runtime) and drift detection",
-                         "python benchmarks/serving.py", body)
+    path = write_section("serving", "Serving (HTTP on ONNX Runtime) and drift detection", body, args)
     print(path.read_text())
 
 

@@ -13,13 +13,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
     p.add_argument("--online", action="store_true", help="sync the W&B run (needs a W&B key)")
     p.add_argument("--out", default="nas_runs/demo", help="output folder (default nas_runs/demo)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show Lightning's messages, warnings and W&B's output (default: one line per stage)")
 
     def run(args: argparse.Namespace) -> int:
         if args.max_epochs < 1:
             raise SystemExit(f"--max-epochs must be >= 1, got {args.max_epochs}")
         from lightning_nas.demo import run_demo
 
-        run_demo(max_epochs=args.max_epochs, online=args.online, out_dir=args.out, seed=args.seed)
+        run_demo(max_epochs=args.max_epochs, online=args.online, out_dir=args.out, seed=args.seed,
+                 verbose=args.verbose)
         return 0
 
     return run
@@ -40,6 +43,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace]
                    help='DriftThresholds for GET /drift as JSON, e.g. \'{"psi": 0.2, "ks_alpha": 0.01}\'')
 
     def run(args: argparse.Namespace) -> int:
+        from lightning_nas._optional import require
+
+        for module in ("fastapi", "uvicorn"):  # the `serve` extra, checked before any work
+            require(module, extra="serve", feature="serving over HTTP")
         from lightning_nas.deploy.bundle import BundleError, load_bundle
         from lightning_nas.deploy.serve import serve
 
@@ -140,7 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     runners = {name: add(sub) for name, add in _COMMANDS.items()}
     args = parser.parse_args(argv)
-    return runners[args.command](args)
+    from lightning_nas._optional import MissingExtraError
+
+    try:
+        return runners[args.command](args)
+    except MissingExtraError as exc:  # one line naming the extra to install, no traceback
+        print(f"lightning-nas {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -176,6 +176,9 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
     Raises ``BundleError`` when the model does not accept the card's input shape or does not output
     ``(N, num_classes)`` scores (checked once on a zero input).
     """
+    from lightning_nas._optional import require
+
+    require("fastapi", extra="serve", feature="deploy.serve.create_app")
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
@@ -317,7 +320,9 @@ def _check_model_matches_card(b: Bundle, sess: Any, in_name: str) -> None:
 
 def serve(bundle: str | Path | Bundle, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
     """Run ``create_app(bundle, **kwargs)`` with uvicorn until interrupted."""
-    import uvicorn
+    from lightning_nas._optional import require
+
+    uvicorn = require("uvicorn", extra="serve", feature="deploy.serve.serve")
 
     check_int("port", port, 0, 65535)
     app = create_app(bundle, **kwargs)

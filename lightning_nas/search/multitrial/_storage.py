@@ -64,6 +64,14 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
                          "'sqlite:///file.db', 'postgresql://user:pw@host:port/db', 'journal:///file.log'")
     if scheme == "postgres":
         url = "postgresql" + url[len("postgres"):]
+    if scheme.startswith("postgres"):
+        if url.startswith("postgresql://"):
+            # psycopg 3 (the `postgres` extra) by name: SQLAlchemy < 2.1 would pick psycopg2 for a bare URL
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        if url.startswith("postgresql+psycopg://"):
+            from lightning_nas._optional import require
+
+            require("psycopg", extra="postgres", feature=f"storage {redact(storage)!r}")
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
         with warnings.catch_warnings():
