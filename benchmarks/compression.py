@@ -81,9 +81,9 @@ def _variants() -> dict[str, list]:
         "Lightning ModelPruning (l1 masks 0.5)": [
             ModelPruning("l1_unstructured", amount=0.5, use_global_unstructured=True,
                          apply_pruning=lambda epoch: epoch == 0, make_pruning_permanent=True, verbose=0)],
-        "LowRank energy 0.9": [LowRankFactorization(energy=0.9, epoch=0)],
-        "LowRank energy 0.7": [LowRankFactorization(energy=0.7, epoch=0)],
-        "LowRank energy 0.5": [LowRankFactorization(energy=0.5, epoch=0)],
+        "LowRank energy 0.9": [LowRankFactorization(energy=0.9, start_epoch=0)],
+        "LowRank energy 0.7": [LowRankFactorization(energy=0.7, start_epoch=0)],
+        "LowRank energy 0.5": [LowRankFactorization(energy=0.5, start_epoch=0)],
     }
 
 

@@ -32,7 +32,7 @@ CONSTRUCTORS: dict[str, tuple[Callable[[Any], Any], float | None]] = {
     # their row is the cost of the whole compressed fit, decisions and optimizer rebuilds included
     "StructuredPruning": (lambda cb: cb.StructuredPruning(amount=0.5, start_epoch=1), None),
     "MagnitudePruning": (lambda cb: cb.MagnitudePruning(amount=0.5, start_epoch=1), None),
-    "LowRankFactorization": (lambda cb: cb.LowRankFactorization(energy=0.9, epoch=1), None),
+    "LowRankFactorization": (lambda cb: cb.LowRankFactorization(energy=0.9, start_epoch=1), None),
     "QuantizationAware": (lambda cb: cb.QuantizationAware(start_epoch=1, measure=False), None),
     "KnowledgeDistillation": (lambda cb: cb.KnowledgeDistillation(_teacher()), None),
 }

@@ -40,7 +40,7 @@ def _former(state, module):
 
 
 VARIANTS = {"former stage (torch recipe, all int8)": _former,
-            "every layer int8": lambda state, module: D._qat_fit(state, module, skip=()),
+            "every layer int8": lambda state, module: D._qat_fit(state, module, ignore=()),
             "the demo's stage (first conv block float)": D._qat_fit}
 
 

@@ -267,16 +267,16 @@ def _stage_distill(state: _DemoState) -> str:
 # fp32 one; the other layers run int8. It fine-tunes at a tenth of the module's learning rate with BatchNorm
 # statistics frozen (torch's fused Conv+BN QAT modules otherwise knocked the pruned net down by ~20 points in
 # the first epoch). Measured: BENCHMARKS.md, "make demo's quantize stage" (benchmarks/qat_demo.py).
-QUANT_SKIP = ("features.0", "features.1", "features.2")
+QUANT_IGNORE = ("features.0", "features.1", "features.2")
 QUANT_LR_SCALE = 0.1
 
 
-def _qat_fit(state: _DemoState, module: L.LightningModule, skip: tuple[str, ...] = QUANT_SKIP,
+def _qat_fit(state: _DemoState, module: L.LightningModule, ignore: tuple[str, ...] = QUANT_IGNORE,
              onnx_path: str | None = None) -> Any:
     """Two epochs of QAT fine-tuning of ``module`` (its ``lr`` scaled by ``QUANT_LR_SCALE`` for the fit)."""
     from lightning_nas.callbacks import QuantizationAware
 
-    qat = QuantizationAware(freeze_bn_after=0, skip=list(skip), onnx_path=onnx_path)
+    qat = QuantizationAware(freeze_bn_after=0, ignore=list(ignore), onnx_path=onnx_path)
     lr = module.lr
     module.lr = lr * QUANT_LR_SCALE
     try:
@@ -295,7 +295,7 @@ def _stage_quantize(state: _DemoState) -> str:
         row = _record(state, "quantize", qat.int8_model, _test_acc(qat.int8_model, state))
     state.card.stages[-1].update(onnx_int8=str(state.out_dir / "model_int8.onnx"), backend="x86",
                                  size_ratio=qat.measurements.get("quant/size_ratio"),
-                                 speedup=qat.measurements.get("quant/speedup"), float_layers=list(QUANT_SKIP),
+                                 speedup=qat.measurements.get("quant/speedup"), float_layers=list(QUANT_IGNORE),
                                  qat_lr_scale=QUANT_LR_SCALE)
     return f"int8 after 2 QAT epochs; {_row_summary(row)}"
 

@@ -127,7 +127,7 @@ def test_monitor_logs_maps_aopc_and_drift_after_a_structural_change(tmp_path, di
 
 
 def test_mark_reference_and_train_mode_restored(tmp_path, digits):
-    mon = AttributionMonitor(method="saliency", n_samples=10, faithfulness=False, log_maps=False)
+    mon = AttributionMonitor(method="saliency", n_samples=10, faithfulness=False, explain=False)
     module = Classifier(DigitsCNN(4))
     trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[mon])
     trainer.fit(module, datamodule=digits)
@@ -273,7 +273,7 @@ def test_monitor_state_survives_a_checkpoint_resume(tmp_path, digits):
 
     def fit(epochs, ckpt=None):
         L.seed_everything(0)
-        mon = AttributionMonitor(method="saliency", n_samples=6, log_maps=False)
+        mon = AttributionMonitor(method="saliency", n_samples=6, explain=False)
         ck = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
         trainer = fast_trainer(tmp_path, max_epochs=epochs, limit_train_batches=2, limit_val_batches=1,
                                enable_checkpointing=True, callbacks=[mon, ck])

@@ -195,8 +195,8 @@ def test_callbacks_build_from_lightning_cli_config():
     cfg = p.parse_object({
         "kd": {"teacher": {"class_path": "lightning_nas.models.DigitsCNN", "init_args": {"width": 8}},
                "alpha": 0.3, "features": {"net.features.3": "features.3"}},
-        "qat": {"start_epoch": 1, "skip": ["classifier"], "freeze_bn_after": 2}})
+        "qat": {"start_epoch": 1, "ignore": ["classifier"], "freeze_bn_after": 2}})
     objs = p.instantiate_classes(cfg)
     assert objs.kd.alpha == 0.3 and objs.kd.features == {"net.features.3": "features.3"}
     assert type(objs.kd.teacher).__name__ == "DigitsCNN" and not objs.kd.teacher.training
-    assert objs.qat.skip == ["classifier"] and objs.qat.freeze_bn_after == 2
+    assert objs.qat.ignore == ["classifier"] and objs.qat.freeze_bn_after == 2

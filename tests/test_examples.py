@@ -96,8 +96,8 @@ def test_deferred_qat_still_rejects_bad_input_before_the_first_step(tmp_path, di
 
     model = Classifier(DigitsCNN(8))
     w0 = model.net.features[0].weight.detach().clone()
-    cbs = [StructuredPruning(0.5), QuantizationAware(start_epoch=1, skip=["no_such_layer"])]
-    with pytest.raises(ValueError, match="skip"):
+    cbs = [StructuredPruning(0.5), QuantizationAware(start_epoch=1, ignore=["no_such_layer"])]
+    with pytest.raises(ValueError, match="ignore"):
         fast_trainer(tmp_path, max_steps=1, callbacks=cbs).fit(model, datamodule=digits)
     assert torch.equal(model.net.features[0].weight, w0)  # failed in setup: no step, no pruning
 

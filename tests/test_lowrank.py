@@ -64,7 +64,7 @@ def test_callback_factorizes_finetunes_logs_and_resumes(tmp_path, digits):
     def run(epochs, ckpt=None, root="a"):
         L.seed_everything(0)
         module = Classifier(DigitsCNN(32), lr=1e-2)
-        cb = LowRankFactorization(energy=0.8, epoch=1)
+        cb = LowRankFactorization(energy=0.8, start_epoch=1)
         ck = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / root, save_last=True, save_top_k=0)
         tr = fast_trainer(tmp_path / root, max_epochs=epochs, deterministic=True, num_sanity_val_steps=0,
                           callbacks=[cb, ck], enable_checkpointing=True)
@@ -110,7 +110,7 @@ def test_on_unmodified_lightning_demos(tmp_path):
     lt = LightningTransformer(vocab_size=40)
     lt.prepare_data = lambda: None  # its prepare_data downloads WikiText-2; tests are offline
     n0 = sum(p.numel() for p in lt.parameters())
-    cb = LowRankFactorization(energy=0.5, epoch=0)
+    cb = LowRankFactorization(energy=0.5, start_epoch=0)
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[cb]).fit(lt, DataLoader(pairs, batch_size=4))
     assert cb.ranks and not any("self_attn" in n for n in cb.ranks)  # attention projections left alone
     assert sum(p.numel() for p in lt.parameters()) < n0
@@ -118,7 +118,7 @@ def test_on_unmodified_lightning_demos(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(energy=0.0), "energy"), (dict(energy=1.5), "energy"), (dict(budget=1.0), "budget"),
-    (dict(energy=None), "energy"), (dict(epoch=-1), "epoch"), (dict(min_saving=1.0), "min_saving"),
+    (dict(energy=None), "energy"), (dict(start_epoch=-1), "start_epoch"), (dict(min_saving=1.0), "min_saving"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -243,7 +243,7 @@ def test_step_schedule_and_magnitude_gradual(tmp_path, digits):
         def on_train_batch_end(self, trainer, pl_module, *a):
             seen.append(pl_module.net.features[0].out_channels)
 
-    cb = StructuredPruning(0.5, schedule="linear", unit="step", start_epoch=2, end_epoch=6, every=2)
+    cb = StructuredPruning(0.5, schedule="linear", start_step=2, end_step=6, every_n_steps=2)
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=8, callbacks=[cb, Probe()]).fit(
         Classifier(DigitsCNN(16)), train)
     # linear over steps 2..6 every 2: 0, 1/2, 1 of 50% -> 16, 12, 8 channels from the step each event fires

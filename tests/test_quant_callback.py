@@ -170,8 +170,8 @@ def test_bad_input_fails_before_the_first_step(tmp_path, digits):
         QuantizationAware(backend="cuda")
     with pytest.raises(ValueError, match="onnx_form"):
         QuantizationAware(onnx_form="int4")
-    with pytest.raises(TypeError, match="skip"):
-        QuantizationAware(skip="classifier")
+    with pytest.raises(TypeError, match="ignore"):
+        QuantizationAware(ignore="classifier")
 
     class NoLayers(DemoModel):
         def __init__(self):
@@ -180,7 +180,7 @@ def test_bad_input_fails_before_the_first_step(tmp_path, digits):
             self.w = torch.nn.Parameter(torch.zeros(1))
 
     cases = [(NoLayers(), QuantizationAware(), "no quantizable layer"),
-             (Classifier(DigitsCNN(4)), QuantizationAware(skip=["fc"]), "`skip` name 'fc' matches no submodule"),
+             (Classifier(DigitsCNN(4)), QuantizationAware(ignore=["fc"]), "`ignore` name 'fc' matches no submodule"),
              (Classifier(DigitsCNN(4)), QuantizationAware(module_name="body"), "`module_name` 'body'")]
     for model, cb, msg in cases:
         steps = []

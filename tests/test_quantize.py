@@ -9,14 +9,14 @@ from lightning_nas.explain.quant_sensitivity import SENSITIVITY_COLUMNS, layer_s
 from lightning_nas.models import DigitsCNN
 
 
-def _qat(width=8, skip=(), steps=6, seed=0):
+def _qat(width=8, ignore=(), steps=6, seed=0):
     from lightning_nas.data.digits import load_digits_arrays
 
     torch.manual_seed(seed)
     x, y = load_digits_arrays()
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     model = DigitsCNN(width)
-    qat = Q.prepare_qat(model.train(), (), "x86", skip)
+    qat = Q.prepare_qat(model.train(), (), "x86", ignore)
     opt = torch.optim.Adam(qat.parameters(), lr=1e-2)
     for i in range(steps):
         xb, yb = x[i * 128:(i + 1) * 128], y[i * 128:(i + 1) * 128]
@@ -90,7 +90,7 @@ def test_compact_onnx_forms_run_bit_identically_and_are_smaller():
 
 
 def test_skip_keeps_layer_float_and_ptq_baseline():
-    model, qat, x, y = _qat(skip=["classifier"])
+    model, qat, x, y = _qat(ignore=["classifier"])
     assert "classifier" not in Q.qat_layers(qat)
     int8 = Q.convert_int8(qat)
     assert type(int8.get_submodule("classifier")) is nn.Linear
@@ -149,8 +149,8 @@ def test_sqnr_and_sensitivity_table():
 def test_bad_inputs():
     with pytest.raises(ValueError, match="no quantizable layer"):
         Q.prepare_qat(nn.Sequential(nn.ReLU(), nn.Flatten()))
-    with pytest.raises(ValueError, match="`skip` name 'nope' matches no submodule"):
-        Q.prepare_qat(DigitsCNN(4), skip=["nope"])
+    with pytest.raises(ValueError, match="`ignore` name 'nope' matches no submodule"):
+        Q.prepare_qat(DigitsCNN(4), ignore=["nope"])
     with pytest.raises(ValueError, match="backend"):
         Q.prepare_qat(DigitsCNN(4), backend="tpu")
 

@@ -39,7 +39,7 @@ def compressed_checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     L.seed_everything(0, verbose=False)
     teacher = DigitsCNN(16)
-    cbs = [StructuredPruning(amount=0.5, start_epoch=0, log_importance=False),
+    cbs = [StructuredPruning(amount=0.5, start_epoch=0, explain=False),
            KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5, explain=False),
            QuantizationAware(start_epoch=1, freeze_observers_after=1, measure=False, explain=False),
            ModelCheckpoint(dirpath=out, filename="{epoch}", save_last=True, save_top_k=-1)]

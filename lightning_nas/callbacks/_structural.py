@@ -37,7 +37,7 @@ class Schedule:
         check_choice("schedule", kind, SCHEDULES)
         check_choice("unit", unit, UNITS)
         check_int("start_epoch" if unit == "epoch" else "start_step", start, 0)
-        check_int("every", every, 1)
+        check_int("every_n_epochs" if unit == "epoch" else "every_n_steps", every, 1)
         end = start if end is None else end
         check_int("end_epoch" if unit == "epoch" else "end_step", end, 0)
         if end < start:
@@ -45,6 +45,21 @@ class Schedule:
         if kind == "one_shot":
             end = start
         self.kind, self.start, self.end, self.every, self.unit = kind, start, end, every, unit
+
+    @classmethod
+    def of(cls, kind: str, start_epoch: int = 0, end_epoch: int | None = None, every_n_epochs: int = 1,
+           start_step: int | None = None, end_step: int | None = None, every_n_steps: int | None = None) -> Schedule:
+        """From a callback's arguments: epochs by default, optimizer steps when ``start_step`` is given."""
+        if start_step is None:
+            if end_step is not None or every_n_steps is not None:
+                raise ValueError(f"`end_step`/`every_n_steps` (got {end_step}, {every_n_steps}) need `start_step`: "
+                                 "give `start_step` to schedule in optimizer steps")
+            return cls(kind, start_epoch, end_epoch, every_n_epochs, "epoch")
+        if start_epoch != 0 or end_epoch is not None or every_n_epochs != 1:
+            raise ValueError(f"`start_step`={start_step} schedules in optimizer steps: leave `start_epoch`, "
+                             f"`end_epoch` and `every_n_epochs` at their defaults (got {start_epoch}, {end_epoch}, "
+                             f"{every_n_epochs})")
+        return cls(kind, start_step, end_step, 1 if every_n_steps is None else every_n_steps, "step")
 
     def events(self) -> list[int]:
         ev = list(range(self.start, self.end + 1, self.every))

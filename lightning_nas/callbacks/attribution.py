@@ -47,7 +47,7 @@ class AttributionMonitor(LightningNASCallback):
         topk: fraction of features compared by the top-k overlap.
         faithfulness: compute AOPC each run.
         aopc_steps: deletion steps of the AOPC curve (up to half the features).
-        log_maps: log heatmaps / top-feature tables each run.
+        explain: log heatmaps / top-feature tables each run.
         seed: picks the probe set.
     """
 
@@ -69,7 +69,7 @@ class AttributionMonitor(LightningNASCallback):
         topk: float = 0.1,
         faithfulness: bool = True,
         aopc_steps: int = 5,
-        log_maps: bool = True,
+        explain: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -91,12 +91,12 @@ class AttributionMonitor(LightningNASCallback):
         check_range("topk", topk, 0.0, 1.0, low_inclusive=False)
         check_type("faithfulness", faithfulness, bool)
         check_int("aopc_steps", aopc_steps, 1)
-        check_type("log_maps", log_maps, bool)
+        check_type("explain", explain, bool)
         check_int("seed", seed, 0)
         self.method, self.every_n_epochs, self.n_samples, self.target = method, every_n_epochs, n_samples, target
         self.layer_name, self.forward_fn, self.batch_fn, self.embedding_name = layer, forward_fn, batch_fn, embedding
         self.n_steps, self.internal_batch_size, self.baseline, self.topk = n_steps, internal_batch_size, baseline, topk
-        self.faithfulness, self.aopc_steps, self.log_maps, self.seed = faithfulness, aopc_steps, log_maps, seed
+        self.faithfulness, self.aopc_steps, self.explain, self.seed = faithfulness, aopc_steps, explain, seed
         self.probe: A.Probe | ProbeSet | None = None
         self._source = ProbeSource(type(self).__name__, n_samples, seed, forward_fn, batch_fn)
         self._probe_indices: list[int] = []
@@ -225,7 +225,7 @@ class AttributionMonitor(LightningNASCallback):
             tracker.log_line_series(f"{_PREFIX}/deletion_curve", cur["fractions"],
                                     {"attribution": cur["curve"], "random": cur["curve_random"]},
                                     title="deletion curve (target probability)", xname="fraction deleted")
-        if self.log_maps:
+        if self.explain:
             self._log_maps(tracker, cur, trainer.current_epoch)
         return metrics
 

@@ -51,7 +51,7 @@ class KnowledgeDistillation(LightningNASCallback):
         features: ``{student_layer: teacher_layer}`` names (student names inside the LightningModule).
         feature_weight: weight of each feature loss.
         teacher_architecture: the module a checkpoint path is loaded into.
-        student_module: an override: the name of the submodule whose forward output are the student logits
+        module_name: an override: the name of the submodule whose forward output are the student logits
             (``""``: the module the step calls, found from the first step).
         explain: log agreement, KL and the per-class table each validation epoch.
 
@@ -68,7 +68,7 @@ class KnowledgeDistillation(LightningNASCallback):
         features: dict[str, str] | None = None,
         feature_weight: float = 1.0,
         teacher_architecture: nn.Module | None = None,
-        student_module: str = "",
+        module_name: str = "",
         explain: bool = True,
     ) -> None:
         super().__init__()
@@ -81,7 +81,7 @@ class KnowledgeDistillation(LightningNASCallback):
             check_type("features value", t, str)
         self.feature_weight = check_range("feature_weight", feature_weight, 0.0, None)
         check_type("teacher_architecture", teacher_architecture, nn.Module, allow_none=True)
-        self.student_module = check_type("student_module", student_module, str)
+        self.module_name = check_type("module_name", module_name, str)
         self.explain = check_type("explain", explain, bool)
         self.teacher = load_teacher(teacher, teacher_architecture)
         self.adapters = nn.ModuleDict()
@@ -108,8 +108,8 @@ class KnowledgeDistillation(LightningNASCallback):
         if not pl_module.automatic_optimization:
             raise ValueError("KnowledgeDistillation needs automatic optimization (the loss returned by training_step);"
                              f" {type(pl_module).__name__}.automatic_optimization is False")
-        if self.student_module:
-            self._get(pl_module, self.student_module, "student_module")
+        if self.module_name:
+            self._get(pl_module, self.module_name, "module_name")
         adapters = nn.ModuleDict()
         for s_name, t_name in self.features.items():
             s_layer = self._get(pl_module, s_name, "features (student layer)")
@@ -126,7 +126,7 @@ class KnowledgeDistillation(LightningNASCallback):
             setattr(pl_module, _ADAPTERS, self.adapters)  # in configure_optimizers' parameters and in checkpoints
         self._pl, self._trainer = pl_module, trainer
         self._checked = False
-        route = Route((self.student_module,)) if self.student_module else None
+        route = Route((self.module_name,)) if self.module_name else None
         io = self.model_io(trainer, pl_module)
         io.listen(self, "train", self._distill_step, route)
         io.listen(self, "eval", self._eval_step, route)
@@ -204,9 +204,9 @@ class KnowledgeDistillation(LightningNASCallback):
             return None
         pair = self._teach(record)
         if pair is None:
-            name = self.student_module or "any module"
+            name = self.module_name or "any module"
             raise RuntimeError(f"KnowledgeDistillation: training_step never called {name!r} to produce logits; set "
-                               "`student_module` to the submodule that produces the logits")
+                               "`module_name` to the submodule that produces the logits")
         s_logits, t_logits = pair
         kd = kd_loss(s_logits, t_logits, self.temperature)
         total = (1.0 - self.alpha) * loss + self.alpha * kd

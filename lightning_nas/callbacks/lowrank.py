@@ -21,12 +21,12 @@ from lightning_nas.compress import lowrank as LR
 
 
 class LowRankFactorization(LightningNASCallback):
-    """Factorize ``Linear``/``Conv2d`` layers by truncated SVD at ``epoch`` (then training fine-tunes them).
+    """Factorize ``Linear``/``Conv2d`` layers by truncated SVD at ``start_epoch`` (then training fine-tunes them).
 
     Args:
         energy: fraction of spectral energy ``sum s_i^2`` each layer keeps, in ``(0, 1]``.
         budget: instead of ``energy``, the fraction in ``(0, 1)`` of a layer's parameters its factors may use.
-        epoch: epoch at whose start the layers are replaced.
+        start_epoch: epoch at whose start the layers are replaced.
         layers: layer names to consider (default: every Linear and groups=1 Conv2d).
         ignore: layer names (prefix or glob) to leave alone.
         min_saving: only factorize where MACs drop by at least this fraction; other layers are skipped with
@@ -42,19 +42,19 @@ class LowRankFactorization(LightningNASCallback):
         self,
         energy: float | None = 0.9,
         budget: float | None = None,
-        epoch: int = 0,
+        start_epoch: int = 0,
         layers: Sequence[str] | None = None,
         ignore: Sequence[str] = (),
         min_saving: float = 0.1,
     ) -> None:
         super().__init__()
         energy, budget = LR.check_energy_budget(energy, budget)
-        check_int("epoch", epoch, 0)
+        check_int("start_epoch", start_epoch, 0)
         check_range("min_saving", min_saving, 0.0, 1.0, high_inclusive=False)
         if isinstance(ignore, str):
             ignore = [ignore]
         check_type("ignore", ignore, (list, tuple))
-        self.energy, self.budget, self.epoch, self.min_saving = energy, budget, epoch, min_saving
+        self.energy, self.budget, self.start_epoch, self.min_saving = energy, budget, start_epoch, min_saving
         self.layers = None if layers is None else list(layers)
         self.ignore = list(ignore)
         self.ranks: dict[str, int] = {}
@@ -106,7 +106,7 @@ class LowRankFactorization(LightningNASCallback):
         return [(state["order"], lambda: LR.factorize(module, ranks=state["ranks"]))]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.done or trainer.current_epoch < self.epoch:
+        if self.done or trainer.current_epoch < self.start_epoch:
             return
         names_before = param_names(pl_module)
         ranks: dict[str, int] = {}

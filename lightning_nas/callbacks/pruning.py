@@ -32,10 +32,11 @@ class StructuredPruning(LightningNASCallback):
             ``"taylor"`` (first-order Taylor ``|w * dL/dw|``, gradients averaged since the last pruning).
         schedule: ``"one_shot"`` (everything at ``start_epoch``), ``"linear"``, or ``"cubic"``/``"agp"``
             (gradual, ``s_t = amount * (1 - (1 - p)^3)``) over ``start_epoch..end_epoch``.
-        start_epoch: first pruning epoch (or optimizer step when ``unit="step"``).
-        end_epoch: last pruning epoch/step of a gradual schedule (default ``start_epoch``).
-        unit: ``"epoch"`` or ``"step"``.
-        every: prune every this many epochs/steps inside the range.
+        start_epoch: first pruning epoch.
+        end_epoch: last pruning epoch of a gradual schedule (default ``start_epoch``).
+        every_n_epochs: prune every this many epochs inside the range.
+        start_step, end_step, every_n_steps: the same in optimizer steps instead of epochs (give ``start_step``
+            to schedule in steps; the epoch arguments must then stay at their defaults).
         global_pruning: rank channels across layers instead of removing ``amount`` from each layer.
         ignore: layer names (prefix or glob, e.g. ``"net.features.0"``, ``"*.downsample*"``) to keep whole.
             The output layer producing the logits is always kept.
@@ -45,7 +46,7 @@ class StructuredPruning(LightningNASCallback):
             Until then nothing is pruned: with no sanity check and no validation loop, pruning due at the first
             step happens at the second.
         round_to: keep channel counts multiples of this.
-        log_importance: stream per-layer importance of removed vs kept channels.
+        explain: stream per-layer importance of removed vs kept channels.
         sensitivity_levels: if given (e.g. ``[0.1, 0.3, 0.5, 0.7, 0.9]``), before the first pruning measure the
             validation accuracy with each prunable layer alone pruned at each level (rank zero, on the
             trainer's validation loader) and log table ``explain/sensitivity`` and curves.
@@ -63,13 +64,15 @@ class StructuredPruning(LightningNASCallback):
         schedule: str = "one_shot",
         start_epoch: int = 0,
         end_epoch: int | None = None,
-        unit: str = "epoch",
-        every: int = 1,
+        every_n_epochs: int = 1,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        every_n_steps: int | None = None,
         global_pruning: bool = False,
         ignore: Sequence[str] = (),
         example_input: Any = None,
         round_to: int | None = None,
-        log_importance: bool = True,
+        explain: bool = True,
         sensitivity_levels: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
@@ -82,8 +85,9 @@ class StructuredPruning(LightningNASCallback):
         else:
             check_range("amount", amount, 0.0, 1.0, high_inclusive=False)
         check_choice("importance", importance, P.IMPORTANCES)
-        self.schedule = Schedule(schedule, start_epoch, end_epoch, every, unit)
-        if importance == "taylor" and start_epoch == 0:
+        self.schedule = Schedule.of(schedule, start_epoch, end_epoch, every_n_epochs, start_step, end_step,
+                                    every_n_steps)
+        if importance == "taylor" and self.schedule.start == 0:
             raise ValueError("`importance`='taylor' needs gradients from training: `start_epoch` (or start step) "
                              "must be >= 1, got 0")
         check_type("global_pruning", global_pruning, bool)
@@ -93,7 +97,7 @@ class StructuredPruning(LightningNASCallback):
         if round_to is not None:
             check_int("round_to", round_to, 1)
         self.amount, self.importance, self.global_pruning = amount, importance, global_pruning
-        self.ignore, self.round_to, self.log_importance = list(ignore), round_to, log_importance
+        self.ignore, self.round_to, self.explain = list(ignore), round_to, explain
         if sensitivity_levels is not None:
             check_type("sensitivity_levels", sensitivity_levels, (list, tuple))
             for lv in sensitivity_levels:
@@ -286,7 +290,7 @@ class StructuredPruning(LightningNASCallback):
             self.records.append({"order": trainer.global_step, "event": event, "steps": steps})
             rebuild_optimizers(trainer, pl_module, names_before)
         self._log_state(trainer, pl_module)
-        if result is not None and self.log_importance:
+        if result is not None and self.explain:
             self._log_importance(trainer, result)
 
     def _install_grads(self, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -360,7 +364,8 @@ class MagnitudePruning(LightningNASCallback):
     Args:
         amount: final fraction of zero weights in ``[0, 1)`` (of all Linear/Conv weights together when
             ``global_pruning``, else of each layer).
-        schedule, start_epoch, end_epoch, unit, every: as in ``StructuredPruning``.
+        schedule, start_epoch, end_epoch, every_n_epochs, start_step, end_step, every_n_steps: as in
+            ``StructuredPruning``.
         global_pruning: one threshold for all layers (default) or one per layer.
         ignore: layer names (prefix or glob) to leave dense.
         make_permanent: fold masks into the weights at the end of ``fit`` (``prune.remove``).
@@ -376,15 +381,18 @@ class MagnitudePruning(LightningNASCallback):
         schedule: str = "one_shot",
         start_epoch: int = 0,
         end_epoch: int | None = None,
-        unit: str = "epoch",
-        every: int = 1,
+        every_n_epochs: int = 1,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        every_n_steps: int | None = None,
         global_pruning: bool = True,
         ignore: Sequence[str] = (),
         make_permanent: bool = True,
     ) -> None:
         super().__init__()
         check_range("amount", amount, 0.0, 1.0, high_inclusive=False)
-        self.schedule = Schedule(schedule, start_epoch, end_epoch, every, unit)
+        self.schedule = Schedule.of(schedule, start_epoch, end_epoch, every_n_epochs, start_step, end_step,
+                                    every_n_steps)
         check_type("global_pruning", global_pruning, bool)
         check_type("make_permanent", make_permanent, bool)
         if isinstance(ignore, str):

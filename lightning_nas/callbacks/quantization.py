@@ -73,7 +73,7 @@ class QuantizationAware(LightningNASCallback):
         freeze_bn_after: QAT epochs after which folded BatchNorm statistics are frozen (``None``: never).
         recipe: how ranges follow the model (``QATRecipe()``; ``QATRecipe.torch_default()`` is torch's own).
         divergence_factor: QAT loss / reference ratio that counts as divergence (``None``: no guard).
-        skip: names of submodules kept float and untraced (full names in the LightningModule, e.g.
+        ignore: names of submodules kept float and untraced (full names in the LightningModule, e.g.
             ``"model.classifier"``, or names inside the quantized module).
         module_name: an override: the submodule of the LightningModule to quantize (``""``: the model the step
             runs, found from the first step).
@@ -106,7 +106,7 @@ class QuantizationAware(LightningNASCallback):
         freeze_bn_after: int | None = None,
         recipe: Q.QATRecipe | None = None,
         divergence_factor: float | None = 3.0,
-        skip: list[str] | None = None,
+        ignore: list[str] | None = None,
         module_name: str = "",
         backend: str = "x86",
         onnx_path: str | None = None,
@@ -134,9 +134,9 @@ class QuantizationAware(LightningNASCallback):
         self.divergence: dict[str, float] | None = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
-        self.skip = list(check_type("skip", skip, (list, tuple), allow_none=True) or [])
-        for s in self.skip:
-            check_type("skip[]", s, str)
+        self.ignore = list(check_type("ignore", ignore, (list, tuple), allow_none=True) or [])
+        for s in self.ignore:
+            check_type("ignore[]", s, str)
         self.module_name = check_type("module_name", module_name, str)
         self.backend = check_choice("backend", backend, Q.BACKENDS)
         self.onnx_path = check_type("onnx_path", onnx_path, (str, Path), allow_none=True)
@@ -177,10 +177,10 @@ class QuantizationAware(LightningNASCallback):
                 raise ValueError(f"`module_name` {self.module_name!r} is not a submodule of "
                                  f"{type(pl_module).__name__}; allowed: e.g. {children}")
             self._route = Route((self.module_name,))
-        for s in self.skip:
+        for s in self.ignore:
             inside = self.module_name and f"{self.module_name}.{s}" in names
             if s not in names and not inside and not any(n.endswith("." + s) for n in names):
-                raise ValueError(f"`skip` name {s!r} matches no submodule of {type(pl_module).__name__}; "
+                raise ValueError(f"`ignore` name {s!r} matches no submodule of {type(pl_module).__name__}; "
                                  f"allowed: submodule names such as {sorted(n for n in names if n)[:12]}")
         if not Q.quantizable_layers(pl_module, ()):
             raise ValueError(f"QuantizationAware: {type(pl_module).__name__} has no quantizable layer "
@@ -200,23 +200,23 @@ class QuantizationAware(LightningNASCallback):
             return
         self._swap(trainer, pl_module)
 
-    def _skip_for(self, path: str) -> list[str]:
-        """``skip`` names relative to the module at ``path`` (full names, or names already inside it)."""
-        return [s[len(path) + 1:] if path and s.startswith(path + ".") else s for s in self.skip]
+    def _ignore_for(self, path: str) -> list[str]:
+        """``ignore`` names relative to the module at ``path`` (full names, or names already inside it)."""
+        return [s[len(path) + 1:] if path and s.startswith(path + ".") else s for s in self.ignore]
 
     def _prepare(self, pl_module: L.LightningModule, path: str) -> tuple[dict[str, nn.Module], dict[str, str]]:
         """QAT models for ``path``: itself, or its children (recursively) when it is the LightningModule (its
         layer names stay valid for other callbacks) or torch.fx cannot trace it; and notes on what stays float."""
         module = pl_module.get_submodule(path) if path else pl_module
         target = _Leaf(module) if isinstance(module, Q.QUANTIZABLE) else module
-        skip = [s for s in self._skip_for(path) if s in {n for n, _ in target.named_modules()}]
-        if not Q.quantizable_layers(target, skip):
+        ignore = [s for s in self._ignore_for(path) if s in {n for n, _ in target.named_modules()}]
+        if not Q.quantizable_layers(target, ignore):
             return {}, {}
         reason = "the LightningModule's forward is quantized through the parts it calls"
         if path:
             was = target.training
             try:
-                return {path: Q.prepare_qat(target.train(), (), self.backend, skip, self.recipe)}, {}
+                return {path: Q.prepare_qat(target.train(), (), self.backend, ignore, self.recipe)}, {}
             except ValueError as exc:
                 reason = str(exc).split(". Choose")[0]
             finally:

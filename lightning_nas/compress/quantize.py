@@ -5,7 +5,7 @@ Why this stack (measured on torch 2.13 CPU, onnxruntime 1.32, a digits conv net;
 * ``torch.ao.quantization`` FX QAT (``prepare_qat_fx`` / ``convert_fx``) is deprecated but is the only
   maintained flow that yields *fast* int8 CPU modules in eager torch (fbgemm/x86 ``QuantizedConvReLU2d``,
   ``QuantizedLinear``): 5-7x faster than fp32 at batch 64 on one thread. FX also fuses Conv+BN(+ReLU) into QAT
-  modules that simulate the folded BatchNorm, uses per-channel symmetric int8 weights, and keeps ``skip`` names
+  modules that simulate the folded BatchNorm, uses per-channel symmetric int8 weights, and keeps ``ignore`` names
   float.
 * PT2E (torchao 0.18 ``prepare_qat_pt2e`` / ``convert_pt2e``; torch 2.13 no longer ships
   ``torch.ao.quantization.quantize_pt2e``) was measured against it (``benchmarks/qat_pt2e.py``, SmallCNN(64),
@@ -75,20 +75,20 @@ def _quiet():
         yield
 
 
-def quantizable_layers(model: nn.Module, skip: Sequence[str] = ()) -> list[str]:
-    """Names of the Conv/Linear layers of ``model`` that QAT quantizes (those under a ``skip`` name excluded)."""
-    def skipped(name: str) -> bool:
-        return any(name == s or name.startswith(s + ".") for s in skip)
+def quantizable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> list[str]:
+    """Names of the Conv/Linear layers of ``model`` that QAT quantizes (those under an ``ignore`` name excluded)."""
+    def ignored(name: str) -> bool:
+        return any(name == s or name.startswith(s + ".") for s in ignore)
 
-    return [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE) and not skipped(n)]
+    return [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE) and not ignored(n)]
 
 
-def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:
+def _check_ignore(model: nn.Module, ignore: Sequence[str]) -> None:
     names = {n for n, _ in model.named_modules() if n}
-    for s in skip:
+    for s in ignore:
         if s not in names:
             near = sorted(names)[:12]
-            raise ValueError(f"`skip` name {s!r} matches no submodule of {type(model).__name__}; "
+            raise ValueError(f"`ignore` name {s!r} matches no submodule of {type(model).__name__}; "
                              f"allowed: submodule names such as {near}")
 
 
@@ -130,7 +130,7 @@ class QATRecipe:
                    freeze_weight_ranges=True)
 
 
-def _qconfig_mapping(backend: str, skip: Sequence[str], qat: bool, recipe: QATRecipe | None = None) -> Any:
+def _qconfig_mapping(backend: str, ignore: Sequence[str], qat: bool, recipe: QATRecipe | None = None) -> Any:
     from torch.ao.quantization import QConfig, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 
     with _quiet():
@@ -143,50 +143,50 @@ def _qconfig_mapping(backend: str, skip: Sequence[str], qat: bool, recipe: QATRe
             for key, qconfig in list(mapping.object_type_qconfigs.items()):
                 if qconfig == default:  # fixed-qparams ops (sigmoid, tanh, ...) keep their own
                     mapping.set_object_type(key, ours)
-        for s in skip:
+        for s in ignore:
             mapping.set_module_name(s, None)
     return mapping
 
 
-def _prepare(model: nn.Module, example_inputs: tuple, backend: str, skip: Sequence[str], qat: bool,
+def _prepare(model: nn.Module, example_inputs: tuple, backend: str, ignore: Sequence[str], qat: bool,
              recipe: QATRecipe | None = None) -> nn.Module:
     check_choice("backend", backend, BACKENDS)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-    skip = list(skip)
-    _check_skip(model, skip)
-    if not quantizable_layers(model, skip):
+    ignore = list(ignore)
+    _check_ignore(model, ignore)
+    if not quantizable_layers(model, ignore):
         raise ValueError(f"{type(model).__name__} has no quantizable layer (allowed: {[t.__name__ for t in QUANTIZABLE]}"
-                         f" outside `skip`={skip}); QAT would leave it float")
+                         f" outside `ignore`={ignore}); QAT would leave it float")
     from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
-    custom = PrepareCustomConfig().set_non_traceable_module_names(skip)
+    custom = PrepareCustomConfig().set_non_traceable_module_names(ignore)
     try:
         with _quiet():
             fn = prepare_qat_fx if qat else prepare_fx
-            return fn(model, _qconfig_mapping(backend, skip, qat, recipe), example_inputs,
+            return fn(model, _qconfig_mapping(backend, ignore, qat, recipe), example_inputs,
                       prepare_custom_config=custom)
     except Exception as exc:  # noqa: BLE001 - tracing errors are opaque: say what to do
         raise ValueError(f"torch.fx could not trace {type(model).__name__} for quantization ({type(exc).__name__}: "
                          f"{str(exc)[:300]}). Choose a traceable submodule (QuantizationAware(module_name=...)) or "
-                         "keep the untraceable part float with skip=[...]") from exc
+                         "keep the untraceable part float with ignore=[...]") from exc
 
 
 def prepare_qat(model: nn.Module, example_inputs: tuple = (), backend: str = "x86",
-                skip: Sequence[str] = (), recipe: QATRecipe | None = None) -> nn.Module:
+                ignore: Sequence[str] = (), recipe: QATRecipe | None = None) -> nn.Module:
     """Return ``model`` prepared for QAT: an FX ``GraphModule`` with Conv+BN(+ReLU) fused into QAT modules,
     per-channel symmetric int8 fake-quantized weights and per-tensor affine uint8 fake-quantized activations,
     whose ranges follow ``recipe`` (default ``QATRecipe()``; drive its warm-up and freezing with
     ``apply_qat_schedule``).
 
     The result shares ``model``'s parameters and BatchNorm buffers (an optimizer built on ``model`` still
-    trains it). ``skip`` names submodules kept float (and not traced). Raises ``ValueError`` for a ``skip``
+    trains it). ``ignore`` names submodules kept float (and not traced). Raises ``ValueError`` for an ``ignore``
     name that matches nothing, a model without Conv/Linear layers, or a model FX cannot trace.
     The fake quantization is q(x) = (clamp(round(x/s) + z, q_min, q_max) - z) * s, straight-through gradient.
     """
     recipe = QATRecipe() if recipe is None else check_type("recipe", recipe, QATRecipe)
-    return _init_weight_qparams(_prepare(model, tuple(example_inputs), backend, skip, qat=True, recipe=recipe))
+    return _init_weight_qparams(_prepare(model, tuple(example_inputs), backend, ignore, qat=True, recipe=recipe))
 
 
 def _init_weight_qparams(model: nn.Module) -> nn.Module:
@@ -347,11 +347,11 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
 
 
 def post_training_quantize(model: nn.Module, calibration: Iterable[Any], backend: str = "x86",
-                           skip: Sequence[str] = ()) -> nn.Module:
+                           ignore: Sequence[str] = ()) -> nn.Module:
     """Static post-training quantization (the baseline QAT is measured against): observe ``calibration``
     batches (tensors or tuples of tensors) in float, then ``convert_fx`` with the same qconfig as QAT."""
     base = copy.deepcopy(model).eval()
-    prepared = _prepare(base, (), backend, skip, qat=False)
+    prepared = _prepare(base, (), backend, ignore, qat=False)
     with torch.no_grad():
         for batch in calibration:
             prepared(*(batch if isinstance(batch, (tuple, list)) else (batch,)))

@@ -105,7 +105,7 @@ def structured_pruning() -> dict[str, Any]:
     """Gradual pruning at epochs 1 and 2; killed in epoch 2: the resume replays epoch 1's pruning."""
     from lightning_nas.callbacks import StructuredPruning
 
-    cb = StructuredPruning(amount=0.5, schedule="linear", start_epoch=1, end_epoch=2, log_importance=False)
+    cb = StructuredPruning(amount=0.5, schedule="linear", start_epoch=1, end_epoch=2, explain=False)
     return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[cb], max_epochs=3, kill_epoch=2,
                 trainer_kwargs=_SMALL,
                 result=lambda trainer, module, callbacks: {"channels": _channels(module), **_weights(module)})
@@ -128,7 +128,7 @@ def lowrank() -> dict[str, Any]:
     """Factorized at epoch 1, killed in epoch 2: the resume rebuilds the factor pairs before loading weights."""
     from lightning_nas.callbacks import LowRankFactorization
 
-    cb = LowRankFactorization(energy=0.8, epoch=1, min_saving=0.0)
+    cb = LowRankFactorization(energy=0.8, start_epoch=1, min_saving=0.0)
     return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[cb], max_epochs=3, kill_epoch=2,
                 trainer_kwargs=_SMALL,
                 result=lambda trainer, module, callbacks: {"ranks": dict(callbacks[0].ranks),
@@ -174,7 +174,7 @@ def attribution() -> dict[str, Any]:
     """Drift of attributions is measured against the reference kept in the checkpoint."""
     from lightning_nas.callbacks import AttributionMonitor
 
-    cb = AttributionMonitor(method="saliency", n_samples=8, faithfulness=False, log_maps=False)
+    cb = AttributionMonitor(method="saliency", n_samples=8, faithfulness=False, explain=False)
 
     def result(trainer, module, callbacks):
         a = callbacks[0]
@@ -217,7 +217,7 @@ def combo() -> dict[str, Any]:
 
     arch, net = search_stage()
     teacher = copy.deepcopy(net)
-    prune = StructuredPruning(amount=0.5, start_epoch=1, log_importance=False)
+    prune = StructuredPruning(amount=0.5, start_epoch=1, explain=False)
     kd = KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5, explain=False)
 
     def result(trainer, module, callbacks):
@@ -253,7 +253,7 @@ def combo_one_fit() -> dict[str, Any]:
 
     arch, net = search_stage()
     teacher = copy.deepcopy(net)
-    prune = StructuredPruning(amount=0.5, start_epoch=1, log_importance=False)
+    prune = StructuredPruning(amount=0.5, start_epoch=1, explain=False)
     kd = KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5, explain=False)
     qat = QuantizationAware(start_epoch=2, freeze_observers_after=1, measure=False, explain=False)
 

@@ -142,7 +142,8 @@ CASES = [
     P(lambda: StructuredPruning(schedule="linear", start_epoch=3, end_epoch=1), ValueError,
       r"`end_epoch`=1 is before `start_epoch`=3",
       id="sp-end-before-start"),
-    P(lambda: StructuredPruning(unit="batch"), ValueError, r"`unit` must be one of .*'batch'", id="sp-unit"),
+    P(lambda: StructuredPruning(start_step=2, start_epoch=1), ValueError, r"`start_step`=2 schedules in optimizer "
+      r"steps: leave `start_epoch`", id="sp-step-and-epoch"),
     P(lambda: StructuredPruning(round_to=0), ValueError, r"`round_to` must be in \[1, inf\), got 0", id="sp-round_to"),
     P(lambda: StructuredPruning(sensitivity_levels=[0.5, 1.0]), ValueError, r"`sensitivity_levels\[i\]` must be in "
       r"\(0.0, 1.0\), got 1.0", id="sp-sensitivity-levels"),
@@ -175,7 +176,7 @@ CASES = [
       id="qat-start"),
     P(lambda: QuantizationAware(freeze_observers_after=0), ValueError, r"`freeze_observers_after` must be in \[1, inf\)"
       r", got 0", id="qat-freeze"),
-    P(lambda: QuantizationAware(skip="net.0"), TypeError, r"`skip` must be list or tuple, got str 'net.0'",
+    P(lambda: QuantizationAware(ignore="net.0"), TypeError, r"`ignore` must be list or tuple, got str 'net.0'",
       id="qat-skip"),
     P(lambda: _fit([QuantizationAware(module_name="backbone")]), ValueError, r"`module_name` 'backbone' is not a "
       r"submodule of Classifier; allowed: e.g. \['net'\]", id="qat-module_name"),
@@ -197,8 +198,8 @@ CASES = [
       id="kd-unknown-student-layer"),
     P(lambda: _fit([KnowledgeDistillation(DigitsCNN(4))], _Manual(DigitsCNN(4))), ValueError,
       r"automatic optimization.*automatic_optimization is False", id="kd-manual-opt"),
-    P(lambda: _fit([KnowledgeDistillation(DigitsCNN(4), student_module="head")], BoringModel()), ValueError,
-      r"`student_module`.*'head'.*BoringModel", id="kd-demo-student_module"),
+    P(lambda: _fit([KnowledgeDistillation(DigitsCNN(4), module_name="head")], BoringModel()), ValueError,
+      r"`module_name`.*'head'.*BoringModel", id="kd-demo-module_name"),
     # ---- explain callbacks
     P(lambda: AttributionMonitor(method="lime"), ValueError, r"`method` must be one of .*'lime'", id="attr-method"),
     P(lambda: AttributionMonitor(n_samples=0), ValueError, r"`n_samples` must be in \[1, .*got 0", id="attr-n_samples"),

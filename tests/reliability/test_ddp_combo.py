@@ -113,7 +113,7 @@ def test_search_prune_qat_kd_identical_on_two_ranks_and_media_once(tmp_path):
     teacher = space.freeze(searched.net, r0["arch"])
 
     # 2. structured pruning + KD (rank 0 picks the channels and broadcasts them)
-    prune = StructuredPruning(amount=0.5, start_epoch=1, log_importance=False)
+    prune = StructuredPruning(amount=0.5, start_epoch=1, explain=False)
     kd = KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5, explain=True)
     dump = _DumpPrune(tmp_path, prune)
     _trainer(tmp_path / "prune", [prune, kd, dump], max_epochs=3).fit(Classifier(net), datamodule=dm)

@@ -54,21 +54,6 @@ NOT_APPLICABLE: dict[tuple[str, str], str] = {
 # What fails today, one line each. Edit here when a fix lands (a fixed cell XPASSes and fails the run).
 # Value: (the exception the cell raises today, one line: the exact error or the wrong outcome). The type is checked
 # (`xfail(raises=...)`), so a cell that starts failing differently is reported and its line stays true.
-_INPUTS = (ValueError, "ValueError at step 1: 'could not find inputs that the module's forward accepts in the batch; "
-                       "pass `example_input=`'")
-_MAT = "RuntimeError{}: forward on the raw 1x8x8 batch: 'mat1 and mat2 shapes cannot be multiplied ({} and 64x128)'"
-
-
-def _student(name: str) -> tuple[type[BaseException], str]:
-    return RuntimeError, f"RuntimeError at step 1: 'training_step never called the forward of {name!r}; set " \
-                         "`student_module`'"
-
-
-def _forward(name: str, where: str = "") -> tuple[type[BaseException], str]:
-    return NotImplementedError, f"NotImplementedError{where}, not a ValueError: pl_module(x) on the raw batch, and " \
-                                f"{name} has no forward"
-
-
 EXPECTED_FAILURES: dict[tuple[str, str], tuple[type[BaseException], str]] = {
 }
 
