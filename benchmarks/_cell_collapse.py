@@ -5,6 +5,7 @@ returns the found architecture, the final ``p(skip)`` per decision and the per-e
 ``section(...)`` runs the whole comparison (cell space, plus plain DARTS on the chain space as the control)
 and returns the markdown body of the benchmark section.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,13 +17,13 @@ from typing import Any
 import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _digits_cell_space as cs  # noqa: E402
-import _digits_space as ds  # noqa: E402
-from _report import table  # noqa: E402
+import _digits_cell_space as cs
+import _digits_space as ds
+from _report import table
 
-from lightning_nas.callbacks import DifferentiableNAS  # noqa: E402
-from lightning_nas.data import DigitsDataModule  # noqa: E402
-from lightning_nas.models import Classifier  # noqa: E402
+from lightning_nas.callbacks import DifferentiableNAS
+from lightning_nas.data import DigitsDataModule
+from lightning_nas.models import Classifier
 
 REMEDIES = {"DARTS": "none", "DARTS + DARTS- (aux skip)": "darts-", "DARTS + beta-decay": "beta-decay"}
 LONG_FACTOR = 8  # the long search: 8x the default epochs
@@ -33,27 +34,50 @@ def run(name: str, seed: int, epochs: int, sp: ModuleType = cs) -> dict[str, Any
     L.seed_everything(seed, verbose=False)
     cb = DifferentiableNAS("darts", remedy=REMEDIES[name], seed=seed, ablation_batches=0)
     module = Classifier(sp.build_model(), lr=sp.BUDGET["lr"])
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, callbacks=[cb],
-                        default_root_dir="nas_runs/bench_cell_collapse")
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[cb],
+        default_root_dir="nas_runs/bench_cell_collapse",
+    )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=sp.BUDGET["batch_size"]))
     probs = {lb: dict(zip(cb._supernet.names[lb], map(float, ps))) for lb, ps in cb._supernet.probabilities().items()}
     hist = [sum(h["probs"][lb]["skip"] for lb in sp.LABELS) / len(sp.LABELS) for h in cb.history]
-    return {"arch": cb.export(), "p_skip": [probs[lb]["skip"] for lb in sp.LABELS], "history": hist,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "arch": cb.export(),
+        "p_skip": [probs[lb]["skip"] for lb in sp.LABELS],
+        "history": hist,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def _row(sp: ModuleType, space: str, setting: str, name: str, seed: int, epochs: int, acc: dict[str, float],
-         best: float) -> list[Any]:
+def _row(
+    sp: ModuleType, space: str, setting: str, name: str, seed: int, epochs: int, acc: dict[str, float], best: float
+) -> list[Any]:
     r = run(name, seed, epochs, sp)
     key = sp.arch_key(r["arch"])
     h = r["history"]
     marks = sorted({min(len(h), e) for e in (12, len(h) // 2, len(h))})
     won = sum(a == "skip" for a in r["arch"].values())
-    row = [space, setting, name, seed, key, f"{acc[key]:.2f}", best - acc[key], won,
-           " / ".join(f"{p:.2f}" for p in r["p_skip"]), sum(p > 0.5 for p in r["p_skip"]),
-           ", ".join(f"{h[e - 1]:.2f} (ep {e})" for e in marks)]
+    row = [
+        space,
+        setting,
+        name,
+        seed,
+        key,
+        f"{acc[key]:.2f}",
+        best - acc[key],
+        won,
+        " / ".join(f"{p:.2f}" for p in r["p_skip"]),
+        sum(p > 0.5 for p in r["p_skip"]),
+        ", ".join(f"{h[e - 1]:.2f} (ep {e})" for e in marks),
+    ]
     print(row, f"{r['seconds']:.0f} s", flush=True)
     return row
 
@@ -64,17 +88,27 @@ def section(seeds: list[int], epochs: int) -> str:
     acc = {r["key"]: 100 * r["test_acc"] for r in truth["archs"]}
     best = max(acc.values())
     long = LONG_FACTOR * epochs
-    rows = [_row(cs, "cell", f"{e} ep", name, s, e, acc, best)
-            for e in (epochs, long) for name in REMEDIES for s in seeds]
+    rows = [
+        _row(cs, "cell", f"{e} ep", name, s, e, acc, best) for e in (epochs, long) for name in REMEDIES for s in seeds
+    ]
     chain = {r["key"]: 100 * r["test_acc"] for r in ds.load_truth()["archs"]}
     rows += [_row(ds, "chain (control)", f"{long} ep", "DARTS", s, long, chain, max(chain.values())) for s in seeds]
     summary = []
     for group in dict.fromkeys(tuple(r[:3]) for r in rows):
         rs = [r for r in rows if tuple(r[:3]) == group]
         p_skip = [float(p) for r in rs for p in r[8].split(" / ")]
-        summary.append([*group, len(rs), sum(r[6] for r in rs) / len(rs), max(r[6] for r in rs),
-                        f"{sum(p_skip) / len(p_skip):.2f}", f"{max(p_skip):.2f}",
-                        f"{sum(r[7] for r in rs)} of {3 * len(rs)}", sum(r[7] >= 2 for r in rs)])
+        summary.append(
+            [
+                *group,
+                len(rs),
+                sum(r[6] for r in rs) / len(rs),
+                max(r[6] for r in rs),
+                f"{sum(p_skip) / len(p_skip):.2f}",
+                f"{max(p_skip):.2f}",
+                f"{sum(r[7] for r in rs)} of {3 * len(rs)}",
+                sum(r[7] >= 2 for r in rs),
+            ]
+        )
     by = {tuple(r[:3]): r for r in summary}
 
     def verdict(group: tuple[str, str, str]) -> str:
@@ -82,11 +116,17 @@ def section(seeds: list[int], epochs: int) -> str:
         return f"mean regret {r[4]:.2f} pt (max {r[5]:.2f}), {r[9]} of {r[3]} seeds picked >= 2 skips"
 
     long_s = f"{long} ep"
-    verdicts = ("\n\nLong search: plain DARTS on the cell space: " + verdict(("cell", long_s, "DARTS"))
-                + "; with DARTS-: " + verdict(("cell", long_s, "DARTS + DARTS- (aux skip)"))
-                + "; with beta-decay: " + verdict(("cell", long_s, "DARTS + beta-decay"))
-                + "; plain DARTS on the chain space (control): " + verdict(("chain (control)", long_s, "DARTS"))
-                + ".")
+    verdicts = (
+        "\n\nLong search: plain DARTS on the cell space: "
+        + verdict(("cell", long_s, "DARTS"))
+        + "; with DARTS-: "
+        + verdict(("cell", long_s, "DARTS + DARTS- (aux skip)"))
+        + "; with beta-decay: "
+        + verdict(("cell", long_s, "DARTS + beta-decay"))
+        + "; plain DARTS on the chain space (control): "
+        + verdict(("chain (control)", long_s, "DARTS"))
+        + "."
+    )
     ranked = sorted(acc.items(), key=lambda kv: -kv[1])
     pos = {k: i + 1 for i, (k, _) in enumerate(ranked)}
     skips = [(k, v) for k, v in ranked if k.count("skip") >= 2]
@@ -111,11 +151,37 @@ def section(seeds: list[int], epochs: int) -> str:
         "'p(skip)' lists the final probability of `skip` on each decision (cell: a / b / c; chain: b1 / b2 / b3); "
         "'mean p(skip)' its mean over decisions during the search; a collapse shows as decisions won by `skip` "
         "(argmax) and a skip-heavy, standalone-worse architecture.\n\n"
-        + table(["space", "search", "mode", "seeds", "regret mean (pt)", "regret max (pt)", "mean final p(skip)",
-                 "max final p(skip)", "decisions won by skip", "seeds picking >= 2 skips"], summary)
+        + table(
+            [
+                "space",
+                "search",
+                "mode",
+                "seeds",
+                "regret mean (pt)",
+                "regret max (pt)",
+                "mean final p(skip)",
+                "max final p(skip)",
+                "decisions won by skip",
+                "seeds picking >= 2 skips",
+            ],
+            summary,
+        )
         + verdicts
         + "\n\nPer seed:\n\n"
-        + table(["space", "search", "mode", "seed", "found", "standalone acc (%)", "regret (pt)",
-                 "decisions won by skip", "final p(skip) per decision", "decisions with p(skip) > 0.5",
-                 "mean p(skip) during search"], rows)
+        + table(
+            [
+                "space",
+                "search",
+                "mode",
+                "seed",
+                "found",
+                "standalone acc (%)",
+                "regret (pt)",
+                "decisions won by skip",
+                "final p(skip) per decision",
+                "decisions with p(skip) > 0.5",
+                "mean p(skip) during search",
+            ],
+            rows,
+        )
     )

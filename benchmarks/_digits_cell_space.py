@@ -13,6 +13,7 @@ so ``b = skip`` makes ``node2 = node0 + c(a(node0))``, a residual block (the arg
 skip} = 27 architectures. ``train_standalone`` trains one architecture from scratch (same budget as the
 chain space) and ``load_truth()`` reads/extends the cached ground truth ``results/digits_cell_space_truth.json``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,8 +31,14 @@ LABELS = ("a", "b", "c")
 CANDIDATES = ("conv3", "conv1", "skip")
 ARCHS: list[dict[str, str]] = [dict(zip(LABELS, c)) for c in itertools.product(CANDIDATES, repeat=len(LABELS))]
 WIDTH = 16
-BUDGET = {"epochs": 12, "batch_size": 64, "lr": 3e-3, "optimizer": "Adam", "seeds": [0, 1, 2, 3],
-          "data": "DigitsDataModule(seed=0) train split; val/test splits for scoring"}
+BUDGET = {
+    "epochs": 12,
+    "batch_size": 64,
+    "lr": 3e-3,
+    "optimizer": "Adam",
+    "seeds": [0, 1, 2, 3],
+    "data": "DigitsDataModule(seed=0) train split; val/test splits for scoring",
+}
 TRUTH_PATH = Path(__file__).resolve().parent / "results" / "digits_cell_space_truth.json"
 
 
@@ -40,8 +47,7 @@ def _conv(c_in: int, c_out: int, k: int) -> nn.Module:
 
 
 def _edge(label: str, c: int) -> space.LayerChoice:
-    return space.LayerChoice({"conv3": _conv(c, c, 3), "conv1": _conv(c, c, 1), "skip": nn.Identity()},
-                             label=label)
+    return space.LayerChoice({"conv3": _conv(c, c, 3), "conv1": _conv(c, c, 1), "skip": nn.Identity()}, label=label)
 
 
 class Cell(nn.Module):

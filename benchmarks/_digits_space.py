@@ -8,6 +8,7 @@ trains one architecture from scratch with the fixed budget used for the ground t
 ``load_truth()`` reads the cached ground truth ``results/digits_space_truth.json`` written by
 ``benchmarks/oneshot_search.py`` (``{"archs": [{"arch", "val_acc", "test_acc", ...}], "budget": {...}}``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,8 +28,14 @@ LABELS = ("b1", "b2", "b3")
 CANDIDATES = ("conv3", "conv1", "skip")
 ARCHS: list[dict[str, str]] = [dict(zip(LABELS, c)) for c in itertools.product(CANDIDATES, repeat=len(LABELS))]
 WIDTH = 16
-BUDGET = {"epochs": 12, "batch_size": 64, "lr": 3e-3, "optimizer": "Adam", "seeds": list(range(8)),
-          "data": "DigitsDataModule(seed=0) train split; val/test splits for scoring"}
+BUDGET = {
+    "epochs": 12,
+    "batch_size": 64,
+    "lr": 3e-3,
+    "optimizer": "Adam",
+    "seeds": list(range(8)),
+    "data": "DigitsDataModule(seed=0) train split; val/test splits for scoring",
+}
 TRUTH_PATH = Path(__file__).resolve().parent / "results" / "digits_space_truth.json"
 
 
@@ -67,8 +74,12 @@ def arch_key(arch: dict[str, str]) -> str:
     return "-".join(arch[lb] for lb in LABELS)
 
 
-def train_standalone(arch: dict[str, str], seed: int, epochs: int = BUDGET["epochs"],
-                     build: Callable[[dict[str, str]], nn.Module] | None = None) -> dict[str, Any]:
+def train_standalone(
+    arch: dict[str, str],
+    seed: int,
+    epochs: int = BUDGET["epochs"],
+    build: Callable[[dict[str, str]], nn.Module] | None = None,
+) -> dict[str, Any]:
     """Train ``arch`` from scratch (plain torch loop, the fixed budget); return val/test accuracy and time.
     ``build``: the space's ``build_model`` (default: this chain space's; the cell space passes its own)."""
     from lightning_nas.data import DigitsDataModule
@@ -84,7 +95,7 @@ def train_standalone(arch: dict[str, str], seed: int, epochs: int = BUDGET["epoc
         model.train()
         perm = torch.randperm(len(ytr), generator=gen)
         for i in range(0, len(ytr), BUDGET["batch_size"]):
-            idx = perm[i:i + BUDGET["batch_size"]]
+            idx = perm[i : i + BUDGET["batch_size"]]
             opt.zero_grad()
             F.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
             opt.step()
@@ -100,17 +111,24 @@ def train_standalone(arch: dict[str, str], seed: int, epochs: int = BUDGET["epoc
 
 def truth_row(arch: dict[str, str], key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One architecture's entry of a truth file: mean and per-seed val/test accuracy of its standalone runs."""
-    return {"arch": arch, "key": key,
-            "val_acc": sum(r["val_acc"] for r in runs) / len(runs),
-            "test_acc": sum(r["test_acc"] for r in runs) / len(runs),
-            "test_acc_per_seed": [r["test_acc"] for r in runs],
-            "val_acc_per_seed": [r["val_acc"] for r in runs],
-            "seconds": sum(r["seconds"] for r in runs) / len(runs)}
+    return {
+        "arch": arch,
+        "key": key,
+        "val_acc": sum(r["val_acc"] for r in runs) / len(runs),
+        "test_acc": sum(r["test_acc"] for r in runs) / len(runs),
+        "test_acc_per_seed": [r["test_acc"] for r in runs],
+        "val_acc_per_seed": [r["val_acc"] for r in runs],
+        "seconds": sum(r["seconds"] for r in runs) / len(runs),
+    }
 
 
-def compute_truth(seeds: list[int] | None = None, cached: dict[str, Any] | None = None, archs: list[dict[str, str]]
-                  | None = None, key: Callable[[dict[str, str]], str] = arch_key,
-                  build: Callable[[dict[str, str]], nn.Module] | None = None) -> dict[str, Any]:
+def compute_truth(
+    seeds: list[int] | None = None,
+    cached: dict[str, Any] | None = None,
+    archs: list[dict[str, str]] | None = None,
+    key: Callable[[dict[str, str]], str] = arch_key,
+    build: Callable[[dict[str, str]], nn.Module] | None = None,
+) -> dict[str, Any]:
     """Train every architecture (default: this space's 27) with every seed; mean accuracies per architecture.
 
     Seeds already in ``cached`` (an earlier truth with the same epochs) are reused, not retrained: training is
@@ -122,8 +140,11 @@ def compute_truth(seeds: list[int] | None = None, cached: dict[str, Any] | None 
     if cached and cached["budget"].get("epochs") == BUDGET["epochs"]:
         for r in cached["archs"]:
             for i, s in enumerate(cached["budget"]["seeds"]):
-                old[(r["key"], s)] = {"val_acc": r["val_acc_per_seed"][i], "test_acc": r["test_acc_per_seed"][i],
-                                      "seconds": r["seconds"]}
+                old[(r["key"], s)] = {
+                    "val_acc": r["val_acc_per_seed"][i],
+                    "test_acc": r["test_acc_per_seed"][i],
+                    "seconds": r["seconds"],
+                }
     rows = []
     for arch in ARCHS if archs is None else archs:
         runs = [old.get((key(arch), s)) or train_standalone(arch, s, build=build) for s in seeds]

@@ -9,6 +9,7 @@ The multi-trial benchmark uses it where the 27-architecture space is too small t
 architecture trained from scratch with seeds 0, 1, 2, val and test accuracy per seed. The computation keeps a
 partial file and resumes from it when interrupted.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -68,8 +69,9 @@ def train_standalone(arch: dict[str, str], seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = build_model(arch)
     t0 = time.perf_counter()
-    train_plain(model, *dm.split("train").tensors, epochs=BUDGET["epochs"], lr=BUDGET["lr"],
-                batch_size=BUDGET["batch_size"])
+    train_plain(
+        model, *dm.split("train").tensors, epochs=BUDGET["epochs"], lr=BUDGET["lr"], batch_size=BUDGET["batch_size"]
+    )
     out: dict[str, Any] = {"seconds": time.perf_counter() - t0}
     with torch.no_grad():
         for split in ("val", "test"):

@@ -11,6 +11,7 @@ Targets ("top-3"): architectures ranked by their ground-truth score = mean over 
 test accuracy (540 images, both splits equally large); the target set is the 3 best plus any architecture tied
 with the 3rd (equal score), so ties are never broken arbitrarily.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,12 +93,18 @@ class Run:
         return max((t.value, k) for t, c, k in zip(self.study.trials, cum, self.keys) if c <= n)[1]
 
 
-def search(truth: Truth, strategy: str, seed: int, budget: int, settings: dict[str, Any] | None = None,
-           dedup: bool = False, rng_offset: int = 10_000) -> Run:
+def search(
+    truth: Truth,
+    strategy: str,
+    seed: int,
+    budget: int,
+    settings: dict[str, Any] | None = None,
+    dedup: bool = False,
+    rng_offset: int = 10_000,
+) -> Run:
     """One lookup search of ``budget`` fits (with ``dedup``: also ending after ``budget`` duplicates, as ``run``)."""
     sp, rng = truth.sp, np.random.RandomState(rng_offset + seed)
-    study = optuna.create_study(direction="maximize",
-                                sampler=sampler(strategy, seed, budget, sp, dict(settings or {})))
+    study = optuna.create_study(direction="maximize", sampler=sampler(strategy, seed, budget, sp, dict(settings or {})))
     fit_no: list[int | None] = []
     keys: list[str] = []
 
@@ -120,8 +127,14 @@ def search(truth: Truth, strategy: str, seed: int, budget: int, settings: dict[s
     return Run(study, fit_no, keys)
 
 
-def compare(truth: Truth, configs: dict[str, tuple[str, dict[str, Any], bool]], seeds: list[int], budget: int,
-            ks: tuple[int, ...] = (3, 1), regret_at: tuple[int, ...] = (10, 30)) -> dict[str, dict[str, Any]]:
+def compare(
+    truth: Truth,
+    configs: dict[str, tuple[str, dict[str, Any], bool]],
+    seeds: list[int],
+    budget: int,
+    ks: tuple[int, ...] = (3, 1),
+    regret_at: tuple[int, ...] = (10, 30),
+) -> dict[str, dict[str, Any]]:
     """Per config name (strategy, settings, dedup): the fits-to-target of every seed for each ``k`` in ``ks``, the
     median, the runs reaching it, the mean regret (ground-truth score) of the pick after ``regret_at`` fits."""
     out: dict[str, dict[str, Any]] = {}
@@ -137,8 +150,11 @@ def compare(truth: Truth, configs: dict[str, tuple[str, dict[str, Any], bool]], 
             for n in regret_at:
                 regret[n].append(best - truth.score[r.pick_after(n)])
             dups.append(r.fit_no.count(None))
-        out[name] = {"hits": hits, "median": {k: statistics.median(v) for k, v in hits.items()},
-                     "reached": {k: sum(h <= budget for h in v) for k, v in hits.items()},
-                     "regret": {n: float(np.mean(v)) for n, v in regret.items()},
-                     "duplicates": float(np.mean(dups))}
+        out[name] = {
+            "hits": hits,
+            "median": {k: statistics.median(v) for k, v in hits.items()},
+            "reached": {k: sum(h <= budget for h in v) for k, v in hits.items()},
+            "regret": {n: float(np.mean(v)) for n, v in regret.items()},
+            "duplicates": float(np.mean(dups)),
+        }
     return out

@@ -7,6 +7,7 @@ commit (and whether the code had uncommitted changes), and the versions of torch
 ONNX Runtime. A ``--quick`` run (a smoke test at a smaller scale) writes to ``benchmarks/results/quick/``,
 which git ignores, and leaves the published sections and BENCHMARKS.md alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = RESULTS / "quick"  # git-ignored: smoke runs never replace published numbers
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 # distributions whose versions each section records (import name -> how the section names it)
-VERSIONS = {"torch": "torch", "lightning": "Lightning", "optuna": "Optuna", "onnxruntime": "ONNX Runtime",
-            "lightning-nas": "lightning-nas"}
+VERSIONS = {
+    "torch": "torch",
+    "lightning": "Lightning",
+    "optuna": "Optuna",
+    "onnxruntime": "ONNX Runtime",
+    "lightning-nas": "lightning-nas",
+}
 
 
 def machine() -> str:
@@ -40,8 +46,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
 
 
 def fmt(v: Any) -> str:
@@ -70,14 +78,17 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 def git_state() -> str:
     """``<sha>`` of HEAD, plus the code files with uncommitted changes (results files and BENCHMARKS.md, which the
     benchmarks themselves write, do not count)."""
+
     def git(*a: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, timeout=30,
-                              check=True).stdout.rstrip("\n")
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *a], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.rstrip("\n")
 
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results",
-                    ":!BENCHMARKS.md").splitlines()
+        dirty = git(
+            "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results", ":!BENCHMARKS.md"
+        ).splitlines()
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     if not dirty:
@@ -101,17 +112,20 @@ def versions() -> str:
 def provenance(args: argparse.Namespace | None = None, argv: Sequence[str] | None = None) -> str:
     """The header of a results section: what exactly produced it, where and with which code."""
     arguments = ", ".join(f"`{k}={v!r}`" for k, v in sorted(vars(args).items())) if args is not None else "none"
-    return "  \n".join([
-        f"Reproduce: `{command_line(argv)}`",
-        f"Arguments: {arguments}",
-        f"Code: git {git_state()}; recorded {datetime.date.today().isoformat()}",
-        f"Versions: {versions()}",
-        f"Machine: {machine()}",
-    ])
+    return "  \n".join(
+        [
+            f"Reproduce: `{command_line(argv)}`",
+            f"Arguments: {arguments}",
+            f"Code: git {git_state()}; recorded {datetime.date.today().isoformat()}",
+            f"Versions: {versions()}",
+            f"Machine: {machine()}",
+        ]
+    )
 
 
-def write_section(name: str, title: str, body: str, args: argparse.Namespace | None = None,
-                  quick: bool | None = None) -> Path:
+def write_section(
+    name: str, title: str, body: str, args: argparse.Namespace | None = None, quick: bool | None = None
+) -> Path:
     """Write ``results/<name>.md`` (provenance, then ``body``) and rebuild ``BENCHMARKS.md``; return its path.
 
     ``args`` are the script's parsed arguments, recorded in full. A quick run (``quick``, by default
@@ -121,7 +135,7 @@ def write_section(name: str, title: str, body: str, args: argparse.Namespace | N
     folder = QUICK if quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.md"
-    note = ("\n\n**A `--quick` smoke run at a smaller scale: not a published result.**" if quick else "")
+    note = "\n\n**A `--quick` smoke run at a smaller scale: not a published result.**" if quick else ""
     path.write_text(f"## {title}\n\n{provenance(args)}{note}\n\n{body.strip()}\n")
     if quick:
         print(f"quick run: wrote {path}; the published results and BENCHMARKS.md are unchanged")
@@ -131,9 +145,11 @@ def write_section(name: str, title: str, body: str, args: argparse.Namespace | N
 
 
 def assemble() -> Path:
-    parts = ["# Benchmarks\n\nEvery number below is measured side by side in one run of the named script "
-             "(regenerate all with `make benchmarks`); each section names the command line, arguments, git commit and "
-             "library versions that produced it.\n"]
+    parts = [
+        "# Benchmarks\n\nEvery number below is measured side by side in one run of the named script "
+        "(regenerate all with `make benchmarks`); each section names the command line, arguments, git commit and "
+        "library versions that produced it.\n"
+    ]
     parts += [p.read_text() for p in sorted(RESULTS.glob("*.md"))]
     BENCHMARKS_MD.write_text("\n".join(parts))
     return BENCHMARKS_MD

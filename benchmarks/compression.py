@@ -12,6 +12,7 @@ in torch eager and in ONNX Runtime) and evaluated on the held-out images (valida
 
 Run: ``python benchmarks/compression.py`` (a few minutes on an idle multi-core CPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,12 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._report import table, write_section  # noqa: E402
-from lightning_nas.callbacks import LowRankFactorization, StructuredPruning  # noqa: E402
-from lightning_nas.data import DigitsDataModule  # noqa: E402
-from lightning_nas.deploy import measure  # noqa: E402
-from lightning_nas.explain import evaluate_accuracy  # noqa: E402
-from lightning_nas.models import Classifier, DigitsCNN  # noqa: E402
+from benchmarks._report import table, write_section
+from lightning_nas.callbacks import LowRankFactorization, StructuredPruning
+from lightning_nas.data import DigitsDataModule
+from lightning_nas.deploy import measure
+from lightning_nas.explain import evaluate_accuracy
+from lightning_nas.models import Classifier, DigitsCNN
 
 TRAIN_EPOCHS, FINETUNE_EPOCHS, WIDTH = 8, 12, 64
 
@@ -44,8 +45,15 @@ class ResidualCNN(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                          nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)) for _ in range(2))
+            nn.Sequential(
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.BatchNorm2d(width),
+            )
+            for _ in range(2)
+        )
         self.widen = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU())
         self.head = nn.Linear(2 * width, num_classes)
 
@@ -65,9 +73,18 @@ class _CosineClassifier(Classifier):
 
 
 def _trainer(epochs: int, callbacks: list) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
-                     default_root_dir="/tmp/lightning_nas_bench", num_sanity_val_steps=0)
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        default_root_dir="/tmp/lightning_nas_bench",
+        num_sanity_val_steps=0,
+    )
 
 
 def _variants() -> dict[str, list]:
@@ -75,12 +92,19 @@ def _variants() -> dict[str, list]:
 
     return {
         "dense": [],
-        "StructuredPruning(0.5, l2, cubic ep 0-4)": [StructuredPruning(amount=0.5, importance="l2",
-                                                                       schedule="cubic", start_epoch=0,
-                                                                       end_epoch=4)],
+        "StructuredPruning(0.5, l2, cubic ep 0-4)": [
+            StructuredPruning(amount=0.5, importance="l2", schedule="cubic", start_epoch=0, end_epoch=4)
+        ],
         "Lightning ModelPruning (l1 masks 0.5)": [
-            ModelPruning("l1_unstructured", amount=0.5, use_global_unstructured=True,
-                         apply_pruning=lambda epoch: epoch == 0, make_pruning_permanent=True, verbose=0)],
+            ModelPruning(
+                "l1_unstructured",
+                amount=0.5,
+                use_global_unstructured=True,
+                apply_pruning=lambda epoch: epoch == 0,
+                make_pruning_permanent=True,
+                verbose=0,
+            )
+        ],
         "LowRank energy 0.9": [LowRankFactorization(energy=0.9, start_epoch=0)],
         "LowRank energy 0.7": [LowRankFactorization(energy=0.7, start_epoch=0)],
         "LowRank energy 0.5": [LowRankFactorization(energy=0.5, start_epoch=0)],
@@ -123,10 +147,23 @@ def run_model(name: str, net: nn.Module, dm: DigitsDataModule, x: torch.Tensor) 
         m = measure(net, x, latency=False, onnx=False)
         eager, onnx = lat[variant]
         zero = sum(int((p == 0).sum()) for p in net.parameters()) / max(m.params, 1)
-        rows.append([name, variant, round(acc, 4), round(100 * (ref_acc - acc), 1), m.params,
-                     round(m.params / ref.params, 3), round(zero, 2), m.macs, round(m.macs / ref.macs, 3),
-                     round(eager, 2), round(lat["dense"][0] / eager, 2), round(onnx, 2),
-                     round(lat["dense"][1] / onnx, 2)])
+        rows.append(
+            [
+                name,
+                variant,
+                round(acc, 4),
+                round(100 * (ref_acc - acc), 1),
+                m.params,
+                round(m.params / ref.params, 3),
+                round(zero, 2),
+                m.macs,
+                round(m.macs / ref.macs, 3),
+                round(eager, 2),
+                round(lat["dense"][0] / eager, 2),
+                round(onnx, 2),
+                round(lat["dense"][1] / onnx, 2),
+            ]
+        )
         print(f"{name:12s} {variant:38s} eager={eager:.2f}ms onnx={onnx:.2f}ms", flush=True)
     return rows
 
@@ -137,19 +174,35 @@ def main() -> None:
     dm = DigitsDataModule(batch_size=64, seed=0)
     x = dm.example_input(64)
     rows = run_model("digits CNN", DigitsCNN(WIDTH), dm, x) + run_model("residual CNN", ResidualCNN(WIDTH), dm, x)
-    cols = ["model", "variant", "held-out acc", "drop (pt)", "params", "params ratio", "zero-weight frac", "MACs",
-            "MACs ratio", "eager ms", "eager speedup", "ONNX RT ms", "ONNX speedup"]
-    body = (f"Digits (sklearn, 8x8), batch 64, torch {torch.__version__} on {torch.get_num_threads()} threads. "
-            f"Dense trained {TRAIN_EPOCHS} epochs, then every variant (dense included) fine-tuned "
-            f"{FINETUNE_EPOCHS} epochs from that checkpoint with a cosine learning-rate decay (validation is not used for any choice, so accuracy is "
-            f"measured on validation + test together: 540 held-out images, 1 pt = 5.4 images). Width {WIDTH} (residual CNN: {WIDTH} channels in the "
-            f"residual stream, {2 * WIDTH} in the last conv). Latency: every model timed round-robin 5 times "
-            f"(median of 20 calls each), the lowest median kept; speedup = dense latency / variant latency, "
-            f"same run, same process.\n\n" + table(cols, rows)
-            + "\n\nMasks (Lightning's `ModelPruning`) zero half the weights but leave shapes, MACs and latency "
-              "unchanged; `StructuredPruning` removes the channels. Low-rank layers are skipped where the "
-              "chosen rank would not cut MACs by at least 10% (see the `lowrank/layers` table).\n"
-            + f"\nTotal benchmark time: {time.perf_counter() - t0:.0f} s.")
+    cols = [
+        "model",
+        "variant",
+        "held-out acc",
+        "drop (pt)",
+        "params",
+        "params ratio",
+        "zero-weight frac",
+        "MACs",
+        "MACs ratio",
+        "eager ms",
+        "eager speedup",
+        "ONNX RT ms",
+        "ONNX speedup",
+    ]
+    body = (
+        f"Digits (sklearn, 8x8), batch 64, torch {torch.__version__} on {torch.get_num_threads()} threads. "
+        f"Dense trained {TRAIN_EPOCHS} epochs, then every variant (dense included) fine-tuned "
+        f"{FINETUNE_EPOCHS} epochs from that checkpoint with a cosine learning-rate decay (validation is not used for any choice, so accuracy is "
+        f"measured on validation + test together: 540 held-out images, 1 pt = 5.4 images). Width {WIDTH} (residual CNN: {WIDTH} channels in the "
+        f"residual stream, {2 * WIDTH} in the last conv). Latency: every model timed round-robin 5 times "
+        f"(median of 20 calls each), the lowest median kept; speedup = dense latency / variant latency, "
+        f"same run, same process.\n\n"
+        + table(cols, rows)
+        + "\n\nMasks (Lightning's `ModelPruning`) zero half the weights but leave shapes, MACs and latency "
+        "unchanged; `StructuredPruning` removes the channels. Low-rank layers are skipped where the "
+        "chosen rank would not cut MACs by at least 10% (see the `lowrank/layers` table).\n"
+        + f"\nTotal benchmark time: {time.perf_counter() - t0:.0f} s."
+    )
     path = write_section("compression", "Pruning and low-rank factorization", body, args)
     print(body)
     print(f"wrote {path}")

@@ -11,6 +11,7 @@ validation gap. ``compression_qat_kd.py`` then reports that protocol (and the pl
 Run: ``python benchmarks/compression_kd_protocol.py [--jobs 2]`` (about 35 min of one core). Writes
 ``benchmarks/results/compression_kd_protocol.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,14 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from benchmarks._kd_mnist import (KD_SETTINGS, Mnist5k, gap_recovered, kd_arms, quiet_worker,  # noqa: E402
-                                  train_teacher)
+from benchmarks._kd_mnist import (
+    KD_SETTINGS,
+    Mnist5k,
+    gap_recovered,
+    kd_arms,
+    quiet_worker,
+    train_teacher,
+)
 from benchmarks._report import table, write_section  # noqa: E402
 
 PROTOCOLS = [(40, 0), (40, 1), (40, 2), (80, 2)]  # (epochs, max shift in pixels, both arms)
@@ -58,9 +65,16 @@ def main() -> None:
         chosen = max(KD_SETTINGS, key=mean.get)
         rec = {k: gap_recovered(mean[k], mean["alone"], teacher) for k in KD_SETTINGS}
         score[(epochs, shift)] = rec[chosen]
-        rows.append([epochs, shift, f"{100 * teacher:.1f}", f"{100 * mean['alone']:.2f}",
-                     *(f"{100 * mean[k]:.2f} ({rec[k]:+.2f})" for k in KD_SETTINGS),
-                     f"T={chosen[0]:g} a={chosen[1]:g}: {rec[chosen]:.2f}"])
+        rows.append(
+            [
+                epochs,
+                shift,
+                f"{100 * teacher:.1f}",
+                f"{100 * mean['alone']:.2f}",
+                *(f"{100 * mean[k]:.2f} ({rec[k]:+.2f})" for k in KD_SETTINGS),
+                f"T={chosen[0]:g} a={chosen[1]:g}: {rec[chosen]:.2f}",
+            ]
+        )
     best = max(score, key=score.get)
     body = [
         f"Selection seeds {SEEDS[0]}-{SEEDS[-1]} (not reported elsewhere); validation split (1,000 images) only. "
@@ -68,14 +82,24 @@ def main() -> None:
         "the seeds (share of the teacher-student validation gap recovered). A protocol's score is the share "
         "recovered by its validation-best (T, alpha).",
         "",
-        table(["epochs", "shift px (both arms)", "teacher val %", "alone val %",
-               *(f"KD T={t:g} a={a:g}" for t, a in KD_SETTINGS), "chosen: recovered"], rows),
+        table(
+            [
+                "epochs",
+                "shift px (both arms)",
+                "teacher val %",
+                "alone val %",
+                *(f"KD T={t:g} a={a:g}" for t, a in KD_SETTINGS),
+                "chosen: recovered",
+            ],
+            rows,
+        ),
         "",
         f"Chosen protocol: {best[0]} epochs, shift {best[1]} px in both arms (score {score[best]:.2f}). "
         f"Run time {time.perf_counter() - t0:.0f} s with {args.jobs} jobs.",
     ]
-    path = write_section("compression_kd_protocol", "Compression: how the KD benchmark protocol was chosen",
-                         "\n".join(body), args)
+    path = write_section(
+        "compression_kd_protocol", "Compression: how the KD benchmark protocol was chosen", "\n".join(body), args
+    )
     print(path.read_text())
 
 

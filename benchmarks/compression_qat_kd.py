@@ -14,6 +14,7 @@ on each fold's validation split; "gap recovered" = (acc_kd - acc_alone) / (acc_t
 accuracy pooled over all 5,000 images. The selected protocol (shifted images in both arms, chosen by
 ``compression_kd_protocol.py``) carries the goal; the plain protocol is shown beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,17 @@ from lightning_nas.models import Classifier, DigitsCNN  # noqa: E402
 
 
 def _trainer(epochs: int, callbacks=()) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
-                     num_sanity_val_steps=0)
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        num_sanity_val_steps=0,
+    )
 
 
 def _acc(model: torch.nn.Module, dm: DigitsDataModule) -> float:
@@ -65,14 +74,27 @@ def _onnx_breakdown(data: bytes) -> str:
     """Where the bytes of an int8 ONNX file go: int8 weights, int32 biases, float32 scale vectors, the rest."""
     import onnx
 
-    parts = {"int8 weights": 0, "int32 biases": 0, "float32 per-channel scales": 0, "int8 zero-point vectors": 0,
-             "scalar qparams": 0}
+    parts = {
+        "int8 weights": 0,
+        "int32 biases": 0,
+        "float32 per-channel scales": 0,
+        "int8 zero-point vectors": 0,
+        "scalar qparams": 0,
+    }
     for t in onnx.load_from_string(data).graph.initializer:
         n = len(t.raw_data) or t.ByteSize()
         int8 = t.data_type == onnx.TensorProto.INT8
-        key = ("scalar qparams" if not t.dims else "int8 weights" if int8 and len(t.dims) > 1
-               else "int8 zero-point vectors" if int8 else "int32 biases" if t.data_type == onnx.TensorProto.INT32
-               else "float32 per-channel scales")
+        key = (
+            "scalar qparams"
+            if not t.dims
+            else "int8 weights"
+            if int8 and len(t.dims) > 1
+            else "int8 zero-point vectors"
+            if int8
+            else "int32 biases"
+            if t.data_type == onnx.TensorProto.INT32
+            else "float32 per-channel scales"
+        )
         parts[key] += n
     parts["graph, names, protobuf framing"] = len(data) - sum(parts.values())
     return ", ".join(f"{k} {v} B" for k, v in parts.items())
@@ -108,20 +130,34 @@ def qat_rows(widths: list[int], epochs: int, qat_epochs: int, dm: DigitsDataModu
         fp32 = Classifier(DigitsCNN(width), lr=3e-3)
         _trainer(epochs).fit(fp32, datamodule=dm)
         net = fp32.net.eval()
-        calib = [dm.split("train").tensors[0][i:i + 64] for i in range(0, 640, 64)]
+        calib = [dm.split("train").tensors[0][i : i + 64] for i in range(0, 640, 64)]
         ptq = post_training_quantize(net, calib)
         # the usual QAT fine-tuning recipe: a small LR, BatchNorm statistics frozen after the first epoch
         student = Classifier(copy.deepcopy(net), lr=1e-4)
-        qat = QuantizationAware(freeze_observers_after=max(1, qat_epochs - 1), freeze_bn_after=1,
-                                measure=False, explain=False)
+        qat = QuantizationAware(
+            freeze_observers_after=max(1, qat_epochs - 1), freeze_bn_after=1, measure=False, explain=False
+        )
         _trainer(qat_epochs, [qat]).fit(student, datamodule=dm)
         m_fp = measure(net, x64, repeats=50, onnx=False)
         fp_raw = onnx_bytes(net, x64[:1])
         fp_onnx = compact_onnx(fp_raw)  # the float file compacted the same way: the strict denominator
         fp_onnx_ms = _onnx_ms(fp_onnx, x64)
         acc_fp = _acc(net, dm)
-        rows.append([width, "fp32", f"{100 * acc_fp:.2f}", "0", f"{m_fp.size_bytes} / 1", f"{len(fp_onnx)} / 1",
-                     "", f"{m_fp.latency_ms:.2f}", "1x", f"{fp_onnx_ms:.2f}", "1x"])
+        rows.append(
+            [
+                width,
+                "fp32",
+                f"{100 * acc_fp:.2f}",
+                "0",
+                f"{m_fp.size_bytes} / 1",
+                f"{len(fp_onnx)} / 1",
+                "",
+                f"{m_fp.latency_ms:.2f}",
+                "1x",
+                f"{fp_onnx_ms:.2f}",
+                "1x",
+            ]
+        )
         for name, model in (("PTQ int8", ptq), ("QAT int8", qat.int8_model)):
             m = measure(model, x64, repeats=50, onnx=False)
             raw = export_int8_onnx(model, x64[:1], form="raw")
@@ -130,22 +166,33 @@ def qat_rows(widths: list[int], epochs: int, qat_epochs: int, dm: DigitsDataModu
             check_same_outputs(raw, fused, xs)
             acc = _acc(model, dm)
             ort_ms = _onnx_ms(qdq, x64)
-            rows.append([width, name, f"{100 * acc:.2f}", f"{100 * (acc_fp - acc):+.2f}",
-                         f"{m.size_bytes} / {m.size_bytes / m_fp.size_bytes:.3f}",
-                         f"{len(qdq)} / {len(qdq) / len(fp_onnx):.3f}",
-                         f"{len(fused)} / {len(fused) / len(fp_onnx):.3f}",
-                         f"{m_fp.latency_ms:.2f} / {m.latency_ms:.2f}", f"{m_fp.latency_ms / m.latency_ms:.2f}x",
-                         f"{fp_onnx_ms:.2f} / {ort_ms:.2f}", f"{fp_onnx_ms / ort_ms:.2f}x"])
+            rows.append(
+                [
+                    width,
+                    name,
+                    f"{100 * acc:.2f}",
+                    f"{100 * (acc_fp - acc):+.2f}",
+                    f"{m.size_bytes} / {m.size_bytes / m_fp.size_bytes:.3f}",
+                    f"{len(qdq)} / {len(qdq) / len(fp_onnx):.3f}",
+                    f"{len(fused)} / {len(fused) / len(fp_onnx):.3f}",
+                    f"{m_fp.latency_ms:.2f} / {m.latency_ms:.2f}",
+                    f"{m_fp.latency_ms / m.latency_ms:.2f}x",
+                    f"{fp_onnx_ms:.2f} / {ort_ms:.2f}",
+                    f"{fp_onnx_ms / ort_ms:.2f}x",
+                ]
+            )
             if name == "QAT int8":
                 layers = [mod for mod in net.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]
                 n_w, n_c = sum(mod.weight.numel() for mod in layers), sum(mod.weight.shape[0] for mod in layers)
                 floor = (n_w + 8 * n_c) / (4 * (n_w + n_c))  # int8 weights + 4-byte bias + float32 scale per channel
-                notes.append(f"- width {width} ({n_w} weights, {n_c} output channels; int8 data floor {floor:.4f}x): "
-                             f"fp32 ONNX {len(fp_raw)} B as exported, {len(fp_onnx)} B compacted; int8 "
-                             f"ONNX {len(raw)} B as exported, {len(qdq)} B compact QDQ, {len(fused)} B fused. "
-                             "Fused file: "
-                             f"{_onnx_breakdown(fused)}. Torch state dict {m.size_bytes} B: "
-                             f"{_torch_breakdown(model, m.size_bytes)}.")
+                notes.append(
+                    f"- width {width} ({n_w} weights, {n_c} output channels; int8 data floor {floor:.4f}x): "
+                    f"fp32 ONNX {len(fp_raw)} B as exported, {len(fp_onnx)} B compacted; int8 "
+                    f"ONNX {len(raw)} B as exported, {len(qdq)} B compact QDQ, {len(fused)} B fused. "
+                    "Fused file: "
+                    f"{_onnx_breakdown(fused)}. Torch state dict {m.size_bytes} B: "
+                    f"{_torch_breakdown(model, m.size_bytes)}."
+                )
         print(rows[-3:], flush=True)
     return rows, notes
 
@@ -160,12 +207,16 @@ def _verdict(rows: list[list]) -> list[str]:
         sizes = {"torch state dict": ratio(r[4]), "compact QDQ ONNX": ratio(r[5]), "fused ONNX": ratio(r[6])}
         speed_t, speed_o = float(r[8].rstrip("x")), float(r[10].rstrip("x"))
         best = min(sizes.values())
-        out.append(f"- width {r[0]}, QAT int8: size " + ", ".join(f"{k} {v:.3f}x" for k, v in sizes.items())
-                   + f" ({'met' if best <= 0.26 else 'NOT met'}"
-                   + (f" by the {min(sizes, key=sizes.get)}" if best <= 0.26 else "") + "), "
-                   f"speed-up torch {speed_t:.1f}x / ORT {speed_o:.1f}x "
-                   f"({'met' if min(speed_t, speed_o) >= 2 else 'NOT met'}), accuracy drop {drop:+.2f} pt "
-                   f"({'met' if drop <= 0.5 else 'NOT met'})")
+        out.append(
+            f"- width {r[0]}, QAT int8: size "
+            + ", ".join(f"{k} {v:.3f}x" for k, v in sizes.items())
+            + f" ({'met' if best <= 0.26 else 'NOT met'}"
+            + (f" by the {min(sizes, key=sizes.get)}" if best <= 0.26 else "")
+            + "), "
+            f"speed-up torch {speed_t:.1f}x / ORT {speed_o:.1f}x "
+            f"({'met' if min(speed_t, speed_o) >= 2 else 'NOT met'}), accuracy drop {drop:+.2f} pt "
+            f"({'met' if drop <= 0.5 else 'NOT met'})"
+        )
     return out
 
 
@@ -188,7 +239,7 @@ def main() -> None:
     # the text says what ran: all 5 folds of the 5-fold partition, or the first `folds` of them (--quick)
     cv_name = "5-fold cross-validation" if folds == 5 else f"folds 0-{folds - 1} of a 5-fold cross-validation"
     folds_text = "Each of the 5 folds" if folds == 5 else f"Each of the {folds} folds run (of 5)"
-    pooled_text = ("all 5,000 images" if folds == 5 else f"the {1000 * folds:,} test images of the {folds} folds run")
+    pooled_text = "all 5,000 images" if folds == 5 else f"the {1000 * folds:,} test images of the {folds} folds run"
     kd_parts, recovered = [], []
     for (kd_epochs, shift), res in zip(protocols, cv):
         k, kd_lines, rec = kd_report(res)
@@ -198,8 +249,16 @@ def main() -> None:
             + (f"images shifted by up to {shift} px in both arms" if shift else "plain images")
             + (" (the selected protocol)" if shift else " (the protocol it was selected over)"),
             "",
-            table(["fold", "teacher", "student alone", *(f"KD T={t_:g} a={a_:g}" for t_, a_ in KD_SETTINGS),
-                   "chosen on val"], k),
+            table(
+                [
+                    "fold",
+                    "teacher",
+                    "student alone",
+                    *(f"KD T={t_:g} a={a_:g}" for t_, a_ in KD_SETTINGS),
+                    "chosen on val",
+                ],
+                k,
+            ),
             "",
             *kd_lines,
             "",
@@ -209,16 +268,29 @@ def main() -> None:
         f"fp32 trained {epochs} epochs; PTQ = static post-training quantization of that model (640 calibration "
         f"images); QAT = {qat_epochs} epochs of `QuantizationAware` fine-tuning from it, then `convert_fx`. Sizes are "
         "the bytes of the files, as `B / ratio to fp32`: torch = `torch.save(state_dict)`; ONNX = "
-        "`export_int8_onnx(form=\"qdq\")` (the default: the exporter's QDQ graph compacted by `compact_onnx`, "
-        "standard ONNX ops) and `form=\"fused\"` (ONNX Runtime's offline-optimized QLinearConv/QGemm graph, "
+        '`export_int8_onnx(form="qdq")` (the default: the exporter\'s QDQ graph compacted by `compact_onnx`, '
+        'standard ONNX ops) and `form="fused"` (ONNX Runtime\'s offline-optimized QLinearConv/QGemm graph, '
         "ONNX Runtime CPU only), both divided by the fp32 ONNX file compacted the same way. Both int8 files "
         "are checked to give bit-identical outputs to the exporter's file on the whole test split. "
         "Latency: median ms for a batch of 64 on 1 thread, fp32 / int8; ORT runs the compact QDQ file "
         "(ONNX Runtime fuses it into the same kernels as the fused file).",
         "",
-        table(["width", "model", "test acc %", "drop pt (fp32 - int8)", "torch B / ratio", "ONNX QDQ B / ratio",
-               "ONNX fused B / ratio", "torch ms fp32 / int8", "torch speed-up", "ORT ms fp32 / int8",
-               "ORT speed-up"], q),
+        table(
+            [
+                "width",
+                "model",
+                "test acc %",
+                "drop pt (fp32 - int8)",
+                "torch B / ratio",
+                "ONNX QDQ B / ratio",
+                "ONNX fused B / ratio",
+                "torch ms fp32 / int8",
+                "torch speed-up",
+                "ORT ms fp32 / int8",
+                "ORT speed-up",
+            ],
+            q,
+        ),
         "",
         "Goals: size <= 0.26x, >= 2x faster at batch 64, accuracy drop <= 0.5 pt. One test image is 0.37 pt. QAT "
         "fine-tunes for extra epochs (LR 1e-4), so its int8 model can be better than the fp32 model it started "
@@ -241,7 +313,7 @@ def main() -> None:
         f"(as in Hinton et al. 2015). Student: an MLP 784-{hidden}-10 (no convolutional prior, no regularisation) "
         "trained alone (cross-entropy) or with `KnowledgeDistillation(teacher, T, alpha)`, same epochs; Adam 3e-3, "
         "batch 64, same seed (same initialisation, batches and shifts in both arms). With shifted images the "
-        "teacher labels the very images the student sees (\"consistent teaching\", Beyer et al. 2022). The "
+        'teacher labels the very images the student sees ("consistent teaching", Beyer et al. 2022). The '
         "protocol (epochs, shift, candidates) was chosen on validation with seeds 100-102 and the fixed split by "
         "`benchmarks/compression_kd_protocol.py` (its section above). {folds_text} holds out 1,000 test "
         f"and 1,000 validation images and trains on 3,000 (a new teacher per fold); (T, alpha) is chosen on the "
@@ -257,8 +329,9 @@ def main() -> None:
         f"Total run time {time.perf_counter() - t0:.0f} s. Latencies are noisy on a shared machine: rerun on a "
         "quiet one.",
     ]
-    path = write_section("compression_qat_kd", "Compression: QAT to int8 and knowledge distillation", "\n".join(body),
-                         args)
+    path = write_section(
+        "compression_qat_kd", "Compression: QAT to int8 and knowledge distillation", "\n".join(body), args
+    )
     print(path.read_text())
 
 

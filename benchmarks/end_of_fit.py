@@ -10,6 +10,7 @@ end-of-fit cost at defaults <= 10% of one epoch.
 
     python benchmarks/end_of_fit.py [--steps 50] [--width 64] [--quick]   (--quick writes results/quick/)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-_END_HOOKS = ("on_train_end", "on_fit_end", "teardown", "on_train_epoch_end", "on_sanity_check_end",
-              "on_validation_end")
+_END_HOOKS = (
+    "on_train_end",
+    "on_fit_end",
+    "teardown",
+    "on_train_epoch_end",
+    "on_sanity_check_end",
+    "on_validation_end",
+)
 
 
 def _timed(cb: Any) -> Any:
@@ -42,6 +49,7 @@ def _timed(cb: Any) -> Any:
             finally:
                 if _name not in ("on_sanity_check_end", "on_validation_end"):
                     cb._end_s += time.perf_counter() - t0
+
         setattr(cb, name, wrapper)
     return cb
 
@@ -56,8 +64,10 @@ def _module(width: int, searchable: bool) -> Any:
     net = resnet18(10, width)
     if searchable:
         c = width * 8
-        net.layer4[1].conv2 = space.LayerChoice({"conv3": nn.Conv2d(c, c, 3, padding=1, bias=False),
-                                                 "conv1": nn.Conv2d(c, c, 1, bias=False)}, label="layer4_conv")
+        net.layer4[1].conv2 = space.LayerChoice(
+            {"conv3": nn.Conv2d(c, c, 3, padding=1, bias=False), "conv1": nn.Conv2d(c, c, 1, bias=False)},
+            label="layer4_conv",
+        )
     torch.manual_seed(0)
     return Classifier(net, lr=1e-3)
 
@@ -77,9 +87,17 @@ def _fit(callbacks: list, steps: int, width: int, root: Path, searchable: bool =
 
     L.seed_everything(0, verbose=False)
     train, val = _data(steps)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        default_root_dir=str(root))
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(root),
+    )
     t0 = time.perf_counter()
     trainer.fit(_module(width, searchable), train, val)
     return time.perf_counter() - t0
@@ -98,8 +116,11 @@ def configs(cb: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], Any], bo
 
 
 # QuantizationAware as v0.1 ran it at the end: the sensitivity table over every quantized layer on 4 batches
-UNBOUNDED_QAT: dict[str, Any] = {"explain_batches": 4, "sensitivity_layers": None,
-                                  "onnx_path": str(Path(tempfile.gettempdir()) / "end_of_fit_int8.onnx")}
+UNBOUNDED_QAT: dict[str, Any] = {
+    "explain_batches": 4,
+    "sensitivity_layers": None,
+    "onnx_path": str(Path(tempfile.gettempdir()) / "end_of_fit_int8.onnx"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,17 +161,27 @@ def main(argv: list[str] | None = None) -> int:
             results.append((name, ends))
         plain = statistics.median(plains)
         for name, (b, a) in results:
-            rows.append([name, b, f"{100 * b / plain:.1f}%", a, f"{100 * a / plain:.1f}%",
-                         "ok" if a <= 0.10 * plain else "OVER"])
-    body = (f"ResNet-18 (base width {args.width}, {sum(p.numel() for p in _module(args.width, False).parameters()):,}"
-            f" parameters), 3x32x32 synthetic inputs, batch 64; one epoch = {args.steps} steps + 4 validation "
-            f"batches: **{plain:.1f} s** plain (median of {len(plains)} plain fits interleaved with the others: "
-            f"{', '.join(f'{p:.1f}' for p in plains)} s). CPU, {torch.get_num_threads()} threads.\n\n"
-            + table(["callback", "before (s)", "before / epoch", "after (s)", "after / epoch", "<= 10%"], rows)
-            + "\n\n\"before\": budgets lifted as v0.1 ran (DecisionPaths `max_ablations=None`; QuantizationAware "
-            "`explain_batches=4, sensitivity_layers=None` and the ONNX Runtime measurement, which v0.1 made without "
-            "`onnx_path`; the rows without a budget change run the same settings twice). "
-            "\"after\": defaults. Time inside the callback's end-of-fit and end-of-epoch hooks.")
+            rows.append(
+                [
+                    name,
+                    b,
+                    f"{100 * b / plain:.1f}%",
+                    a,
+                    f"{100 * a / plain:.1f}%",
+                    "ok" if a <= 0.10 * plain else "OVER",
+                ]
+            )
+    body = (
+        f"ResNet-18 (base width {args.width}, {sum(p.numel() for p in _module(args.width, False).parameters()):,}"
+        f" parameters), 3x32x32 synthetic inputs, batch 64; one epoch = {args.steps} steps + 4 validation "
+        f"batches: **{plain:.1f} s** plain (median of {len(plains)} plain fits interleaved with the others: "
+        f"{', '.join(f'{p:.1f}' for p in plains)} s). CPU, {torch.get_num_threads()} threads.\n\n"
+        + table(["callback", "before (s)", "before / epoch", "after (s)", "after / epoch", "<= 10%"], rows)
+        + '\n\n"before": budgets lifted as v0.1 ran (DecisionPaths `max_ablations=None`; QuantizationAware '
+        "`explain_batches=4, sensitivity_layers=None` and the ONNX Runtime measurement, which v0.1 made without "
+        "`onnx_path`; the rows without a budget change run the same settings twice). "
+        '"after": defaults. Time inside the callback\'s end-of-fit and end-of-epoch hooks.'
+    )
     path = write_section("end_of_fit", "End-of-fit cost on a ResNet-18", body, args)  # --quick: results/quick/
     print(body)
     print(f"\nwrote {path}")

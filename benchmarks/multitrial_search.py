@@ -19,11 +19,11 @@ Four parts, all written to ``benchmarks/results/multitrial_search.md``:
 
 Run: ``python benchmarks/multitrial_search.py [--seeds 30] [--tune-seeds 10] [--fit-trials 60]``.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +48,8 @@ STRATEGIES = ["random", "grid", "tpe", "gp", "evolution", "reinforce", "nsga2"]
 BUDGET = {"27": 40, "243": 100}  # fits per search
 TUNE_SEED0 = 100  # tuning seeds: TUNE_SEED0, TUNE_SEED0 + 1, ...; report seeds: 0, 1, ...
 CANDIDATES = {  # the settings grid of part 1 (each also with dedup off and on)
-    "random": [{}], "grid": [{}],
+    "random": [{}],
+    "grid": [{}],
     "tpe": [dict(n_startup_trials=n, multivariate=m) for n in (5, 10) for m in (False, True)],
     "gp": [{}],  # Optuna's defaults (10 start-up trials): one GP search costs ~100x a TPE one, so no grid
     "evolution": [dict(population_size=p, sample_size=s) for p, s in ((4, 2), (6, 3), (10, 3), (20, 5))],
@@ -69,12 +70,15 @@ def tune(truth: ls.Truth, seeds: list[int], budget: int) -> tuple[str, dict]:
             if len(CANDIDATES[s]) == 1:
                 chosen[(s, dedup)] = CANDIDATES[s][0]
                 continue
-            res = ls.compare(truth, {_name(c): (s, c, dedup) for c in CANDIDATES[s]}, seeds, budget, ks=(3,),
-                             regret_at=(budget,))
+            res = ls.compare(
+                truth, {_name(c): (s, c, dedup) for c in CANDIDATES[s]}, seeds, budget, ks=(3,), regret_at=(budget,)
+            )
             best = min(res, key=lambda n: (res[n]["median"][3], float(np.mean(res[n]["hits"][3]))))
             chosen[(s, dedup)] = next(c for c in CANDIDATES[s] if _name(c) == best)
-            rows += [[s, dedup, n, r["median"][3], float(np.mean(r["hits"][3])), "<-" if n == best else ""]
-                     for n, r in res.items()]
+            rows += [
+                [s, dedup, n, r["median"][3], float(np.mean(r["hits"][3])), "<-" if n == best else ""]
+                for n, r in res.items()
+            ]
     cols = ["strategy", "dedup", "settings", "median fits to top-3", "mean (censored at budget+1)", "chosen"]
     return table(cols, rows), chosen
 
@@ -86,25 +90,55 @@ def efficiency(truth: ls.Truth, chosen: dict, seeds: list[int], budget: int) -> 
     rows = []
     for (s, d), r in res.items():
         r["ratio"] = r["median"][3] / base
-        rows.append([s, d, _name(chosen[(s, d)]), r["median"][3], r["ratio"], f"{r['reached'][3]}/{len(seeds)}",
-                     r["median"][1], r["regret"][10], r["regret"][30], r["duplicates"]])
-    cols = ["strategy", "dedup", "settings", "median fits to a top-3 arch", f"vs random ({base})",
-            "runs reaching top-3", "median fits to the best", "mean regret of pick @10 fits", "@30 fits",
-            "mean trials answered from the study"]
+        rows.append(
+            [
+                s,
+                d,
+                _name(chosen[(s, d)]),
+                r["median"][3],
+                r["ratio"],
+                f"{r['reached'][3]}/{len(seeds)}",
+                r["median"][1],
+                r["regret"][10],
+                r["regret"][30],
+                r["duplicates"],
+            ]
+        )
+    cols = [
+        "strategy",
+        "dedup",
+        "settings",
+        "median fits to a top-3 arch",
+        f"vs random ({base})",
+        "runs reaching top-3",
+        "median fits to the best",
+        "mean regret of pick @10 fits",
+        "@30 fits",
+        "mean trials answered from the study",
+    ]
     return table(cols, rows), {"res": res, "base": base}
 
 
 def _targets(truth: ls.Truth) -> str:
     top = [k for k in truth.ranked if k in truth.top(3)]
     nxt = [k for k in truth.ranked if k not in top][:3]
-    return (", ".join(f"{k} ({truth.score[k]:.4f})" for k in top) + "; next: "
-            + ", ".join(f"{k} ({truth.score[k]:.4f})" for k in nxt))
+    return (
+        ", ".join(f"{k} ({truth.score[k]:.4f})" for k in top)
+        + "; next: "
+        + ", ".join(f"{k} ({truth.score[k]:.4f})" for k in nxt)
+    )
 
 
 def _seed_sd(truth: ls.Truth) -> float:
     """Median over architectures of the seed-to-seed standard deviation of the score (val+test mean)."""
-    return float(np.median([np.std([(v + t) / 2 for v, t in zip(r["val_acc_per_seed"], r["test_acc_per_seed"])],
-                                   ddof=1) for r in truth.by_key.values()]))
+    return float(
+        np.median(
+            [
+                np.std([(v + t) / 2 for v, t in zip(r["val_acc_per_seed"], r["test_acc_per_seed"])], ddof=1)
+                for r in truth.by_key.values()
+            ]
+        )
+    )
 
 
 def lookup_study(strategy: str, seed: int, n_trials: int, by_key) -> optuna.Study:
@@ -134,8 +168,11 @@ def importance_rank(n_trials: int = 150, seeds: int = 3) -> tuple[str, dict]:
             for method, d in imp.get("val_acc", {}).items():
                 order = sorted(d, key=lambda k: -d[k])
                 ranks.setdefault((strategy, method), []).append(order.index("dummy") + 1)
-                rows.append([strategy, seed, method] + [f"{p} ({d[p]:.3f})" for p in order]
-                            + [f"{order.index('dummy') + 1} of {len(order)}"])
+                rows.append(
+                    [strategy, seed, method]
+                    + [f"{p} ({d[p]:.3f})" for p in order]
+                    + [f"{order.index('dummy') + 1} of {len(order)}"]
+                )
             rows += [[strategy, seed, "note", n, "", "", "", ""] for n in notes]
     cols = ["study sampler", "seed", "method", "1st", "2nd", "3rd", "4th", "dummy ranks"]
     return table(cols, rows), ranks
@@ -152,16 +189,45 @@ def build(trial):
 def _workers(n_procs: int, n_trials: int, work: Path, epochs: int) -> optuna.Study:
     db = work / f"w{n_procs}.db"
     cfg = work / f"w{n_procs}.yaml"
-    cfg.write_text("\n".join([
-        f"build: {Path(__file__).resolve()}:build",
-        "datamodule: {class_path: lightning_nas.data.DigitsDataModule, init_args: {batch_size: 64}}",
-        "objectives: {val_acc: maximize}", f"n_trials: {n_trials}", "strategy: evolution", "seed: 0",
-        "sampler_kwargs: {population_size: 4, sample_size: 2}",
-        f"trainer: {{max_epochs: {epochs}}}", f"out_dir: {work / 'out'}"]) + "\n")
+    cfg.write_text(
+        "\n".join(
+            [
+                f"build: {Path(__file__).resolve()}:build",
+                "datamodule: {class_path: lightning_nas.data.DigitsDataModule, init_args: {batch_size: 64}}",
+                "objectives: {val_acc: maximize}",
+                f"n_trials: {n_trials}",
+                "strategy: evolution",
+                "seed: 0",
+                "sampler_kwargs: {population_size: 4, sample_size: 2}",
+                f"trainer: {{max_epochs: {epochs}}}",
+                f"out_dir: {work / 'out'}",
+            ]
+        )
+        + "\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="offline")
-    procs = [subprocess.Popen([sys.executable, "-m", "lightning_nas", "search", "--config", str(cfg), "--storage",
-                               f"sqlite:///{db}", "--study", "bench"], env=env, cwd=str(ROOT),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(n_procs)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lightning_nas",
+                "search",
+                "--config",
+                str(cfg),
+                "--storage",
+                f"sqlite:///{db}",
+                "--study",
+                "bench",
+            ],
+            env=env,
+            cwd=str(ROOT),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n_procs)
+    ]
     for p in procs:
         _, err = p.communicate()
         if p.returncode:
@@ -181,8 +247,15 @@ def throughput(n_trials: int, epochs: int) -> tuple[str, dict]:
             best = study.best_trial
             key = ds.arch_key({lb: best.params[lb] for lb in ds.LABELS})
             rows.append([n, len(done), span, rate[n], key, ranked.index(key) + 1, best.value])
-    cols = ["workers", "trials", "wall s (first start to last end)", "trials/hour", "arch picked",
-            "its ground-truth rank (of 27)", "its val_acc in the search"]
+    cols = [
+        "workers",
+        "trials",
+        "wall s (first start to last end)",
+        "trials/hour",
+        "arch picked",
+        "its ground-truth rank (of 27)",
+        "its val_acc in the search",
+    ]
     return table(cols, rows), {"speedup": rate[2] / rate[1]}
 
 
@@ -193,14 +266,17 @@ def _verdict(e: dict, n_seeds: int) -> str:
 
     def name(k, with_reach=False):
         reach = res[k]["reached"][3]
-        return (f"{k[0]}{' + dedup' if k[1] else ''}"
-                + (f" (reaches a target in {reach}/{n_seeds} runs)" if with_reach and reach < n_seeds else ""))
+        return f"{k[0]}{' + dedup' if k[1] else ''}" + (
+            f" (reaches a target in {reach}/{n_seeds} runs)" if with_reach and reach < n_seeds else ""
+        )
 
     low = min(ratios.values())
     bests = [name(k) for k, v in ratios.items() if v == low]
     met = [f"{name(k, True)} {v:.2f}x" for k, v in sorted(ratios.items(), key=lambda kv: kv[1]) if v <= 0.5]
-    return (f"best **{low:.2f}x** ({', '.join(bests)}: {res[next(k for k in ratios if ratios[k] == low)]['median'][3]:g}"
-            f" vs random's {base} fits); goal <= 0.5x " + (f"**met** by {', '.join(met)}" if met else "**not met**"))
+    return (
+        f"best **{low:.2f}x** ({', '.join(bests)}: {res[next(k for k in ratios if ratios[k] == low)]['median'][3]:g}"
+        f" vs random's {base} fits); goal <= 0.5x " + (f"**met** by {', '.join(met)}" if met else "**not met**")
+    )
 
 
 def main() -> None:
@@ -232,10 +308,10 @@ def main() -> None:
 Spaces of one family (the candidates `conv3` 3x3 conv-BN-ReLU, `conv1` 1x1 conv-BN-ReLU, `skip` identity; width
 16; every architecture trained from scratch for the ground truth, 12 epochs of Adam):
 - **27**: `benchmarks/_digits_space.py`, 3 `LayerChoice`s (stem, b1, b2, pool, b3); truth
-  `results/digits_space_truth.json` ({len(next(iter(small.by_key.values()))['val_acc_per_seed'])} seeds).
+  `results/digits_space_truth.json` ({len(next(iter(small.by_key.values()))["val_acc_per_seed"])} seeds).
 - **243**: `benchmarks/_digits_space_large.py`, 5 `LayerChoice`s (stem, b1, b2, b3, pool, b4, b5); truth
-  `results/digits_space_large_truth.json` ({len(dsl.SEEDS)} seeds, {sum(r['seconds'] for r in large.by_key.values())
-  * len(dsl.SEEDS) / 60:.0f} min of training).
+  `results/digits_space_large_truth.json` ({len(dsl.SEEDS)} seeds, {
+        sum(r["seconds"] for r in large.by_key.values()) * len(dsl.SEEDS) / 60:.0f} min of training).
 
 **Targets.** An architecture's ground-truth score is the mean over seeds of its standalone accuracy on val and
 test together (540 images; counted in images, so ties are exact); "top-3" = the 3 best plus any tied with the 3rd
@@ -252,15 +328,19 @@ find the plateau and then sample it.
 cached truth: one seed's val accuracy, drawn at random each time (a repeated architecture gets a fresh seed, as
 a re-fit would). With `dedup` (`run(..., dedup=True)`, new) a repeated architecture is answered from the study
 (`find_duplicate`: the earlier trial's value, no fit) and does not count toward the budget; costs are therefore
-counted in **fits**, which for dedup off equal trials. Budget {BUDGET['27']} fits (27) / {BUDGET['243']} fits
+counted in **fits**, which for dedup off equal trials. Budget {BUDGET["27"]} fits (27) / {BUDGET["243"]} fits
 (243), a search with dedup also stops after as many answers from the study (as `run` does); a run that never
 evaluates a target counts as budget + 1. Report seeds 0-{args.seeds - 1}. **Baseline**: the exact median of
 blind random search (with replacement, as Optuna's `RandomSampler`): 1 - (1 - t/n)^k >= 0.5 first at
-k = {eff['27'][1]['base']} (27: t = {len(small.top(3))} targets) / {eff['243'][1]['base']} (243: t = {len(large.top(3))});
+k = {eff["27"][1]["base"]} (27: t = {len(small.top(3))} targets) / {eff["243"][1]["base"]} (243: t = {
+        len(large.top(3))
+    });
 the random rows measure the same thing with {args.seeds} seeds, and their spread shows how noisy a median of
 {args.seeds} heavy-tailed (geometric) searches is, so the exact value is the baseline, not the sampled one.
 "Median fits to the best" is censored at budget + 1 where random search would need a median of
-{ls.random_median(1, len(large.ranked))} (243) fits. (Protocol changes from the first version: targets by val+test score with ties instead of val alone;
+{
+        ls.random_median(1, len(large.ranked))
+    } (243) fits. (Protocol changes from the first version: targets by val+test score with ties instead of val alone;
 the irrelevant `dummy` float is only in the importance studies (part 3), so that grid enumerates the
 architectures and dedup can recognise repeats; the 243-space added; settings tuned on separate seeds.)
 
@@ -274,17 +354,17 @@ architectures and dedup can recognise repeats; the 243-space added; settings tun
 
 27-architecture space:
 
-{eff['27'][0]}
+{eff["27"][0]}
 
-Top-3 in the 27-space: {verdict['27']}. This space has a floor: 3 targets in 27, blind sampling needs a median of
+Top-3 in the 27-space: {verdict["27"]}. This space has a floor: 3 targets in 27, blind sampling needs a median of
 6 fits (1 - C(24,k)/C(27,k) >= 0.5 first at k = 6) and no model learns much from the first 2-3 fits, so 0.5x
 (3 fits) is out of reach for any strategy.
 
 243-architecture space:
 
-{eff['243'][0]}
+{eff["243"][0]}
 
-Top-3 in the 243-space: {verdict['243']}.
+Top-3 in the 243-space: {verdict["243"]}.
 
 **3. Importance** of the three choices and the dummy (Optuna's fANOVA and PED-ANOVA through
 `lightning_nas.search.multitrial.importances`, on studies of 150 lookup trials of the 27-space plus a `dummy` float
@@ -293,25 +373,33 @@ in [0, 1] that nothing reads):
 {imp}
 
 Dummy ranked last in {sum(r == 4 for v in ranks.values() for r in v)} of {sum(len(v) for v in ranks.values())}
-analyses (fANOVA: {sum(r == 4 for k, v in ranks.items() if k[1] == 'fanova' for r in v)} of
-{sum(len(v) for k, v in ranks.items() if k[1] == 'fanova')}). On TPE studies fANOVA gives
+analyses (fANOVA: {sum(r == 4 for k, v in ranks.items() if k[1] == "fanova" for r in v)} of
+{sum(len(v) for k, v in ranks.items() if k[1] == "fanova")}). On TPE studies fANOVA gives
 the choice TPE stopped exploring (here `b2`, which varies least among the top architectures) little importance:
 its samples lose variance; fANOVA assumes roughly uniform sampling. PED-ANOVA ranked the dummy last in
-{sum(r == 4 for r in ranks.get(('random', 'ped_anova'), []))} of {len(ranks.get(('random', 'ped_anova'), []))} random studies and
-{sum(r == 4 for r in ranks.get(('tpe', 'ped_anova'), []))} of {len(ranks.get(('tpe', 'ped_anova'), []))} TPE studies (mean rank there
-{sum(ranks.get(('tpe', 'ped_anova'), [0])) / max(1, len(ranks.get(('tpe', 'ped_anova'), []))):.1f}): it compares the top-quantile trials' parameter
+{sum(r == 4 for r in ranks.get(("random", "ped_anova"), []))} of {
+        len(ranks.get(("random", "ped_anova"), []))
+    } random studies and
+{sum(r == 4 for r in ranks.get(("tpe", "ped_anova"), []))} of {
+        len(ranks.get(("tpe", "ped_anova"), []))
+    } TPE studies (mean rank there
+{
+        sum(ranks.get(("tpe", "ped_anova"), [0]))
+        / max(1, len(ranks.get(("tpe", "ped_anova"), []))):.1f}): it compares the top-quantile trials' parameter
 distribution with all trials', and TPE draws the dummy from its density of good trials too, so its late (and
 better) trials hold a narrow band of dummy values while the whole study spreads over [0, 1]: on an adaptively
 sampled study PED-ANOVA also reports what the sampler concentrated. Read importance from random (or QMC)
 studies, or from fANOVA.
 
 **4. Real fits** (`lightning-nas search` workers on one SQLite study, strategy `evolution`, each trial a Lightning
-fit of {args.epochs} epochs on digits with `lr` searched too; process start-up excluded from the rate; {args.fit_trials} trials per study: with 12 or 24 trials of ~0.35 s the
+fit of {args.epochs} epochs on digits with `lr` searched too; process start-up excluded from the rate; {
+        args.fit_trials
+    } trials per study: with 12 or 24 trials of ~0.35 s the
 workers' start-up stagger and the last trial's imbalance (~0.7 s) made the ratio swing between 1.6x and 1.9x):
 
 {thr}
 
-2 workers vs 1: **{th['speedup']:.2f}x** trials/hour (goal >= 1.8x; on a machine with fewer free cores than
+2 workers vs 1: **{th["speedup"]:.2f}x** trials/hour (goal >= 1.8x; on a machine with fewer free cores than
 workers this cannot be reached - rerun on a quiet machine with >= 2 free cores).
 Total benchmark time: {time.perf_counter() - t0:.0f} s.
 """

@@ -25,6 +25,7 @@ the long search as the control (~17 min for 4 seeds on one thread; ``--skip-coll
 Run: ``python benchmarks/oneshot_search.py [--epochs 12] [--seeds 0 1 2 3] [--recompute] [--no-stress]
 [--skip-collapse | --only-collapse]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,14 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _cell_collapse as cell  # noqa: E402
-import _digits_space as ds  # noqa: E402
-from _report import table, write_section  # noqa: E402
+import _cell_collapse as cell
+import _digits_space as ds
+from _report import table, write_section
 
-from lightning_nas.callbacks import DifferentiableNAS, SubnetSampling  # noqa: E402
-from lightning_nas.data import DigitsDataModule  # noqa: E402
-from lightning_nas.explain.architecture import kendall_tau  # noqa: E402
-from lightning_nas.models import Classifier  # noqa: E402
+from lightning_nas.callbacks import DifferentiableNAS, SubnetSampling
+from lightning_nas.data import DigitsDataModule
+from lightning_nas.explain.architecture import kendall_tau
+from lightning_nas.models import Classifier
 
 MODES = {
     "DARTS": lambda s: DifferentiableNAS("darts", seed=s),
@@ -52,21 +53,34 @@ MODES = {
     "DARTS + beta-decay": lambda s: DifferentiableNAS("darts", remedy="beta-decay", seed=s),
     "DARTS 2nd order": lambda s: DifferentiableNAS("darts", order=2, seed=s),
     "GDAS": lambda s: DifferentiableNAS("gdas", seed=s),
-    "SPOS, fair sampling (+ evolution)": lambda s: SubnetSampling(population=8, generations=3, seed=s,
-                                                                  score_all=True),
-    "SPOS, uniform sampling (+ evolution)": lambda s: SubnetSampling(population=8, generations=3, seed=s,
-                                                                     score_all=True, sampling="uniform"),
+    "SPOS, fair sampling (+ evolution)": lambda s: SubnetSampling(population=8, generations=3, seed=s, score_all=True),
+    "SPOS, uniform sampling (+ evolution)": lambda s: SubnetSampling(
+        population=8, generations=3, seed=s, score_all=True, sampling="uniform"
+    ),
 }
 STRESS = {"epochs_factor": 3, "arch_lr": 0.1}  # vs the defaults: 12 epochs, arch_lr 3e-3
-STRESS_MODES = {name: (lambda s, r=remedy: DifferentiableNAS("darts", arch_lr=STRESS["arch_lr"], remedy=r, seed=s))
-                for name, remedy in (("DARTS", "none"), ("DARTS + DARTS- (aux skip)", "darts-"),
-                                     ("DARTS + beta-decay", "beta-decay"))}
+STRESS_MODES = {
+    name: (lambda s, r=remedy: DifferentiableNAS("darts", arch_lr=STRESS["arch_lr"], remedy=r, seed=s))
+    for name, remedy in (
+        ("DARTS", "none"),
+        ("DARTS + DARTS- (aux skip)", "darts-"),
+        ("DARTS + beta-decay", "beta-decay"),
+    )
+}
 
 
 def _trainer(epochs: int, callbacks: list) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=False, callbacks=callbacks,
-                     default_root_dir="nas_runs/bench_oneshot")
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=callbacks,
+        default_root_dir="nas_runs/bench_oneshot",
+    )
 
 
 REFERENCE_ARCHS = ("conv3-conv3-conv3", "conv1-conv1-conv1", "conv3-conv1-skip")
@@ -100,16 +114,24 @@ def run_search(name: str, seed: int, epochs: int, modes: dict = MODES, timed: bo
         abl_scores = None
     else:
         probs = cb._supernet.probabilities()
-        scores = [sum(math.log(float(probs[lb][cb._supernet.names[lb].index(a[lb])])) for lb in ds.LABELS)
-                  for a in ds.ARCHS]
+        scores = [
+            sum(math.log(float(probs[lb][cb._supernet.names[lb].index(a[lb])])) for lb in ds.LABELS) for a in ds.ARCHS
+        ]
         ab = cb.ablation()  # val-loss increase when a candidate is removed from its mixed op (default 4 batches)
         abl_scores = [sum(ab[lb][a[lb]] for lb in ds.LABELS) for a in ds.ARCHS] if ab else None
         p_skip = [float(probs[lb][cb._supernet.names[lb].index("skip")]) for lb in ds.LABELS]
         skip, skip_max = sum(p_skip) / len(p_skip), max(p_skip)
     ent = sum(r[5] for r in cb.decision_table()) / len(ds.LABELS)
-    return {"arch": cb.export(), "seconds": seconds, "reference": reference, "scores": scores,
-            "abl_scores": abl_scores, "skip": skip,
-            "skip_max": skip_max, "entropy": ent}
+    return {
+        "arch": cb.export(),
+        "seconds": seconds,
+        "reference": reference,
+        "scores": scores,
+        "abl_scores": abl_scores,
+        "skip": skip,
+        "skip_max": skip_max,
+        "entropy": ent,
+    }
 
 
 def halves_desc(n: int) -> str:
@@ -129,8 +151,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if not args.skip_collapse:
         body = cell.section(args.seeds, args.epochs)
-        print(write_section("oneshot_search_cell", "DARTS collapse onto skip: chain vs cell space (digits)", body,
-                            args))
+        print(
+            write_section("oneshot_search_cell", "DARTS collapse onto skip: chain vs cell space (digits)", body, args)
+        )
     if args.only_collapse:
         return
     truth = ds.load_truth(recompute=args.recompute)
@@ -138,8 +161,10 @@ def main() -> None:
     truth_scores = [acc[ds.arch_key(a)] for a in ds.ARCHS]
     best = max(acc.values())
     n_seeds = len(truth["budget"]["seeds"])
-    halves = [[100 * sum(r["test_acc_per_seed"][i] for i in part) / len(part) for r in truth["archs"]]
-              for part in (range(n_seeds // 2), range(n_seeds // 2, n_seeds))]
+    halves = [
+        [100 * sum(r["test_acc_per_seed"][i] for i in part) / len(part) for r in truth["archs"]]
+        for part in (range(n_seeds // 2), range(n_seeds // 2, n_seeds))
+    ]
     noise_tau = kendall_tau(*halves)  # two independent half-size truths: the noise ceiling of a ranking
     ones: list[float] = []
     rows = []
@@ -152,19 +177,35 @@ def main() -> None:
         ones += [r["reference"] for r in runs]
         skip = sum(r["skip"] for r in runs) / len(runs)
         ent = sum(r["entropy"] for r in runs) / len(runs)
-        rows.append([name, ", ".join(ds.arch_key(r["arch"]) for r in runs), sum(regrets) / len(regrets),
-                     max(regrets), sum(taus) / len(taus), sum(abl) / len(abl) if abl else "-", cost,
-                     "-" if math.isnan(skip) else f"{skip:.2f}", ent])
+        rows.append(
+            [
+                name,
+                ", ".join(ds.arch_key(r["arch"]) for r in runs),
+                sum(regrets) / len(regrets),
+                max(regrets),
+                sum(taus) / len(taus),
+                sum(abl) / len(abl) if abl else "-",
+                cost,
+                "-" if math.isnan(skip) else f"{skip:.2f}",
+                ent,
+            ]
+        )
         print(rows[-1], flush=True)
     by = {r[0]: r for r in rows}
     remedy_note = ""
     if "DARTS" in by:
         base = by["DARTS"]
-        notes = [f"{name}: final p(skip) {by[name][7]} vs {base[7]}, entropy {by[name][8]:.2f} vs "
-                 f"{base[8]:.2f} nats, tau {by[name][4]:.2f} vs {base[4]:.2f}"
-                 for name in MODES if name.startswith("DARTS +") and name in by]
-        remedy_note = ("\n\nAnti-collapse remedies against plain DARTS (a collapse shows as p(skip) near 1): "
-                       + "; ".join(notes) + ".")
+        notes = [
+            f"{name}: final p(skip) {by[name][7]} vs {base[7]}, entropy {by[name][8]:.2f} vs "
+            f"{base[8]:.2f} nats, tau {by[name][4]:.2f} vs {base[4]:.2f}"
+            for name in MODES
+            if name.startswith("DARTS +") and name in by
+        ]
+        remedy_note = (
+            "\n\nAnti-collapse remedies against plain DARTS (a collapse shows as p(skip) near 1): "
+            + "; ".join(notes)
+            + "."
+        )
     one = sum(ones) / max(1, len(ones))
     stress_note = ""
     if not args.no_stress:
@@ -172,8 +213,17 @@ def main() -> None:
         for name in STRESS_MODES:
             for seed in args.seeds[:2]:
                 r = run_search(name, seed, STRESS["epochs_factor"] * args.epochs, STRESS_MODES, timed=False)
-                srows.append([name, seed, ds.arch_key(r["arch"]), best - acc[ds.arch_key(r["arch"])],
-                              f"{r['skip']:.2f}", f"{r['skip_max']:.2f}", r["entropy"]])
+                srows.append(
+                    [
+                        name,
+                        seed,
+                        ds.arch_key(r["arch"]),
+                        best - acc[ds.arch_key(r["arch"])],
+                        f"{r['skip']:.2f}",
+                        f"{r['skip_max']:.2f}",
+                        r["entropy"],
+                    ]
+                )
                 print(srows[-1], flush=True)
         stress_note = (
             f"\n\n**Collapse stress**: {STRESS['epochs_factor'] * args.epochs} epochs and "
@@ -181,8 +231,19 @@ def main() -> None:
             "`skip` (long search, fast architecture updates); a collapse shows as p(skip) near 1 on most "
             "decisions. (In this chain space a skip only deletes a block; the next section tests a cell space where "
             "it acts as a residual.)\n\n"
-            + table(["mode", "seed", "found", "regret (pt)", "mean p(skip)", "max p(skip) (one decision)",
-                     "final entropy (nats)"], srows))
+            + table(
+                [
+                    "mode",
+                    "seed",
+                    "found",
+                    "regret (pt)",
+                    "mean p(skip)",
+                    "max p(skip) (one decision)",
+                    "final entropy (nats)",
+                ],
+                srows,
+            )
+        )
     top = sorted(acc.items(), key=lambda kv: -kv[1])[:3]
     body = (
         f"Space: 3 `LayerChoice`s x {{conv3, conv1, skip}} = 27 architectures (`benchmarks/_digits_space.py`). "
@@ -203,14 +264,25 @@ def main() -> None:
         "`ablation()`, default 4 val batches; chosen as a second ranking after it ranked the space better "
         "against the standalone *val* accuracies in a 2-seed check). Goals: regret <= 0.5 pt, tau >= 0.7, "
         "cost <= 3x.\n\n"
-        + table(["mode", "found (per seed)", "regret mean (pt)", "regret max (pt)", "Kendall tau",
-                 "Kendall tau (op ablation)", "cost (x one fit)", "final p(skip)", "final entropy (nats)"], rows)
+        + table(
+            [
+                "mode",
+                "found (per seed)",
+                "regret mean (pt)",
+                "regret max (pt)",
+                "Kendall tau",
+                "Kendall tau (op ablation)",
+                "cost (x one fit)",
+                "final p(skip)",
+                "final entropy (nats)",
+            ],
+            rows,
+        )
         + remedy_note
         + stress_note
         + "\n\nCPU timings taken on a shared, contended machine: rerun on a quiet one for clean cost ratios."
     )
-    print(write_section("oneshot_search", "One-shot NAS (DARTS, GDAS, SPOS) on an enumerable digits space", body,
-                        args))
+    print(write_section("oneshot_search", "One-shot NAS (DARTS, GDAS, SPOS) on an enumerable digits space", body, args))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ own hooks, relative to the rest of the same fit, is reported as well (robust to 
 
     python benchmarks/overhead.py [--epochs 8] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,6 @@ def _teacher() -> Any:
     return DigitsCNN(64)
 
 
-
 _HOOKS = ("setup", "teardown", "state_dict", "load_state_dict")
 
 
@@ -64,6 +64,7 @@ def _timed(cb: Any) -> Any:
                 return _fn(*a, **k)
             finally:
                 cb._bench_s += time.perf_counter() - t0
+
         setattr(cb, name, wrapper)
     return cb
 
@@ -78,9 +79,17 @@ def _fit(make_callbacks: Callable[[], list], epochs: int, root: Path) -> tuple[f
     L.seed_everything(0, verbose=False)
     dm = DigitsDataModule(batch_size=64, seed=0)
     module = Classifier(DigitsCNN(32), lr=3e-3)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=make_callbacks(),
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        default_root_dir=str(root))
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=make_callbacks(),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(root),
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(module, datamodule=dm)
     return time.perf_counter() - t0, time.process_time() - c0
@@ -127,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_ratios[n].append(cpu / plain_cpu - 1.0)
                 hook_s = made[0]._bench_s
                 inside[n].append(hook_s / max(t - hook_s, 1e-9))
-                print(f"repeat {r}: {n:<20} {t:6.2f} s vs plain {plain:6.2f} s ({100 * (t / plain - 1):+.1f}%)",
-                      flush=True)
+                print(
+                    f"repeat {r}: {n:<20} {t:6.2f} s vs plain {plain:6.2f} s ({100 * (t / plain - 1):+.1f}%)",
+                    flush=True,
+                )
     rows = [["plain fit", statistics.median(times["plain fit"]), "-", "-", "-", "-", "-"]]
     for n in measured:
         over = statistics.median(ratios[n])
@@ -136,19 +147,39 @@ def main(argv: list[str] | None = None) -> int:
         hooks = statistics.median(inside[n])
         budget = CONSTRUCTORS[n][1]
         verdict = "-" if budget is None else ("ok" if hooks <= budget else "OVER")
-        rows.append([n, statistics.median(times[n]), f"{100 * over:+.1f}%", f"{100 * cpu_over:+.1f}%",
-                     f"{100 * hooks:.1f}%",
-                     "-" if budget is None else f"<= {100 * budget:.0f}%", verdict])
-    body = (f"Digits fit: `Classifier(DigitsCNN(32))`, batch 64, {args.epochs} epochs, CPU, 1 thread, no logger "
-            f"(the file sink still writes), each callback at its default settings; median of {args.repeats} "
-            "interleaved repeats.\n\n"
-            + "*wall* and *CPU* overheads are paired differences of back-to-back fits (CPU: this process's CPU "
-            "time, far less sensitive to other load on the machine); *time in hooks* is the wall time spent inside "
-            "the callback's own hooks divided by the rest of the same fit, which does not move with machine load. "
-            "The verdict uses time in hooks. On an idle machine the three agree; on a busy one trust time in hooks "
-            "only.\n\n"
-            + table(["configuration", "fit wall time (s)", "wall overhead", "CPU overhead", "time in hooks",
-                     "budget", "verdict"], rows))
+        rows.append(
+            [
+                n,
+                statistics.median(times[n]),
+                f"{100 * over:+.1f}%",
+                f"{100 * cpu_over:+.1f}%",
+                f"{100 * hooks:.1f}%",
+                "-" if budget is None else f"<= {100 * budget:.0f}%",
+                verdict,
+            ]
+        )
+    body = (
+        f"Digits fit: `Classifier(DigitsCNN(32))`, batch 64, {args.epochs} epochs, CPU, 1 thread, no logger "
+        f"(the file sink still writes), each callback at its default settings; median of {args.repeats} "
+        "interleaved repeats.\n\n"
+        + "*wall* and *CPU* overheads are paired differences of back-to-back fits (CPU: this process's CPU "
+        "time, far less sensitive to other load on the machine); *time in hooks* is the wall time spent inside "
+        "the callback's own hooks divided by the rest of the same fit, which does not move with machine load. "
+        "The verdict uses time in hooks. On an idle machine the three agree; on a busy one trust time in hooks "
+        "only.\n\n"
+        + table(
+            [
+                "configuration",
+                "fit wall time (s)",
+                "wall overhead",
+                "CPU overhead",
+                "time in hooks",
+                "budget",
+                "verdict",
+            ],
+            rows,
+        )
+    )
     if skipped:
         body += f"\n\nNot measured (no row in `CONSTRUCTORS` of `benchmarks/overhead.py`): {', '.join(skipped)}."
     path = write_section("overhead", "Callback overhead on a digits fit", body, args)

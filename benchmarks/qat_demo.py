@@ -9,6 +9,7 @@ epochs, torch.ao's recipe, observers frozen after 1 epoch, every layer int8, the
 layer int8 with the stage's settings, and the stage as the demo runs it (``demo._qat_fit``: BatchNorm statistics
 frozen, a tenth of the learning rate, first conv block float).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,11 @@ def _former(state, module):
     return qat
 
 
-VARIANTS = {"former stage (torch recipe, all int8)": _former,
-            "every layer int8": lambda state, module: D._qat_fit(state, module, ignore=()),
-            "the demo's stage (first conv block float)": D._qat_fit}
+VARIANTS = {
+    "former stage (torch recipe, all int8)": _former,
+    "every layer int8": lambda state, module: D._qat_fit(state, module, ignore=()),
+    "the demo's stage (first conv block float)": D._qat_fit,
+}
 
 
 def _ort_ms(session, x) -> float:
@@ -67,8 +70,11 @@ def _first_node_us(data: bytes, x, runs: int = 300) -> tuple[str, float]:
         for _ in range(runs):
             sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
         events = json.load(open(sess.end_profiling()))
-    convs = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-             and "Conv" in e["args"]["op_name"]]
+    convs = [
+        e
+        for e in events
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and "Conv" in e["args"]["op_name"]
+    ]
     first = convs[0]["name"]  # nodes run in graph order: the first conv node of the first run
     times = [e["dur"] for e in convs if e["name"] == first]
     return convs[0]["args"]["op_name"], sum(times) / len(times)
@@ -140,23 +146,45 @@ def main() -> None:
         drop = " / ".join(c[5] for c in cells) if i else ""
         mean_drop = statistics.mean(float(c[5]) for c in cells) if i else None
         speed = " / ".join(c[6] for c in cells)
-        rows.append([name, acc, drop, "" if mean_drop is None else f"{mean_drop:+.2f}",
-                     " / ".join(c[2] for c in cells), " / ".join(c[3] for c in cells), speed,
-                     " / ".join(c[4] for c in cells)])
+        rows.append(
+            [
+                name,
+                acc,
+                drop,
+                "" if mean_drop is None else f"{mean_drop:+.2f}",
+                " / ".join(c[2] for c in cells),
+                " / ".join(c[3] for c in cells),
+                speed,
+                " / ".join(c[4] for c in cells),
+            ]
+        )
         if i:
             fast = sum(float(c[6].rstrip("x")) >= 1.0 for c in cells)
-            lines.append(f"- {name}: accuracy vs pruned {mean_drop:+.2f} pt on average "
-                         f"({'met' if mean_drop >= -1.0 else 'NOT met'}: within 1 point); int8 ONNX not slower than "
-                         f"the pruned fp32 ONNX at batch 64 in {fast} of {len(cells)} seeds "
-                         f"({'met' if fast == len(cells) else 'NOT met'}).")
+            lines.append(
+                f"- {name}: accuracy vs pruned {mean_drop:+.2f} pt on average "
+                f"({'met' if mean_drop >= -1.0 else 'NOT met'}: within 1 point); int8 ONNX not slower than "
+                f"the pruned fp32 ONNX at batch 64 in {fast} of {len(cells)} seeds "
+                f"({'met' if fast == len(cells) else 'NOT met'})."
+            )
     body = [
         f"Seeds {args.seeds} (cells: one value per seed). Test split: 270 images, one image = 0.37 pt. ONNX Runtime: "
         "median ms on 1 thread of the fused int8 file and of the pruned fp32 file, interleaved rounds in one "
         "process (5 rounds, the median of their medians); the first conv node's mean kernel time from ONNX Runtime's profiler, batch 64 (noisy on a "
         "shared machine; it shows where the time goes).",
         "",
-        table(["quantize stage", "test acc %", "vs pruned pt", "mean vs pruned pt", "ORT ms batch 64",
-               "ORT ms batch 1", "speed-up vs pruned fp32 (batch 64)", "first conv node"], rows),
+        table(
+            [
+                "quantize stage",
+                "test acc %",
+                "vs pruned pt",
+                "mean vs pruned pt",
+                "ORT ms batch 64",
+                "ORT ms batch 1",
+                "speed-up vs pruned fp32 (batch 64)",
+                "first conv node",
+            ],
+            rows,
+        ),
         "",
         *lines,
         "",

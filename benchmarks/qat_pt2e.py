@@ -11,6 +11,7 @@ training loop: a fine-tune (float 12 epochs at Adam 1e-3, then 4 QAT epochs at A
 (12 QAT epochs at Adam 1e-2). FX runs the default ``QATRecipe`` (``apply_qat_schedule``); PT2E runs its quantizer's
 own QAT config. Latency: median ms, batch 64, one thread, measured side by side in one process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ def _loop(model, opt, x, y, epochs, seed, before_step=lambda: None, train=lambda
         train(model)
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
+            idx = perm[i : i + 64]
             before_step()
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
@@ -71,6 +72,7 @@ def qat(flow: str, net, x, y, epochs: int, lr: float, seed: int):
         def before_step():
             Q.apply_qat_schedule(model, recipe, active=True, qat_steps=steps[0])
             steps[0] += 1
+
         train = lambda m: m.train()  # noqa: E731
     else:
         from torchao.quantization.pt2e import move_exported_model_to_train
@@ -78,12 +80,17 @@ def qat(flow: str, net, x, y, epochs: int, lr: float, seed: int):
 
         if flow == "PT2E X86":
             from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-                X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+                X86InductorQuantizer,
+                get_default_x86_inductor_quantization_config,
+            )
+
             quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
         else:
             from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
-            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
-                                                                                        is_qat=True))
+
+            quantizer = XNNPACKQuantizer().set_global(
+                get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+            )
         batch = torch.export.Dim("batch", min=1, max=4096)
         exported = torch.export.export(copy.deepcopy(net).train(), (x[:64],), dynamic_shapes=({0: batch},)).module()
         model = prepare_qat_pt2e(exported, quantizer)
@@ -110,16 +117,17 @@ def onnx_of(flow: str, int8, x) -> tuple[bytes | None, str]:
         return Q.export_int8_onnx(int8, (x[:1],), form="fused"), "TorchScript exporter (export_int8_onnx)"
     try:
         return onnx_bytes(int8, (x[:1],)), "TorchScript exporter"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         import re
 
         op = re.search(r"(\w+::\w+)", str(exc))
         ts_error = f"the TorchScript exporter fails ({op.group(1) if op else type(exc).__name__} unknown)"
     try:
-        prog = torch.onnx.export(int8, (x[:64],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                 verbose=False)
+        prog = torch.onnx.export(
+            int8, (x[:64],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False
+        )
         return prog.model_proto.SerializeToString(), f"dynamo exporter (onnxscript); {ts_error}"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return None, f"no: {ts_error}; dynamo exporter: {type(exc).__name__}: {str(exc)[:90]}"
 
 
@@ -149,8 +157,13 @@ def main() -> None:
         fp32_compiled(xb)
     fp32_ort = onnx_session(onnx_bytes(trained, (xb[:1],)), threads=1)
     feed = {fp32_ort.get_inputs()[0].name: xb.numpy()}
-    timed = {"fp32 (no QAT)": {"eager": lambda: trained(xb), "inductor": lambda: fp32_compiled(xb),
-                               "ort": lambda: fp32_ort.run(None, feed)}}
+    timed = {
+        "fp32 (no QAT)": {
+            "eager": lambda: trained(xb),
+            "inductor": lambda: fp32_compiled(xb),
+            "ort": lambda: fp32_ort.run(None, feed),
+        }
+    }
     info = {"fp32 (no QAT)": [f"{100 * float_acc:.2f}", "", "", ""]}
     for flow in ("FX", "PT2E X86", "PT2E XNNPACK"):
         int8, t_prep, t_train = qat(flow, trained, x, y, 4, 1e-3, 0)
@@ -164,7 +177,7 @@ def main() -> None:
             with torch.no_grad():
                 compiled(xb)
             fns["inductor"] = (lambda c: lambda: c(xb))(compiled)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             fns["inductor"] = f"fails: {type(exc).__name__}"
         data, how = onnx_of(flow, int8, xb)
         if data is not None:
@@ -185,14 +198,20 @@ def main() -> None:
             for kind, fn in fns.items():
                 if callable(fn):
                     ms[flow][kind].append(_ms(fn))
-    med = lambda flow, kind: (f"{statistics.median(ms[flow][kind]):.2f}" if ms[flow][kind]  # noqa: E731
-                              else timed[flow][kind])
+    med = lambda flow, kind: (
+        f"{statistics.median(ms[flow][kind]):.2f}"
+        if ms[flow][kind]
+        else timed[flow][kind]
+    )
     rows = []
     for flow in timed:
         acc_ft, acc_scratch, prep, how = info[flow]
         ort = med(flow, "ort")
-        speed = "" if flow.startswith("fp32") or not ms[flow]["ort"] else \
-            f"{statistics.median(ms['fp32 (no QAT)']['ort']) / statistics.median(ms[flow]['ort']):.2f}x"
+        speed = (
+            ""
+            if flow.startswith("fp32") or not ms[flow]["ort"]
+            else f"{statistics.median(ms['fp32 (no QAT)']['ort']) / statistics.median(ms[flow]['ort']):.2f}x"
+        )
         rows.append([flow, acc_ft, acc_scratch, prep, med(flow, "eager"), med(flow, "inductor"), ort, how, speed])
     body = [
         "Same SmallCNN(64), digits, seed and batches in every flow (plain training loop). Fine-tune: float 12 "
@@ -201,9 +220,20 @@ def main() -> None:
         "quantizer's QAT config. Latency: median ms, batch 64, 1 thread, 5 interleaved rounds; Inductor = `torch.compile` with "
         "`freezing=True`; ORT = ONNX Runtime on the exported int8 file. Test split, 270 images.",
         "",
-        table(["flow", "int8 acc % fine-tune", "int8 acc % from the start (Adam 1e-2)",
-               "prepare / train s (fine-tune)", "eager ms", "Inductor ms", "ORT ms", "ONNX export",
-               "ORT speed-up vs fp32"], rows),
+        table(
+            [
+                "flow",
+                "int8 acc % fine-tune",
+                "int8 acc % from the start (Adam 1e-2)",
+                "prepare / train s (fine-tune)",
+                "eager ms",
+                "Inductor ms",
+                "ORT ms",
+                "ONNX export",
+                "ORT speed-up vs fp32",
+            ],
+            rows,
+        ),
         "",
         "Decision: keep FX. Accuracy: equal as a fine-tune; from the start at Adam 1e-2, FX with `QATRecipe` "
         f"{rows[1][2]}% vs PT2E {rows[2][2]}% (X86) / {rows[3][2]}% (XNNPACK) with their own QAT configs. Speed: "

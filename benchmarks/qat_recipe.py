@@ -12,6 +12,7 @@ model with ``QuantizationAware`` attached, same optimizer and learning rate. int
 the default ``QATRecipe()`` and torch.ao's own (``QATRecipe.torch_default()``, observers frozen after 2 QAT
 epochs: the callback's former defaults).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,15 @@ class SmallCNN(nn.Module):
 
     def __init__(self, c: int = 64) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-                                  nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+        )
         self.fc = nn.Linear(c * 16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,9 +84,12 @@ class ResCNN(nn.Module):
 
 MODELS = {"SmallCNN(64)": SmallCNN, "ResCNN(32)": ResCNN}
 OPTIMIZERS = {"Adam 1e-2": ("adam", 1e-2), "Adam 1e-3": ("adam", 1e-3), "SGD 0.1 m0.9": ("sgd", 0.1)}
-RECIPES = {"default": lambda: QuantizationAware(measure=False, explain=False),
-           "torch": lambda: QuantizationAware(recipe=QATRecipe.torch_default(), freeze_observers_after=2,
-                                              measure=False, explain=False)}
+RECIPES = {
+    "default": lambda: QuantizationAware(measure=False, explain=False),
+    "torch": lambda: QuantizationAware(
+        recipe=QATRecipe.torch_default(), freeze_observers_after=2, measure=False, explain=False
+    ),
+}
 
 
 class Module(Classifier):
@@ -95,9 +106,17 @@ class Module(Classifier):
 
 
 def _fit(module: L.LightningModule, dm: DigitsDataModule, epochs: int, callbacks=()) -> None:
-    L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-              callbacks=list(callbacks)).fit(module, datamodule=dm)
+    L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
+    ).fit(module, datamodule=dm)
 
 
 def _acc(model: nn.Module, dm: DigitsDataModule) -> float:
@@ -157,12 +176,26 @@ def main() -> None:
             worst = max(worst, drop)
             per_seed = " / ".join(f"{100 * (r['float'] - r[f'{mode}/default']):+.1f}" for r in rs)
             div = sum(r[f"{mode}/torch/diverged"] for r in rs), sum(r[f"{mode}/default/diverged"] for r in rs)
-            rows.append([m, o, label, pct(fl), f"{spread:.1f}", pct(new), f"{drop:+.2f}", per_seed,
-                         "met" if drop <= 1.0 else "NOT met", pct(old), f"{100 * (fl - old):+.2f}",
-                         f"{div[0]} / {div[1]}"])
+            rows.append(
+                [
+                    m,
+                    o,
+                    label,
+                    pct(fl),
+                    f"{spread:.1f}",
+                    pct(new),
+                    f"{drop:+.2f}",
+                    per_seed,
+                    "met" if drop <= 1.0 else "NOT met",
+                    pct(old),
+                    f"{100 * (fl - old):+.2f}",
+                    f"{div[0]} / {div[1]}",
+                ]
+            )
             if drop > 1.0:
-                verdicts.append(f"- {m}, {o}, {label}: int8 {pct(new)}% vs float {pct(fl)}% ({drop:+.2f} pt, "
-                                "goal NOT met)")
+                verdicts.append(
+                    f"- {m}, {o}, {label}: int8 {pct(new)}% vs float {pct(fl)}% ({drop:+.2f} pt, goal NOT met)"
+                )
     n = len(seeds)
     body = [
         f"`QuantizationAware` at its defaults (recipe `QATRecipe()`) against torch.ao's own recipe "
@@ -176,12 +209,29 @@ def main() -> None:
         "int8 = the converted torch model (`qat.int8_model`, x86 kernels). Diverged = fits where the callback's "
         "divergence guard warned (torch recipe / default recipe).",
         "",
-        table(["model", "optimizer", "QAT", "float %", "float spread pt", "int8 % (default)", "drop pt", "drop per seed",
-               "goal <= 1 pt", "int8 % (torch recipe)", "drop pt (torch)", "diverged (torch / default)"], rows),
+        table(
+            [
+                "model",
+                "optimizer",
+                "QAT",
+                "float %",
+                "float spread pt",
+                "int8 % (default)",
+                "drop pt",
+                "drop per seed",
+                "goal <= 1 pt",
+                "int8 % (torch recipe)",
+                "drop pt (torch)",
+                "diverged (torch / default)",
+            ],
+            rows,
+        ),
         "",
-        (f"Goal (int8 within 1 point of float in every cell, mean over seeds): "
-         + ("met in every cell" if not verdicts else "NOT met in these cells:")
-         + f"; worst mean drop {worst:+.2f} pt."),
+        (
+            "Goal (int8 within 1 point of float in every cell, mean over seeds): "
+            + ("met in every cell" if not verdicts else "NOT met in these cells:")
+            + f"; worst mean drop {worst:+.2f} pt."
+        ),
         *verdicts,
         "",
         f"Run time {time.perf_counter() - t0:.0f} s ({args.jobs} jobs).",

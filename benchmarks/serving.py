@@ -8,6 +8,7 @@ digits (detections), over several resamples.
 
 Run: ``python benchmarks/serving.py`` (about 1-2 minutes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import table, write_section  # noqa: E402
+from _report import table, write_section
 
-from lightning_nas.data import DigitsDataModule  # noqa: E402
-from lightning_nas.deploy import ReferenceProfile, bundle, check_drift  # noqa: E402
-from lightning_nas.deploy.profile import attribution_share  # noqa: E402
-from lightning_nas.models import DigitsCNN, train_plain  # noqa: E402
+from lightning_nas.data import DigitsDataModule
+from lightning_nas.deploy import ReferenceProfile, bundle, check_drift
+from lightning_nas.deploy.profile import attribution_share
+from lightning_nas.models import DigitsCNN, train_plain
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUESTS = {1: 200, 32: 100}  # batch size -> requests per client run
@@ -77,8 +78,20 @@ def _start(bundle_dir: Path, int8: bool, env: dict) -> tuple[subprocess.Popen, s
     import httpx
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "lightning_nas", "serve", str(bundle_dir), "--host", "127.0.0.1",
-           "--port", str(port), "--max-batch", "64", *(["--int8"] if int8 else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_nas",
+        "serve",
+        str(bundle_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch",
+        "64",
+        *(["--int8"] if int8 else []),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -103,17 +116,32 @@ def _serve_and_load(bundle_dir: Path, data_path: Path) -> list[list]:
             acc = {name: {"times": [], "failed": 0, "total": 0.0} for name in servers}
             for _ in range(ROUNDS):
                 for name, (_, url) in servers.items():
-                    out = subprocess.run([sys.executable, "-c", _CLIENT, url, str(batch), str(n), str(data_path)],
-                                         env=env, capture_output=True, text=True, check=True)
+                    out = subprocess.run(
+                        [sys.executable, "-c", _CLIENT, url, str(batch), str(n), str(data_path)],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
                     r = json.loads(out.stdout)
                     acc[name]["times"] += r["times_ms"]
                     acc[name]["failed"] += r["failed"]
                     acc[name]["total"] += r["total_s"]
             for name, a in acc.items():
                 t, total_n = np.array(a["times"]), n * ROUNDS
-                rows.append([name, batch, total_n, a["failed"], total_n / a["total"], total_n * batch / a["total"],
-                             float(np.percentile(t, 50)), float(np.percentile(t, 99)),
-                             _model_ms(bundle_dir, name == "int8", np.load(data_path)[:batch])])
+                rows.append(
+                    [
+                        name,
+                        batch,
+                        total_n,
+                        a["failed"],
+                        total_n / a["total"],
+                        total_n * batch / a["total"],
+                        float(np.percentile(t, 50)),
+                        float(np.percentile(t, 99)),
+                        _model_ms(bundle_dir, name == "int8", np.load(data_path)[:batch]),
+                    ]
+                )
         return rows
     finally:
         for proc, _ in servers.values():
@@ -155,8 +183,15 @@ def _drift_rates(net: torch.nn.Module, dm: DigitsDataModule) -> list[list]:
             psi_max.append(rep.psi_max)
             n_feat.append(len(rep.drifted_features))
             steps[rep.next_step] = steps.get(rep.next_step, 0) + 1
-        rows.append([name, f"{flagged}/{SEEDS}", float(np.median(psi_max)), float(np.median(n_feat)),
-                     ", ".join(f"{k} {v}" for k, v in sorted(steps.items()))])
+        rows.append(
+            [
+                name,
+                f"{flagged}/{SEEDS}",
+                float(np.median(psi_max)),
+                float(np.median(n_feat)),
+                ", ".join(f"{k} {v}" for k, v in sorted(steps.items())),
+            ]
+        )
     return rows
 
 
@@ -169,8 +204,14 @@ def main() -> None:
     with torch.no_grad():
         acc = float((net(x_test).argmax(1) == y_test).float().mean())
     with tempfile.TemporaryDirectory() as d:
-        out = bundle(net, dm.example_input(32), Path(d) / "bundle", int8=True, metrics={"test_acc": acc},
-                     reference_data=dm.split("train").tensors[0])
+        out = bundle(
+            net,
+            dm.example_input(32),
+            Path(d) / "bundle",
+            int8=True,
+            metrics={"test_acc": acc},
+            reference_data=dm.split("train").tensors[0],
+        )
         card = json.loads((out / "card.json").read_text())
         data_path = Path(d) / "x.npy"
         np.save(data_path, x_test.numpy())
@@ -179,7 +220,7 @@ def main() -> None:
         agree = card["bundle"]["checks"]["model.int8.onnx"]["top1_agreement"]
     drift_rows = _drift_rates(net, dm)
     body = f"""A DigitsCNN(16) (test accuracy {acc:.3f}) bundled with `lightning_nas.deploy.bundle(..., int8=True)`:
-model.onnx {sizes['model.onnx']:,} B, model.int8.onnx {sizes['model.int8.onnx']:,} B (int8 top-1 agreement with
+model.onnx {sizes["model.onnx"]:,} B, model.int8.onnx {sizes["model.int8.onnx"]:,} B (int8 top-1 agreement with
 float on 128 calibration-split images: {agree:.3f}). Server: `lightning-nas serve` (uvicorn, one worker, ONNX
 Runtime with 1 intra-op thread) on 127.0.0.1, float and int8 servers up side by side; client: a separate process,
 sequential requests over one keep-alive connection, JSON bodies prepared in advance, 20 untimed warm-up
@@ -188,8 +229,22 @@ one request (HTTP + JSON + validation + inference); the last column times the ON
 the same batch. This model runs in well under a millisecond, so the HTTP/JSON path dominates the request time
 and float vs int8 differ little end to end.
 
-{table(["model", "batch", "requests", "failed", "requests/s", "samples/s", "p50 ms", "p99 ms",
-        "model alone ms (ORT)"], rows)}
+{
+        table(
+            [
+                "model",
+                "batch",
+                "requests",
+                "failed",
+                "requests/s",
+                "samples/s",
+                "p50 ms",
+                "p99 ms",
+                "model alone ms (ORT)",
+            ],
+            rows,
+        )
+    }
 
 Drift check (`deploy.check_drift`, default thresholds) on windows of 200 digits the profile never saw
 (validation + test splits; the profile is built on the training split), {SEEDS} random windows per row. A window is

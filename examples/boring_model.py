@@ -7,6 +7,7 @@ module returns), and ``TrainingDynamics`` records gradient norms and update rati
 
     python examples/boring_model.py --max-epochs 3 --out-dir nas_runs/boring
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,18 @@ def main(max_epochs: int = 3, out_dir: str | Path = "nas_runs/boring") -> dict[s
     kd = KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5)
     qat = QuantizationAware(start_epoch=max(0, max_epochs - 2), freeze_observers_after=1, explain=False)
     dyn = TrainingDynamics(every_n_steps=4, histogram_every_n_steps=0)
-    trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, enable_progress_bar=False,
-                        enable_model_summary=False, logger=CSVLogger(out, name="csv"), log_every_n_steps=4, enable_checkpointing=False,
-                        default_root_dir=str(out), callbacks=[kd, qat, dyn])
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=CSVLogger(out, name="csv"),
+        log_every_n_steps=4,
+        enable_checkpointing=False,
+        default_root_dir=str(out),
+        callbacks=[kd, qat, dyn],
+    )
     trainer.fit(model, DataLoader(RandomDataset(32, 256), batch_size=16))
 
     scalars = [json.loads(line) for line in open(next(out.rglob("nas_files/scalars.jsonl")))]
@@ -46,7 +56,9 @@ def main(max_epochs: int = 3, out_dir: str | Path = "nas_runs/boring") -> dict[s
         err = float((qat.int8_model(x) - model.eval().l1(x)).abs().max())  # int8_model is the quantized l1
     print(f"KD loss: first {kd_losses[0]:.4f}, last {kd_losses[-1]:.4f} ({len(kd_losses)} logged steps)")
     print(f"int8 model: {[type(m).__name__ for m in qat.int8_model.modules()][1:]}; max |int8 - fp32| = {err:.4f}")
-    print(f"dynamics: grad norm {[round(s['dynamics/grad_norm_total'], 2) for s in scalars if 'dynamics/grad_norm_total' in s]}")
+    print(
+        f"dynamics: grad norm {[round(s['dynamics/grad_norm_total'], 2) for s in scalars if 'dynamics/grad_norm_total' in s]}"
+    )
     return {"model": model, "kd": kd, "qat": qat, "dynamics": dyn, "scalars": scalars, "kd_losses": kd_losses}
 
 

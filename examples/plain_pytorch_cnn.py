@@ -7,6 +7,7 @@ measured (``deploy.measure``) against the float student before compression.
 
     python examples/plain_pytorch_cnn.py --max-epochs 6 --out-dir nas_runs/plain_cnn
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,16 @@ class PlainCNN(nn.Module):
 
     def __init__(self, width: int = 16) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                  nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-                                  nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(2 * width, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,13 +74,25 @@ def _accuracy(model: nn.Module, dm: DigitsDataModule) -> float:
         return float((model.eval()(x).argmax(1) == y).float().mean())
 
 
-def main(max_epochs: int = 6, out_dir: str | Path = "nas_runs/plain_cnn", teacher_epochs: int | None = None,
-         limit_train_batches: int | float = 1.0) -> dict[str, Any]:
+def main(
+    max_epochs: int = 6,
+    out_dir: str | Path = "nas_runs/plain_cnn",
+    teacher_epochs: int | None = None,
+    limit_train_batches: int | float = 1.0,
+) -> dict[str, Any]:
     out = Path(out_dir)
     L.seed_everything(0)
     dm = DigitsDataModule(batch_size=64, seed=0)
-    kw = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
-              enable_checkpointing=False, default_root_dir=str(out), limit_train_batches=limit_train_batches)
+    kw = dict(
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(out),
+        limit_train_batches=limit_train_batches,
+    )
     teacher = Wrapped(PlainCNN(32))
     L.Trainer(max_epochs=teacher_epochs or 2 * max_epochs, **kw).fit(teacher, datamodule=dm)
 
@@ -81,22 +101,40 @@ def main(max_epochs: int = 6, out_dir: str | Path = "nas_runs/plain_cnn", teache
     kd = KnowledgeDistillation(teacher.net, temperature=2.0, alpha=0.5)
     prune_epoch = max_epochs // 3  # train a little first, prune, fine-tune, then QAT for the last epochs
     prune = StructuredPruning(amount=0.5, importance="l1", start_epoch=prune_epoch)
-    qat = QuantizationAware(start_epoch=max(prune_epoch + 1, max_epochs - 2), freeze_observers_after=1,
-                            onnx_path=str(out / "student_int8.onnx"), explain=False)
+    qat = QuantizationAware(
+        start_epoch=max(prune_epoch + 1, max_epochs - 2),
+        freeze_observers_after=1,
+        onnx_path=str(out / "student_int8.onnx"),
+        explain=False,
+    )
     L.Trainer(max_epochs=max_epochs, callbacks=[kd, prune, qat], **kw).fit(student, datamodule=dm)
 
     x = dm.split("test").tensors[0][:64]
-    rows = {"fp32 student, uncompressed": (measure(before, x), None),
-            "pruned fp32 (after fit)": (measure(copy.deepcopy(student.net).eval(), x), _accuracy(student.net, dm)),
-            "pruned int8 (QAT)": (measure(qat.int8_model, x), _accuracy(qat.int8_model, dm))}
-    print(f"teacher test acc {_accuracy(teacher.net, dm):.3f}; KD agreement per epoch "
-          f"{[round(h['distill/agreement'], 3) for h in kd.history]}")
+    rows = {
+        "fp32 student, uncompressed": (measure(before, x), None),
+        "pruned fp32 (after fit)": (measure(copy.deepcopy(student.net).eval(), x), _accuracy(student.net, dm)),
+        "pruned int8 (QAT)": (measure(qat.int8_model, x), _accuracy(qat.int8_model, dm)),
+    }
+    print(
+        f"teacher test acc {_accuracy(teacher.net, dm):.3f}; KD agreement per epoch "
+        f"{[round(h['distill/agreement'], 3) for h in kd.history]}"
+    )
     print(f"{'model':26s} {'params':>7s} {'size KB':>8s} {'torch ms':>9s} {'onnx ms':>8s} {'test acc':>8s}")
     for name, (m, acc) in rows.items():
-        print(f"{name:26s} {m.params:7d} {m.size_bytes / 1024:8.1f} {m.latency_ms or float('nan'):9.2f} "
-              f"{m.onnx_latency_ms or float('nan'):8.2f} {'' if acc is None else f'{acc:.3f}':>8s}")
-    return {"teacher": teacher, "student": student, "kd": kd, "prune": prune, "qat": qat, "before": before,
-            "measurements": {k: v[0] for k, v in rows.items()}, "onnx_path": out / "student_int8.onnx"}
+        print(
+            f"{name:26s} {m.params:7d} {m.size_bytes / 1024:8.1f} {m.latency_ms or float('nan'):9.2f} "
+            f"{m.onnx_latency_ms or float('nan'):8.2f} {'' if acc is None else f'{acc:.3f}':>8s}"
+        )
+    return {
+        "teacher": teacher,
+        "student": student,
+        "kd": kd,
+        "prune": prune,
+        "qat": qat,
+        "before": before,
+        "measurements": {k: v[0] for k, v in rows.items()},
+        "onnx_path": out / "student_int8.onnx",
+    }
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ data come from our own DataLoaders given to ``trainer.fit``.
 
     python examples/transformer_lm.py --max-epochs 2 --out-dir nas_runs/transformer
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,12 +49,21 @@ def last_token_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x, x).view(x.shape[0], x.shape[1], -1)[:, -1]
 
 
-def main(max_epochs: int = 2, out_dir: str | Path = "nas_runs/transformer",
-         limit_train_batches: int | float = 1.0) -> dict[str, Any]:
+def main(
+    max_epochs: int = 2, out_dir: str | Path = "nas_runs/transformer", limit_train_batches: int | float = 1.0
+) -> dict[str, Any]:
     out = Path(out_dir)
     L.seed_everything(0)
-    kw = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
-              enable_checkpointing=False, default_root_dir=str(out), limit_train_batches=limit_train_batches)
+    kw = dict(
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(out),
+        limit_train_batches=limit_train_batches,
+    )
     train = DataLoader(synthetic_tokens(512, 0), batch_size=16, shuffle=True)
     val = DataLoader(synthetic_tokens(64, 1), batch_size=16)
     teacher = LightningTransformer(vocab_size=VOCAB)  # the same demo, trained first, is the teacher
@@ -63,10 +73,12 @@ def main(max_epochs: int = 2, out_dir: str | Path = "nas_runs/transformer",
     model = LightningTransformer(vocab_size=VOCAB)
     model.prepare_data = lambda: None  # data hook only: it would download WikiText-2
     n0 = sum(p.numel() for p in model.parameters())
-    prune = StructuredPruning(amount=0.5, importance="l1", start_epoch=max(0, max_epochs - 1),
-                              ignore=["model.embedding"])
-    attr = AttributionMonitor(method="integrated_gradients", target="pred", n_samples=6, n_steps=4,
-                              forward_fn=last_token_logits)
+    prune = StructuredPruning(
+        amount=0.5, importance="l1", start_epoch=max(0, max_epochs - 1), ignore=["model.embedding"]
+    )
+    attr = AttributionMonitor(
+        method="integrated_gradients", target="pred", n_samples=6, n_steps=4, forward_fn=last_token_logits
+    )
     # its forward returns log-probabilities over the vocabulary, one row per token: KD compares them per token
     kd = KnowledgeDistillation(teacher.model, temperature=2.0, alpha=0.5)
     trainer = L.Trainer(max_epochs=max_epochs, callbacks=[kd, prune, attr], **kw)
@@ -77,11 +89,20 @@ def main(max_epochs: int = 2, out_dir: str | Path = "nas_runs/transformer",
     print(f"parameters {n0} -> {n1}; feed-forward widths {sorted(set(ff.values()))}")
     files = out / "nas_files"
     scalars = [json.loads(line) for line in open(files / "scalars.jsonl")]
-    print("attribution:", {k.rsplit("/", 1)[1]: round(v, 3) for k, v in scalars[-1].items()
-                           if k.startswith("explain/attribution/")})
+    print(
+        "attribution:",
+        {k.rsplit("/", 1)[1]: round(v, 3) for k, v in scalars[-1].items() if k.startswith("explain/attribution/")},
+    )
     print("KD teacher-student agreement per epoch:", [round(h["distill/agreement"], 3) for h in kd.history])
-    return {"model": model, "kd": kd, "params_before": n0, "params_after": n1, "prune": prune, "attribution": attr,
-            "files": files}
+    return {
+        "model": model,
+        "kd": kd,
+        "params_before": n0,
+        "params_after": n1,
+        "prune": prune,
+        "attribution": attr,
+        "files": files,
+    }
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 Packages: ``space`` (choices inside any nn.Module), ``search`` (one-shot and multi-trial), ``compress``,
 ``explain``, ``callbacks``, ``tracking``, ``deploy``, ``data``. See README.md.
 """
+
 __version__ = "0.1.0"
 
-from lightning_nas import space  # noqa: E402  (lightning_nas.space.LayerChoice, ...)
-from lightning_nas.report import build_report  # noqa: E402  (the HTML report of a run)
+from lightning_nas import space
+from lightning_nas.report import build_report
 
 __all__ = ["__version__", "build_report", "space"]

@@ -4,6 +4,7 @@
 ``MissingExtraError`` (an ``ImportError``) whose message is the single line
 ``lightning-nas serve needs fastapi: pip install "lightning-nas[serve]"``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,5 +26,6 @@ def require(module: str, *, extra: str, feature: str) -> ModuleType:
     except ImportError as exc:
         if exc.name is not None and exc.name.split(".")[0] != module.split(".")[0]:
             raise  # the package is there but one of its own imports failed: not a missing extra
-        raise MissingExtraError(f"{feature} needs {module.split('.')[0]}, which is not installed: "
-                                f"{install_hint(extra)}") from None
+        raise MissingExtraError(
+            f"{feature} needs {module.split('.')[0]}, which is not installed: {install_hint(extra)}"
+        ) from None

@@ -6,6 +6,7 @@
   names, ``..``, and anything (symlinks included) that resolves outside the folder.
 * ``image_type``: ``"png"``/``"jpeg"`` from a file's leading bytes (its name and extension are not trusted).
 """
+
 from __future__ import annotations
 
 import os
@@ -33,9 +34,11 @@ def load_weights(path: str | Path, what: str) -> Any:
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...: one clear line
-        raise ValueError(f"{what} {str(path)!r} cannot be loaded with weights_only=True (it holds objects other "
-                         f"than tensors and plain containers, or is not a torch file): {_first_line(exc)}") from None
+    except Exception as exc:
+        raise ValueError(
+            f"{what} {str(path)!r} cannot be loaded with weights_only=True (it holds objects other "
+            f"than tensors and plain containers, or is not a torch file): {_first_line(exc)}"
+        ) from None
 
 
 def inside(root: str | Path, name: Any, what: str = "file") -> Path:

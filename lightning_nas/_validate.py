@@ -3,6 +3,7 @@
 Each helper raises ``ValueError`` (or ``TypeError`` for a wrong type) whose message names the argument,
 the value received and what is allowed, so a bad configuration fails in ``__init__`` and never in epoch 3.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -1,4 +1,5 @@
 """The ``lightning-nas`` command. Subcommands register themselves in ``_COMMANDS``."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,24 +14,28 @@ def _add_demo(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
     p.add_argument("--online", action="store_true", help="sync the W&B run (needs a W&B key)")
     p.add_argument("--out", default="nas_runs/demo", help="output folder (default nas_runs/demo)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also show Lightning's messages, warnings and W&B's output (default: one line per stage)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show Lightning's messages, warnings and W&B's output (default: one line per stage)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         if args.max_epochs < 1:
             raise SystemExit(f"--max-epochs must be >= 1, got {args.max_epochs}")
         from lightning_nas.demo import run_demo
 
-        run_demo(max_epochs=args.max_epochs, online=args.online, out_dir=args.out, seed=args.seed,
-                 verbose=args.verbose)
+        run_demo(max_epochs=args.max_epochs, online=args.online, out_dir=args.out, seed=args.seed, verbose=args.verbose)
         return 0
 
     return run
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
-    p = sub.add_parser("serve", help="serve a bundle over HTTP on ONNX Runtime (POST /predict, GET /health, "
-                                     "/card, /drift)")
+    p = sub.add_parser(
+        "serve", help="serve a bundle over HTTP on ONNX Runtime (POST /predict, GET /health, /card, /drift)"
+    )
     p.add_argument("bundle", help="a bundle folder written by lightning_nas.deploy.bundle")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -39,18 +44,22 @@ def _add_serve(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace]
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default: from --max-batch)")
     p.add_argument("--window", type=int, default=512, help="recent inputs kept for GET /drift (default 512)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
-    p.add_argument("--drift-thresholds", default=None, metavar="JSON",
-                   help='DriftThresholds for GET /drift as JSON, e.g. \'{"psi": 0.2, "ks_alpha": 0.01}\'')
+    p.add_argument(
+        "--drift-thresholds",
+        default=None,
+        metavar="JSON",
+        help='DriftThresholds for GET /drift as JSON, e.g. \'{"psi": 0.2, "ks_alpha": 0.01}\'',
+    )
 
     def run(args: argparse.Namespace) -> int:
         from lightning_nas._optional import require
 
         for module in ("fastapi", "uvicorn"):  # the `serve` extra, checked before any work
             require(module, extra="serve", feature="serving over HTTP")
+        import json
+
         from lightning_nas.deploy.bundle import BundleError, load_bundle
         from lightning_nas.deploy.serve import serve
-
-        import json
 
         try:
             thresholds = json.loads(args.drift_thresholds) if args.drift_thresholds else None
@@ -64,12 +73,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace]
         except BundleError as exc:
             print(f"lightning-nas serve: {exc}", file=sys.stderr)
             return 2
-        print(f"serving {args.bundle} ({'int8' if args.int8 else 'float'}) on http://{args.host}:{args.port}",
-              flush=True)
+        print(
+            f"serving {args.bundle} ({'int8' if args.int8 else 'float'}) on http://{args.host}:{args.port}", flush=True
+        )
         try:
-            serve(b, host=args.host, port=args.port, int8=args.int8, max_batch=args.max_batch,
-                  max_body_bytes=args.max_body_bytes, window=args.window, threads=args.threads,
-                  thresholds=thresholds)
+            serve(
+                b,
+                host=args.host,
+                port=args.port,
+                int8=args.int8,
+                max_batch=args.max_batch,
+                max_body_bytes=args.max_body_bytes,
+                window=args.window,
+                threads=args.threads,
+                thresholds=thresholds,
+            )
         except (ValueError, TypeError) as exc:
             print(f"lightning-nas serve: {exc}", file=sys.stderr)
             return 2
@@ -90,8 +108,9 @@ def _add_report(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace
         out = Path(args.out)
         try:
             if out.is_dir():
-                raise IsADirectoryError(f"-o {args.out!r} is a folder; give a file name such as "
-                                        f"{str(out / 'report.html')!r}")
+                raise IsADirectoryError(
+                    f"-o {args.out!r} is a folder; give a file name such as {str(out / 'report.html')!r}"
+                )
             data = load_run(args.run_dir)
             page = render(data, args.title)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,8 +124,11 @@ def _add_report(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace
             print(f"lightning-nas report: error: {msg}", file=sys.stderr)
             return 2
         if data.skipped:
-            print(f"lightning-nas report: {len(data.skipped)} item(s) of the run skipped (listed under 'Not shown' "
-                  f"in the page), e.g. {data.skipped[0]}", file=sys.stderr)
+            print(
+                f"lightning-nas report: {len(data.skipped)} item(s) of the run skipped (listed under 'Not shown' "
+                f"in the page), e.g. {data.skipped[0]}",
+                file=sys.stderr,
+            )
         print(f"report: {out}")
         return 0
 
@@ -116,8 +138,12 @@ def _add_report(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace
 def _add_search(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     p = sub.add_parser("search", help="start one multi-trial search worker (many may share --storage)")
     p.add_argument("--config", required=True, help="YAML: build, datamodule, objectives, n_trials, strategy, ...")
-    p.add_argument("--storage", default=None, help="Optuna storage URL: sqlite:///f.db, postgresql://..., "
-                   "journal:///f.log (default: the config's, else in memory)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL: sqlite:///f.db, postgresql://..., "
+        "journal:///f.log (default: the config's, else in memory)",
+    )
     p.add_argument("--study", default=None, help="study name shared by the workers (default: the config's)")
     p.add_argument("--n-trials", type=int, default=None, help="override the study's total trial budget")
 
@@ -131,15 +157,16 @@ def _add_search(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace
             print(f"lightning-nas search: error: {exc}", file=sys.stderr)
             return 2
         states = [t.state.name for t in result.study.trials]
-        print(f"study {result.study.study_name!r}: {states.count('COMPLETE')} complete, {states.count('PRUNED')} "
-              f"pruned, {states.count('FAIL')} failed; best {result.best_values} with {result.best_params}")
+        print(
+            f"study {result.study.study_name!r}: {states.count('COMPLETE')} complete, {states.count('PRUNED')} "
+            f"pruned, {states.count('FAIL')} failed; best {result.best_values} with {result.best_params}"
+        )
         return 0
 
     return run
 
 
-_COMMANDS: dict[str, Callable] = {"demo": _add_demo, "search": _add_search, "serve": _add_serve,
-                                  "report": _add_report}
+_COMMANDS: dict[str, Callable] = {"demo": _add_demo, "search": _add_search, "serve": _add_serve, "report": _add_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ short summary for its line of progress. What a person sees: one line per stage (
 the epochs), the summary table, and where the files are. Lightning's messages, warnings, W&B's console output and
 anything a stage prints show only with ``verbose=True`` (``lightning-nas demo --verbose``).
 """
+
 from __future__ import annotations
 
 import io
@@ -80,13 +81,15 @@ class _EpochProgress(L.Callback):
     def __init__(self, console: _Console) -> None:
         self.console = console
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         n = trainer.num_training_batches
         n = int(n) if 0 < n < float("inf") else batch_idx + 1
         epochs = max(trainer.max_epochs or 1, 1)
-        self.console.progress((trainer.current_epoch + min(batch_idx + 1, n) / n) / epochs,
-                              f"epoch {trainer.current_epoch + 1}/{epochs}")
+        self.console.progress(
+            (trainer.current_epoch + min(batch_idx + 1, n) / n) / epochs, f"epoch {trainer.current_epoch + 1}/{epochs}"
+        )
 
 
 @contextmanager
@@ -121,10 +124,18 @@ def _quiet(verbose: bool) -> Iterator[None]:
 
 def _trainer(state: _DemoState, callbacks: list | None = None, max_epochs: int | None = None) -> L.Trainer:
     progress = [_EpochProgress(state.console)] if state.console is not None and state.console.live else []
-    return L.Trainer(max_epochs=max_epochs or state.max_epochs, logger=state.logger,
-                     callbacks=(callbacks or []) + progress,
-                     accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-                     default_root_dir=str(state.out_dir), enable_checkpointing=False, deterministic=True)
+    return L.Trainer(
+        max_epochs=max_epochs or state.max_epochs,
+        logger=state.logger,
+        callbacks=(callbacks or []) + progress,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(state.out_dir),
+        enable_checkpointing=False,
+        deterministic=True,
+    )
 
 
 def _row_summary(row: dict[str, Any]) -> str:
@@ -133,8 +144,15 @@ def _row_summary(row: dict[str, Any]) -> str:
 
 def _record(state: _DemoState, stage: str, model: torch.nn.Module, test_acc: float) -> dict[str, Any]:
     m = measure(model, state.datamodule.example_input(64))
-    row = {"stage": stage, "test_acc": test_acc, "params": m.params, "size_bytes": m.size_bytes,
-           "macs": m.macs, "latency_ms": m.latency_ms, "onnx_latency_ms": m.onnx_latency_ms}
+    row = {
+        "stage": stage,
+        "test_acc": test_acc,
+        "params": m.params,
+        "size_bytes": m.size_bytes,
+        "macs": m.macs,
+        "latency_ms": m.latency_ms,
+        "onnx_latency_ms": m.onnx_latency_ms,
+    }
     state.rows.append(row)
     state.card.add_stage(stage, test_acc=test_acc, measurements=m)
     return row
@@ -148,8 +166,11 @@ def _stage_search(state: _DemoState) -> str:
     from lightning_nas.callbacks import DifferentiableNAS
 
     def block(label: str, c: int) -> space.LayerChoice:
-        conv = lambda k: nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2, bias=False),  # noqa: E731
-                                       nn.BatchNorm2d(c), nn.ReLU())
+        conv = lambda k: nn.Sequential(
+            nn.Conv2d(c, c, k, padding=k // 2, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+        )
         return space.LayerChoice({"conv3": conv(3), "conv1": conv(1), "skip": nn.Identity()}, label=label)
 
     net = DigitsCNN(width=16)
@@ -187,10 +208,16 @@ def _stage_bundle(state: _DemoState) -> str:
     card = copy.deepcopy(state.card)
     card.metrics["test_acc"] = state.rows[-1]["test_acc"] if state.rows else None
     int8 = state.out_dir / "model_int8.onnx"  # the QAT stage's int8 model; else post-training quantization
-    out = bundle(net, state.datamodule.example_input(64), state.out_dir / "bundle",
-                 int8=int8 if int8.exists() else True, card=card,
-                 reference_data=state.datamodule.split("train").tensors[0], metrics=dict(card.metrics),
-                 overwrite=True)
+    out = bundle(
+        net,
+        state.datamodule.example_input(64),
+        state.out_dir / "bundle",
+        int8=int8 if int8.exists() else True,
+        card=card,
+        reference_data=state.datamodule.split("train").tensors[0],
+        metrics=dict(card.metrics),
+        overwrite=True,
+    )
     state.bundle_dir = Path(out)
     return "ONNX float and int8, TorchScript, model card, drift profile"
 
@@ -206,34 +233,57 @@ def _stage_multitrial(state: _DemoState) -> str:
     template = state.module.net if state.module is not None else DigitsCNN(width=16)
 
     def build(trial):
-        return Classifier(copy.deepcopy(template), lr=trial.loguniform("lr", 1e-3, 1e-2),
-                          weight_decay=trial.choice("weight_decay", [0.0, 1e-4, 1e-3]))
+        return Classifier(
+            copy.deepcopy(template),
+            lr=trial.loguniform("lr", 1e-3, 1e-2),
+            weight_decay=trial.choice("weight_decay", [0.0, 1e-4, 1e-3]),
+        )
 
-    res = run(build, state.datamodule, objectives={"val_acc": "maximize"}, n_trials=4, strategy="tpe", seed=0,
-              out_dir=state.out_dir / "multitrial", trainer_kwargs={"max_epochs": 1, "deterministic": True})
+    res = run(
+        build,
+        state.datamodule,
+        objectives={"val_acc": "maximize"},
+        n_trials=4,
+        strategy="tpe",
+        seed=0,
+        out_dir=state.out_dir / "multitrial",
+        trainer_kwargs={"max_epochs": 1, "deterministic": True},
+    )
     Tracker(loggers=[state.logger], files_dir=state.out_dir / "multitrial" / "demo").log_table(
-        "search/trials", ["number", "lr", "weight_decay", "val_acc"],
-        [[t.number, t.params["lr"], t.params["weight_decay"], t.value] for t in res.study.trials
-         if t.value is not None], step=0)
+        "search/trials",
+        ["number", "lr", "weight_decay", "val_acc"],
+        [
+            [t.number, t.params["lr"], t.params["weight_decay"], t.value]
+            for t in res.study.trials
+            if t.value is not None
+        ],
+        step=0,
+    )
     best = res.best_params
     state.module = Classifier(copy.deepcopy(template), lr=best["lr"], weight_decay=best["weight_decay"])
     state.card.metrics["multitrial_best"] = {"params": best, "val_acc": res.best_values["val_acc"]}
-    return (f"TPE, {len(res.study.trials)} trials: lr {best['lr']:.2g}, weight_decay {best['weight_decay']:g} "
-            f"(val_acc {res.best_values['val_acc']:.4f})")
+    return (
+        f"TPE, {len(res.study.trials)} trials: lr {best['lr']:.2g}, weight_decay {best['weight_decay']:g} "
+        f"(val_acc {res.best_values['val_acc']:.4f})"
+    )
 
 
 def _stage_explain(state: _DemoState) -> str:
     """Two more epochs of the current model with the explain callbacks attached (maps, AOPC, dynamics, paths)."""
     from lightning_nas.callbacks import ArchitectureView, AttributionMonitor, DecisionPaths, TrainingDynamics
 
-    cbs = [AttributionMonitor(n_samples=20), TrainingDynamics(every_n_steps=5, histogram_every_n_steps=20),
-           DecisionPaths(n_samples=50), ArchitectureView()]
+    cbs = [
+        AttributionMonitor(n_samples=20),
+        TrainingDynamics(every_n_steps=5, histogram_every_n_steps=20),
+        DecisionPaths(n_samples=50),
+        ArchitectureView(),
+    ]
     trainer = _trainer(state, callbacks=cbs, max_epochs=2)
     trainer.fit(state.module, datamodule=state.datamodule)
     acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
     return "attributions, dynamics, decision paths, architecture view; " + _row_summary(
-        _record(state, "explain", state.module.net, acc))
-
+        _record(state, "explain", state.module.net, acc)
+    )
 
 
 def _test_acc(model: torch.nn.Module, state: _DemoState) -> float:
@@ -256,8 +306,12 @@ def _stage_distill(state: _DemoState) -> str:
     state.module = student
     row = _record(state, "distill", student.net, acc)
     row["agreement"] = kd.history[-1]["distill/agreement"] if kd.history else None
-    state.card.stages[-1].update(teacher_params=sum(p.numel() for p in teacher.parameters()),
-                                 temperature=4.0, alpha=0.7, agreement=row["agreement"])
+    state.card.stages[-1].update(
+        teacher_params=sum(p.numel() for p in teacher.parameters()),
+        temperature=4.0,
+        alpha=0.7,
+        agreement=row["agreement"],
+    )
     agreement = f", agreement {row['agreement']:.3f}" if isinstance(row["agreement"], float) else ""
     return f"plain CNN student{agreement}; {_row_summary(row)}"
 
@@ -271,8 +325,9 @@ QUANT_IGNORE = ("features.0", "features.1", "features.2")
 QUANT_LR_SCALE = 0.1
 
 
-def _qat_fit(state: _DemoState, module: L.LightningModule, ignore: tuple[str, ...] = QUANT_IGNORE,
-             onnx_path: str | None = None) -> Any:
+def _qat_fit(
+    state: _DemoState, module: L.LightningModule, ignore: tuple[str, ...] = QUANT_IGNORE, onnx_path: str | None = None
+) -> Any:
     """Two epochs of QAT fine-tuning of ``module`` (its ``lr`` scaled by ``QUANT_LR_SCALE`` for the fit)."""
     from lightning_nas.callbacks import QuantizationAware
 
@@ -293,35 +348,49 @@ def _stage_quantize(state: _DemoState) -> str:
     qat = _qat_fit(state, state.module, onnx_path=str(state.out_dir / "model_int8.onnx"))
     with allow_int8_kernels():  # the demo's trainers are deterministic; int8 kernels need the flag lifted
         row = _record(state, "quantize", qat.int8_model, _test_acc(qat.int8_model, state))
-    state.card.stages[-1].update(onnx_int8=str(state.out_dir / "model_int8.onnx"), backend="x86",
-                                 size_ratio=qat.measurements.get("quant/size_ratio"),
-                                 speedup=qat.measurements.get("quant/speedup"), float_layers=list(QUANT_IGNORE),
-                                 qat_lr_scale=QUANT_LR_SCALE)
+    state.card.stages[-1].update(
+        onnx_int8=str(state.out_dir / "model_int8.onnx"),
+        backend="x86",
+        size_ratio=qat.measurements.get("quant/size_ratio"),
+        speedup=qat.measurements.get("quant/speedup"),
+        float_layers=list(QUANT_IGNORE),
+        qat_lr_scale=QUANT_LR_SCALE,
+    )
     return f"int8 after 2 QAT epochs; {_row_summary(row)}"
-
-
 
 
 def _stage_prune(state: _DemoState) -> str:
     """Remove half of the channels of the trained model (physically), then fine-tune (half the training epochs)."""
     from lightning_nas.callbacks import StructuredPruning
 
-    trainer = _trainer(state, callbacks=[StructuredPruning(amount=0.5, start_epoch=0)],
-                       max_epochs=max(2, state.max_epochs // 2))
+    trainer = _trainer(
+        state, callbacks=[StructuredPruning(amount=0.5, start_epoch=0)], max_epochs=max(2, state.max_epochs // 2)
+    )
     trainer.fit(state.module, datamodule=state.datamodule)
     acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
     return "half of the channels removed; " + _row_summary(_record(state, "prune", state.module.net, acc))
 
 
-
 # The pipeline, in order: each capability contributes one stage.
-STAGES = [("search", _stage_search), ("multitrial", _stage_multitrial), ("train", _stage_train),
-          ("explain", _stage_explain), ("distill", _stage_distill), ("prune", _stage_prune),
-          ("quantize", _stage_quantize), ("bundle", _stage_bundle)]
+STAGES = [
+    ("search", _stage_search),
+    ("multitrial", _stage_multitrial),
+    ("train", _stage_train),
+    ("explain", _stage_explain),
+    ("distill", _stage_distill),
+    ("prune", _stage_prune),
+    ("quantize", _stage_quantize),
+    ("bundle", _stage_bundle),
+]
 
 
-def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "nas_runs/demo",
-             seed: int = 0, verbose: bool = False) -> dict[str, Any]:
+def run_demo(
+    max_epochs: int = 8,
+    online: bool = False,
+    out_dir: str | Path = "nas_runs/demo",
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict[str, Any]:
     """Run every stage, print one line per stage, the summary table and where the files are; write the model
     card; return a dict of results. ``verbose`` also shows Lightning's messages, warnings and W&B's output."""
     console = _Console(sys.stdout, verbose)
@@ -335,10 +404,21 @@ def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "n
         if not online:
             os.environ.setdefault("WANDB_MODE", "offline")
         logger = WandbLogger(project="lightning-nas-demo", save_dir=str(out), offline=not online)
-        state = _DemoState(out_dir=out, max_epochs=max_epochs, online=online,
-                           datamodule=DigitsDataModule(batch_size=64, seed=seed), logger=logger, console=console)
-        state.card.input_spec = {"name": "input", "dtype": "float32", "shape": ["batch", 1, 8, 8],
-                                 "range": [0.0, 1.0], "normalisation": "pixel / 16"}
+        state = _DemoState(
+            out_dir=out,
+            max_epochs=max_epochs,
+            online=online,
+            datamodule=DigitsDataModule(batch_size=64, seed=seed),
+            logger=logger,
+            console=console,
+        )
+        state.card.input_spec = {
+            "name": "input",
+            "dtype": "float32",
+            "shape": ["batch", 1, 8, 8],
+            "range": [0.0, 1.0],
+            "normalisation": "pixel / 16",
+        }
         for i, (name, stage) in enumerate(STAGES, 1):
             console.start(i, len(STAGES), name)
             summary = stage(state)
@@ -359,9 +439,14 @@ def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "n
     console.write("\n")
     _print_table(state.rows, console.stream)
     int8 = out / "model_int8.onnx"
-    files = [("model card", card_path), ("ONNX model", onnx_path), ("int8 ONNX", int8 if int8.exists() else None),
-             ("bundle", state.bundle_dir), ("HTML report", report_path),
-             (f"W&B run ({'online' if online else 'offline'})", run_dir)]
+    files = [
+        ("model card", card_path),
+        ("ONNX model", onnx_path),
+        ("int8 ONNX", int8 if int8.exists() else None),
+        ("bundle", state.bundle_dir),
+        ("HTML report", report_path),
+        (f"W&B run ({'online' if online else 'offline'})", run_dir),
+    ]
     width = max(len(label) for label, _ in files)
     lines = [f"\nfiles in {out}:"]
     lines += [f"  {label:<{width}}  {path}" for label, path in files if path is not None]
@@ -371,8 +456,14 @@ def run_demo(max_epochs: int = 8, online: bool = False, out_dir: str | Path = "n
         lines.append(f"upload the W&B run later:  wandb sync {run_dir}")
     lines.append(f"demo finished in {time.perf_counter() - t0:.1f} s")
     console.write("\n".join(lines) + "\n")
-    return {"rows": state.rows, "card": str(card_path), "onnx": str(onnx_path), "wandb_run": str(run_dir),
-            "report": str(report_path), "bundle": str(state.bundle_dir) if state.bundle_dir else None}
+    return {
+        "rows": state.rows,
+        "card": str(card_path),
+        "onnx": str(onnx_path),
+        "wandb_run": str(run_dir),
+        "report": str(report_path),
+        "bundle": str(state.bundle_dir) if state.bundle_dir else None,
+    }
 
 
 def _print_table(rows: list[dict[str, Any]], stream: TextIO | None = None) -> None:

@@ -4,6 +4,7 @@
 ``val_loss``, ``val_acc``, ``test_acc``). It is written the way a user would write one: no lightning_nas
 hooks in it, so callbacks are tested against plain Lightning code.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -27,8 +28,12 @@ class DigitsCNN(nn.Module):
         check_int("width", width, 1)
         check_int("num_classes", num_classes, 2)
         self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -74,15 +79,16 @@ class Classifier(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
-def train_plain(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 6, lr: float = 3e-3,
-                batch_size: int = 64) -> nn.Module:
+def train_plain(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 6, lr: float = 3e-3, batch_size: int = 64
+) -> nn.Module:
     """Train ``net`` with a plain Adam/cross-entropy loop (no Lightning; shuffled by torch's global RNG) and
     return it in eval mode: a quick trained model for tests and benchmarks."""
     opt = torch.optim.Adam(net.parameters(), lr)
     for _ in range(epochs):
         perm = torch.randperm(len(x))
         for i in range(0, len(perm), batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             loss = F.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -100,8 +106,11 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = (
+            None
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -114,8 +123,9 @@ class ResNet(nn.Module):
     any base ``width`` (64 is ResNet-18 itself, 11.2M parameters with 10 classes). Benchmarks use it to measure
     costs at the scale users train at; torchvision itself does not import beside this machine's CPU torch."""
 
-    def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, width: int = 64,
-                 in_channels: int = 3) -> None:
+    def __init__(
+        self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, width: int = 64, in_channels: int = 3
+    ) -> None:
         super().__init__()
         check_int("width", width, 1)
         self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
@@ -124,9 +134,10 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, cin = [], width
         for i, n in enumerate(layers):
-            cout = width * 2 ** i
-            stages.append(nn.Sequential(*[BasicBlock(cin if j == 0 else cout, cout, 2 if i and j == 0 else 1)
-                                          for j in range(n)]))
+            cout = width * 2**i
+            stages.append(
+                nn.Sequential(*[BasicBlock(cin if j == 0 else cout, cout, 2 if i and j == 0 else 1) for j in range(n)])
+            )
             cin = cout
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)

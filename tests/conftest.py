@@ -6,8 +6,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 # Hypothesis/Schemathesis keep caches under ./.hypothesis by default: no test writes into the repository
-os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
-                      os.path.join(__import__("tempfile").gettempdir(), "lightning-nas-hypothesis"))
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(__import__("tempfile").gettempdir(), "lightning-nas-hypothesis")
+)
 
 
 @pytest.fixture
@@ -21,9 +22,16 @@ def fast_trainer(tmp_path, **kwargs):
     """A quiet CPU trainer for tests."""
     import lightning as L
 
-    opts = dict(accelerator="cpu", devices=1, max_epochs=1, enable_progress_bar=False,
-                enable_model_summary=False, enable_checkpointing=False, logger=False,
-                default_root_dir=str(tmp_path))
+    opts = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        default_root_dir=str(tmp_path),
+    )
     opts.update(kwargs)
     return L.Trainer(**opts)
 
@@ -63,8 +71,13 @@ def _repo_entries() -> set[str] | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "-C", str(_REPO), "status", "--porcelain", "--ignored", "--untracked-files=normal"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            ["git", "-C", str(_REPO), "status", "--porcelain", "--ignored", "--untracked-files=normal"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     entries = set()
@@ -85,5 +98,8 @@ def _tests_leave_the_repository_as_they_found_it():
     yield
     after = _repo_entries()
     if before is not None and after is not None and after - before:
-        pytest.fail("the tests left files in the repository (write them under tmp_path):\n  "
-                    + "\n  ".join(sorted(after - before)), pytrace=False)
+        pytest.fail(
+            "the tests left files in the repository (write them under tmp_path):\n  "
+            + "\n  ".join(sorted(after - before)),
+            pytrace=False,
+        )

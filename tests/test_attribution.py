@@ -1,4 +1,5 @@
 """explain.attribution (methods, AOPC, compare) and the AttributionMonitor callback."""
+
 import copy
 import json
 
@@ -60,8 +61,11 @@ def test_compare_with_itself_is_identical(trained, probe):
     net, _ = trained
     d = A.compare(net, net, probe)
     assert d.spearman == pytest.approx(1.0) and d.topk == pytest.approx(1.0) and d.agreement == 1.0
-    assert set(d.as_metrics()) == {"explain/attribution/drift_spearman", "explain/attribution/drift_topk",
-                                   "explain/attribution/drift_agreement"}
+    assert set(d.as_metrics()) == {
+        "explain/attribution/drift_spearman",
+        "explain/attribution/drift_topk",
+        "explain/attribution/drift_agreement",
+    }
 
 
 def test_compare_with_a_pruned_copy_moves_the_explanation(trained, probe):
@@ -156,8 +160,10 @@ def test_grad_cam_and_vector_inputs_on_a_fit(tmp_path):
     mon = AttributionMonitor(method="feature_ablation", n_samples=10)
     trainer = fast_trainer(tmp_path / "flat", limit_train_batches=2, limit_val_batches=1, callbacks=[mon])
     trainer.fit(Classifier(mlp), datamodule=DigitsDataModule(seed=0, flat=True))
-    rows = [json.loads(x) for x in open(tmp_path / "flat" / "nas_files" / "tables"
-                                        / "explain_attribution_top_features.jsonl")][-1]["rows"]
+    rows = [
+        json.loads(x)
+        for x in open(tmp_path / "flat" / "nas_files" / "tables" / "explain_attribution_top_features.jsonl")
+    ][-1]["rows"]
     assert len(rows) == 10 * 5 and rows[0][4].startswith("f")
 
 
@@ -174,11 +180,14 @@ def test_bad_arguments_fail_in_init():
         AttributionMonitor(target="logit")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(method="grad_cam", layer="net.nope"), "is not a module"),
-    (dict(method="grad_cam", layer="net.classifier"), "Conv"),
-    (dict(n_samples=10_000), "n_samples"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method="grad_cam", layer="net.nope"), "is not a module"),
+        (dict(method="grad_cam", layer="net.classifier"), "Conv"),
+        (dict(n_samples=10_000), "n_samples"),
+    ],
+)
 def test_bad_model_facing_arguments_fail_at_setup(tmp_path, digits, kwargs, match):
     trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[AttributionMonitor(**kwargs)])
     module = Classifier(DigitsCNN(4))
@@ -227,8 +236,9 @@ def test_transformer_demo_attributes_over_token_embeddings(tmp_path, no_wikitext
     model = LightningTransformer(vocab_size=17)
     trainer.fit(model, datamodule=TokenDigits())
     assert mon.embedding_name == "model.embedding" and mon._last["attr"].shape == (4, 16)
-    rows = [json.loads(x) for x in open(tmp_path / "nas_files" / "tables"
-                                        / "explain_attribution_top_features.jsonl")][-1]["rows"]
+    rows = [json.loads(x) for x in open(tmp_path / "nas_files" / "tables" / "explain_attribution_top_features.jsonl")][
+        -1
+    ]["rows"]
     assert rows[0][4].startswith("pos") and len(rows) == 4 * 5
     scal = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
     assert "explain/attribution/aopc" in scal[-1]
@@ -240,8 +250,16 @@ def test_explain_callbacks_under_ddp_log_once_from_rank_zero(tmp_path, digits):
     from lightning_nas.callbacks import TrainingDynamics
 
     cbs = [AttributionMonitor(n_samples=10), TrainingDynamics(every_n_steps=1)]
-    trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1,
-                           strategy="ddp_spawn", accelerator="cpu", devices=2, callbacks=cbs)
+    trainer = fast_trainer(
+        tmp_path,
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        callbacks=cbs,
+    )
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
     scal = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
     assert sum("explain/attribution/aopc" in s for s in scal) == 2  # one run per epoch, rank zero only
@@ -254,14 +272,20 @@ def test_explain_callbacks_build_from_lightning_cli_yaml():
 
     from lightning_nas.callbacks import ArchitectureView, DecisionPaths, TrainingDynamics
 
-    for cls, init in [(AttributionMonitor, {"method": "saliency", "n_samples": 5,
-                                            "forward_fn": "tests._explain_helpers.last_token_logits"}),
-                      (TrainingDynamics, {"every_n_steps": 10}), (DecisionPaths, {"top_k": 2}),
-                      (ArchitectureView, {"max_nodes": 10})]:
+    for cls, init in [
+        (
+            AttributionMonitor,
+            {"method": "saliency", "n_samples": 5, "forward_fn": "tests._explain_helpers.last_token_logits"},
+        ),
+        (TrainingDynamics, {"every_n_steps": 10}),
+        (DecisionPaths, {"top_k": 2}),
+        (ArchitectureView, {"max_nodes": 10}),
+    ]:
         parser = ArgumentParser()
         parser.add_argument("--cb", type=cls)
-        cfg = parser.parse_args(["--cb", json.dumps({"class_path": f"lightning_nas.callbacks.{cls.__name__}",
-                                                    "init_args": init})])
+        cfg = parser.parse_args(
+            ["--cb", json.dumps({"class_path": f"lightning_nas.callbacks.{cls.__name__}", "init_args": init})]
+        )
         cb = parser.instantiate_classes(cfg).cb
         assert isinstance(cb, cls)
         for k, v in init.items():
@@ -275,8 +299,14 @@ def test_monitor_state_survives_a_checkpoint_resume(tmp_path, digits):
         L.seed_everything(0)
         mon = AttributionMonitor(method="saliency", n_samples=6, explain=False)
         ck = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
-        trainer = fast_trainer(tmp_path, max_epochs=epochs, limit_train_batches=2, limit_val_batches=1,
-                               enable_checkpointing=True, callbacks=[mon, ck])
+        trainer = fast_trainer(
+            tmp_path,
+            max_epochs=epochs,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            enable_checkpointing=True,
+            callbacks=[mon, ck],
+        )
         trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits, ckpt_path=ckpt)
         return mon
 

@@ -23,7 +23,8 @@ class _Counter(LightningNASCallback):
 def test_state_roundtrip_and_validation_hook(tmp_path, digits):
     cb = _Counter()
     fast_trainer(tmp_path, callbacks=[cb], max_epochs=2, limit_train_batches=2, limit_val_batches=1).fit(
-        Classifier(DigitsCNN(4)), datamodule=digits)
+        Classifier(DigitsCNN(4)), datamodule=digits
+    )
     assert cb.validated and cb.count == 2
     state = cb.state_dict()
     state["history"].append(99)  # a deep copy: the callback is untouched

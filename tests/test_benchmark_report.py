@@ -1,4 +1,5 @@
 """Benchmark results say what produced them, and a --quick run never replaces the published numbers."""
+
 import argparse
 import ast
 import re

@@ -1,5 +1,6 @@
 """Bundle round trip: ONNX float/int8 and TorchScript reproduce the torch model, the card is complete, and
 tampered, missing or foreign files are refused."""
+
 import json
 
 import numpy as np
@@ -22,8 +23,16 @@ def digits_bundle(cnn, tmp_path_factory):
     net, dm = cnn
     card = ModelCard("digits-cnn").add_stage("search", strategy="darts", chosen={"block1": "conv3"})
     out = tmp_path_factory.mktemp("b") / "bundle"
-    bundle(net, dm.example_input(16), out, int8=True, reference_data=dm.split("train").tensors[0],
-           metrics={"test_acc": 0.95}, card=card, normalisation="pixel / 16")
+    bundle(
+        net,
+        dm.example_input(16),
+        out,
+        int8=True,
+        reference_data=dm.split("train").tensors[0],
+        metrics={"test_acc": 0.95},
+        card=card,
+        normalisation="pixel / 16",
+    )
     return out
 
 
@@ -124,8 +133,9 @@ def test_int8_from_bytes_or_path_made_elsewhere(cnn, digits_bundle, tmp_path):
     b2 = load_bundle(bundle(net, dm.example_input(4), tmp_path / "path", int8=digits_bundle / "model.int8.onnx"))
     assert b1.has_int8 and b2.has_int8 and b1.profile() is None
     x = dm.example_input(8).numpy()
-    np.testing.assert_array_equal(b1.session(int8=True).run(None, {"input": x})[0],
-                                  b2.session(int8=True).run(None, {"input": x})[0])
+    np.testing.assert_array_equal(
+        b1.session(int8=True).run(None, {"input": x})[0], b2.session(int8=True).run(None, {"input": x})[0]
+    )
     with pytest.raises(ValueError, match="int8 model cannot run"):
         bundle(net, dm.example_input(4), tmp_path / "garbage", int8=b"not an onnx model")
     with pytest.raises(FileNotFoundError, match="`int8` path"):

@@ -1,6 +1,7 @@
 """Bundles from elsewhere and careless overwrites (issue 15, items 5 and 6): ``bundle(overwrite=True)`` only
 replaces a bundle and never loses the old one on failure; ``load_bundle`` validates the card against a schema,
 refuses names outside the folder, and serves exactly the bytes whose hash it checked."""
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,10 @@ def made(nets, tmp_path_factory):
     (net, dm), (net2, _) = nets
     root = tmp_path_factory.mktemp("bundles")
     ref = dm.split("train").tensors[0]
-    return (bundle(net, dm.example_input(4), root / "a", reference_data=ref),
-            bundle(net2, dm.example_input(4), root / "b", reference_data=ref.flip(0)))
+    return (
+        bundle(net, dm.example_input(4), root / "a", reference_data=ref),
+        bundle(net2, dm.example_input(4), root / "b", reference_data=ref.flip(0)),
+    )
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -154,7 +157,7 @@ def _mutations(card: dict) -> list[tuple[str, object]]:
     put("class_names not strings", lambda c: c["bundle"]["output"].__setitem__("class_names", list(range(10))))
     put("shape with a string", lambda c: c["input_spec"].__setitem__("shape", ["batch", "8", 8]))
     put("shape zero", lambda c: c["input_spec"].__setitem__("shape", ["batch", 0]))
-    put("shape absurd", lambda c: c["input_spec"].__setitem__("shape", ["batch", 10 ** 6, 10 ** 6]))
+    put("shape absurd", lambda c: c["input_spec"].__setitem__("shape", ["batch", 10**6, 10**6]))
     put("files not a dict", lambda c: c["bundle"].__setitem__("files", ["model.onnx"]))
     put("sha256 not hex", lambda c: c["bundle"]["files"]["model.onnx"].__setitem__("sha256", "x" * 64))
     put("name a number", lambda c: c.__setitem__("name", 5))
@@ -165,8 +168,11 @@ def _mutations(card: dict) -> list[tuple[str, object]]:
 def test_malformed_cards_are_one_line_bundle_errors(made, tmp_path, capsys):
     b = _copy(made[0], tmp_path / "b")
     card = json.loads((b / "card.json").read_text())
-    cases = [(d, json.dumps(c)) for d, c in _mutations(card)] + [("100k nested [", "[" * 100_000),
-                                                                   ("not UTF-8", b"\xff\xfe{"), ("a list", "[1, 2]")]
+    cases = [(d, json.dumps(c)) for d, c in _mutations(card)] + [
+        ("100k nested [", "[" * 100_000),
+        ("not UTF-8", b"\xff\xfe{"),
+        ("a list", "[1, 2]"),
+    ]
     for desc, text in cases:
         _rewrite_card(b, text)
         with pytest.raises(BundleError) as err:
@@ -187,8 +193,9 @@ def test_profile_and_model_that_disagree_with_the_card_are_refused(made, tmp_pat
     old = card["bundle"]["files"]["profile.json"]["sha256"]
     card["bundle"]["files"]["profile.json"]["sha256"] = hashlib.sha256(data).hexdigest()
     _rewrite_card(b, json.dumps(card))
-    (b / "bundle.sha256").write_text((b / "bundle.sha256").read_text().replace(old, card["bundle"]["files"]
-                                                                                 ["profile.json"]["sha256"]))
+    (b / "bundle.sha256").write_text(
+        (b / "bundle.sha256").read_text().replace(old, card["bundle"]["files"]["profile.json"]["sha256"])
+    )
     with pytest.raises(BundleError, match="profile.json has 3 classes"):
         load_bundle(b)
     b2 = _copy(made[0], tmp_path / "b2")  # a card claiming another input shape: refused when served
@@ -202,12 +209,17 @@ def test_profile_and_model_that_disagree_with_the_card_are_refused(made, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------- Hypothesis: schema
-_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
-                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
-                       st.sampled_from(["batch", "logits", "probabilities", "model.onnx", "../x", "/etc/x"]))
-_json = st.recursive(_json_leaf,
-                     lambda k: st.lists(k, max_size=3) | st.dictionaries(st.text(max_size=6), k, max_size=3),
-                     max_leaves=12)
+_json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.sampled_from(["batch", "logits", "probabilities", "model.onnx", "../x", "/etc/x"]),
+)
+_json = st.recursive(
+    _json_leaf, lambda k: st.lists(k, max_size=3) | st.dictionaries(st.text(max_size=6), k, max_size=3), max_leaves=12
+)
 
 
 def _paths(obj, prefix=()):
@@ -282,7 +294,7 @@ def test_reference_profile_file_from_elsewhere_is_a_value_error(made, tmp_path):
     from lightning_nas.deploy import ReferenceProfile
 
     good = json.loads((made[0] / "profile.json").read_text())
-    bad_values = {"sample": [["a"] * 64] * 3, "input_shape": [10 ** 6, 10 ** 6], "features": "x", "prediction": 5}
+    bad_values = {"sample": [["a"] * 64] * 3, "input_shape": [10**6, 10**6], "features": "x", "prediction": 5}
     for key, value in bad_values.items():
         (tmp_path / "p.json").write_text(json.dumps(dict(good, **{key: value})))
         with pytest.raises(ValueError, match="reference profile"):

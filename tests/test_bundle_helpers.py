@@ -1,4 +1,5 @@
 """Shared by the bundle/serve/drift tests: a quickly trained digits CNN and image shifts (no tests here)."""
+
 from __future__ import annotations
 
 import numpy as np

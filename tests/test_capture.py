@@ -1,4 +1,5 @@
 """The route to the logits is found from the forward calls of a real step, whatever the step does to the batch."""
+
 import copy
 
 import lightning as L
@@ -62,8 +63,9 @@ class _BackboneHead(nn.Module):
         return self.criterion(self.head(f), y)
 
 
-@pytest.mark.parametrize("glue,expected", [("mean", "mean"), ("pool", "mean"), ("flatten", "same"),
-                                           ("max", "amax"), ("pool2", "avg_pool@2")])
+@pytest.mark.parametrize(
+    "glue,expected", [("mean", "mean"), ("pool", "mean"), ("flatten", "same"), ("max", "amax"), ("pool2", "avg_pool@2")]
+)
 def test_backbone_then_head_is_one_route_through_the_glue(glue, expected):
     m = _BackboneHead(glue)
     x, y = torch.randn(3, 3, 4, 4), torch.randint(0, 10, (3,))
@@ -93,6 +95,7 @@ def test_the_route_ends_where_the_loss_comes_from():
         logits = m.head(m.backbone(x).mean((2, 3)))
         m.backbone(x * 2)  # e.g. features for logging, after the logits
         return F.cross_entropy(logits, y)
+
     rec, loss = _record(m, step)
     assert find_route(rec.calls, loss).route.paths == ("backbone", "head")
 

@@ -13,8 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_demo_runs_end_to_end(tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT))
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "lightning_nas", "demo", "--max-epochs", "1", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_nas", "demo", "--max-epochs", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "wandb sync" in proc.stdout and "test_acc" in proc.stdout
     card = json.loads((out / "model_card.json").read_text())

@@ -42,13 +42,16 @@ def test_every_class_in_every_split_stratified():
         assert frac.max() - frac.min() < 0.03
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"batch_size": 0}, "batch_size"),
-    ({"val_fraction": 0.0}, "val_fraction"),
-    ({"test_fraction": 0.9}, "test_fraction"),
-    ({"seed": -1}, "seed"),
-    ({"num_workers": -2}, "num_workers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"val_fraction": 0.0}, "val_fraction"),
+        ({"test_fraction": 0.9}, "test_fraction"),
+        ({"seed": -1}, "seed"),
+        ({"num_workers": -2}, "num_workers"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DigitsDataModule(**kwargs)

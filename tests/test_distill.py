@@ -1,4 +1,5 @@
 """compress.distill, explain.agreement and the KnowledgeDistillation callback."""
+
 import lightning as L
 import pytest
 import torch
@@ -72,8 +73,12 @@ def test_constructor_validation():
     from lightning_nas.callbacks import KnowledgeDistillation
 
     t = nn.Linear(2, 2)
-    for kw, msg in [({"alpha": 1.5}, "alpha"), ({"alpha": -0.1}, "alpha"), ({"temperature": 0.0}, "temperature"),
-                    ({"temperature": -1.0}, "temperature")]:
+    for kw, msg in [
+        ({"alpha": 1.5}, "alpha"),
+        ({"alpha": -0.1}, "alpha"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": -1.0}, "temperature"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             KnowledgeDistillation(t, **kw)
     with pytest.raises(TypeError, match="teacher"):
@@ -85,8 +90,14 @@ def _fit_classifier(tmp_path, digits, callbacks, width=8, seed=0, epochs=1):
 
     L.seed_everything(seed)
     model = Classifier(DigitsCNN(width))
-    fast_trainer(tmp_path, max_epochs=epochs, limit_train_batches=4, limit_val_batches=2, num_sanity_val_steps=0,
-                 callbacks=callbacks).fit(model, datamodule=digits)
+    fast_trainer(
+        tmp_path,
+        max_epochs=epochs,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    ).fit(model, datamodule=digits)
     return model
 
 
@@ -103,8 +114,13 @@ def test_loss_is_one_minus_alpha_task_plus_alpha_kd(tmp_path, digits):
         losses = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.losses.append((float(outputs["loss"]), float(trainer.callback_metrics["distill/kd_loss"]),
-                                float(trainer.callback_metrics["distill/task_loss"])))
+            self.losses.append(
+                (
+                    float(outputs["loss"]),
+                    float(trainer.callback_metrics["distill/kd_loss"]),
+                    float(trainer.callback_metrics["distill/task_loss"]),
+                )
+            )
 
     probe = Probe()
     _fit_classifier(tmp_path, digits, [KnowledgeDistillation(DigitsCNN(16), alpha=0.3, temperature=2.0), probe])
@@ -126,9 +142,14 @@ def test_callback_trains_exactly_like_a_hand_written_kd_loop(tmp_path, digits):
     L.seed_everything(1)
     student = Classifier(DigitsCNN(4))
     manual = copy.deepcopy(student)
-    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=5, limit_val_batches=0, num_sanity_val_steps=0,
-                 callbacks=[KnowledgeDistillation(teacher, temperature=4.0, alpha=0.7, explain=False)]).fit(
-        student, datamodule=digits)
+    fast_trainer(
+        tmp_path,
+        max_epochs=1,
+        limit_train_batches=5,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[KnowledgeDistillation(teacher, temperature=4.0, alpha=0.7, explain=False)],
+    ).fit(student, datamodule=digits)
     opt = torch.optim.Adam(manual.parameters(), lr=manual.lr)
     loader = digits.train_dataloader()
     loader.sampler.set_epoch(0)
@@ -145,25 +166,29 @@ def test_callback_trains_exactly_like_a_hand_written_kd_loop(tmp_path, digits):
         opt.step()
     for (name, a), b in zip(student.state_dict().items(), manual.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
-    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(),
-                                                 reference_teacher.state_dict().values()))  # teacher untouched
+    assert all(
+        torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), reference_teacher.state_dict().values())
+    )  # teacher untouched
 
 
 def test_kd_bad_model_input_fails_before_the_first_step(tmp_path, digits):
     from lightning_nas.callbacks import KnowledgeDistillation
     from lightning_nas.models import Classifier, DigitsCNN
 
-    cases = [(KnowledgeDistillation(DigitsCNN(8, num_classes=7)), "teacher's output shape"),
-             (KnowledgeDistillation(DigitsCNN(8), features={"net.nope": "features.3"}), "'net.nope'"),
-             (KnowledgeDistillation(DigitsCNN(8), features={"net.features.3": "missing"}), "'missing'"),
-             (KnowledgeDistillation(DigitsCNN(8), features={"net.features.2": "features.3"}), "channel count")]
+    cases = [
+        (KnowledgeDistillation(DigitsCNN(8, num_classes=7)), "teacher's output shape"),
+        (KnowledgeDistillation(DigitsCNN(8), features={"net.nope": "features.3"}), "'net.nope'"),
+        (KnowledgeDistillation(DigitsCNN(8), features={"net.features.3": "missing"}), "'missing'"),
+        (KnowledgeDistillation(DigitsCNN(8), features={"net.features.2": "features.3"}), "channel count"),
+    ]
     for cb, msg in cases:
         steps = []
         probe = L.Callback()
         probe.on_before_optimizer_step = lambda *a, **k: steps.append(1)
         with pytest.raises(ValueError, match=msg):
             fast_trainer(tmp_path, callbacks=[cb, probe], limit_train_batches=2).fit(
-                Classifier(DigitsCNN(4)), datamodule=digits)
+                Classifier(DigitsCNN(4)), datamodule=digits
+            )
         assert not steps
 
 
@@ -178,7 +203,8 @@ def test_kd_on_unmodified_lightning_demo_model(tmp_path):
     model = DemoModel(out_dim=4)
     kd = KnowledgeDistillation(teacher, temperature=2.0, alpha=1.0, features={"l1": "3"})
     fast_trainer(tmp_path, max_epochs=2, limit_val_batches=2, callbacks=[kd]).fit(
-        model, DataLoader(RandomDataset(32, 64), batch_size=8), DataLoader(RandomDataset(32, 32), batch_size=8))
+        model, DataLoader(RandomDataset(32, 64), batch_size=8), DataLoader(RandomDataset(32, 32), batch_size=8)
+    )
     assert "training_step" not in model.__dict__ and len(kd.history) == 2
     assert all(0 <= h["distill/agreement"] <= 1 for h in kd.history)
 
@@ -192,10 +218,16 @@ def test_callbacks_build_from_lightning_cli_config():
     p = ArgumentParser()
     p.add_class_arguments(KnowledgeDistillation, "kd")
     p.add_class_arguments(QuantizationAware, "qat")
-    cfg = p.parse_object({
-        "kd": {"teacher": {"class_path": "lightning_nas.models.DigitsCNN", "init_args": {"width": 8}},
-               "alpha": 0.3, "features": {"net.features.3": "features.3"}},
-        "qat": {"start_epoch": 1, "ignore": ["classifier"], "freeze_bn_after": 2}})
+    cfg = p.parse_object(
+        {
+            "kd": {
+                "teacher": {"class_path": "lightning_nas.models.DigitsCNN", "init_args": {"width": 8}},
+                "alpha": 0.3,
+                "features": {"net.features.3": "features.3"},
+            },
+            "qat": {"start_epoch": 1, "ignore": ["classifier"], "freeze_bn_after": 2},
+        }
+    )
     objs = p.instantiate_classes(cfg)
     assert objs.kd.alpha == 0.3 and objs.kd.features == {"net.features.3": "features.3"}
     assert type(objs.kd.teacher).__name__ == "DigitsCNN" and not objs.kd.teacher.training

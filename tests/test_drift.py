@@ -1,4 +1,5 @@
 """Drift statistics and DriftMonitor: shifted/rotated digits are flagged, fresh clean splits are not."""
+
 import copy
 
 import numpy as np
@@ -65,8 +66,13 @@ def test_shifted_digits_are_detected(setup, shift):
     assert rep.next_step in ("retrain", "re-search") and "Next step" in rep.verdict
     assert rep.drifted_features[0] in rep.verdict  # the verdict names the features that moved
     m = rep.metrics()
-    assert set(m) >= {"drift/psi_max", "drift/ks_max", "drift/prediction_psi", "drift/attribution_shift",
-                      "drift/drifted_features"}
+    assert set(m) >= {
+        "drift/psi_max",
+        "drift/ks_max",
+        "drift/prediction_psi",
+        "drift/attribution_shift",
+        "drift/drifted_features",
+    }
     cols, rows = rep.table()
     assert cols[0] == "feature" and len(rows) == 64 and rows[0][4] is True
 
@@ -85,9 +91,14 @@ def test_a_few_moved_features_suggest_retraining(setup):
 
 def test_thresholds_and_profile_validation(setup):
     net, dm, profile = setup
-    for kw, msg in [({"psi": 0}, "`psi` must be in"), ({"ks_alpha": 1.5}, "`ks_alpha`"),
-                    ({"attribution_shift": 2.0}, "`attribution_shift`"), ({"prediction_psi": -1}, "`prediction_psi`"),
-                    ({"min_drifted_features": 0}, "`min_drifted_features`"), ({"min_samples": 1}, "`min_samples`")]:
+    for kw, msg in [
+        ({"psi": 0}, "`psi` must be in"),
+        ({"ks_alpha": 1.5}, "`ks_alpha`"),
+        ({"attribution_shift": 2.0}, "`attribution_shift`"),
+        ({"prediction_psi": -1}, "`prediction_psi`"),
+        ({"min_drifted_features": 0}, "`min_drifted_features`"),
+        ({"min_samples": 1}, "`min_samples`"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             DriftThresholds(**kw)
     with pytest.raises(ValueError, match="unknown key"):

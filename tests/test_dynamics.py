@@ -1,4 +1,5 @@
 """explain.dynamics and the TrainingDynamics callback."""
+
 import json
 
 import pytest
@@ -55,8 +56,10 @@ def test_callback_logs_per_layer_keys_every_n_steps(tmp_path, digits):
     assert "dynamics/net.features.5/dead_channel_fraction" in r and r["dynamics/grad_norm_total"] > 0
     hists = sorted(p.name for p in (tmp_path / "nas_files" / "histograms").iterdir())
     assert "dynamics_net.features.0_weight_hist.jsonl" in hists and "dynamics_net.classifier_grad_hist.jsonl" in hists
-    steps = [json.loads(x)["step"] for x in open(tmp_path / "nas_files" / "histograms"
-                                                  / "dynamics_net.classifier_weight_hist.jsonl")]
+    steps = [
+        json.loads(x)["step"]
+        for x in open(tmp_path / "nas_files" / "histograms" / "dynamics_net.classifier_weight_hist.jsonl")
+    ]
     assert steps == [0, 10]
 
 
@@ -85,10 +88,12 @@ def test_unknown_layer_fails_at_setup(tmp_path, digits):
 
 def test_gradient_accumulation_logs_once_per_optimizer_step(tmp_path, digits):
     cb = TrainingDynamics(every_n_steps=2)
-    trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=8, limit_val_batches=1,
-                           accumulate_grad_batches=2, callbacks=[cb])
+    trainer = fast_trainer(
+        tmp_path, max_epochs=1, limit_train_batches=8, limit_val_batches=1, accumulate_grad_batches=2, callbacks=[cb]
+    )
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
     recs = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
     assert [r["step"] for r in recs] == [0, 2]
-    assert all(r["dynamics/net.classifier/update_ratio"] > 0 and r["dynamics/net.classifier/grad_norm"] > 0
-               for r in recs)
+    assert all(
+        r["dynamics/net.classifier/update_ratio"] > 0 and r["dynamics/net.classifier/grad_norm"] > 0 for r in recs
+    )

@@ -1,4 +1,5 @@
 """Each example on a project we did not write runs end to end and has its real effect."""
+
 import importlib
 import json
 
@@ -43,8 +44,7 @@ def test_plain_cnn_distilled_pruned_quantized_in_one_fit(tmp_path):
 
     from lightning_nas.compress.quantize import int8_onnx_ops
 
-    res = _example("plain_pytorch_cnn").main(max_epochs=2, out_dir=tmp_path, teacher_epochs=2,
-                                             limit_train_batches=8)
+    res = _example("plain_pytorch_cnn").main(max_epochs=2, out_dir=tmp_path, teacher_epochs=2, limit_train_batches=8)
     m = res["measurements"]
     assert m["pruned fp32 (after fit)"].params < 0.5 * m["fp32 student, uncompressed"].params
     assert res["student"].net.body[0].out_channels == 8 and res["student"].net.body[3].out_channels == 16
@@ -73,10 +73,21 @@ def test_kd_prune_qat_resume_across_the_deferred_qat_swap(tmp_path, digits):
     def run(epochs, root, ckpt=None):
         L.seed_everything(0)
         qat = QuantizationAware(start_epoch=1, freeze_observers_after=1, measure=False, explain=False)
-        cbs = [KnowledgeDistillation(DigitsCNN(8)), StructuredPruning(0.5, start_epoch=0), qat,
-               ModelCheckpoint(dirpath=root, save_last=True)]
-        trainer = fast_trainer(root, max_epochs=epochs, limit_train_batches=3, limit_val_batches=1,
-                               num_sanity_val_steps=0, enable_checkpointing=True, callbacks=cbs)
+        cbs = [
+            KnowledgeDistillation(DigitsCNN(8)),
+            StructuredPruning(0.5, start_epoch=0),
+            qat,
+            ModelCheckpoint(dirpath=root, save_last=True),
+        ]
+        trainer = fast_trainer(
+            root,
+            max_epochs=epochs,
+            limit_train_batches=3,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            enable_checkpointing=True,
+            callbacks=cbs,
+        )
         model = Classifier(DigitsCNN(16))
         trainer.fit(model, train, val, ckpt_path=ckpt)
         with torch.no_grad():
@@ -111,8 +122,9 @@ def test_feature_kd_follows_the_layer_that_the_deferred_qat_swap_replaces(tmp_pa
     kd = KnowledgeDistillation(DigitsCNN(16), features={"net.features.3": "features.3"})
     qat = QuantizationAware(start_epoch=1, freeze_observers_after=1, measure=False, explain=False)
     prune = StructuredPruning(0.5, ignore=["net.features.3"])  # the distilled layer keeps its width
-    trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1,
-                           callbacks=[kd, prune, qat])
+    trainer = fast_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1, callbacks=[kd, prune, qat]
+    )
     model = Classifier(DigitsCNN(8))
     trainer.fit(model, datamodule=digits)
     assert model.net.features[0].out_channels == 4 and model.net.features[3].out_channels == 16

@@ -1,6 +1,7 @@
 """Correctness found while hardening (issue 15, item 10): ignore_index labels in the teacher-student agreement,
 GradientSHAP leaves the caller's random generators alone, and eval-mode probes restore train() even when
 they fail."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Truncated-SVD low-rank factorization: exactness, rank choice, skipping, callback, resume, bad input."""
+
 from __future__ import annotations
 
 import copy
@@ -66,8 +67,14 @@ def test_callback_factorizes_finetunes_logs_and_resumes(tmp_path, digits):
         module = Classifier(DigitsCNN(32), lr=1e-2)
         cb = LowRankFactorization(energy=0.8, start_epoch=1)
         ck = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / root, save_last=True, save_top_k=0)
-        tr = fast_trainer(tmp_path / root, max_epochs=epochs, deterministic=True, num_sanity_val_steps=0,
-                          callbacks=[cb, ck], enable_checkpointing=True)
+        tr = fast_trainer(
+            tmp_path / root,
+            max_epochs=epochs,
+            deterministic=True,
+            num_sanity_val_steps=0,
+            callbacks=[cb, ck],
+            enable_checkpointing=True,
+        )
         tr.fit(module, train, val, ckpt_path=ckpt)
         return module, cb, tr
 
@@ -90,8 +97,9 @@ def test_callback_factorizes_finetunes_logs_and_resumes(tmp_path, digits):
     run(2, root="part")
     resumed, _, _ = run(4, ckpt=str(tmp_path / "part" / "last.ckpt"), root="res")
     loaded = load_compressed(Classifier(DigitsCNN(32)), str(tmp_path / "res" / "last.ckpt"))  # no Trainer
-    for (k, a), (_, b), (_, c) in zip(full.state_dict().items(), resumed.state_dict().items(),
-                                      loaded.state_dict().items()):
+    for (k, a), (_, b), (_, c) in zip(
+        full.state_dict().items(), resumed.state_dict().items(), loaded.state_dict().items()
+    ):
         torch.testing.assert_close(a, b, msg=k)
         torch.testing.assert_close(a, c, msg=k)
 
@@ -103,10 +111,11 @@ def test_on_unmodified_lightning_demos(tmp_path):
     demo = DemoModel()
     with pytest.warns(UserWarning, match="skipped l1"):  # a 32->10 layer: low rank would not pay off
         fast_trainer(tmp_path, max_epochs=1, limit_train_batches=2, callbacks=[LowRankFactorization(0.9)]).fit(
-            demo, DataLoader(RandomDataset(32, 64), batch_size=8))
+            demo, DataLoader(RandomDataset(32, 64), batch_size=8)
+        )
     assert isinstance(demo.l1, nn.Linear)
     tokens = torch.arange(400) % 37
-    pairs = [(tokens[i:i + 12], tokens[i + 1:i + 13]) for i in range(0, 360, 12)]
+    pairs = [(tokens[i : i + 12], tokens[i + 1 : i + 13]) for i in range(0, 360, 12)]
     lt = LightningTransformer(vocab_size=40)
     lt.prepare_data = lambda: None  # its prepare_data downloads WikiText-2; tests are offline
     n0 = sum(p.numel() for p in lt.parameters())
@@ -116,10 +125,17 @@ def test_on_unmodified_lightning_demos(tmp_path):
     assert sum(p.numel() for p in lt.parameters()) < n0
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(energy=0.0), "energy"), (dict(energy=1.5), "energy"), (dict(budget=1.0), "budget"),
-    (dict(energy=None), "energy"), (dict(start_epoch=-1), "start_epoch"), (dict(min_saving=1.0), "min_saving"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(energy=0.0), "energy"),
+        (dict(energy=1.5), "energy"),
+        (dict(budget=1.0), "budget"),
+        (dict(energy=None), "energy"),
+        (dict(start_epoch=-1), "start_epoch"),
+        (dict(min_saving=1.0), "min_saving"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LowRankFactorization(**kwargs)
@@ -129,7 +145,9 @@ def test_bad_model_config(tmp_path, digits):
     train = DataLoader(digits.split("train"), batch_size=64)
     with pytest.raises(ValueError, match="not Linear/Conv2d"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[LowRankFactorization(layers=["net.nope"])]).fit(
-            Classifier(DigitsCNN(8)), train)
+            Classifier(DigitsCNN(8)), train
+        )
     with pytest.raises(ValueError, match="no Linear/Conv2d"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[LowRankFactorization(ignore=["net"])]).fit(
-            Classifier(DigitsCNN(8)), train)
+            Classifier(DigitsCNN(8)), train
+        )

@@ -13,8 +13,10 @@ X = torch.rand(16, 1, 8, 8)
 
 def test_half_the_channels_costs_less():
     torch.manual_seed(0)
-    big, small = measure(DigitsCNN(32).eval(), X, repeats=5, warmup=1), measure(DigitsCNN(16).eval(), X,
-                                                                                   repeats=5, warmup=1)
+    big, small = (
+        measure(DigitsCNN(32).eval(), X, repeats=5, warmup=1),
+        measure(DigitsCNN(16).eval(), X, repeats=5, warmup=1),
+    )
     assert small.params < 0.3 * big.params  # conv2 is quadratic in the width
     assert small.size_bytes < 0.35 * big.size_bytes
     assert small.macs < 0.3 * big.macs and small.flops == 2 * small.macs

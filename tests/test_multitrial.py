@@ -1,4 +1,5 @@
 """Multi-trial search: trial API, strategies, samplers, pruning, objectives, W&B explanation, bad input."""
+
 from __future__ import annotations
 
 import glob
@@ -13,8 +14,15 @@ from torch import nn
 from lightning_nas import space
 from lightning_nas.data import DigitsDataModule
 from lightning_nas.models import Classifier, DigitsCNN
-from lightning_nas.search import (STRATEGIES, RegularizedEvolutionSampler, ReinforceSampler, SearchTrial,
-                                  StorageUnreachableError, TrialPruningCallback, run)
+from lightning_nas.search import (
+    STRATEGIES,
+    RegularizedEvolutionSampler,
+    ReinforceSampler,
+    SearchTrial,
+    StorageUnreachableError,
+    TrialPruningCallback,
+    run,
+)
 from lightning_nas.search.multitrial import find_duplicate, record_search_space
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -37,8 +45,7 @@ class SpaceNet(nn.Module):
         super().__init__()
         w = space.ValueChoice([4, 8], label="width")
         self.stem = nn.Conv2d(1, w, 3, padding=1)
-        self.block = space.LayerChoice({"conv3": nn.Conv2d(w, w, 3, padding=1), "skip": nn.Identity()},
-                                       label="block")
+        self.block = space.LayerChoice({"conv3": nn.Conv2d(w, w, 3, padding=1), "skip": nn.Identity()}, label="block")
         self.head = nn.Linear(w, 10)
 
     def forward(self, x):
@@ -125,8 +132,17 @@ def test_single_objective_samplers_refuse_several_objectives(cls):
 @pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "grid"])  # grid: its own test below
 def test_every_strategy_runs_the_joint_space(strategy, dm, tmp_path):
     objectives = {"val_acc": "maximize", "params": "minimize"} if strategy == "nsga2" else {"val_acc": "maximize"}
-    res = run(build_space, dm, objectives=objectives, n_trials=3, strategy=strategy, seed=0, trainer_kwargs=TINY,
-              out_dir=tmp_path, summary=False)
+    res = run(
+        build_space,
+        dm,
+        objectives=objectives,
+        n_trials=3,
+        strategy=strategy,
+        seed=0,
+        trainer_kwargs=TINY,
+        out_dir=tmp_path,
+        summary=False,
+    )
     trials = res.study.trials
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3
     for t in trials:
@@ -143,8 +159,17 @@ def test_built_module_is_frozen_and_sized_by_the_sampled_value(dm, tmp_path):
         seen.append(m)
         return m
 
-    res = run(build, dm, objectives={"val_acc": "maximize", "params": "minimize"}, n_trials=3, strategy="random",
-              seed=1, trainer_kwargs=TINY, out_dir=tmp_path, summary=False)
+    res = run(
+        build,
+        dm,
+        objectives={"val_acc": "maximize", "params": "minimize"},
+        n_trials=3,
+        strategy="random",
+        seed=1,
+        trainer_kwargs=TINY,
+        out_dir=tmp_path,
+        summary=False,
+    )
     # the fitted module has no choices left and its widths are the sampled ones
     for trial, module in zip(res.study.trials, seen[-3:]):
         assert not space.named_choices(module)
@@ -158,8 +183,16 @@ def test_grid_enumerates_the_whole_discrete_space(dm, tmp_path):
     def build(trial):
         return Classifier(SpaceNet(), lr=trial.choice("lr", [3e-3]))
 
-    res = run(build, dm, objectives="val_acc", n_trials=10, strategy="grid", trainer_kwargs=TINY, out_dir=tmp_path,
-              summary=False)
+    res = run(
+        build,
+        dm,
+        objectives="val_acc",
+        n_trials=10,
+        strategy="grid",
+        trainer_kwargs=TINY,
+        out_dir=tmp_path,
+        summary=False,
+    )
     combos = {(t.params["width"], t.params["block"]) for t in res.study.trials if t.state.name == "COMPLETE"}
     assert combos == {(4, "conv3"), (4, "skip"), (8, "conv3"), (8, "skip")}
     with pytest.raises(ValueError, match="needs discrete hyperparameters"):
@@ -178,8 +211,18 @@ def test_dedup_answers_a_repeated_configuration_from_the_study_without_a_fit(dm,
     def build(trial):  # two configurations in all
         return Classifier(DigitsCNN(4), lr=trial.choice("lr", [1e-3, 3e-3]))
 
-    res = run(build, dm, objectives="val_acc", n_trials=3, strategy="random", seed=0, dedup=True,
-              trainer_kwargs=dict(TINY, callbacks=[CountFits()]), out_dir=tmp_path, summary=False)
+    res = run(
+        build,
+        dm,
+        objectives="val_acc",
+        n_trials=3,
+        strategy="random",
+        seed=0,
+        dedup=True,
+        trainer_kwargs=dict(TINY, callbacks=[CountFits()]),
+        out_dir=tmp_path,
+        summary=False,
+    )
     trials = res.study.trials
     fitted = [t for t in trials if "duplicate_of" not in t.user_attrs]
     dups = [t for t in trials if "duplicate_of" in t.user_attrs]
@@ -195,8 +238,18 @@ def test_dedup_answers_a_repeated_configuration_from_the_study_without_a_fit(dm,
 
 def test_pruning_stops_bad_trials_through_the_callback(dm, tmp_path):
     kw = dict(max_epochs=3, limit_train_batches=2, limit_val_batches=2)
-    res = run(build_cnn, dm, objectives={"val_acc": "maximize"}, n_trials=4, strategy="random", seed=0,
-              pruner=optuna.pruners.ThresholdPruner(lower=0.99), trainer_kwargs=kw, out_dir=tmp_path, summary=False)
+    res = run(
+        build_cnn,
+        dm,
+        objectives={"val_acc": "maximize"},
+        n_trials=4,
+        strategy="random",
+        seed=0,
+        pruner=optuna.pruners.ThresholdPruner(lower=0.99),
+        trainer_kwargs=kw,
+        out_dir=tmp_path,
+        summary=False,
+    )
     states = [t.state.name for t in res.study.trials]
     assert states == ["PRUNED"] * 4  # no trial reaches 99% after 2 steps: all stopped at the first report
     assert all(t.user_attrs["pruned_at_validation"] == 0 for t in res.study.trials)
@@ -209,11 +262,14 @@ def test_pruning_callback_on_an_unmodified_demo_model(tmp_path):
     from tests.conftest import fast_trainer
 
     study = optuna.create_study()
-    for model, msg in ((DemoModel(), "DemoModel has no validation_step"),
-                       (BoringModel(), r"monitor 'val_loss' was not logged in validation; logged keys: \[\]")):
+    for model, msg in (
+        (DemoModel(), "DemoModel has no validation_step"),
+        (BoringModel(), r"monitor 'val_loss' was not logged in validation; logged keys: \[\]"),
+    ):
         cb = TrialPruningCallback(study.ask(), monitor="val_loss")
-        trainer = fast_trainer(tmp_path, callbacks=[cb], limit_train_batches=2, limit_val_batches=2,
-                               num_sanity_val_steps=0)
+        trainer = fast_trainer(
+            tmp_path, callbacks=[cb], limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0
+        )
         with pytest.raises(ValueError, match=msg):
             trainer.fit(model, datamodule=BoringDataModule())
 
@@ -221,9 +277,16 @@ def test_pruning_callback_on_an_unmodified_demo_model(tmp_path):
 def test_costs_as_objectives_on_a_demo_model(tmp_path):
     from lightning.pytorch.demos.boring_classes import BoringDataModule, DemoModel
 
-    res = run(lambda t: DemoModel(out_dim=t.choice("out_dim", [2, 16])), BoringDataModule(),
-              objectives={"params": "minimize", "macs": "minimize"}, n_trials=4, strategy="nsga2", seed=0,
-              trainer_kwargs=dict(max_epochs=1, limit_train_batches=2, limit_val_batches=0), out_dir=tmp_path)
+    res = run(
+        lambda t: DemoModel(out_dim=t.choice("out_dim", [2, 16])),
+        BoringDataModule(),
+        objectives={"params": "minimize", "macs": "minimize"},
+        n_trials=4,
+        strategy="nsga2",
+        seed=0,
+        trainer_kwargs=dict(max_epochs=1, limit_train_batches=2, limit_val_batches=0),
+        out_dir=tmp_path,
+    )
     for t in res.study.trials:
         assert t.values[0] == 32 * t.params["out_dim"] + t.params["out_dim"]  # measured Linear(32, d) params
     assert {t.params["out_dim"] for t in res.best_trials} == {2}
@@ -236,13 +299,22 @@ def test_multi_objective_pareto_front_and_wandb_explanation(dm, tmp_path):
         trial.uniform("dummy", 0.0, 1.0)  # a parameter nothing reads
         return build_cnn(trial)
 
-    res = run(build, dm, objectives={"val_acc": "maximize", "latency_ms": "minimize"}, n_trials=6, strategy="tpe",
-              seed=0, trainer_kwargs=TINY, out_dir=tmp_path, wandb=True, study_name="mo")
+    res = run(
+        build,
+        dm,
+        objectives={"val_acc": "maximize", "latency_ms": "minimize"},
+        n_trials=6,
+        strategy="tpe",
+        seed=0,
+        trainer_kwargs=TINY,
+        out_dir=tmp_path,
+        wandb=True,
+        study_name="mo",
+    )
     done = [t for t in res.study.trials if t.state.name == "COMPLETE"]
     front = {t.number for t in res.best_trials}
     for t in res.best_trials:  # nobody dominates a front member
-        assert not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
-                       for o in done)
+        assert not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in done)
     assert res.pareto_front[0]["values"].keys() == {"val_acc", "latency_ms"}
     summary_dir = res.summary_dir
     assert glob.glob(str(summary_dir / "images" / "search_pareto-*.png"))
@@ -263,8 +335,15 @@ def test_multi_objective_pareto_front_and_wandb_explanation(dm, tmp_path):
 
 def test_resume_continues_the_study(dm, tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    kw = dict(objectives={"val_acc": "maximize"}, strategy="tpe", storage=url, study_name="s", trainer_kwargs=TINY,
-              out_dir=tmp_path, summary=False)
+    kw = dict(
+        objectives={"val_acc": "maximize"},
+        strategy="tpe",
+        storage=url,
+        study_name="s",
+        trainer_kwargs=TINY,
+        out_dir=tmp_path,
+        summary=False,
+    )
     first = run(build_cnn, dm, n_trials=2, seed=0, **kw)
     assert len(first.study.trials) == 2
     second = run(build_cnn, dm, n_trials=4, seed=1, **kw)

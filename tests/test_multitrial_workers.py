@@ -1,4 +1,5 @@
 """Many workers on one storage: journal/SQLite worker processes, a killed worker, a real PostgreSQL, the CLI."""
+
 from __future__ import annotations
 
 import glob
@@ -20,7 +21,7 @@ from lightning_nas.search.multitrial import open_storage
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 ROOT = Path(__file__).resolve().parent.parent
 
-BUILD = '''
+BUILD = """
 import os, time
 from pathlib import Path
 from lightning_nas.models import Classifier, DigitsCNN
@@ -40,16 +41,22 @@ def build(trial):
         Path(marker).write_text(str(trial.number))
     time.sleep(float(os.environ.get("LNAS_TEST_SLEEP", "0")))
     return Classifier(DigitsCNN(width), lr=lr)
-'''
+"""
 
 
 def _config(tmp_path: Path, n_trials: int, **extra) -> Path:
     (tmp_path / "build.py").write_text(BUILD)
-    lines = [f"build: {tmp_path / 'build.py'}:build",
-             "datamodule: {class_path: lightning_nas.data.DigitsDataModule, init_args: {batch_size: 64}}",
-             "objectives: {val_acc: maximize}", f"n_trials: {n_trials}", "strategy: random", "seed: 0",
-             "trainer: {max_epochs: 1, limit_train_batches: 3, limit_val_batches: 2}", f"out_dir: {tmp_path / 'out'}",
-             *[f"{k}: {v}" for k, v in extra.items()]]
+    lines = [
+        f"build: {tmp_path / 'build.py'}:build",
+        "datamodule: {class_path: lightning_nas.data.DigitsDataModule, init_args: {batch_size: 64}}",
+        "objectives: {val_acc: maximize}",
+        f"n_trials: {n_trials}",
+        "strategy: random",
+        "seed: 0",
+        "trainer: {max_epochs: 1, limit_train_batches: 3, limit_val_batches: 2}",
+        f"out_dir: {tmp_path / 'out'}",
+        *[f"{k}: {v}" for k, v in extra.items()],
+    ]
     path = tmp_path / "search.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -57,9 +64,14 @@ def _config(tmp_path: Path, n_trials: int, **extra) -> Path:
 
 def _worker(cfg: Path, storage: str, study: str, **env) -> subprocess.Popen:
     e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="offline", **env)
-    return subprocess.Popen([sys.executable, "-m", "lightning_nas", "search", "--config", str(cfg), "--storage",
-                             storage, "--study", study], env=e, cwd=str(ROOT), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightning_nas", "search", "--config", str(cfg), "--storage", storage, "--study", study],
+        env=e,
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -137,8 +149,19 @@ def postgres_url():
         subprocess.run(run_as + list(cmd), check=True, capture_output=True, timeout=120)
 
     pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60", "-o",
-       f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off", "start")
+    pg(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(base / "log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off",
+        "start",
+    )
     try:
         pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "lnas")
         yield f"postgresql://postgres@127.0.0.1:{port}/lnas"
@@ -156,9 +179,16 @@ def test_postgresql_storage_runs_and_resumes(postgres_url, tmp_path):
     def build(trial):
         return Classifier(DigitsCNN(trial.choice("width", [4, 8])), lr=trial.loguniform("lr", 1e-3, 3e-2))
 
-    kw = dict(objectives={"val_acc": "maximize"}, strategy="evolution", storage=postgres_url, study_name="pg",
-              trainer_kwargs=dict(max_epochs=1, limit_train_batches=3, limit_val_batches=2), out_dir=tmp_path,
-              summary=False, sampler_kwargs=dict(population_size=2, sample_size=2))
+    kw = dict(
+        objectives={"val_acc": "maximize"},
+        strategy="evolution",
+        storage=postgres_url,
+        study_name="pg",
+        trainer_kwargs=dict(max_epochs=1, limit_train_batches=3, limit_val_batches=2),
+        out_dir=tmp_path,
+        summary=False,
+        sampler_kwargs=dict(population_size=2, sample_size=2),
+    )
     dm = DigitsDataModule(batch_size=64)
     run(build, dm, n_trials=2, seed=0, **kw)
     res = run(build, dm, n_trials=4, seed=1, **kw)  # a second process would do the same: resume from the server

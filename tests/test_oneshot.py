@@ -1,4 +1,5 @@
 """One-shot NAS callbacks (DARTS, GDAS, SPOS) on ordinary Lightning modules: search, explanations, bad input."""
+
 import json
 import warnings
 
@@ -107,28 +108,37 @@ def test_spos_evolution_with_bn_recalibration(tmp_path, digits):
 
 def test_evolution_finds_optimum_of_known_function():
     space_ = {"a": ["0", "1", "2", "3"], "b": ["0", "1", "2", "3"], "c": ["0", "1", "2", "3"]}
-    best, hist = evolutionary_search(space_, lambda a: -sum((int(v) - 2) ** 2 for v in a.values()),
-                                     population=8, generations=6, generator=torch.Generator().manual_seed(0))
+    best, hist = evolutionary_search(
+        space_,
+        lambda a: -sum((int(v) - 2) ** 2 for v in a.values()),
+        population=8,
+        generations=6,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert best == {"a": "2", "b": "2", "c": "2"} and len(hist) < 64
 
 
 def test_unmodified_demo_model_with_a_choice_and_no_val_loader(tmp_path):
     model = DemoModel()
-    model.l1 = space.LayerChoice({"wide": nn.Linear(32, 10), "mlp": nn.Sequential(nn.Linear(32, 16), nn.ReLU(),
-                                                                                  nn.Linear(16, 10))}, label="l1")
+    model.l1 = space.LayerChoice(
+        {"wide": nn.Linear(32, 10), "mlp": nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))}, label="l1"
+    )
     nas = DifferentiableNAS(seed=0, ablation_batches=1)
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=4, callbacks=[nas]).fit(
-        model, train_dataloaders=DataLoader(RandomDataset(32, 64), batch_size=8))
+        model, train_dataloaders=DataLoader(RandomDataset(32, 64), batch_size=8)
+    )
     assert nas.export()["l1"] in ("wide", "mlp") and float(nas._supernet.alpha["l1"].abs().max()) > 0
 
 
 def test_spos_on_unmodified_demo_model_without_val_loader(tmp_path):
     model = DemoModel()
-    model.l1 = space.LayerChoice({"wide": nn.Linear(32, 10), "mlp": nn.Sequential(nn.Linear(32, 16), nn.ReLU(),
-                                                                                  nn.Linear(16, 10))}, label="l1")
+    model.l1 = space.LayerChoice(
+        {"wide": nn.Linear(32, 10), "mlp": nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))}, label="l1"
+    )
     sampler = SubnetSampling(population=2, generations=1, calib_batches=1, eval_batches=2, seed=0)
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=4, callbacks=[sampler]).fit(
-        model, train_dataloaders=DataLoader(RandomDataset(32, 64), batch_size=8))
+        model, train_dataloaders=DataLoader(RandomDataset(32, 64), batch_size=8)
+    )
     assert sampler.export()["l1"] in ("wide", "mlp") and len(sampler.scored) == 2
 
 
@@ -146,16 +156,22 @@ def test_manual_optimization_is_refused(tmp_path, digits):
         fast_trainer(tmp_path, callbacks=[DifferentiableNAS()]).fit(module, datamodule=digits)
 
 
-@pytest.mark.parametrize("make", [lambda: DifferentiableNAS("darts", seed=0, ablation_batches=1),
-                                  lambda: DifferentiableNAS("gdas", seed=0, ablation_batches=1),
-                                  lambda: SubnetSampling(population=2, generations=1, seed=0)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DifferentiableNAS("darts", seed=0, ablation_batches=1),
+        lambda: DifferentiableNAS("gdas", seed=0, ablation_batches=1),
+        lambda: SubnetSampling(population=2, generations=1, seed=0),
+    ],
+)
 def test_input_choice_is_searched_and_frozen(tmp_path, digits, make):
     from tests.test_space import Net
 
     cb = make()
     module = Classifier(Net())
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, callbacks=[cb]).fit(
-        module, datamodule=digits)
+        module, datamodule=digits
+    )
     arch = cb.export()
     assert arch["inp"] in ("0", "1") and set(arch) == {"b1", "b2", "inp"}
     frozen = cb.best_model().net
@@ -169,8 +185,9 @@ def test_candidates_with_different_shapes(tmp_path, digits, example):
     class Bad(nn.Module):
         def __init__(self):
             super().__init__()
-            self.op = space.LayerChoice({"keep": nn.Conv2d(1, 4, 3, padding=1), "shrink": nn.Conv2d(1, 4, 3)},
-                                        label="op")
+            self.op = space.LayerChoice(
+                {"keep": nn.Conv2d(1, 4, 3, padding=1), "shrink": nn.Conv2d(1, 4, 3)}, label="op"
+            )
             self.head = nn.LazyLinear(10)
 
         def forward(self, x):
@@ -180,16 +197,25 @@ def test_candidates_with_different_shapes(tmp_path, digits, example):
     if example:  # checked in setup(), before any step
         module.example_input_array = torch.zeros(2, 1, 8, 8)
     with pytest.raises(ValueError, match=r"choice 'op'.*keep -> \(\d+, 4, 8, 8\).*shrink -> \(\d+, 4, 6, 6\)"):
-        fast_trainer(tmp_path, limit_train_batches=1, limit_val_batches=1,
-                     callbacks=[DifferentiableNAS()]).fit(module, datamodule=digits)
+        fast_trainer(tmp_path, limit_train_batches=1, limit_val_batches=1, callbacks=[DifferentiableNAS()]).fit(
+            module, datamodule=digits
+        )
     assert isinstance(module.net.op, space.LayerChoice)  # the failed fit left the user's choice in place
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"mode": "enas"}, "mode"), ({"arch_lr": 0.0}, "arch_lr"), ({"arch_lr": 2.0}, "arch_lr"),
-    ({"tau_max": 0.0}, "tau_max"), ({"tau_max": 1.0, "tau_min": 2.0}, "tau_min"), ({"remedy": "magic"}, "remedy"),
-    ({"arch_weight_decay": -1.0}, "arch_weight_decay"), ({"warmup_epochs": -1}, "warmup_epochs"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mode": "enas"}, "mode"),
+        ({"arch_lr": 0.0}, "arch_lr"),
+        ({"arch_lr": 2.0}, "arch_lr"),
+        ({"tau_max": 0.0}, "tau_max"),
+        ({"tau_max": 1.0, "tau_min": 2.0}, "tau_min"),
+        ({"remedy": "magic"}, "remedy"),
+        ({"arch_weight_decay": -1.0}, "arch_weight_decay"),
+        ({"warmup_epochs": -1}, "warmup_epochs"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DifferentiableNAS(**kwargs)
@@ -216,8 +242,9 @@ def test_tied_choices_share_alpha_and_remedies_schedule(tmp_path, digits):
 
     for remedy in ("darts-", "beta-decay"):
         nas = DifferentiableNAS(remedy=remedy, seed=0, ablation_batches=0)
-        fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1,
-                     callbacks=[nas]).fit(Classifier(Tied()), datamodule=digits)
+        fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, callbacks=[nas]).fit(
+            Classifier(Tied()), datamodule=digits
+        )
         assert list(nas._supernet.alpha) == ["cell"] and nas.export()["cell"] in ("conv", "skip")
         assert nas._supernet.aux_beta == 0.0  # the DARTS- auxiliary skip has decayed away by the end
 
@@ -271,8 +298,13 @@ def test_demo_search_stage_streams_to_wandb_and_card(tmp_path):
     assert set(search["reasons"]) == {"block1", "block2"} and search["space_size"] == 9
     history, summary, _ = read_offline_run(out["wandb_run"])
     keys = set().union(*history)
-    assert {"nas/block1/conv3", "nas/block1/entropy", "nas/decisions", "nas/ablation",
-            "nas/block1/history_table"} <= keys  # a W&B line plot is stored as <key>_table
+    assert {
+        "nas/block1/conv3",
+        "nas/block1/entropy",
+        "nas/decisions",
+        "nas/ablation",
+        "nas/block1/history_table",
+    } <= keys  # a W&B line plot is stored as <key>_table
     assert summary["nas/arch/block1"] == search["arch"]["block1"]
 
 
@@ -281,10 +313,15 @@ def test_callbacks_build_from_lightning_cli_config():
     parser = jsonargparse.ArgumentParser()
     parser.add_argument("--cb", type=DifferentiableNAS)
     parser.add_argument("--spos", type=SubnetSampling)
-    cfg = parser.parse_args(["--cb", '{"class_path": "lightning_nas.callbacks.DifferentiableNAS", '
-                             '"init_args": {"mode": "gdas", "tau_max": 5.0, "remedy": "darts-"}}',
-                             "--spos", '{"class_path": "lightning_nas.callbacks.SubnetSampling", '
-                             '"init_args": {"population": 6}}'])
+    cfg = parser.parse_args(
+        [
+            "--cb",
+            '{"class_path": "lightning_nas.callbacks.DifferentiableNAS", '
+            '"init_args": {"mode": "gdas", "tau_max": 5.0, "remedy": "darts-"}}',
+            "--spos",
+            '{"class_path": "lightning_nas.callbacks.SubnetSampling", "init_args": {"population": 6}}',
+        ]
+    )
     init = parser.instantiate_classes(cfg)
     assert init.cb.mode == "gdas" and init.cb.tau_max == 5.0 and init.spos.population == 6
 
@@ -292,18 +329,24 @@ def test_callbacks_build_from_lightning_cli_config():
 def test_value_choices_stay_as_built_and_conflicting_labels_fail_in_setup(tmp_path, digits):
     def make():
         w = space.ValueChoice([4, 6], label="width")
-        return nn.Sequential(nn.Conv2d(1, w, 3, padding=1),
-                             space.LayerChoice({"conv": nn.Conv2d(w, w, 3, padding=1), "skip": nn.Identity()},
-                                               label="op"),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w, 10))
+        return nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1),
+            space.LayerChoice({"conv": nn.Conv2d(w, w, 3, padding=1), "skip": nn.Identity()}, label="op"),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(w, 10),
+        )
 
     nas = DifferentiableNAS(seed=0, ablation_batches=0)
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[nas]).fit(
-        Classifier(space.build(make)), datamodule=digits)
+        Classifier(space.build(make)), datamodule=digits
+    )
     assert set(nas.export()) == {"op"} and nas.best_model().net[0].out_channels == 4
 
-    bad = nn.Sequential(space.LayerChoice({"a": nn.Identity(), "b": nn.ReLU()}, label="x"),
-                        space.LayerChoice({"a": nn.Identity(), "c": nn.Tanh()}, label="x"))
+    bad = nn.Sequential(
+        space.LayerChoice({"a": nn.Identity(), "b": nn.ReLU()}, label="x"),
+        space.LayerChoice({"a": nn.Identity(), "c": nn.Tanh()}, label="x"),
+    )
     with pytest.raises(ValueError, match="'x' is used by choices with different candidates"):
         fast_trainer(tmp_path, callbacks=[DifferentiableNAS()]).fit(Classifier(bad), datamodule=digits)
 
@@ -311,8 +354,7 @@ def test_value_choices_stay_as_built_and_conflicting_labels_fail_in_setup(tmp_pa
 class _Tiny(nn.Module):
     def __init__(self):
         super().__init__()
-        self.op = space.LayerChoice({"a": nn.Linear(4, 4), "b": nn.Sequential(nn.Linear(4, 4), nn.Tanh())},
-                                    label="op")
+        self.op = space.LayerChoice({"a": nn.Linear(4, 4), "b": nn.Sequential(nn.Linear(4, 4), nn.Tanh())}, label="op")
         self.head = nn.Linear(4, 3)
 
     def forward(self, x):
@@ -364,7 +406,8 @@ def test_second_order_matches_exact_hypergradient_and_reduces_to_first_order():
 def test_second_order_darts_in_a_fit(tmp_path, digits):
     nas = DifferentiableNAS(order=2, seed=0, ablation_batches=0)
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, callbacks=[nas]).fit(
-        Classifier(SmallSpace()), datamodule=digits)
+        Classifier(SmallSpace()), datamodule=digits
+    )
     assert float(nas._supernet.alpha["b1"].abs().max()) > 0
     with pytest.raises(ValueError, match="order"):
         DifferentiableNAS(mode="gdas", order=2)
@@ -429,9 +472,12 @@ class _BackboneHeadWithBN(L.LightningModule):
 
         def block(cin, cout, k):
             return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-        self.backbone = nn.Sequential(block(1, 16, 3), space.LayerChoice(
-            {"c3": block(16, 32, 3), "c5": block(16, 32, 5), "c1": block(16, 32, 1)}, label="b2"),
-            nn.AdaptiveAvgPool2d(1))
+
+        self.backbone = nn.Sequential(
+            block(1, 16, 3),
+            space.LayerChoice({"c3": block(16, 32, 3), "c5": block(16, 32, 5), "c1": block(16, 32, 1)}, label="b2"),
+            nn.AdaptiveAvgPool2d(1),
+        )
         self.head = nn.Linear(32, 10)
 
     def training_step(self, batch, batch_idx):
@@ -456,6 +502,7 @@ def test_best_model_reestimates_batchnorm_for_the_exported_path(tmp_path, digits
         model.eval()
         with torch.no_grad():
             return float((model.head(model.backbone(xv).flatten(1)).argmax(1) == yv).float().mean())
+
     before = {k: v.clone() for k, v in module.state_dict().items()}
     nas.recalibrate_bn = False
     stale = accuracy(nas.best_model())

@@ -1,4 +1,5 @@
 """Exact resume from a checkpoint, and identical decisions on two DDP ranks."""
+
 import lightning as L
 import pytest
 import torch
@@ -39,8 +40,14 @@ def _fit(tmp_path, digits, mode, max_epochs, ckpt_path=None, save=False, kill_af
     callbacks = [nas] + ([_Kill(kill_after)] if kill_after else [])
     if save:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0))
-    trainer = fast_trainer(tmp_path, max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=2,
-                           callbacks=callbacks, enable_checkpointing=save)
+    trainer = fast_trainer(
+        tmp_path,
+        max_epochs=max_epochs,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        callbacks=callbacks,
+        enable_checkpointing=save,
+    )
     train, val = _loaders(digits)
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
     return nas, module
@@ -80,7 +87,8 @@ def _fit_with_state(tmp_path, digits, state):
     nas = SubnetSampling()
     nas.load_state_dict(state)
     fast_trainer(tmp_path, limit_train_batches=1, limit_val_batches=1, callbacks=[nas]).fit(
-        Classifier(SmallSpace()), datamodule=digits)
+        Classifier(SmallSpace()), datamodule=digits
+    )
 
 
 class _Dump(L.Callback):
@@ -91,14 +99,19 @@ class _Dump(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         sn = self.nas._supernet
-        self.paths.append({lb: sn.names[lb][int(torch.argmax(sn._gumbel[lb] + sn.alpha[lb].detach()))]
-                           for lb in sn.labels})
+        self.paths.append(
+            {lb: sn.names[lb][int(torch.argmax(sn._gumbel[lb] + sn.alpha[lb].detach()))] for lb in sn.labels}
+        )
 
     def on_train_end(self, trainer, pl_module):
-        torch.save({"alpha": {k: v.detach() for k, v in self.nas._supernet.alpha.items()},
-                    "paths": self.paths, "arch": self.nas.export()},
-                   f"{self.out}/rank{trainer.global_rank}.pt")
-
+        torch.save(
+            {
+                "alpha": {k: v.detach() for k, v in self.nas._supernet.alpha.items()},
+                "paths": self.paths,
+                "arch": self.nas.export(),
+            },
+            f"{self.out}/rank{trainer.global_rank}.pt",
+        )
 
 
 @pytest.mark.slow
@@ -107,9 +120,15 @@ def test_ddp_ranks_hold_identical_alpha_and_paths(tmp_path, digits):
     from lightning.pytorch.strategies import DDPStrategy
 
     nas = DifferentiableNAS(mode="gdas", ablation_batches=1)  # seed drawn on rank 0 and broadcast
-    trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=2, devices=2,
-                           strategy=DDPStrategy(start_method="spawn", find_unused_parameters=True),
-                           callbacks=[nas, _Dump(nas, tmp_path)])
+    trainer = fast_trainer(
+        tmp_path,
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        devices=2,
+        strategy=DDPStrategy(start_method="spawn", find_unused_parameters=True),
+        callbacks=[nas, _Dump(nas, tmp_path)],
+    )
     trainer.fit(Classifier(SmallSpace()), datamodule=digits)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert r0["arch"] == r1["arch"] and r0["paths"] == r1["paths"] and len(r0["paths"]) == 3

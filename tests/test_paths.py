@@ -1,4 +1,5 @@
 """explain.paths (decision paths), explain.graph (architecture view) and their callbacks."""
+
 import json
 
 import pytest
@@ -75,8 +76,7 @@ def test_graph_edges_follow_a_skip_connection():
 def test_paths_and_architecture_callbacks_on_a_fit(tmp_path, digits):
     paths = DecisionPaths(n_samples=30, every_n_epochs=1)
     view = ArchitectureView()
-    trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1,
-                           callbacks=[paths, view])
+    trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1, callbacks=[paths, view])
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
     root = tmp_path / "nas_files"
     overlap = [json.loads(x) for x in open(root / "tables" / "explain_paths_overlap.jsonl")]
@@ -86,8 +86,10 @@ def test_paths_and_architecture_callbacks_on_a_fit(tmp_path, digits):
     assert len(list((root / "images").glob("explain_architecture_graph-*.png"))) == 2
     scal = [json.loads(x) for x in open(root / "scalars.jsonl")]
     assert any("explain/paths/mean_jaccard" in s for s in scal)
-    assert any(s.get("explain/architecture/params") == sum(p.numel() for p in trainer.lightning_module.parameters())
-               for s in scal)
+    assert any(
+        s.get("explain/architecture/params") == sum(p.numel() for p in trainer.lightning_module.parameters())
+        for s in scal
+    )
 
 
 def test_callbacks_on_the_demo_transformer(tmp_path, monkeypatch):
@@ -97,8 +99,9 @@ def test_callbacks_on_the_demo_transformer(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LightningTransformer, "prepare_data", lambda self: None)  # it would download WikiText-2
     view = ArchitectureView(forward_fn=lambda m, x: m(x, x))
-    paths = DecisionPaths(n_samples=8, target="pred", forward_fn=last_token_logits,
-                          layers=["model.transformer.encoder.layers.0.linear1"])
+    paths = DecisionPaths(
+        n_samples=8, target="pred", forward_fn=last_token_logits, layers=["model.transformer.encoder.layers.0.linear1"]
+    )
     trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[view, paths])
     trainer.fit(LightningTransformer(vocab_size=17), datamodule=TokenDigits())
     assert paths.report is not None and paths.report.layers == ["model.transformer.encoder.layers.0.linear1"]

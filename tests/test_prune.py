@@ -1,4 +1,5 @@
 """Structured / unstructured pruning: physical shrinkage, importance, schedules, optimizer rebuild, resume."""
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,13 @@ class ResNetish(nn.Module):
     def __init__(self, c: int = 16) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.a = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-                               nn.Conv2d(c, c, 3, padding=1, groups=c), nn.BatchNorm2d(c))
+        self.a = nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1, groups=c),
+            nn.BatchNorm2d(c),
+        )
         self.b = nn.Conv2d(c, c, 1)
         self.head = nn.Linear(2 * c, 10)
 
@@ -154,9 +160,14 @@ def test_resume_after_pruning_into_fresh_unpruned_module(tmp_path, digits):
         L.seed_everything(0)
         module = module or Classifier(DigitsCNN(16))
         ck = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / root, save_last=True, save_top_k=0)
-        tr = fast_trainer(tmp_path, max_epochs=max_epochs, deterministic=True, num_sanity_val_steps=0,
-                          callbacks=[StructuredPruning(0.5, schedule="linear", start_epoch=1, end_epoch=2), ck],
-                          enable_checkpointing=True)
+        tr = fast_trainer(
+            tmp_path,
+            max_epochs=max_epochs,
+            deterministic=True,
+            num_sanity_val_steps=0,
+            callbacks=[StructuredPruning(0.5, schedule="linear", start_epoch=1, end_epoch=2), ck],
+            enable_checkpointing=True,
+        )
         tr.fit(module, train, val, ckpt_path=ckpt)
         return module
 
@@ -179,16 +190,18 @@ def test_on_unmodified_lightning_demos(tmp_path):
     # DemoModel's only layer produces the output: a clear error before the first step
     with pytest.raises(ValueError, match="no prunable layer"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[StructuredPruning(0.5)]).fit(
-            DemoModel(), DataLoader(RandomDataset(32, 64), batch_size=8))
+            DemoModel(), DataLoader(RandomDataset(32, 64), batch_size=8)
+        )
     demo = DemoModel()
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=2, callbacks=[MagnitudePruning(0.5)]).fit(
-        demo, DataLoader(RandomDataset(32, 64), batch_size=8))
+        demo, DataLoader(RandomDataset(32, 64), batch_size=8)
+    )
     assert abs(float((demo.l1.weight == 0).float().mean()) - 0.5) < 0.01
 
     # a transformer with nn.MultiheadAttention: feed-forward dims are physically removed
     torch.manual_seed(0)
     tokens = torch.arange(400) % 37
-    pairs = [(tokens[i:i + 12], tokens[i + 1:i + 13]) for i in range(0, 360, 12)]
+    pairs = [(tokens[i : i + 12], tokens[i + 1 : i + 13]) for i in range(0, 360, 12)]
     lt = LightningTransformer(vocab_size=40)
     lt.prepare_data = lambda: None  # its prepare_data downloads WikiText-2; tests are offline
     n0 = sum(p.numel() for p in lt.parameters())
@@ -196,22 +209,29 @@ def test_on_unmodified_lightning_demos(tmp_path):
     # would break it, which a dry run reports before the first step, naming the remedy
     with pytest.raises(ValueError, match="ignore"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[StructuredPruning(0.5, start_epoch=1)]).fit(
-            lt, DataLoader(pairs, batch_size=4))
+            lt, DataLoader(pairs, batch_size=4)
+        )
     assert sum(p.numel() for p in lt.parameters()) == n0
     cb = StructuredPruning(0.5, start_epoch=0, ignore=["model.embedding"])  # keep the width, prune the rest
-    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[cb]).fit(
-        lt, DataLoader(pairs, batch_size=4))
+    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[cb]).fit(lt, DataLoader(pairs, batch_size=4))
     ff = [m for n, m in lt.named_modules() if n.endswith("linear1")]
     assert ff and all(m.out_features == 100 for m in ff)  # 200 -> 100
     assert sum(p.numel() for p in lt.parameters()) < n0
     assert lt.model.decoder.out_features == 40
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(amount=1.0), "amount"), (dict(amount=-0.1), "amount"), (dict(importance="random"), "importance"),
-    (dict(schedule="exp"), "schedule"), (dict(start_epoch=3, end_epoch=1, schedule="cubic"), "before"),
-    (dict(importance="taylor", start_epoch=0), "taylor"), (dict(amount=4, global_pruning=True), "global"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(amount=1.0), "amount"),
+        (dict(amount=-0.1), "amount"),
+        (dict(importance="random"), "importance"),
+        (dict(schedule="exp"), "schedule"),
+        (dict(start_epoch=3, end_epoch=1, schedule="cubic"), "before"),
+        (dict(importance="taylor", start_epoch=0), "taylor"),
+        (dict(amount=4, global_pruning=True), "global"),
+    ],
+)
 def test_structured_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         StructuredPruning(**kwargs)
@@ -221,10 +241,12 @@ def test_structured_bad_model_config(tmp_path, digits):
     train, _ = _loaders(digits)
     with pytest.raises(ValueError, match="not smaller than the channel count"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[StructuredPruning(amount=40)]).fit(
-            Classifier(DigitsCNN(8)), train)
+            Classifier(DigitsCNN(8)), train
+        )
     with pytest.raises(ValueError, match="no prunable layer"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[StructuredPruning(ignore=["net.features"])]).fit(
-            Classifier(DigitsCNN(8)), train)
+            Classifier(DigitsCNN(8)), train
+        )
     with pytest.raises(ValueError, match="bn_scale"):
         mlp = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)))
         fast_trainer(tmp_path, max_steps=1, callbacks=[StructuredPruning(importance="bn_scale")]).fit(mlp, train)
@@ -232,7 +254,8 @@ def test_structured_bad_model_config(tmp_path, digits):
         MagnitudePruning(amount=1.5)
     with pytest.raises(ValueError, match="no Linear/Conv"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[MagnitudePruning(ignore=["net"])]).fit(
-            Classifier(DigitsCNN(8)), train)
+            Classifier(DigitsCNN(8)), train
+        )
 
 
 def test_step_schedule_and_magnitude_gradual(tmp_path, digits):
@@ -245,7 +268,8 @@ def test_step_schedule_and_magnitude_gradual(tmp_path, digits):
 
     cb = StructuredPruning(0.5, schedule="linear", start_step=2, end_step=6, every_n_steps=2)
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=8, callbacks=[cb, Probe()]).fit(
-        Classifier(DigitsCNN(16)), train)
+        Classifier(DigitsCNN(16)), train
+    )
     # linear over steps 2..6 every 2: 0, 1/2, 1 of 50% -> 16, 12, 8 channels from the step each event fires
     assert seen == [16, 16, 16, 16, 12, 12, 8, 8] and cb.done == [2, 4, 6]
     module = Classifier(DigitsCNN(8))

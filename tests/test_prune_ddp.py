@@ -1,4 +1,5 @@
 """2-rank DDP (ddp_spawn, CPU): every rank removes the same channels; the main process gets an equivalent model."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,12 @@ class _RankProbe(L.Callback):
         pl_module.eval()
         with torch.no_grad():
             logits = pl_module(self.x.to(pl_module.device)).tolist()
-        rec = {"channels": [pl_module.net.features[0].out_channels, pl_module.net.features[3].out_channels],
-               "weights": {k: v.double().sum().item() for k, v in pl_module.state_dict().items()},
-               "steps": [s for r in trainer.callbacks[0].records for s in r["steps"]], "logits": logits}
+        rec = {
+            "channels": [pl_module.net.features[0].out_channels, pl_module.net.features[3].out_channels],
+            "weights": {k: v.double().sum().item() for k, v in pl_module.state_dict().items()},
+            "steps": [s for r in trainer.callbacks[0].records for s in r["steps"]],
+            "logits": logits,
+        }
         with open(f"{self.out_dir}/rank{trainer.global_rank}.json", "w") as f:
             json.dump(rec, f)
 
@@ -36,8 +40,16 @@ def test_ddp_ranks_remove_the_same_channels(tmp_path, digits):
     module = Classifier(DigitsCNN(16))
     # Taylor importance uses gradients of rank-local batches (all-reduced by DDP); rank 0 decides and broadcasts
     cb = StructuredPruning(0.5, importance="taylor", schedule="linear", start_epoch=1, end_epoch=2)
-    trainer = fast_trainer(tmp_path, strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=3,
-                           limit_train_batches=4, limit_val_batches=0, callbacks=[cb, _RankProbe(tmp_path, x)])
+    trainer = fast_trainer(
+        tmp_path,
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=3,
+        limit_train_batches=4,
+        limit_val_batches=0,
+        callbacks=[cb, _RankProbe(tmp_path, x)],
+    )
     trainer.fit(module, DataLoader(digits.split("train"), batch_size=32, shuffle=True))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["channels"] == r1["channels"] == [8, 16]

@@ -1,4 +1,5 @@
 """QuantizationAware on real fits: int8 artefacts, schedule, explanations in W&B, resume, bad input."""
+
 import lightning as L
 import numpy as np
 import pytest
@@ -37,11 +38,20 @@ class _ScaleProbe(L.Callback):
             return
         after = quant_state(self.qat.qat_model)
         # a value that changed (per-channel buffers are only *sized* on the first forward: [] -> [C])
-        self.val_moved.append([k for k in after if after[k].shape == self._before[k].shape
-                               and not torch.equal(after[k], self._before[k])
-                               and k.endswith(("min_val", "max_val", ".scale", ".zero_point"))]
-                              + [k for k, v in self.qat.qat_model.state_dict().items()  # folded BN statistics
-                                 if k in self._bn_before and not torch.equal(v, self._bn_before[k])])
+        self.val_moved.append(
+            [
+                k
+                for k in after
+                if after[k].shape == self._before[k].shape
+                and not torch.equal(after[k], self._before[k])
+                and k.endswith(("min_val", "max_val", ".scale", ".zero_point"))
+            ]
+            + [
+                k
+                for k, v in self.qat.qat_model.state_dict().items()  # folded BN statistics
+                if k in self._bn_before and not torch.equal(v, self._bn_before[k])
+            ]
+        )
 
     def on_train_epoch_end(self, trainer, pl_module):
         from lightning_nas.compress.quantize import quant_state
@@ -67,8 +77,9 @@ def test_kd_and_qat_in_one_fit_logged_to_wandb(tmp_path, digits):
     kd = KnowledgeDistillation(teacher, temperature=3.0, alpha=0.6, features={"net.features.3": "features.3"})
     probe = _ScaleProbe(qat, kd)
     logger = WandbLogger(project="t", save_dir=str(tmp_path), offline=True)
-    trainer = fast_trainer(tmp_path, max_epochs=3, limit_train_batches=6, logger=logger, log_every_n_steps=2,
-                           callbacks=[kd, qat, probe])
+    trainer = fast_trainer(
+        tmp_path, max_epochs=3, limit_train_batches=6, logger=logger, log_every_n_steps=2, callbacks=[kd, qat, probe]
+    )
     trainer.fit(student, datamodule=digits)
     wandb.finish()
 
@@ -97,8 +108,14 @@ def test_kd_and_qat_in_one_fit_logged_to_wandb(tmp_path, digits):
     keys = set().union(*history)
     for layer in ("net.features.0", "net.features.3", "net.classifier"):  # full names in the LightningModule
         assert f"quant/{layer}/sqnr_db" in keys
-    assert {"distill/agreement", "distill/kl", "distill/per_class", "explain/sensitivity",
-            "distill/kd_loss", "distill/feature_loss"} <= keys
+    assert {
+        "distill/agreement",
+        "distill/kl",
+        "distill/per_class",
+        "explain/sensitivity",
+        "distill/kd_loss",
+        "distill/feature_loss",
+    } <= keys
     table = next(h["explain/sensitivity"] for h in history if "explain/sensitivity" in h)
     assert table["_type"] == "table-file" and table["ncols"] == 5
     assert summary["quant/size_ratio"] == pytest.approx(m["quant/size_ratio"])
@@ -120,9 +137,14 @@ def test_resume_mid_qat_gives_the_same_int8_model(tmp_path, digits):
         L.seed_everything(0)
         qat = QuantizationAware(start_epoch=1, freeze_observers_after=2, measure=False, explain=False)
         # default sanity check on: on resume it validates the restored QAT model before training goes on
-        trainer = fast_trainer(root, max_epochs=epochs, limit_train_batches=5, limit_val_batches=2,
-                               enable_checkpointing=True,
-                               callbacks=[qat, ModelCheckpoint(dirpath=root, save_last=True)])
+        trainer = fast_trainer(
+            root,
+            max_epochs=epochs,
+            limit_train_batches=5,
+            limit_val_batches=2,
+            enable_checkpointing=True,
+            callbacks=[qat, ModelCheckpoint(dirpath=root, save_last=True)],
+        )
         trainer.fit(Classifier(DigitsCNN(8)), train, val, ckpt_path=ckpt)
         with torch.no_grad():
             return qat.int8_model(x), qat
@@ -179,9 +201,11 @@ def test_bad_input_fails_before_the_first_step(tmp_path, digits):
             self.l1 = torch.nn.Identity()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
-    cases = [(NoLayers(), QuantizationAware(), "no quantizable layer"),
-             (Classifier(DigitsCNN(4)), QuantizationAware(ignore=["fc"]), "`ignore` name 'fc' matches no submodule"),
-             (Classifier(DigitsCNN(4)), QuantizationAware(module_name="body"), "`module_name` 'body'")]
+    cases = [
+        (NoLayers(), QuantizationAware(), "no quantizable layer"),
+        (Classifier(DigitsCNN(4)), QuantizationAware(ignore=["fc"]), "`ignore` name 'fc' matches no submodule"),
+        (Classifier(DigitsCNN(4)), QuantizationAware(module_name="body"), "`module_name` 'body'"),
+    ]
     for model, cb, msg in cases:
         steps = []
         probe = L.Callback()
@@ -197,9 +221,13 @@ class _FeaturesClassifier(L.LightningModule):
 
     def __init__(self):
         super().__init__()
-        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
-                                            torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
-                                            torch.nn.AdaptiveAvgPool2d(4))
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(4),
+        )
         self.classifier = torch.nn.Linear(16 * 16, 10)
 
     def training_step(self, batch, batch_idx):

@@ -1,4 +1,5 @@
 """The demo's distill and quantize stages run end to end and record int8 measurements."""
+
 import pytest
 
 

@@ -1,4 +1,5 @@
 """2-rank DDP (ddp_spawn): KD + QAT in one fit give identical weights, scales and int8 outputs on both ranks."""
+
 import lightning as L
 import pytest
 import torch
@@ -18,8 +19,10 @@ class _Dump(L.Callback):
         with torch.no_grad():
             out = self.qat.int8_model(self.x)
         weights = {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
-        torch.save({"int8_out": out, "weights": weights, "quant": quant_state(self.qat.qat_model)},
-                   f"{self.out_dir}/rank{trainer.global_rank}.pt")
+        torch.save(
+            {"int8_out": out, "weights": weights, "quant": quant_state(self.qat.qat_model)},
+            f"{self.out_dir}/rank{trainer.global_rank}.pt",
+        )
 
 
 @pytest.mark.slow
@@ -35,9 +38,16 @@ def test_kd_and_qat_identical_on_two_ranks(tmp_path):
     teacher = DigitsCNN(8)
     qat = QuantizationAware(freeze_observers_after=1, measure=False, explain=False)
     kd = KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5)
-    trainer = fast_trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=2, limit_train_batches=4,
-                           limit_val_batches=2, num_sanity_val_steps=0,
-                           callbacks=[kd, qat, _Dump(qat, str(tmp_path), x)])
+    trainer = fast_trainer(
+        tmp_path,
+        strategy="ddp_spawn",
+        devices=2,
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        callbacks=[kd, qat, _Dump(qat, str(tmp_path), x)],
+    )
     trainer.fit(Classifier(DigitsCNN(8)), datamodule=dm)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert r0["weights"].keys() == r1["weights"].keys() and r0["weights"]

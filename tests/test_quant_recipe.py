@@ -1,5 +1,6 @@
 """The QAT recipe (issue 14): QAT at the user's learning rate does not collapse, from the start of a fit or after
 a float warm-up; the divergence guard warns; the recipe's schedule and validation."""
+
 import warnings
 
 import lightning as L
@@ -15,9 +16,15 @@ class SmallCNN(nn.Module):
 
     def __init__(self, c: int = 64, pool: int = 2) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-                                  nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
-                                  nn.AvgPool2d(pool) if pool > 1 else nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool2d(pool) if pool > 1 else nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.fc = nn.Linear(c * (16 if pool > 1 else 1), 10)
 
     def forward(self, x):
@@ -112,8 +119,9 @@ def test_guard_warns_and_logs_a_divergent_fit(tmp_path, digits):
             self.summary.update(values)
 
     sink = Sink()
-    qat = QuantizationAware(recipe=QATRecipe.torch_default(), freeze_observers_after=2, divergence_factor=2.0,
-                            measure=False, explain=False)
+    qat = QuantizationAware(
+        recipe=QATRecipe.torch_default(), freeze_observers_after=2, divergence_factor=2.0, measure=False, explain=False
+    )
     qat.tracker = lambda trainer: sink
     with pytest.warns(UserWarning, match=r"QAT diverged in epoch 1: mean training loss [\d.]+ > 2 x [\d.]+"):
         _fit(tmp_path, digits, SmallCNN, [qat], epochs=3)
@@ -206,8 +214,10 @@ def test_int8_weight_scales_come_from_the_final_weights():
     observer = conv.weight_fake_quant.activation_post_process
     torch.testing.assert_close(observer.max_val, folded.detach().flatten(1).amax(1))
     torch.testing.assert_close(observer.min_val, folded.detach().flatten(1).amin(1))
-    torch.testing.assert_close(int8.get_submodule("0").weight().q_per_channel_scales().float(),
-                               conv.weight_fake_quant.calculate_qparams()[0].float())
+    torch.testing.assert_close(
+        int8.get_submodule("0").weight().q_per_channel_scales().float(),
+        conv.weight_fake_quant.calculate_qparams()[0].float(),
+    )
 
 
 def test_loss_diverged():
@@ -227,8 +237,9 @@ def test_guard_reference_is_the_last_float_epoch_and_survives_a_resume():
 
     from lightning_nas.callbacks import QuantizationAware
 
-    trainer = types.SimpleNamespace(current_epoch=0, is_global_zero=True,
-                                    strategy=types.SimpleNamespace(reduce=lambda t, reduce_op: t))
+    trainer = types.SimpleNamespace(
+        current_epoch=0, is_global_zero=True, strategy=types.SimpleNamespace(reduce=lambda t, reduce_op: t)
+    )
 
     class Sink:
         scalars, summary = [], {}
@@ -254,12 +265,17 @@ def test_guard_reference_is_the_last_float_epoch_and_survives_a_resume():
     resumed = QuantizationAware(start_epoch=2, divergence_factor=3.0)
     resumed.load_state_dict(qat.state_dict())
     resumed.tracker = lambda t: Sink()
-    with pytest.warns(UserWarning, match=r"epoch 3: mean training loss 1.6 > 3 x 0.5, the mean of float epoch 1 "
-                                         r"\(ratio 3.2\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"epoch 3: mean training loss 1.6 > 3 x 0.5, the mean of float epoch 1 "
+        r"\(ratio 3.2\)",
+    ):
         run(resumed, [(3, [1.6, 1.6])])
     assert resumed.divergence == {"epoch": 3, "loss": pytest.approx(1.6), "reference": pytest.approx(0.5)}
-    assert Sink.scalars[-2:] == [{"quant/diverged": 0.0, "quant/loss_ratio": pytest.approx(2.0)},
-                                 {"quant/diverged": 1.0, "quant/loss_ratio": pytest.approx(3.2)}]
+    assert Sink.scalars[-2:] == [
+        {"quant/diverged": 0.0, "quant/loss_ratio": pytest.approx(2.0)},
+        {"quant/diverged": 1.0, "quant/loss_ratio": pytest.approx(3.2)},
+    ]
     assert Sink.summary["quant/divergence_epoch"] == 3
     # an old checkpoint (qat_steps only) still loads
     QuantizationAware().load_state_dict({"qat_steps": 4})

@@ -1,4 +1,5 @@
 """compress.quantize and explain.quant_sensitivity without Lightning: prepare, int8 torch, int8 ONNX, PTQ."""
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,7 @@ def _qat(width=8, ignore=(), steps=6, seed=0):
     qat = Q.prepare_qat(model.train(), (), "x86", ignore)
     opt = torch.optim.Adam(qat.parameters(), lr=1e-2)
     for i in range(steps):
-        xb, yb = x[i * 128:(i + 1) * 128], y[i * 128:(i + 1) * 128]
+        xb, yb = x[i * 128 : (i + 1) * 128], y[i * 128 : (i + 1) * 128]
         loss = nn.functional.cross_entropy(qat(xb), yb)
         opt.zero_grad()
         loss.backward()

@@ -1,4 +1,5 @@
 """The README's quick start is real code: it runs, and the README shows exactly this file's code."""
+
 from pathlib import Path
 
 import pytest

@@ -1,4 +1,5 @@
 """`lightning-nas report`: the HTML page from a W&B offline run or the file sink, checked in headless Chromium."""
+
 import re
 import shutil
 import subprocess
@@ -21,9 +22,15 @@ class _OtherNamespaces(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         t = Tracker.from_trainer(trainer)
         e = trainer.current_epoch
-        t.log_scalars({"nas/block1/conv3": 0.3 + 0.1 * e, "nas/block1/skip": 0.7 - 0.1 * e,
-                       "prune/net.features.0/sparsity": 0.2 * e, "quant/net.features.0/sqnr_db": 30.0 + e,
-                       "distill/agreement": 0.8 + 0.05 * e})
+        t.log_scalars(
+            {
+                "nas/block1/conv3": 0.3 + 0.1 * e,
+                "nas/block1/skip": 0.7 - 0.1 * e,
+                "prune/net.features.0/sparsity": 0.2 * e,
+                "quant/net.features.0/sqnr_db": 30.0 + e,
+                "distill/agreement": 0.8 + 0.05 * e,
+            }
+        )
         t.log_table("explain/sensitivity/table", ["layer", "acc_drop"], [["net.features.0", 0.01 * e]])
 
 
@@ -36,10 +43,14 @@ def wandb_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     L.seed_everything(0)
     logger = WandbLogger(save_dir=str(tmp), offline=True)
-    cbs = [_OtherNamespaces(), AttributionMonitor(n_samples=10), TrainingDynamics(every_n_steps=2,
-           histogram_every_n_steps=4), DecisionPaths(n_samples=20), ArchitectureView()]
-    trainer = fast_trainer(tmp, max_epochs=2, limit_train_batches=4, limit_val_batches=2, logger=logger,
-                           callbacks=cbs)
+    cbs = [
+        _OtherNamespaces(),
+        AttributionMonitor(n_samples=10),
+        TrainingDynamics(every_n_steps=2, histogram_every_n_steps=4),
+        DecisionPaths(n_samples=20),
+        ArchitectureView(),
+    ]
+    trainer = fast_trainer(tmp, max_epochs=2, limit_train_batches=4, limit_val_batches=2, logger=logger, callbacks=cbs)
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=DigitsDataModule(seed=0))
     run_dir = logger.experiment.dir
     import wandb
@@ -64,8 +75,17 @@ def test_report_has_every_section_the_run_has(wandb_run, tmp_path):
     assert "val_acc" in data.scalars  # logged by Lightning to W&B only: read from the offline run
     assert "explain/attribution/maps" in data.images and "explain/paths/overlap" in data.tables
     html = build_report(save_dir, tmp_path / "r.html").read_text()
-    for sid in ("search", "compression", "distillation", "attribution", "paths", "architecture", "dynamics",
-                "training", "summary"):
+    for sid in (
+        "search",
+        "compression",
+        "distillation",
+        "attribution",
+        "paths",
+        "architecture",
+        "dynamics",
+        "training",
+        "summary",
+    ):
         assert f'<section id="{sid}">' in html, sid
     assert html.count("data:image/png;base64,") >= 15 and "<table>" in html
     assert 'src="http' not in html and "<script" not in html  # self-contained, nothing fetched
@@ -101,12 +121,23 @@ def test_report_renders_in_headless_chromium(wandb_run, tmp_path):
     save_dir, _ = wandb_run
     page = build_report(save_dir, tmp_path / "report.html", title="Digits explain report")
     shot = tmp_path / "shot.png"
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], check=True, capture_output=True, text=True,
-                         timeout=120).stdout
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    subprocess.run(
+        flags + [f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    dom = subprocess.run(
+        flags + ["--dump-dom", page.as_uri()], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
     assert "<title>Digits explain report</title>" in dom
     assert re.search(r"<h1>Digits explain report</h1>", dom)
     import matplotlib.image as mpimg

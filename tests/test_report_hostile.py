@@ -1,6 +1,7 @@
 """A run folder from elsewhere cannot turn the report against its reader (issue 15, items 3 and 4): only real
 PNG/JPEG files inside the run folder are embedded, every value is escaped, odd but legal data is rendered or
 named as skipped, and the CLI fails with one line and exit code 2."""
+
 from __future__ import annotations
 
 import base64
@@ -16,9 +17,11 @@ from hypothesis import strategies as st
 from lightning_nas.cli import main
 from lightning_nas.report import build_report, load_run, render
 
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-                    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201b2"
-                    "a9d1d60000000049454e44ae426082")  # a 1x1 RGBA PNG
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201b2"
+    "a9d1d60000000049454e44ae426082"
+)  # a 1x1 RGBA PNG
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF\x00" + b"\x00" * 32 + b"\xff\xd9"
 XSS = '<script>alert("x")</script>'
 
@@ -42,17 +45,22 @@ def _sink(root: Path, index: list, scalars: list | None = None, files: dict | No
 def test_files_outside_the_run_folder_are_never_embedded(tmp_path):
     secret = tmp_path / "secret.png"  # a real PNG, outside the run folder
     secret.write_bytes(PNG + b"SECRET")
-    sink = _sink(tmp_path, [], files={"images/ok-0.png": PNG, "images/fake-0.png": b"just text, not an image",
-                                      "images/photo-0.jpg": JPEG})
+    sink = _sink(
+        tmp_path,
+        [],
+        files={"images/ok-0.png": PNG, "images/fake-0.png": b"just text, not an image", "images/photo-0.jpg": JPEG},
+    )
     (sink / "images" / "link-0.png").symlink_to(secret)
-    index = [{"kind": "image", "key": "up", "step": 0, "file": "../../secret.png"},
-             {"kind": "image", "key": "abs", "step": 0, "file": str(secret)},
-             {"kind": "image", "key": "link", "step": 0, "file": "images/link-0.png"},
-             {"kind": "image", "key": "fake", "step": 0, "file": "images/fake-0.png"},
-             {"kind": "image", "key": "ok", "step": 0, "file": "images/ok-0.png"},
-             {"kind": "image", "key": "photo", "step": 0, "file": "images/photo-0.jpg"},
-             {"kind": "table", "key": "t", "step": 0, "file": "../../secret.png"},
-             {"kind": "series", "key": "s", "step": 0, "file": "/etc/hostname"}]
+    index = [
+        {"kind": "image", "key": "up", "step": 0, "file": "../../secret.png"},
+        {"kind": "image", "key": "abs", "step": 0, "file": str(secret)},
+        {"kind": "image", "key": "link", "step": 0, "file": "images/link-0.png"},
+        {"kind": "image", "key": "fake", "step": 0, "file": "images/fake-0.png"},
+        {"kind": "image", "key": "ok", "step": 0, "file": "images/ok-0.png"},
+        {"kind": "image", "key": "photo", "step": 0, "file": "images/photo-0.jpg"},
+        {"kind": "table", "key": "t", "step": 0, "file": "../../secret.png"},
+        {"kind": "series", "key": "s", "step": 0, "file": "/etc/hostname"},
+    ]
     (sink / "index.jsonl").write_text("".join(json.dumps(e) + "\n" for e in index))
     page = build_report(sink, tmp_path / "r.html").read_text()
     assert _b64(PNG + b"SECRET") not in page and _b64(b"just text, not an image") not in page
@@ -66,12 +74,19 @@ def test_files_outside_the_run_folder_are_never_embedded(tmp_path):
 
 def test_every_value_from_a_run_is_escaped(tmp_path):
     table = {"step": XSS, "columns": [XSS, "b"], "rows": [[XSS, 1.5]]}
-    sink = _sink(tmp_path, [{"kind": "table", "key": f"t/{XSS}", "step": 0, "file": "tables/t.jsonl"},
-                            {"kind": "series", "key": "s", "step": 0, "file": "series/s.json"}],
-                 scalars=[{"step": 0, f"k/{XSS}": 1.0}],
-                 files={"tables/t.jsonl": json.dumps(table) + "\n",
-                        "series/s.json": json.dumps({"xs": [0, 1], "ys": {XSS: [1, 2]}, "title": XSS, "step": XSS}),
-                        "summary.json": json.dumps({XSS: XSS, "n": 1})})
+    sink = _sink(
+        tmp_path,
+        [
+            {"kind": "table", "key": f"t/{XSS}", "step": 0, "file": "tables/t.jsonl"},
+            {"kind": "series", "key": "s", "step": 0, "file": "series/s.json"},
+        ],
+        scalars=[{"step": 0, f"k/{XSS}": 1.0}],
+        files={
+            "tables/t.jsonl": json.dumps(table) + "\n",
+            "series/s.json": json.dumps({"xs": [0, 1], "ys": {XSS: [1, 2]}, "title": XSS, "step": XSS}),
+            "summary.json": json.dumps({XSS: XSS, "n": 1}),
+        },
+    )
     page = build_report(sink, tmp_path / "r.html", title=XSS).read_text()
     assert "<script" not in page.lower() and "&lt;script&gt;" in page
 
@@ -85,10 +100,16 @@ def hostile_wandb_run(tmp_path_factory):
     secret = root / "secret.png"
     secret.write_bytes(PNG + b"WANDB-SECRET")
     run = wandb.init(mode="offline", dir=str(root), project="hostile")
-    run.log({"abs": {"_type": "image-file", "path": str(secret), "width": 1, "height": 1},
-             "up": {"_type": "image-file", "path": "../../../secret.png"},
-             "tab": {"_type": "table-file", "path": "../../../secret.png"},
-             "loss/$\\alpha$": 1.0, "cost $x": 2.0, f"m/{XSS}": 3.0})
+    run.log(
+        {
+            "abs": {"_type": "image-file", "path": str(secret), "width": 1, "height": 1},
+            "up": {"_type": "image-file", "path": "../../../secret.png"},
+            "tab": {"_type": "table-file", "path": "../../../secret.png"},
+            "loss/$\\alpha$": 1.0,
+            "cost $x": 2.0,
+            f"m/{XSS}": 3.0,
+        }
+    )
     run.log({"loss/$\\alpha$": 0.5, "cost $x": 1.0, f"m/{XSS}": 2.0})
     run.config.update({"lr": XSS})
     run_dir = Path(run.dir).parent
@@ -110,17 +131,30 @@ def test_mathtext_keys_and_odd_index_entries_still_render(hostile_wandb_run, tmp
     _, run_dir, _ = hostile_wandb_run
     page = build_report(run_dir, tmp_path / "m.html").read_text()  # matplotlib used to abort on "$\alpha$"
     assert "loss/$\\alpha$" in page and "cost $x" in page and page.count("data:image/png;base64,") >= 2
-    sink = _sink(tmp_path, ["not json at all", "[1, 2]", "7",
-                            {"kind": "image", "key": "nofile", "step": 0},  # no "file": was a KeyError
-                            {"kind": "image", "key": "badstep", "step": "abc", "file": "images/a.png"},
-                            {"key": "nokind", "file": "x"},
-                            {"kind": "table", "key": "rows-not-lists", "step": 0, "file": "tables/r.jsonl"},
-                            {"kind": "histogram", "key": "h", "step": 0, "file": "histograms/h.jsonl"}],
-                 scalars=[{"step": "x", "a": 1.0}, {"step": 1, "b/$\\frac{": 2.0, "c": float("inf")},
-                          {"step": 2, "b/$\\frac{": 3.0, "c": 1.0}],
-                 files={"images/a.png": PNG, "tables/r.jsonl": json.dumps({"step": 0, "columns": 3, "rows": 5}),
-                        "histograms/h.jsonl": json.dumps({"step": 0, "counts": [1, 2], "edges": [0, 1]}),
-                        "summary.json": "[1, 2, 3]"})
+    sink = _sink(
+        tmp_path,
+        [
+            "not json at all",
+            "[1, 2]",
+            "7",
+            {"kind": "image", "key": "nofile", "step": 0},  # no "file": was a KeyError
+            {"kind": "image", "key": "badstep", "step": "abc", "file": "images/a.png"},
+            {"key": "nokind", "file": "x"},
+            {"kind": "table", "key": "rows-not-lists", "step": 0, "file": "tables/r.jsonl"},
+            {"kind": "histogram", "key": "h", "step": 0, "file": "histograms/h.jsonl"},
+        ],
+        scalars=[
+            {"step": "x", "a": 1.0},
+            {"step": 1, "b/$\\frac{": 2.0, "c": float("inf")},
+            {"step": 2, "b/$\\frac{": 3.0, "c": 1.0},
+        ],
+        files={
+            "images/a.png": PNG,
+            "tables/r.jsonl": json.dumps({"step": 0, "columns": 3, "rows": 5}),
+            "histograms/h.jsonl": json.dumps({"step": 0, "counts": [1, 2], "edges": [0, 1]}),
+            "summary.json": "[1, 2, 3]",
+        },
+    )
     data = load_run(sink)
     page = render(data)
     assert "b/$\\frac{" in page and "Not shown" in page
@@ -130,9 +164,11 @@ def test_mathtext_keys_and_odd_index_entries_still_render(hostile_wandb_run, tmp
 
 def test_cli_report_errors_are_one_line_exit_2(hostile_wandb_run, tmp_path, capsys):
     _, run_dir, _ = hostile_wandb_run
-    for argv in (["report", str(run_dir), "-o", str(tmp_path)],  # -o is a directory: was a traceback
-                 ["report", str(tmp_path / "nope")],
-                 ["report", str(tmp_path)]):  # a folder without any run
+    for argv in (
+        ["report", str(run_dir), "-o", str(tmp_path)],  # -o is a directory: was a traceback
+        ["report", str(tmp_path / "nope")],
+        ["report", str(tmp_path)],
+    ):  # a folder without any run
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("lightning-nas report: error:"), err
@@ -142,26 +178,65 @@ def test_cli_report_errors_are_one_line_exit_2(hostile_wandb_run, tmp_path, caps
 
 
 # ------------------------------------------------------------------------------------------- Hypothesis
-_scalar = st.one_of(st.none(), st.booleans(), st.integers(-10 ** 20, 10 ** 20), st.floats(), st.text(max_size=8))
-_value = st.recursive(_scalar, lambda k: st.lists(k, max_size=3) | st.dictionaries(st.text(max_size=5), k, max_size=3),
-                      max_leaves=8)
-_key = st.one_of(st.text(max_size=12), st.sampled_from(["nas/b/c", "prune/l/sparsity", "$x$", "a/$\\frac{", XSS,
-                                                         "explain/attribution/x", "dynamics/w/mean"]))
-_path = st.one_of(st.text(max_size=12), st.sampled_from(["../outside.png", "/etc/hostname", "images/a.png", "", ".",
-                                                          "tables/t.jsonl", "series/s.json", "histograms/h.jsonl",
-                                                          "images", "images/../images/a.png", "link.png"]))
-_entry = st.one_of(_value, st.fixed_dictionaries(
-    {"kind": st.sampled_from(["image", "table", "histogram", "series", "scalar", "other"]) | _scalar,
-     "key": _key | _scalar, "step": st.integers(-5, 10 ** 12) | _scalar, "file": _path | _scalar}))
-_file_body = st.one_of(st.just(PNG), st.binary(max_size=40), _value.map(lambda v: json.dumps(v).encode()),
-                       st.lists(_value, max_size=3).map(lambda v: "\n".join(json.dumps(x) for x in v).encode()))
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(), st.text(max_size=8))
+_value = st.recursive(
+    _scalar, lambda k: st.lists(k, max_size=3) | st.dictionaries(st.text(max_size=5), k, max_size=3), max_leaves=8
+)
+_key = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        ["nas/b/c", "prune/l/sparsity", "$x$", "a/$\\frac{", XSS, "explain/attribution/x", "dynamics/w/mean"]
+    ),
+)
+_path = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "../outside.png",
+            "/etc/hostname",
+            "images/a.png",
+            "",
+            ".",
+            "tables/t.jsonl",
+            "series/s.json",
+            "histograms/h.jsonl",
+            "images",
+            "images/../images/a.png",
+            "link.png",
+        ]
+    ),
+)
+_entry = st.one_of(
+    _value,
+    st.fixed_dictionaries(
+        {
+            "kind": st.sampled_from(["image", "table", "histogram", "series", "scalar", "other"]) | _scalar,
+            "key": _key | _scalar,
+            "step": st.integers(-5, 10**12) | _scalar,
+            "file": _path | _scalar,
+        }
+    ),
+)
+_file_body = st.one_of(
+    st.just(PNG),
+    st.binary(max_size=40),
+    _value.map(lambda v: json.dumps(v).encode()),
+    st.lists(_value, max_size=3).map(lambda v: "\n".join(json.dumps(x) for x in v).encode()),
+)
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(index=st.lists(_entry, max_size=6),
-       scalars=st.lists(st.dictionaries(_key | st.just("step"), _scalar, max_size=4), max_size=4),
-       bodies=st.dictionaries(st.sampled_from(["images/a.png", "tables/t.jsonl", "series/s.json",
-                                               "histograms/h.jsonl", "summary.json", "x.png"]), _file_body, max_size=5))
+@given(
+    index=st.lists(_entry, max_size=6),
+    scalars=st.lists(st.dictionaries(_key | st.just("step"), _scalar, max_size=4), max_size=4),
+    bodies=st.dictionaries(
+        st.sampled_from(
+            ["images/a.png", "tables/t.jsonl", "series/s.json", "histograms/h.jsonl", "summary.json", "x.png"]
+        ),
+        _file_body,
+        max_size=5,
+    ),
+)
 def test_report_loader_property(index, scalars, bodies):
     """Any index/scalars/files in a run folder: the page renders, nothing outside the folder is embedded,
     and no value reaches the page unescaped."""
@@ -198,8 +273,9 @@ def test_a_corrupt_wandb_file_is_named_not_fatal(tmp_path):
     sink = _sink(tmp_path, [], scalars=[{"step": 0, "loss": 1.0}])
     payload = b"\xff" * 20
     crc = zlib.crc32(payload, zlib.crc32(bytes([1]))) & 0xFFFFFFFF
-    (tmp_path / "run-x.wandb").write_bytes(b":W&B" + struct.pack("<H", 0xBEE1) + b"\x00"
-                                              + struct.pack("<IHB", crc, len(payload), 1) + payload)
+    (tmp_path / "run-x.wandb").write_bytes(
+        b":W&B" + struct.pack("<H", 0xBEE1) + b"\x00" + struct.pack("<IHB", crc, len(payload), 1) + payload
+    )
     data = load_run(sink)
     assert "loss" in data.scalars and any("is not a W&B record" in s for s in data.skipped), data.skipped
     assert "Not shown" in render(data)

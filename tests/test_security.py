@@ -1,5 +1,6 @@
 """Files from elsewhere (checkpoints, bundles, run folders) are data, never code: no unpickling of arbitrary
 objects, no path that escapes its folder (issue 15)."""
+
 from __future__ import annotations
 
 import ast
@@ -39,13 +40,25 @@ def compressed_checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     L.seed_everything(0, verbose=False)
     teacher = DigitsCNN(16)
-    cbs = [StructuredPruning(amount=0.5, start_epoch=0, explain=False),
-           KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5, explain=False),
-           QuantizationAware(start_epoch=1, freeze_observers_after=1, measure=False, explain=False),
-           ModelCheckpoint(dirpath=out, filename="{epoch}", save_last=True, save_top_k=-1)]
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(out), callbacks=cbs,
-                        limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0)
+    cbs = [
+        StructuredPruning(amount=0.5, start_epoch=0, explain=False),
+        KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5, explain=False),
+        QuantizationAware(start_epoch=1, freeze_observers_after=1, measure=False, explain=False),
+        ModelCheckpoint(dirpath=out, filename="{epoch}", save_last=True, save_top_k=-1),
+    ]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+        callbacks=cbs,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(Classifier(DigitsCNN(8)), datamodule=DigitsDataModule(batch_size=64))
     return out
 
@@ -81,8 +94,15 @@ def _calls(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             f = node.func
-            name = (f"{f.value.id}.{f.attr}" if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
-                    else f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else "")
+            name = (
+                f"{f.value.id}.{f.attr}"
+                if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                else f.attr
+                if isinstance(f, ast.Attribute)
+                else f.id
+                if isinstance(f, ast.Name)
+                else ""
+            )
             yield name, node
 
 
@@ -100,14 +120,26 @@ def test_nothing_in_the_package_unpickles_arbitrary_objects():
                 v = kw.get("weights_only")
                 if not (isinstance(v, ast.Constant) and v.value is True):
                     bad.append(f"{where(node)}: torch.load without weights_only=True")
-            elif name in ("pickle.load", "pickle.loads", "marshal.load", "marshal.loads", "dill.load",
-                          "dill.loads", "cloudpickle.load", "cloudpickle.loads", "joblib.load", "Unpickler"):
+            elif name in (
+                "pickle.load",
+                "pickle.loads",
+                "marshal.load",
+                "marshal.loads",
+                "dill.load",
+                "dill.loads",
+                "cloudpickle.load",
+                "cloudpickle.loads",
+                "joblib.load",
+                "Unpickler",
+            ):
                 bad.append(f"{where(node)}: {name}")
-            elif name == "yaml.load" and not any(isinstance(v, ast.Attribute) and v.attr.startswith("Safe")
-                                                 for v in kw.values()):
+            elif name == "yaml.load" and not any(
+                isinstance(v, ast.Attribute) and v.attr.startswith("Safe") for v in kw.values()
+            ):
                 bad.append(f"{where(node)}: yaml.load without SafeLoader")
-            elif "allow_pickle" in kw and not (isinstance(kw["allow_pickle"], ast.Constant)
-                                                and kw["allow_pickle"].value is False):
+            elif "allow_pickle" in kw and not (
+                isinstance(kw["allow_pickle"], ast.Constant) and kw["allow_pickle"].value is False
+            ):
                 bad.append(f"{where(node)}: allow_pickle")
     assert not bad, bad
 
@@ -120,8 +152,11 @@ MARKER = "trusted-path:"
 
 def _constant(e: ast.AST) -> bool:
     """A string literal or an UPPER_CASE constant: a name the code itself chose."""
-    return ((isinstance(e, ast.Constant) and isinstance(e.value, str)) or (isinstance(e, ast.Name) and e.id.isupper())
-            or (isinstance(e, ast.Attribute) and e.attr.isupper()))
+    return (
+        (isinstance(e, ast.Constant) and isinstance(e.value, str))
+        or (isinstance(e, ast.Name) and e.id.isupper())
+        or (isinstance(e, ast.Attribute) and e.attr.isupper())
+    )
 
 
 class _PathJoins(ast.NodeVisitor):
@@ -136,13 +171,17 @@ class _PathJoins(ast.NodeVisitor):
     def is_path(self, e: ast.AST) -> bool:
         if isinstance(e, ast.Call):
             f = e.func
-            return ((isinstance(f, ast.Name) and f.id == "Path") or (isinstance(f, ast.Attribute) and f.attr == "Path")
-                    or (isinstance(f, ast.Attribute) and f.attr in _PATH_METHODS and self.is_path(f.value)))
+            return (
+                (isinstance(f, ast.Name) and f.id == "Path")
+                or (isinstance(f, ast.Attribute) and f.attr == "Path")
+                or (isinstance(f, ast.Attribute) and f.attr in _PATH_METHODS and self.is_path(f.value))
+            )
         if isinstance(e, ast.Name):
             return any(e.id in s for s in self.scopes)
         if isinstance(e, ast.Attribute):
-            return e.attr in _PATH_ATTRS and ((isinstance(e.value, ast.Name) and e.value.id == "self")
-                                              or self.is_path(e.value))
+            return e.attr in _PATH_ATTRS and (
+                (isinstance(e.value, ast.Name) and e.value.id == "self") or self.is_path(e.value)
+            )
         return isinstance(e, ast.BinOp) and isinstance(e.op, ast.Div) and self.is_path(e.left)
 
     def visit_FunctionDef(self, node):
@@ -159,8 +198,9 @@ class _PathJoins(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_AnnAssign(self, node):
-        if isinstance(node.target, ast.Name) and ("Path" in ast.unparse(node.annotation)
-                                                  or (node.value is not None and self.is_path(node.value))):
+        if isinstance(node.target, ast.Name) and (
+            "Path" in ast.unparse(node.annotation) or (node.value is not None and self.is_path(node.value))
+        ):
             self.scopes[-1].add(node.target.id)
         self.generic_visit(node)
 
@@ -188,7 +228,7 @@ def _unchecked_joins(root: Path) -> list[str]:
         finder = _PathJoins()
         finder.visit(ast.parse(src))
         for node in finder.found:
-            span = lines[node.lineno - 1:node.end_lineno]
+            span = lines[node.lineno - 1 : node.end_lineno]
             if not any(MARKER in line for line in span):
                 bad.append(f"{path.relative_to(root.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     return bad
@@ -208,6 +248,7 @@ def test_the_path_join_check_finds_what_it_should(tmp_path):
         "def read(sink: Path, entry: dict):\n    return (sink / entry['file']).read_bytes()\n\n"
         "def read2(run):\n    files = Path(run) / 'files'\n    return files / run.name\n\n"
         "def ok(d: Path, n: str):\n    return d / 'card.json', d / n  # trusted-path: a test\n\n"
-        "def read3(p: Path, n):\n    return os.path.join(p, n), p.joinpath(n)\n")
+        "def read3(p: Path, n):\n    return os.path.join(p, n), p.joinpath(n)\n"
+    )
     found = _unchecked_joins(pkg)
     assert [f.split(":")[1] for f in found] == ["5", "9", "15", "15"], found

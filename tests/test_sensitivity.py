@@ -1,4 +1,5 @@
 """Per-layer sensitivity: accuracy, the shared table format, reuse by another method, and a ranking check."""
+
 from __future__ import annotations
 
 import json
@@ -42,6 +43,7 @@ def test_sensitivity_table_reusable_with_another_perturbation(digits):
             scale = w.detach().abs().max() / (2 ** (bits - 1) - 1)
             with torch.no_grad():
                 w.copy_(torch.round(w / scale) * scale)
+
         return fn
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -64,11 +66,18 @@ def test_sensitivity_ranking_predicts_measured_drop_on_held_out_data(digits):
     50% and measure the drop on the *test* split: the orders agree, and pruning the least sensitive layer
     costs less than pruning the most sensitive."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(64, 10))
-    train = DataLoader(digits.split("train"), batch_size=64, shuffle=True,
-                       generator=torch.Generator().manual_seed(0))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
+    train = DataLoader(digits.split("train"), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(10):
         for x, y in train:
@@ -99,8 +108,9 @@ def test_structured_pruning_streams_sensitivity(tmp_path, digits):
     cb = StructuredPruning(0.5, start_epoch=1, sensitivity_levels=[0.25, 0.75])
     tr = fast_trainer(tmp_path, max_epochs=2, callbacks=[cb], num_sanity_val_steps=0)
     tr.fit(Classifier(DigitsCNN(16)), train, val)
-    assert {(r[0], r[2]) for r in cb.sensitivity} == {(n, lv) for n in ("net.features.0", "net.features.3")
-                                                      for lv in (0.25, 0.75)}
+    assert {(r[0], r[2]) for r in cb.sensitivity} == {
+        (n, lv) for n in ("net.features.0", "net.features.3") for lv in (0.25, 0.75)
+    }
     files = pathlib.Path(tmp_path, "nas_files")
     table = json.loads((files / "tables" / "explain_sensitivity.jsonl").read_text().splitlines()[-1])
     assert table["columns"] == S.SENSITIVITY_COLUMNS and len(table["rows"]) == 4

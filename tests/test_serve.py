@@ -1,4 +1,5 @@
 """`lightning-nas serve` in a subprocess on a free loopback port, real HTTP requests; bad requests get 4xx."""
+
 import json
 import os
 import socket
@@ -29,8 +30,13 @@ def free_port() -> int:
 def start_server(bundle_dir, *args: str) -> tuple[subprocess.Popen, httpx.Client]:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_nas", "serve", str(bundle_dir), "--port", str(port),
-                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_nas", "serve", str(bundle_dir), "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -57,8 +63,14 @@ def stop(proc: subprocess.Popen, client: httpx.Client) -> None:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     net, dm = trained_digits_cnn()
-    out = bundle(net, dm.example_input(8), tmp_path_factory.mktemp("s") / "bundle", int8=True,
-                 reference_data=dm.split("train").tensors[0], metrics={"test_acc": 0.9})
+    out = bundle(
+        net,
+        dm.example_input(8),
+        tmp_path_factory.mktemp("s") / "bundle",
+        int8=True,
+        reference_data=dm.split("train").tensors[0],
+        metrics={"test_acc": 0.9},
+    )
     proc, client = start_server(out, "--max-batch", "32", "--window", "200")
     yield net, dm, out, client
     stop(proc, client)
@@ -70,8 +82,10 @@ def test_predict_health_card(served):
     net, dm, out, client = served
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["model"] == "float" and h["input_shape"] == [1, 8, 8]
-    assert client.get("/card").json()["bundle"]["files"]["model.onnx"]["sha256"] == json.loads(
-        (out / "card.json").read_text())["bundle"]["files"]["model.onnx"]["sha256"]
+    assert (
+        client.get("/card").json()["bundle"]["files"]["model.onnx"]["sha256"]
+        == json.loads((out / "card.json").read_text())["bundle"]["files"]["model.onnx"]["sha256"]
+    )
     x = dm.split("test").tensors[0][:32]
     r = client.post("/predict", json={"inputs": x.tolist()})
     assert r.status_code == 200
@@ -118,12 +132,12 @@ def test_drift_endpoint_over_the_request_window(served):
     rng = np.random.default_rng(0)
     clean = pool[rng.choice(len(pool), 200, replace=False)]
     for i in range(0, 200, 32):
-        assert client.post("/predict", json={"inputs": clean[i:i + 32].tolist()}).status_code == 200
+        assert client.post("/predict", json={"inputs": clean[i : i + 32].tolist()}).status_code == 200
     d = client.get("/drift").json()
     assert d["status"] == "ok" and d["n_samples"] == 200 and not d["drifted"], d["verdict"]
     shifted = rotated(clean)
     for i in range(0, 200, 32):
-        client.post("/predict", json={"inputs": shifted[i:i + 32].tolist()})
+        client.post("/predict", json={"inputs": shifted[i : i + 32].tolist()})
     d = client.get("/drift").json()  # the window (200) now holds rotated digits only
     assert d["drifted"] and d["next_step"] in ("retrain", "re-search") and d["drifted_features"]
     assert d["attribution_shift"] is not None and d["psi_max"] > 0.25

@@ -1,6 +1,7 @@
 """The server never answers 500 (issue 15): hostile-but-finite inputs, wrong Content-Type, Schemathesis fuzzing
 from the OpenAPI schema, and Hypothesis properties of ``parse_inputs``. In process (FastAPI's TestClient),
 except the one keep-alive test, which needs a real socket."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from lightning_nas.deploy import bundle
 from lightning_nas.deploy.profile import attribution_share
@@ -29,8 +33,12 @@ JSON = {"content-type": "application/json"}
 @pytest.fixture(scope="module")
 def digits_bundle(tmp_path_factory):
     net, dm = trained_digits_cnn(epochs=2)
-    out = bundle(net, dm.example_input(4), tmp_path_factory.mktemp("fuzz") / "bundle",
-                 reference_data=dm.split("train").tensors[0])
+    out = bundle(
+        net,
+        dm.example_input(4),
+        tmp_path_factory.mktemp("fuzz") / "bundle",
+        reference_data=dm.split("train").tensors[0],
+    )
     return out, dm
 
 
@@ -59,7 +67,7 @@ def test_inputs_that_overflow_the_model_are_422_and_stay_out_of_the_window(clien
     mixed[3] = value  # one bad row rejects the whole request
     assert _post(client, mixed.tolist()).status_code == 422
     for i in range(0, 40, 8):
-        assert _post(client, clean[i:i + 8].tolist()).status_code == 200
+        assert _post(client, clean[i : i + 8].tolist()).status_code == 200
     big = clean[:8].copy()
     big[:, 0, 0, 0] = 1e20  # huge yet finite through the model: served, and /drift still answers
     assert _post(client, big.tolist()).status_code == 200
@@ -112,9 +120,9 @@ def test_error_messages_name_positions_in_plain_numbers():
         parse_inputs({"inputs": [[1.0, float("nan")]]}, (2,), 4)
     assert err.value.status == 422 and "first at inputs[0][1]" in err.value.message
     assert "np." not in err.value.message
-    ok = parse_inputs({"inputs": [[10 ** 30, -(10 ** 25)]]}, (2,), 4)  # beyond int64, inside float32
+    ok = parse_inputs({"inputs": [[10**30, -(10**25)]]}, (2,), 4)  # beyond int64, inside float32
     assert ok.dtype == np.float32 and ok[0, 0] == np.float32(1e30)
-    for big in (10 ** 40, 10 ** 400):
+    for big in (10**40, 10**400):
         with pytest.raises(_BadRequest, match=r"beyond float32 range.*inputs\[0\]\[0\]") as err:
             parse_inputs({"inputs": [[big, 1]]}, (2,), 4)
         assert "different lengths" not in err.value.message
@@ -125,16 +133,21 @@ def test_error_messages_name_positions_in_plain_numbers():
 
 
 # ----------------------------------------------------------------------------------- Hypothesis: parse_inputs
-_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-                       st.text(max_size=3))
-_json = st.recursive(_json_leaf, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=3), kids,
-                                                                                            max_size=3), max_leaves=30)
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3)
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=3), kids, max_size=3),
+    max_leaves=30,
+)
 _F32 = float(np.finfo(np.float32).max)
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(body=st.one_of(_json, st.fixed_dictionaries({"inputs": _json})),
-       shape=st.sampled_from([(2,), (1, 2), (2, 1, 1)]))
+@given(
+    body=st.one_of(_json, st.fixed_dictionaries({"inputs": _json})), shape=st.sampled_from([(2,), (1, 2), (2, 1, 1)])
+)
 def test_parse_inputs_accepts_exactly_well_formed_batches(body, shape):
     """Either a float32 (N, *shape) batch of finite values, or a 4xx ``_BadRequest``; never anything else."""
     try:
@@ -147,8 +160,9 @@ def test_parse_inputs_accepts_exactly_well_formed_batches(body, shape):
     assert all(type(v) in (int, float) for v in flat)
 
 
-_number = st.one_of(st.integers(min_value=-(10 ** 45), max_value=10 ** 45),
-                    st.floats(allow_nan=False, allow_infinity=False))
+_number = st.one_of(
+    st.integers(min_value=-(10**45), max_value=10**45), st.floats(allow_nan=False, allow_infinity=False)
+)
 
 
 @settings(max_examples=200, deadline=None, database=None)
@@ -159,8 +173,9 @@ def test_parse_inputs_on_numbers(rows):
         with pytest.raises(_BadRequest, match="maximum batch size"):
             parse_inputs({"inputs": rows}, (2,), 4)
     elif fits:
-        np.testing.assert_array_equal(parse_inputs({"inputs": rows}, (2,), 4),
-                                      np.asarray(rows, dtype=np.float64).astype(np.float32))
+        np.testing.assert_array_equal(
+            parse_inputs({"inputs": rows}, (2,), 4), np.asarray(rows, dtype=np.float64).astype(np.float32)
+        )
     else:
         with pytest.raises(_BadRequest, match="beyond float32"):
             parse_inputs({"inputs": rows}, (2,), 4)
@@ -176,7 +191,7 @@ def api(digits_bundle):
     app = create_app(out, max_batch=4, window=40, attribution_samples=8)
     with TestClient(app) as c:  # a window already full enough for /drift to run attributions on every call
         for i in range(0, 40, 4):
-            assert _post(c, clean_pool(dm)[i:i + 4].tolist()).status_code == 200
+            assert _post(c, clean_pool(dm)[i : i + 4].tolist()).status_code == 200
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
@@ -184,17 +199,25 @@ def test_the_schema_documents_every_operation(api):
     assert {(op.ok().method.upper(), op.ok().path) for op in api.get_all_operations()} == set(OPERATIONS)
 
 
-@pytest.mark.parametrize("method,path,mode", [(m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS]
-                         + [("POST", "/predict", GenerationMode.NEGATIVE)], ids=str)  # GETs take no parameters
+@pytest.mark.parametrize(
+    "method,path,mode",
+    [(m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS] + [("POST", "/predict", GenerationMode.NEGATIVE)],
+    ids=str,
+)  # GETs take no parameters
 def test_openapi_fuzz_never_500_and_responses_match_the_schema(api, method, path, mode):
     """Every operation, bodies that fit the schema and (POST) bodies that do not: no 5xx, responses as documented."""
     op = api[path][method]
 
-    @settings(max_examples=100 if method == "POST" else 5, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=100 if method == "POST" else 5,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=op.as_strategy(generation_mode=mode))
     def fuzz(case):
-        case.call_and_validate(checks=[not_a_server_error, response_schema_conformance, status_code_conformance,
-                                       content_type_conformance])
+        case.call_and_validate(
+            checks=[not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
+        )
 
     fuzz()

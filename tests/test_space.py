@@ -1,4 +1,5 @@
 """The search-space vocabulary: choices, size, freeze, build/ValueChoice, bad input, NNI interop."""
+
 import io
 import warnings
 
@@ -14,8 +15,9 @@ class Net(nn.Module):
     def __init__(self, c: int = 4):
         super().__init__()
         self.stem = nn.Conv2d(1, c, 3, padding=1)
-        self.b1 = space.LayerChoice({"conv3": nn.Conv2d(c, c, 3, padding=1), "conv1": nn.Conv2d(c, c, 1),
-                                     "skip": nn.Identity()}, label="b1")
+        self.b1 = space.LayerChoice(
+            {"conv3": nn.Conv2d(c, c, 3, padding=1), "conv1": nn.Conv2d(c, c, 1), "skip": nn.Identity()}, label="b1"
+        )
         self.b2 = space.LayerChoice([nn.Conv2d(c, c, 3, padding=1), nn.Identity()], label="b2")
         self.inp = space.InputChoice(2, label="inp")
         self.head = nn.Linear(c, 10)
@@ -97,8 +99,10 @@ def test_tied_label_same_candidates_is_one_decision():
 
 
 def test_same_label_different_candidates_raises():
-    m = nn.Sequential(space.LayerChoice({"x": nn.Identity(), "y": nn.ReLU()}, label="cell"),
-                      space.LayerChoice({"x": nn.Identity(), "z": nn.Tanh()}, label="cell"))
+    m = nn.Sequential(
+        space.LayerChoice({"x": nn.Identity(), "y": nn.ReLU()}, label="cell"),
+        space.LayerChoice({"x": nn.Identity(), "z": nn.Tanh()}, label="cell"),
+    )
     with pytest.raises(ValueError, match=r"'cell'.*different candidates.*\['x', 'y'\].*\['x', 'z'\]"):
         space.choices(m)
 
@@ -106,8 +110,9 @@ def test_same_label_different_candidates_raises():
 def test_value_choice_build_and_fixed_arch():
     def make():
         w = space.ValueChoice([4, 8], label="width")
-        return nn.Sequential(nn.Conv2d(1, w, 3, padding=1),
-                             space.LayerChoice({"relu": nn.ReLU(), "tanh": nn.Tanh()}, label="act"))
+        return nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1), space.LayerChoice({"relu": nn.ReLU(), "tanh": nn.Tanh()}, label="act")
+        )
 
     assert space.search_space(make) == {"width": [4, 8], "act": ["relu", "tanh"]}
     model = space.build(make)

@@ -1,4 +1,5 @@
 """A storage that cannot be written is one line naming the cause, and exit code 2 (issue 15, item 8)."""
+
 from __future__ import annotations
 
 import errno
@@ -52,14 +53,21 @@ def test_unwritable_journal_is_one_line(tmp_path, capsys, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(JournalFileBackend, "append_logs", refuse)
         with pytest.raises(StorageUnreachableError, match="Permission denied") as err:
-            run(lambda t: None, DigitsDataModule(), objectives={"val_acc": "max"}, n_trials=1,
-                storage=f"journal://{log}", out_dir=tmp_path)
+            run(
+                lambda t: None,
+                DigitsDataModule(),
+                objectives={"val_acc": "max"},
+                n_trials=1,
+                storage=f"journal://{log}",
+                out_dir=tmp_path,
+            )
         assert "\n" not in str(err.value) and str(log) in str(err.value)
     cfg = _config(tmp_path, n_trials=1)
     if os.geteuid() != 0:
         log.chmod(0o444)
-    elif not (shutil.which("chattr") and subprocess.run(["chattr", "+i", str(log)], capture_output=True).returncode
-              == 0):
+    elif not (
+        shutil.which("chattr") and subprocess.run(["chattr", "+i", str(log)], capture_output=True).returncode == 0
+    ):
         pytest.skip("running as root without chattr: a journal file cannot be made read-only for this process")
     try:
         assert main(["search", "--config", str(cfg), "--storage", f"journal://{log}", "--study", "old"]) == 2
@@ -78,5 +86,11 @@ def test_user_errors_are_not_mistaken_for_storage_errors(tmp_path):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "my_data.csv")
 
     with pytest.raises(FileNotFoundError, match="my_data.csv"):
-        run(build, DigitsDataModule(), objectives={"val_acc": "max"}, n_trials=1, out_dir=tmp_path,
-            storage=f"sqlite:///{tmp_path / 'ok.db'}")
+        run(
+            build,
+            DigitsDataModule(),
+            objectives={"val_acc": "max"},
+            n_trials=1,
+            out_dir=tmp_path,
+            storage=f"sqlite:///{tmp_path / 'ok.db'}",
+        )

@@ -1,4 +1,5 @@
 """The tracking sink: W&B media read back from the offline run, CSV logger scalars, files always."""
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,9 @@ class _LogEverything(L.Callback):
 
 
 def _fit(tmp_path, logger):
-    trainer = fast_trainer(tmp_path, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2,
-                           limit_val_batches=1)
+    trainer = fast_trainer(
+        tmp_path, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2, limit_val_batches=1
+    )
     trainer.fit(BoringModel())
     return trainer
 

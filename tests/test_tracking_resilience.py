@@ -1,5 +1,6 @@
 """No logging problem stops a fit (issue 15, item 7): W&B media are built inside the guarded region, and NaN
 stays a float (it used to become the string "nan", which wandb.Table refused in a float column)."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def test_nan_in_a_float_column_does_not_stop_the_fit(tmp_path, logger_cls):
     import wandb
 
     logger = logger_cls(project="t", save_dir=str(tmp_path), offline=True)
-    trainer = fast_trainer(tmp_path, logger=logger, callbacks=[_LogOddValues()], limit_train_batches=2,
-                           limit_val_batches=1, max_epochs=2)
+    trainer = fast_trainer(
+        tmp_path, logger=logger, callbacks=[_LogOddValues()], limit_train_batches=2, limit_val_batches=1, max_epochs=2
+    )
     trainer.fit(BoringModel())
     assert trainer.state.finished and trainer.current_epoch == 2
     files = Tracker.from_trainer(trainer).files_dir
@@ -61,8 +63,9 @@ def test_a_failing_media_constructor_is_a_warning(tmp_path, monkeypatch):
             t.log_line_series("m/series", [0, 1], {"y": [1.0, 2.0]})
 
     logger = WandbLogger(project="t", save_dir=str(tmp_path), offline=True)
-    trainer = fast_trainer(tmp_path, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2,
-                           limit_val_batches=1)
+    trainer = fast_trainer(
+        tmp_path, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2, limit_val_batches=1
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(BoringModel())

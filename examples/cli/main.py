@@ -1,7 +1,8 @@
 """An existing LightningCLI project: lightning_nas callbacks are added in config.yaml, not in code.
 
-    python examples/cli/main.py fit --config examples/cli/config.yaml
+python examples/cli/main.py fit --config examples/cli/config.yaml
 """
+
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_nas.data import DigitsDataModule

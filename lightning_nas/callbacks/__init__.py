@@ -4,6 +4,7 @@ Each callback validates its arguments in ``__init__`` and the model in ``setup()
 ``state_dict()``, and takes the same decisions on every DDP rank. The algorithms live in ``lightning_nas.search``,
 ``lightning_nas.compress`` and ``lightning_nas.explain``.
 """
+
 from lightning_nas.callbacks._structural import load_compressed
 from lightning_nas.callbacks.attribution import AttributionMonitor
 from lightning_nas.callbacks.base import LightningNASCallback
@@ -18,12 +19,21 @@ from lightning_nas.search.multitrial import TrialPruningCallback
 
 __all__ = [
     # search
-    "DifferentiableNAS", "SubnetSampling", "TrialPruningCallback",
+    "DifferentiableNAS",
+    "SubnetSampling",
+    "TrialPruningCallback",
     # compress
-    "StructuredPruning", "MagnitudePruning", "LowRankFactorization", "QuantizationAware", "KnowledgeDistillation",
+    "StructuredPruning",
+    "MagnitudePruning",
+    "LowRankFactorization",
+    "QuantizationAware",
+    "KnowledgeDistillation",
     "load_compressed",
     # explain
-    "AttributionMonitor", "TrainingDynamics", "DecisionPaths", "ArchitectureView",
+    "AttributionMonitor",
+    "TrainingDynamics",
+    "DecisionPaths",
+    "ArchitectureView",
     # deploy
     "DriftMonitor",
     # base for your own

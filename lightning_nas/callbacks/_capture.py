@@ -9,6 +9,7 @@ route's inputs and output in that step, the raw batch) and a training-step liste
 output (distillation adds its term to the user's loss this way). Nothing is run that the user's loop does not
 run itself.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -22,8 +23,18 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from lightning_nas.callbacks._route import (
-    CallRecorder, Route, RouteCall, RouteTap, batch_size, detached, find_route, first_rows, labels_of, map_rows,
-    per_sample_logits, split_input,
+    CallRecorder,
+    Route,
+    RouteCall,
+    RouteTap,
+    batch_size,
+    detached,
+    find_route,
+    first_rows,
+    labels_of,
+    map_rows,
+    per_sample_logits,
+    split_input,
 )
 
 STEPS = {"training_step": "train", "validation_step": "eval", "test_step": "eval", "predict_step": "eval"}
@@ -226,9 +237,11 @@ class ModelIO:
         self.examples[kind] = first_rows(found.call.args, found.call.kwargs, 2)
         if found.dropped and kind not in self._warned:
             self._warned.add(kind)
-            rank_zero_warn(f"lightning_nas: `{step}` feeds {found.dropped} into `{found.route.describe()}` through "
-                           "code it cannot replay (only reshape, pooling and activations are recognised); example "
-                           f"inputs, probes and the int8 model cover `{found.route.describe()}` only")
+            rank_zero_warn(
+                f"lightning_nas: `{step}` feeds {found.dropped} into `{found.route.describe()}` through "
+                "code it cannot replay (only reshape, pooling and activations are recognised); example "
+                f"inputs, probes and the int8 model cover `{found.route.describe()}` only"
+            )
         with torch.inference_mode(False), torch.enable_grad():  # listeners may trace (pruning) or prepare (QAT)
             for _, fn in list(self._route_listeners):
                 fn(kind, found.route)
@@ -270,9 +283,11 @@ class ProbeSet:
             a, kw = rebuild(x, *rest)
             scores = per_sample_logits(route(module, *a, **kw), x.shape[0])
             if scores is None:
-                raise ValueError(f"`{route.describe()}` does not return (batch, classes) scores for a batch of "
-                                 f"{x.shape[0]}")
+                raise ValueError(
+                    f"`{route.describe()}` does not return (batch, classes) scores for a batch of {x.shape[0]}"
+                )
             return scores
+
         return fwd
 
 
@@ -295,8 +310,13 @@ class ProbeCollector:
     """A listener that keeps the first evaluation samples the model receives (training samples when no evaluation
     ran) with their labels, then picks a fixed probe round-robin over classes (``explain.select_probe``)."""
 
-    def __init__(self, n_samples: int, seed: int, labels: Callable[[Any, int], torch.Tensor | None] = labels_of,
-                 pool: int | None = None) -> None:
+    def __init__(
+        self,
+        n_samples: int,
+        seed: int,
+        labels: Callable[[Any, int], torch.Tensor | None] = labels_of,
+        pool: int | None = None,
+    ) -> None:
         self.n_samples, self.seed, self.labels = n_samples, seed, labels
         self.pool = pool or max(4 * n_samples, 128)
         self._parts: dict[str, list[tuple[tuple, dict, int, torch.Tensor | None]]] = {"eval": [], "train": []}

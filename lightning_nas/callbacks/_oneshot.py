@@ -1,4 +1,5 @@
 """What the one-shot NAS callbacks share: supernet set-up, held-out batches, quiet loss, state, logging."""
+
 from __future__ import annotations
 
 import itertools
@@ -73,17 +74,23 @@ class _OneShotCallback(LightningNASCallback):
         name = type(self).__name__
         decs = {lb: d for lb, d in space.decisions(pl_module).items() if d.kind in ("layer", "input")}
         if not decs:
-            raise ValueError(f"{name}: {type(pl_module).__name__} has no LayerChoice/InputChoice to search; put "
-                             "lightning_nas.space.LayerChoice (or NNI's) in the model, or remove the callback")
+            raise ValueError(
+                f"{name}: {type(pl_module).__name__} has no LayerChoice/InputChoice to search; put "
+                "lightning_nas.space.LayerChoice (or NNI's) in the model, or remove the callback"
+            )
         if not pl_module.automatic_optimization:
-            raise ValueError(f"{name} needs automatic optimization: it reuses `training_step` to compute the "
-                             "held-out loss, which with automatic_optimization=False would also step your "
-                             "optimizer; set automatic_optimization=True")
+            raise ValueError(
+                f"{name} needs automatic optimization: it reuses `training_step` to compute the "
+                "held-out loss, which with automatic_optimization=False would also step your "
+                "optimizer; set automatic_optimization=True"
+            )
         if self._mode in ("gdas", "spos") and trainer.world_size > 1:
             kwargs = getattr(trainer.strategy, "_ddp_kwargs", {})
             if not kwargs.get("find_unused_parameters", False):
-                raise ValueError(f"{name}(mode={self._mode!r}) runs one path per step, so under DDP the other "
-                                 "candidates have no gradient: use strategy=DDPStrategy(find_unused_parameters=True)")
+                raise ValueError(
+                    f"{name}(mode={self._mode!r}) runs one path per step, so under DDP the other "
+                    "candidates have no gradient: use strategy=DDPStrategy(find_unused_parameters=True)"
+                )
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -92,8 +99,9 @@ class _OneShotCallback(LightningNASCallback):
         # no seed: follow torch's (seed_everything) without consuming the user's random stream
         seed = self.seed if self.seed is not None else int(torch.initial_seed() % (2**31 - 1))
         seed = int(self._broadcast(trainer, seed))
-        self._supernet = Supernet(pl_module, self._mode, seed=seed, device=trainer.strategy.root_device,
-                                  **self._supernet_kwargs())
+        self._supernet = Supernet(
+            pl_module, self._mode, seed=seed, device=trainer.strategy.root_device, **self._supernet_kwargs()
+        )
         self._module = pl_module
         if pl_module.example_input_array is not None:  # shape check before the first step when we can
             x = move_data_to_device(pl_module.example_input_array, pl_module.device)
@@ -123,8 +131,9 @@ class _OneShotCallback(LightningNASCallback):
     def _epoch_done(self, trainer: L.Trainer) -> None:
         """Log this epoch's decisions (subclasses); runs once per epoch, before the epoch-end validation."""
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # at the last batch, i.e. before the epoch-end validation in which ModelCheckpoint saves: the
         # checkpoint then holds this epoch's history
         if batch_idx + 1 >= trainer.num_training_batches and self._logged_epoch != trainer.current_epoch:
@@ -143,15 +152,17 @@ class _OneShotCallback(LightningNASCallback):
             out = pl_module.training_step(batch, batch_idx)
         loss = out.get("loss") if isinstance(out, dict) else out
         if not isinstance(loss, torch.Tensor):
-            raise ValueError(f"{type(self).__name__} needs `training_step` to return the loss (a tensor or a dict "
-                             f"with 'loss'), got {type(out).__name__}")
+            raise ValueError(
+                f"{type(self).__name__} needs `training_step` to return the loss (a tensor or a dict "
+                f"with 'loss'), got {type(out).__name__}"
+            )
         return loss
 
     def _held_out(self, trainer: L.Trainer, batch: Any) -> Any:
         """The next validation batch (cycling), or the second half of ``batch`` when there is no val loader."""
         if self._val_loader is None:
             n = _batch_len(batch)
-            return apply_to_collection(batch, torch.Tensor, lambda t: t[n // 2:] if t.ndim and t.shape[0] == n else t)
+            return apply_to_collection(batch, torch.Tensor, lambda t: t[n // 2 :] if t.ndim and t.shape[0] == n else t)
         if self._held_iter is None:
             self._held_iter = iter(self._val_loader)
             skip = self._held_out_pos % max(1, len(self._val_loader))
@@ -168,7 +179,7 @@ class _OneShotCallback(LightningNASCallback):
     @staticmethod
     def _first_half(batch: Any) -> Any:
         n = _batch_len(batch)
-        return apply_to_collection(batch, torch.Tensor, lambda t: t[:n // 2] if t.ndim and t.shape[0] == n else t)
+        return apply_to_collection(batch, torch.Tensor, lambda t: t[: n // 2] if t.ndim and t.shape[0] == n else t)
 
     def _eval_batches(self, trainer: L.Trainer, n: int) -> list[Any]:
         loader = self._val_loader or _first_loader(trainer.train_dataloader)
@@ -193,8 +204,9 @@ class _OneShotCallback(LightningNASCallback):
         return None
 
     # ------------------------------------------------------------------ explanations
-    def _log_probabilities(self, trainer: L.Trainer, probs: dict[str, dict[str, float]], extra: dict[str, float],
-                           record: bool = True) -> None:
+    def _log_probabilities(
+        self, trainer: L.Trainer, probs: dict[str, dict[str, float]], extra: dict[str, float], record: bool = True
+    ) -> None:
         scalars = dict(extra)
         for lb, p in probs.items():
             scalars.update({f"nas/{lb}/{c}": v for c, v in p.items()})
@@ -209,8 +221,9 @@ class _OneShotCallback(LightningNASCallback):
             ys = {c: [h["probs"][lb][c] for h in self.history] for c in probs[lb]}
             tracker.log_line_series(f"nas/{lb}/history", xs, ys, title=f"{lb}: candidate probability", xname="epoch")
 
-    def _log_final(self, trainer: L.Trainer, probs: dict[str, dict[str, float]], score_name: str,
-                   ablation_kind: str = "remove") -> None:
+    def _log_final(
+        self, trainer: L.Trainer, probs: dict[str, dict[str, float]], score_name: str, ablation_kind: str = "remove"
+    ) -> None:
         self._table = xarch.decision_table(probs)
         self._reasons = xarch.reasons(self._table, self._ablation, score_name, ablation_kind)
         tracker = self.tracker(trainer)
@@ -240,14 +253,18 @@ class _OneShotCallback(LightningNASCallback):
         if self._module is None:
             raise RuntimeError(f"{type(self).__name__}.best_model(): call trainer.fit first")
         model = space.freeze(self._module, self.export())
-        if self.recalibrate_bn and self._bn_data and any(
-                isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if (
+            self.recalibrate_bn
+            and self._bn_data
+            and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        ):
             device = next(model.parameters()).device
             was = model.training
             model.eval()
             try:
-                recalibrate_batchnorm(model, lambda b: self._loss(model, move_data_to_device(b, device), 0),
-                                      self._bn_data)
+                recalibrate_batchnorm(
+                    model, lambda b: self._loss(model, move_data_to_device(b, device), 0), self._bn_data
+                )
             finally:
                 model.train(was)
         return model
@@ -255,8 +272,9 @@ class _OneShotCallback(LightningNASCallback):
     def _keep_bn_batches(self, trainer: L.Trainer) -> None:
         """The training batches ``best_model()`` re-estimates BatchNorm on (raw, as the loader gives them)."""
         loader = _first_loader(trainer.train_dataloader)
-        self._bn_data = list(itertools.islice(iter(loader), self.bn_batches)) \
-            if self.recalibrate_bn and loader is not None else []
+        self._bn_data = (
+            list(itertools.islice(iter(loader), self.bn_batches)) if self.recalibrate_bn and loader is not None else []
+        )
 
     def reasons(self) -> dict[str, str]:
         """One line per decision: what won, by how much, and what removing it costs (for the model card)."""
@@ -279,8 +297,12 @@ class _OneShotCallback(LightningNASCallback):
     def state_dict(self) -> dict[str, Any]:
         if self._supernet is None:
             return dict(self._pending or {})
-        return {"supernet": self._supernet.state_dict(), "history": list(self.history),
-                "held_out_pos": self._held_out_pos, **self._extra_state()}
+        return {
+            "supernet": self._supernet.state_dict(),
+            "history": list(self.history),
+            "held_out_pos": self._held_out_pos,
+            **self._extra_state(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._supernet is None:
@@ -303,6 +325,8 @@ def _batch_len(batch: Any) -> int:
     sizes: list[int] = []
     apply_to_collection(batch, torch.Tensor, lambda t: sizes.append(t.shape[0]) if t.ndim else None)
     if not sizes or sizes[0] < 2:
-        raise ValueError("without a validation loader the architecture step splits each training batch in two, "
-                         "which needs a batch of at least 2 samples")
+        raise ValueError(
+            "without a validation loader the architecture step splits each training batch in two, "
+            "which needs a batch of at least 2 samples"
+        )
     return sizes[0]

@@ -5,6 +5,7 @@ steps when no validation ran) fed the model, collected by ``ProbeSource`` from t
 explained through the route the step runs. With ``forward_fn=`` or ``batch_fn=`` (the overrides), the probe is
 taken from the raw validation batches and explained through ``forward_fn(pl_module, x)``, as the user says.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,7 +29,7 @@ def val_data(trainer: L.Trainer, pl_module: L.LightningModule, owner: str) -> An
     try:  # Lightning's own source resolves fit(val_dataloaders=...), a datamodule and the module's hook alike
         if source is not None and source.is_defined():
             data = source.dataloader()
-    except Exception:  # noqa: BLE001 - fall back to the public paths below
+    except Exception:
         data = None
     if data is None and trainer.datamodule is not None and _overrides(trainer.datamodule, "val_dataloader"):
         data = trainer.datamodule.val_dataloader()
@@ -39,28 +40,36 @@ def val_data(trainer: L.Trainer, pl_module: L.LightningModule, owner: str) -> An
     if isinstance(data, dict):
         data = next(iter(data.values()), None)
     if data is None:
-        raise ValueError(f"{owner} needs validation data for its probe set: pass `val_dataloaders` to "
-                         "`trainer.fit`, or a datamodule with `val_dataloader()`")
+        raise ValueError(
+            f"{owner} needs validation data for its probe set: pass `val_dataloaders` to "
+            "`trainer.fit`, or a datamodule with `val_dataloader()`"
+        )
     return data
 
 
 def _overrides(obj: Any, name: str) -> bool:
     fn = getattr(type(obj), name, None)
-    base = getattr(L.LightningDataModule, name, None) if isinstance(obj, L.LightningDataModule) else \
-        getattr(L.LightningModule, name, None)
+    base = (
+        getattr(L.LightningDataModule, name, None)
+        if isinstance(obj, L.LightningDataModule)
+        else getattr(L.LightningModule, name, None)
+    )
     return fn is not None and fn is not base
 
 
-def resolve_probe(trainer: L.Trainer, pl_module: L.LightningModule, owner: str, n_samples: int, seed: int,
-                  batch_fn: Callable | None) -> Probe:
+def resolve_probe(
+    trainer: L.Trainer, pl_module: L.LightningModule, owner: str, n_samples: int, seed: int, batch_fn: Callable | None
+) -> Probe:
     return select_probe(val_data(trainer, pl_module, owner), n_samples, seed=seed, batch_fn=batch_fn)
 
 
 def check_forward(pl_module: nn.Module, probe: Probe, forward_fn: Callable | None, owner: str) -> torch.Tensor:
     """Run the model once on two probe samples; it must return ``(batch, classes)`` logits."""
     if forward_fn is None and required_inputs(pl_module) > 1:
-        raise ValueError(f"{owner}: {type(pl_module).__name__}.forward takes {required_inputs(pl_module)} inputs; "
-                         "pass `forward_fn=lambda model, x: ...` returning (batch, classes) logits")
+        raise ValueError(
+            f"{owner}: {type(pl_module).__name__}.forward takes {required_inputs(pl_module)} inputs; "
+            "pass `forward_fn=lambda model, x: ...` returning (batch, classes) logits"
+        )
     was = pl_module.training
     pl_module.eval()
     try:
@@ -70,16 +79,20 @@ def check_forward(pl_module: nn.Module, probe: Probe, forward_fn: Callable | Non
         pl_module.train(was)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, len(probe)):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{owner}: the model must map a batch to (batch, classes) logits, got {shape}; pass "
-                         "`forward_fn=lambda model, x: ...` to adapt it")
+        raise ValueError(
+            f"{owner}: the model must map a batch to (batch, classes) logits, got {shape}; pass "
+            "`forward_fn=lambda model, x: ...` to adapt it"
+        )
     return out
 
 
 def find_module(pl_module: nn.Module, name: str, argname: str) -> nn.Module:
     modules = dict(pl_module.named_modules())
     if name not in modules:
-        raise ValueError(f"`{argname}`={name!r} is not a module of {type(pl_module).__name__}; some that are: "
-                         f"{[n for n in modules if n][:12]}")
+        raise ValueError(
+            f"`{argname}`={name!r} is not a module of {type(pl_module).__name__}; some that are: "
+            f"{[n for n in modules if n][:12]}"
+        )
     return modules[name]
 
 
@@ -100,16 +113,22 @@ class ProbeSource:
     validation data when the user passes ``forward_fn``/``batch_fn``. ``fwd``/``rest`` are what the explanation
     functions take: ``forward_fn(model, x, *rest)`` and the model's other inputs."""
 
-    def __init__(self, owner: str, n_samples: int, seed: int, forward_fn: Callable | None,
-                 batch_fn: Callable | None) -> None:
+    def __init__(
+        self, owner: str, n_samples: int, seed: int, forward_fn: Callable | None, batch_fn: Callable | None
+    ) -> None:
         self.owner, self.n_samples, self.seed = owner, n_samples, seed
         self.forward_fn, self.batch_fn = forward_fn, batch_fn
         self.captured = forward_fn is None and batch_fn is None
         self.collector = ProbeCollector(n_samples, seed)
         self.route: Route | None = None
 
-    def listen(self, callback: L.Callback, trainer: L.Trainer, pl_module: L.LightningModule,
-               ready: Callable[[], None] | None = None) -> None:
+    def listen(
+        self,
+        callback: L.Callback,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        ready: Callable[[], None] | None = None,
+    ) -> None:
         """Collect samples from this fit's steps (default mode). Without a validation loop, ``ready()`` runs in the
         first training step, before its backward pass, so the probe is checked before any weight changes."""
         if not self.captured:
@@ -157,11 +176,12 @@ class ProbeSource:
         try:
             data = val_data(trainer, pl_module, self.owner)
             size = len(data.dataset)  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - no validation data, or a dataset of unknown size: checked later
+        except Exception:
             return
         if self.n_samples > size:
-            raise ValueError(f"{self.owner}: `n_samples` must be <= the {size} validation samples available, "
-                             f"got {self.n_samples}")
+            raise ValueError(
+                f"{self.owner}: `n_samples` must be <= the {size} validation samples available, got {self.n_samples}"
+            )
 
     def forward(self, probe: Probe | ProbeSet) -> tuple[Callable | None, tuple]:
         if isinstance(probe, ProbeSet):
@@ -179,10 +199,12 @@ class ProbeSource:
         try:
             with torch.no_grad():
                 two = [t[:2] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == n else t for t in rest]
-                return forward_of(pl_module, fwd)(probe.x[:2].to(pl_module.device),
-                                                   *move_data_to_device(two, pl_module.device))
+                return forward_of(pl_module, fwd)(
+                    probe.x[:2].to(pl_module.device), *move_data_to_device(two, pl_module.device)
+                )
         except ValueError as err:
-            raise ValueError(f"{self.owner}: {err}; pass `forward_fn=lambda model, x: ...` returning (batch, "
-                             "classes) scores") from None
+            raise ValueError(
+                f"{self.owner}: {err}; pass `forward_fn=lambda model, x: ...` returning (batch, classes) scores"
+            ) from None
         finally:
             pl_module.train(was)

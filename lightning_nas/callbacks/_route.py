@@ -13,6 +13,7 @@ Between two calls the step may apply simple glue, recognised numerically on the 
 the tensor as is (dropout included), a reshape/flatten, global average or max pooling over the trailing dims,
 or an activation. Other glue ends the route at the later call (``FoundRoute.dropped`` names what was left out).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -22,8 +23,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
 
 _AVG = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}
 _MAX = {3: F.adaptive_max_pool1d, 4: F.adaptive_max_pool2d, 5: F.adaptive_max_pool3d}
@@ -59,7 +58,7 @@ def _pool_sizes(t: torch.Tensor, per_sample: int) -> list[int]:
         return []
     cells, dims = per_sample // t.shape[1], t.ndim - 2
     side = round(cells ** (1 / dims))
-    return [side] if side ** dims == cells and all(side <= d for d in t.shape[2:]) else []
+    return [side] if side**dims == cells and all(side <= d for d in t.shape[2:]) else []
 
 
 def logits_of(out: Any) -> torch.Tensor | None:
@@ -148,7 +147,7 @@ class Route:
 
     def describe(self) -> str:
         """E.g. ``self.backbone -> mean -> self.head`` (``self`` alone: the LightningModule's forward)."""
-        parts = ([self.entry[0]] if self.entry and self.entry[0] != "same" else [])
+        parts = [self.entry[0]] if self.entry and self.entry[0] != "same" else []
         parts += [f"self.{self.paths[0]}" if self.paths[0] else "self"]
         for (glue, _), p in zip(self.links, self.paths[1:]):
             parts += ([] if glue == "same" else [glue]) + [f"self.{p}" if p else "self"]
@@ -157,23 +156,32 @@ class Route:
 
     def to_state(self) -> dict[str, Any]:
         """Plain lists and strings (checkpoint state that loads with ``weights_only=True``)."""
-        return {"paths": list(self.paths), "links": [[g, list(s)] for g, s in self.links],
-                "entry": None if self.entry is None else [self.entry[0], list(self.entry[1])],
-                "exit": None if self.exit is None else [self.exit[0], list(self.exit[1])], "whole": self.whole}
+        return {
+            "paths": list(self.paths),
+            "links": [[g, list(s)] for g, s in self.links],
+            "entry": None if self.entry is None else [self.entry[0], list(self.entry[1])],
+            "exit": None if self.exit is None else [self.exit[0], list(self.exit[1])],
+            "whole": self.whole,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Route:
         entry, out = state.get("entry"), state.get("exit")
-        return cls(tuple(state["paths"]), tuple((g, tuple(s)) for g, s in state["links"]),
-                   None if entry is None else (entry[0], tuple(entry[1])),
-                   None if out is None else (out[0], tuple(out[1])), state.get("whole"))
+        return cls(
+            tuple(state["paths"]),
+            tuple((g, tuple(s)) for g, s in state["links"]),
+            None if entry is None else (entry[0], tuple(entry[1])),
+            None if out is None else (out[0], tuple(out[1])),
+            state.get("whole"),
+        )
 
 
 ROOT = Route(("",))
 
 
-def _run_parts(parts: list[nn.Module], links: tuple[Link, ...], entry: Link | None, exit: Link | None,
-               args: tuple, kwargs: dict) -> Any:
+def _run_parts(
+    parts: list[nn.Module], links: tuple[Link, ...], entry: Link | None, exit: Link | None, args: tuple, kwargs: dict
+) -> Any:
     if entry is not None:
         args = (_glued(entry, args[0]), *args[1:])
     out = parts[0](*args, **kwargs)
@@ -186,8 +194,9 @@ class Chain(nn.Module):
     """Modules run one after the other with a route's glue: a standalone model made of the parts a step calls
     (e.g. an int8 backbone and an int8 head). ``Chain([m])`` is ``m``'s forward."""
 
-    def __init__(self, parts: list[nn.Module], links: tuple[Link, ...] = (), entry: Link | None = None,
-                 exit: Link | None = None) -> None:
+    def __init__(
+        self, parts: list[nn.Module], links: tuple[Link, ...] = (), entry: Link | None = None, exit: Link | None = None
+    ) -> None:
         super().__init__()
         if len(links) != len(parts) - 1:
             raise ValueError(f"{len(parts)} parts need {len(parts) - 1} links, got {len(links)}")
@@ -266,6 +275,7 @@ class CallRecorder:
                 call = Call(name, mod, args, dict(kwargs), parent=self._stack[0])
                 self.inner.append(call)
             self._stack.append(call)
+
         return hook
 
     def _post(self, mod: nn.Module, args: tuple, out: Any) -> None:
@@ -303,8 +313,10 @@ class RouteTap:
 
     def __enter__(self) -> RouteTap:
         mods = self.route.modules(self.root)
-        self._handles = [mods[0].register_forward_pre_hook(self._pre, with_kwargs=True),
-                         mods[-1].register_forward_hook(self._post)]
+        self._handles = [
+            mods[0].register_forward_pre_hook(self._pre, with_kwargs=True),
+            mods[-1].register_forward_hook(self._post),
+        ]
         return self
 
     def _pre(self, mod: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -410,8 +422,11 @@ def _refine(root_call: Call, inner: list[Call]) -> tuple[Route, RouteCall] | Non
     out = logits_of(root_call.output)
     kids = [c for c in inner if c.parent is root_call]
     exit = None
-    ends = [i for i, c in enumerate(kids) if (t := logits_of(c.output)) is not None and out is not None
-            and (t is out or _close(t, out))]
+    ends = [
+        i
+        for i, c in enumerate(kids)
+        if (t := logits_of(c.output)) is not None and out is not None and (t is out or _close(t, out))
+    ]
     if not ends and kids and out is not None:  # a last activation (or softmax) after the last part
         exit = match_glue(kids[-1].output, out)
         ends = [len(kids) - 1] if exit is not None else []
@@ -419,9 +434,12 @@ def _refine(root_call: Call, inner: list[Call]) -> tuple[Route, RouteCall] | Non
         return None
     first, links = _chain_back(kids, ends[-1])
     start = kids[first]
-    if len(start.args) == len(root_call.args) and all(a is b for a, b in zip(start.args, root_call.args)) \
-            and start.kwargs.keys() == root_call.kwargs.keys() \
-            and all(start.kwargs[k] is root_call.kwargs[k] for k in start.kwargs):
+    if (
+        len(start.args) == len(root_call.args)
+        and all(a is b for a, b in zip(start.args, root_call.args))
+        and start.kwargs.keys() == root_call.kwargs.keys()
+        and all(start.kwargs[k] is root_call.kwargs[k] for k in start.kwargs)
+    ):
         entry = None
     else:
         x, inp = _single_input(root_call), _single_input(start)
@@ -429,12 +447,13 @@ def _refine(root_call: Call, inner: list[Call]) -> tuple[Route, RouteCall] | Non
         if entry is None:
             return None
         entry = None if entry[0] == "same" and tuple(x.shape) == tuple(inp.shape) else entry
-    route = Route(tuple(c.path for c in kids[first:ends[-1] + 1]), tuple(links), entry, exit, whole=root_call.path)
+    route = Route(tuple(c.path for c in kids[first : ends[-1] + 1]), tuple(links), entry, exit, whole=root_call.path)
     return route, RouteCall(root_call.args, root_call.kwargs, root_call.output)
 
 
-def find_route(calls: list[Call], loss: torch.Tensor | None = None, inner: list[Call] | None = None
-               ) -> FoundRoute | None:
+def find_route(
+    calls: list[Call], loss: torch.Tensor | None = None, inner: list[Call] | None = None
+) -> FoundRoute | None:
     """The route to the logits among the recorded ``calls`` of one step.
 
     The route ends at the last call returning a floating tensor with a batch dimension; when the step's
@@ -443,8 +462,11 @@ def find_route(calls: list[Call], loss: torch.Tensor | None = None, inner: list[
     LightningModule's own ``forward`` is replaced by the parts that forward calls (``inner``) when they account
     for all of it, so the model is named by its own modules (``self.net``, not the LightningModule).
     """
-    ends = [i for i, c in enumerate(calls) if (t := logits_of(c.output)) is not None and torch.is_floating_point(t)
-            and t.ndim >= 1]
+    ends = [
+        i
+        for i, c in enumerate(calls)
+        if (t := logits_of(c.output)) is not None and torch.is_floating_point(t) and t.ndim >= 1
+    ]
     if not ends:
         return None
     if isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
@@ -531,8 +553,14 @@ def labels_of(batch: Any, n: int) -> torch.Tensor | None:
     if isinstance(batch, (tuple, list)) and len(batch) > 1 and isinstance(batch[1], torch.Tensor):
         y = batch[1]
     elif isinstance(batch, dict):
-        y = next((batch[k] for k in ("label", "labels", "y", "target", "targets", "class", "cls")
-                  if isinstance(batch.get(k), torch.Tensor)), None)
+        y = next(
+            (
+                batch[k]
+                for k in ("label", "labels", "y", "target", "targets", "class", "cls")
+                if isinstance(batch.get(k), torch.Tensor)
+            ),
+            None,
+        )
     if y is None or y.ndim != 1 or torch.is_floating_point(y) or y.shape[0] != n:
         return None
     return y
@@ -551,10 +579,11 @@ def split_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, Callabl
     rest = (*others, *(kwargs[k] for k in keys))
 
     def rebuild(new_x: torch.Tensor, *new_rest: Any) -> tuple[tuple, dict]:
-        a, kw = list(new_rest[:len(others)]), dict(zip(keys, new_rest[len(others):]))
+        a, kw = list(new_rest[: len(others)]), dict(zip(keys, new_rest[len(others) :]))
         if pos is not None:
             a.insert(pos, new_x)
         else:
             kw[key] = new_x
         return tuple(a), kw
+
     return x, rest, rebuild

@@ -10,6 +10,7 @@
   (called by Lightning with the whole checkpoint just before ``load_state_dict``); replays of several
   callbacks run in the order their changes were originally made.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,18 +48,30 @@ class Schedule:
         self.kind, self.start, self.end, self.every, self.unit = kind, start, end, every, unit
 
     @classmethod
-    def of(cls, kind: str, start_epoch: int = 0, end_epoch: int | None = None, every_n_epochs: int = 1,
-           start_step: int | None = None, end_step: int | None = None, every_n_steps: int | None = None) -> Schedule:
+    def of(
+        cls,
+        kind: str,
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        every_n_epochs: int = 1,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        every_n_steps: int | None = None,
+    ) -> Schedule:
         """From a callback's arguments: epochs by default, optimizer steps when ``start_step`` is given."""
         if start_step is None:
             if end_step is not None or every_n_steps is not None:
-                raise ValueError(f"`end_step`/`every_n_steps` (got {end_step}, {every_n_steps}) need `start_step`: "
-                                 "give `start_step` to schedule in optimizer steps")
+                raise ValueError(
+                    f"`end_step`/`every_n_steps` (got {end_step}, {every_n_steps}) need `start_step`: "
+                    "give `start_step` to schedule in optimizer steps"
+                )
             return cls(kind, start_epoch, end_epoch, every_n_epochs, "epoch")
         if start_epoch != 0 or end_epoch is not None or every_n_epochs != 1:
-            raise ValueError(f"`start_step`={start_step} schedules in optimizer steps: leave `start_epoch`, "
-                             f"`end_epoch` and `every_n_epochs` at their defaults (got {start_epoch}, {end_epoch}, "
-                             f"{every_n_epochs})")
+            raise ValueError(
+                f"`start_step`={start_step} schedules in optimizer steps: leave `start_epoch`, "
+                f"`end_epoch` and `every_n_epochs` at their defaults (got {start_epoch}, {end_epoch}, "
+                f"{every_n_epochs})"
+            )
         return cls(kind, start_step, end_step, 1 if every_n_steps is None else every_n_steps, "step")
 
     def events(self) -> list[int]:
@@ -81,8 +94,7 @@ class Schedule:
         return max(pending) if pending else None
 
 
-def rebuild_optimizers(trainer: L.Trainer, pl_module: L.LightningModule,
-                       names_before: dict[int, str]) -> None:
+def rebuild_optimizers(trainer: L.Trainer, pl_module: L.LightningModule, names_before: dict[int, str]) -> None:
     """Recreate optimizers/schedulers for the changed ``pl_module``, carrying LR, schedule and moments.
 
     ``names_before`` maps ``id(param)`` to its name, taken before the change.
@@ -139,8 +151,9 @@ class _RestoreHook:
         return self.original(checkpoint)
 
 
-def install_restore_hook(pl_module: L.LightningModule,
-                         replayer: Callable[[dict], list[tuple[int, Callable[[], None]]]]) -> None:
+def install_restore_hook(
+    pl_module: L.LightningModule, replayer: Callable[[dict], list[tuple[int, Callable[[], None]]]]
+) -> None:
     """Register ``replayer(checkpoint) -> [(order, fn), ...]`` to run before ``pl_module``'s weights load."""
     hook = pl_module.__dict__.get("on_load_checkpoint")
     if not isinstance(hook, _RestoreHook):
@@ -175,11 +188,10 @@ def load_compressed(module: nn.Module, checkpoint: str | dict[str, Any]) -> nn.M
     """
     from lightning.pytorch.utilities import move_data_to_device
 
+    from lightning_nas._trust import load_weights  # a checkpoint file is data: never unpickle objects from it
     from lightning_nas.callbacks._route import Route
     from lightning_nas.compress import lowrank as LR
     from lightning_nas.compress import prune as P
-
-    from lightning_nas._trust import load_weights  # a checkpoint file is data: never unpickle objects from it
 
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_weights(checkpoint, "load_compressed: checkpoint")
     if "state_dict" not in ckpt:
@@ -190,8 +202,9 @@ def load_compressed(module: nn.Module, checkpoint: str | dict[str, Any]) -> nn.M
         if key.startswith("StructuredPruning") and state.get("records"):
             ex = move_data_to_device(state["example"], dev)
             fwd = Route.from_state(state["route"]).run
-            items += [(r["order"], functools.partial(P.replay_pruning, module, r["steps"], ex, fwd))
-                      for r in state["records"]]
+            items += [
+                (r["order"], functools.partial(P.replay_pruning, module, r["steps"], ex, fwd)) for r in state["records"]
+            ]
         elif key.startswith("LowRankFactorization") and state.get("ranks"):
             items.append((state["order"], functools.partial(LR.factorize, module, ranks=state["ranks"])))
     items.append((-1, functools.partial(P.add_masks_for_state_dict, module, ckpt["state_dict"])))

@@ -1,4 +1,5 @@
 """``AttributionMonitor``: Captum maps on a fixed probe set each N epochs, their faithfulness, and their drift."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -130,8 +131,9 @@ class AttributionMonitor(LightningNASCallback):
         if not self._source.captured:  # the overrides: the raw validation batches, now
             probe = self._source.resolve(trainer, pl_module)
             if self._probe_indices and self._probe_indices != probe.indices:
-                raise ValueError(f"{type(self).__name__}: the probe set differs from the checkpoint's (validation "
-                                 "data changed?)")
+                raise ValueError(
+                    f"{type(self).__name__}: the probe set differs from the checkpoint's (validation data changed?)"
+                )
             self._adopt(pl_module, probe)
 
     def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -165,8 +167,10 @@ class AttributionMonitor(LightningNASCallback):
         if keep:
             self.probe, self._probe_indices = probe, list(probe.indices)
         if self.target == "label" and (probe.y is None or probe.y.ndim != 1):
-            raise ValueError(f"{name}: `target`='label' needs 1-D class labels in the validation batches; use "
-                             "target='pred' or pass `batch_fn=lambda batch: (x, y)` and `forward_fn`")
+            raise ValueError(
+                f"{name}: `target`='label' needs 1-D class labels in the validation batches; use "
+                "target='pred' or pass `batch_fn=lambda batch: (x, y)` and `forward_fn`"
+            )
         self._source.check(pl_module, probe)
         self._embedding = find_embedding(pl_module, self.embedding_name) if probe.is_tokens else None
         if self._embedding is not None and self.embedding_name is None:
@@ -222,9 +226,13 @@ class AttributionMonitor(LightningNASCallback):
         tracker = self.tracker(trainer)
         tracker.log_scalars(metrics)
         if "curve" in cur:
-            tracker.log_line_series(f"{_PREFIX}/deletion_curve", cur["fractions"],
-                                    {"attribution": cur["curve"], "random": cur["curve_random"]},
-                                    title="deletion curve (target probability)", xname="fraction deleted")
+            tracker.log_line_series(
+                f"{_PREFIX}/deletion_curve",
+                cur["fractions"],
+                {"attribution": cur["curve"], "random": cur["curve_random"]},
+                title="deletion curve (target probability)",
+                xname="fraction deleted",
+            )
         if self.explain:
             self._log_maps(tracker, cur, trainer.current_epoch)
         return metrics
@@ -250,19 +258,45 @@ class AttributionMonitor(LightningNASCallback):
             tgt = probe.y if self.target == "label" else preds
             mods = dict(model.named_modules())  # by name: QAT or pruning may have swapped the module
             layer = mods.get(self.layer_name) if self.layer_name else None
-            emb = (mods.get(self.embedding_name) if self.embedding_name else self._embedding) if probe.is_tokens \
-                else None
+            emb = (
+                (mods.get(self.embedding_name) if self.embedding_name else self._embedding) if probe.is_tokens else None
+            )
             with torch.inference_mode(False), torch.enable_grad():
-                attr = A.attribute(model, x, tgt.to(device), self.method, forward_fn=fwd, layer=layer,
-                                   embedding=emb, n_steps=self.n_steps, n_shap_samples=self.n_steps,
-                                   internal_batch_size=self.internal_batch_size, baseline=self.baseline,
-                                   seed=self.seed, additional_forward_args=rest).cpu()
+                attr = A.attribute(
+                    model,
+                    x,
+                    tgt.to(device),
+                    self.method,
+                    forward_fn=fwd,
+                    layer=layer,
+                    embedding=emb,
+                    n_steps=self.n_steps,
+                    n_shap_samples=self.n_steps,
+                    internal_batch_size=self.internal_batch_size,
+                    baseline=self.baseline,
+                    seed=self.seed,
+                    additional_forward_args=rest,
+                ).cpu()
             out: dict[str, Any] = {"attr": attr, "preds": preds, "fingerprint": A.fingerprint(model)}
             if with_faithfulness:
-                r = A.aopc(model, x, attr.to(device), tgt.to(device), forward_fn=fwd, steps=self.aopc_steps,
-                           baseline=self.baseline, seed=self.seed, additional_forward_args=rest)
-                out.update(aopc=r["aopc"], aopc_random=r["aopc_random"], fractions=r["fractions"],
-                           curve=r["aopc_curve"], curve_random=r["aopc_random_curve"])
+                r = A.aopc(
+                    model,
+                    x,
+                    attr.to(device),
+                    tgt.to(device),
+                    forward_fn=fwd,
+                    steps=self.aopc_steps,
+                    baseline=self.baseline,
+                    seed=self.seed,
+                    additional_forward_args=rest,
+                )
+                out.update(
+                    aopc=r["aopc"],
+                    aopc_random=r["aopc_random"],
+                    fractions=r["fractions"],
+                    curve=r["aopc_curve"],
+                    curve_random=r["aopc_random_curve"],
+                )
             return out
         finally:
             model.train(was)
@@ -276,5 +310,6 @@ class AttributionMonitor(LightningNASCallback):
             tracker.log_image(f"{_PREFIX}/maps", A.overlay_grid(x, cur["attr"]), caption=caption)
         else:
             rows = A.top_features_rows(x, cur["attr"], self.probe.y, cur["preds"], k=5)
-            tracker.log_table(f"{_PREFIX}/top_features",
-                              ["sample", "label", "pred", "rank", "feature", "value", "attribution"], rows)
+            tracker.log_table(
+                f"{_PREFIX}/top_features", ["sample", "label", "pred", "rank", "feature", "value", "attribution"], rows
+            )

@@ -5,6 +5,7 @@ A subclass validates its arguments in ``__init__`` (``lightning_nas._validate``)
 make up its resumable state in ``_state_attrs``, and logs through ``self.tracker(trainer)``: rich media on
 rank zero only, scalars everywhere a logger listens.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,8 +60,10 @@ class LightningNASCallback(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         missing = [n for n in self._state_attrs if n not in state_dict]
         if missing:
-            raise KeyError(f"{type(self).__name__}: checkpoint state lacks {missing}; was it saved by another "
-                           "version of this callback?")
+            raise KeyError(
+                f"{type(self).__name__}: checkpoint state lacks {missing}; was it saved by another "
+                "version of this callback?"
+            )
         for name in self._state_attrs:
             setattr(self, name, state_dict[name])
 

@@ -1,4 +1,5 @@
 """``KnowledgeDistillation``: distill a teacher into the user's module without touching its training_step."""
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,10 @@ _ADAPTERS = "_kd_adapters"
 def _logits(out: Any) -> torch.Tensor:
     t = logits_of(out)
     if t is None:
-        raise ValueError(f"KnowledgeDistillation: cannot find logits in a forward output of type {type(out).__name__} "
-                         "(allowed: a tensor, a tuple whose first item is a tensor, or a dict with 'logits')")
+        raise ValueError(
+            f"KnowledgeDistillation: cannot find logits in a forward output of type {type(out).__name__} "
+            "(allowed: a tensor, a tuple whose first item is a tensor, or a dict with 'logits')"
+        )
     return t
 
 
@@ -106,8 +109,10 @@ class KnowledgeDistillation(LightningNASCallback):
     # ------------------------------------------------------------------ set-up
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not pl_module.automatic_optimization:
-            raise ValueError("KnowledgeDistillation needs automatic optimization (the loss returned by training_step);"
-                             f" {type(pl_module).__name__}.automatic_optimization is False")
+            raise ValueError(
+                "KnowledgeDistillation needs automatic optimization (the loss returned by training_step);"
+                f" {type(pl_module).__name__}.automatic_optimization is False"
+            )
         if self.module_name:
             self._get(pl_module, self.module_name, "module_name")
         adapters = nn.ModuleDict()
@@ -116,9 +121,11 @@ class KnowledgeDistillation(LightningNASCallback):
             t_layer = self._get(self.teacher, t_name, "features (teacher layer)")
             cs, ct = layer_width(s_layer), layer_width(t_layer)
             if cs is None or ct is None:
-                raise ValueError(f"`features` pair {s_name!r} -> {t_name!r}: cannot read the channel count of "
-                                 f"{'the student' if cs is None else 'the teacher'} layer (allowed: layers ending in "
-                                 "a Conv, Linear, BatchNorm or LayerNorm)")
+                raise ValueError(
+                    f"`features` pair {s_name!r} -> {t_name!r}: cannot read the channel count of "
+                    f"{'the student' if cs is None else 'the teacher'} layer (allowed: layers ending in "
+                    "a Conv, Linear, BatchNorm or LayerNorm)"
+                )
             adapters[_key(s_name)] = FeatureAdapter(cs, ct)
         if self.features:
             if set(adapters.keys()) != set(self.adapters.keys()):  # a second fit keeps the trained adapters
@@ -158,8 +165,9 @@ class KnowledgeDistillation(LightningNASCallback):
         self._clear()
         self._capture = True
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._capture = False
         self._clear()
 
@@ -169,14 +177,16 @@ class KnowledgeDistillation(LightningNASCallback):
             return root.get_submodule(name)
         except AttributeError:
             names = [n for n, _ in root.named_modules() if n][:15]
-            raise ValueError(f"`{arg}` names {name!r}, which is not a layer of {type(root).__name__}; "
-                             f"allowed: e.g. {names}") from None
+            raise ValueError(
+                f"`{arg}` names {name!r}, which is not a layer of {type(root).__name__}; allowed: e.g. {names}"
+            ) from None
 
     # ------------------------------------------------------------------ capture
     def _feature_hook(self, store: dict[str, torch.Tensor], key: str, student: bool):
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
             if self._capture and (not student or key not in store):
                 store[key] = _logits(out)
+
         return hook
 
     def _teach(self, record: StepRecord) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -192,9 +202,11 @@ class KnowledgeDistillation(LightningNASCallback):
             t = _logits(teacher(*call.args, **call.kwargs))
         if not self._checked:
             if t.shape != s.shape:
-                raise ValueError(f"KnowledgeDistillation: the teacher's output shape {tuple(t.shape)} differs from the "
-                                 f"student's {tuple(s.shape)} (`{record.route.describe()}`) on the same input; "
-                                 "teacher and student must predict the same classes")
+                raise ValueError(
+                    f"KnowledgeDistillation: the teacher's output shape {tuple(t.shape)} differs from the "
+                    f"student's {tuple(s.shape)} (`{record.route.describe()}`) on the same input; "
+                    "teacher and student must predict the same classes"
+                )
             self._checked = True
         return s, t
 
@@ -205,8 +217,10 @@ class KnowledgeDistillation(LightningNASCallback):
         pair = self._teach(record)
         if pair is None:
             name = self.module_name or "any module"
-            raise RuntimeError(f"KnowledgeDistillation: training_step never called {name!r} to produce logits; set "
-                               "`module_name` to the submodule that produces the logits")
+            raise RuntimeError(
+                f"KnowledgeDistillation: training_step never called {name!r} to produce logits; set "
+                "`module_name` to the submodule that produces the logits"
+            )
         s_logits, t_logits = pair
         kd = kd_loss(s_logits, t_logits, self.temperature)
         total = (1.0 - self.alpha) * loss + self.alpha * kd

@@ -1,4 +1,5 @@
 """DriftMonitor: check new data against a bundle's reference profile during ``trainer.validate``/``predict``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,8 +44,9 @@ def _load_reference(reference: str | Path | ReferenceProfile) -> ReferenceProfil
             raise ValueError(f"`reference` bundle {str(p)!r} has no reference profile; bundle it with reference_data")
         return prof
     if not p.is_file():
-        raise ValueError(f"`reference` must be a bundle folder, a profile.json or a ReferenceProfile; "
-                         f"{str(p)!r} does not exist")
+        raise ValueError(
+            f"`reference` must be a bundle folder, a profile.json or a ReferenceProfile; {str(p)!r} does not exist"
+        )
     return ReferenceProfile.load(p)
 
 
@@ -78,10 +80,16 @@ class DriftMonitor(LightningNASCallback):
 
     _state_attrs = ("history",)
 
-    def __init__(self, reference: str | Path | ReferenceProfile,
-                 thresholds: DriftThresholds | dict[str, Any] | None = None,
-                 stages: list[str] | tuple[str, ...] = ("validate", "predict"), max_samples: int = 4096,
-                 attribution_samples: int = 64, input_index: int | str | None = None, alert: bool = True) -> None:
+    def __init__(
+        self,
+        reference: str | Path | ReferenceProfile,
+        thresholds: DriftThresholds | dict[str, Any] | None = None,
+        stages: list[str] | tuple[str, ...] = ("validate", "predict"),
+        max_samples: int = 4096,
+        attribution_samples: int = 64,
+        input_index: int | str | None = None,
+        alert: bool = True,
+    ) -> None:
         super().__init__()
         self.thresholds = DriftThresholds.coerce(thresholds)
         check_type("stages", stages, (list, tuple))
@@ -124,9 +132,11 @@ class DriftMonitor(LightningNASCallback):
 
     def _check_shape(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.profile.input_shape:
-            raise ValueError(f"DriftMonitor: inputs of shape {tuple(x.shape[1:])} do not match the reference "
-                             f"profile's input shape {self.profile.input_shape}: the reference profile has no "
-                             "entry for these features (was it made for another model?)")
+            raise ValueError(
+                f"DriftMonitor: inputs of shape {tuple(x.shape[1:])} do not match the reference "
+                f"profile's input shape {self.profile.input_shape}: the reference profile has no "
+                "entry for these features (was it made for another model?)"
+            )
         return x
 
     def _input(self, batch: Any) -> torch.Tensor:
@@ -134,13 +144,15 @@ class DriftMonitor(LightningNASCallback):
         x = batch
         if isinstance(batch, (list, tuple)):
             if not isinstance(self.input_index, int) or self.input_index >= len(batch):
-                raise ValueError(f"DriftMonitor: `input_index`={self.input_index!r} does not index a batch of "
-                                 f"{len(batch)} items")
+                raise ValueError(
+                    f"DriftMonitor: `input_index`={self.input_index!r} does not index a batch of {len(batch)} items"
+                )
             x = batch[self.input_index]
         elif isinstance(batch, dict):
             if self.input_index not in batch:
-                raise ValueError(f"DriftMonitor: `input_index`={self.input_index!r} is not a key of the batch "
-                                 f"({sorted(batch)})")
+                raise ValueError(
+                    f"DriftMonitor: `input_index`={self.input_index!r} is not a key of the batch ({sorted(batch)})"
+                )
             x = batch[self.input_index]
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"DriftMonitor: the batch input must be a tensor, got {type(x).__name__}")
@@ -161,8 +173,10 @@ class DriftMonitor(LightningNASCallback):
         x, rest, _ = split_input(call.args, call.kwargs)
         scores = call_scores(call)
         if scores is None or not torch.is_floating_point(x):
-            raise ValueError(f"DriftMonitor: `{record.route.describe()}` does not give (batch, classes) scores for "
-                             "float inputs; pass `input_index=` to watch the raw batch")
+            raise ValueError(
+                f"DriftMonitor: `{record.route.describe()}` does not give (batch, classes) scores for "
+                "float inputs; pass `input_index=` to watch the raw batch"
+            )
         self._route, self._single_input = record.route, not rest
         self._keep(self._check_shape(x), scores)
 
@@ -172,25 +186,52 @@ class DriftMonitor(LightningNASCallback):
         x = self._input(batch)
         if self._n >= self.max_samples:
             return
-        scores = outputs if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and \
-            outputs.shape[0] >= len(x) and outputs.shape[1] == self.profile.num_classes else None
+        scores = (
+            outputs
+            if isinstance(outputs, torch.Tensor)
+            and outputs.ndim == 2
+            and outputs.shape[0] >= len(x)
+            and outputs.shape[1] == self.profile.num_classes
+            else None
+        )
         if scores is None:
             with torch.no_grad():
                 scores = pl_module(x)
         self._keep(x, scores)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self._stage(trainer, "validate"):
             self._collect(pl_module, outputs, batch)
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self._stage(trainer, "test"):
             self._collect(pl_module, outputs, batch)
 
-    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                             batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self._stage(trainer, "predict"):
             self._collect(pl_module, outputs, batch)
 
@@ -227,18 +268,30 @@ class DriftMonitor(LightningNASCallback):
                 was_training = pl_module.training
                 pl_module.eval()
                 try:
-                    model = pl_module if self.input_index is not None or self._route is None else \
-                        _RouteScores(pl_module, self._route).eval() if self._single_input else None
+                    model = (
+                        pl_module
+                        if self.input_index is not None or self._route is None
+                        else _RouteScores(pl_module, self._route).eval()
+                        if self._single_input
+                        else None
+                    )
                     if model is not None:  # several model inputs: no attribution over the one watched
-                        share = attribution_share(model, x[-self.attribution_samples:], self.profile.feature_mode)
+                        share = attribution_share(model, x[-self.attribution_samples :], self.profile.feature_mode)
                 finally:
                     pl_module.train(was_training)
             report = check_drift(self.profile, x, classes, share, self.thresholds)
         report = self._broadcast(trainer, report)
         self.last_report = report
-        self.history.append({"stage": stage, "status": report.status, "n_samples": report.n_samples,
-                             "next_step": report.next_step, "drifted_features": report.drifted_features,
-                             **report.metrics()})
+        self.history.append(
+            {
+                "stage": stage,
+                "status": report.status,
+                "n_samples": report.n_samples,
+                "next_step": report.next_step,
+                "drifted_features": report.drifted_features,
+                **report.metrics(),
+            }
+        )
         if report.status == "insufficient":
             rank_zero_warn(f"DriftMonitor: {report.verdict}")
             return
@@ -261,9 +314,12 @@ class DriftMonitor(LightningNASCallback):
         try:
             import wandb
 
-            run.alert(title=f"lightning_nas: drift detected (next step: {report.next_step})",
-                      text=report.verdict[:2000], level=wandb.AlertLevel.WARN)
-        except Exception as exc:  # noqa: BLE001 - offline mode, no network, old wandb: never crash
+            run.alert(
+                title=f"lightning_nas: drift detected (next step: {report.next_step})",
+                text=report.verdict[:2000],
+                level=wandb.AlertLevel.WARN,
+            )
+        except Exception as exc:
             rank_zero_warn(f"DriftMonitor: W&B alert not sent ({type(exc).__name__}: {exc})")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """Explain callbacks: ``TrainingDynamics``, ``DecisionPaths`` and ``ArchitectureView`` (``AttributionMonitor``
 lives in ``callbacks/attribution.py``). They decide *when*; ``lightning_nas.explain`` computes."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -36,8 +37,13 @@ class TrainingDynamics(LightningNASCallback):
         dead_units: watch activation modules for units that never fire.
     """
 
-    def __init__(self, every_n_steps: int = 50, histogram_every_n_steps: int = 250, layers: list[str] | None = None,
-                 dead_units: bool = True) -> None:
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        histogram_every_n_steps: int = 250,
+        layers: list[str] | None = None,
+        dead_units: bool = True,
+    ) -> None:
         super().__init__()
         check_int("every_n_steps", every_n_steps, 1)
         check_int("histogram_every_n_steps", histogram_every_n_steps, 0)
@@ -54,14 +60,16 @@ class TrainingDynamics(LightningNASCallback):
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         layers = D.tracked_layers(pl_module, self.layer_names)
         if not layers:
-            raise ValueError(f"TrainingDynamics: {type(pl_module).__name__} has no weight layers (conv, linear, "
-                             "embedding) to watch")
+            raise ValueError(
+                f"TrainingDynamics: {type(pl_module).__name__} has no weight layers (conv, linear, embedding) to watch"
+            )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._due, self._last_step, self._before = False, -1, None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._due:  # gradient accumulation: keep watching until the optimizer step
             return
         step = trainer.global_step
@@ -89,8 +97,9 @@ class TrainingDynamics(LightningNASCallback):
                     tracker.log_histogram(f"dynamics/{n}/grad_hist", w.grad)
         self._before = D.snapshot(layers)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not self._due or (self._before is None and trainer.global_step == self._start_step):
             return  # not a logging step, or an accumulation micro-batch before the optimizer step
         self._due = False
@@ -103,8 +112,9 @@ class TrainingDynamics(LightningNASCallback):
             self._probe = None
         self._metrics.update({f"dynamics/{n}/weight_norm": v for n, v in D.weight_norms(layers).items()})
         if self._before is not None:
-            self._metrics.update({f"dynamics/{n}/update_ratio": v
-                                  for n, v in D.update_ratios(layers, self._before).items()})
+            self._metrics.update(
+                {f"dynamics/{n}/update_ratio": v for n, v in D.update_ratios(layers, self._before).items()}
+            )
             self._before = None
         tracker = self.tracker(trainer)
         step = self._start_step  # the optimizer step already advanced global_step
@@ -142,11 +152,18 @@ class DecisionPaths(LightningNASCallback):
         seed: picks the probe set.
     """
 
-    def __init__(self, n_samples: int = 50, top_k: int = 3, layers: list[str] | None = None,
-                 every_n_epochs: int | None = None, target: str = "label", max_ablations: int | None = 16,
-                 forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
-                 batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_samples: int = 50,
+        top_k: int = 3,
+        layers: list[str] | None = None,
+        every_n_epochs: int | None = None,
+        target: str = "label",
+        max_ablations: int | None = 16,
+        forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+        batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         from lightning_nas._validate import check_choice
 
@@ -180,8 +197,10 @@ class DecisionPaths(LightningNASCallback):
         modules = dict(pl_module.named_modules())
         bad = [n for n in layers if n not in modules]
         if bad or not layers:
-            raise ValueError(f"DecisionPaths: `layers` {bad or layers} are not modules of {type(pl_module).__name__};"
-                             f" allowed e.g.: {P.default_layers(pl_module)[:12]}")
+            raise ValueError(
+                f"DecisionPaths: `layers` {bad or layers} are not modules of {type(pl_module).__name__};"
+                f" allowed e.g.: {P.default_layers(pl_module)[:12]}"
+            )
         self._source.check_size(trainer, pl_module)
         self.probe = None
         if not self._source.captured:
@@ -233,15 +252,25 @@ class DecisionPaths(LightningNASCallback):
         was = pl_module.training
         pl_module.eval()
         try:
-            cls = self.probe.y if self.target == "label" else predict(pl_module, x, fwd,
-                                                                      additional_forward_args=rest).cpu()
+            cls = (
+                self.probe.y
+                if self.target == "label"
+                else predict(pl_module, x, fwd, additional_forward_args=rest).cpu()
+            )
         finally:
             pl_module.train(was)
         rank_zero_info(f"DecisionPaths: following {len(x)} probe samples (epoch {trainer.current_epoch})")
-        self.report = P.decision_paths(pl_module, x, cls.to(device), layers=self.layers, top_k=self.top_k,
-                                       forward_fn=fwd, additional_forward_args=rest,
-                                       max_ablations=self.max_ablations,
-                                       progress=lambda msg: rank_zero_info(f"DecisionPaths: {msg}"))
+        self.report = P.decision_paths(
+            pl_module,
+            x,
+            cls.to(device),
+            layers=self.layers,
+            top_k=self.top_k,
+            forward_fn=fwd,
+            additional_forward_args=rest,
+            max_ablations=self.max_ablations,
+            progress=lambda msg: rank_zero_info(f"DecisionPaths: {msg}"),
+        )
         tracker = self.tracker(trainer)
         for name, (cols, rows) in self.report.tables().items():
             tracker.log_table(f"explain/paths/{name}", cols, rows)
@@ -265,9 +294,12 @@ class ArchitectureView(LightningNASCallback):
         max_nodes: boxes drawn in the graph image.
     """
 
-    def __init__(self, forward_fn: Callable[[nn.Module, torch.Tensor], Any] | None = None,
-                 batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
-                 max_nodes: int = 60) -> None:
+    def __init__(
+        self,
+        forward_fn: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+        batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+        max_nodes: int = 60,
+    ) -> None:
         super().__init__()
         check_int("max_nodes", max_nodes, 1)
         self.forward_fn, self.batch_fn, self.max_nodes = forward_fn, batch_fn, max_nodes
@@ -303,8 +335,10 @@ class ArchitectureView(LightningNASCallback):
         from lightning_nas.explain._attribution_utils import required_inputs
 
         if self.forward_fn is None and required_inputs(pl_module) > 1:
-            raise ValueError(f"ArchitectureView: {type(pl_module).__name__}.forward takes several inputs; pass "
-                             "`forward_fn=lambda model, x: ...`")
+            raise ValueError(
+                f"ArchitectureView: {type(pl_module).__name__}.forward takes several inputs; pass "
+                "`forward_fn=lambda model, x: ...`"
+            )
         try:
             self._example = resolve_probe(trainer, pl_module, "ArchitectureView", 1, 0, self.batch_fn).x
         except ValueError:  # no validation data: one training sample is as good an example input
@@ -312,8 +346,9 @@ class ArchitectureView(LightningNASCallback):
 
             source = trainer.fit_loop._data_source
             if not source.is_defined():
-                raise ValueError("ArchitectureView needs a training or validation dataloader for an example "
-                                 "input") from None
+                raise ValueError(
+                    "ArchitectureView needs a training or validation dataloader for an example input"
+                ) from None
             self._example = select_probe(source.dataloader(), 1, batch_fn=self.batch_fn, max_scan=1).x
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -335,9 +370,17 @@ class ArchitectureView(LightningNASCallback):
             parts = {id(p): p for p in pl_module.parameters()}
         tracker = self.tracker(trainer)
         tracker.log_table("explain/architecture/layers", G.TABLE_COLUMNS, [r.as_list() for r in rows])
-        fig = G.render_graph(rows, G.graph_edges(pl_module, [r.name for r in rows]),
-                             title=f"{type(pl_module).__name__} at fit {when}", max_nodes=self.max_nodes)
+        fig = G.render_graph(
+            rows,
+            G.graph_edges(pl_module, [r.name for r in rows]),
+            title=f"{type(pl_module).__name__} at fit {when}",
+            max_nodes=self.max_nodes,
+        )
         tracker.log_image("explain/architecture/graph", fig, caption=f"fit {when}")
-        tracker.log_scalars({"explain/architecture/params": float(sum(p.numel() for p in parts.values())),
-                             "explain/architecture/macs": float(sum(r.macs for r in rows))})
+        tracker.log_scalars(
+            {
+                "explain/architecture/params": float(sum(p.numel() for p in parts.values())),
+                "explain/architecture/macs": float(sum(r.macs for r in rows)),
+            }
+        )
         return rows

@@ -4,6 +4,7 @@ Hand-written (no library ships SVD factorization as a training callback). The al
 ``lightning_nas.compress.lowrank.factorize``; this callback decides when, rebuilds the optimizer, records the
 chosen ranks so a checkpoint resumes into a fresh unfactorized module, and streams the explanation.
 """
+
 from __future__ import annotations
 
 import functools
@@ -91,12 +92,16 @@ class LowRankFactorization(LightningNASCallback):
         if self.layers is not None:
             missing = [n for n in self.layers if n not in cands]
             if missing:
-                raise ValueError(f"LowRankFactorization: `layers` {missing} are not Linear/Conv2d(groups=1) layers "
-                                 f"of {type(pl_module).__name__}; allowed: {sorted(cands)}")
+                raise ValueError(
+                    f"LowRankFactorization: `layers` {missing} are not Linear/Conv2d(groups=1) layers "
+                    f"of {type(pl_module).__name__}; allowed: {sorted(cands)}"
+                )
             cands &= set(self.layers)
         if not [n for n in cands if not LR._matches(n, self.ignore)]:
-            raise ValueError(f"LowRankFactorization: no Linear/Conv2d(groups=1) layer in {type(pl_module).__name__} "
-                             f"after `ignore`={self.ignore}")
+            raise ValueError(
+                f"LowRankFactorization: no Linear/Conv2d(groups=1) layer in {type(pl_module).__name__} "
+                f"after `ignore`={self.ignore}"
+            )
 
     def _replay_items(self, checkpoint: dict[str, Any]) -> list[tuple[int, Any]]:
         state = checkpoint.get("callbacks", {}).get(self.state_key)
@@ -111,8 +116,9 @@ class LowRankFactorization(LightningNASCallback):
         names_before = param_names(pl_module)
         ranks: dict[str, int] = {}
         if trainer.is_global_zero:
-            self.report = LR.factorize(pl_module, self.energy, self.budget, self.layers, self.ignore,
-                                       min_saving=self.min_saving)
+            self.report = LR.factorize(
+                pl_module, self.energy, self.budget, self.layers, self.ignore, min_saving=self.min_saving
+            )
             ranks = {r.layer: r.rank for r in self.report if r.rank is not None}
         if trainer.world_size > 1:
             ranks = self._broadcast(trainer, ranks)
@@ -135,13 +141,41 @@ class LowRankFactorization(LightningNASCallback):
             else:
                 vals[f"lowrank/{r.layer}/rank"] = float(r.rank)
                 vals[f"lowrank/{r.layer}/energy_kept"] = r.energy_kept
-            rows.append([r.layer, r.kind, r.full_rank, r.rank, r.energy_kept, r.params_before, r.params_after,
-                         r.macs_ratio, r.reason])
+            rows.append(
+                [
+                    r.layer,
+                    r.kind,
+                    r.full_rank,
+                    r.rank,
+                    r.energy_kept,
+                    r.params_before,
+                    r.params_after,
+                    r.macs_ratio,
+                    r.reason,
+                ]
+            )
             s = torch.tensor(r.singular_values, dtype=torch.float64)
-            cum = (torch.cumsum(s ** 2, 0) / (s ** 2).sum().clamp_min(1e-30)).tolist()
-            tr.log_line_series(f"lowrank/{r.layer}/spectrum", list(range(1, len(s) + 1)),
-                               {"singular_value": s.tolist(), "energy_kept": cum},
-                               title=f"{r.layer}: spectrum (rank {r.rank})", xname="index")
+            cum = (torch.cumsum(s**2, 0) / (s**2).sum().clamp_min(1e-30)).tolist()
+            tr.log_line_series(
+                f"lowrank/{r.layer}/spectrum",
+                list(range(1, len(s) + 1)),
+                {"singular_value": s.tolist(), "energy_kept": cum},
+                title=f"{r.layer}: spectrum (rank {r.rank})",
+                xname="index",
+            )
         tr.log_scalars(vals)
-        tr.log_table("lowrank/layers", ["layer", "kind", "full_rank", "rank", "energy_kept", "params_before",
-                                        "params_after", "macs_ratio", "skipped_because"], rows)
+        tr.log_table(
+            "lowrank/layers",
+            [
+                "layer",
+                "kind",
+                "full_rank",
+                "rank",
+                "energy_kept",
+                "params_before",
+                "params_after",
+                "macs_ratio",
+                "skipped_because",
+            ],
+            rows,
+        )

@@ -5,6 +5,7 @@ Both turn every ``LayerChoice``/``InputChoice`` of the module into a mixed op in
 modules back at the end of training with the found candidate active. The algorithms live in
 ``lightning_nas.search.oneshot``; the explanations in ``lightning_nas.explain.architecture``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -51,10 +52,23 @@ class DifferentiableNAS(_OneShotCallback):
     summary ``nas/arch/<label>``, ``nas/reason/<label>``.
     """
 
-    def __init__(self, mode: str = "darts", arch_lr: float = 3e-3, arch_weight_decay: float = 1e-3,
-                 tau_max: float = 10.0, tau_min: float = 0.1, remedy: str = "none", beta_decay_weight: float = 1.0,
-                 warmup_epochs: int = 0, ablation_batches: int = 4, seed: int | None = None, order: int = 1,
-                 unrolled_lr: float | None = None, recalibrate_bn: bool = True, bn_batches: int = 20) -> None:
+    def __init__(
+        self,
+        mode: str = "darts",
+        arch_lr: float = 3e-3,
+        arch_weight_decay: float = 1e-3,
+        tau_max: float = 10.0,
+        tau_min: float = 0.1,
+        remedy: str = "none",
+        beta_decay_weight: float = 1.0,
+        warmup_epochs: int = 0,
+        ablation_batches: int = 4,
+        seed: int | None = None,
+        order: int = 1,
+        unrolled_lr: float | None = None,
+        recalibrate_bn: bool = True,
+        bn_batches: int = 20,
+    ) -> None:
         super().__init__(seed, recalibrate_bn, bn_batches)
         self._mode = self.mode = check_choice("mode", mode, ("darts", "gdas"))
         self.arch_lr = check_range("arch_lr", arch_lr, 0.0, 1.0, low_inclusive=False)
@@ -68,15 +82,20 @@ class DifferentiableNAS(_OneShotCallback):
         self.order = check_choice("order", order, (1, 2))
         if order == 2 and mode != "darts":
             raise ValueError(f"`order`=2 (second-order DARTS) needs mode='darts', got mode={mode!r}")
-        self.unrolled_lr = (None if unrolled_lr is None
-                            else check_range("unrolled_lr", unrolled_lr, 0.0, 10.0))
+        self.unrolled_lr = None if unrolled_lr is None else check_range("unrolled_lr", unrolled_lr, 0.0, 10.0)
 
     def _supernet_kwargs(self) -> dict[str, Any]:
-        return {"arch_lr": self.arch_lr, "arch_weight_decay": self.arch_weight_decay, "tau": self.tau_max,
-                "remedy": self.remedy, "beta_decay_weight": self.beta_decay_weight}
+        return {
+            "arch_lr": self.arch_lr,
+            "arch_weight_decay": self.arch_weight_decay,
+            "tau": self.tau_max,
+            "remedy": self.remedy,
+            "beta_decay_weight": self.beta_decay_weight,
+        }
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         sn = self._supernet
         sn.set_progress(trainer.global_step / max(1, trainer.estimated_stepping_batches))
         sn.tau = self.tau_max - (self.tau_max - self.tau_min) * sn.progress
@@ -85,10 +104,16 @@ class DifferentiableNAS(_OneShotCallback):
             kwargs: dict[str, Any] = {}
             if self.order == 2:
                 part = batch if self._val_loader is not None else self._first_half(batch)
-                xi = (self.unrolled_lr if self.unrolled_lr is not None
-                      else float(trainer.optimizers[0].param_groups[0]["lr"]))
-                kwargs = {"train_loss_fn": lambda: self._loss(pl_module, part, batch_idx), "xi": xi,
-                          "weights": [p for p in pl_module.parameters() if p.requires_grad]}
+                xi = (
+                    self.unrolled_lr
+                    if self.unrolled_lr is not None
+                    else float(trainer.optimizers[0].param_groups[0]["lr"])
+                )
+                kwargs = {
+                    "train_loss_fn": lambda: self._loss(pl_module, part, batch_idx),
+                    "xi": xi,
+                    "weights": [p for p in pl_module.parameters() if p.requires_grad],
+                }
             with torch.enable_grad():
                 sn.arch_step(lambda: self._loss(pl_module, held, batch_idx), reduce=self._reduce(trainer), **kwargs)
         if self.mode == "gdas":
@@ -148,10 +173,19 @@ class SubnetSampling(_OneShotCallback):
     def _supernet_kwargs(self) -> dict[str, Any]:
         return {"sampling": self.sampling}
 
-    def __init__(self, population: int = 10, generations: int = 5, mutation_prob: float = 0.3,
-                 calib_batches: int = 5, eval_batches: int = 4, seed: int | None = None,
-                 score_all: bool = False, sampling: str = "fair", recalibrate_bn: bool = True,
-                 bn_batches: int = 20) -> None:
+    def __init__(
+        self,
+        population: int = 10,
+        generations: int = 5,
+        mutation_prob: float = 0.3,
+        calib_batches: int = 5,
+        eval_batches: int = 4,
+        seed: int | None = None,
+        score_all: bool = False,
+        sampling: str = "fair",
+        recalibrate_bn: bool = True,
+        bn_batches: int = 20,
+    ) -> None:
         super().__init__(seed, recalibrate_bn, bn_batches)
         self.sampling = check_choice("sampling", sampling, SAMPLINGS)
         self.score_all = check_type("score_all", score_all, bool)
@@ -164,16 +198,19 @@ class SubnetSampling(_OneShotCallback):
         self._arch: dict[str, str] | None = None
         self.scored: list[tuple[dict[str, str], float]] = []
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._supernet.resample()
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val_gen = torch.Generator().manual_seed(int(self._supernet.generator.initial_seed())
-                                                      + 7919 * (trainer.current_epoch + 1))
+        self._val_gen = torch.Generator().manual_seed(
+            int(self._supernet.generator.initial_seed()) + 7919 * (trainer.current_epoch + 1)
+        )
 
-    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         sn = self._supernet
         for lb in sn.labels:  # a deterministic path per validation batch, off the training generator
             sn.path[lb] = int(torch.randint(len(sn.names[lb]), (1,), generator=self._val_gen))
@@ -206,11 +243,16 @@ class SubnetSampling(_OneShotCallback):
             return cache[key]
 
         evo_gen = torch.Generator().manual_seed(sn.generator.initial_seed() + 1)  # not the training stream
-        best, self.scored = evolutionary_search(sn.names, score, population=self.population,
-                                                generations=self.generations, mutation_prob=self.mutation_prob,
-                                                generator=evo_gen)
+        best, self.scored = evolutionary_search(
+            sn.names,
+            score,
+            population=self.population,
+            generations=self.generations,
+            mutation_prob=self.mutation_prob,
+            generator=evo_gen,
+        )
         self._arch = best
-        top = [a for a, _ in sorted(self.scored, key=lambda t: -t[1])[:self.population]]
+        top = [a for a, _ in sorted(self.scored, key=lambda t: -t[1])[: self.population]]
         probs = {lb: {c: sum(a[lb] == c for a in top) / len(top) for c in sn.names[lb]} for lb in sn.labels}
         if self.score_all:
             grid = [dict(zip(sn.labels, combo)) for combo in itertools.product(*(sn.names[lb] for lb in sn.labels))]

@@ -4,6 +4,7 @@ The algorithms live in ``lightning_nas.compress.prune``; these callbacks decide 
 record needed to resume, rebuild the optimizer after a structural change, and keep DDP ranks identical
 (rank 0 decides which channels go and broadcasts the decision; the other ranks replay it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,8 +17,14 @@ import torch
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._capture import EvalBatches
 from lightning_nas.callbacks._route import ROOT, Route
-from lightning_nas.callbacks._structural import (Schedule, copy_module, install_restore_hook, param_names,
-                                                 rebuild_optimizers, spawned)
+from lightning_nas.callbacks._structural import (
+    Schedule,
+    copy_module,
+    install_restore_hook,
+    param_names,
+    rebuild_optimizers,
+    spawned,
+)
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress import prune as P
 
@@ -85,11 +92,13 @@ class StructuredPruning(LightningNASCallback):
         else:
             check_range("amount", amount, 0.0, 1.0, high_inclusive=False)
         check_choice("importance", importance, P.IMPORTANCES)
-        self.schedule = Schedule.of(schedule, start_epoch, end_epoch, every_n_epochs, start_step, end_step,
-                                    every_n_steps)
+        self.schedule = Schedule.of(
+            schedule, start_epoch, end_epoch, every_n_epochs, start_step, end_step, every_n_steps
+        )
         if importance == "taylor" and self.schedule.start == 0:
-            raise ValueError("`importance`='taylor' needs gradients from training: `start_epoch` (or start step) "
-                             "must be >= 1, got 0")
+            raise ValueError(
+                "`importance`='taylor' needs gradients from training: `start_epoch` (or start step) must be >= 1, got 0"
+            )
         check_type("global_pruning", global_pruning, bool)
         if isinstance(ignore, str):
             ignore = [ignore]
@@ -144,8 +153,10 @@ class StructuredPruning(LightningNASCallback):
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         layers = [n for n, m in pl_module.named_modules() if isinstance(m, P.ROOT_TYPES)]
         if not self.records and not [n for n in layers if not P._matches(n, self.ignore)]:
-            raise ValueError(f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
-                             f"{self.ignore} (the output layer is never pruned)")
+            raise ValueError(
+                f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
+                f"{self.ignore} (the output layer is never pruned)"
+            )
         if self.example is None and self._given_example is not None:
             given = self._given_example
             self.example = (tuple(given), {}) if isinstance(given, (tuple, list)) else ((given,), {})
@@ -177,17 +188,24 @@ class StructuredPruning(LightningNASCallback):
     def _check_layers(self, pl_module: L.LightningModule, trainer: L.Trainer | None = None) -> None:
         layers = P.prunable_layers(pl_module, self._ex(pl_module), self.ignore, self._fwd)
         if not layers and not self.records:
-            raise ValueError(f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
-                             f"{self.ignore} (the output layer is never pruned)")
-        if self.importance == "bn_scale" and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                                     for m in pl_module.modules()):
-            raise ValueError(f"`importance`='bn_scale' needs BatchNorm layers; {type(pl_module).__name__} has none "
-                             f"(use 'l1', 'l2' or 'taylor')")
+            raise ValueError(
+                f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
+                f"{self.ignore} (the output layer is never pruned)"
+            )
+        if self.importance == "bn_scale" and not any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in pl_module.modules()
+        ):
+            raise ValueError(
+                f"`importance`='bn_scale' needs BatchNorm layers; {type(pl_module).__name__} has none "
+                f"(use 'l1', 'l2' or 'taylor')"
+            )
         if isinstance(self.amount, int) and self.amount >= 1 and not self.records:
             small = {n: c for n, c in layers.items() if c <= self.amount}
             if small:
-                raise ValueError(f"`amount`={self.amount} channels is not smaller than the channel count of "
-                                 f"{small}; use a smaller count, a fraction, or `ignore` those layers")
+                raise ValueError(
+                    f"`amount`={self.amount} channels is not smaller than the channel count of "
+                    f"{small}; use a smaller count, a fraction, or `ignore` those layers"
+                )
         if not self.records and trainer is not None:
             # dry run on a copy: a model that cannot run pruned fails now, not at the first pruning epoch
             trial = copy_module(pl_module, self)
@@ -195,8 +213,9 @@ class StructuredPruning(LightningNASCallback):
             try:
                 amount = self._targets(trial, 1.0)
                 if amount is not None:
-                    P.prune_structured(trial, self._ex(trial), amount, "l1", self.global_pruning, self.ignore,
-                                       self.round_to, self._fwd)
+                    P.prune_structured(
+                        trial, self._ex(trial), amount, "l1", self.global_pruning, self.ignore, self.round_to, self._fwd
+                    )
             except RuntimeError as exc:
                 raise ValueError(f"StructuredPruning(amount={self.amount}): {exc}") from exc
             finally:
@@ -219,8 +238,9 @@ class StructuredPruning(LightningNASCallback):
         self._grad_n += 1
 
     # ------------------------------------------------------------------ pruning events
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.example is None:  # no step ran yet: this first training step shows what the model receives
             return
         self._ensure_original(trainer, pl_module)
@@ -253,16 +273,25 @@ class StructuredPruning(LightningNASCallback):
         if not batches:
             from lightning.pytorch.utilities import rank_zero_warn
 
-            rank_zero_warn("StructuredPruning: no labelled validation batch ran before the first pruning, so the "
-                           "sensitivity table is skipped (it uses what the validation steps feed the model)")
+            rank_zero_warn(
+                "StructuredPruning: no labelled validation batch ran before the first pruning, so the "
+                "sensitivity table is skipped (it uses what the validation steps feed the model)"
+            )
             return
         layers = list(self.original_channels)
-        fns = S.prune_perturbations(pl_module, self._ex(pl_module), self.sensitivity_levels, layers,
-                                    "l1" if self.importance == "taylor" else self.importance, self.ignore,
-                                    forward_fn=self._fwd)
+        fns = S.prune_perturbations(
+            pl_module,
+            self._ex(pl_module),
+            self.sensitivity_levels,
+            layers,
+            "l1" if self.importance == "taylor" else self.importance,
+            self.ignore,
+            forward_fn=self._fwd,
+        )
         route = Route.from_state(self.route)
-        self.sensitivity = S.sensitivity_table(pl_module, batches, fns, copy_fn=lambda m: copy_module(m, self),
-                                               forward_fn=route.logits)
+        self.sensitivity = S.sensitivity_table(
+            pl_module, batches, fns, copy_fn=lambda m: copy_module(m, self), forward_fn=route.logits
+        )
         S.log_sensitivity(self.tracker(trainer), self.sensitivity)
 
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, event: int) -> None:
@@ -275,8 +304,16 @@ class StructuredPruning(LightningNASCallback):
         if amount is not None and trainer.is_global_zero:
             grads = self._install_grads(pl_module)
             try:
-                result = P.prune_structured(pl_module, self._ex(pl_module), amount, self.importance,
-                                            self.global_pruning, self.ignore, self.round_to, self._fwd)
+                result = P.prune_structured(
+                    pl_module,
+                    self._ex(pl_module),
+                    amount,
+                    self.importance,
+                    self.global_pruning,
+                    self.ignore,
+                    self.round_to,
+                    self._fwd,
+                )
             finally:
                 self._remove_grads(pl_module, grads)
             steps = [s.to_dict() for s in result.steps]
@@ -319,8 +356,10 @@ class StructuredPruning(LightningNASCallback):
         fwd = Route.from_state(state["route"]).run
 
         def replay(rec: dict[str, Any]) -> Any:
-            return lambda: P.replay_pruning(module, rec["steps"], move_data_to_device(state["example"], module.device),
-                                            fwd)
+            return lambda: P.replay_pruning(
+                module, rec["steps"], move_data_to_device(state["example"], module.device), fwd
+            )
+
         return [(rec["order"], replay(rec)) for rec in state["records"]]
 
     # ------------------------------------------------------------------ logging
@@ -345,14 +384,25 @@ class StructuredPruning(LightningNASCallback):
             mask = torch.zeros(len(scores), dtype=torch.bool)
             mask[removed] = True
             kept_s, rem_s = s[~mask], s[mask]
-            rows.append([layer, len(scores), len(removed), float(kept_s.mean()) if len(kept_s) else None,
-                         float(kept_s.min()) if len(kept_s) else None, float(rem_s.mean()) if len(rem_s) else None,
-                         float(rem_s.max()) if len(rem_s) else None])
+            rows.append(
+                [
+                    layer,
+                    len(scores),
+                    len(removed),
+                    float(kept_s.mean()) if len(kept_s) else None,
+                    float(kept_s.min()) if len(kept_s) else None,
+                    float(rem_s.mean()) if len(rem_s) else None,
+                    float(rem_s.max()) if len(rem_s) else None,
+                ]
+            )
             tr.log_histogram(f"prune/{layer}/importance_kept", kept_s)
             if len(rem_s):
                 tr.log_histogram(f"prune/{layer}/importance_removed", rem_s)
-        tr.log_table("prune/importance", ["layer", "channels_before", "removed", "kept_mean", "kept_min",
-                                          "removed_mean", "removed_max"], rows)
+        tr.log_table(
+            "prune/importance",
+            ["layer", "channels_before", "removed", "kept_mean", "kept_min", "removed_mean", "removed_max"],
+            rows,
+        )
 
 
 class MagnitudePruning(LightningNASCallback):
@@ -391,8 +441,9 @@ class MagnitudePruning(LightningNASCallback):
     ) -> None:
         super().__init__()
         check_range("amount", amount, 0.0, 1.0, high_inclusive=False)
-        self.schedule = Schedule.of(schedule, start_epoch, end_epoch, every_n_epochs, start_step, end_step,
-                                    every_n_steps)
+        self.schedule = Schedule.of(
+            schedule, start_epoch, end_epoch, every_n_epochs, start_step, end_step, every_n_steps
+        )
         check_type("global_pruning", global_pruning, bool)
         check_type("make_permanent", make_permanent, bool)
         if isinstance(ignore, str):
@@ -408,8 +459,9 @@ class MagnitudePruning(LightningNASCallback):
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not P.magnitude_targets(pl_module, self.ignore):
-            raise ValueError(f"MagnitudePruning: no Linear/Conv layer in {type(pl_module).__name__} after "
-                             f"`ignore`={self.ignore}")
+            raise ValueError(
+                f"MagnitudePruning: no Linear/Conv layer in {type(pl_module).__name__} after `ignore`={self.ignore}"
+            )
 
     def _replay_items(self, checkpoint: dict[str, Any]) -> list[tuple[int, Any]]:
         module = self._pl_module
@@ -418,8 +470,9 @@ class MagnitudePruning(LightningNASCallback):
             return []
         return [(-1, lambda: P.add_masks_for_state_dict(module, sd))]
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         event = self.schedule.due(trainer, self.done)
         if event is None:
             return

@@ -1,4 +1,5 @@
 """``QuantizationAware``: quantization-aware training inside the user's own fit, ending in a real int8 model."""
+
 from __future__ import annotations
 
 import copy
@@ -143,8 +144,9 @@ class QuantizationAware(LightningNASCallback):
         self.onnx_form = check_choice("onnx_form", onnx_form, Q.ONNX_FORMS)
         self.measure, self.explain = check_type("measure", measure, bool), check_type("explain", explain, bool)
         self.explain_batches = check_int("explain_batches", explain_batches, 1)
-        self.sensitivity_layers = None if sensitivity_layers is None else \
-            check_int("sensitivity_layers", sensitivity_layers, 1)
+        self.sensitivity_layers = (
+            None if sensitivity_layers is None else check_int("sensitivity_layers", sensitivity_layers, 1)
+        )
         self._sqnr: dict[str, float] = {}
         self.qat_steps = 0
         self.targets: list[str] = []  # the paths swapped for QAT models ("": the LightningModule's forward)
@@ -174,17 +176,23 @@ class QuantizationAware(LightningNASCallback):
         if self.module_name:
             if self.module_name not in names:
                 children = [n for n, _ in pl_module.named_children()]
-                raise ValueError(f"`module_name` {self.module_name!r} is not a submodule of "
-                                 f"{type(pl_module).__name__}; allowed: e.g. {children}")
+                raise ValueError(
+                    f"`module_name` {self.module_name!r} is not a submodule of "
+                    f"{type(pl_module).__name__}; allowed: e.g. {children}"
+                )
             self._route = Route((self.module_name,))
         for s in self.ignore:
             inside = self.module_name and f"{self.module_name}.{s}" in names
             if s not in names and not inside and not any(n.endswith("." + s) for n in names):
-                raise ValueError(f"`ignore` name {s!r} matches no submodule of {type(pl_module).__name__}; "
-                                 f"allowed: submodule names such as {sorted(n for n in names if n)[:12]}")
+                raise ValueError(
+                    f"`ignore` name {s!r} matches no submodule of {type(pl_module).__name__}; "
+                    f"allowed: submodule names such as {sorted(n for n in names if n)[:12]}"
+                )
         if not Q.quantizable_layers(pl_module, ()):
-            raise ValueError(f"QuantizationAware: {type(pl_module).__name__} has no quantizable layer "
-                             f"(allowed: {[t.__name__ for t in Q.QUANTIZABLE]})")
+            raise ValueError(
+                f"QuantizationAware: {type(pl_module).__name__} has no quantizable layer "
+                f"(allowed: {[t.__name__ for t in Q.QUANTIZABLE]})"
+            )
         if self._route is not None and not (self.start_epoch > 0 and _structural_callbacks(trainer)):
             self._swap(trainer, pl_module)  # known now: swap before the optimizer and any checkpoint load
 
@@ -202,7 +210,7 @@ class QuantizationAware(LightningNASCallback):
 
     def _ignore_for(self, path: str) -> list[str]:
         """``ignore`` names relative to the module at ``path`` (full names, or names already inside it)."""
-        return [s[len(path) + 1:] if path and s.startswith(path + ".") else s for s in self.ignore]
+        return [s[len(path) + 1 :] if path and s.startswith(path + ".") else s for s in self.ignore]
 
     def _prepare(self, pl_module: L.LightningModule, path: str) -> tuple[dict[str, nn.Module], dict[str, str]]:
         """QAT models for ``path``: itself, or its children (recursively) when it is the LightningModule (its
@@ -233,8 +241,11 @@ class QuantizationAware(LightningNASCallback):
                 prepared.update(p)
                 notes.update(n)
         if path or not prepared:
-            notes[path or "self"] = (f"quantized through its parts {sorted(prepared)}; its own forward code runs in "
-                                     f"float ({reason})" if prepared else f"stays float ({reason})")
+            notes[path or "self"] = (
+                f"quantized through its parts {sorted(prepared)}; its own forward code runs in float ({reason})"
+                if prepared
+                else f"stays float ({reason})"
+            )
         return prepared, notes
 
     def _swap(self, trainer: L.Trainer, pl_module: L.LightningModule, paths: list[str] | None = None) -> None:
@@ -246,8 +257,10 @@ class QuantizationAware(LightningNASCallback):
                 prepared.update(p)
                 notes.update(n)
             if not prepared:
-                raise ValueError(f"QuantizationAware: nothing to quantize in `{self._route.describe()}` "
-                                 f"({'; '.join(f'{k}: {v}' for k, v in notes.items()) or 'no Conv/Linear layer'})")
+                raise ValueError(
+                    f"QuantizationAware: nothing to quantize in `{self._route.describe()}` "
+                    f"({'; '.join(f'{k}: {v}' for k, v in notes.items()) or 'no Conv/Linear layer'})"
+                )
         else:  # a checkpoint saved after the swap: the same paths, no search
             prepared = {p: self._prepare(pl_module, p)[0][p] for p in paths}
             notes = {}
@@ -257,8 +270,11 @@ class QuantizationAware(LightningNASCallback):
             self._originals[path] = getattr(parent, attr)
             setattr(parent, attr, qat)
         self._prepared, self.targets, self.float_parts = prepared, list(prepared), notes
-        self.qat_model = next(iter(prepared.values())) if len(prepared) == 1 else nn.ModuleDict(
-            {p.replace(".", "/"): m for p, m in prepared.items()})
+        self.qat_model = (
+            next(iter(prepared.values()))
+            if len(prepared) == 1
+            else nn.ModuleDict({p.replace(".", "/"): m for p, m in prepared.items()})
+        )
         if notes:
             rank_zero_warn("QuantizationAware: " + "; ".join(f"`{k}` {v}" for k, v in notes.items()))
         self._apply_schedule(trainer.current_epoch)
@@ -271,8 +287,11 @@ class QuantizationAware(LightningNASCallback):
 
     def _replay(self, checkpoint: dict[str, Any]) -> list[tuple[float, Any]]:
         state = checkpoint.get("callbacks", {}).get(self.state_key) or {}
-        if self.qat_model is not None or not state.get("targets") or \
-                not _is_quantized(checkpoint.get("state_dict", {})):
+        if (
+            self.qat_model is not None
+            or not state.get("targets")
+            or not _is_quantized(checkpoint.get("state_dict", {}))
+        ):
             return []
         paths = list(state["targets"])
         return [(float("inf"), lambda: self._swap(self._trainer_of(), self._pl, paths))]
@@ -286,9 +305,15 @@ class QuantizationAware(LightningNASCallback):
         frozen_obs = self.freeze_observers_after is not None and qat_epoch >= self.freeze_observers_after
         recipe = dataclasses.replace(self.recipe, observer_warmup_steps=self.warmup_steps)
         # Before any QAT step, scales are uninitialised: fake quantization stays off even in validation.
-        Q.apply_qat_schedule(self.qat_model, recipe, active=qat_epoch >= 0, qat_steps=self.qat_steps,
-                             observers_frozen=frozen_obs, training=training,
-                             bn_frozen=self.freeze_bn_after is not None and qat_epoch >= self.freeze_bn_after)
+        Q.apply_qat_schedule(
+            self.qat_model,
+            recipe,
+            active=qat_epoch >= 0,
+            qat_steps=self.qat_steps,
+            observers_frozen=frozen_obs,
+            training=training,
+            bn_frozen=self.freeze_bn_after is not None and qat_epoch >= self.freeze_bn_after,
+        )
 
     def _sync(self, trainer: L.Trainer) -> None:
         """Every rank takes rank zero's buffers: scales, zero-points, observer ranges and the BatchNorm statistics
@@ -310,15 +335,20 @@ class QuantizationAware(LightningNASCallback):
         if self.qat_model is not None:
             self._apply_schedule(trainer.current_epoch)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._maybe_swap(trainer, pl_module)  # parameters are shared: the optimizer stays valid
-        if self.qat_model is not None and self.qat_steps == self.warmup_steps > 0 \
-                and trainer.current_epoch >= self.start_epoch:
+        if (
+            self.qat_model is not None
+            and self.qat_steps == self.warmup_steps > 0
+            and trainer.current_epoch >= self.start_epoch
+        ):
             self._apply_schedule(trainer.current_epoch)  # observer warm-up over: fake quantization on
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.qat_model is not None and trainer.current_epoch >= self.start_epoch:
             self.qat_steps += 1
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -338,8 +368,10 @@ class QuantizationAware(LightningNASCallback):
             return
         if self.loss_reference is None:
             ref_float = self.last_float_loss is not None
-            self.loss_reference = {"epoch": epoch - 1 if ref_float else epoch,
-                                   "loss": self.last_float_loss if ref_float else mean}
+            self.loss_reference = {
+                "epoch": epoch - 1 if ref_float else epoch,
+                "loss": self.last_float_loss if ref_float else mean,
+            }
             if not ref_float:
                 return
         ref, factor = self.loss_reference["loss"], self.divergence_factor
@@ -355,12 +387,18 @@ class QuantizationAware(LightningNASCallback):
                 f"QuantizationAware: QAT diverged in epoch {epoch}: mean training loss {mean:.4g} > {factor:g} x "
                 f"{ref:.4g}, the mean of {kind} epoch {self.loss_reference['epoch']} (ratio {ratio:.3g}). The int8 "
                 "model will be poor: lower the learning rate for QAT, start QAT later (start_epoch), or keep the "
-                "default QATRecipe (BENCHMARKS.md, QAT recipe).")
+                "default QATRecipe (BENCHMARKS.md, QAT recipe)."
+            )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # checkpoints from before the recipe and the guard hold only qat_steps
-        defaults = {"targets": [], "warmup_steps": self.recipe.observer_warmup_steps, "last_float_loss": None,
-                    "loss_reference": None, "divergence": None}
+        defaults = {
+            "targets": [],
+            "warmup_steps": self.recipe.observer_warmup_steps,
+            "last_float_loss": None,
+            "loss_reference": None,
+            "divergence": None,
+        }
         super().load_state_dict({**defaults, **state_dict})
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -372,13 +410,17 @@ class QuantizationAware(LightningNASCallback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.qat_model is None:
             return
-        if self.explain and not trainer.sanity_checking and self._eval.batches and \
-                trainer.current_epoch >= self.start_epoch and self.qat_steps > 0:
+        if (
+            self.explain
+            and not trainer.sanity_checking
+            and self._eval.batches
+            and trainer.current_epoch >= self.start_epoch
+            and self.qat_steps > 0
+        ):
             inputs = [move_data_to_device(x, pl_module.device) for x, _ in self._eval.batches]
             sqnr = self._per_part(lambda qat, fwd, full: layer_sqnr(qat, inputs, forward=fwd), pl_module, rows=False)
             self._sqnr = sqnr
-            self.tracker(trainer).log_scalars({f"quant/{n}/sqnr_db": v for n, v in sqnr.items()
-                                               if v != float("inf")})
+            self.tracker(trainer).log_scalars({f"quant/{n}/sqnr_db": v for n, v in sqnr.items() if v != float("inf")})
         self._apply_schedule(trainer.current_epoch, training=True)
 
     def _per_part(self, fn: Any, pl_module: L.LightningModule, rows: bool) -> Any:
@@ -386,10 +428,10 @@ class QuantizationAware(LightningNASCallback):
         merged with layer names made full (``model.features.0``, by ``full(name)``). ``forward(args, kwargs)`` runs
         the route's logits."""
         route = self._route or Route(tuple(self.targets))
-        forward = (lambda args, kwargs: route.logits(pl_module, (args, kwargs)))
+        forward = lambda args, kwargs: route.logits(pl_module, (args, kwargs))
         merged: Any = [] if rows else {}
         for path, qat in self._prepared.items():
-            full = (lambda n, path=path: f"{path}.{n}" if path else n)
+            full = lambda n, path=path: f"{path}.{n}" if path else n
             others = [m for p, m in self._prepared.items() if p != path]
             saved = [(m, m.fake_quant_enabled.clone()) for o in others for _, m in Q.fake_quant_modules(o)]
             try:
@@ -412,7 +454,7 @@ class QuantizationAware(LightningNASCallback):
             return None
         names = [f"{p}.{n}" if p else n for p, qat in self._prepared.items() for n in Q.qat_layers(qat)]
         ranked = sorted(range(len(names)), key=lambda i: (self._sqnr.get(names[i], float("inf")), i))
-        return {names[i] for i in ranked[:self.sensitivity_layers]}
+        return {names[i] for i in ranked[: self.sensitivity_layers]}
 
     # ------------------------------------------------------------------ the end: int8
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -423,19 +465,28 @@ class QuantizationAware(LightningNASCallback):
         Q.refresh_weight_ranges(self.qat_model)  # the fake-quant model takes the final weights, as int8_model does
         Q.set_fake_quant(self.qat_model, True)
         tracker = self.tracker(trainer)
-        labelled = [(move_data_to_device(x, pl_module.device), y.to(pl_module.device))
-                    for x, y in self._eval.labelled()]
+        labelled = [
+            (move_data_to_device(x, pl_module.device), y.to(pl_module.device)) for x, y in self._eval.labelled()
+        ]
         if self.explain and labelled:
             try:
                 chosen = self._sensitivity_choice()
-                rank_zero_info(f"QuantizationAware: sensitivity of {len(chosen) if chosen else 'every'} quantized "
-                               f"layer(s) on {len(labelled)} validation batch(es)")
-                rows = self._per_part(lambda qat, fwd, full: quant_sensitivity(
-                    qat, labelled, forward=fwd,
-                    layers=None if chosen is None else [n for n in Q.qat_layers(qat) if full(n) in chosen]),
-                    pl_module, rows=True)
+                rank_zero_info(
+                    f"QuantizationAware: sensitivity of {len(chosen) if chosen else 'every'} quantized "
+                    f"layer(s) on {len(labelled)} validation batch(es)"
+                )
+                rows = self._per_part(
+                    lambda qat, fwd, full: quant_sensitivity(
+                        qat,
+                        labelled,
+                        forward=fwd,
+                        layers=None if chosen is None else [n for n in Q.qat_layers(qat) if full(n) in chosen],
+                    ),
+                    pl_module,
+                    rows=True,
+                )
                 tracker.log_table(SENSITIVITY_KEY, SENSITIVITY_COLUMNS, rows)
-            except Exception as exc:  # noqa: BLE001 - a module whose forward does not return logits
+            except Exception as exc:
                 self.measurements["sensitivity_error"] = f"{type(exc).__name__}: {exc}"
         rank_zero_info("QuantizationAware: converting to int8" + (" and measuring" if self.measure else ""))
         self.convert()
@@ -476,7 +527,7 @@ class QuantizationAware(LightningNASCallback):
         part = copy.deepcopy(self._pl.get_submodule(path)) if path else copy_module(self._pl, self)
         part = part.cpu().eval()
         for p in inner:
-            rel = p[len(path) + 1:] if path else p
+            rel = p[len(path) + 1 :] if path else p
             parent_name, _, attr = rel.rpartition(".")
             parent = part.get_submodule(parent_name) if parent_name else part
             setattr(parent, attr, Q.convert_int8(getattr(parent, attr)))
@@ -499,8 +550,9 @@ class QuantizationAware(LightningNASCallback):
     def float_model(self) -> nn.Module:
         """The float model the step runs (the user's modules, with the QAT-trained weights), for comparisons."""
         route = self._route or Route(tuple(self.targets))
-        return Chain.of([self._pl if not p else self._originals.get(p, self._pl.get_submodule(p))
-                         for p in route.paths], route)
+        return Chain.of(
+            [self._pl if not p else self._originals.get(p, self._pl.get_submodule(p)) for p in route.paths], route
+        )
 
     def _measure(self, tracker: Any) -> None:
         from lightning_nas.deploy import measure
@@ -516,18 +568,22 @@ class QuantizationAware(LightningNASCallback):
         finally:
             float_model.to(device)
         q = measure(self.int8_model, x, onnx=False, repeats=10)
-        m = {"quant/fp32_size_bytes": fp.size_bytes, "quant/int8_size_bytes": q.size_bytes,
-             "quant/size_ratio": q.size_bytes / fp.size_bytes, "quant/fp32_latency_ms": fp.latency_ms,
-             "quant/int8_latency_ms": q.latency_ms, "quant/speedup": fp.latency_ms / q.latency_ms}
+        m = {
+            "quant/fp32_size_bytes": fp.size_bytes,
+            "quant/int8_size_bytes": q.size_bytes,
+            "quant/size_ratio": q.size_bytes / fp.size_bytes,
+            "quant/fp32_latency_ms": fp.latency_ms,
+            "quant/int8_latency_ms": q.latency_ms,
+            "quant/speedup": fp.latency_ms / q.latency_ms,
+        }
         try:
             if self.onnx_path is not None:  # an export costs about a second on a ResNet-18: only when asked for
                 if self.onnx_model is None:
-                    self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1] for a in x),
-                                                         form=self.onnx_form)
+                    self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1] for a in x), form=self.onnx_form)
                 sess = onnx_session(self.onnx_model)
                 feeds = {i.name: a.numpy() for i, a in zip(sess.get_inputs(), x)}
                 m["quant/onnx_int8_latency_ms"] = _time(lambda: sess.run(None, feeds), 10, 3)[0]
-        except Exception as exc:  # noqa: BLE001 - torch int8 numbers stay valid without ONNX
+        except Exception as exc:
             self.measurements["onnx_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         self.measurements.update(m)
         tracker.log_summary(m)

@@ -1,4 +1,5 @@
 """Pure-torch compression algorithms (no Lightning import): pruning, quantization, low-rank, distillation."""
+
 from lightning_nas.compress.distill import FeatureAdapter, feature_loss, kd_loss, load_teacher
 from lightning_nas.compress.lowrank import factorize
 from lightning_nas.compress.prune import (
@@ -11,8 +12,18 @@ from lightning_nas.compress.prune import (
 from lightning_nas.compress.quantize import convert_int8, export_int8_onnx, post_training_quantize, prepare_qat
 
 __all__ = [
-    "prune_structured", "replay_pruning", "prunable_layers", "magnitude_prune", "make_permanent",
+    "prune_structured",
+    "replay_pruning",
+    "prunable_layers",
+    "magnitude_prune",
+    "make_permanent",
     "factorize",
-    "prepare_qat", "convert_int8", "export_int8_onnx", "post_training_quantize",
-    "kd_loss", "feature_loss", "FeatureAdapter", "load_teacher",
+    "prepare_qat",
+    "convert_int8",
+    "export_int8_onnx",
+    "post_training_quantize",
+    "kd_loss",
+    "feature_loss",
+    "FeatureAdapter",
+    "load_teacher",
 ]

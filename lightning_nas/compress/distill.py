@@ -7,6 +7,7 @@
   ``A`` a learnable 1x1 map over the channel dimension (dim 1), the student map average-pooled to the
   teacher's spatial size when they differ.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,12 +21,14 @@ from torch import nn
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, mean over rows (all but the last dimension)."""
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must have the same shape")
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} must have the same shape"
+        )
     c = student_logits.shape[-1]
     log_s = F.log_softmax(student_logits.reshape(-1, c).float() / temperature, dim=-1)
     log_t = F.log_softmax(teacher_logits.reshape(-1, c).float().detach() / temperature, dim=-1)
-    return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * temperature ** 2
+    return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * temperature**2
 
 
 def layer_width(module: nn.Module) -> int | None:
@@ -54,13 +57,20 @@ class FeatureAdapter(nn.Module):
         if c_student == c_teacher:
             nn.init.eye_(self.weight)
         else:
-            nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+            nn.init.kaiming_uniform_(self.weight, a=5**0.5)
 
     def forward(self, f_student: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         f = f_student
         if f.dim() > 2 and f.shape[2:] != like.shape[2:]:
-            f = F.adaptive_avg_pool1d(f, like.shape[2:]) if f.dim() == 3 else (
-                F.adaptive_avg_pool2d(f, like.shape[2:]) if f.dim() == 4 else F.adaptive_avg_pool3d(f, like.shape[2:]))
+            f = (
+                F.adaptive_avg_pool1d(f, like.shape[2:])
+                if f.dim() == 3
+                else (
+                    F.adaptive_avg_pool2d(f, like.shape[2:])
+                    if f.dim() == 4
+                    else F.adaptive_avg_pool3d(f, like.shape[2:])
+                )
+            )
         out = torch.einsum("oc,nc...->no...", self.weight, f)
         return out + self.bias.view(1, -1, *([1] * (f.dim() - 2)))
 
@@ -81,34 +91,41 @@ def load_teacher(teacher: nn.Module | str | Path, architecture: nn.Module | None
         model = teacher
     elif isinstance(teacher, (str, Path)):
         if architecture is None:
-            raise ValueError(f"`teacher` is a checkpoint path ({str(teacher)!r}): give the module to load it into "
-                             "(`teacher_architecture`)")
+            raise ValueError(
+                f"`teacher` is a checkpoint path ({str(teacher)!r}): give the module to load it into "
+                "(`teacher_architecture`)"
+            )
         try:
             state = torch.load(str(teacher), map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise ValueError(f"`teacher` checkpoint {str(teacher)!r} does not exist") from None
-        except Exception as exc:  # noqa: BLE001 - unpickling errors are long: keep the gist
-            raise ValueError(f"`teacher` checkpoint {str(teacher)!r} cannot be loaded with weights_only=True (it needs "
-                             f"pickle or is not a torch file): {str(exc).splitlines()[0][:200]}. Allowed: a state "
-                             "dict saved with torch.save(model.state_dict(), path) or a Lightning checkpoint") from None
+        except Exception as exc:
+            raise ValueError(
+                f"`teacher` checkpoint {str(teacher)!r} cannot be loaded with weights_only=True (it needs "
+                f"pickle or is not a torch file): {str(exc).splitlines()[0][:200]}. Allowed: a state "
+                "dict saved with torch.save(model.state_dict(), path) or a Lightning checkpoint"
+            ) from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
-            raise ValueError(f"`teacher` checkpoint {str(teacher)!r} is not a state dict (a mapping of names to "
-                             f"tensors), got {type(state).__name__}")
+            raise ValueError(
+                f"`teacher` checkpoint {str(teacher)!r} is not a state dict (a mapping of names to "
+                f"tensors), got {type(state).__name__}"
+            )
         model = copy.deepcopy(architecture)
         own = set(model.state_dict())
         if not own <= set(state):  # a Lightning checkpoint of a wrapper: strip the common prefix ("net.")
             for prefix in sorted({k.split(".", 1)[0] + "." for k in state}):
-                stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
                 if own <= set(stripped):
                     state = stripped
                     break
         try:
             model.load_state_dict({k: v for k, v in state.items() if k in own})
         except RuntimeError as exc:
-            raise ValueError(f"`teacher` checkpoint {str(teacher)!r} does not fit {type(model).__name__}: "
-                             f"{str(exc)[:300]}") from None
+            raise ValueError(
+                f"`teacher` checkpoint {str(teacher)!r} does not fit {type(model).__name__}: {str(exc)[:300]}"
+            ) from None
     else:
         raise TypeError(f"`teacher` must be an nn.Module or a checkpoint path, got {type(teacher).__name__}")
     model.eval()

@@ -14,6 +14,7 @@ Rank choice: the smallest ``r`` keeping ``energy`` of the spectrum, ``sum_{i<r} 
 or the largest ``r`` whose factors cost at most ``budget`` x the original parameters. A layer whose chosen
 rank would not reduce MACs is left alone and reported as skipped (never an error).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -57,6 +58,7 @@ def check_energy_budget(energy: float | None, budget: float | None) -> tuple[flo
     check_range("energy", energy, 0.0, 1.0, low_inclusive=False)
     return energy, None
 
+
 def _matrix(m: nn.Module) -> torch.Tensor:
     w = m.weight.detach()
     return w.reshape(w.shape[0], -1).float()
@@ -72,8 +74,13 @@ def _cost_rank(m: nn.Module, r: int) -> int:
     return r * (mat.shape[1] + mat.shape[0])
 
 
-def choose_rank(s: torch.Tensor, energy: float | None = None, budget: float | None = None,
-                per_rank_cost: int = 1, full_cost: int = 1) -> int:
+def choose_rank(
+    s: torch.Tensor,
+    energy: float | None = None,
+    budget: float | None = None,
+    per_rank_cost: int = 1,
+    full_cost: int = 1,
+) -> int:
     """Rank from singular values ``s`` (descending) by retained ``energy`` or parameter ``budget``."""
     if (energy is None) == (budget is None):
         raise ValueError("give exactly one of `energy` or `budget`")
@@ -96,8 +103,13 @@ def _is_candidate(m: nn.Module) -> str | None:
 def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Layers ``factorize`` may replace: Linear and groups=1 Conv2d, except those an attention module
     reads directly (``nn.MultiheadAttention.out_proj`` is used through its ``.weight``)."""
-    inside = {f"{n}.{c}" if n else c for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
-              for c, _ in m.named_modules() if c}
+    inside = {
+        f"{n}.{c}" if n else c
+        for n, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+        for c, _ in m.named_modules()
+        if c
+    }
     return [(n, m) for n, m in model.named_modules() if n and n not in inside and _is_candidate(m)]
 
 
@@ -120,8 +132,18 @@ def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
         first.weight.data.copy_(a)
         second.weight.data.copy_(b)
     else:
-        first = nn.Conv2d(m.in_channels, r, m.kernel_size, m.stride, m.padding, m.dilation, bias=False,
-                          padding_mode=m.padding_mode, device=dev, dtype=m.weight.dtype)
+        first = nn.Conv2d(
+            m.in_channels,
+            r,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            bias=False,
+            padding_mode=m.padding_mode,
+            device=dev,
+            dtype=m.weight.dtype,
+        )
         second = nn.Conv2d(r, m.out_channels, 1, bias=m.bias is not None, device=dev, dtype=m.weight.dtype)
         first.weight.data.copy_(a.reshape(r, m.in_channels, *m.kernel_size))
         second.weight.data.copy_(b.reshape(m.out_channels, r, 1, 1))
@@ -180,14 +202,25 @@ def factorize(
             r = int(ranks[name])
         else:
             r = choose_rank(s, energy, budget, per_rank, full)
-        e = float((s[:r] ** 2).sum() / (s ** 2).sum().clamp_min(1e-30))
+        e = float((s[:r] ** 2).sum() / (s**2).sum().clamp_min(1e-30))
         bias = 0 if m.bias is None else m.bias.numel()
-        rec = LayerFactorization(name, kind, len(s), r, e, full + bias, r * per_rank + bias,
-                                 r * per_rank / full, singular_values=[float(v) for v in s])
+        rec = LayerFactorization(
+            name,
+            kind,
+            len(s),
+            r,
+            e,
+            full + bias,
+            r * per_rank + bias,
+            r * per_rank / full,
+            singular_values=[float(v) for v in s],
+        )
         if ranks is None and r * per_rank > (1.0 - min_saving) * full:
             rec.rank, rec.params_after, rec.macs_ratio = None, rec.params_before, None
-            rec.reason = (f"rank {r} of {len(s)} (energy {e:.3f}) would cost {r * per_rank} vs {full} MACs per "
-                          f"position, saving less than min_saving={min_saving}: not factorized")
+            rec.reason = (
+                f"rank {r} of {len(s)} (energy {e:.3f}) would cost {r * per_rank} vs {full} MACs per "
+                f"position, saving less than min_saving={min_saving}: not factorized"
+            )
         else:
             _set(model, name, factor_layer(m, r))
         report.append(rec)

@@ -16,6 +16,7 @@ Importance of channel ``c`` of a group (all coupled parameters ``W_k``, summed o
 * ``"taylor"``: ``sum_k |sum_j W_k[c, j] * dL/dW_k[c, j]|`` (first-order Taylor estimate of the loss change
   when the channel is removed); needs ``.grad`` populated on the weights.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -36,6 +37,8 @@ ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # the layers whose ou
 ExampleInputs = Any
 # ``forward_fn(model, example_inputs)`` runs the model on the example (default ``model(*args, **kwargs)``); a
 # caller passes its own when the inputs go to a submodule, or through several (a backbone, then a head).
+ForwardFn = Callable[[nn.Module, ExampleInputs], Any]
+
 
 @dataclass
 class PruneStep:
@@ -48,6 +51,7 @@ class PruneStep:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+
 @dataclass
 class PruneResult:
     """What ``prune_structured`` did: the steps (for replay) and per-layer importance of every channel."""
@@ -56,17 +60,24 @@ class PruneResult:
     scores: dict[str, list[float]] = field(default_factory=dict)  # importance of every channel before
     removed: dict[str, list[int]] = field(default_factory=dict)  # channel indices removed (pre-step indexing)
 
+
 def _as_args(example_inputs: ExampleInputs) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, tuple) and len(example_inputs) == 2 and isinstance(example_inputs[1], dict) \
-            and isinstance(example_inputs[0], tuple):
+    if (
+        isinstance(example_inputs, tuple)
+        and len(example_inputs) == 2
+        and isinstance(example_inputs[1], dict)
+        and isinstance(example_inputs[0], tuple)
+    ):
         return example_inputs
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
     return (example_inputs,), {}
 
+
 def _forward_fn(model: nn.Module, inputs: ExampleInputs) -> Any:
     args, kwargs = _as_args(inputs)
     return model(*args, **kwargs)
+
 
 def _run(model: nn.Module, example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None) -> Any:
     was = model.training
@@ -77,12 +88,17 @@ def _run(model: nn.Module, example_inputs: ExampleInputs, forward_fn: ForwardFn 
     finally:
         model.train(was)
 
-def find_output_layer(model: nn.Module, example_inputs: ExampleInputs,
-                      forward_fn: ForwardFn | None = None) -> str | None:
+
+def find_output_layer(
+    model: nn.Module, example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None
+) -> str | None:
     """Name of the last ``Linear``/``Conv`` executed in a forward pass: the layer producing the logits."""
     order: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
-             for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    ]
     try:
         _run(model, example_inputs, forward_fn)
     finally:
@@ -90,23 +106,30 @@ def find_output_layer(model: nn.Module, example_inputs: ExampleInputs,
             h.remove()
     return order[-1] if order else None
 
+
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
+
 
 def _graph(model: nn.Module, example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None) -> Any:
     import torch_pruning as tp
 
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                 forward_fn=forward_fn or _forward_fn)
+    return tp.DependencyGraph().build_dependency(
+        model, example_inputs=example_inputs, forward_fn=forward_fn or _forward_fn
+    )
 
-def _ignored_modules(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str],
-                     forward_fn: ForwardFn | None = None) -> list[nn.Module]:
+
+def _ignored_modules(
+    model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str], forward_fn: ForwardFn | None = None
+) -> list[nn.Module]:
     out = find_output_layer(model, example_inputs, forward_fn)
     names = list(ignore) + ([out] if out else [])
     return [m for n, m in model.named_modules() if n and _matches(n, names)]
 
-def prunable_layers(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str] = (),
-                    forward_fn: ForwardFn | None = None) -> dict[str, int]:
+
+def prunable_layers(
+    model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str] = (), forward_fn: ForwardFn | None = None
+) -> dict[str, int]:
     """``{layer: output channels}`` of every group root that may be pruned (output layer and ``ignore`` excluded).
 
     Only layers the forward runs count (``forward_fn(model, example_inputs)``, default ``model(*args, **kwargs)``).
@@ -120,6 +143,7 @@ def prunable_layers(model: nn.Module, example_inputs: ExampleInputs, ignore: Seq
         out[names[root]] = len(group[0].idxs)
     return out
 
+
 def _importance(name: str) -> Any:
     import torch_pruning as tp
 
@@ -131,6 +155,7 @@ def _importance(name: str) -> Any:
     if name == "bn_scale":
         return tp.importance.BNScaleImportance()
     return tp.importance.GroupTaylorImportance()
+
 
 def prune_structured(
     model: nn.Module,
@@ -182,17 +207,27 @@ def prune_structured(
         ratio_dict = {modules[k]: float(v) for k, v in ratios.items()}
     num_heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     pruner = tp.pruner.MetaPruner(
-        model, example_inputs, importance=_importance(importance), global_pruning=global_pruning,
-        pruning_ratio=0.0 if ratio_dict is not None else float(amount), pruning_ratio_dict=ratio_dict,
-        max_pruning_ratio=0.95, ignored_layers=ignored, round_to=round_to, num_heads=num_heads,
-        forward_fn=forward_fn or _forward_fn, root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear])
+        model,
+        example_inputs,
+        importance=_importance(importance),
+        global_pruning=global_pruning,
+        pruning_ratio=0.0 if ratio_dict is not None else float(amount),
+        pruning_ratio_dict=ratio_dict,
+        max_pruning_ratio=0.95,
+        ignored_layers=ignored,
+        round_to=round_to,
+        num_heads=num_heads,
+        forward_fn=forward_fn or _forward_fn,
+        root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear],
+    )
     dg = pruner.DG
     was = model.training
     model.eval()
     try:
         with torch.no_grad():  # importance of every channel, before anything changes (for explanations)
-            for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                           root_module_types=pruner.root_module_types):
+            for group in dg.get_all_groups(
+                ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+            ):
                 imp = pruner.estimate_importance(group)
                 if imp is not None:
                     result.scores[names[group[0].dep.target.module]] = [float(v) for v in imp.cpu().reshape(-1)]
@@ -209,18 +244,26 @@ def prune_structured(
     _check_runs(model, example_inputs, ignore, forward_fn)
     return result
 
-def _check_runs(model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str],
-                forward_fn: ForwardFn | None = None) -> None:
+
+def _check_runs(
+    model: nn.Module, example_inputs: ExampleInputs, ignore: Sequence[str], forward_fn: ForwardFn | None = None
+) -> None:
     try:
         _run(model, example_inputs, forward_fn)
-    except Exception as exc:  # noqa: BLE001 - turn an opaque shape error into advice
+    except Exception as exc:
         raise RuntimeError(
             f"the pruned model no longer runs ({type(exc).__name__}: {exc}). A module probably keeps a "
             f"tensor or size outside its parameters (e.g. a cached positional encoding); add the layers that "
-            f"feed it to `ignore` (currently {list(ignore)})") from exc
+            f"feed it to `ignore` (currently {list(ignore)})"
+        ) from exc
 
-def replay_pruning(model: nn.Module, steps: Sequence[PruneStep | Mapping[str, Any]],
-                   example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None) -> None:
+
+def replay_pruning(
+    model: nn.Module,
+    steps: Sequence[PruneStep | Mapping[str, Any]],
+    example_inputs: ExampleInputs,
+    forward_fn: ForwardFn | None = None,
+) -> None:
     """Apply recorded ``steps`` to a fresh, unpruned ``model`` so it has the pruned architecture (in place)."""
     if not steps:
         return
@@ -236,9 +279,14 @@ def replay_pruning(model: nn.Module, steps: Sequence[PruneStep | Mapping[str, An
         group = dg.get_pruning_group(mod, fn, list(s.idxs))
         group.prune()
 
-def densify_state_dict(unpruned: nn.Module, steps: Sequence[PruneStep | Mapping[str, Any]],
-                       example_inputs: ExampleInputs, pruned_state: Mapping[str, torch.Tensor],
-                       forward_fn: ForwardFn | None = None) -> dict[str, Any]:
+
+def densify_state_dict(
+    unpruned: nn.Module,
+    steps: Sequence[PruneStep | Mapping[str, Any]],
+    example_inputs: ExampleInputs,
+    pruned_state: Mapping[str, torch.Tensor],
+    forward_fn: ForwardFn | None = None,
+) -> dict[str, Any]:
     """A state dict with ``unpruned``'s shapes that computes what the pruned model computes.
 
     Each kept entry goes back to its original index and removed channels are zero, so their contribution
@@ -291,15 +339,19 @@ def channel_counts(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
                 break
     return out
 
+
 # ---------------------------------------------------------------------------------------- unstructured
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
 
 def magnitude_targets(model: nn.Module, ignore: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every Linear/Conv whose ``weight`` unstructured pruning may mask."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _WEIGHTED) and not _matches(n, ignore)]
 
-def magnitude_prune(model: nn.Module, amount: float, global_pruning: bool = True,
-                    ignore: Sequence[str] = ()) -> dict[str, float]:
+
+def magnitude_prune(
+    model: nn.Module, amount: float, global_pruning: bool = True, ignore: Sequence[str] = ()
+) -> dict[str, float]:
     """Mask the smallest-|w| weights with ``torch.nn.utils.prune`` so that ``amount`` of them are zero.
 
     ``amount`` is the *total* target sparsity in ``[0, 1)`` (already-masked weights count), globally across
@@ -324,10 +376,12 @@ def magnitude_prune(model: nn.Module, amount: float, global_pruning: bool = True
     _refresh_masked_children(model)
     return sparsity(model, ignore)
 
+
 def _refresh_masked_children(model: nn.Module) -> None:
     """``nn.MultiheadAttention`` reads ``out_proj.weight`` without calling ``out_proj``, so torch's pruning
     pre-hook never recomputes ``weight = weight_orig * weight_mask`` (the second backward then fails): recompute it
     in a pre-hook of the attention module itself (hand-written: torch.nn.utils.prune has no such case)."""
+
     def refresh(mha: nn.Module, _args: Any) -> None:
         child = mha.out_proj
         for hook in child._forward_pre_hooks.values():
@@ -335,8 +389,11 @@ def _refresh_masked_children(model: nn.Module) -> None:
                 hook(child, None)
 
     for m in model.modules():
-        if isinstance(m, nn.MultiheadAttention) and _tprune.is_pruned(m.out_proj) \
-                and not getattr(m, "_lnas_prune_refresh", False):
+        if (
+            isinstance(m, nn.MultiheadAttention)
+            and _tprune.is_pruned(m.out_proj)
+            and not getattr(m, "_lnas_prune_refresh", False)
+        ):
             m.register_forward_pre_hook(refresh)
             m._lnas_prune_refresh = True
 
@@ -344,15 +401,18 @@ def _refresh_masked_children(model: nn.Module) -> None:
 def _mask(m: nn.Module) -> torch.Tensor:
     return getattr(m, "weight_mask", torch.ones_like(m.weight))
 
+
 def sparsity(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, float]:
     """Fraction of exactly-zero weights of each Linear/Conv layer."""
     return {n: float((m.weight == 0).float().mean()) for n, m in magnitude_targets(model, ignore)}
+
 
 def make_permanent(model: nn.Module) -> None:
     """Fold masks into the weights (``prune.remove``): plain parameters with zeros, no ``weight_mask`` left."""
     for m in model.modules():
         if _tprune.is_pruned(m) and hasattr(m, "weight_mask"):
             _tprune.remove(m, "weight")
+
 
 def add_masks_for_state_dict(model: nn.Module, state_dict: Mapping[str, Any], prefix: str = "") -> int:
     """Re-create the ``weight_orig``/``weight_mask`` re-parametrisation where ``state_dict`` has masks.
@@ -367,4 +427,3 @@ def add_masks_for_state_dict(model: nn.Module, state_dict: Mapping[str, Any], pr
             n += 1
     _refresh_masked_children(model)
     return n
-

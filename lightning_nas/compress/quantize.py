@@ -48,6 +48,7 @@ warm-up (``start_epoch``) as the fix (not needed once ranges follow; the default
 The x86 fused fake-quant modules keep updating their observers in ``eval()``: call ``set_observers(model,
 False)`` before any evaluation so held-out data never leaks into the scales.
 """
+
 from __future__ import annotations
 
 import copy
@@ -77,6 +78,7 @@ def _quiet():
 
 def quantizable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> list[str]:
     """Names of the Conv/Linear layers of ``model`` that QAT quantizes (those under an ``ignore`` name excluded)."""
+
     def ignored(name: str) -> bool:
         return any(name == s or name.startswith(s + ".") for s in ignore)
 
@@ -88,8 +90,10 @@ def _check_ignore(model: nn.Module, ignore: Sequence[str]) -> None:
     for s in ignore:
         if s not in names:
             near = sorted(names)[:12]
-            raise ValueError(f"`ignore` name {s!r} matches no submodule of {type(model).__name__}; "
-                             f"allowed: submodule names such as {near}")
+            raise ValueError(
+                f"`ignore` name {s!r} matches no submodule of {type(model).__name__}; "
+                f"allowed: submodule names such as {near}"
+            )
 
 
 @dataclass(frozen=True)
@@ -126,8 +130,7 @@ class QATRecipe:
     @classmethod
     def torch_default(cls) -> QATRecipe:
         """torch.ao's default QAT recipe: 0.01 moving averages for all ranges, no warm-up, all ranges freeze."""
-        return cls(activation_averaging=0.01, weight_averaging=0.01, observer_warmup_steps=0,
-                   freeze_weight_ranges=True)
+        return cls(activation_averaging=0.01, weight_averaging=0.01, observer_warmup_steps=0, freeze_weight_ranges=True)
 
 
 def _qconfig_mapping(backend: str, ignore: Sequence[str], qat: bool, recipe: QATRecipe | None = None) -> Any:
@@ -137,8 +140,10 @@ def _qconfig_mapping(backend: str, ignore: Sequence[str], qat: bool, recipe: QAT
         mapping = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(backend)
         if recipe is not None:  # same fake-quantizers and dtypes as torch's, with the recipe's range averaging
             default = mapping.global_qconfig
-            ours = QConfig(activation=default.activation.with_args(averaging_constant=recipe.activation_averaging),
-                           weight=default.weight.with_args(averaging_constant=recipe.weight_averaging))
+            ours = QConfig(
+                activation=default.activation.with_args(averaging_constant=recipe.activation_averaging),
+                weight=default.weight.with_args(averaging_constant=recipe.weight_averaging),
+            )
             mapping.set_global(ours)
             for key, qconfig in list(mapping.object_type_qconfigs.items()):
                 if qconfig == default:  # fixed-qparams ops (sigmoid, tanh, ...) keep their own
@@ -148,16 +153,24 @@ def _qconfig_mapping(backend: str, ignore: Sequence[str], qat: bool, recipe: QAT
     return mapping
 
 
-def _prepare(model: nn.Module, example_inputs: tuple, backend: str, ignore: Sequence[str], qat: bool,
-             recipe: QATRecipe | None = None) -> nn.Module:
+def _prepare(
+    model: nn.Module,
+    example_inputs: tuple,
+    backend: str,
+    ignore: Sequence[str],
+    qat: bool,
+    recipe: QATRecipe | None = None,
+) -> nn.Module:
     check_choice("backend", backend, BACKENDS)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     ignore = list(ignore)
     _check_ignore(model, ignore)
     if not quantizable_layers(model, ignore):
-        raise ValueError(f"{type(model).__name__} has no quantizable layer (allowed: {[t.__name__ for t in QUANTIZABLE]}"
-                         f" outside `ignore`={ignore}); QAT would leave it float")
+        raise ValueError(
+            f"{type(model).__name__} has no quantizable layer (allowed: {[t.__name__ for t in QUANTIZABLE]}"
+            f" outside `ignore`={ignore}); QAT would leave it float"
+        )
     from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
@@ -165,16 +178,24 @@ def _prepare(model: nn.Module, example_inputs: tuple, backend: str, ignore: Sequ
     try:
         with _quiet():
             fn = prepare_qat_fx if qat else prepare_fx
-            return fn(model, _qconfig_mapping(backend, ignore, qat, recipe), example_inputs,
-                      prepare_custom_config=custom)
-    except Exception as exc:  # noqa: BLE001 - tracing errors are opaque: say what to do
-        raise ValueError(f"torch.fx could not trace {type(model).__name__} for quantization ({type(exc).__name__}: "
-                         f"{str(exc)[:300]}). Choose a traceable submodule (QuantizationAware(module_name=...)) or "
-                         "keep the untraceable part float with ignore=[...]") from exc
+            return fn(
+                model, _qconfig_mapping(backend, ignore, qat, recipe), example_inputs, prepare_custom_config=custom
+            )
+    except Exception as exc:
+        raise ValueError(
+            f"torch.fx could not trace {type(model).__name__} for quantization ({type(exc).__name__}: "
+            f"{str(exc)[:300]}). Choose a traceable submodule (QuantizationAware(module_name=...)) or "
+            "keep the untraceable part float with ignore=[...]"
+        ) from exc
 
 
-def prepare_qat(model: nn.Module, example_inputs: tuple = (), backend: str = "x86",
-                ignore: Sequence[str] = (), recipe: QATRecipe | None = None) -> nn.Module:
+def prepare_qat(
+    model: nn.Module,
+    example_inputs: tuple = (),
+    backend: str = "x86",
+    ignore: Sequence[str] = (),
+    recipe: QATRecipe | None = None,
+) -> nn.Module:
     """Return ``model`` prepared for QAT: an FX ``GraphModule`` with Conv+BN(+ReLU) fused into QAT modules,
     per-channel symmetric int8 fake-quantized weights and per-tensor affine uint8 fake-quantized activations,
     whose ranges follow ``recipe`` (default ``QATRecipe()``; drive its warm-up and freezing with
@@ -232,8 +253,16 @@ def _set_weight_observers(model: nn.Module, enabled: bool) -> None:
             fq.enable_observer(enabled)
 
 
-def apply_qat_schedule(model: nn.Module, recipe: QATRecipe, *, active: bool, qat_steps: int,
-                       observers_frozen: bool = False, bn_frozen: bool = False, training: bool = True) -> None:
+def apply_qat_schedule(
+    model: nn.Module,
+    recipe: QATRecipe,
+    *,
+    active: bool,
+    qat_steps: int,
+    observers_frozen: bool = False,
+    bn_frozen: bool = False,
+    training: bool = True,
+) -> None:
     """Put a prepared model in the state ``recipe`` asks for at this point of QAT.
 
     ``active``: QAT has started (else everything is bypassed: float training). ``qat_steps``: QAT training steps
@@ -293,8 +322,10 @@ def allow_int8_kernels():
 
 
 def _determinism_off(module: nn.Module, args: Any) -> None:
-    module._lnas_deterministic = (torch.are_deterministic_algorithms_enabled(),
-                                  torch.is_deterministic_algorithms_warn_only_enabled())
+    module._lnas_deterministic = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     torch.use_deterministic_algorithms(False)
 
 
@@ -346,8 +377,9 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
         return _int8_runnable(convert_fx(model))
 
 
-def post_training_quantize(model: nn.Module, calibration: Iterable[Any], backend: str = "x86",
-                           ignore: Sequence[str] = ()) -> nn.Module:
+def post_training_quantize(
+    model: nn.Module, calibration: Iterable[Any], backend: str = "x86", ignore: Sequence[str] = ()
+) -> nn.Module:
     """Static post-training quantization (the baseline QAT is measured against): observe ``calibration``
     batches (tensors or tuples of tensors) in float, then ``convert_fx`` with the same qconfig as QAT."""
     base = copy.deepcopy(model).eval()
@@ -364,8 +396,9 @@ def post_training_quantize(model: nn.Module, calibration: Iterable[Any], backend
 ONNX_FORMS = ("qdq", "fused", "raw")
 
 
-def export_int8_onnx(int8_model: nn.Module, example_input: Any, path: str | Path | None = None,
-                     form: str = "qdq") -> bytes:
+def export_int8_onnx(
+    int8_model: nn.Module, example_input: Any, path: str | Path | None = None, form: str = "qdq"
+) -> bytes:
     """ONNX bytes of a converted int8 model (dynamic batch axis); also written to ``path`` when given.
 
     ``form``: ``"qdq"`` (default) the exporter's QDQ graph compacted by ``compact_onnx`` (portable standard
@@ -404,8 +437,25 @@ def int8_onnx_ops(onnx_model: bytes) -> list[str]:
         return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
 
 
-__all__ = ["BACKENDS", "ONNX_FORMS", "QUANTIZABLE", "QATRecipe", "allow_int8_kernels", "apply_qat_schedule",
-           "convert_int8", "export_int8_onnx", "fake_quant_modules", "int8_onnx_ops", "loss_diverged",
-           "refresh_weight_ranges",
-           "post_training_quantize", "prepare_qat", "qat_layers", "quant_state", "quantizable_layers",
-           "set_bn_frozen", "set_fake_quant", "set_observers"]
+__all__ = [
+    "BACKENDS",
+    "ONNX_FORMS",
+    "QUANTIZABLE",
+    "QATRecipe",
+    "allow_int8_kernels",
+    "apply_qat_schedule",
+    "convert_int8",
+    "export_int8_onnx",
+    "fake_quant_modules",
+    "int8_onnx_ops",
+    "loss_diverged",
+    "refresh_weight_ranges",
+    "post_training_quantize",
+    "prepare_qat",
+    "qat_layers",
+    "quant_state",
+    "quantizable_layers",
+    "set_bn_frozen",
+    "set_fake_quant",
+    "set_observers",
+]

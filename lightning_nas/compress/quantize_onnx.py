@@ -20,6 +20,7 @@ all-zero zero-point vectors of the symmetric per-channel weights. ``compact_onnx
 
 ``check_same_outputs`` runs both files in ONNX Runtime and requires bit-identical outputs.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -37,8 +38,9 @@ def _ort_optimized(data: bytes, extended: bool) -> bytes:
 
     with tempfile.TemporaryDirectory() as d:
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if extended
-                                         else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+        opts.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if extended else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        )
         opts.optimized_model_filepath = str(Path(d) / "opt.onnx")
         opts.log_severity_level = 3
         ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
@@ -85,8 +87,11 @@ def _compact(data: bytes, drop_zero_points: bool) -> bytes:
 
     def is_zero_const(name: str) -> bool:
         t = inits.get(name)
-        return t is not None and t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
-                                                 onnx.TensorProto.INT32) and not numpy_helper.to_array(t).any()
+        return (
+            t is not None
+            and t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32)
+            and not numpy_helper.to_array(t).any()
+        )
 
     consumers: dict[str, set[str]] = {}
     for node in g.node:
@@ -95,10 +100,15 @@ def _compact(data: bytes, drop_zero_points: bool) -> bytes:
     zero_scalars: dict[int, str] = {}
     for node in g.node:
         idx = _ZP_INPUT.get(node.op_type)
-        if drop_zero_points and idx is not None and not consumers.get(node.output[0], set()) & _KEEP_ZP_FOR \
-                and len(node.input) == idx + 1 and node.input[0] in inits \
-                and inits[node.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT32) \
-                and is_zero_const(node.input[idx]):
+        if (
+            drop_zero_points
+            and idx is not None
+            and not consumers.get(node.output[0], set()) & _KEEP_ZP_FOR
+            and len(node.input) == idx + 1
+            and node.input[0] in inits
+            and inits[node.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT32)
+            and is_zero_const(node.input[idx])
+        ):
             del node.input[idx]  # constant int8 weight / int32 bias: the zero-point defaults to 0
         for idx in _ZP_REQUIRED.get(node.op_type, ()):
             if len(node.input) > idx and is_zero_const(node.input[idx]) and inits[node.input[idx]].dims:

@@ -1,4 +1,5 @@
 """scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes) as a LightningDataModule."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -100,8 +101,13 @@ class DigitsDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         ds = self.split(name)
         sampler = _EpochSeededSampler(len(ds), self.seed) if shuffle else None
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

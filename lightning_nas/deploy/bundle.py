@@ -15,6 +15,7 @@ and keeps those bytes: the ONNX session, the TorchScript module and the profile 
 that were checked, never re-read from disk. ``bundle`` builds into a temporary folder beside ``out_dir`` and
 swaps it in at the end; ``overwrite=True`` only ever replaces a folder that is a bundle.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -117,10 +118,15 @@ def _card_models() -> Any:
         @model_validator(mode="after")
         def _shape(self) -> Any:
             dims = self.shape[1:]
-            if not self.shape or self.shape[0] != "batch" or not 1 <= len(dims) <= 8 or not all(
-                    isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
-                raise ValueError(f"shape must be ['batch', d1, ...] with 1 to 8 positive integer sizes, got "
-                                 f"{str(self.shape)[:80]}")
+            if (
+                not self.shape
+                or self.shape[0] != "batch"
+                or not 1 <= len(dims) <= 8
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims)
+            ):
+                raise ValueError(
+                    f"shape must be ['batch', d1, ...] with 1 to 8 positive integer sizes, got {str(self.shape)[:80]}"
+                )
             if int(np.prod(dims, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
                 raise ValueError(f"shape {dims} has more than {MAX_INPUT_ELEMENTS} elements per input")
             return self
@@ -165,7 +171,7 @@ def _calibrated_int8(float_path: Path, out_path: Path, data: np.ndarray, batch: 
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter([{"input": data[i:i + batch]} for i in range(0, len(data), batch)])
+            self._it = iter([{"input": data[i : i + batch]} for i in range(0, len(data), batch)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
@@ -175,10 +181,17 @@ def _calibrated_int8(float_path: Path, out_path: Path, data: np.ndarray, batch: 
     pre = out_path.with_name("pre-quant.onnx")
     try:  # shape inference + graph optimisation first, as ONNX Runtime recommends; plain float graph if it fails
         quant_pre_process(str(float_path), str(pre))
-    except Exception:  # noqa: BLE001
+    except Exception:
         shutil.copyfile(float_path, pre)
-    quantize_static(str(pre), str(out_path), _Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False)
+    quantize_static(
+        str(pre),
+        str(out_path),
+        _Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+    )
     pre.unlink()
 
 
@@ -195,11 +208,21 @@ def _onnx_latency_ms(path: Path, x: np.ndarray, repeats: int = 30) -> float:
     return round(_time(lambda: sess.run(None, feeds), repeats, 5)[0], 4)
 
 
-def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *,
-           int8: bool | bytes | str | Path | None = None, metrics: dict[str, Any] | None = None,
-           card: ModelCard | None = None, reference_data: torch.Tensor | np.ndarray | None = None,
-           name: str | None = None, normalisation: str | None = None, output: str = "auto",
-           class_names: list[str] | None = None, overwrite: bool = False) -> Path:
+def bundle(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    out_dir: str | Path,
+    *,
+    int8: bool | bytes | str | Path | None = None,
+    metrics: dict[str, Any] | None = None,
+    card: ModelCard | None = None,
+    reference_data: torch.Tensor | np.ndarray | None = None,
+    name: str | None = None,
+    normalisation: str | None = None,
+    output: str = "auto",
+    class_names: list[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write ``model`` as a bundle folder (see the module docstring) and return its path.
 
     Args:
@@ -230,15 +253,19 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
     if output not in OUTPUT_KINDS:
         raise ValueError(f"`output` must be one of {list(OUTPUT_KINDS)}, got {output!r}")
     if example_input.ndim < 2 or not example_input.is_floating_point():
-        raise ValueError(f"`example_input` must be a float batch (B, ...), got {example_input.dtype} "
-                         f"{tuple(example_input.shape)}")
+        raise ValueError(
+            f"`example_input` must be a float batch (B, ...), got {example_input.dtype} {tuple(example_input.shape)}"
+        )
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
     shape = tuple(int(s) for s in example_input.shape[1:])
     ref = None
     if reference_data is not None:
-        ref = (reference_data.detach().cpu().numpy() if isinstance(reference_data, torch.Tensor)
-               else np.asarray(reference_data)).astype(np.float32)
+        ref = (
+            reference_data.detach().cpu().numpy()
+            if isinstance(reference_data, torch.Tensor)
+            else np.asarray(reference_data)
+        ).astype(np.float32)
         if len(ref) < 20:
             raise ValueError(f"`reference_data` must hold at least 20 inputs for a reference profile, got {len(ref)}")
         if tuple(ref.shape[1:]) != shape:
@@ -274,9 +301,13 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
         c.metrics.update(metrics or {})
         c.measurements = _measurements(model, example_input, tmpd, files)
         rng = (float(ref.min()), float(ref.max())) if ref is not None else None
-        c.input_spec = {"name": "input", "dtype": "float32", "shape": ["batch", *shape],
-                        "normalisation": normalisation or c.input_spec.get("normalisation"),
-                        "range": list(rng) if rng else c.input_spec.get("range")}
+        c.input_spec = {
+            "name": "input",
+            "dtype": "float32",
+            "shape": ["batch", *shape],
+            "normalisation": normalisation or c.input_spec.get("normalisation"),
+            "range": list(rng) if rng else c.input_spec.get("range"),
+        }
         k = want.shape[1]
         names = [str(n) for n in (class_names or range(k))]
         if len(names) != k:
@@ -284,10 +315,13 @@ def bundle(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, *
         d = c.to_dict()
         d["name"] = name or c.name
         written = {f: tmpd / f for f in [*files, CARD]}  # trusted-path: our own file names
-        d["bundle"] = {"format": FORMAT, "version": VERSION, "output": {"kind": kind, "num_classes": k,
-                                                                         "class_names": names},
-                       "checks": checks, "files": {f: {"sha256": sha256(written[f]),
-                                                       "bytes": written[f].stat().st_size} for f in files}}
+        d["bundle"] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "output": {"kind": kind, "num_classes": k, "class_names": names},
+            "checks": checks,
+            "files": {f: {"sha256": sha256(written[f]), "bytes": written[f].stat().st_size} for f in files},
+        }
         written[CARD].write_text(json.dumps(_jsonable(d), indent=2))
         (tmpd / MANIFEST).write_text("".join(f"{sha256(q)}  {f}\n" for f, q in written.items()))
         for x in tmpd.iterdir():  # intermediate files (e.g. the int8 pre-processing) do not ship
@@ -307,11 +341,13 @@ def _is_bundle_folder(p: Path) -> str | None:
     """``None`` when ``p`` is a bundle folder written by ``bundle`` (a bundle card, and only bundle files),
     else the reason it is not."""
     entries = sorted(p.iterdir())
-    foreign = [x.name for x in entries if x.name not in (*BUNDLE_FILES, CARD, MANIFEST) or not x.is_file()
-               or x.is_symlink()]
+    foreign = [
+        x.name for x in entries if x.name not in (*BUNDLE_FILES, CARD, MANIFEST) or not x.is_file() or x.is_symlink()
+    ]
     if foreign:
-        return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a bundle does not have: " \
-               f"{foreign[:5]}"
+        return (
+            f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a bundle does not have: {foreign[:5]}"
+        )
     try:
         card = json.loads((p / CARD).read_bytes()) if (p / CARD).stat().st_size <= MAX_CARD_BYTES else None
     except (OSError, ValueError, RecursionError):
@@ -332,15 +368,19 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     if not any(target.iterdir()):
         return
     if not overwrite:
-        raise FileExistsError(f"`out_dir` {str(out)!r} exists and is not empty; pass overwrite=True to replace a "
-                              "bundle written there before")
+        raise FileExistsError(
+            f"`out_dir` {str(out)!r} exists and is not empty; pass overwrite=True to replace a "
+            "bundle written there before"
+        )
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
         raise FileExistsError(f"`out_dir` {str(out)!r} is the current directory or holds it; refusing to replace it")
     reason = _is_bundle_folder(target)
     if reason is not None:
-        raise FileExistsError(f"`out_dir` {str(out)!r} is not a bundle folder ({reason}); overwrite=True only "
-                              "replaces a bundle, so nothing was deleted")
+        raise FileExistsError(
+            f"`out_dir` {str(out)!r} is not a bundle folder ({reason}); overwrite=True only "
+            "replaces a bundle, so nothing was deleted"
+        )
 
 
 def _rename_exchange(a: Path, b: Path) -> bool:
@@ -413,18 +453,22 @@ def _check_outputs(d: Path, files: list[str], x: np.ndarray, want: np.ndarray) -
     for f, y in got.items():
         if y.shape != want.shape or not np.allclose(y, want, atol=FLOAT_ATOL, rtol=FLOAT_RTOL):
             diff = float(np.abs(y - want).max()) if y.shape == want.shape else float("nan")
-            raise RuntimeError(f"bundle: {f} does not reproduce the torch model (max |diff| {diff:.3g}, shape "
-                               f"{y.shape} vs {want.shape}); the model may be data-dependent and not traceable")
+            raise RuntimeError(
+                f"bundle: {f} does not reproduce the torch model (max |diff| {diff:.3g}, shape "
+                f"{y.shape} vs {want.shape}); the model may be data-dependent and not traceable"
+            )
         checks[f] = {"max_abs_diff": float(np.abs(y - want).max())}
     if INT8_ONNX in files:
         try:
             y = _run_onnx(d / INT8_ONNX, x)
-        except Exception as exc:  # noqa: BLE001 - a broken int8 model is a user error to report clearly
+        except Exception as exc:
             raise ValueError(f"bundle: the int8 model cannot run on the example input: {exc}") from exc
         if y.shape != want.shape:
             raise ValueError(f"bundle: the int8 model outputs {y.shape}, the float model {want.shape}")
-        checks[INT8_ONNX] = {"max_abs_diff": float(np.abs(y - want).max()),
-                             "top1_agreement": float((y.argmax(1) == want.argmax(1)).mean())}
+        checks[INT8_ONNX] = {
+            "max_abs_diff": float(np.abs(y - want).max()),
+            "top1_agreement": float((y.argmax(1) == want.argmax(1)).mean()),
+        }
     return checks
 
 
@@ -512,9 +556,11 @@ def _read_checked(p: Path, name: str, digest: Any, manifest: dict[str, str] | No
     actual = _sha256_bytes(data)
     if actual != digest or (manifest is not None and manifest.get(name) != digest):
         recorded = str(manifest.get(name)) if manifest is not None else "-"
-        raise BundleError(f"bundle file {name} in {str(p)!r} does not match its recorded sha256 (card "
-                          f"{str(digest)[:12]}..., manifest {recorded[:12]}..., file {actual[:12]}...): "
-                          "it was modified or replaced; refusing to load it")
+        raise BundleError(
+            f"bundle file {name} in {str(p)!r} does not match its recorded sha256 (card "
+            f"{str(digest)[:12]}..., manifest {recorded[:12]}..., file {actual[:12]}...): "
+            "it was modified or replaced; refusing to load it"
+        )
     return data
 
 
@@ -524,14 +570,17 @@ def _parse_profile(b: Bundle, data: bytes) -> ReferenceProfile:
     except RecursionError:
         raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} is nested too deeply") from None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} is not a valid reference profile: "
-                          f"{(str(exc).splitlines() or [''])[0][:200]}") from None
+        raise BundleError(
+            f"bundle {str(b.path)!r}: {PROFILE} is not a valid reference profile: "
+            f"{(str(exc).splitlines() or [''])[0][:200]}"
+        ) from None
     if prof.input_shape != b.input_shape:
-        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} is for inputs of shape {list(prof.input_shape)}, the "
-                          f"card says {list(b.input_shape)}")
+        raise BundleError(
+            f"bundle {str(b.path)!r}: {PROFILE} is for inputs of shape {list(prof.input_shape)}, the "
+            f"card says {list(b.input_shape)}"
+        )
     if prof.num_classes != b.num_classes:
-        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} has {prof.num_classes} classes, the card "
-                          f"{b.num_classes}")
+        raise BundleError(f"bundle {str(b.path)!r}: {PROFILE} has {prof.num_classes} classes, the card {b.num_classes}")
     return prof
 
 
@@ -541,8 +590,10 @@ def _read_small(p: Path, name: str) -> bytes:
     except UnsafePathError as exc:
         raise BundleError(f"bundle {str(p)!r}: {exc}") from None
     if not path.is_file():
-        raise BundleError(f"{str(p)!r} is not a bundle: it has no {name}"
-                          + (" (write one with lightning_nas.deploy.bundle)" if name == CARD else ""))
+        raise BundleError(
+            f"{str(p)!r} is not a bundle: it has no {name}"
+            + (" (write one with lightning_nas.deploy.bundle)" if name == CARD else "")
+        )
     if path.stat().st_size > MAX_CARD_BYTES:
         raise BundleError(f"bundle {str(p)!r}: {name} is larger than {MAX_CARD_BYTES} bytes")
     return path.read_bytes()
@@ -568,14 +619,16 @@ def load_bundle(path: str | Path) -> Bundle:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{str(p)!r} is not a bundle: {CARD} has no 'bundle' section of format {FORMAT!r}")
     if meta.get("version") != VERSION:
-        raise BundleError(f"bundle {str(p)!r} has version {str(meta.get('version'))[:20]!r}; this lightning_nas "
-                          f"reads {VERSION}")
+        raise BundleError(
+            f"bundle {str(p)!r} has version {str(meta.get('version'))[:20]!r}; this lightning_nas reads {VERSION}"
+        )
     validate_card(card, str(p / CARD))
     manifest = _read_manifest(p)
     blobs = {f: _read_checked(p, f, info["sha256"], manifest) for f, info in meta["files"].items()}
     if manifest.get(CARD) != _sha256_bytes(card_bytes):
-        raise BundleError(f"{CARD} in {str(p)!r} does not match the sha256 in {MANIFEST}: the card was edited; "
-                          "refusing to load it")
+        raise BundleError(
+            f"{CARD} in {str(p)!r} does not match the sha256 in {MANIFEST}: the card was edited; refusing to load it"
+        )
     b = Bundle(p, card, blobs)
     b.profile()  # parsed and checked now: a bad profile is refused at load, not at the first /drift
     return b

@@ -1,4 +1,5 @@
 """The model card: a JSON record of what the model is, how it was made, and what was measured."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -16,8 +17,12 @@ def _versions() -> dict[str, str]:
 
     import lightning_nas
 
-    return {"torch": torch.__version__, "lightning": lightning.__version__,
-            "lightning_nas": lightning_nas.__version__, "python": platform.python_version()}
+    return {
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "lightning_nas": lightning_nas.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _jsonable(v: Any) -> Any:
@@ -43,8 +48,9 @@ class ModelCard:
     model, in order; ``card.metrics`` and ``card.measurements`` hold the final numbers.
     """
 
-    def __init__(self, name: str = "model", model: nn.Module | None = None,
-                 input_spec: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, name: str = "model", model: nn.Module | None = None, input_spec: dict[str, Any] | None = None
+    ) -> None:
         self.name = name
         self.architecture: str | None = None if model is None else str(model)
         self.input_spec = dict(input_spec or {})
@@ -62,17 +68,19 @@ class ModelCard:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable({
-            "name": self.name,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-            "architecture": self.architecture,
-            "input_spec": self.input_spec,
-            "stages": self.stages,
-            "metrics": self.metrics,
-            "measurements": self.measurements,
-            **({"extra": self.extra} if self.extra else {}),
-        })
+        return _jsonable(
+            {
+                "name": self.name,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "versions": _versions(),
+                "architecture": self.architecture,
+                "input_spec": self.input_spec,
+                "stages": self.stages,
+                "metrics": self.metrics,
+                "measurements": self.measurements,
+                **({"extra": self.extra} if self.extra else {}),
+            }
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

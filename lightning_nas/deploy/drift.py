@@ -14,6 +14,7 @@ Prediction drift is the PSI between the reference and current predicted-class fr
 is the total-variation distance ``0.5 * sum_j |a_j - b_j|`` between the reference and current share of mean
 |Integrated Gradients| attribution per feature (0: the model leans on the same features; 1: disjoint ones).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -77,8 +78,9 @@ class DriftThresholds:
         if isinstance(value, dict):
             unknown = sorted(set(value) - set(cls.__dataclass_fields__))
             if unknown:
-                raise ValueError(f"`thresholds` has unknown key(s) {unknown}; allowed: "
-                                 f"{sorted(cls.__dataclass_fields__)}")
+                raise ValueError(
+                    f"`thresholds` has unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}"
+                )
             return cls(**value)
         raise TypeError(f"`thresholds` must be DriftThresholds, a dict or None, got {type(value).__name__}")
 
@@ -107,9 +109,13 @@ class DriftReport:
 
     def metrics(self) -> dict[str, float]:
         """The scalars logged under ``drift/``."""
-        out = {"drift/psi_max": self.psi_max, "drift/ks_max": self.ks_max,
-               "drift/drifted_features": float(len(self.drifted_features)), "drift/detected": float(self.drifted),
-               "drift/n_samples": float(self.n_samples)}
+        out = {
+            "drift/psi_max": self.psi_max,
+            "drift/ks_max": self.ks_max,
+            "drift/drifted_features": float(len(self.drifted_features)),
+            "drift/detected": float(self.drifted),
+            "drift/n_samples": float(self.n_samples),
+        }
         if self.prediction_psi is not None:
             out["drift/prediction_psi"] = self.prediction_psi
         if self.attribution_shift is not None:
@@ -119,17 +125,23 @@ class DriftReport:
     def table(self) -> tuple[list[str], list[list[Any]]]:
         """Columns and rows of the per-feature table (``drift/features``), most drifted first."""
         cols = ["feature", "psi", "ks", "ks_pvalue", "drifted"]
-        rows = sorted(([f["name"], f["psi"], f["ks"], f["ks_pvalue"], f["drifted"]] for f in self.features),
-                      key=lambda r: (not r[4], -r[1]))
+        rows = sorted(
+            ([f["name"], f["psi"], f["ks"], f["ks_pvalue"], f["drifted"]] for f in self.features),
+            key=lambda r: (not r[4], -r[1]),
+        )
         return cols, rows
 
     def to_dict(self) -> dict[str, Any]:
         return dict(asdict(self), drifted=self.drifted)
 
 
-def check_drift(profile: ReferenceProfile, inputs: np.ndarray, classes: np.ndarray | None = None,
-                attribution_share: np.ndarray | None = None,
-                thresholds: DriftThresholds | dict[str, Any] | None = None) -> DriftReport:
+def check_drift(
+    profile: ReferenceProfile,
+    inputs: np.ndarray,
+    classes: np.ndarray | None = None,
+    attribution_share: np.ndarray | None = None,
+    thresholds: DriftThresholds | dict[str, Any] | None = None,
+) -> DriftReport:
     """Compare current data with ``profile``.
 
     Args:
@@ -150,12 +162,18 @@ def check_drift(profile: ReferenceProfile, inputs: np.ndarray, classes: np.ndarr
         feats = profile.features(x)
     if feats.shape[1] != len(names):
         extra = feats.shape[1] - len(names)
-        raise ValueError(f"the reference profile has no entry for {extra} of the {feats.shape[1]} current features"
-                         if extra > 0 else f"current data has {feats.shape[1]} features, the profile {len(names)}")
+        raise ValueError(
+            f"the reference profile has no entry for {extra} of the {feats.shape[1]} current features"
+            if extra > 0
+            else f"current data has {feats.shape[1]} features, the profile {len(names)}"
+        )
     n = len(feats)
     if n < t.min_samples:
-        return DriftReport(status="insufficient", n_samples=n,
-                           verdict=f"{n} samples; at least {t.min_samples} are needed for a verdict")
+        return DriftReport(
+            status="insufficient",
+            n_samples=n,
+            verdict=f"{n} samples; at least {t.min_samples} are needed for a verdict",
+        )
     if not np.isfinite(feats).all():
         raise ValueError("current inputs hold NaN or inf values")
     sample = np.asarray(profile.data["sample"], dtype=np.float64)
@@ -166,12 +184,26 @@ def check_drift(profile: ReferenceProfile, inputs: np.ndarray, classes: np.ndarr
         p = psi(ref["fractions"], bin_fractions(v, np.asarray(ref["cuts"])))
         ks = ks_2samp(sample[:, j], v)
         stat, pval = float(ks.statistic), float(ks.pvalue)
-        rows.append({"name": ref["name"], "psi": p, "ks": stat, "ks_pvalue": pval,
-                     "drifted": bool(p >= t.psi and pval < alpha),
-                     "mean_ref": ref["mean"], "mean_now": float(v.mean())})
+        rows.append(
+            {
+                "name": ref["name"],
+                "psi": p,
+                "ks": stat,
+                "ks_pvalue": pval,
+                "drifted": bool(p >= t.psi and pval < alpha),
+                "mean_ref": ref["mean"],
+                "mean_now": float(v.mean()),
+            }
+        )
     drifted = [r["name"] for r in sorted(rows, key=lambda r: -r["psi"]) if r["drifted"]]
-    rep = DriftReport(status="ok", n_samples=n, features=rows, drifted_features=drifted,
-                      psi_max=max(r["psi"] for r in rows), ks_max=max(r["ks"] for r in rows))
+    rep = DriftReport(
+        status="ok",
+        n_samples=n,
+        features=rows,
+        drifted_features=drifted,
+        psi_max=max(r["psi"] for r in rows),
+        ks_max=max(r["ks"] for r in rows),
+    )
     rep.input_drift = len(drifted) >= t.min_drifted_features
     if classes is not None:
         c = np.asarray(classes).astype(np.int64).ravel()
@@ -195,14 +227,18 @@ def _verdict(rep: DriftReport, t: DriftThresholds, n_features: int) -> None:
     """Set status, next step and a sentence naming what moved."""
     if not (rep.input_drift or rep.prediction_drift or rep.attribution_drift):
         rep.status, rep.next_step = "ok", "none"
-        rep.verdict = (f"no drift over {rep.n_samples} samples (max PSI {rep.psi_max:.3f}, max KS {rep.ks_max:.3f}); "
-                       "keep serving")
+        rep.verdict = (
+            f"no drift over {rep.n_samples} samples (max PSI {rep.psi_max:.3f}, max KS {rep.ks_max:.3f}); keep serving"
+        )
         return
     rep.status = "drift"
     parts = []
     if rep.input_drift:
-        top = [f"{r['name']} (PSI {r['psi']:.2f}, mean {r['mean_ref']:.3g}->{r['mean_now']:.3g})"
-               for r in sorted(rep.features, key=lambda r: -r["psi"]) if r["drifted"]]
+        top = [
+            f"{r['name']} (PSI {r['psi']:.2f}, mean {r['mean_ref']:.3g}->{r['mean_now']:.3g})"
+            for r in sorted(rep.features, key=lambda r: -r["psi"])
+            if r["drifted"]
+        ]
         shown = ", ".join(top[:5]) + (", ..." if len(top) > 5 else "")
         parts.append(f"input drift in {len(rep.drifted_features)}/{n_features} features: {shown}")
     if rep.prediction_drift:
@@ -212,8 +248,10 @@ def _verdict(rep: DriftReport, t: DriftThresholds, n_features: int) -> None:
     broad = len(rep.drifted_features) >= t.research_fraction * n_features
     if rep.attribution_drift or broad:
         rep.next_step = "re-search"
-        advice = ("the data changed broadly: retrain on fresh labelled data and, if accuracy stays below the "
-                  "card's, re-run the architecture search (lightning_nas.search) on the new data")
+        advice = (
+            "the data changed broadly: retrain on fresh labelled data and, if accuracy stays below the "
+            "card's, re-run the architecture search (lightning_nas.search) on the new data"
+        )
     else:
         rep.next_step = "retrain"
         advice = "retrain (or fine-tune) on recent labelled data and check the data pipeline for the moved features"

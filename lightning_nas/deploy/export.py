@@ -1,6 +1,6 @@
 """Export a model to ONNX (dynamic batch axis) or TorchScript."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import warnings
 from pathlib import Path
@@ -18,8 +18,7 @@ def _as_tuple(example_input: Any) -> tuple:
     return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
 
 
-def export(model: nn.Module, example_input: Any, path: str | Path, format: str = "onnx",
-           opset: int = 17) -> Path:
+def export(model: nn.Module, example_input: Any, path: str | Path, format: str = "onnx", opset: int = 17) -> Path:
     """Write ``model`` to ``path`` and return the path.
 
     ``"onnx"`` uses the TorchScript-based exporter (``dynamo=False``: fast, and it handles the QDQ graphs
@@ -42,13 +41,22 @@ def export(model: nn.Module, example_input: Any, path: str | Path, format: str =
                 n_out = len(out) if isinstance(out, (tuple, list)) else 1
                 out_names = [f"output{i}" if n_out > 1 else "output" for i in range(n_out)]
                 axes = {n: {0: "batch"} for n in in_names + out_names}
-                torch.onnx.export(model, args, str(path), input_names=in_names, output_names=out_names,
-                                  dynamic_axes=axes, opset_version=opset, dynamo=False)
+                torch.onnx.export(
+                    model,
+                    args,
+                    str(path),
+                    input_names=in_names,
+                    output_names=out_names,
+                    dynamic_axes=axes,
+                    opset_version=opset,
+                    dynamo=False,
+                )
             else:
                 torch.jit.save(torch.jit.trace(model, args, check_trace=False), str(path))
-    except Exception as exc:  # noqa: BLE001 - re-raised with the context a user needs
-        raise RuntimeError(f"export(format={format!r}) could not export {type(model).__name__}: "
-                           f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise RuntimeError(
+            f"export(format={format!r}) could not export {type(model).__name__}: {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         model.train(was_training)
     return path

@@ -1,4 +1,5 @@
 """Measure a model: parameters, serialized size, MACs/FLOPs, and latency in torch eager and ONNX Runtime."""
+
 from __future__ import annotations
 
 import io
@@ -52,7 +53,7 @@ def count_params(model: nn.Module) -> int:
         if callable(w) and not isinstance(w, (torch.Tensor, nn.Module)):
             try:
                 t = w()
-            except Exception:  # noqa: BLE001 - not a packed-weight accessor
+            except Exception:
                 continue
             if isinstance(t, torch.Tensor) and t.is_quantized:
                 n += t.numel()
@@ -60,8 +61,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def _has_quantized(model: nn.Module) -> bool:
-    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
-               for m in model.modules())
+    return any(
+        type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+        for m in model.modules()
+    )
 
 
 def count_macs(model: nn.Module, example_input: Any) -> int:
@@ -114,8 +117,9 @@ def measure(
     check_int("warmup", warmup, 0)
     args = _args(example_input)
     if not all(isinstance(a, torch.Tensor) for a in args):
-        raise TypeError("`example_input` must be a tensor or a tuple of tensors, got "
-                        f"{[type(a).__name__ for a in args]}")
+        raise TypeError(
+            f"`example_input` must be a tensor or a tuple of tensors, got {[type(a).__name__ for a in args]}"
+        )
     was_training = model.training
     model.eval()
     notes: list[str] = []
@@ -123,20 +127,28 @@ def measure(
         try:
             with torch.no_grad():
                 model(*args)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             shapes = [tuple(a.shape) for a in args]
-            raise ValueError(f"measure: {type(model).__name__} cannot run on example_input of shape(s) {shapes}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise ValueError(
+                f"measure: {type(model).__name__} cannot run on example_input of shape(s) {shapes}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         try:
             macs = count_macs(model, args)
-        except Exception as exc:  # noqa: BLE001 - e.g. quantized kernels the counter does not know
+        except Exception as exc:
             macs = None
             notes.append(f"MACs not counted: {type(exc).__name__}: {exc}")
         if macs == 0 and _has_quantized(model):  # flop_counter has no formulas for quantized:: kernels
             macs = None
             notes.append("MACs not counted: torch.utils.flop_counter does not see quantized (int8) kernels")
-        m = Measurement(params=count_params(model), size_bytes=serialized_size(model), macs=macs,
-                        flops=None if macs is None else 2 * macs, batch_size=int(args[0].shape[0]), notes=notes)
+        m = Measurement(
+            params=count_params(model),
+            size_bytes=serialized_size(model),
+            macs=macs,
+            flops=None if macs is None else 2 * macs,
+            batch_size=int(args[0].shape[0]),
+            notes=notes,
+        )
         if latency:
             m.latency_ms, m.latency_iqr_ms = measure_latency(model, args, repeats, warmup)
         if onnx:
@@ -146,7 +158,7 @@ def measure(
                 sess = onnx_session(onnx_bytes(model, args))
                 feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
                 m.onnx_latency_ms, m.onnx_latency_iqr_ms = _time(lambda: sess.run(None, feeds), repeats, warmup)
-            except Exception as exc:  # noqa: BLE001 - eager numbers stay valid without ONNX
+            except Exception as exc:
                 notes.append(f"ONNX latency not measured: {str(exc)[:300]}")
         return m
     finally:

@@ -12,6 +12,7 @@ fraction in each bin) and a random sample of reference values (for the Kolmogoro
 stores the distribution of predicted classes and an attribution summary: the share of the mean absolute
 Integrated-Gradients attribution that falls on each feature.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,13 +63,14 @@ def _forward_numpy(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray,
     dev = _device(model)
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            t = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32)).to(dev)
+            t = torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float32)).to(dev)
             outs.append(model(t).float().cpu().numpy())
     return np.concatenate(outs)
 
 
-def attribution_share(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, mode: str,
-                      n_steps: int = 16) -> np.ndarray | None:
+def attribution_share(
+    model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, mode: str, n_steps: int = 16
+) -> np.ndarray | None:
     """Share of mean |Integrated Gradients| attribution per feature (sums to 1; uniform if all zero).
 
     IG (Captum, zero baseline, target = the predicted class): ``(x - 0) * mean_alpha grad f_c(alpha x)``.
@@ -81,8 +83,9 @@ def attribution_share(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarr
     with torch.inference_mode(False), torch.enable_grad():
         with torch.no_grad():
             target = model(t).argmax(1)
-        attr = IntegratedGradients(model).attribute(t, baselines=torch.zeros_like(t), target=target,
-                                                    n_steps=n_steps, internal_batch_size=512)
+        attr = IntegratedGradients(model).attribute(
+            t, baselines=torch.zeros_like(t), target=target, n_steps=n_steps, internal_batch_size=512
+        )
     a = np.abs(attr.detach().double().cpu().numpy())
     with np.errstate(over="ignore", invalid="ignore"):
         feats = feature_matrix(a, mode)
@@ -148,8 +151,9 @@ def _check_types(data: dict[str, Any]) -> None:
         loc = e["loc"]
         if e["type"] == "missing" and len(loc) == 3 and loc[0] == "features":
             lacking = [x["loc"][2] for x in errs if x["type"] == "missing" and x["loc"][:2] == loc[:2]]
-            raise ValueError(f"reference profile entry for feature {data['features'][loc[1]].get('name')!r} lacks "
-                             f"{lacking}") from None
+            raise ValueError(
+                f"reference profile entry for feature {data['features'][loc[1]].get('name')!r} lacks {lacking}"
+            ) from None
         raise ValueError(f"reference profile field {'.'.join(str(x) for x in loc)}: {e['msg'][:200]}") from None
     if float(np.prod(data["input_shape"], dtype=np.float64)) > 1 << 24:
         raise ValueError(f"reference profile input shape {data['input_shape']} is too large")
@@ -163,9 +167,18 @@ class ReferenceProfile:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_data(cls, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor | np.ndarray, *,
-                  feature_mode: str = "auto", max_features: int = 256, bins: int = 10, max_sample: int = 500,
-                  attribution_samples: int = 64, seed: int = 0) -> ReferenceProfile:
+    def from_data(
+        cls,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        x: torch.Tensor | np.ndarray,
+        *,
+        feature_mode: str = "auto",
+        max_features: int = 256,
+        bins: int = 10,
+        max_sample: int = 500,
+        attribution_samples: int = 64,
+        seed: int = 0,
+    ) -> ReferenceProfile:
         """Profile reference inputs ``x`` and ``model``'s predictions (and IG attributions) on them.
 
         Args:
@@ -200,27 +213,46 @@ class ReferenceProfile:
         for j, name in enumerate(feature_names(shape, feature_mode)):
             v = feats[:, j]
             cuts = np.unique(np.quantile(v, qs))
-            features.append({"name": name, "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
-                             "max": float(v.max()), "cuts": cuts.tolist(),
-                             "fractions": bin_fractions(v, cuts).tolist()})
+            features.append(
+                {
+                    "name": name,
+                    "mean": float(v.mean()),
+                    "std": float(v.std()),
+                    "min": float(v.min()),
+                    "max": float(v.max()),
+                    "cuts": cuts.tolist(),
+                    "fractions": bin_fractions(v, cuts).tolist(),
+                }
+            )
         scores = _forward_numpy(model, xs)
         if scores.ndim != 2 or scores.shape[1] < 2:
             raise ValueError(f"the model must output (N, classes) scores with classes >= 2, got {scores.shape}")
         classes = scores.argmax(1)
         data: dict[str, Any] = {
-            "format": FORMAT, "version": VERSION, "feature_mode": feature_mode, "input_shape": list(shape),
-            "n_samples": int(len(xs)), "features": features,
+            "format": FORMAT,
+            "version": VERSION,
+            "feature_mode": feature_mode,
+            "input_shape": list(shape),
+            "n_samples": int(len(xs)),
+            "features": features,
             "sample": np.round(feats[keep], 6).tolist(),
-            "prediction": {"num_classes": int(scores.shape[1]),
-                           "fractions": (np.bincount(classes, minlength=scores.shape[1]) / len(classes)).tolist()},
+            "prediction": {
+                "num_classes": int(scores.shape[1]),
+                "fractions": (np.bincount(classes, minlength=scores.shape[1]) / len(classes)).tolist(),
+            },
             "attribution": None,
         }
         if attribution_samples:
             idx = rng.choice(len(xs), size=min(attribution_samples, len(xs)), replace=False)
             share = attribution_share(model, xs[idx], feature_mode)
             if share is not None:  # None: no reference input had a finite attribution
-                data["attribution"] = {"method": "IntegratedGradients", "baseline": "zeros", "n_steps": 16,
-                                       "n_samples": int(len(idx)), "share": share.tolist()}
+                data["attribution"] = {
+                    "method": "IntegratedGradients",
+                    "baseline": "zeros",
+                    "n_steps": 16,
+                    "n_samples": int(len(idx)),
+                    "share": share.tolist(),
+                }
         return cls(data)
 
     @classmethod
@@ -231,8 +263,9 @@ class ReferenceProfile:
         try:
             data = json.loads(path.read_bytes())
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nested too deeply
-            raise ValueError(f"reference profile {str(path)!r} is not valid JSON: "
-                             f"{str(exc)[:200] or 'nested too deeply'}") from None
+            raise ValueError(
+                f"reference profile {str(path)!r} is not valid JSON: {str(exc)[:200] or 'nested too deeply'}"
+            ) from None
         return cls(data)
 
     def save(self, path: str | Path) -> Path:
@@ -262,8 +295,10 @@ class ReferenceProfile:
         """``(N, F)`` features of raw inputs ``x`` in this profile's feature mode; checks the input shape."""
         x = np.asarray(x)
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"inputs of shape {tuple(x.shape[1:])} do not match the reference profile's input "
-                             f"shape {self.input_shape}")
+            raise ValueError(
+                f"inputs of shape {tuple(x.shape[1:])} do not match the reference profile's input "
+                f"shape {self.input_shape}"
+            )
         return feature_matrix(x, self.feature_mode)
 
     # ----------------------------------------------------------------- validation
@@ -279,14 +314,18 @@ class ReferenceProfile:
         shape = tuple(data["input_shape"])
         n_expected = shape[0] if data["feature_mode"] == "channel" else int(np.prod(shape))
         if len(data["features"]) != n_expected and n_expected > 100_000:  # no names made for a huge claimed shape
-            raise ValueError(f"reference profile has {len(data['features'])} feature entries for the {n_expected} "
-                             f"features of input shape {list(shape)}")
+            raise ValueError(
+                f"reference profile has {len(data['features'])} feature entries for the {n_expected} "
+                f"features of input shape {list(shape)}"
+            )
         expected = feature_names(shape, data["feature_mode"])
         got = [f.get("name") for f in data["features"]]
         missing = [n for n in expected if n not in got]
         if missing:
-            raise ValueError(f"reference profile has no entry for feature(s) {missing[:5]}"
-                             f"{' ...' if len(missing) > 5 else ''} ({len(missing)} of {len(expected)} missing)")
+            raise ValueError(
+                f"reference profile has no entry for feature(s) {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''} ({len(missing)} of {len(expected)} missing)"
+            )
         if got != expected:
             raise ValueError(f"reference profile features are not in input order; expected {expected[:3]}...")
         for f in data["features"]:
@@ -294,8 +333,10 @@ class ReferenceProfile:
             if lacking:
                 raise ValueError(f"reference profile entry for feature {f['name']!r} lacks {lacking}")
             if len(f["fractions"]) != len(f["cuts"]) + 1:
-                raise ValueError(f"reference profile entry for feature {f['name']!r}: {len(f['cuts'])} cuts need "
-                                 f"{len(f['cuts']) + 1} fractions, got {len(f['fractions'])}")
+                raise ValueError(
+                    f"reference profile entry for feature {f['name']!r}: {len(f['cuts'])} cuts need "
+                    f"{len(f['cuts']) + 1} fractions, got {len(f['fractions'])}"
+                )
         sample = np.asarray(data["sample"], dtype=np.float64)
         if sample.ndim != 2 or sample.shape[1] != len(expected) or len(sample) < 2:
             raise ValueError(f"reference profile sample must be (n >= 2, {len(expected)}), got {sample.shape}")
@@ -304,10 +345,11 @@ class ReferenceProfile:
             raise ValueError("reference profile prediction fractions do not match num_classes")
         attr = data.get("attribution")
         if attr is not None and len(attr.get("share", [])) != len(expected):
-            raise ValueError(f"reference profile attribution share has {len(attr.get('share', []))} entries for "
-                             f"{len(expected)} features")
+            raise ValueError(
+                f"reference profile attribution share has {len(attr.get('share', []))} entries for "
+                f"{len(expected)} features"
+            )
         return data
 
 
-__all__ = ["FEATURE_MODES", "ReferenceProfile", "attribution_share", "bin_fractions", "feature_matrix",
-           "feature_names"]
+__all__ = ["FEATURE_MODES", "ReferenceProfile", "attribution_share", "bin_fractions", "feature_matrix", "feature_names"]

@@ -35,8 +35,14 @@ class _BadRequest(Exception):
 
 
 _JSON_TYPES = {bool: "booleans", str: "strings", dict: "objects", type(None): "nulls", list: "lists"}
-_JSON_TYPE = {bool: "a boolean", str: "a string", dict: "an object", type(None): "null", int: "a number",
-              float: "a number"}
+_JSON_TYPE = {
+    bool: "a boolean",
+    str: "a string",
+    dict: "an object",
+    type(None): "null",
+    int: "a number",
+    float: "a number",
+}
 
 
 def _at(index: Any) -> str:
@@ -62,34 +68,45 @@ def parse_inputs(obj: Any, shape: tuple[int, ...], max_batch: int) -> np.ndarray
     try:  # object cells: numpy never converts here, so every JSON value keeps its Python type
         cells = np.array(inputs, dtype=object)
     except (ValueError, TypeError, RecursionError) as exc:
-        raise _BadRequest(422, f"inputs are ragged: every input must have shape {list(shape)} "
-                               f"({str(exc)[:120]})") from None
+        raise _BadRequest(
+            422, f"inputs are ragged: every input must have shape {list(shape)} ({str(exc)[:120]})"
+        ) from None
     flat = cells.ravel().tolist()
     types = set(map(type, flat))
     if list in types:  # numpy stopped where sibling lists differ in length (or nesting beyond 64 levels)
         first = next(i for i, v in enumerate(flat) if type(v) is list)
-        raise _BadRequest(422, f"inputs are ragged: every input must have shape {list(shape)}; nested lists of "
-                               f"different lengths at {_at(np.unravel_index(first, cells.shape))}")
+        raise _BadRequest(
+            422,
+            f"inputs are ragged: every input must have shape {list(shape)}; nested lists of "
+            f"different lengths at {_at(np.unravel_index(first, cells.shape))}",
+        )
     if cells.shape != want:
-        raise _BadRequest(422, f"each input must have shape {list(shape)} (the card's input_spec), got "
-                               f"{list(cells.shape[1:])}")
+        raise _BadRequest(
+            422, f"each input must have shape {list(shape)} (the card's input_spec), got {list(cells.shape[1:])}"
+        )
     if not types <= {int, float}:
         first = next(i for i, v in enumerate(flat) if type(v) not in (int, float))
         what = _JSON_TYPES.get(type(flat[first]), type(flat[first]).__name__)
-        raise _BadRequest(422, f"inputs must be numbers (the card's dtype is float32), got {what} at "
-                               f"{_at(np.unravel_index(first, want))}")
+        raise _BadRequest(
+            422,
+            f"inputs must be numbers (the card's dtype is float32), got {what} at {_at(np.unravel_index(first, want))}",
+        )
     try:
         x64 = np.array(flat, dtype=np.float64)
     except OverflowError:  # an integer beyond float64
-        first = next((i for i, v in enumerate(flat) if type(v) is int and abs(v) > 2 ** 1000), 0)
-        raise _BadRequest(422, f"inputs hold an integer beyond float32 range at {_at(np.unravel_index(first, want))}"
-                          ) from None
+        first = next((i for i, v in enumerate(flat) if type(v) is int and abs(v) > 2**1000), 0)
+        raise _BadRequest(
+            422, f"inputs hold an integer beyond float32 range at {_at(np.unravel_index(first, want))}"
+        ) from None
     with np.errstate(over="ignore", invalid="ignore"):
         x = x64.astype(np.float32).reshape(want)
     bad = ~np.isfinite(x)
     if bad.any():
-        raise _BadRequest(422, f"inputs hold {int(bad.sum())} NaN/inf value(s) (or values beyond float32 range); "
-                               f"first at {_at(np.argwhere(bad)[0])}")
+        raise _BadRequest(
+            422,
+            f"inputs hold {int(bad.sum())} NaN/inf value(s) (or values beyond float32 range); "
+            f"first at {_at(np.argwhere(bad)[0])}",
+        )
     return x
 
 
@@ -159,9 +176,17 @@ def _openapi_models() -> dict[str, Any]:
     return {"Error": Error, "Prediction": Prediction, "Health": Health, "Drift": Drift}
 
 
-def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: int = 256,
-               max_body_bytes: int | None = None, window: int = 512, thresholds: Any = None,
-               attribution_samples: int = 64, threads: int | None = 1) -> Any:
+def create_app(
+    bundle: str | Path | Bundle,
+    *,
+    int8: bool = False,
+    max_batch: int = 256,
+    max_body_bytes: int | None = None,
+    window: int = 512,
+    thresholds: Any = None,
+    attribution_samples: int = 64,
+    threads: int | None = 1,
+) -> Any:
     """A FastAPI app serving ``bundle`` (a path or a loaded ``Bundle``) on ONNX Runtime.
 
     Args:
@@ -230,14 +255,20 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
                 raise _BadRequest(413, f"request body exceeds the limit of {max_body_bytes} bytes")
         return bytes(body)
 
-    body_schema = {"type": "object", "required": ["inputs"],  # other keys are ignored
-                   "properties": {"inputs": {"type": "array", "minItems": 1, "maxItems": max_batch,
-                                             "items": _nested_array(shape)}}}
+    body_schema = {
+        "type": "object",
+        "required": ["inputs"],  # other keys are ignored
+        "properties": {
+            "inputs": {"type": "array", "minItems": 1, "maxItems": max_batch, "items": _nested_array(shape)}
+        },
+    }
 
-    @app.post("/predict", response_model=m["Prediction"],
-              responses={400: err, 413: err, 415: err, 422: err, 500: err},
-              openapi_extra={"requestBody": {"required": True,
-                                             "content": {"application/json": {"schema": body_schema}}}})
+    @app.post(
+        "/predict",
+        response_model=m["Prediction"],
+        responses={400: err, 413: err, 415: err, 422: err, 500: err},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}},
+    )
     async def predict(request: Request) -> JSONResponse:
         try:
             ctype = request.headers.get("content-type", "")
@@ -255,23 +286,39 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
             bad = ~np.isfinite(probs).all(axis=1)
             if bad.any():  # e.g. inputs near float32's limit overflow inside the model: never served, never in /drift
                 rows = np.flatnonzero(bad).tolist()
-                raise _BadRequest(422, f"the model's output is not finite (NaN/inf) for input(s) {rows[:10]}"
-                                       f"{' ...' if len(rows) > 10 else ''} of {len(x)}: values this large "
-                                       f"(|x| up to {float(np.abs(x).max()):.3g}) overflow inside the model; "
-                                       "nothing from this request was served or added to the drift window")
+                raise _BadRequest(
+                    422,
+                    f"the model's output is not finite (NaN/inf) for input(s) {rows[:10]}"
+                    f"{' ...' if len(rows) > 10 else ''} of {len(x)}: values this large "
+                    f"(|x| up to {float(np.abs(x).max()):.3g}) overflow inside the model; "
+                    "nothing from this request was served or added to the drift window",
+                )
         except _BadRequest as exc:
             return _error(exc.status, exc.message)
-        except Exception as exc:  # noqa: BLE001 - answered here, so the connection is kept (not reset)
+        except Exception as exc:
             return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
         classes = probs.argmax(1)
         win.add(x, classes)
-        return JSONResponse({"classes": classes.tolist(), "labels": [labels[c] for c in classes],
-                             "probabilities": np.round(probs, 6).tolist(), "model": model_name})
+        return JSONResponse(
+            {
+                "classes": classes.tolist(),
+                "labels": [labels[c] for c in classes],
+                "probabilities": np.round(probs, 6).tolist(),
+                "model": model_name,
+            }
+        )
 
     @app.get("/health", response_model=m["Health"])
     def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name, "name": b.card.get("name"), "input_shape": list(shape),
-                "max_batch": max_batch, "window": len(win.inputs), "drift_profile": profile is not None}
+        return {
+            "status": "ok",
+            "model": model_name,
+            "name": b.card.get("name"),
+            "input_shape": list(shape),
+            "max_batch": max_batch,
+            "window": len(win.inputs),
+            "drift_profile": profile is not None,
+        }
 
     @app.get("/card", response_model=dict[str, Any])
     def card() -> dict[str, Any]:
@@ -280,8 +327,11 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
     def _drift() -> dict[str, Any]:
         x, classes = win.snapshot()
         if len(x) < t.min_samples:
-            return {"status": "insufficient", "n_samples": int(len(x)),
-                    "verdict": f"{len(x)} inputs served in the window; at least {t.min_samples} are needed"}
+            return {
+                "status": "insufficient",
+                "n_samples": int(len(x)),
+                "verdict": f"{len(x)} inputs served in the window; at least {t.min_samples} are needed",
+            }
         share = None
         if attribution_samples and profile.data.get("attribution") is not None:
             from lightning_nas.deploy.profile import attribution_share
@@ -294,11 +344,12 @@ def create_app(bundle: str | Path | Bundle, *, int8: bool = False, max_batch: in
     @app.get("/drift", response_model=m["Drift"], responses={404: err, 500: err})
     async def drift() -> JSONResponse:
         if profile is None:
-            return _error(404, "this bundle has no reference profile (bundle(..., reference_data=...)); "
-                               "drift cannot be checked")
+            return _error(
+                404, "this bundle has no reference profile (bundle(..., reference_data=...)); drift cannot be checked"
+            )
         try:
             return JSONResponse(await run_in_threadpool(_drift))
-        except Exception as exc:  # noqa: BLE001 - answered here, so the connection is kept (not reset)
+        except Exception as exc:
             return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
 
     return app
@@ -310,12 +361,16 @@ def _check_model_matches_card(b: Bundle, sess: Any, in_name: str) -> None:
 
     try:
         y = sess.run(None, {in_name: np.zeros((1, *b.input_shape), np.float32)})[0]
-    except Exception as exc:  # noqa: BLE001
-        raise BundleError(f"bundle {str(b.path)!r}: the model does not accept the card's input shape "
-                          f"{list(b.input_shape)}: {(str(exc).splitlines() or [''])[0][:200]}") from None
+    except Exception as exc:
+        raise BundleError(
+            f"bundle {str(b.path)!r}: the model does not accept the card's input shape "
+            f"{list(b.input_shape)}: {(str(exc).splitlines() or [''])[0][:200]}"
+        ) from None
     if np.shape(y) != (1, b.num_classes):
-        raise BundleError(f"bundle {str(b.path)!r}: the model outputs shape {list(np.shape(y))} for one input, "
-                          f"the card says (N, {b.num_classes})")
+        raise BundleError(
+            f"bundle {str(b.path)!r}: the model outputs shape {list(np.shape(y))} for one input, "
+            f"the card says (N, {b.num_classes})"
+        )
 
 
 def serve(bundle: str | Path | Bundle, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:

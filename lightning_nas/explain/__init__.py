@@ -1,4 +1,5 @@
 """Pure-torch / Captum analyses (no Lightning import) that explain search and compression decisions."""
+
 from lightning_nas.explain import attribution, dynamics, graph, paths
 from lightning_nas.explain.agreement import AgreementAccumulator, agreement
 from lightning_nas.explain.attribution import compare
@@ -12,8 +13,18 @@ from lightning_nas.explain.sensitivity import (
 )
 
 __all__ = [
-    "attribution", "compare", "dynamics", "graph", "paths",
-    "AgreementAccumulator", "agreement",
-    "SENSITIVITY_COLUMNS", "evaluate_accuracy", "sensitivity_table", "prune_perturbations", "rank_layers",
-    "layer_sqnr", "quant_sensitivity",
+    "attribution",
+    "compare",
+    "dynamics",
+    "graph",
+    "paths",
+    "AgreementAccumulator",
+    "agreement",
+    "SENSITIVITY_COLUMNS",
+    "evaluate_accuracy",
+    "sensitivity_table",
+    "prune_perturbations",
+    "rank_layers",
+    "layer_sqnr",
+    "quant_sensitivity",
 ]

@@ -1,4 +1,5 @@
 """Helpers of ``explain.attribution``: rank agreement, structural fingerprint, heatmap overlays, top-feature rows."""
+
 from __future__ import annotations
 
 import hashlib
@@ -67,14 +68,13 @@ def rank_agreement(a: torch.Tensor, b: torch.Tensor, topk: float = 0.1) -> tuple
     constant map against a varying one scores ``nan`` (left out of means).
     """
     if a.shape != b.shape:
-        raise ValueError(f"attributions to compare must have the same shape, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
+        raise ValueError(f"attributions to compare must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     fa = a.detach().abs().reshape(a.shape[0], -1).double().cpu().numpy()
     fb = b.detach().abs().reshape(b.shape[0], -1).double().cpu().numpy()
     ra, rb = _ranks(fa), _ranks(fb)
     ra -= ra.mean(1, keepdims=True)
     rb -= rb.mean(1, keepdims=True)
-    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
     both_const = (np.ptp(fa, axis=1) == 0) & (np.ptp(fb, axis=1) == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), np.nan)
@@ -96,8 +96,9 @@ def _to_rgb_gray(img: np.ndarray) -> np.ndarray:
     return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
 
 
-def overlay_grid(x: torch.Tensor, attributions: torch.Tensor, ncols: int = 10, scale: int = 0,
-                 alpha: float = 0.6) -> np.ndarray:
+def overlay_grid(
+    x: torch.Tensor, attributions: torch.Tensor, ncols: int = 10, scale: int = 0, alpha: float = 0.6
+) -> np.ndarray:
     """One uint8 RGB image: each input in gray with its attribution map over it, side by side.
 
     Signed maps use a blue-white-red scale symmetric around zero (red: evidence for the target);
@@ -124,14 +125,20 @@ def overlay_grid(x: torch.Tensor, attributions: torch.Tensor, ncols: int = 10, s
         tile = np.kron(tile, np.ones((scale, scale, 1)))
         tiles.append(np.pad(tile, ((1, 1), (1, 1), (0, 0)), constant_values=1.0))
     ncols = max(1, min(ncols, n))
-    rows = [tiles[i:i + ncols] for i in range(0, n, ncols)]
+    rows = [tiles[i : i + ncols] for i in range(0, n, ncols)]
     rows[-1] = rows[-1] + [np.ones_like(tiles[0])] * (ncols - len(rows[-1]))
     grid = np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
     return np.clip(np.round(grid * 255), 0, 255).astype(np.uint8)
 
 
-def top_features_rows(x: torch.Tensor, attributions: torch.Tensor, labels: torch.Tensor | None,
-                      preds: torch.Tensor, k: int = 5, feature_names: list[str] | None = None) -> list[list[Any]]:
+def top_features_rows(
+    x: torch.Tensor,
+    attributions: torch.Tensor,
+    labels: torch.Tensor | None,
+    preds: torch.Tensor,
+    k: int = 5,
+    feature_names: list[str] | None = None,
+) -> list[list[Any]]:
     """Rows ``[sample, label, pred, rank, feature, value, attribution]`` of each sample's top-``k`` features."""
     n = x.shape[0]
     flat_a = attributions.detach().float().reshape(n, -1).cpu()
@@ -146,6 +153,15 @@ def top_features_rows(x: torch.Tensor, attributions: torch.Tensor, labels: torch
                 name = f"pos{j}:tok{int(flat_x[i, j])}"
             else:
                 name = f"f{j}"
-            rows.append([i, None if labels is None or labels.ndim != 1 else int(labels[i]), int(preds[i]), r + 1,
-                         name, float(flat_x[i, j]), round(float(flat_a[i, j]), 6)])
+            rows.append(
+                [
+                    i,
+                    None if labels is None or labels.ndim != 1 else int(labels[i]),
+                    int(preds[i]),
+                    r + 1,
+                    name,
+                    float(flat_x[i, j]),
+                    round(float(flat_a[i, j]), 6),
+                ]
+            )
     return rows

@@ -11,6 +11,7 @@ numbers are exact for a whole validation epoch. Definitions, with rows r and the
 Rows whose label equals ``ignore_index`` (default -100, as in ``torch.nn.functional.cross_entropy``: padding
 tokens, unlabelled pixels) are left out of every number; any other label outside ``[0, classes)`` is an error.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,8 +43,9 @@ class AgreementAccumulator:
             self.num_classes = c
 
     @torch.no_grad()
-    def update(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-               targets: torch.Tensor | None = None) -> None:
+    def update(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> None:
         c = student_logits.shape[-1]
         s = student_logits.detach().reshape(-1, c).float().cpu()
         t = teacher_logits.detach().reshape(-1, c).float().cpu()
@@ -54,14 +56,24 @@ class AgreementAccumulator:
             keep = y != self.ignore_index if self.ignore_index is not None else torch.ones_like(y, dtype=torch.bool)
             out_of_range = keep & ((y < 0) | (y >= c))
             if out_of_range.any():
-                raise ValueError(f"agreement: labels must lie in [0, {c}) or equal ignore_index={self.ignore_index}, "
-                                 f"got {int(y[out_of_range][0])}")
+                raise ValueError(
+                    f"agreement: labels must lie in [0, {c}) or equal ignore_index={self.ignore_index}, "
+                    f"got {int(y[out_of_range][0])}"
+                )
             s, t, y = s[keep], t[keep], y[keep]  # ignored rows (padding, unlabelled) count nowhere
             self.labelled = True
         ps, pt = s.argmax(1), t.argmax(1)
         agree = (ps == pt).double()
-        kl = F.kl_div(F.log_softmax(s / self.temperature, 1), F.log_softmax(t / self.temperature, 1),
-                      log_target=True, reduction="none").sum(1).double()
+        kl = (
+            F.kl_div(
+                F.log_softmax(s / self.temperature, 1),
+                F.log_softmax(t / self.temperature, 1),
+                log_target=True,
+                reduction="none",
+            )
+            .sum(1)
+            .double()
+        )
         self.totals += torch.stack([torch.tensor(float(len(s)), dtype=torch.float64), agree.sum(), kl.sum()])
         key = y if y is not None else pt
         ok_s = (ps == y).double() if y is not None else torch.zeros(len(s), dtype=torch.float64)
@@ -71,8 +83,9 @@ class AgreementAccumulator:
 
     def state(self) -> torch.Tensor:
         """All counts as one float64 tensor (sum it across ranks, then ``load_state``)."""
-        return torch.cat([self.totals, torch.tensor([float(self.labelled)], dtype=torch.float64),
-                          self.per_class.reshape(-1)])
+        return torch.cat(
+            [self.totals, torch.tensor([float(self.labelled)], dtype=torch.float64), self.per_class.reshape(-1)]
+        )
 
     def load_state(self, state: torch.Tensor, num_classes: int) -> None:
         state = state.detach().cpu().double()
@@ -86,13 +99,19 @@ class AgreementAccumulator:
         rows = []
         for c, (sup, a, s_ok, t_ok) in enumerate(self.per_class.tolist()):
             if sup > 0:
-                rows.append([c, int(sup), a / sup, s_ok / sup if self.labelled else None,
-                             t_ok / sup if self.labelled else None])
+                rows.append(
+                    [c, int(sup), a / sup, s_ok / sup if self.labelled else None, t_ok / sup if self.labelled else None]
+                )
         return {"agreement": agree / n if n else float("nan"), "kl": kl / n if n else float("nan"), "rows": rows}
 
 
-def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None,
-              temperature: float = 1.0, ignore_index: int | None = -100) -> dict[str, Any]:
+def agreement(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    ignore_index: int | None = -100,
+) -> dict[str, Any]:
     """One-shot version of ``AgreementAccumulator`` for a single batch of logits."""
     acc = AgreementAccumulator(temperature, ignore_index)
     acc.update(student_logits, teacher_logits, targets)

@@ -8,6 +8,7 @@
 * ``reasons``: one line per decision combining both, for the model card.
 * ``kendall_tau``: rank agreement of two score lists (the supernet's ranking vs. standalone training).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,9 @@ def decision_table(probs: Mapping[str, Mapping[str, float]]) -> list[list]:
 TABLE_COLUMNS = ["label", "chosen", "probability", "runner_up", "margin", "entropy"]
 
 
-def op_ablation(evaluate: Callable[[str | None, str | None], float],
-                names: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
+def op_ablation(
+    evaluate: Callable[[str | None, str | None], float], names: Mapping[str, Sequence[str]]
+) -> dict[str, dict[str, float]]:
     """``{label: {candidate: evaluate(label, candidate) - evaluate(None, None)}}``.
 
     ``evaluate(label, candidate)`` returns the validation loss of the supernet with ``candidate`` removed
@@ -54,8 +56,12 @@ def op_ablation(evaluate: Callable[[str | None, str | None], float],
     return {lb: {c: float(evaluate(lb, c)) - base for c in cands} for lb, cands in names.items()}
 
 
-def reasons(table: Sequence[Sequence], ablation: Mapping[str, Mapping[str, float]] | None = None,
-            score_name: str = "probability", ablation_kind: str = "remove") -> dict[str, str]:
+def reasons(
+    table: Sequence[Sequence],
+    ablation: Mapping[str, Mapping[str, float]] | None = None,
+    score_name: str = "probability",
+    ablation_kind: str = "remove",
+) -> dict[str, str]:
     """One sentence per decision: what won, by how much, and what the ablation says.
 
     ``ablation_kind="remove"``: ``ablation[label][c]`` is the supernet's val-loss change without ``c``;

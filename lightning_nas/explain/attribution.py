@@ -10,6 +10,7 @@ Pure torch + Captum, no Lightning import. One verb per question:
 Token inputs (integer ids) are attributed over the output of an ``nn.Embedding`` (Captum's layer methods)
 and summed over the embedding dimension, so every method returns one score per token.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -23,11 +24,28 @@ from torch import nn
 
 from lightning_nas._validate import check_choice, check_int, check_range
 from lightning_nas.explain._attribution_utils import (
-    fingerprint, forward_of, overlay_grid, rank_agreement, rows_of, top_features_rows,
+    fingerprint,
+    forward_of,
+    overlay_grid,
+    rank_agreement,
+    rows_of,
+    top_features_rows,
 )
 
-__all__ = ["METHODS", "Probe", "AttributionDrift", "select_probe", "attribute", "aopc", "compare",
-           "fingerprint", "overlay_grid", "rank_agreement", "top_features_rows", "forward_of"]
+__all__ = [
+    "METHODS",
+    "Probe",
+    "AttributionDrift",
+    "select_probe",
+    "attribute",
+    "aopc",
+    "compare",
+    "fingerprint",
+    "overlay_grid",
+    "rank_agreement",
+    "top_features_rows",
+    "forward_of",
+]
 
 METHODS = ("integrated_gradients", "saliency", "gradient_shap", "occlusion", "feature_ablation", "grad_cam")
 _TOKEN_METHODS = ("integrated_gradients", "saliency", "gradient_shap", "feature_ablation", "occlusion")
@@ -62,8 +80,7 @@ class AttributionDrift:
     per_sample_topk: list[float]
 
     def as_metrics(self, prefix: str = "explain/attribution/drift") -> dict[str, float]:
-        return {f"{prefix}_spearman": self.spearman, f"{prefix}_topk": self.topk,
-                f"{prefix}_agreement": self.agreement}
+        return {f"{prefix}_spearman": self.spearman, f"{prefix}_topk": self.topk, f"{prefix}_agreement": self.agreement}
 
 
 def _default_batch_fn(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -77,13 +94,19 @@ def _default_batch_fn(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
             if kx in batch:
                 y = next((batch[k] for k in ("y", "label", "labels", "target") if k in batch), None)
                 return batch[kx], y
-    raise ValueError(f"cannot split a batch of type {type(batch).__name__} into (inputs, labels): pass "
-                     "`batch_fn=lambda batch: (x, y)`")
+    raise ValueError(
+        f"cannot split a batch of type {type(batch).__name__} into (inputs, labels): pass "
+        "`batch_fn=lambda batch: (x, y)`"
+    )
 
 
-def select_probe(data: Any, n_samples: int, seed: int = 0,
-                 batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
-                 max_scan: int = 4096) -> Probe:
+def select_probe(
+    data: Any,
+    n_samples: int,
+    seed: int = 0,
+    batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+    max_scan: int = 4096,
+) -> Probe:
     """Pick ``n_samples`` samples from ``data``, round-robin over classes (shuffled by ``seed``).
 
     ``data`` is a DataLoader / iterable of batches, a Dataset, or an ``(x, y)`` pair. At most ``max_scan``
@@ -99,8 +122,11 @@ def select_probe(data: Any, n_samples: int, seed: int = 0,
         raise ValueError(f"`n_samples` must be <= the {len(x)} validation samples available, got {n_samples}")
     gen = torch.Generator().manual_seed(seed)
     if y is not None and y.ndim == 1 and not torch.is_floating_point(y):
-        groups = [idx[torch.randperm(len(idx), generator=gen)].tolist()
-                  for c in torch.unique(y).tolist() for idx in [torch.nonzero(y == c).flatten()]]
+        groups = [
+            idx[torch.randperm(len(idx), generator=gen)].tolist()
+            for c in torch.unique(y).tolist()
+            for idx in [torch.nonzero(y == c).flatten()]
+        ]
         picked: list[int] = []
         depth = 0
         while len(picked) < n_samples:
@@ -154,18 +180,30 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         if cuda:
             with torch.cuda.device(index):
                 torch.cuda.manual_seed(seed)
-        np.random.seed(seed % 2 ** 32)
+        np.random.seed(seed % 2**32)
         try:
             yield
         finally:
             np.random.set_state(np_state)
 
 
-def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str = "integrated_gradients", *,
-              forward_fn: ForwardFn | None = None, layer: nn.Module | None = None,
-              embedding: nn.Module | None = None, n_steps: int = 8, n_shap_samples: int = 8,
-              internal_batch_size: int | None = 256, baseline: float | int = 0, window: int = 2,
-              seed: int = 0, additional_forward_args: tuple = ()) -> torch.Tensor:
+def attribute(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    method: str = "integrated_gradients",
+    *,
+    forward_fn: ForwardFn | None = None,
+    layer: nn.Module | None = None,
+    embedding: nn.Module | None = None,
+    n_steps: int = 8,
+    n_shap_samples: int = 8,
+    internal_batch_size: int | None = 256,
+    baseline: float | int = 0,
+    window: int = 2,
+    seed: int = 0,
+    additional_forward_args: tuple = (),
+) -> torch.Tensor:
     """Attributions of ``target`` logits to the inputs; the same shape as ``x`` (token inputs: ``(B, T)``;
     ``grad_cam``: ``(B, 1, H, W)`` upsampled to the input size).
 
@@ -190,46 +228,75 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
         base = torch.full_like(x, int(baseline))
         if method == "integrated_gradients":
             a = ca.LayerIntegratedGradients(fwd, embedding).attribute(
-                x, baselines=base, target=target, n_steps=n_steps, internal_batch_size=internal_batch_size,
-                additional_forward_args=afa)
+                x,
+                baselines=base,
+                target=target,
+                n_steps=n_steps,
+                internal_batch_size=internal_batch_size,
+                additional_forward_args=afa,
+            )
         elif method == "saliency":
             a = ca.LayerGradientXActivation(fwd, embedding, multiply_by_inputs=False).attribute(
-                x, target=target, additional_forward_args=afa)
+                x, target=target, additional_forward_args=afa
+            )
         elif method == "gradient_shap":
             with _seeded(seed, x.device):
                 a = ca.LayerGradientShap(fwd, embedding).attribute(
-                    x, baselines=base[:1], target=target, n_samples=n_shap_samples, additional_forward_args=afa)
+                    x, baselines=base[:1], target=target, n_samples=n_shap_samples, additional_forward_args=afa
+                )
         else:  # feature_ablation / occlusion: replace one token at a time by the baseline token
             with torch.no_grad():
-                return ca.FeatureAblation(fwd).attribute(x, baselines=int(baseline), target=target,
-                                                         additional_forward_args=afa).detach().float()
+                return (
+                    ca.FeatureAblation(fwd)
+                    .attribute(x, baselines=int(baseline), target=target, additional_forward_args=afa)
+                    .detach()
+                    .float()
+                )
         a = a[0] if isinstance(a, (tuple, list)) else a
         return a.detach().float().sum(-1)
     xin = x.detach().clone().float()
     if method == "integrated_gradients":
-        a = ca.IntegratedGradients(fwd).attribute(xin, baselines=float(baseline), target=target, n_steps=n_steps,
-                                                  internal_batch_size=internal_batch_size, additional_forward_args=afa)
+        a = ca.IntegratedGradients(fwd).attribute(
+            xin,
+            baselines=float(baseline),
+            target=target,
+            n_steps=n_steps,
+            internal_batch_size=internal_batch_size,
+            additional_forward_args=afa,
+        )
     elif method == "saliency":
         a = ca.Saliency(fwd).attribute(xin, target=target, abs=False, additional_forward_args=afa)
     elif method == "gradient_shap":
         base = torch.stack([torch.full_like(xin[0], float(baseline)), xin.mean(0)])
         with _seeded(seed, xin.device):
-            a = ca.GradientShap(fwd).attribute(xin, baselines=base, target=target, n_samples=n_shap_samples,
-                                               additional_forward_args=afa)
+            a = ca.GradientShap(fwd).attribute(
+                xin, baselines=base, target=target, n_samples=n_shap_samples, additional_forward_args=afa
+            )
     elif method == "occlusion":
         win = (xin.shape[1],) + tuple(min(window, s) for s in xin.shape[2:]) if xin.ndim > 2 else (window,)
         with torch.no_grad():
-            a = ca.Occlusion(fwd).attribute(xin, sliding_window_shapes=win, baselines=float(baseline),
-                                            target=target, perturbations_per_eval=64, additional_forward_args=afa)
+            a = ca.Occlusion(fwd).attribute(
+                xin,
+                sliding_window_shapes=win,
+                baselines=float(baseline),
+                target=target,
+                perturbations_per_eval=64,
+                additional_forward_args=afa,
+            )
     elif method == "feature_ablation":
         with torch.no_grad():
-            a = ca.FeatureAblation(fwd).attribute(xin, baselines=float(baseline), target=target,
-                                                  perturbations_per_eval=64, additional_forward_args=afa)
+            a = ca.FeatureAblation(fwd).attribute(
+                xin, baselines=float(baseline), target=target, perturbations_per_eval=64, additional_forward_args=afa
+            )
     else:  # grad_cam
-        cam = ca.LayerGradCam(fwd, layer).attribute(xin, target=target, relu_attributions=True,
-                                                     additional_forward_args=afa)
-        a = ca.LayerAttribution.interpolate(cam, tuple(xin.shape[2:]), interpolate_mode="bilinear") \
-            if xin.ndim == 4 else cam
+        cam = ca.LayerGradCam(fwd, layer).attribute(
+            xin, target=target, relu_attributions=True, additional_forward_args=afa
+        )
+        a = (
+            ca.LayerAttribution.interpolate(cam, tuple(xin.shape[2:]), interpolate_mode="bilinear")
+            if xin.ndim == 4
+            else cam
+        )
     return a.detach().float()
 
 
@@ -238,15 +305,25 @@ def _scores(fwd: Callable, x: torch.Tensor, target: torch.Tensor, batch: int, re
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            p = torch.softmax(fwd(x[i:i + batch], *rows_of(rest, len(x), lambda t: t[i:i + batch])).float(), dim=-1)
-            out.append(p.gather(1, target[i:i + batch].view(-1, 1)).squeeze(1))
+            p = torch.softmax(fwd(x[i : i + batch], *rows_of(rest, len(x), lambda t: t[i : i + batch])).float(), dim=-1)
+            out.append(p.gather(1, target[i : i + batch].view(-1, 1)).squeeze(1))
     return torch.cat(out)
 
 
-def aopc(model: nn.Module, x: torch.Tensor, attributions: torch.Tensor, target: torch.Tensor, *,
-         forward_fn: ForwardFn | None = None, steps: int = 10, max_fraction: float = 0.5,
-         baseline: float | int = 0, seed: int = 0, batch_size: int = 512,
-         additional_forward_args: tuple = ()) -> dict[str, Any]:
+def aopc(
+    model: nn.Module,
+    x: torch.Tensor,
+    attributions: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    forward_fn: ForwardFn | None = None,
+    steps: int = 10,
+    max_fraction: float = 0.5,
+    baseline: float | int = 0,
+    seed: int = 0,
+    batch_size: int = 512,
+    additional_forward_args: tuple = (),
+) -> dict[str, Any]:
     """Area over the perturbation curve (Samek et al., 2017) for ``attributions`` and for a random order.
 
     Features (pixels, vector entries, tokens) are deleted (set to ``baseline``) most-relevant first in
@@ -265,8 +342,10 @@ def aopc(model: nn.Module, x: torch.Tensor, attributions: torch.Tensor, target: 
     flat_attr = attr.reshape(n, -1)
     d = flat_attr.shape[1]
     gen = torch.Generator().manual_seed(seed)
-    orders = {"aopc": flat_attr.argsort(dim=1, descending=True),
-              "aopc_random": torch.stack([torch.randperm(d, generator=gen) for _ in range(n)]).to(x.device)}
+    orders = {
+        "aopc": flat_attr.argsort(dim=1, descending=True),
+        "aopc_random": torch.stack([torch.randperm(d, generator=gen) for _ in range(n)]).to(x.device),
+    }
     counts = [round(max_fraction * d * k / steps) for k in range(steps + 1)]
     flat_x = x.reshape(n, -1)
     result: dict[str, Any] = {"fractions": [c / d for c in counts]}
@@ -282,27 +361,45 @@ def aopc(model: nn.Module, x: torch.Tensor, attributions: torch.Tensor, target: 
     rest = rows_of(tuple(additional_forward_args), n, lambda t: t.repeat_interleave(m, dim=0))
     p = _scores(fwd, allx, target.repeat_interleave(m), batch_size, rest).view(n, m)
     for i, name in enumerate(orders):
-        curve = torch.cat([p[:, :1], p[:, 1 + i * steps: 1 + (i + 1) * steps]], dim=1)
+        curve = torch.cat([p[:, :1], p[:, 1 + i * steps : 1 + (i + 1) * steps]], dim=1)
         result[name] = float((curve[:, :1] - curve).mean())
         result[f"{name}_curve"] = curve.mean(0).tolist()
     result["tokens"] = tokens
     return result
 
 
-def predict(model: nn.Module, x: torch.Tensor, forward_fn: ForwardFn | None = None,
-            batch_size: int = 512, additional_forward_args: tuple = ()) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    forward_fn: ForwardFn | None = None,
+    batch_size: int = 512,
+    additional_forward_args: tuple = (),
+) -> torch.Tensor:
     """Arg-max class of each row (no grad)."""
     fwd = forward_of(model, forward_fn)
     rest = tuple(additional_forward_args)
     with torch.no_grad():
-        return torch.cat([fwd(x[i:i + batch_size], *rows_of(rest, len(x), lambda t: t[i:i + batch_size])).argmax(-1)
-                          for i in range(0, len(x), batch_size)])
+        return torch.cat(
+            [
+                fwd(x[i : i + batch_size], *rows_of(rest, len(x), lambda t: t[i : i + batch_size])).argmax(-1)
+                for i in range(0, len(x), batch_size)
+            ]
+        )
 
 
-def compare(model_a: nn.Module, model_b: nn.Module, probe: Probe | tuple[torch.Tensor, torch.Tensor | None], *,
-            method: str = "integrated_gradients", target: str = "pred", topk: float = 0.1,
-            forward_fn: ForwardFn | None = None, layer_a: nn.Module | None = None,
-            layer_b: nn.Module | None = None, **kwargs: Any) -> AttributionDrift:
+def compare(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    probe: Probe | tuple[torch.Tensor, torch.Tensor | None],
+    *,
+    method: str = "integrated_gradients",
+    target: str = "pred",
+    topk: float = 0.1,
+    forward_fn: ForwardFn | None = None,
+    layer_a: nn.Module | None = None,
+    layer_b: nn.Module | None = None,
+    **kwargs: Any,
+) -> AttributionDrift:
     """How much the explanation moved from ``model_a`` to ``model_b`` on ``probe``.
 
     Both models are attributed for the same target (``"label"``: the probe labels; ``"pred"``: model A's
@@ -331,5 +428,10 @@ def compare(model_a: nn.Module, model_b: nn.Module, probe: Probe | tuple[torch.T
         model_a.train(modes[0])
         model_b.train(modes[1])
     rho, top = rank_agreement(a, b, topk)
-    return AttributionDrift(float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"),
-                            float(np.mean(top)), float((pa == pb).float().mean()), rho.tolist(), top.tolist())
+    return AttributionDrift(
+        float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"),
+        float(np.mean(top)),
+        float((pa == pb).float().mean()),
+        rho.tolist(),
+        top.tolist(),
+    )

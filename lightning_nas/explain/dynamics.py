@@ -4,6 +4,7 @@ Pure torch, no Lightning import. A "layer" is a module holding its own ``weight`
 more dimensions (conv, linear, embedding); "activations" are ``nn.ReLU``/``ReLU6``/``LeakyReLU``/``ELU``
 modules, whose outputs are watched for units that never fire.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -12,8 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["tracked_layers", "weight_norms", "grad_norms", "snapshot", "update_ratios", "DeadUnitProbe",
-           "activation_modules"]
+__all__ = [
+    "tracked_layers",
+    "weight_norms",
+    "grad_norms",
+    "snapshot",
+    "update_ratios",
+    "DeadUnitProbe",
+    "activation_modules",
+]
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU)
 
@@ -31,8 +39,10 @@ def tracked_layers(model: nn.Module, names: Iterable[str] | None = None) -> list
     if wanted is not None:
         missing = wanted - {n for n, _ in out}
         if missing:
-            raise ValueError(f"`layers` {sorted(missing)} are not weight layers of {type(model).__name__}; "
-                             f"allowed: {[n for n, _ in tracked_layers(model)]}")
+            raise ValueError(
+                f"`layers` {sorted(missing)} are not weight layers of {type(model).__name__}; "
+                f"allowed: {[n for n, _ in tracked_layers(model)]}"
+            )
     return out
 
 
@@ -102,6 +112,7 @@ class DeadUnitProbe:
             fired = (out.detach() > 0).any(0)
             prev = self._alive.get(name)
             self._alive[name] = fired if prev is None or prev.shape != fired.shape else (prev | fired)
+
         return fn
 
     def __enter__(self) -> DeadUnitProbe:
@@ -118,6 +129,8 @@ class DeadUnitProbe:
         out = {}
         for n, alive in self._alive.items():
             channels = alive.reshape(alive.shape[0], -1).any(1) if alive.ndim > 1 else alive
-            out[n] = {"dead_fraction": 1.0 - float(alive.float().mean()),
-                      "dead_channel_fraction": 1.0 - float(channels.float().mean())}
+            out[n] = {
+                "dead_fraction": 1.0 - float(alive.float().mean()),
+                "dead_channel_fraction": 1.0 - float(channels.float().mean()),
+            }
         return out

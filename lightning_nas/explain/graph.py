@@ -4,6 +4,7 @@ Pure torch + matplotlib (no graphviz). Shapes come from forward hooks on one rea
 ``torch.utils.flop_counter`` per module (MACs = FLOPs / 2). Edges come from ``torch.fx`` when the model
 traces symbolically (so skip connections and branches show), else layers are chained in execution order.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -48,8 +49,9 @@ def _is_row_module(mod: nn.Module) -> bool:
     return not any(True for _ in mod.children()) or any(True for _ in mod.parameters(recurse=False))
 
 
-def layer_table(model: nn.Module, example_input: Any,
-                forward_fn: Callable[[nn.Module, Any], Any] | None = None) -> list[LayerRow]:
+def layer_table(
+    model: nn.Module, example_input: Any, forward_fn: Callable[[nn.Module, Any], Any] | None = None
+) -> list[LayerRow]:
     """One row per leaf module in execution order, from one forward pass of ``example_input`` (eval mode,
     restored after). A module called several times is one row with its first call's shapes."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -67,6 +69,7 @@ def layer_table(model: nn.Module, example_input: Any,
                 return
             own = sum(p.numel() for p in m.parameters(recurse=not any(True for _ in m.children())))
             rows[name] = LayerRow(name, type(m).__name__, _shape(inp), _shape(out), own, 0)
+
         handles.append(mod.register_forward_hook(hook))
     was = model.training
     model.eval()
@@ -97,7 +100,7 @@ def graph_edges(model: nn.Module, names: list[str]) -> list[tuple[str, str]]:
     chain = list(zip(names, names[1:]))
     try:
         gm = torch.fx.symbolic_trace(model, concrete_args=None)
-    except Exception:  # noqa: BLE001 - any model that fx cannot trace gets the execution-order chain
+    except Exception:
         return chain
     wanted = set(names)
     producers: dict[Any, set[str]] = {}
@@ -115,8 +118,9 @@ def graph_edges(model: nn.Module, names: list[str]) -> list[tuple[str, str]]:
     return edges if edges else chain
 
 
-def render_graph(rows: list[LayerRow], edges: list[tuple[str, str]] | None = None, title: str = "",
-                 max_nodes: int = 60) -> Any:
+def render_graph(
+    rows: list[LayerRow], edges: list[tuple[str, str]] | None = None, title: str = "", max_nodes: int = 60
+) -> Any:
     """A matplotlib figure: one box per layer (name, type, output shape, params) in execution order, columns
     of at most 15, arrows for ``edges`` (default: the execution-order chain)."""
     import matplotlib
@@ -133,19 +137,31 @@ def render_graph(rows: list[LayerRow], edges: list[tuple[str, str]] | None = Non
     for i, r in enumerate(shown):
         cx, cy = (i // per_col) * 3.4 + 1.6, -(i % per_col) * 0.62
         pos[r.name] = (cx, cy)
-        colour = {"Conv": "#cfe2f3", "Linear": "#d9ead3", "BatchNorm": "#fff2cc", "ReLU": "#f4cccc",
-                  "Embedding": "#ead1dc"}
+        colour = {
+            "Conv": "#cfe2f3",
+            "Linear": "#d9ead3",
+            "BatchNorm": "#fff2cc",
+            "ReLU": "#f4cccc",
+            "Embedding": "#ead1dc",
+        }
         fc = next((c for k, c in colour.items() if r.type.startswith(k) or k in r.type), "#eeeeee")
         ax.add_patch(FancyBboxPatch((cx - 1.45, cy - 0.24), 2.9, 0.48, boxstyle="round,pad=0.02", fc=fc, ec="#555"))
         label = f"{r.name}  [{r.type}]\n{r.out_shape}  ·  {r.params:,} params"
         ax.text(cx, cy, label, ha="center", va="center", fontsize=6.5, family="monospace")
-    for a, b in (edges if edges is not None else [(r.name, s.name) for r, s in zip(shown, shown[1:])]):
+    for a, b in edges if edges is not None else [(r.name, s.name) for r, s in zip(shown, shown[1:])]:
         if a in pos and b in pos:
             (x0, y0), (x1, y1) = pos[a], pos[b]
-            ax.annotate("", xy=(x1, y1 + 0.25), xytext=(x0, y0 - 0.25),
-                        arrowprops=dict(arrowstyle="->", color="#333", lw=0.8,
-                                        connectionstyle="arc3,rad=0.0" if x0 == x1 and y0 - y1 < 0.7 else
-                                        "arc3,rad=-0.25"))
+            ax.annotate(
+                "",
+                xy=(x1, y1 + 0.25),
+                xytext=(x0, y0 - 0.25),
+                arrowprops=dict(
+                    arrowstyle="->",
+                    color="#333",
+                    lw=0.8,
+                    connectionstyle="arc3,rad=0.0" if x0 == x1 and y0 - y1 < 0.7 else "arc3,rad=-0.25",
+                ),
+            )
     if len(rows) > max_nodes:
         ax.text(0.1, -per_col * 0.62, f"... {len(rows) - max_nodes} more layers", fontsize=7)
     ax.set_xlim(0, 3.4 * ncols)

@@ -12,6 +12,7 @@ Pure torch, no Lightning import. For a probe set ``(x, classes)``:
   class's samples when that channel's output is set to zero (each candidate on its own, and the class's
   whole top-k at once per layer).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -44,13 +45,18 @@ class PathReport:
         return sum(vals) / len(vals) if vals else float("nan")
 
     def tables(self) -> dict[str, tuple[list[str], list[list[Any]]]]:
-        top = [[c, layer, " ".join(map(str, chans)), self.group_ablation.get((c, layer))]
-               for layer in self.layers for c, chans in self.top_channels[layer].items()]
+        top = [
+            [c, layer, " ".join(map(str, chans)), self.group_ablation.get((c, layer))]
+            for layer in self.layers
+            for c, chans in self.top_channels[layer].items()
+        ]
         ov = [[a, b, round(v, 4)] for (a, b), v in sorted(self.overlap.items()) if a < b]
         abl = [[c, layer, ch, round(d, 5)] for c, layer, ch, d in self.ablation]
-        return {"top_channels": (["class", "layer", "channels", "top_k_ablation_logit_drop"], top),
-                "overlap": (["class_a", "class_b", "jaccard"], ov),
-                "ablation": (["class", "layer", "channel", "logit_drop"], abl)}
+        return {
+            "top_channels": (["class", "layer", "channels", "top_k_ablation_logit_drop"], top),
+            "overlap": (["class_a", "class_b", "jaccard"], ov),
+            "ablation": (["class", "layer", "channel", "logit_drop"], abl),
+        }
 
 
 def default_layers(model: nn.Module) -> list[str]:
@@ -85,14 +91,25 @@ def _zero_channels(chans: list[int], call: int | None) -> Callable:
         out = out.clone()
         out[:, idx.to(out.device)] = 0
         return out
+
     return hook
 
 
-def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, layers: list[str] | None = None,
-                   top_k: int = 3, forward_fn: Callable[..., torch.Tensor] | None = None,
-                   ablate: bool = True, top_ablation: int = 3, relative: bool = True,
-                   max_ablations: int | None = None, additional_forward_args: tuple = (),
-                   progress: Callable[[str], None] | None = None) -> PathReport:
+def decision_paths(
+    model: nn.Module,
+    x: torch.Tensor,
+    classes: torch.Tensor,
+    *,
+    layers: list[str] | None = None,
+    top_k: int = 3,
+    forward_fn: Callable[..., torch.Tensor] | None = None,
+    ablate: bool = True,
+    top_ablation: int = 3,
+    relative: bool = True,
+    max_ablations: int | None = None,
+    additional_forward_args: tuple = (),
+    progress: Callable[[str], None] | None = None,
+) -> PathReport:
     """Activation paths per class, their overlap and channel-ablation effects on ``model`` (put in eval mode
     for the call, restored after). ``classes`` are the classes to explain, one per sample (labels or
     predictions); ``additional_forward_args`` the model's other inputs, row-aligned with ``x``.
@@ -106,18 +123,23 @@ def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, 
     layers = default_layers(model) if layers is None else list(layers)
     missing = [n for n in layers if n not in modules]
     if missing or not layers:
-        raise ValueError(f"`layers` {missing or layers} are not usable modules of {type(model).__name__}; "
-                         f"allowed: {default_layers(model)}")
+        raise ValueError(
+            f"`layers` {missing or layers} are not usable modules of {type(model).__name__}; "
+            f"allowed: {default_layers(model)}"
+        )
     base_fwd = forward_of(model, forward_fn)
     rest = tuple(additional_forward_args)
 
     def fwd(inp: torch.Tensor) -> torch.Tensor:
         return base_fwd(inp, *rest)
+
     was = model.training
     model.eval()
     outs: dict[str, list[torch.Tensor]] = {}
-    handles = [modules[n].register_forward_hook(
-        lambda _m, _i, o, n=n: outs.setdefault(n, []).append(_channel_means(o))) for n in layers]
+    handles = [
+        modules[n].register_forward_hook(lambda _m, _i, o, n=n: outs.setdefault(n, []).append(_channel_means(o)))
+        for n in layers
+    ]
     try:
         with torch.no_grad():
             logits = fwd(x).float()
@@ -143,8 +165,9 @@ def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, 
             k = min(top_k, a.shape[1])
             top[n] = {c: a[cls == c].mean(0).topk(k).indices.tolist() for c in present}
         paths = {c: {(n, ch) for n in keys for ch in top[n][c]} for c in present}
-        overlap = {(a, b): len(paths[a] & paths[b]) / max(1, len(paths[a] | paths[b]))
-                   for a in present for b in present}
+        overlap = {
+            (a, b): len(paths[a] & paths[b]) / max(1, len(paths[a] | paths[b])) for a in present for b in present
+        }
         ablation: list[tuple[int, str, int, float]] = []
         group: dict[tuple[int, str], float] = {}
         if ablate:
@@ -157,8 +180,7 @@ def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, 
                     break
                 module, call = modules[units[n][0]], units[n][1]
                 # each class's best channel first, then the next ranks, then each class's whole top-k at once
-                order = list(dict.fromkeys(ch for r in range(top_k) for c in present
-                                           for ch in top[n][c][r:r + 1]))
+                order = list(dict.fromkeys(ch for r in range(top_k) for c in present for ch in top[n][c][r : r + 1]))
                 if progress is not None:
                     progress(f"ablating {n} ({i + 1}/{len(keys)})")
                 effects: dict[int, torch.Tensor] = {}
@@ -169,8 +191,9 @@ def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, 
                     budget -= 1
                 for c in present:
                     mask = cls == c
-                    ablation += [(c, n, ch, base[c] - float(effects[ch][mask, c].mean()))
-                                 for ch in top[n][c] if ch in effects]
+                    ablation += [
+                        (c, n, ch, base[c] - float(effects[ch][mask, c].mean())) for ch in top[n][c] if ch in effects
+                    ]
                 for c in present:
                     if budget < 1:
                         break
@@ -192,8 +215,9 @@ def decision_paths(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, 
         model.train(was)
 
 
-def _run_ablated(fwd: Callable, module: nn.Module, chans: list[int], x: torch.Tensor,
-                 call: int | None = None) -> torch.Tensor:
+def _run_ablated(
+    fwd: Callable, module: nn.Module, chans: list[int], x: torch.Tensor, call: int | None = None
+) -> torch.Tensor:
     h = module.register_forward_hook(_zero_channels(chans, call))
     try:
         with torch.no_grad():

@@ -12,6 +12,7 @@ scales. Hand-written: no maintained library reports these for torch.ao FX models
   pruning sensitivity: ``SENSITIVITY_COLUMNS`` = layer, method, level, accuracy, drop (method ``"quant_int8"``,
   level = 8 bits), logged under ``SENSITIVITY_KEY``.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,10 @@ def layer_sqnr(model: nn.Module, inputs: Iterable[Any], forward: Callable[..., A
     fwd = forward or model
     layers = qat_layers(model)
     outs: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda _m, _i, o, n=n: outs.__setitem__(n, o.detach().float())) for n in layers]
+    hooks = [
+        model.get_submodule(n).register_forward_hook(lambda _m, _i, o, n=n: outs.__setitem__(n, o.detach().float()))
+        for n in layers
+    ]
     sig = dict.fromkeys(layers, 0.0)
     noise = dict.fromkeys(layers, 0.0)
     try:
@@ -111,9 +114,12 @@ def _accuracy(fwd: Callable[..., Any], batches: Sequence[tuple[Any, torch.Tensor
     return correct / max(total, 1)
 
 
-def quant_sensitivity(model: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]],
-                      forward: Callable[..., Any] | None = None,
-                      layers: Sequence[str] | None = None) -> list[list[Any]]:
+def quant_sensitivity(
+    model: nn.Module,
+    batches: Sequence[tuple[Any, torch.Tensor]],
+    forward: Callable[..., Any] | None = None,
+    layers: Sequence[str] | None = None,
+) -> list[list[Any]]:
     """One row per layer: ``[layer, "quant_int8", 8, accuracy, drop]`` (``SENSITIVITY_COLUMNS``).
 
     ``batches`` are ``(input, integer labels)`` pairs; accuracy is top-1 of the logits' last dimension with

@@ -9,6 +9,7 @@ It is logged under the tracker key ``explain/sensitivity``.
 Reuse for another method: build ``{(layer, method, level): fn}`` where ``fn(model_copy)`` perturbs a deep
 copy of the model in place (or returns a replacement module), and call ``sensitivity_table``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,15 +28,22 @@ PerturbFn = Callable[[nn.Module], "nn.Module | None"]
 ForwardFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
-def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: torch.device | str | None = None,
-                      forward_fn: ForwardFn | None = None) -> float:
+def evaluate_accuracy(
+    model: nn.Module,
+    loader: Iterable[Any],
+    device: torch.device | str | None = None,
+    forward_fn: ForwardFn | None = None,
+) -> float:
     """Top-1 accuracy of ``model`` on ``loader`` batches ``(x, y, ...)`` (eval mode, no grad; mode restored).
 
     ``forward_fn(model, x)`` gives the logits (default ``model(x)``), e.g. when ``x`` goes to a submodule.
     """
     fwd = forward_fn or (lambda m, x: m(x))
-    device = torch.device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu"))
+    device = (
+        torch.device(device)
+        if device is not None
+        else next((p.device for p in model.parameters()), torch.device("cpu"))
+    )
     was = model.training
     model.eval()
     correct = total = 0
@@ -105,8 +113,8 @@ def prune_perturbations(
         raise ValueError("prune_perturbations: no prunable layer")
 
     def make(layer: str, level: float) -> PerturbFn:
-        return lambda m: prune_structured(m, example_inputs, {layer: level}, importance,
-                                          forward_fn=forward_fn) and None
+        return lambda m: prune_structured(m, example_inputs, {layer: level}, importance, forward_fn=forward_fn) and None
+
     return {(n, f"prune_{importance}", float(lv)): make(n, float(lv)) for n in names for lv in levels}
 
 
@@ -131,6 +139,11 @@ def log_sensitivity(tracker: Any, rows: Sequence[Sequence[Any]], step: int | Non
             if all(lv in acc for lv in levels):
                 ys[layer] = [acc[lv] for lv in levels]
         if ys:
-            tracker.log_line_series(f"{SENSITIVITY_KEY}/{method}", levels, ys,
-                                    title=f"validation accuracy when one layer alone is perturbed ({method})",
-                                    xname="level", step=step)
+            tracker.log_line_series(
+                f"{SENSITIVITY_KEY}/{method}",
+                levels,
+                ys,
+                title=f"validation accuracy when one layer alone is perturbed ({method})",
+                xname="level",
+                step=step,
+            )

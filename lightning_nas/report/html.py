@@ -4,6 +4,7 @@ HTML, one section per concern the run has (search, compression, distillation, at
 Every value that comes from the run (keys, steps, table cells, captions, titles, config) is HTML-escaped;
 matplotlib draws text literally (no mathtext, so a ``$`` in a key is just a character); a plot or image that
 cannot be drawn is skipped and listed in a "Not shown" section instead of stopping the page."""
+
 from __future__ import annotations
 
 import base64
@@ -87,10 +88,14 @@ def _plot_lines(data: RunData, title: str, keys: list[str]) -> str:
     fig, ax = plt.subplots(figsize=(4.6, 2.9))
     for k in keys[:_MAX_LINES]:
         pts = sorted(p for p in data.scalars[k] if math.isfinite(p[1]))  # inf/NaN cannot be drawn
-        label = k if len(keys) == 1 else (k.split("/")[-1] if title.endswith("*") else k.split("/")[-2]
-                                          if len(k.split("/")) >= 3 else k)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3, lw=1.2,
-                label=label)
+        label = (
+            k
+            if len(keys) == 1
+            else (k.split("/")[-1] if title.endswith("*") else k.split("/")[-2] if len(k.split("/")) >= 3 else k)
+        )
+        ax.plot(
+            [p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3, lw=1.2, label=label
+        )
     ax.set_xlabel("step")
     ax.set_title(title + ("" if len(keys) <= _MAX_LINES else f" (first {_MAX_LINES} of {len(keys)})"), fontsize=9)
     ax.grid(alpha=0.3)
@@ -137,8 +142,10 @@ def _table(key: str, t: dict[str, Any]) -> str:
     head = "".join(f"<th>{_cell(c)}</th>" for c in t.get("columns", []))
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in r) + "</tr>" for r in rows[:_MAX_ROWS])
     more = f"<p>... {len(rows) - _MAX_ROWS} more rows</p>" if len(rows) > _MAX_ROWS else ""
-    return (f"<h3>{html.escape(key)} <small>(step {_cell(t.get('step', '-'))}, {len(rows)} rows)</small></h3>"
-            f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>{more}')
+    return (
+        f"<h3>{html.escape(key)} <small>(step {_cell(t.get('step', '-'))}, {len(rows)} rows)</small></h3>"
+        f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>{more}'
+    )
 
 
 def _images(key: str, items: list[tuple[int, Path]], skipped: list[str]) -> str:
@@ -155,9 +162,13 @@ def _images(key: str, items: list[tuple[int, Path]], skipped: list[str]) -> str:
         if kind is None:
             skipped.append(f"image {key!r} step {s}: not a PNG or JPEG image; not embedded")
             continue
-        figs.append(_figure(_img_tag(base64.b64encode(raw).decode(), f"{key} step {s}", "media", kind),
-                            f"{key} — step {s}" + (" (first)" if i == 0 and len(shown) > 1 else
-                                                  " (latest)" if len(shown) > 1 else "")))
+        figs.append(
+            _figure(
+                _img_tag(base64.b64encode(raw).decode(), f"{key} step {s}", "media", kind),
+                f"{key} — step {s}"
+                + (" (first)" if i == 0 and len(shown) > 1 else " (latest)" if len(shown) > 1 else ""),
+            )
+        )
     return f'<h3>{html.escape(key)}</h3><div class="grid">{"".join(figs)}</div>' if figs else ""
 
 
@@ -167,7 +178,7 @@ def _drawn(what: str, skipped: list[str], fn: Callable[..., str], *args: Any) ->
 
     try:
         return fn(*args)
-    except Exception as exc:  # noqa: BLE001 - one odd plot must not stop the page
+    except Exception as exc:
         plt.close("all")
         skipped.append(f"{what}: cannot be drawn ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})")
         return ""
@@ -176,12 +187,14 @@ def _drawn(what: str, skipped: list[str], fn: Callable[..., str], *args: Any) ->
 def _section(sid: str, title: str, data: RunData, keys: set[str], skipped: list[str]) -> str:
     parts = [f'<section id="{sid}"><h2>{html.escape(title)}</h2>']
     scal = [k for k in keys if k in data.scalars]
-    series = [_drawn(f"series {k!r}", skipped, _plot_series, k, data.series[k]) for k in sorted(keys)
-              if k in data.series]
+    series = [
+        _drawn(f"series {k!r}", skipped, _plot_series, k, data.series[k]) for k in sorted(keys) if k in data.series
+    ]
     if scal:
         groups = _group_scalars(sid, scal)
-        plots = [_drawn(f"plot {g!r}", skipped, _plot_lines, data, g, ks)
-                 for g, ks in list(groups.items())[:_MAX_PLOTS]]
+        plots = [
+            _drawn(f"plot {g!r}", skipped, _plot_lines, data, g, ks) for g, ks in list(groups.items())[:_MAX_PLOTS]
+        ]
         parts.append(f'<div class="grid">{"".join(plots + series)}</div>')
         if len(groups) > _MAX_PLOTS:
             parts.append(f"<p>{len(groups) - _MAX_PLOTS} more scalar groups not plotted.</p>")
@@ -191,9 +204,11 @@ def _section(sid: str, title: str, data: RunData, keys: set[str], skipped: list[
     parts += [_table(k, data.tables[k]) for k in sorted(keys) if k in data.tables]
     hists = [k for k in sorted(keys) if data.histograms.get(k)]
     if hists:
-        parts.append('<div class="grid">' + "".join(_drawn(f"histogram {k!r}", skipped, _plot_hist, k,
-                                                           data.histograms[k]) for k in hists[:_MAX_HIST])
-                     + "</div>")
+        parts.append(
+            '<div class="grid">'
+            + "".join(_drawn(f"histogram {k!r}", skipped, _plot_hist, k, data.histograms[k]) for k in hists[:_MAX_HIST])
+            + "</div>"
+        )
     parts.append("</section>")
     return "".join(parts)
 
@@ -201,9 +216,11 @@ def _section(sid: str, title: str, data: RunData, keys: set[str], skipped: list[
 def _not_shown(skipped: list[str]) -> str:
     items = "".join(f"<li>{html.escape(s)}</li>" for s in skipped[:_MAX_SKIPPED])
     more = f"<p>... and {len(skipped) - _MAX_SKIPPED} more.</p>" if len(skipped) > _MAX_SKIPPED else ""
-    return (f'<section id="skipped"><h2>Not shown</h2><p>{len(skipped)} item(s) of this run were skipped: files '
-            f"outside the run folder, files that are not images, records of the wrong shape, plots that could not "
-            f"be drawn.</p><ul>{items}</ul>{more}</section>")
+    return (
+        f'<section id="skipped"><h2>Not shown</h2><p>{len(skipped)} item(s) of this run were skipped: files '
+        f"outside the run folder, files that are not images, records of the wrong shape, plots that could not "
+        f"be drawn.</p><ul>{items}</ul>{more}</section>"
+    )
 
 
 def render(data: RunData, title: str | None = None) -> str:
@@ -225,10 +242,12 @@ def render(data: RunData, title: str | None = None) -> str:
         body = [_section(sid, t, data, buckets[sid], skipped) for sid, t in sections]
     summ = {**{f"config/{k}": v for k, v in data.config.items()}, **data.summary}
     if summ:
-        rows = [[k, v] for k, v in sorted(summ.items(), key=lambda kv: str(kv[0]))
-                if not isinstance(v, (dict, list))]
-        body.append('<section id="summary"><h2>Summary</h2>'
-                    + _table("final values", {"columns": ["key", "value"], "rows": rows}) + "</section>")
+        rows = [[k, v] for k, v in sorted(summ.items(), key=lambda kv: str(kv[0])) if not isinstance(v, (dict, list))]
+        body.append(
+            '<section id="summary"><h2>Summary</h2>'
+            + _table("final values", {"columns": ["key", "value"], "rows": rows})
+            + "</section>"
+        )
         sections.append(("summary", "Summary"))
     if skipped:
         body.append(_not_shown(skipped))
@@ -236,10 +255,12 @@ def render(data: RunData, title: str | None = None) -> str:
     if not body:
         body.append("<section><h2>Empty run</h2><p>Nothing was logged.</p></section>")
     nav = "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in sections)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head><body><header><h1>{html.escape(title)}</h1>"
-            f"<p>source: {html.escape(data.source)} · {len(data.keys())} logged keys</p></header>"
-            f"<nav>{nav}</nav><main>{''.join(body)}</main></body></html>")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head><body><header><h1>{html.escape(title)}</h1>"
+        f"<p>source: {html.escape(data.source)} · {len(data.keys())} logged keys</p></header>"
+        f"<nav>{nav}</nav><main>{''.join(body)}</main></body></html>"
+    )
 
 
 def build_report(run_dir: str | Path, out: str | Path = "report.html", title: str | None = None) -> Path:
@@ -249,8 +270,9 @@ def build_report(run_dir: str | Path, out: str | Path = "report.html", title: st
     """
     path = Path(out)
     if path.is_dir():
-        raise IsADirectoryError(f"report: the output {str(path)!r} is a folder; pass a file name such as "
-                                f"{str(path / 'report.html')!r}")
+        raise IsADirectoryError(
+            f"report: the output {str(path)!r} is a folder; pass a file name such as {str(path / 'report.html')!r}"
+        )
     data = load_run(run_dir)
     page = render(data, title)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ outside the sink or the W&B run's ``files`` folder, symlinks included, is read),
 bytes are PNG or JPEG, and every record of the wrong shape is skipped and named in ``RunData.skipped`` instead of
 stopping the report.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,10 @@ def locate(run_dir: str | Path) -> tuple[Path | None, Path | None]:
         if wb is None:
             sink = _newest([q.parent for q in p.glob("**/nas_files/index.jsonl")])
     if sink is None and wb is None:
-        raise FileNotFoundError(f"report: no lightning_nas files (index.jsonl) nor W&B run (run-*.wandb) under "
-                                f"{str(p)!r}; pass a W&B run or save dir, or a Tracker.files_dir")
+        raise FileNotFoundError(
+            f"report: no lightning_nas files (index.jsonl) nor W&B run (run-*.wandb) under "
+            f"{str(p)!r}; pass a W&B run or save dir, or a Tracker.files_dir"
+        )
     return sink, wb
 
 
@@ -153,8 +156,7 @@ def _resolve(root: Path, name: Any, data: RunData, what: str) -> Path | None:
     try:
         return inside(root, name, "file")
     except UnsafePathError:
-        data.skipped.append(f"{what}: file {_short(name)} is outside the run folder (or not a relative name); "
-                            "not read")
+        data.skipped.append(f"{what}: file {_short(name)} is outside the run folder (or not a relative name); not read")
         return None
 
 
@@ -176,19 +178,32 @@ def _numbers(v: Any) -> bool:
 
 
 def _valid_table(t: Any) -> bool:
-    return (isinstance(t, dict) and isinstance(t.get("columns", []), list)
-            and isinstance(t.get("rows", []), list) and all(isinstance(r, list) for r in t.get("rows", [])))
+    return (
+        isinstance(t, dict)
+        and isinstance(t.get("columns", []), list)
+        and isinstance(t.get("rows", []), list)
+        and all(isinstance(r, list) for r in t.get("rows", []))
+    )
 
 
 def _valid_histogram(r: Any) -> bool:
-    return (isinstance(r, dict) and _numbers(r.get("counts")) and _numbers(r.get("edges"))
-            and len(r["edges"]) == len(r["counts"]) + 1 and len(r["counts"]) > 0
-            and all(math.isfinite(float(x)) for x in r["counts"] + r["edges"]))
+    return (
+        isinstance(r, dict)
+        and _numbers(r.get("counts"))
+        and _numbers(r.get("edges"))
+        and len(r["edges"]) == len(r["counts"]) + 1
+        and len(r["counts"]) > 0
+        and all(math.isfinite(float(x)) for x in r["counts"] + r["edges"])
+    )
 
 
 def _valid_series(s: Any) -> bool:
-    return (isinstance(s, dict) and _numbers(s.get("xs", [])) and isinstance(s.get("ys", {}), dict)
-            and all(_numbers(y) and len(y) == len(s.get("xs", [])) for y in s.get("ys", {}).values()))
+    return (
+        isinstance(s, dict)
+        and _numbers(s.get("xs", []))
+        and isinstance(s.get("ys", {}), dict)
+        and all(_numbers(y) and len(y) == len(s.get("xs", [])) for y in s.get("ys", {}).values())
+    )
 
 
 def _read_sink(sink: Path, data: RunData) -> None:
@@ -247,8 +262,10 @@ def _read_sink(sink: Path, data: RunData) -> None:
             recs = _jsonl(path, data, what)
             good = [r for r in recs if _valid_histogram(r) and _step(r.get("step", 0)) is not None]
             if len(good) < len(recs):
-                data.skipped.append(f"{what}: {len(recs) - len(good)} record(s) in {rel!r} are not histograms "
-                                    "(counts and edges of matching lengths)")
+                data.skipped.append(
+                    f"{what}: {len(recs) - len(good)} record(s) in {rel!r} are not histograms "
+                    "(counts and edges of matching lengths)"
+                )
             if good:
                 data.histograms[key] = good
         else:
@@ -290,8 +307,11 @@ def _read_wandb(run: Path, data: RunData, media: bool) -> None:
             elif media and isinstance(v, dict) and v.get("_type") == "table-file":
                 path = _resolve(files, v.get("path"), data, f"W&B table {k!r}")
                 t = _json(path, data, f"W&B table {k!r}") if path is not None and path.exists() else None
-                table = ({"step": step, "columns": t.get("columns", []), "rows": t.get("data", [])}
-                         if isinstance(t, dict) else None)
+                table = (
+                    {"step": step, "columns": t.get("columns", []), "rows": t.get("data", [])}
+                    if isinstance(t, dict)
+                    else None
+                )
                 if _valid_table(table):
                     data.tables[k] = table
                 elif t is not None:

@@ -5,6 +5,7 @@ read a space; ``freeze(model, arch)`` returns the plain chosen module; ``build(f
 with ``ValueChoice``s resolved (multi-trial search); ``fixed_arch`` is the underlying context manager.
 NNI's ``LayerChoice``/``InputChoice`` (``nni.nas.nn.pytorch``) are recognised everywhere.
 """
+
 from lightning_nas.space._api import (
     ChoiceView,
     Decision,
@@ -29,7 +30,22 @@ from lightning_nas.space._choices import (
 )
 
 __all__ = [
-    "ChoiceModule", "ChoiceView", "Decision", "InputChoice", "LayerChoice", "SelectInputs", "ValueChoice",
-    "architectures", "as_choice", "build", "choices", "decisions", "fixed_arch", "freeze", "named_choices",
-    "recording", "search_space", "size",
+    "ChoiceModule",
+    "ChoiceView",
+    "Decision",
+    "InputChoice",
+    "LayerChoice",
+    "SelectInputs",
+    "ValueChoice",
+    "architectures",
+    "as_choice",
+    "build",
+    "choices",
+    "decisions",
+    "fixed_arch",
+    "freeze",
+    "named_choices",
+    "recording",
+    "search_space",
+    "size",
 ]

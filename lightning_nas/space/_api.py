@@ -4,6 +4,7 @@ Everything here recognises this package's choices, the one-shot mixed ops that r
 (any ``ChoiceModule``), and NNI's ``nni.nas.nn.pytorch.LayerChoice``/``InputChoice`` (NNI is an optional
 extra; it is never imported unless a model holds one of its modules).
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,9 @@ class Decision:
 
 def _is_nni(module: nn.Module, cls_name: str) -> bool:
     t = type(module)
-    return t.__module__.startswith("nni.") and any(c.__name__ == cls_name and c.__module__.startswith("nni.")
-                                                   for c in t.__mro__)
+    return t.__module__.startswith("nni.") and any(
+        c.__name__ == cls_name and c.__module__.startswith("nni.") for c in t.__mro__
+    )
 
 
 def as_choice(module: nn.Module) -> ChoiceView | None:
@@ -66,15 +68,17 @@ def as_choice(module: nn.Module) -> ChoiceView | None:
         return ChoiceView(module.label, "layer", list(by_name), lambda name: module[by_name[name]], module)
     if _is_nni(module, "InputChoice"):
         if module.n_chosen is None:
-            raise ValueError(f"NNI InputChoice {module.label!r}: n_chosen=None (any number) is not supported; "
-                             "give an int n_chosen")
+            raise ValueError(
+                f"NNI InputChoice {module.label!r}: n_chosen=None (any number) is not supported; give an int n_chosen"
+            )
         combos = input_combinations(module.n_candidates, module.n_chosen)
         names = [combo_name(c) for c in combos]
         if len(names) < 2:
             raise ValueError(f"NNI InputChoice {module.label!r} has fewer than 2 candidate subsets")
         reduction = str(module.reduction)
-        return ChoiceView(module.label, "input", names,
-                          lambda name: SelectInputs(combos[names.index(name)], reduction), module)
+        return ChoiceView(
+            module.label, "input", names, lambda name: SelectInputs(combos[names.index(name)], reduction), module
+        )
     return None
 
 
@@ -97,9 +101,11 @@ def decisions(model: nn.Module) -> dict[str, Decision]:
         if d is None:
             out[view.label] = Decision(view.label, view.kind, list(view.names), [path])
         elif d.candidates != view.names or d.kind != view.kind:
-            raise ValueError(f"label {view.label!r} is used by choices with different candidates: "
-                             f"{d.candidates} at {d.paths[0]!r} and {view.names} at {path!r}; the same label "
-                             "ties choices to one decision, so their candidate names must match")
+            raise ValueError(
+                f"label {view.label!r} is used by choices with different candidates: "
+                f"{d.candidates} at {d.paths[0]!r} and {view.names} at {path!r}; the same label "
+                "ties choices to one decision, so their candidate names must match"
+            )
         else:
             d.paths.append(path)
     for label, (values, _chosen) in getattr(model, _VALUES_ATTR, {}).items():
@@ -141,8 +147,10 @@ def _check_arch(model: nn.Module, arch: Mapping[str, Any]) -> dict[str, Decision
         if d.kind == "value":
             built = getattr(model, _VALUES_ATTR)[label][1]
             if value != built:
-                raise ValueError(f"ValueChoice {label!r} was built as {built!r} and cannot become {value!r} after "
-                                 "construction; rebuild with lightning_nas.space.build(fn, arch)")
+                raise ValueError(
+                    f"ValueChoice {label!r} was built as {built!r} and cannot become {value!r} after "
+                    "construction; rebuild with lightning_nas.space.build(fn, arch)"
+                )
         elif str(value) not in d.candidates:
             raise ValueError(f"`arch[{label!r}]` = {value!r} is not a candidate; allowed: {d.candidates}")
     return decs

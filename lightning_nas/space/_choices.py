@@ -9,6 +9,7 @@ be a width), the first of ``values`` unless an enclosing ``fixed_arch({label: va
 how a multi-trial search resolves it at build time (``lightning_nas.space.build(fn, arch)``); a one-shot
 supernet cannot change a value after construction.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -71,7 +72,7 @@ def recording() -> Iterator[dict[str, tuple[list[Any], Any]]]:
         _RECORDERS.pop()
 
 
-def ValueChoice(values: Sequence[Any], label: str) -> Any:  # noqa: N802 - reads like the other choices
+def ValueChoice(values: Sequence[Any], label: str) -> Any:
     """A plain value chosen from ``values`` (first by default; ``fixed_arch``/``build`` pick another).
 
     Returns the value itself, so ``nn.Conv2d(1, ValueChoice([16, 32], label="width"), 3)`` is ordinary code.
@@ -91,8 +92,9 @@ def ValueChoice(values: Sequence[Any], label: str) -> Any:  # noqa: N802 - reads
         raise ValueError(f"fixed_arch gives {label!r}={chosen!r}, which is not one of {values!r}")
     for rec in _RECORDERS:
         if label in rec and rec[label][0] != values:
-            raise ValueError(f"label {label!r} is used by ValueChoices with different values: "
-                             f"{rec[label][0]!r} and {values!r}")
+            raise ValueError(
+                f"label {label!r} is used by ValueChoices with different values: {rec[label][0]!r} and {values!r}"
+            )
         rec[label] = (values, chosen)
     return chosen
 
@@ -131,17 +133,22 @@ class LayerChoice(ChoiceModule):
         super().__init__()
         self.label = _check_label(label)
         check_type("candidates", candidates, (dict, list, tuple, nn.ModuleDict, nn.ModuleList))
-        items = (list(candidates.items()) if isinstance(candidates, (dict, nn.ModuleDict))
-                 else [(str(i), m) for i, m in enumerate(candidates)])
+        items = (
+            list(candidates.items())
+            if isinstance(candidates, (dict, nn.ModuleDict))
+            else [(str(i), m) for i, m in enumerate(candidates)]
+        )
         if len(items) < 2:
             raise ValueError(f"LayerChoice {label!r}: `candidates` needs at least 2 modules, got {len(items)}")
         for name, m in items:
             if not isinstance(name, str) or not _NAME_RE.match(name):
-                raise ValueError(f"LayerChoice {label!r}: candidate names must be non-empty strings without '.', "
-                                 f"got {name!r}")
+                raise ValueError(
+                    f"LayerChoice {label!r}: candidate names must be non-empty strings without '.', got {name!r}"
+                )
             if not isinstance(m, nn.Module):
-                raise TypeError(f"LayerChoice {label!r}: candidate {name!r} must be an nn.Module, got "
-                                f"{type(m).__name__}")
+                raise TypeError(
+                    f"LayerChoice {label!r}: candidate {name!r} must be an nn.Module, got {type(m).__name__}"
+                )
         self.candidates = nn.ModuleDict(items)
         fixed = _fixed_value(label)
         self.active = items[0][0] if fixed is _MISSING else check_choice(f"arch[{label!r}]", fixed, self.names)
@@ -217,8 +224,11 @@ class InputChoice(ChoiceModule):
         self.reduction = check_choice("reduction", reduction, _REDUCTIONS)
         self._combos = input_combinations(n_candidates, n_chosen)
         fixed = _fixed_value(label)
-        self.active = (combo_name(self._combos[0]) if fixed is _MISSING
-                       else check_choice(f"arch[{label!r}]", fixed, self.candidate_names()))
+        self.active = (
+            combo_name(self._combos[0])
+            if fixed is _MISSING
+            else check_choice(f"arch[{label!r}]", fixed, self.candidate_names())
+        )
 
     def candidate_names(self) -> list[str]:
         return [combo_name(c) for c in self._combos]
@@ -232,5 +242,7 @@ class InputChoice(ChoiceModule):
         return self.frozen(self.active)(inputs)
 
     def extra_repr(self) -> str:
-        return (f"label={self.label!r}, n_candidates={self.n_candidates}, n_chosen={self.n_chosen}, "
-                f"reduction={self.reduction!r}, active={self.active!r}")
+        return (
+            f"label={self.label!r}, n_candidates={self.n_candidates}, n_chosen={self.n_chosen}, "
+            f"reduction={self.reduction!r}, active={self.active!r}"
+        )

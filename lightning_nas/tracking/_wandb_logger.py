@@ -1,4 +1,5 @@
 """A ``WandbLogger`` that never stops training because W&B cannot start."""
+
 from __future__ import annotations
 
 import warnings
@@ -20,17 +21,19 @@ class FallbackWandbLogger(WandbLogger):
     def experiment(self) -> Any:
         try:
             return super().experiment
-        except Exception as exc:  # noqa: BLE001 - any W&B start-up failure
+        except Exception as exc:
             for mode in ("offline", "disabled"):
                 if self._wandb_init.get("mode") == mode:
                     continue
-                warnings.warn(f"W&B could not start ({type(exc).__name__}: {str(exc)[:200]}); "
-                              f"continuing with mode={mode!r}", stacklevel=2)
+                warnings.warn(
+                    f"W&B could not start ({type(exc).__name__}: {str(exc)[:200]}); continuing with mode={mode!r}",
+                    stacklevel=2,
+                )
                 self._wandb_init["mode"] = mode
                 self._offline = mode == "offline"
                 self._experiment = None
                 try:
                     return super().experiment
-                except Exception as again:  # noqa: BLE001
+                except Exception as again:
                     exc = again
             raise

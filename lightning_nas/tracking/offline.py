@@ -6,6 +6,7 @@ header: crc32 (uint32, zlib crc seeded with the type byte), payload length (uint
 2 FIRST, 3 MIDDLE, 4 LAST). A block tail shorter than a header is zero padding. Reassembled payloads are
 ``wandb.proto.wandb_internal_pb2.Record`` messages.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def _records(data: bytes, path: Path) -> list[bytes]:
         if left_in_block < _CHUNK_HEADER:  # zero padding at the block end
             pos += left_in_block
             continue
-        crc, length, ctype = struct.unpack("<IHB", data[pos:pos + _CHUNK_HEADER])
+        crc, length, ctype = struct.unpack("<IHB", data[pos : pos + _CHUNK_HEADER])
         start, end = pos + _CHUNK_HEADER, pos + _CHUNK_HEADER + length
         if end > len(data):  # a record still being written
             break
@@ -122,9 +123,10 @@ def read_offline_run(run_dir: str | Path, timeout: float = 10.0) -> tuple[list[d
             r = pb.Record()
             try:
                 r.ParseFromString(raw)
-            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError & co: a file that is not W&B's
-                raise ValueError(f"read_offline_run: record {i} of {str(path)!r} is not a W&B record "
-                                 f"({type(exc).__name__})") from None
+            except Exception as exc:
+                raise ValueError(
+                    f"read_offline_run: record {i} of {str(path)!r} is not a W&B record ({type(exc).__name__})"
+                ) from None
             recs.append(r)
         if any(r.WhichOneof("record_type") == "exit" for r in recs) or time.monotonic() > deadline:
             break
@@ -152,6 +154,9 @@ def read_offline_run(run_dir: str | Path, timeout: float = 10.0) -> tuple[list[d
         elif kind == "run":
             for i in r.run.config.update:
                 _put(config, i, _value(i))
-    config = {k: (v["value"] if isinstance(v, dict) and set(v) == {"value"} else v) for k, v in config.items()
-              if not k.startswith("_wandb")}
+    config = {
+        k: (v["value"] if isinstance(v, dict) and set(v) == {"value"} else v)
+        for k, v in config.items()
+        if not k.startswith("_wandb")
+    }
     return history, summary, config

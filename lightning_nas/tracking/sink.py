@@ -10,6 +10,7 @@ Files on disk (always written, under ``Tracker.files_dir``):
 ``series/<key>.json``    ``{"xs", "ys": {name: [...]}, "title", "xname"}`` (the latest)
 ``summary.json``         final values
 """
+
 from __future__ import annotations
 
 import csv
@@ -95,7 +96,9 @@ class Tracker:
 
         for lg in loggers:
             if not isinstance(lg, Logger):
-                raise TypeError(f"`loggers` must hold lightning.pytorch.loggers.Logger instances, got {type(lg).__name__}")
+                raise TypeError(
+                    f"`loggers` must hold lightning.pytorch.loggers.Logger instances, got {type(lg).__name__}"
+                )
         self.loggers = list(loggers)
         self.files_dir = Path(files_dir)
         self.enabled = enabled
@@ -116,8 +119,7 @@ class Tracker:
             raise TypeError(f"`trainer` must be a lightning.Trainer, got {type(trainer).__name__}")
         loggers = list(trainer.loggers)
         enabled = bool(trainer.is_global_zero)
-        tracker = cls(loggers, cls._files_dir_for(trainer, loggers, enabled), enabled,
-                      step=lambda: trainer.global_step)
+        tracker = cls(loggers, cls._files_dir_for(trainer, loggers, enabled), enabled, step=lambda: trainer.global_step)
         setattr(trainer, _TRACKER_ATTR, tracker)
         return tracker
 
@@ -141,7 +143,7 @@ class Tracker:
             return None
         try:
             return wb.experiment
-        except Exception as exc:  # noqa: BLE001 - e.g. W&B could not start: files still get everything
+        except Exception as exc:
             self._warn_wandb(exc)
             return None
 
@@ -171,14 +173,17 @@ class Tracker:
             try:
                 built = payload() if callable(payload) else payload
                 run.log(dict(built, **{"trainer/global_step": step}))
-            except Exception as exc:  # noqa: BLE001 - W&B trouble must never stop training; files remain
+            except Exception as exc:
                 self._warn_wandb(exc)
 
     def _warn_wandb(self, exc: Exception) -> None:
         if not self._wandb_warned:
             self._wandb_warned = True
-            warnings.warn(f"lightning_nas: logging to a logger failed ({type(exc).__name__}: {exc}); training goes "
-                          f"on and everything is still written under {self.files_dir}", stacklevel=3)
+            warnings.warn(
+                f"lightning_nas: logging to a logger failed ({type(exc).__name__}: {exc}); training goes "
+                f"on and everything is still written under {self.files_dir}",
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ public API
     def log_scalars(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -190,7 +195,7 @@ class Tracker:
         for lg in self.loggers:
             try:
                 lg.log_metrics(clean, step=s)
-            except Exception as exc:  # noqa: BLE001 - a failing logger must not stop training
+            except Exception as exc:
                 self._warn_wandb(exc)
         self._append("scalars.jsonl", dict(clean, step=s))
         for k in clean:
@@ -201,23 +206,35 @@ class Tracker:
         if not self.enabled:
             return
         s = self._step(step)
-        arr = np.asarray(values.detach().cpu().float() if isinstance(values, torch.Tensor) else values,
-                         dtype=np.float64).ravel()
+        arr = np.asarray(
+            values.detach().cpu().float() if isinstance(values, torch.Tensor) else values, dtype=np.float64
+        ).ravel()
         arr = arr[np.isfinite(arr)]
         if arr.size == 0:
             return
         counts, edges = np.histogram(arr, bins=min(bins, 512))
         rel = f"histograms/{_safe(key)}.jsonl"
-        self._append(rel, {"step": s, "counts": counts, "edges": edges, "mean": arr.mean(), "std": arr.std(),
-                           "min": arr.min(), "max": arr.max()})
+        self._append(
+            rel,
+            {
+                "step": s,
+                "counts": counts,
+                "edges": edges,
+                "mean": arr.mean(),
+                "std": arr.std(),
+                "min": arr.min(),
+                "max": arr.max(),
+            },
+        )
         self._index("histogram", key, s, rel)
         if self.wandb_run is not None:
             import wandb
 
             self._wandb_log(lambda: {key: wandb.Histogram(np_histogram=(counts.tolist(), edges.tolist()))}, s)
 
-    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                  step: int | None = None) -> None:
+    def log_table(
+        self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int | None = None
+    ) -> None:
         """A table; ``wandb.Table`` on W&B, ``tables/<key>.jsonl`` and ``.csv`` on disk."""
         if not self.enabled:
             return
@@ -259,8 +276,15 @@ class Tracker:
 
             self._wandb_log(lambda: {key: wandb.Image(arr, caption=caption)}, s)
 
-    def log_line_series(self, key: str, xs: Sequence[float], ys: Mapping[str, Sequence[float]],
-                        title: str | None = None, xname: str = "step", step: int | None = None) -> None:
+    def log_line_series(
+        self,
+        key: str,
+        xs: Sequence[float],
+        ys: Mapping[str, Sequence[float]],
+        title: str | None = None,
+        xname: str = "step",
+        step: int | None = None,
+    ) -> None:
         """Several lines over one x axis (e.g. a choice's candidate probabilities per epoch)."""
         if not self.enabled:
             return
@@ -272,14 +296,16 @@ class Tracker:
                 raise ValueError(f"line series {key!r}: {n!r} has {len(ser)} points but xs has {len(xs)}")
         s = self._step(step)
         rel = f"series/{_safe(key)}.json"
-        self._path(rel).write_text(json.dumps({"xs": xs, "ys": dict(zip(names, series)), "title": title or key,
-                                               "xname": xname, "step": s}))
+        self._path(rel).write_text(
+            json.dumps({"xs": xs, "ys": dict(zip(names, series)), "title": title or key, "xname": xname, "step": s})
+        )
         self._index("series", key, s, rel)
         if self.wandb_run is not None:
             import wandb
 
-            self._wandb_log(lambda: {key: wandb.plot.line_series(xs=xs, ys=series, keys=names, title=title or key,
-                                                                 xname=xname)}, s)
+            self._wandb_log(
+                lambda: {key: wandb.plot.line_series(xs=xs, ys=series, keys=names, title=title or key, xname=xname)}, s
+            )
 
     def log_summary(self, values: Mapping[str, Any]) -> None:
         """Final values: the W&B run summary and ``summary.json``."""
@@ -294,7 +320,7 @@ class Tracker:
         if run is not None:
             try:
                 run.summary.update(values)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._warn_wandb(exc)
 
 

@@ -7,6 +7,7 @@ what must be identical between an uninterrupted fit and a killed-and-resumed one
 masks, int8 outputs). Values are tensors (compared to 1e-6) or plain objects (compared with ``==``).
 Adding a configuration is adding one function to ``CONFIGS``.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -66,8 +67,14 @@ def _data() -> DigitsDataModule:
 
 def plain() -> dict[str, Any]:
     """No callback: proves the harness itself resumes exactly (data order, optimizer state)."""
-    return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[], max_epochs=3,
-                trainer_kwargs=_SMALL, result=lambda trainer, module, callbacks: _weights(module))
+    return dict(
+        module=Classifier(DigitsCNN(8)),
+        datamodule=_data(),
+        callbacks=[],
+        max_epochs=3,
+        trainer_kwargs=_SMALL,
+        result=lambda trainer, module, callbacks: _weights(module),
+    )
 
 
 def _oneshot(nas: L.Callback) -> dict[str, Any]:
@@ -79,8 +86,14 @@ def _oneshot(nas: L.Callback) -> dict[str, Any]:
             out["scored"] = [(a, round(s, 6)) for a, s in nas.scored]
         return out
 
-    return dict(module=Classifier(SearchNet()), datamodule=_data(), callbacks=[nas], max_epochs=3,
-                trainer_kwargs=_SMALL, result=result)
+    return dict(
+        module=Classifier(SearchNet()),
+        datamodule=_data(),
+        callbacks=[nas],
+        max_epochs=3,
+        trainer_kwargs=_SMALL,
+        result=result,
+    )
 
 
 def darts() -> dict[str, Any]:
@@ -106,9 +119,15 @@ def structured_pruning() -> dict[str, Any]:
     from lightning_nas.callbacks import StructuredPruning
 
     cb = StructuredPruning(amount=0.5, schedule="linear", start_epoch=1, end_epoch=2, explain=False)
-    return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[cb], max_epochs=3, kill_epoch=2,
-                trainer_kwargs=_SMALL,
-                result=lambda trainer, module, callbacks: {"channels": _channels(module), **_weights(module)})
+    return dict(
+        module=Classifier(DigitsCNN(8)),
+        datamodule=_data(),
+        callbacks=[cb],
+        max_epochs=3,
+        kill_epoch=2,
+        trainer_kwargs=_SMALL,
+        result=lambda trainer, module, callbacks: {"channels": _channels(module), **_weights(module)},
+    )
 
 
 def magnitude_pruning() -> dict[str, Any]:
@@ -117,11 +136,19 @@ def magnitude_pruning() -> dict[str, Any]:
     cb = MagnitudePruning(amount=0.6, schedule="linear", start_epoch=1, end_epoch=2, make_permanent=False)
 
     def result(trainer, module, callbacks):
-        return {f"mask/{k}": v.clone() for k, v in module.state_dict().items() if k.endswith("weight_mask")} \
-            | _weights(module)
+        return {f"mask/{k}": v.clone() for k, v in module.state_dict().items() if k.endswith("weight_mask")} | _weights(
+            module
+        )
 
-    return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[cb], max_epochs=3, kill_epoch=2,
-                trainer_kwargs=_SMALL, result=result)
+    return dict(
+        module=Classifier(DigitsCNN(8)),
+        datamodule=_data(),
+        callbacks=[cb],
+        max_epochs=3,
+        kill_epoch=2,
+        trainer_kwargs=_SMALL,
+        result=result,
+    )
 
 
 def lowrank() -> dict[str, Any]:
@@ -129,10 +156,19 @@ def lowrank() -> dict[str, Any]:
     from lightning_nas.callbacks import LowRankFactorization
 
     cb = LowRankFactorization(energy=0.8, start_epoch=1, min_saving=0.0)
-    return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[cb], max_epochs=3, kill_epoch=2,
-                trainer_kwargs=_SMALL,
-                result=lambda trainer, module, callbacks: {"ranks": dict(callbacks[0].ranks),
-                                                           "channels": _channels(module), **_weights(module)})
+    return dict(
+        module=Classifier(DigitsCNN(8)),
+        datamodule=_data(),
+        callbacks=[cb],
+        max_epochs=3,
+        kill_epoch=2,
+        trainer_kwargs=_SMALL,
+        result=lambda trainer, module, callbacks: {
+            "ranks": dict(callbacks[0].ranks),
+            "channels": _channels(module),
+            **_weights(module),
+        },
+    )
 
 
 def _int8(qat: L.Callback, module: nn.Module) -> dict[str, Any]:
@@ -140,8 +176,11 @@ def _int8(qat: L.Callback, module: nn.Module) -> dict[str, Any]:
 
     with torch.no_grad(), allow_int8_kernels():
         out = qat.int8_model(_fixed_inputs())
-    return {"int8_out": out, "qat_steps": qat.qat_steps,
-            **{f"q/{k}": v.float() for k, v in quant_state(qat.qat_model).items()}}
+    return {
+        "int8_out": out,
+        "qat_steps": qat.qat_steps,
+        **{f"q/{k}": v.float() for k, v in quant_state(qat.qat_model).items()},
+    }
 
 
 def qat() -> dict[str, Any]:
@@ -149,9 +188,15 @@ def qat() -> dict[str, Any]:
     from lightning_nas.callbacks import QuantizationAware
 
     cb = QuantizationAware(start_epoch=1, freeze_observers_after=1, measure=False, explain=False)
-    return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[cb], max_epochs=3, kill_epoch=2,
-                trainer_kwargs=_SMALL,
-                result=lambda trainer, module, callbacks: _int8(callbacks[0], module) | _weights(module))
+    return dict(
+        module=Classifier(DigitsCNN(8)),
+        datamodule=_data(),
+        callbacks=[cb],
+        max_epochs=3,
+        kill_epoch=2,
+        trainer_kwargs=_SMALL,
+        result=lambda trainer, module, callbacks: _int8(callbacks[0], module) | _weights(module),
+    )
 
 
 def _teacher() -> nn.Module:
@@ -164,10 +209,16 @@ def kd() -> dict[str, Any]:
     from lightning_nas.callbacks import KnowledgeDistillation
 
     cb = KnowledgeDistillation(_teacher(), temperature=2.0, features={"net.features.0": "features.0"}, explain=True)
-    return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[cb], max_epochs=3,
-                trainer_kwargs=_SMALL,
-                result=lambda trainer, module, callbacks: _weights(module)
-                | {f"adapter/{k}": v.clone() for k, v in callbacks[0].adapters.state_dict().items()})
+    return dict(
+        module=Classifier(DigitsCNN(8)),
+        datamodule=_data(),
+        callbacks=[cb],
+        max_epochs=3,
+        trainer_kwargs=_SMALL,
+        result=lambda trainer, module, callbacks: (
+            _weights(module) | {f"adapter/{k}": v.clone() for k, v in callbacks[0].adapters.state_dict().items()}
+        ),
+    )
 
 
 def attribution() -> dict[str, Any]:
@@ -178,11 +229,23 @@ def attribution() -> dict[str, Any]:
 
     def result(trainer, module, callbacks):
         a = callbacks[0]
-        return {"runs": a._runs, "changes": a._changes, "probe": list(a._probe_indices),
-                "ref_attr": a._reference["attr"], "last_attr": a._last["attr"], **_weights(module)}
+        return {
+            "runs": a._runs,
+            "changes": a._changes,
+            "probe": list(a._probe_indices),
+            "ref_attr": a._reference["attr"],
+            "last_attr": a._last["attr"],
+            **_weights(module),
+        }
 
-    return dict(module=Classifier(DigitsCNN(8)), datamodule=_data(), callbacks=[cb], max_epochs=3,
-                trainer_kwargs=_SMALL, result=result)
+    return dict(
+        module=Classifier(DigitsCNN(8)),
+        datamodule=_data(),
+        callbacks=[cb],
+        max_epochs=3,
+        trainer_kwargs=_SMALL,
+        result=result,
+    )
 
 
 def search_stage(max_epochs: int = 2, **trainer_kwargs: Any) -> tuple[dict[str, str], nn.Module]:
@@ -192,8 +255,16 @@ def search_stage(max_epochs: int = 2, **trainer_kwargs: Any) -> tuple[dict[str, 
 
     nas = DifferentiableNAS(mode="darts", seed=3, ablation_batches=1)
     module = Classifier(SearchNet())
-    opts = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                enable_checkpointing=False, deterministic=True, **_SMALL)
+    opts = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        deterministic=True,
+        **_SMALL,
+    )
     opts.update(trainer_kwargs)
     with tempfile.TemporaryDirectory() as tmp:  # the file sink writes under default_root_dir
         L.Trainer(max_epochs=max_epochs, callbacks=[nas], default_root_dir=tmp, **opts).fit(module, datamodule=_data())
@@ -223,16 +294,36 @@ def combo() -> dict[str, Any]:
     def result(trainer, module, callbacks):
         qat = QuantizationAware(start_epoch=0, freeze_observers_after=1, measure=False, explain=False)
         kd2 = KnowledgeDistillation(teacher, temperature=2.0, alpha=0.5, explain=False)
-        L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
-                  enable_model_summary=False, enable_checkpointing=False, deterministic=True,
-                  default_root_dir=trainer.default_root_dir, callbacks=[kd2, qat],
-                  **_SMALL).fit(module, datamodule=_data())
-        return {"arch": arch, "channels": _channels(module), "pruned_params": sum(p.numel() for p in
-                                                                                  module.parameters()),
-                **_weights(module), **_int8(qat, module)}
+        L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=2,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            deterministic=True,
+            default_root_dir=trainer.default_root_dir,
+            callbacks=[kd2, qat],
+            **_SMALL,
+        ).fit(module, datamodule=_data())
+        return {
+            "arch": arch,
+            "channels": _channels(module),
+            "pruned_params": sum(p.numel() for p in module.parameters()),
+            **_weights(module),
+            **_int8(qat, module),
+        }
 
-    return dict(module=Classifier(net), datamodule=_data(), callbacks=[prune, kd], max_epochs=3, kill_epoch=2,
-                trainer_kwargs=_SMALL, result=result)
+    return dict(
+        module=Classifier(net),
+        datamodule=_data(),
+        callbacks=[prune, kd],
+        max_epochs=3,
+        kill_epoch=2,
+        trainer_kwargs=_SMALL,
+        result=result,
+    )
 
 
 def qat_defers_swap() -> bool:
@@ -260,12 +351,28 @@ def combo_one_fit() -> dict[str, Any]:
     def result(trainer, module, callbacks):
         return {"arch": arch, "channels": _channels(module), **_weights(module), **_int8(qat, module)}
 
-    return dict(module=Classifier(net), datamodule=_data(), callbacks=[prune, kd, qat], max_epochs=4, kill_epoch=3,
-                trainer_kwargs=_SMALL, result=result)
+    return dict(
+        module=Classifier(net),
+        datamodule=_data(),
+        callbacks=[prune, kd, qat],
+        max_epochs=4,
+        kill_epoch=3,
+        trainer_kwargs=_SMALL,
+        result=result,
+    )
 
 
 CONFIGS: dict[str, Callable[[], dict[str, Any]]] = {
-    "plain": plain, "darts": darts, "gdas": gdas, "spos": spos, "structured_pruning": structured_pruning,
-    "magnitude_pruning": magnitude_pruning, "lowrank": lowrank, "qat": qat, "kd": kd, "attribution": attribution,
-    "combo": combo, "combo_one_fit": combo_one_fit,
+    "plain": plain,
+    "darts": darts,
+    "gdas": gdas,
+    "spos": spos,
+    "structured_pruning": structured_pruning,
+    "magnitude_pruning": magnitude_pruning,
+    "lowrank": lowrank,
+    "qat": qat,
+    "kd": kd,
+    "attribution": attribution,
+    "combo": combo,
+    "combo_one_fit": combo_one_fit,
 }

@@ -5,6 +5,7 @@
 
 Writes ``OUT/result.pt`` (the config's result) when the fit completes. Checkpoints go to ``OUT/ckpt/last.ckpt``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,18 @@ def main() -> None:
     callbacks = list(cfg["callbacks"]) + [ckpt]
     if args.kill:
         callbacks.append(_KillAtEpoch(cfg.get("kill_epoch", 1)))
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=cfg["max_epochs"], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-                        default_root_dir=str(args.out), callbacks=callbacks, **cfg.get("trainer_kwargs", {}))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=cfg["max_epochs"],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        default_root_dir=str(args.out),
+        callbacks=callbacks,
+        **cfg.get("trainer_kwargs", {}),
+    )
     ckpt_path = args.out / "ckpt" / "last.ckpt" if args.resume else None
     trainer.fit(cfg["module"], datamodule=cfg["datamodule"], ckpt_path=ckpt_path)
     torch.save(cfg["result"](trainer, cfg["module"], cfg["callbacks"]), args.out / "result.pt")

@@ -5,6 +5,7 @@ once (rank zero).
 The combination is three fits (see ``tests/reliability/configs.combo`` for why it cannot be one). Each rank
 writes what it ended with from ``on_fit_end``; the test compares the files.
 """
+
 from __future__ import annotations
 
 import collections
@@ -39,16 +40,23 @@ class _DumpSearch(_Dump):
     stage = "search"
 
     def what(self, trainer, m):
-        return {"arch": self.cb.export(), "weights": _weights(m),
-                "alpha": {k: v.detach().cpu() for k, v in self.cb._supernet.alpha.items()}}
+        return {
+            "arch": self.cb.export(),
+            "weights": _weights(m),
+            "alpha": {k: v.detach().cpu() for k, v in self.cb._supernet.alpha.items()},
+        }
 
 
 class _DumpPrune(_Dump):
     stage = "prune"
 
     def what(self, trainer, m):
-        return {"channels": _channels(m), "weights": _weights(m), "net": m.net,
-                "steps": [s for r in self.cb.records for s in r["steps"]]}
+        return {
+            "channels": _channels(m),
+            "weights": _weights(m),
+            "net": m.net,
+            "steps": [s for r in self.cb.records for s in r["steps"]],
+        }
 
 
 class _DumpQAT(_Dump):
@@ -80,14 +88,21 @@ def _same(a, b, where: str) -> None:
         assert a == b, where
 
 
-
 def _weights(m):
     return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
 
 
 def _trainer(root: Path, callbacks, **kw):
-    opts = dict(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=2, limit_train_batches=3,
-                limit_val_batches=2, num_sanity_val_steps=0, callbacks=callbacks)
+    opts = dict(
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
     opts.update(kw)
     return fast_trainer(root, **opts)
 

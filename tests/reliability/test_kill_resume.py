@@ -1,5 +1,6 @@
 """Kill-and-resume: a fit SIGKILLed mid-epoch and resumed from its last checkpoint ends exactly where an
 uninterrupted fit ends (weights, and each callback's decisions: architecture, masks, int8 outputs)."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,13 @@ def _start(config: str, out: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline", OMP_NUM_THREADS="1")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "stderr.txt", "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "tests.reliability.resume_script", config, str(out), *extra],
-                                stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.reliability.resume_script", config, str(out), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+            cwd=ROOT,
+        )
 
 
 def _wait(proc: subprocess.Popen, out: Path) -> tuple[int, str]:

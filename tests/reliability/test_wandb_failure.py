@@ -1,4 +1,5 @@
 """W&B trouble never stops training, and nothing logged is lost."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,15 @@ import pytest
 
 from lightning_nas.data import DigitsDataModule
 from lightning_nas.models import Classifier, DigitsCNN
-from lightning_nas.tracking import FallbackWandbLogger, Tracker, read_offline_run
+from lightning_nas.tracking import FallbackWandbLogger, Tracker
 from tests.conftest import fast_trainer
 from tests.test_tracking import _LogEverything
 
 
 def _fit(tmp_path, logger):
-    trainer = fast_trainer(tmp_path, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2,
-                           limit_val_batches=1)
+    trainer = fast_trainer(
+        tmp_path, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2, limit_val_batches=1
+    )
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=DigitsDataModule())
     return trainer
 
@@ -54,10 +56,22 @@ def test_online_without_network_falls_back_to_offline(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=str(root), WANDB_MODE="online", WANDB_API_KEY="x" * 40,
-               WANDB_BASE_URL="http://127.0.0.1:9", WANDB_INIT_TIMEOUT="3")  # nothing listens: no network
-    proc = subprocess.run([sys.executable, "-c", _ONLINE_SCRIPT.format(out=str(tmp_path))], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(root),
+        WANDB_MODE="online",
+        WANDB_API_KEY="x" * 40,
+        WANDB_BASE_URL="http://127.0.0.1:9",
+        WANDB_INIT_TIMEOUT="3",
+    )  # nothing listens: no network
+    proc = subprocess.run(
+        [sys.executable, "-c", _ONLINE_SCRIPT.format(out=str(tmp_path))],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "FALLBACK OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 

@@ -4,6 +4,7 @@ plain torch hooks (what the model really receives and returns), and read back wh
 
 Nothing here asks lightning_nas how it captures anything: the truth is taken from the user's step.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,17 +24,17 @@ class Project:
     """One third-party project, as the matrix drives it (never seen by the callbacks)."""
 
     key: str
-    build: Callable[[bool], L.LightningModule]           # searchable -> a fresh, seeded-by-caller module
-    fit_data: Callable[[], dict]                         # kwargs for trainer.fit (datamodule= or dataloaders)
-    val_loader: Callable[[], DataLoader]                 # the user's validation data (held-out tokens for the LM)
-    ref_loader: Callable[[], DataLoader]                 # training data, unshuffled (drift reference)
-    input_module: str                                    # the submodule the step calls first ("" = the module)
-    logits_module: str                                   # the submodule whose output the loss uses
-    labels: Callable[[Any], torch.Tensor]                # batch -> labels aligned with the logits' rows
-    raw_input: Callable[[Any], torch.Tensor]             # batch -> the input tensor the dataset yields
+    build: Callable[[bool], L.LightningModule]  # searchable -> a fresh, seeded-by-caller module
+    fit_data: Callable[[], dict]  # kwargs for trainer.fit (datamodule= or dataloaders)
+    val_loader: Callable[[], DataLoader]  # the user's validation data (held-out tokens for the LM)
+    ref_loader: Callable[[], DataLoader]  # training data, unshuffled (drift reference)
+    input_module: str  # the submodule the step calls first ("" = the module)
+    logits_module: str  # the submodule whose output the loss uses
+    labels: Callable[[Any], torch.Tensor]  # batch -> labels aligned with the logits' rows
+    raw_input: Callable[[Any], torch.Tensor]  # batch -> the input tensor the dataset yields
     predict: Callable[[L.LightningModule, torch.Tensor], torch.Tensor]  # the user's inference path, raw x -> scores
-    teacher: Callable[[L.LightningModule], nn.Module]    # a trained copy, taking what input_module takes
-    limit_train_batches: int | None = None                # None: whole epochs
+    teacher: Callable[[L.LightningModule], nn.Module]  # a trained copy, taking what input_module takes
+    limit_train_batches: int | None = None  # None: whole epochs
     max_epochs: int = 3
     has_validation: bool = True
     manual_optimization: bool = False
@@ -51,16 +52,31 @@ class StepCounter(L.Callback):
 
 
 def trainer(tmp_path: Path, project: Project, callbacks: list, **kwargs) -> L.Trainer:
-    opts = dict(accelerator="cpu", devices=1, max_epochs=project.max_epochs,
-                limit_train_batches=project.limit_train_batches, enable_progress_bar=False,
-                enable_model_summary=False, enable_checkpointing=False, logger=False,
-                default_root_dir=str(tmp_path), callbacks=callbacks)
+    opts = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=project.max_epochs,
+        limit_train_batches=project.limit_train_batches,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        default_root_dir=str(tmp_path),
+        callbacks=callbacks,
+    )
     opts.update(kwargs)
     return L.Trainer(**opts)
 
 
-def fit(tmp_path: Path, project: Project, callbacks: list, *, searchable: bool = False, seed: int = 0,
-        counter: StepCounter | None = None) -> tuple[L.LightningModule, L.Trainer, StepCounter, int]:
+def fit(
+    tmp_path: Path,
+    project: Project,
+    callbacks: list,
+    *,
+    searchable: bool = False,
+    seed: int = 0,
+    counter: StepCounter | None = None,
+) -> tuple[L.LightningModule, L.Trainer, StepCounter, int]:
     """Seeded build + fit. Returns the module, the trainer, the step counter and the parameter count before."""
     L.seed_everything(seed, verbose=False)
     module = project.build(searchable)
@@ -81,10 +97,10 @@ class Observed:
     """What the user's own step fed its model and got back, batch by batch."""
 
     inputs: list[tuple[tuple, dict]] = field(default_factory=list)  # (args, kwargs) of input_module's call
-    logits: list[torch.Tensor] = field(default_factory=list)        # output of logits_module
+    logits: list[torch.Tensor] = field(default_factory=list)  # output of logits_module
     labels: list[torch.Tensor] = field(default_factory=list)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # leaf modules run (first batch): shapes
-    ran: set[str] = field(default_factory=set)                        # every submodule whose forward ran
+    ran: set[str] = field(default_factory=set)  # every submodule whose forward ran
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -155,9 +171,11 @@ class _Watch:
             self.obs.ran.add(name)
             if not self.first_batch or not leaf:
                 return
-            rec = self.obs.layers.setdefault(name, {"type": type(m).__name__, "in": _shape(args),
-                                                    "out": _shape(out), "calls": 0})
+            rec = self.obs.layers.setdefault(
+                name, {"type": type(m).__name__, "in": _shape(args), "out": _shape(out), "calls": 0}
+            )
             rec["calls"] += 1
+
         return hook
 
     def batch_start(self) -> None:
@@ -189,8 +207,9 @@ class _WatchCallback(L.Callback):
         self.watch.close()
 
 
-def run_user_step(module: L.LightningModule, project: Project, loader: DataLoader | None = None,
-                  tmp_path: Path | None = None) -> Observed:
+def run_user_step(
+    module: L.LightningModule, project: Project, loader: DataLoader | None = None, tmp_path: Path | None = None
+) -> Observed:
     """Run the user's own evaluation step over ``loader`` (default: the validation data) and observe it.
 
     Projects with a ``validation_step`` run through ``Trainer.validate`` (a fresh Trainer, no other callbacks);
@@ -200,9 +219,16 @@ def run_user_step(module: L.LightningModule, project: Project, loader: DataLoade
     obs = Observed()
     if project.has_validation:
         cb = _WatchCallback(lambda m: _Watch(m, project, obs))
-        t = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False, callbacks=[cb],
-                      default_root_dir=str(tmp_path) if tmp_path else None)
+        t = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            callbacks=[cb],
+            default_root_dir=str(tmp_path) if tmp_path else None,
+        )
         res = t.validate(module, dataloaders=loader, verbose=False)
         obs.metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
         return obs

@@ -9,6 +9,7 @@ A cell is one of:
 Cells that fail today are in ``EXPECTED_FAILURES`` (strict xfail, one line: what happens today), the one place
 to edit when a fix lands: a fixed cell XPASSes, which fails the run until its entry is removed.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,20 @@ from tests.third_party.projects import PROJECTS
 
 pytestmark = pytest.mark.slow
 
-CALLBACKS = ["StructuredPruning", "MagnitudePruning", "LowRankFactorization", "QuantizationAware",
-             "KnowledgeDistillation", "AttributionMonitor", "DecisionPaths", "TrainingDynamics", "ArchitectureView",
-             "DriftMonitor", "DifferentiableNAS", "SubnetSampling"]
+CALLBACKS = [
+    "StructuredPruning",
+    "MagnitudePruning",
+    "LowRankFactorization",
+    "QuantizationAware",
+    "KnowledgeDistillation",
+    "AttributionMonitor",
+    "DecisionPaths",
+    "TrainingDynamics",
+    "ArchitectureView",
+    "DriftMonitor",
+    "DifferentiableNAS",
+    "SubnetSampling",
+]
 
 # Documented refusals: (project, callback) -> regex the ValueError's message must match, raised before step 1.
 REFUSALS: dict[tuple[str, str], str] = {
@@ -47,22 +59,23 @@ REFUSALS: dict[tuple[str, str], str] = {
 }
 
 NOT_APPLICABLE: dict[tuple[str, str], str] = {
-    ("demo_transformer", "DriftMonitor"):
-        "the demo LM has no validation_step or usable predict_step: no loop for DriftMonitor to watch",
+    (
+        "demo_transformer",
+        "DriftMonitor",
+    ): "the demo LM has no validation_step or usable predict_step: no loop for DriftMonitor to watch",
 }
 
 # What fails today, one line each. Edit here when a fix lands (a fixed cell XPASSes and fails the run).
 # Value: (the exception the cell raises today, one line: the exact error or the wrong outcome). The type is checked
 # (`xfail(raises=...)`), so a cell that starts failing differently is reported and its line stays true.
-EXPECTED_FAILURES: dict[tuple[str, str], tuple[type[BaseException], str]] = {
-}
+EXPECTED_FAILURES: dict[tuple[str, str], tuple[type[BaseException], str]] = {}
 
 
 # ------------------------------------------------------------------------------------------------ baselines
 @dataclass
 class Baseline:
     module: L.LightningModule  # the project fitted without any callback
-    val: Observed               # its own step on the validation data
+    val: Observed  # its own step on the validation data
 
 
 _BASELINES: dict[str, Baseline] = {}
@@ -77,6 +90,7 @@ def baseline(tmp_path_factory):
             module, *_ = fit(d, p, [])
             _BASELINES[key] = Baseline(module, run_user_step(module, p, tmp_path=d))
         return _BASELINES[key]
+
     return get
 
 
@@ -172,8 +186,7 @@ def cell_StructuredPruning(p, cb, tmp_path, baseline):
     module, _, _, before = fit(tmp_path, p, [cb])
     after = n_params(module)
     assert after < before, f"parameters {before} -> {after}: nothing was physically removed"
-    leftovers = [n for n, _ in [*module.named_parameters(), *module.named_buffers()]
-                 if n.endswith(("_orig", "_mask"))]
+    leftovers = [n for n, _ in [*module.named_parameters(), *module.named_buffers()] if n.endswith(("_orig", "_mask"))]
     assert not leftovers, f"masks instead of smaller layers: {leftovers[:4]}"
     _runs_its_step(module, p, tmp_path)
 
@@ -197,8 +210,9 @@ def cell_LowRankFactorization(p, cb, tmp_path, baseline):
         rows = tables[-1]["rows"]
         cols = tables[-1]["columns"]
         reason = next((i for i, c in enumerate(cols) if "skip" in c or "reason" in c), None)
-        assert reason is not None and rows and all(r[reason] for r in rows), \
+        assert reason is not None and rows and all(r[reason] for r in rows), (
             f"parameters {before} -> {after}, but the table gives no skip reason: {cols} {rows[:2]}"
+        )
     _runs_its_step(module, p, tmp_path)
 
 
@@ -211,13 +225,16 @@ def cell_QuantizationAware(p, cb, tmp_path, baseline):
     with torch.no_grad():
         for inputs, z, y in zip(obs.inputs, obs.logits, obs.labels):
             q = call(int8, inputs)
-            assert isinstance(q, torch.Tensor) and q.shape == z.shape, \
+            assert isinstance(q, torch.Tensor) and q.shape == z.shape, (
                 f"int8_model(x) gives {getattr(q, 'shape', type(q))}, the float model {tuple(z.shape)}"
+            )
             correct += int((q.reshape(-1, q.shape[-1]).argmax(-1) == y.reshape(-1)).sum())
             n += y.numel()
     acc8, acc_float = correct / n, baseline(p.key).val.accuracy
-    after = sum(int((z.reshape(-1, z.shape[-1]).argmax(-1) == y.reshape(-1)).sum())
-                for z, y in zip(obs.logits, obs.labels)) / n
+    after = (
+        sum(int((z.reshape(-1, z.shape[-1]).argmax(-1) == y.reshape(-1)).sum()) for z, y in zip(obs.logits, obs.labels))
+        / n
+    )
     # the int8 model computes what the float model (the user's module after the fit) computes ...
     assert acc8 >= after - 0.02, f"int8 accuracy {acc8:.3f} vs the float weights after the QAT fit {after:.3f}"
     # ... and QAT did not wreck training: these fits are 20-30 steps, where fake quantization from the first step
@@ -238,11 +255,13 @@ def cell_KnowledgeDistillation(p, cb, tmp_path, baseline):
     obs = run_user_step(module, p, tmp_path=tmp_path)
     teacher = p.teacher(baseline(p.key).module)  # the teacher's very weights, in a copy
     with torch.no_grad():
-        t_preds = torch.cat([call(teacher.eval(), i).reshape(-1, z.shape[-1]).argmax(-1)
-                             for i, z in zip(obs.inputs, obs.logits)])
+        t_preds = torch.cat(
+            [call(teacher.eval(), i).reshape(-1, z.shape[-1]).argmax(-1) for i, z in zip(obs.inputs, obs.logits)]
+        )
     real = float((obs.preds == t_preds).float().mean())
-    assert abs(logged[-1] - real) <= 0.005, \
+    assert abs(logged[-1] - real) <= 0.005, (
         f"KD reports agreement {logged[-1]:.3f}; the model the step runs agrees with the teacher at {real:.3f}"
+    )
 
 
 def cell_AttributionMonitor(p, cb, tmp_path, baseline):
@@ -253,8 +272,9 @@ def cell_AttributionMonitor(p, cb, tmp_path, baseline):
     obs = run_user_step(module, p, _subset_loader(p, idx), tmp_path=tmp_path)
     if cb.probe.y is not None:
         assert torch.equal(cb.probe.y.reshape(-1).cpu(), obs.all_labels), "the probe's labels are not its samples'"
-    assert logged[-1] == pytest.approx(obs.accuracy, abs=1e-6), \
+    assert logged[-1] == pytest.approx(obs.accuracy, abs=1e-6), (
         f"the explained predictions score {logged[-1]:.2f} on the probe; the model's real ones {obs.accuracy:.2f}"
+    )
 
 
 def cell_DecisionPaths(p, cb, tmp_path, baseline):
@@ -281,6 +301,7 @@ def cell_DecisionPaths(p, cb, tmp_path, baseline):
             out = out.clone()
             out[:, ch] = 0
             return out
+
         h = target.register_forward_hook(zero)
         try:
             ablated = run_user_step(module, p, loader, tmp_path=tmp_path)
@@ -288,8 +309,9 @@ def cell_DecisionPaths(p, cb, tmp_path, baseline):
             h.remove()
         mask = y == c
         real = float(base.all_logits[mask, c].mean() - ablated.all_logits[mask, c].mean())
-        assert real == pytest.approx(drop, abs=1e-3, rel=0.01), \
+        assert real == pytest.approx(drop, abs=1e-3, rel=0.01), (
             f"class {c}: zeroing {layer}[{ch}] lowers the real logit by {real:.4f}, DecisionPaths says {drop:.4f}"
+        )
 
 
 def _calls_per_forward(module: nn.Module, p: Project, name: str) -> int:
@@ -307,7 +329,7 @@ def _calls_per_forward(module: nn.Module, p: Project, name: str) -> int:
 def _per_layer(keys: set[str], module: nn.Module, metric: str) -> dict[str, str]:
     """``dynamics/<layer>/<metric>`` keys -> {the module's own name for <layer>: key}."""
     pre, suf = "dynamics/", "/" + metric
-    return {_resolve(module, k[len(pre):-len(suf)]): k for k in keys if k.startswith(pre) and k.endswith(suf)}
+    return {_resolve(module, k[len(pre) : -len(suf)]): k for k in keys if k.startswith(pre) and k.endswith(suf)}
 
 
 def cell_TrainingDynamics(p, cb, tmp_path, baseline):
@@ -316,8 +338,9 @@ def cell_TrainingDynamics(p, cb, tmp_path, baseline):
     sink = Sink(tmp_path)
     keys = sink.scalar_keys()
     logged, expected = set(_per_layer(keys, module, "weight_norm")), _weight_layers(module, obs)
-    assert logged == expected, \
+    assert logged == expected, (
         f"dynamics describe {sorted(logged - expected)} not run by the step, miss {sorted(expected - logged)}"
+    )
     grads = _per_layer(keys, module, "grad_norm")
     for name in sorted(expected):
         values = sink.scalars(grads[name]) if name in grads else []
@@ -357,14 +380,22 @@ def cell_DriftMonitor(p, cb, tmp_path, baseline):
     reports = {}
     for kind, loader in {"clean": val, "shifted": DataLoader(_Shifted(val.dataset), batch_size=val.batch_size)}.items():
         monitor = C.DriftMonitor(profile)
-        L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                  default_root_dir=str(tmp_path / kind), callbacks=[monitor]).validate(model, dataloaders=loader,
-                                                                                      verbose=False)
+        L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(tmp_path / kind),
+            callbacks=[monitor],
+        ).validate(model, dataloaders=loader, verbose=False)
         reports[kind] = monitor.last_report
-    assert reports["clean"] is not None and reports["clean"].status == "ok", \
+    assert reports["clean"] is not None and reports["clean"].status == "ok", (
         f"clean validation data: {getattr(reports['clean'], 'verdict', None)}"
-    assert reports["shifted"] is not None and reports["shifted"].status == "drift", \
+    )
+    assert reports["shifted"] is not None and reports["shifted"].status == "drift", (
         f"brightened data: {getattr(reports['shifted'], 'verdict', None)}"
+    )
 
 
 def _search_cell(p, cb, tmp_path, baseline):
@@ -398,8 +429,13 @@ def test_cell(project, callback, tmp_path, baseline):
         pytest.skip(NOT_APPLICABLE[(project, callback)])
     cb = _make(callback, p, baseline)
     if (project, callback) in REFUSALS:
-        _expect_refusal(tmp_path, p, cb, REFUSALS[(project, callback)],
-                        searchable=callback in ("DifferentiableNAS", "SubnetSampling"))
+        _expect_refusal(
+            tmp_path,
+            p,
+            cb,
+            REFUSALS[(project, callback)],
+            searchable=callback in ("DifferentiableNAS", "SubnetSampling"),
+        )
         return
     globals()[f"cell_{callback}"](p, cb, tmp_path, baseline)
 

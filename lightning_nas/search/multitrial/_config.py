@@ -21,6 +21,7 @@
     storage: sqlite:///study.db             # --storage overrides
     study_name: digits                      # --study overrides
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,9 +32,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-_KEYS = {"build", "datamodule", "objectives", "n_trials", "strategy", "pruner", "seed", "trainer", "sampler_kwargs",
-         "timeout", "out_dir", "wandb", "wandb_project", "heartbeat_interval", "grace_period", "storage",
-         "study_name", "search_space", "dedup"}
+_KEYS = {
+    "build",
+    "datamodule",
+    "objectives",
+    "n_trials",
+    "strategy",
+    "pruner",
+    "seed",
+    "trainer",
+    "sampler_kwargs",
+    "timeout",
+    "out_dir",
+    "wandb",
+    "wandb_project",
+    "heartbeat_interval",
+    "grace_period",
+    "storage",
+    "study_name",
+    "search_space",
+    "dedup",
+}
 
 
 def import_object(spec: str, what: str = "object") -> Any:
@@ -99,21 +118,32 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def run_config(path: str | Path, storage: str | None = None, study_name: str | None = None,
-               n_trials: int | None = None) -> Any:
+def run_config(
+    path: str | Path, storage: str | None = None, study_name: str | None = None, n_trials: int | None = None
+) -> Any:
     """Start one worker of the study described by the YAML file at ``path`` (see module docstring)."""
     from lightning_nas.search.multitrial._driver import run
 
     cfg = load_config(path)
     seed = cfg.get("seed")
-    return run(import_object(cfg["build"], "build"), _datamodule(cfg.get("datamodule",
-                                                                         "lightning_nas.data:DigitsDataModule")),
-               objectives=cfg["objectives"], n_trials=n_trials if n_trials is not None else cfg["n_trials"],
-               strategy=cfg.get("strategy", "tpe"), storage=storage or cfg.get("storage"),
-               study_name=study_name or cfg.get("study_name"), trainer_kwargs=cfg.get("trainer"),
-               timeout=cfg.get("timeout"), pruner=cfg.get("pruner"),
-               seed=None if seed is None else int(seed) + os.getpid(), search_space=cfg.get("search_space"),
-               sampler_kwargs=cfg.get("sampler_kwargs"), wandb=cfg.get("wandb", False),
-               wandb_project=cfg.get("wandb_project", "lightning-nas-search"),
-               out_dir=cfg.get("out_dir", "nas_runs/search"), heartbeat_interval=cfg.get("heartbeat_interval", 60),
-               grace_period=cfg.get("grace_period"), dedup=cfg.get("dedup", False))
+    return run(
+        import_object(cfg["build"], "build"),
+        _datamodule(cfg.get("datamodule", "lightning_nas.data:DigitsDataModule")),
+        objectives=cfg["objectives"],
+        n_trials=n_trials if n_trials is not None else cfg["n_trials"],
+        strategy=cfg.get("strategy", "tpe"),
+        storage=storage or cfg.get("storage"),
+        study_name=study_name or cfg.get("study_name"),
+        trainer_kwargs=cfg.get("trainer"),
+        timeout=cfg.get("timeout"),
+        pruner=cfg.get("pruner"),
+        seed=None if seed is None else int(seed) + os.getpid(),
+        search_space=cfg.get("search_space"),
+        sampler_kwargs=cfg.get("sampler_kwargs"),
+        wandb=cfg.get("wandb", False),
+        wandb_project=cfg.get("wandb_project", "lightning-nas-search"),
+        out_dir=cfg.get("out_dir", "nas_runs/search"),
+        heartbeat_interval=cfg.get("heartbeat_interval", 60),
+        grace_period=cfg.get("grace_period"),
+        dedup=cfg.get("dedup", False),
+    )

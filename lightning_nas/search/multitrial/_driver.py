@@ -1,4 +1,5 @@
 """``run``: multi-trial search where each trial is one ordinary Lightning fit of ``build(trial)``."""
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,13 @@ from lightning_nas.search.multitrial._objectives import COSTS, evaluate, example
 from lightning_nas.search.multitrial._pruning import TrialPruningCallback
 from lightning_nas.search.multitrial._reinforce import ReinforceSampler
 from lightning_nas.search.multitrial._storage import open_storage, storage_errors
-from lightning_nas.search.multitrial._trial import (SearchTrial, _is_datamodule, build_resolved,
-                                                    grid_from_distributions, record_search_space)
+from lightning_nas.search.multitrial._trial import (
+    SearchTrial,
+    _is_datamodule,
+    build_resolved,
+    grid_from_distributions,
+    record_search_space,
+)
 
 STRATEGIES = ("random", "grid", "tpe", "gp", "nsga2", "evolution", "reinforce")
 SINGLE_OBJECTIVE = ("evolution", "reinforce")
@@ -67,13 +73,21 @@ class SearchResult:
     @property
     def pareto_front(self) -> list[dict[str, Any]]:
         """``[{"number", "params", "values"}]`` for every best trial (the Pareto front)."""
-        return [{"number": t.number, "params": dict(t.params), "values": dict(zip(self.objectives, t.values))}
-                for t in self.best_trials]
+        return [
+            {"number": t.number, "params": dict(t.params), "values": dict(zip(self.objectives, t.values))}
+            for t in self.best_trials
+        ]
 
 
-def make_sampler(strategy: str | optuna.samplers.BaseSampler, *, n_objectives: int = 1, seed: int | None = None,
-                 search_space: Mapping[str, Sequence[Any]] | None = None, n_trials: int = 100,
-                 **kwargs: Any) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    strategy: str | optuna.samplers.BaseSampler,
+    *,
+    n_objectives: int = 1,
+    seed: int | None = None,
+    search_space: Mapping[str, Sequence[Any]] | None = None,
+    n_trials: int = 100,
+    **kwargs: Any,
+) -> optuna.samplers.BaseSampler:
     """The Optuna sampler behind ``strategy`` (``kwargs`` go to its constructor)."""
     if isinstance(strategy, optuna.samplers.BaseSampler):
         return strategy
@@ -81,14 +95,18 @@ def make_sampler(strategy: str | optuna.samplers.BaseSampler, *, n_objectives: i
         raise ValueError(f"`strategy` must be one of {list(STRATEGIES)} or an optuna BaseSampler, got {strategy!r}")
     s = strategy.lower()
     if s in SINGLE_OBJECTIVE and n_objectives > 1:
-        raise ValueError(f"strategy={s!r} optimises one objective, but {n_objectives} objectives were given; use "
-                         "'nsga2' (or 'tpe', 'gp', 'random', 'grid') for several objectives")
+        raise ValueError(
+            f"strategy={s!r} optimises one objective, but {n_objectives} objectives were given; use "
+            "'nsga2' (or 'tpe', 'gp', 'random', 'grid') for several objectives"
+        )
     if s == "random":
         return optuna.samplers.RandomSampler(seed=seed, **kwargs)
     if s == "grid":
         if not search_space:
-            raise ValueError("strategy='grid' needs the search space up front: pass `search_space=` or let run() "
-                             "derive it from a dry call of `build`")
+            raise ValueError(
+                "strategy='grid' needs the search space up front: pass `search_space=` or let run() "
+                "derive it from a dry call of `build`"
+            )
         return optuna.samplers.GridSampler(dict(search_space), seed=seed, **kwargs)
     if s == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **kwargs)
@@ -177,8 +195,10 @@ def run(
     if not callable(build):
         raise TypeError(f"`build` must be a callable trial -> LightningModule, got {type(build).__name__}")
     if not (_is_datamodule(datamodule) or callable(datamodule)):
-        raise TypeError("`datamodule` must be a LightningDataModule or a callable trial -> LightningDataModule, got "
-                        f"{type(datamodule).__name__}")
+        raise TypeError(
+            "`datamodule` must be a LightningDataModule or a callable trial -> LightningDataModule, got "
+            f"{type(datamodule).__name__}"
+        )
     objs = parse_objectives(objectives)
     check_int("n_trials", n_trials, 1)
     if timeout is not None:
@@ -191,25 +211,41 @@ def run(
     pr = make_pruner(pruner)
     if not isinstance(pr, optuna.pruners.NopPruner):
         if len(objs) > 1:
-            raise ValueError(f"`pruner`={pruner!r} needs a single objective (Optuna cannot prune multi-objective "
-                             f"trials); got objectives {list(objs)}")
+            raise ValueError(
+                f"`pruner`={pruner!r} needs a single objective (Optuna cannot prune multi-objective "
+                f"trials); got objectives {list(objs)}"
+            )
         if not metric_objs:
             raise ValueError(f"`pruner`={pruner!r} needs a logged metric objective to monitor; got {list(objs)}")
     if isinstance(strategy, str) and strategy.lower() == "grid" and search_space is None:
         search_space = grid_from_distributions(record_search_space(build, datamodule))
-    sampler = make_sampler(strategy, n_objectives=len(objs), seed=seed, search_space=search_space,
-                           n_trials=n_trials, **dict(sampler_kwargs or {}))
+    sampler = make_sampler(
+        strategy,
+        n_objectives=len(objs),
+        seed=seed,
+        search_space=search_space,
+        n_trials=n_trials,
+        **dict(sampler_kwargs or {}),
+    )
     study_name = study_name or "lightning-nas-search"
     st = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     with storage_errors(storage):  # e.g. a read-only SQLite or journal file: one line naming the cause
-        study = optuna.create_study(storage=st, sampler=sampler, pruner=pr, study_name=study_name,
-                                    directions=list(objs.values()), load_if_exists=True)
+        study = optuna.create_study(
+            storage=st,
+            sampler=sampler,
+            pruner=pr,
+            study_name=study_name,
+            directions=list(objs.values()),
+            load_if_exists=True,
+        )
         stored = study.user_attrs.get("objectives")
         if stored is None:
             study.set_user_attr("objectives", objs)
     if stored is not None and stored != objs:
-        raise ValueError(f"study {study_name!r} in this storage was created with objectives {stored}; resuming "
-                         f"it with {objs} is not possible (use another `study_name`)")
+        raise ValueError(
+            f"study {study_name!r} in this storage was created with objectives {stored}; resuming "
+            f"it with {objs} is not possible (use another `study_name`)"
+        )
     out = Path(out_dir) / study_name  # trusted-path: the user's own config
     wandb_runs: list[str] = []
     dm_cache: dict[str, Any] = {}
@@ -232,9 +268,15 @@ def run(
                 ot.set_user_attr("metrics", seen.user_attrs.get("metrics", {}))
                 return seen.values[0] if len(objs) == 1 else tuple(seen.values)
             _check_budget(study, ot, n_trials)
-        kw = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-                  enable_checkpointing=False, logger=False,
-                  default_root_dir=str(out / f"trial-{ot.number}"))  # trusted-path: an int
+        kw = dict(
+            accelerator="cpu",
+            devices=1,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            logger=False,
+            default_root_dir=str(out / f"trial-{ot.number}"),
+        )  # trusted-path: an int
         kw.update(trainer_kwargs)
         kw["callbacks"] = copy.deepcopy(list(trainer_kwargs.get("callbacks") or []))
         prune_cb = None
@@ -245,9 +287,16 @@ def run(
         if mode is not None:
             from lightning.pytorch.loggers import WandbLogger
 
-            wb = WandbLogger(project=wandb_project, group=study_name, name=f"{study_name}-trial-{ot.number}",
-                             job_type="trial", save_dir=str(out), offline=mode == "offline",
-                             config=dict(trial.params, trial_number=ot.number), reinit="create_new")
+            wb = WandbLogger(
+                project=wandb_project,
+                group=study_name,
+                name=f"{study_name}-trial-{ot.number}",
+                job_type="trial",
+                save_dir=str(out),
+                offline=mode == "offline",
+                config=dict(trial.params, trial_number=ot.number),
+                reinit="create_new",
+            )
             user_logger = trainer_kwargs.get("logger")
             kw["logger"] = [wb] + ([user_logger] if user_logger not in (None, False, True) else [])
         ok = False
@@ -265,8 +314,9 @@ def run(
             values, numbers = evaluate(objs, trainer.callback_metrics, module, dm_cache.get("x"))
             ot.set_user_attr("metrics", numbers)
             if wb is not None:
-                wb.experiment.summary.update(dict(values, state="complete", **{f"metric/{k}": v
-                                                                               for k, v in numbers.items()}))
+                wb.experiment.summary.update(
+                    dict(values, state="complete", **{f"metric/{k}": v for k, v in numbers.items()})
+                )
             ok = True
         finally:
             if wb is not None:
@@ -281,8 +331,9 @@ def run(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
-            counted = study._storage.get_all_trials(study._study_id, deepcopy=False,
-                                                    states=_COUNTED + (TrialState.RUNNING,))
+            counted = study._storage.get_all_trials(
+                study._study_id, deepcopy=False, states=_COUNTED + (TrialState.RUNNING,)
+            )
             dups = sum("duplicate_of" in t.user_attrs for t in counted)
             left = None if timeout is None else timeout - (time.monotonic() - t0)
             if len(counted) - dups >= n_trials or dups >= n_trials or (left is not None and left <= 0):

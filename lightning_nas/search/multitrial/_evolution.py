@@ -17,6 +17,7 @@ Algorithm (one new trial):
 The state is the study itself (read from storage every trial), so many workers on one storage and a resumed
 study evolve one shared population.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,9 @@ class RegularizedEvolutionSampler(BaseSampler):
         seed: seed of the sampler's random numbers.
     """
 
-    def __init__(self, population_size: int = 20, sample_size: int = 5, mutation_sigma: float = 0.2,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, population_size: int = 20, sample_size: int = 5, mutation_sigma: float = 0.2, seed: int | None = None
+    ) -> None:
         check_int("population_size", population_size, 2)
         check_int("sample_size", sample_size, 1, population_size)
         check_range("mutation_sigma", mutation_sigma, 0.0, 1.0, low_inclusive=False)
@@ -88,18 +90,20 @@ class RegularizedEvolutionSampler(BaseSampler):
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         if study._is_multi_objective():
-            raise ValueError("RegularizedEvolutionSampler is single-objective; use strategy='nsga2' for several "
-                             "objectives")
+            raise ValueError(
+                "RegularizedEvolutionSampler is single-objective; use strategy='nsga2' for several objectives"
+            )
         return {n: d for n, d in self._space.calculate(study).items() if not d.single()}
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         if not search_space:
             return {}
         done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
         if len(done) < self.population_size:
             return {}  # initial population: sample_independent draws at random
-        population = sorted(done, key=lambda t: t.number)[-self.population_size:]
+        population = sorted(done, key=lambda t: t.number)[-self.population_size :]
         picks = self._rng.choice(len(population), size=self.sample_size, replace=False)
         contenders = [population[i] for i in picks]
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
@@ -112,6 +116,7 @@ class RegularizedEvolutionSampler(BaseSampler):
         study._storage.set_trial_system_attr(trial._trial_id, "evolution", trial_attrs)
         return child
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         return self._random.sample_independent(study, trial, param_name, param_distribution)

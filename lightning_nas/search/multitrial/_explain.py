@@ -11,6 +11,7 @@ Logged keys (``search/`` namespace):
 ``search/pareto``             image: all trials of the first two objectives, the front highlighted
 ``search/n_complete`` / ``search/n_pruned`` / ``search/n_failed`` and ``search/best/<obj>``  summary values
 """
+
 from __future__ import annotations
 
 import warnings
@@ -22,12 +23,15 @@ from optuna.trial import TrialState
 
 from lightning_nas.tracking import Tracker
 
-_EVALUATORS = {"fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
-               "ped_anova": lambda: optuna.importance.PedAnovaImportanceEvaluator()}
+_EVALUATORS = {
+    "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
+    "ped_anova": lambda: optuna.importance.PedAnovaImportanceEvaluator(),
+}
 
 
-def importances(study: optuna.Study, objectives: dict[str, str]) -> tuple[dict[str, dict[str, dict[str, float]]],
-                                                                          list[str]]:
+def importances(
+    study: optuna.Study, objectives: dict[str, str]
+) -> tuple[dict[str, dict[str, dict[str, float]]], list[str]]:
     """fANOVA and PED-ANOVA importance of every parameter for every objective; ``(result, notes)``.
 
     fANOVA (Hutter et al. 2014) fits a random forest to ``params -> objective`` and attributes the variance of
@@ -49,7 +53,7 @@ def importances(study: optuna.Study, objectives: dict[str, str]) -> tuple[dict[s
                     warnings.simplefilter("ignore")
                     imp = optuna.importance.get_param_importances(study, evaluator=make(), target=target)
                 out.setdefault(obj, {})[name] = {k: float(v) for k, v in imp.items()}
-            except Exception as exc:  # noqa: BLE001 - too few / degenerate trials: say so, keep the rest
+            except Exception as exc:
                 notes.append(f"{name} importance for {obj!r} not computed: {type(exc).__name__}: {exc}")
     return out, notes
 
@@ -79,23 +83,36 @@ def pareto_figure(study: optuna.Study, objectives: dict[str, str]) -> Any:
     return fig
 
 
-def summarize(result: Any, files_dir: Path, wandb_mode: str | None = None,
-              wandb_project: str = "lightning-nas-search") -> dict[str, Any]:
+def summarize(
+    result: Any, files_dir: Path, wandb_mode: str | None = None, wandb_project: str = "lightning-nas-search"
+) -> dict[str, Any]:
     """Log the study's explanation (see module docstring); fill ``result.importance`` and ``summary_dir``."""
     study, objectives = result.study, result.objectives
     loggers = []
     if wandb_mode is not None:
         from lightning.pytorch.loggers import WandbLogger
 
-        loggers = [WandbLogger(project=wandb_project, group=study.study_name, name=f"{study.study_name}-summary",
-                               job_type="summary", save_dir=str(files_dir.parent), offline=wandb_mode == "offline",
-                               reinit="create_new")]
+        loggers = [
+            WandbLogger(
+                project=wandb_project,
+                group=study.study_name,
+                name=f"{study.study_name}-summary",
+                job_type="summary",
+                save_dir=str(files_dir.parent),
+                offline=wandb_mode == "offline",
+                reinit="create_new",
+            )
+        ]
     tracker = Tracker(loggers=loggers, files_dir=files_dir)
     trials = study.get_trials(deepcopy=False)
     params = sorted({p for t in trials for p in t.params})
     objs = list(objectives)
-    rows = [[t.number, t.state.name] + [_cell(t.params.get(p)) for p in params]
-            + [(t.values[i] if t.values else None) for i in range(len(objs))] for t in trials]
+    rows = [
+        [t.number, t.state.name]
+        + [_cell(t.params.get(p)) for p in params]
+        + [(t.values[i] if t.values else None) for i in range(len(objs))]
+        for t in trials
+    ]
     tracker.log_table("search/trials", ["number", "state"] + params + objs, rows, step=0)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
@@ -104,24 +121,32 @@ def summarize(result: Any, files_dir: Path, wandb_mode: str | None = None,
             vals = [t.values[i] for t in done]
             pick = max if objectives[o] == "maximize" else min
             ys[o] = vals
-            ys[f"best {o}"] = [pick(vals[:j + 1]) for j in range(len(vals))]
-        tracker.log_line_series("search/history", [t.number for t in done], ys, title="optimisation history",
-                                xname="trial", step=0)
+            ys[f"best {o}"] = [pick(vals[: j + 1]) for j in range(len(vals))]
+        tracker.log_line_series(
+            "search/history", [t.number for t in done], ys, title="optimisation history", xname="trial", step=0
+        )
     imp, notes = importances(study, objectives)
-    imp_rows = [[o, m, p, v, r + 1] for o, per in imp.items() for m, d in per.items()
-                for r, (p, v) in enumerate(sorted(d.items(), key=lambda kv: -kv[1]))]
+    imp_rows = [
+        [o, m, p, v, r + 1]
+        for o, per in imp.items()
+        for m, d in per.items()
+        for r, (p, v) in enumerate(sorted(d.items(), key=lambda kv: -kv[1]))
+    ]
     if imp_rows:
         tracker.log_table("search/importance", ["objective", "method", "param", "importance", "rank"], imp_rows, step=0)
     if len(objs) > 1 and result.best_trials:
-        front_rows = [[t.number] + [_cell(t.params.get(p)) for p in params] + list(t.values)
-                      for t in result.best_trials]
+        front_rows = [
+            [t.number] + [_cell(t.params.get(p)) for p in params] + list(t.values) for t in result.best_trials
+        ]
         tracker.log_table("search/pareto_front", ["number"] + params + objs, front_rows, step=0)
         tracker.log_image("search/pareto", pareto_figure(study, objectives), caption="Pareto front", step=0)
-    summ: dict[str, Any] = {f"search/n_{s}": sum(t.state.name.lower() == s for t in trials)
-                            for s in ("complete", "pruned", "fail")}
+    summ: dict[str, Any] = {
+        f"search/n_{s}": sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned", "fail")
+    }
     summ.update({f"search/best/{k}": v for k, v in result.best_values.items()})
-    summ.update({f"search/importance/{o}/{m}/{p}": v for o, per in imp.items() for m, d in per.items()
-                 for p, v in d.items()})
+    summ.update(
+        {f"search/importance/{o}/{m}/{p}": v for o, per in imp.items() for m, d in per.items() for p, v in d.items()}
+    )
     summ["search/best_params"] = result.best_params
     if notes:
         summ["search/notes"] = notes

@@ -4,6 +4,7 @@
 trained module with ``lightning_nas.deploy.measure`` (never estimated); any other key is read from
 ``trainer.callback_metrics`` after the fit (its last logged value).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -12,8 +13,14 @@ from typing import Any
 import torch
 
 #: measured costs -> the ``Measurement`` field they come from
-COSTS = {"latency_ms": "latency_ms", "params": "params", "macs": "macs", "flops": "flops",
-         "size_bytes": "size_bytes", "onnx_latency_ms": "onnx_latency_ms"}
+COSTS = {
+    "latency_ms": "latency_ms",
+    "params": "params",
+    "macs": "macs",
+    "flops": "flops",
+    "size_bytes": "size_bytes",
+    "onnx_latency_ms": "onnx_latency_ms",
+}
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -22,8 +29,10 @@ def parse_objectives(objectives: Any) -> dict[str, str]:
     if isinstance(objectives, str):
         objectives = {objectives: "maximize"}
     if not isinstance(objectives, Mapping) or not objectives:
-        raise ValueError("`objectives` must be a non-empty mapping {metric: 'maximize'|'minimize'}, e.g. "
-                         f"{{'val_acc': 'maximize', 'latency_ms': 'minimize'}}; got {objectives!r}")
+        raise ValueError(
+            "`objectives` must be a non-empty mapping {metric: 'maximize'|'minimize'}, e.g. "
+            f"{{'val_acc': 'maximize', 'latency_ms': 'minimize'}}; got {objectives!r}"
+        )
     out = {}
     for key, direction in objectives.items():
         if not isinstance(key, str) or not key:
@@ -51,18 +60,28 @@ def example_input_of(datamodule: Any, example_input: Any = None) -> torch.Tensor
     return x[:1]
 
 
-def evaluate(objectives: Mapping[str, str], metrics: Mapping[str, Any], module: torch.nn.Module | None,
-             example_input: Any, measure_repeats: int = 20) -> tuple[dict[str, float], dict[str, float]]:
+def evaluate(
+    objectives: Mapping[str, str],
+    metrics: Mapping[str, Any],
+    module: torch.nn.Module | None,
+    example_input: Any,
+    measure_repeats: int = 20,
+) -> tuple[dict[str, float], dict[str, float]]:
     """Return ``(values of the objectives, every number known about the trial)``.
 
     Raises ``ValueError`` naming the objectives never logged and the keys that were.
     """
-    numbers = {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()
-               if isinstance(v, (int, float, torch.Tensor)) and (not isinstance(v, torch.Tensor) or v.numel() == 1)}
+    numbers = {
+        k: float(v.item() if isinstance(v, torch.Tensor) else v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, torch.Tensor)) and (not isinstance(v, torch.Tensor) or v.numel() == 1)
+    }
     missing = [k for k in objectives if k not in COSTS and k not in numbers]
     if missing:
-        raise ValueError(f"objective(s) {missing} were never logged by the trial's fit; logged keys: "
-                         f"{sorted(numbers)}; measured costs available: {sorted(COSTS)}")
+        raise ValueError(
+            f"objective(s) {missing} were never logged by the trial's fit; logged keys: "
+            f"{sorted(numbers)}; measured costs available: {sorted(COSTS)}"
+        )
     wanted = [k for k in objectives if k in COSTS]
     if wanted:
         from lightning_nas.deploy import measure

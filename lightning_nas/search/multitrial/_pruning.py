@@ -4,6 +4,7 @@ A tiny own callback instead of ``optuna_integration.PyTorchLightningPruningCallb
 a dependency here, and its callback targets ``pytorch_lightning`` / ``lightning.pytorch`` versions it pins;
 this one is ten lines on the public ``lightning`` 2.x hooks.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,17 +41,21 @@ class TrialPruningCallback(L.Callback):
         from lightning.pytorch.utilities.model_helpers import is_overridden
 
         if stage == "fit" and not is_overridden("validation_step", pl_module):
-            raise ValueError(f"TrialPruningCallback reports {self.monitor!r} after each validation, but "
-                             f"{type(pl_module).__name__} has no validation_step; add one that logs {self.monitor!r} "
-                             "or search without a pruner")
+            raise ValueError(
+                f"TrialPruningCallback reports {self.monitor!r} after each validation, but "
+                f"{type(pl_module).__name__} has no validation_step; add one that logs {self.monitor!r} "
+                "or search without a pruner"
+            )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.pruned:
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            raise ValueError(f"TrialPruningCallback: monitor {self.monitor!r} was not logged in validation; logged "
-                             f"keys: {sorted(trainer.callback_metrics)}")
+            raise ValueError(
+                f"TrialPruningCallback: monitor {self.monitor!r} was not logged in validation; logged "
+                f"keys: {sorted(trainer.callback_metrics)}"
+            )
         step = self._reports
         self._reports += 1
         prune = False
@@ -65,5 +70,8 @@ class TrialPruningCallback(L.Callback):
         return {"reports": self._reports, "pruned": self.pruned, "pruned_at": self.pruned_at}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._reports, self.pruned, self.pruned_at = (state_dict["reports"], state_dict["pruned"],
-                                                      state_dict["pruned_at"])
+        self._reports, self.pruned, self.pruned_at = (
+            state_dict["reports"],
+            state_dict["pruned"],
+            state_dict["pruned_at"],
+        )

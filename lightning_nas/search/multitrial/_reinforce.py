@@ -20,6 +20,7 @@ minimising)::
 The policy is rebuilt from the study's completed trials at every sample (cheap: one pass over the
 history), so many workers on one storage and a resumed study train one shared controller.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,14 @@ class ReinforceSampler(BaseSampler):
         seed: seed of the sampler's random numbers.
     """
 
-    def __init__(self, learning_rate: float = 0.2, baseline_decay: float = 0.8, sigma: float = 0.15,
-                 max_int_choices: int = 64, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.2,
+        baseline_decay: float = 0.8,
+        sigma: float = 0.15,
+        max_int_choices: int = 64,
+        seed: int | None = None,
+    ) -> None:
         check_range("learning_rate", learning_rate, 0.0, None, low_inclusive=False)
         check_range("baseline_decay", baseline_decay, 0.0, 1.0, high_inclusive=False)
         check_range("sigma", sigma, 0.0, 1.0, low_inclusive=False)
@@ -62,12 +69,14 @@ class ReinforceSampler(BaseSampler):
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         if study._is_multi_objective():
-            raise ValueError("ReinforceSampler is single-objective (one scalar reward); use strategy='nsga2' "
-                             "for several objectives")
+            raise ValueError(
+                "ReinforceSampler is single-objective (one scalar reward); use strategy='nsga2' for several objectives"
+            )
         return {}
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return {}
 
     # ------------------------------------------------------------------ policy
@@ -89,8 +98,9 @@ class ReinforceSampler(BaseSampler):
 
     def policy(self, study: optuna.Study, name: str, dist: BaseDistribution) -> np.ndarray | float:
         """The current policy of parameter ``name``: logits (categorical) or the Gaussian mean in [0, 1]."""
-        done = sorted(study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True),
-                      key=lambda t: t.number)
+        done = sorted(
+            study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True), key=lambda t: t.number
+        )
         key = (study._study_id, name, repr(dist), tuple(t.number for t in done))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
@@ -120,8 +130,9 @@ class ReinforceSampler(BaseSampler):
         self._cache = (key, param)
         return param
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         if study._is_multi_objective():
             raise ValueError("ReinforceSampler is single-objective; use strategy='nsga2' for several objectives")
         d = param_distribution

@@ -16,6 +16,7 @@ no heartbeat in Optuna: a dead worker's trial stays ``RUNNING``, and since worke
 the shared budget the study ends one trial short; rerunning a worker does not fix that either, so prefer an RDB
 storage where workers may die.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,9 @@ def redact(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period: int | None = None,
-                 max_retry: int = 1) -> Any:
+def open_storage(
+    storage: Any, heartbeat_interval: int | None = 60, grace_period: int | None = None, max_retry: int = 1
+) -> Any:
     """Turn a URL (or an Optuna storage, or ``None``) into an Optuna storage; fail with one clear line."""
     if storage is None or isinstance(storage, optuna.storages.BaseStorage):
         return storage
@@ -52,7 +54,7 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
     if url.startswith("journal://") or url.endswith((".log", ".journal")):
         from optuna.storages.journal import JournalFileBackend
 
-        path = url[len("journal://"):] if url.startswith("journal://") else url
+        path = url[len("journal://") :] if url.startswith("journal://") else url
         path = path[1:] if path.startswith("//") else path  # journal:///abs/path -> /abs/path
         try:
             return optuna.storages.JournalStorage(JournalFileBackend(path))
@@ -60,14 +62,16 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
             raise StorageUnreachableError(f"journal storage {path!r} cannot be opened: {exc.strerror or exc}") from None
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme not in _RDB_SCHEMES or "://" not in url:
-        raise ValueError(f"`storage` {redact(url)!r} is not a storage URL; allowed: None (in memory), "
-                         "'sqlite:///file.db', 'postgresql://user:pw@host:port/db', 'journal:///file.log'")
+        raise ValueError(
+            f"`storage` {redact(url)!r} is not a storage URL; allowed: None (in memory), "
+            "'sqlite:///file.db', 'postgresql://user:pw@host:port/db', 'journal:///file.log'"
+        )
     if scheme == "postgres":
-        url = "postgresql" + url[len("postgres"):]
+        url = "postgresql" + url[len("postgres") :]
     if scheme.startswith("postgres"):
         if url.startswith("postgresql://"):
             # psycopg 3 (the `postgres` extra) by name: SQLAlchemy < 2.1 would pick psycopg2 for a bare URL
-            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
         if url.startswith("postgresql+psycopg://"):
             from lightning_nas._optional import require
 
@@ -77,8 +81,11 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-        kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
-                  "heartbeat_stale_trial_callback": retry}
+        kwargs = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": retry,
+        }
     engine_kwargs = {"connect_args": {"connect_timeout": 10}} if scheme.startswith("postgres") else None
     try:
         # Workers started together on a fresh database race to create its tables; the loser sees "already
@@ -89,18 +96,20 @@ def open_storage(storage: Any, heartbeat_interval: int | None = 60, grace_period
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 text = str(getattr(exc, "orig", None) or exc)
                 if attempt == 4 or not any(m in text for m in ("already exists", "duplicate key", "UNIQUE constraint")):
                     raise
                 time.sleep(0.2 * (attempt + 1))
     except ImportError as exc:
-        raise StorageUnreachableError(f"storage {redact(url)!r} needs a database driver that is not installed: "
-                                      f"{exc}") from None
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy's OperationalError & co: one line, not a traceback
+        raise StorageUnreachableError(
+            f"storage {redact(url)!r} needs a database driver that is not installed: {exc}"
+        ) from None
+    except Exception as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise StorageUnreachableError(f"storage {redact(url)!r} is unreachable: "
-                                      f"{reason[0] if reason else type(exc).__name__}") from None
+        raise StorageUnreachableError(
+            f"storage {redact(url)!r} is unreachable: {reason[0] if reason else type(exc).__name__}"
+        ) from None
 
 
 _STORAGE_CODE = os.path.dirname(optuna.storages.__file__)
@@ -161,7 +170,7 @@ def storage_errors(storage: Any) -> Iterator[None]:
         if not _raised_in_storage(exc):
             raise
         raise StorageUnreachableError(f"storage {describe(storage)} failed: {_reason(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - only SQLAlchemy's errors are rewritten here
+    except Exception as exc:
         if type(exc).__module__.split(".")[0] != "sqlalchemy":
             raise
         raise StorageUnreachableError(f"storage {describe(storage)} failed: {_reason(exc)}") from None

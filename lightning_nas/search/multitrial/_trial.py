@@ -4,14 +4,14 @@
 ``suggest_float``, ``suggest_int``); ``_RecordingTrial`` is the same facade over a recorder, used for a dry
 call of ``build`` that discovers the search space up front (the grid strategy needs it).
 """
+
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from typing import Any
 
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from torch import nn
 
 _PRIMITIVES = (type(None), bool, int, float, str)
@@ -61,8 +61,10 @@ class SearchTrial:
             return self.optuna_trial.suggest_categorical(name, options)
         labels = [str(o) for o in options]
         if len(set(labels)) != len(labels):
-            raise ValueError(f"hyperparameter {name!r}: non-primitive options are sampled by their str() label, "
-                             f"which must be unique; got labels {labels}")
+            raise ValueError(
+                f"hyperparameter {name!r}: non-primitive options are sampled by their str() label, "
+                f"which must be unique; got labels {labels}"
+            )
         self._labels[name] = dict(zip(labels, options))
         return self._labels[name][self.optuna_trial.suggest_categorical(name, labels)]
 
@@ -135,14 +137,15 @@ class _Recorder:
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         return self._keep(name, CategoricalDistribution(list(choices)), choices[0])
 
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> float:
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
         return self._keep(name, FloatDistribution(low, high, log=log, step=step), low)
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
         return self._keep(name, IntDistribution(low, high, log=log, step=step), low)
 
-    def set_user_attr(self, key: str, value: Any) -> None:  # noqa: D102 - nothing to keep in a dry run
+    def set_user_attr(self, key: str, value: Any) -> None:
         pass
 
 
@@ -194,8 +197,10 @@ def grid_from_distributions(dists: dict[str, BaseDistribution], max_values: int 
         elif isinstance(d, IntDistribution) and not d.log and (d.high - d.low) // d.step + 1 <= max_values:
             grid[name] = list(range(d.low, d.high + 1, d.step))
         else:
-            raise ValueError(f"strategy='grid' needs discrete hyperparameters, but {name!r} is {d!r}; sample it "
-                             "with trial.choice([...]) or pass `search_space={name: [values...]}` to run()")
+            raise ValueError(
+                f"strategy='grid' needs discrete hyperparameters, but {name!r} is {d!r}; sample it "
+                "with trial.choice([...]) or pass `search_space={name: [values...]}` to run()"
+            )
     if not grid:
         raise ValueError("strategy='grid': `build` sampled no hyperparameter in its dry call; nothing to search")
     return grid

@@ -7,6 +7,7 @@ The search (Guo et al., 2020, SPOS) keeps a population of architectures; each ge
 ``population // 2`` are parents, children are made by uniform crossover of two parents and by mutation
 (each decision resampled with probability ``mutation_prob``); every new architecture is scored once (cached).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
@@ -24,9 +25,15 @@ def _key(arch: Mapping[str, str]) -> tuple:
     return tuple(sorted(arch.items()))
 
 
-def evolutionary_search(space: Mapping[str, list[str]], score: Callable[[Arch], float], *, population: int = 10,
-                        generations: int = 5, mutation_prob: float = 0.3,
-                        generator: torch.Generator | None = None) -> tuple[Arch, list[tuple[Arch, float]]]:
+def evolutionary_search(
+    space: Mapping[str, list[str]],
+    score: Callable[[Arch], float],
+    *,
+    population: int = 10,
+    generations: int = 5,
+    mutation_prob: float = 0.3,
+    generator: torch.Generator | None = None,
+) -> tuple[Arch, list[tuple[Arch, float]]]:
     """Maximise ``score(arch)`` over ``space`` (``{label: candidates}``); return the best and all scored.
 
     At most ``population * (generations + 1)`` distinct architectures are scored (fewer when the space is
@@ -66,7 +73,7 @@ def evolutionary_search(space: Mapping[str, list[str]], score: Callable[[Arch], 
         if len(scored) >= total:
             break
         ranked = sorted((scored[_key(a)] for a in pop), key=lambda t: -t[1])
-        parents = [a for a, _ in ranked[:max(2, population // 2)]]
+        parents = [a for a, _ in ranked[: max(2, population // 2)]]
         children: list[Arch] = []
         for _ in range(50 * population):
             if len(children) >= population or len(scored) + len(children) >= total:

@@ -10,6 +10,7 @@ the module. ``forward`` asks the controller which candidates to run with which w
   ``h_k = 1`` in value but carrying the gradient of the soft sample (straight-through);
 * SPOS / a fixed architecture: ``y = op_k(x)`` for the sampled or fixed ``k``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -55,8 +56,10 @@ class _Mixed(ChoiceModule):
         self.train(was)
         if len(set(shapes)) > 1:
             detail = ", ".join(f"{n} -> {s}" for n, s in zip(self._names, shapes))
-            raise ValueError(f"choice {self.label!r}: candidates produce different output shapes ({detail}); "
-                             "every candidate of a choice must produce the same shape")
+            raise ValueError(
+                f"choice {self.label!r}: candidates produce different output shapes ({detail}); "
+                "every candidate of a choice must produce the same shape"
+            )
         x = args[0] if args else None
         self.aux_skip_ok = isinstance(x, torch.Tensor) and shapes[0] == tuple(x.shape)
         self._checked = True

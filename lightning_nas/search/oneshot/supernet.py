@@ -15,6 +15,7 @@ Anti-collapse remedies (DARTS' collapse onto parameter-free skips):
   ``lambda * mean_k logsumexp(alpha_k)``, which keeps ``alpha`` small and its softmax from saturating early;
   ``lambda`` grows linearly from 0 to ``beta_decay_weight``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -40,10 +41,20 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 class Supernet:
     """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place)."""
 
-    def __init__(self, model: nn.Module, mode: str = "darts", *, arch_lr: float = 3e-3,
-                 arch_weight_decay: float = 1e-3, tau: float = 10.0, remedy: str = "none",
-                 beta_decay_weight: float = 1.0, seed: int = 0, device: torch.device | str | None = None,
-                 sampling: str = "fair") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str = "darts",
+        *,
+        arch_lr: float = 3e-3,
+        arch_weight_decay: float = 1e-3,
+        tau: float = 10.0,
+        remedy: str = "none",
+        beta_decay_weight: float = 1.0,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        sampling: str = "fair",
+    ) -> None:
         self.mode = check_choice("mode", mode, MODES)
         self.sampling = check_choice("sampling", sampling, SAMPLINGS)
         self.remedy = check_choice("remedy", remedy, REMEDIES)
@@ -51,8 +62,10 @@ class Supernet:
         check_range("tau", tau, 0.0, None, low_inclusive=False)
         decs = {lb: d for lb, d in decisions(model).items() if d.kind in ("layer", "input")}
         if not decs:
-            raise ValueError(f"the model ({type(model).__name__}) has no LayerChoice/InputChoice to search; "
-                             "add lightning_nas.space.LayerChoice (or NNI's) to it")
+            raise ValueError(
+                f"the model ({type(model).__name__}) has no LayerChoice/InputChoice to search; "
+                "add lightning_nas.space.LayerChoice (or NNI's) to it"
+            )
         if any(isinstance(v.module, _Mixed) for _, v in named_choices(model)):
             raise ValueError("this model already holds a one-shot supernet (two NAS callbacks on one model?)")
         self.labels = list(decs)
@@ -60,8 +73,11 @@ class Supernet:
         if device is None:  # the model's device; a trainer passes the device the model is about to move to
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.alpha = {lb: torch.zeros(len(self.names[lb]), device=device, requires_grad=True) for lb in self.labels}
-        self.optimizer = (torch.optim.Adam(list(self.alpha.values()), lr=arch_lr, betas=(0.5, 0.999),
-                                           weight_decay=arch_weight_decay) if mode != "spos" else None)
+        self.optimizer = (
+            torch.optim.Adam(list(self.alpha.values()), lr=arch_lr, betas=(0.5, 0.999), weight_decay=arch_weight_decay)
+            if mode != "spos"
+            else None
+        )
         self.tau = float(tau)
         self.beta_decay_weight = float(beta_decay_weight)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -139,10 +155,15 @@ class Supernet:
         lam = self.beta_decay_weight * self.progress
         return lam * torch.stack([torch.logsumexp(self.alpha[lb], 0) for lb in self.labels]).mean()
 
-    def arch_step(self, loss_fn: Callable[[], torch.Tensor],
-                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-                  train_loss_fn: Callable[[], torch.Tensor] | None = None,
-                  weights: list[torch.Tensor] | None = None, xi: float = 0.0) -> float:
+    def arch_step(
+        self,
+        loss_fn: Callable[[], torch.Tensor],
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        train_loss_fn: Callable[[], torch.Tensor] | None = None,
+        weights: list[torch.Tensor] | None = None,
+        xi: float = 0.0,
+    ) -> float:
         """One update of ``alpha`` from the held-out loss ``loss_fn()``.
 
         First order (default): ``grad_alpha L_val(w, alpha)``. Second order (DARTS eq. 7-8; when
@@ -174,13 +195,18 @@ class Supernet:
         self.optimizer.zero_grad(set_to_none=True)
         offset = 0
         for p in params:
-            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
         self.optimizer.step()
         return float(loss.detach())
 
-    def _second_order(self, loss_fn: Callable[[], torch.Tensor], train_loss_fn: Callable[[], torch.Tensor],
-                      weights: list[torch.Tensor], xi: float) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+    def _second_order(
+        self,
+        loss_fn: Callable[[], torch.Tensor],
+        train_loss_fn: Callable[[], torch.Tensor],
+        weights: list[torch.Tensor],
+        xi: float,
+    ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         params = [self.alpha[lb] for lb in self.labels]
         w0 = [w.detach().clone() for w in weights]
         buffers = [b for b in self._model.buffers()]
@@ -198,7 +224,7 @@ class Supernet:
             loss = loss_fn()
             loss = loss + self.regulariser().to(loss.device)
             g = torch.autograd.grad(loss, params + weights, allow_unused=True)
-            dalpha, dw = list(g[:len(params)]), list(g[len(params):])
+            dalpha, dw = list(g[: len(params)]), list(g[len(params) :])
             norm = torch.sqrt(sum((d.pow(2).sum() for d in dw if d is not None), torch.zeros((), device=loss.device)))
             eps = 0.01 / (float(norm) + 1e-12)
             put(dw, eps)
@@ -241,16 +267,22 @@ class Supernet:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"alpha": {lb: a.detach().cpu().clone() for lb, a in self.alpha.items()},
-                "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-                "tau": self.tau, "rng": self.generator.get_state(), "path": dict(self.path),
-                "gumbel": {lb: g.clone() for lb, g in self._gumbel.items()}, "progress": self.progress,
-                "queue": {lb: list(q) for lb, q in self._queue.items()}}
+        return {
+            "alpha": {lb: a.detach().cpu().clone() for lb, a in self.alpha.items()},
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "tau": self.tau,
+            "rng": self.generator.get_state(),
+            "path": dict(self.path),
+            "gumbel": {lb: g.clone() for lb, g in self._gumbel.items()},
+            "progress": self.progress,
+            "queue": {lb: list(q) for lb, q in self._queue.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if sorted(state["alpha"]) != sorted(self.labels):
-            raise ValueError(f"checkpoint architecture labels {sorted(state['alpha'])} differ from the model's "
-                             f"{sorted(self.labels)}")
+            raise ValueError(
+                f"checkpoint architecture labels {sorted(state['alpha'])} differ from the model's {sorted(self.labels)}"
+            )
         with torch.no_grad():
             for lb, a in state["alpha"].items():
                 self.alpha[lb].copy_(a.to(self.alpha[lb].device))

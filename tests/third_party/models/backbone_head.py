@@ -5,6 +5,7 @@
 flattens before the head.
 Neither LightningModule defines ``forward``.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -19,10 +20,16 @@ def _second_conv(width: int, searchable: bool) -> nn.Module:
         return conv
     from lightning_nas import space
 
-    return space.LayerChoice({"conv3": conv,
-                              "sep3": nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False),
-                                                    nn.Conv2d(width, 2 * width, 1, bias=False))},
-                             label="backbone_conv2")
+    return space.LayerChoice(
+        {
+            "conv3": conv,
+            "sep3": nn.Sequential(
+                nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False),
+                nn.Conv2d(width, 2 * width, 1, bias=False),
+            ),
+        },
+        label="backbone_conv2",
+    )
 
 
 class BackboneHead(L.LightningModule):
@@ -30,9 +37,13 @@ class BackboneHead(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.backbone = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(1, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            _second_conv(width, searchable), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            _second_conv(width, searchable),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(2),
         )
         self.head = nn.Linear(2 * width * 4, num_classes)
@@ -61,9 +72,13 @@ class BackbonePoolHead(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.backbone = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(1, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            _second_conv(width, searchable), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            _second_conv(width, searchable),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
         )
         self.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(2 * width * 4, num_classes))
 

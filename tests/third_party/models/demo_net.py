@@ -3,6 +3,7 @@
 The author keeps ``Net`` as Lightning ships it and adapts the data in the step: upsample to 28x28, normalise
 with the MNIST statistics, then ``self.net(x)``. No ``forward`` on the LightningModule.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -50,6 +51,7 @@ def searchable_net() -> Net:
     from lightning_nas import space
 
     net = Net()
-    net.conv2 = space.LayerChoice({"conv3": nn.Conv2d(32, 64, 3, 1),
-                                   "conv5": nn.Conv2d(32, 64, 5, 1, padding=1)}, label="conv2")
+    net.conv2 = space.LayerChoice(
+        {"conv3": nn.Conv2d(32, 64, 3, 1), "conv5": nn.Conv2d(32, 64, 5, 1, padding=1)}, label="conv2"
+    )
     return net

@@ -2,6 +2,7 @@
 
 The model is an ``nn.Sequential`` CNN in ``self.model``, called on ``batch["image"]`` in the step.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -15,12 +16,17 @@ def make_cnn(width: int = 16, num_classes: int = 10, searchable: bool = False) -
     if searchable:
         from lightning_nas import space
 
-        second = space.LayerChoice({"conv3": second, "conv5": nn.Conv2d(width, 2 * width, 5, padding=2)},
-                                   label="conv2")
+        second = space.LayerChoice({"conv3": second, "conv5": nn.Conv2d(width, 2 * width, 5, padding=2)}, label="conv2")
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-        second, nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.Flatten(), nn.Linear(2 * width * 4 * 4, num_classes),
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        second,
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * width * 4 * 4, num_classes),
     )
 
 

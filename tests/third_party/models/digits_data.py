@@ -3,6 +3,7 @@
 Most projects use ``lightning_nas.data.DigitsDataModule`` as their data module (it is a plain
 LightningDataModule); the dict-batch project writes its own Dataset, here.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -34,8 +35,7 @@ class DigitsDictDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         d = load_digits()
-        tr, va = train_test_split(np.arange(len(d.target)), test_size=0.15, stratify=d.target,
-                                  random_state=self.seed)
+        tr, va = train_test_split(np.arange(len(d.target)), test_size=0.15, stratify=d.target, random_state=self.seed)
         self.train_set = DigitsDictDataset(d.data[tr], d.target[tr])
         self.val_set = DigitsDictDataset(d.data[va], d.target[va])
 

@@ -1,5 +1,6 @@
 """Manual optimization: the step zeroes, backpropagates and steps itself, and steps its scheduler by hand
 at the end of each epoch (``automatic_optimization = False``)."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -16,8 +17,10 @@ class SmallCNN(nn.Module):
         if searchable:
             from lightning_nas import space
 
-            self.conv2 = space.LayerChoice({"conv3": nn.Conv2d(width, 2 * width, 3, padding=1),
-                                            "conv1": nn.Conv2d(width, 2 * width, 1)}, label="conv2")
+            self.conv2 = space.LayerChoice(
+                {"conv3": nn.Conv2d(width, 2 * width, 3, padding=1), "conv1": nn.Conv2d(width, 2 * width, 1)},
+                label="conv2",
+            )
         else:
             self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(2 * width)

@@ -1,5 +1,6 @@
 """An MLP whose layers sit directly on the LightningModule (no ``self.model``). The images are flattened
 in the step, then ``self(x)``. One ``nn.ReLU`` module is reused after both hidden layers (widths differ)."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -9,17 +10,27 @@ from torch import nn
 
 
 class FlatMLP(L.LightningModule):
-    def __init__(self, in_features: int = 64, hidden: int = 128, num_classes: int = 10, lr: float = 3e-3,
-                 searchable: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int = 64,
+        hidden: int = 128,
+        num_classes: int = 10,
+        lr: float = 3e-3,
+        searchable: bool = False,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.fc1 = nn.Linear(in_features, hidden)
         if searchable:
             from lightning_nas import space
 
-            self.fc2 = space.LayerChoice({"linear": nn.Linear(hidden, hidden // 2),
-                                          "bottleneck": nn.Sequential(nn.Linear(hidden, 16),
-                                                                      nn.Linear(16, hidden // 2))}, label="fc2")
+            self.fc2 = space.LayerChoice(
+                {
+                    "linear": nn.Linear(hidden, hidden // 2),
+                    "bottleneck": nn.Sequential(nn.Linear(hidden, 16), nn.Linear(16, hidden // 2)),
+                },
+                label="fc2",
+            )
         else:
             self.fc2 = nn.Linear(hidden, hidden // 2)
         self.fc3 = nn.Linear(hidden // 2, num_classes)

@@ -5,6 +5,7 @@ with 1x1 downsample shortcuts, adaptive average pool, ``fc``. Only the base widt
 torchvision; narrow here so it trains in seconds). The LightningModule holds it in ``self.model``, resizes
 the digits to 32x32 RGB in the step, and trains with SGD + OneCycleLR stepped every batch.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -24,8 +25,9 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 searchable: bool = False) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, searchable: bool = False
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -33,9 +35,10 @@ class BasicBlock(nn.Module):
         if searchable:
             from lightning_nas import space
 
-            self.conv2 = space.LayerChoice({"conv3x3": conv3x3(planes, planes),
-                                            "conv5x5": nn.Conv2d(planes, planes, 5, padding=2, bias=False)},
-                                           label="block_conv")
+            self.conv2 = space.LayerChoice(
+                {"conv3x3": conv3x3(planes, planes), "conv5x5": nn.Conv2d(planes, planes, 5, padding=2, bias=False)},
+                label="block_conv",
+            )
         else:
             self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -57,8 +60,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, layers: list[int], num_classes: int = 1000, width: int = 64,
-                 searchable: bool = False) -> None:
+    def __init__(
+        self, block, layers: list[int], num_classes: int = 1000, width: int = 64, searchable: bool = False
+    ) -> None:
         super().__init__()
         self.inplanes = width
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
@@ -81,8 +85,9 @@ class ResNet(nn.Module):
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, searchable: bool = False):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+            )
         layers = [block(self.inplanes, planes, stride, downsample, searchable=searchable)]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
@@ -135,6 +140,7 @@ class ResNetClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9, weight_decay=5e-4)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr,
-                                                        total_steps=self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

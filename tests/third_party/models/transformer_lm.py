@@ -5,6 +5,7 @@ computes the NLL itself; it has no validation step. The only change is the data:
 instead of WikiText-2 (whose ``prepare_data`` downloads), so ``prepare_data`` and ``train_dataloader`` are
 overridden, as anyone reusing the demo on their own data would.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,7 +45,11 @@ def searchable_lm(vocab_size: int = VOCAB) -> SyntheticTokensLM:
 
     lm = SyntheticTokensLM(vocab_size)
     d = lm.model.ninp
-    lm.model.decoder = space.LayerChoice({"linear": nn.Linear(d, vocab_size),
-                                          "mlp": nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, vocab_size))},
-                                         label="lm_head")
+    lm.model.decoder = space.LayerChoice(
+        {
+            "linear": nn.Linear(d, vocab_size),
+            "mlp": nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, vocab_size)),
+        },
+        label="lm_head",
+    )
     return lm
