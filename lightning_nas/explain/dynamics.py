@@ -23,7 +23,7 @@ __all__ = [
     "activation_modules",
 ]
 
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU)
 
 
 def tracked_layers(model: nn.Module, names: Iterable[str] | None = None) -> list[tuple[str, nn.Module]]:
@@ -46,7 +46,7 @@ def tracked_layers(model: nn.Module, names: Iterable[str] | None = None) -> list
     return out
 
 
-def _weight(mod: nn.Module) -> torch.Tensor:
+def layer_weight(mod: nn.Module) -> torch.Tensor:
     w = mod._parameters.get("weight")
     return w if w is not None else mod._parameters["weight_orig"]
 
@@ -54,7 +54,7 @@ def _weight(mod: nn.Module) -> torch.Tensor:
 def weight_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
     """:math:`\\|W\\|_2` (Frobenius) per layer."""
     with torch.no_grad():
-        return {n: float(_weight(m).detach().float().norm()) for n, m in layers}
+        return {n: float(layer_weight(m).detach().float().norm()) for n, m in layers}
 
 
 def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
@@ -62,7 +62,7 @@ def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
     out = {}
     with torch.no_grad():
         for n, m in layers:
-            g = _weight(m).grad
+            g = layer_weight(m).grad
             if g is not None:
                 out[n] = float(g.detach().float().norm())
     return out
@@ -71,7 +71,7 @@ def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
 def snapshot(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
     """Copies of the weights, to measure the next update against."""
     with torch.no_grad():
-        return {n: _weight(m).detach().clone() for n, m in layers}
+        return {n: layer_weight(m).detach().clone() for n, m in layers}
 
 
 def update_ratios(layers: list[tuple[str, nn.Module]], before: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -80,7 +80,7 @@ def update_ratios(layers: list[tuple[str, nn.Module]], before: dict[str, torch.T
     with torch.no_grad():
         for n, m in layers:
             w0 = before.get(n)
-            w1 = _weight(m)
+            w1 = layer_weight(m)
             if w0 is None or w0.shape != w1.shape:
                 continue
             denom = float(w0.float().norm())
@@ -89,7 +89,7 @@ def update_ratios(layers: list[tuple[str, nn.Module]], before: dict[str, torch.T
 
 
 def activation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
 
 
 class DeadUnitProbe:
