@@ -160,3 +160,27 @@ def measure(
             except Exception as exc:
                 notes.append(f"ONNX latency not measured: {str(exc)[:300]}")
         return m
+
+
+def compare(reference: nn.Module, candidate: nn.Module, example_input: Any, repeats: int = 10) -> dict[str, float]:
+    """Size and eager CPU latency of ``candidate`` (e.g. an int8 model) against ``reference`` (its float
+    original), measured one after the other on ``example_input``; ``reference`` goes back to its device after.
+
+    Returns ``reference_size_bytes``, ``candidate_size_bytes``, ``size_ratio`` (candidate / reference),
+    ``reference_latency_ms``, ``candidate_latency_ms`` (medians) and ``speedup`` (reference / candidate).
+    """
+    device = next((p.device for p in reference.parameters()), torch.device("cpu"))
+    reference.cpu()
+    try:
+        ref = measure(reference, example_input, onnx=False, repeats=repeats)
+    finally:
+        reference.to(device)
+    cand = measure(candidate, example_input, onnx=False, repeats=repeats)
+    return {
+        "reference_size_bytes": ref.size_bytes,
+        "candidate_size_bytes": cand.size_bytes,
+        "size_ratio": cand.size_bytes / ref.size_bytes,
+        "reference_latency_ms": ref.latency_ms,
+        "candidate_latency_ms": cand.latency_ms,
+        "speedup": ref.latency_ms / cand.latency_ms,
+    }

@@ -56,6 +56,19 @@ def op_ablation(
     return {lb: {c: float(evaluate(lb, c)) - base for c in cands} for lb, cands in names.items()}
 
 
+def switch_ablation(
+    score: Callable[[Mapping[str, str]], float], best: Mapping[str, str], names: Mapping[str, Sequence[str]]
+) -> dict[str, dict[str, float]]:
+    """``{label: {candidate: score(best) - score(best with label switched to candidate)}}``: how much the
+    chosen architecture loses when one decision is changed (0 for the chosen candidate itself).
+
+    >>> switch_ablation(lambda a: {"a": 1.0, "b": 0.25}[a["op"]], {"op": "a"}, {"op": ["a", "b"]})
+    {'op': {'a': 0.0, 'b': 0.75}}
+    """
+    base = float(score(best))
+    return {lb: {c: base - float(score({**best, lb: c})) for c in cands} for lb, cands in names.items()}
+
+
 def reasons(
     table: Sequence[Sequence],
     ablation: Mapping[str, Mapping[str, float]] | None = None,

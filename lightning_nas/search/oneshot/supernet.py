@@ -33,6 +33,16 @@ SAMPLINGS = ("fair", "uniform")
 REMEDIES = ("none", "darts-", "beta-decay")
 
 
+def gdas_temperature(tau_max: float, tau_min: float, progress: float) -> float:
+    r"""GDAS' Gumbel-softmax temperature, annealed linearly over training (Dong & Yang 2019):
+    :math:`\tau(p) = (1 - p)\,\tau_{max} + p\,\tau_{min}` for training progress :math:`p \in [0, 1]`.
+
+    >>> gdas_temperature(10.0, 0.1, 0.0), gdas_temperature(10.0, 0.1, 1.0)
+    (10.0, 0.1)
+    """
+    return (1.0 - progress) * tau_max + progress * tau_min
+
+
 def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     parent_path, _, attr = path.rpartition(".")
     return (model.get_submodule(parent_path) if parent_path else model), attr
