@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -24,8 +24,9 @@ from lightning_nas.search.oneshot import Supernet, recalibrate_batchnorm
 @contextmanager
 def _quiet(pl_module: L.LightningModule) -> Iterator[None]:
     """Silence ``self.log``/``self.log_dict`` while the callback reuses the user's ``training_step``."""
-    pl_module.log = lambda *a, **k: None
-    pl_module.log_dict = lambda *a, **k: None
+    # shadows the methods on this instance only, until the `del`s below
+    pl_module.log = lambda *a, **k: None  # type: ignore[method-assign]
+    pl_module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
     try:
         yield
     finally:
@@ -67,6 +68,13 @@ class OneShotCallback(LightningNASCallback):
         self._reasons: dict[str, str] = {}
         self._table: list[list] = []
         self._ablation: dict[str, dict[str, float]] = {}
+
+    @property
+    def _sn(self) -> Supernet:
+        """The supernet ``setup`` built (a clear error for a hook that runs before it)."""
+        if self._supernet is None:
+            raise RuntimeError(f"{type(self).__name__}: the supernet is built in `setup`, which has not run yet")
+        return self._supernet
 
     # ------------------------------------------------------------------ set-up
     def _supernet_kwargs(self) -> dict[str, Any]:
@@ -261,7 +269,7 @@ class OneShotCallback(LightningNASCallback):
             device = next(model.parameters()).device
             with eval_mode(model):
                 recalibrate_batchnorm(
-                    model, lambda b: self._loss(model, move_data_to_device(b, device), 0), self._bn_data
+                    model, lambda b: self._loss(cast(L.LightningModule, model), move_data_to_device(b, device), 0), self._bn_data
                 )
         return model
 
@@ -311,7 +319,7 @@ class OneShotCallback(LightningNASCallback):
     def _apply_state(self, state: dict[str, Any]) -> None:
         if "supernet" not in state:
             raise KeyError(f"{type(self).__name__}: checkpoint state lacks 'supernet'")
-        self._supernet.load_state_dict(state["supernet"])
+        self._sn.load_state_dict(state["supernet"])
         self.history = list(state["history"])
         self._logged_epoch = self.history[-1]["epoch"] if self.history else -1
         self._held_out_pos = int(state["held_out_pos"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ class KnowledgeDistillation(LightningNASCallback):
             ) from None
 
     # ------------------------------------------------------------------ capture
-    def _feature_hook(self, store: dict[str, torch.Tensor], key: str, student: bool):
+    def _feature_hook(self, store: dict[str, torch.Tensor], key: str, student: bool) -> Callable[..., None]:
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
             if self._capture and (not student or key not in store):
                 store[key] = _logits(out)

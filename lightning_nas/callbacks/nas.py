@@ -9,6 +9,7 @@ modules back at the end of training with the found candidate active. The algorit
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -104,7 +105,7 @@ class DifferentiableNAS(OneShotCallback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        sn = self._supernet
+        sn = self._sn
         sn.set_progress(trainer.global_step / max(1, trainer.estimated_stepping_batches))
         sn.tau = gdas_temperature(self.tau_max, self.tau_min, sn.progress)
         if trainer.current_epoch >= self.warmup_epochs:
@@ -128,12 +129,12 @@ class DifferentiableNAS(OneShotCallback):
             sn.resample()  # the path of the weight step
 
     def _epoch_done(self, trainer: L.Trainer) -> None:
-        probs = xarch.probabilities(self._supernet.alpha, self._supernet.names)
-        self._log_probabilities(trainer, probs, {"nas/tau": self._supernet.tau} if self.mode == "gdas" else {})
+        probs = xarch.probabilities(self._sn.alpha, self._sn.names)
+        self._log_probabilities(trainer, probs, {"nas/tau": self._sn.tau} if self.mode == "gdas" else {})
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sn = self._supernet
+        sn = self._sn
         self._keep_bn_batches(trainer)
         sn.set_progress(1.0)
         if self.ablation_batches:
@@ -211,25 +212,25 @@ class SubnetSampling(OneShotCallback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._supernet.resample()
+        self._sn.resample()
 
     @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_gen = torch.Generator().manual_seed(
-            int(self._supernet.generator.initial_seed()) + 7919 * (trainer.current_epoch + 1)
+            int(self._sn.generator.initial_seed()) + 7919 * (trainer.current_epoch + 1)
         )
 
     @override
     def on_validation_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        sn = self._supernet
+        sn = self._sn
         for lb in sn.labels:  # a deterministic path per validation batch, off the training generator
             sn.path[lb] = int(torch.randint(len(sn.names[lb]), (1,), generator=self._val_gen))
 
-    def score(self, trainer: L.Trainer, pl_module: L.LightningModule, arch: dict[str, str]) -> float:
+    def score(self, trainer: L.Trainer, pl_module: L.LightningModule, arch: Mapping[str, str]) -> float:
         """``-(mean val loss)`` of one subnet with inherited weights and recalibrated BatchNorm."""
-        sn = self._supernet
+        sn = self._sn
         sn.set_fixed(arch)
         try:
             pl_module.eval()
@@ -240,7 +241,7 @@ class SubnetSampling(OneShotCallback):
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sn = self._supernet
+        sn = self._sn
         self._keep_bn_batches(trainer)
         loader = first_loader(trainer.train_dataloader)
         self._calib = [trainer.strategy.batch_to_device(b) for b in itertools.islice(iter(loader), self.calib_batches)]
@@ -249,7 +250,7 @@ class SubnetSampling(OneShotCallback):
         bn_state = {k: v.clone() for k, v in pl_module.state_dict().items() if "running_" in k or "num_batches" in k}
         cache: dict[tuple, float] = {}
 
-        def score(arch: dict[str, str]) -> float:
+        def score(arch: Mapping[str, str]) -> float:
             key = tuple(sorted(arch.items()))
             if key not in cache:
                 cache[key] = self.score(trainer, pl_module, arch)

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +69,7 @@ QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     """Silence torch.ao's deprecation warnings (the flow is chosen on purpose, see the module docstring)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -310,7 +310,7 @@ def quant_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def allow_int8_kernels():
+def allow_int8_kernels() -> Iterator[None]:
     """Lift ``torch.use_deterministic_algorithms(True)`` (``Trainer(deterministic=True)`` sets it) for the block:
     torch's int8 CPU kernels resize their outputs, which that flag forbids, though they are deterministic."""
     on, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import lightning as L
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ class _EpochSeededSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
 

@@ -7,7 +7,7 @@ modules, whose outputs are watched for units that never fire.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -105,7 +105,7 @@ class DeadUnitProbe:
         self._alive: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
 
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def fn(_mod: nn.Module, _inp: Any, out: Any) -> None:
             if not isinstance(out, torch.Tensor) or out.ndim < 2:
                 return

@@ -16,7 +16,7 @@ scales. Hand-written: no maintained library reports these for torch.ao FX models
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,7 +31,7 @@ SENSITIVITY_COLUMNS = ["layer", "method", "level", "accuracy", "drop"]
 
 
 @contextmanager
-def _frozen_flags(model: nn.Module):
+def _frozen_flags(model: nn.Module) -> Iterator[list[tuple[str, nn.Module]]]:
     """Freeze observers for the duration; restore every fake-quantizer's flags and the train mode after."""
     fqs = fake_quant_modules(model)
     saved = [(m.observer_enabled.clone(), m.fake_quant_enabled.clone()) for _, m in fqs]

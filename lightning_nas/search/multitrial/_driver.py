@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +130,7 @@ def make_pruner(pruner: str | optuna.pruners.BasePruner | None) -> optuna.pruner
 
 
 @contextmanager
-def _quiet_lightning():
+def _quiet_lightning() -> Iterator[None]:
     names = ["lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"]
     old = {n: logging.getLogger(n).level for n in names}
     for n in names:

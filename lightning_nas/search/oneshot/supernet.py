@@ -18,8 +18,8 @@ Anti-collapse remedies (DARTS' collapse onto parameter-free skips):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -188,6 +188,7 @@ class Supernet:
         params = [self.alpha[lb] for lb in self.labels]
         if self.mode == "gdas":
             self.resample()
+        grads: Sequence[torch.Tensor | None]  # None for an alpha the loss does not reach (allow_unused)
         if train_loss_fn is not None and weights:
             grads, loss = self._second_order(loss_fn, train_loss_fn, list(weights), float(xi))
         else:
@@ -222,7 +223,7 @@ class Supernet:
         buffers = [b for b in self._model.buffers()]
         b0 = [b.detach().clone() for b in buffers]
 
-        def put(deltas: list[torch.Tensor | None] | None = None, scale: float = 0.0) -> None:
+        def put(deltas: Sequence[torch.Tensor | None] | None = None, scale: float = 0.0) -> None:
             with torch.no_grad():
                 for w, orig, d in zip(weights, w0, deltas or [None] * len(weights)):
                     w.copy_(orig if d is None else orig + scale * d)
@@ -247,7 +248,7 @@ class Supernet:
             with torch.no_grad():
                 for b, orig in zip(buffers, b0):
                     b.copy_(orig)
-        out = []
+        out: list[torch.Tensor | None] = []
         for da, p, m in zip(dalpha, gp, gm):
             hess = None if p is None or m is None else (p - m) / (2 * eps)
             out.append(da if hess is None else (hess * -xi if da is None else da - xi * hess))
@@ -262,7 +263,7 @@ class Supernet:
         """The most likely candidate per label."""
         return {lb: self.names[lb][int(torch.argmax(self.alpha[lb].detach()))] for lb in self.labels}
 
-    def set_fixed(self, arch: dict[str, str] | None) -> None:
+    def set_fixed(self, arch: Mapping[str, str] | None) -> None:
         """Evaluate one architecture of the supernet (``None``: back to the search behaviour)."""
         self.fixed = None if arch is None else {lb: self.names[lb].index(arch[lb]) for lb in self.labels}
 
@@ -271,8 +272,8 @@ class Supernet:
         for path, original, _mixed in reversed(self._installed):
             parent, attr = _parent(self._model, path)
             setattr(parent, attr, original)
-            if arch is not None and hasattr(original, "active") and original.label in arch:
-                original.active = arch[original.label]
+            if arch is not None and hasattr(original, "active") and cast(str, original.label) in arch:
+                original.active = arch[cast(str, original.label)]
         self._installed = []
 
     # ------------------------------------------------------------------ state
