@@ -57,12 +57,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
+
+if TYPE_CHECKING:  # torch.ao is imported where it is used
+    from torch.ao.quantization import FakeQuantizeBase
 
 BACKENDS = ("x86", "fbgemm")
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -228,7 +231,7 @@ def _init_weight_qparams(model: nn.Module) -> nn.Module:
     return model
 
 
-def fake_quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def fake_quant_modules(model: nn.Module) -> list[tuple[str, FakeQuantizeBase]]:
     from torch.ao.quantization import FakeQuantizeBase
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantizeBase)]

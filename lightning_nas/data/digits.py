@@ -95,6 +95,7 @@ class DigitsDataModule(L.LightningDataModule):
     def split(self, name: str) -> TensorDataset:
         """The ``"train"``, ``"val"`` or ``"test"`` dataset (calls ``setup`` if needed)."""
         self.setup()
+        assert self._splits is not None  # setup() made them
         return self._splits[name]
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:

@@ -48,7 +48,9 @@ def tracked_layers(model: nn.Module, names: Iterable[str] | None = None) -> list
 
 def layer_weight(mod: nn.Module) -> torch.Tensor:
     w = mod._parameters.get("weight")
-    return w if w is not None else mod._parameters["weight_orig"]
+    w = w if w is not None else mod._parameters["weight_orig"]
+    assert w is not None  # a registered parameter set to None is not a weight layer (tracked_layers skips it)
+    return w
 
 
 def weight_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,12 +26,15 @@ from torch import nn
 from lightning_nas._modules import eval_mode
 from lightning_nas.compress.quantize import fake_quant_modules, qat_layers
 
+if TYPE_CHECKING:
+    from torch.ao.quantization import FakeQuantizeBase
+
 SENSITIVITY_KEY = "explain/sensitivity"
 SENSITIVITY_COLUMNS = ["layer", "method", "level", "accuracy", "drop"]
 
 
 @contextmanager
-def _frozen_flags(model: nn.Module) -> Iterator[list[tuple[str, nn.Module]]]:
+def _frozen_flags(model: nn.Module) -> Iterator[list[tuple[str, FakeQuantizeBase]]]:
     """Freeze observers for the duration; restore every fake-quantizer's flags and the train mode after."""
     fqs = fake_quant_modules(model)
     saved = [(m.observer_enabled.clone(), m.fake_quant_enabled.clone()) for _, m in fqs]
@@ -46,7 +49,7 @@ def _frozen_flags(model: nn.Module) -> Iterator[list[tuple[str, nn.Module]]]:
             m.fake_quant_enabled.copy_(fq)
 
 
-def _set_all(fqs: Sequence[tuple[str, nn.Module]], on: bool) -> None:
+def _set_all(fqs: Sequence[tuple[str, FakeQuantizeBase]], on: bool) -> None:
     for _, m in fqs:
         m.enable_fake_quant(on)
 

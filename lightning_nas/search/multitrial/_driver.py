@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import lightning as L
 import optuna
@@ -283,7 +283,7 @@ def _open_study(
             sampler=sampler,
             pruner=pr,
             study_name=study_name,
-            directions=list(objs.values()),
+            directions=cast(list[Literal["minimize", "maximize"]], list(objs.values())),  # parse_objectives checked
             load_if_exists=True,
         )
         stored = study.user_attrs.get("objectives")

@@ -19,7 +19,7 @@ Anti-collapse remedies (DARTS' collapse onto parameter-free skips):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -272,8 +272,9 @@ class Supernet:
         for path, original, _mixed in reversed(self._installed):
             parent, attr = _parent(self._model, path)
             setattr(parent, attr, original)
-            if arch is not None and hasattr(original, "active") and cast(str, original.label) in arch:
-                original.active = arch[cast(str, original.label)]
+            choice: Any = original  # a choice module: `label` and `active` are plain attributes, not submodules
+            if arch is not None and hasattr(choice, "active") and choice.label in arch:
+                choice.active = arch[choice.label]
         self._installed = []
 
     # ------------------------------------------------------------------ state
