@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ class LayerFactorization:
     kind: str
     full_rank: int
     rank: int | None
-    energy_kept: float | None
+    energy_kept: float
     params_before: int
     params_after: int
     macs_ratio: float | None  # factored / original cost per sample (or output pixel)
@@ -59,18 +59,22 @@ def check_energy_budget(energy: float | None, budget: float | None) -> tuple[flo
     return energy, None
 
 
+def _weight(m: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, m.weight)  # a Linear's or Conv2d's (Module.__getattr__ is typed Tensor | Module)
+
+
 def _matrix(m: nn.Module) -> torch.Tensor:
-    w = m.weight.detach()
+    w = _weight(m).detach()
     return w.reshape(w.shape[0], -1).float()
 
 
 def _cost_full(m: nn.Module) -> int:
-    w = m.weight
+    w = _weight(m)
     return int(w.numel())  # MACs per output position for Linear and Conv2d (groups == 1)
 
 
 def _cost_rank(m: nn.Module, r: int) -> int:
-    mat = m.weight.reshape(m.weight.shape[0], -1)
+    mat = _weight(m).reshape(_weight(m).shape[0], -1)
     return r * (mat.shape[1] + mat.shape[0])
 
 
@@ -89,6 +93,7 @@ def choose_rank(
         e = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum().clamp_min(1e-30)
         return int(min(int((e < energy - 1e-12).sum()) + 1, len(s)))
     check_range("budget", budget, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    assert budget is not None  # exactly one of the two is given
     return max(1, min(len(s), int(math.floor(budget * full_cost / per_rank_cost))))
 
 
@@ -131,22 +136,26 @@ def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
     u, s, vh = torch.linalg.svd(mat, full_matrices=False)
     r = int(rank)
     root = s[:r].sqrt()
-    a = (root[:, None] * vh[:r]).to(m.weight.dtype)  # r x (in k k)
-    b = (u[:, :r] * root[None, :]).to(m.weight.dtype)  # out x r
-    dev = m.weight.device
+    a = (root[:, None] * vh[:r]).to(_weight(m).dtype)  # r x (in k k)
+    b = (u[:, :r] * root[None, :]).to(_weight(m).dtype)  # out x r
+    dev = _weight(m).device
+    first: nn.Linear | nn.Conv2d
+    second: nn.Linear | nn.Conv2d
     if isinstance(m, nn.Linear):
         first = nn.Linear(m.in_features, r, bias=False, device=dev, dtype=m.weight.dtype)
         second = nn.Linear(r, m.out_features, bias=m.bias is not None, device=dev, dtype=m.weight.dtype)
         first.weight.data.copy_(a)
         second.weight.data.copy_(b)
     else:
+        m = cast(nn.Conv2d, m)  # the other candidate kind
+        geom: Any = m  # torch types kernel_size/stride/padding/dilation tuple[int, ...], Conv2d's arguments (int, int)
         first = nn.Conv2d(
             m.in_channels,
             r,
-            m.kernel_size,
-            m.stride,
-            m.padding,
-            m.dilation,
+            geom.kernel_size,
+            geom.stride,
+            geom.padding,
+            geom.dilation,
             bias=False,
             padding_mode=m.padding_mode,
             device=dev,
@@ -156,6 +165,7 @@ def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
         first.weight.data.copy_(a.reshape(r, m.in_channels, *m.kernel_size))
         second.weight.data.copy_(b.reshape(m.out_channels, r, 1, 1))
     if m.bias is not None:
+        assert second.bias is not None  # made with bias=True
         second.bias.data.copy_(m.bias.detach())
     return nn.Sequential(first, second)
 
@@ -203,6 +213,7 @@ def factorize(
     cands = [(n, m) for n, m in cands if not name_matches(n, ignore)]
     for name, m in cands:
         kind = _is_candidate(m)
+        assert kind is not None  # candidates() lists only these
         with torch.no_grad():
             s = torch.linalg.svdvals(_matrix(m))
         full, per_rank = _cost_full(m), _cost_rank(m, 1)
@@ -211,7 +222,7 @@ def factorize(
         else:
             r = choose_rank(s, energy, budget, per_rank, full)
         e = float((s[:r] ** 2).sum() / (s**2).sum().clamp_min(1e-30))
-        bias = 0 if m.bias is None else m.bias.numel()
+        bias = 0 if m.bias is None else cast(torch.Tensor, m.bias).numel()
         rec = LayerFactorization(
             name,
             kind,

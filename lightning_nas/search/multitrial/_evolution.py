@@ -21,7 +21,7 @@ study evolve one shared population.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import optuna
@@ -60,7 +60,8 @@ def mutate(rng: np.random.RandomState, dist: BaseDistribution, value: Any, sigma
     if isinstance(dist, CategoricalDistribution):
         others = [c for c in dist.choices if c != value]
         return others[rng.randint(len(others))] if others else value
-    return from_unit(dist, _reflect(to_unit(dist, value) + rng.normal(0.0, sigma)))
+    num = cast(FloatDistribution | IntDistribution, dist)  # optuna's other (numeric) distributions
+    return from_unit(num, _reflect(to_unit(num, value) + rng.normal(0.0, sigma)))
 
 
 class RegularizedEvolutionSampler(BaseSampler):

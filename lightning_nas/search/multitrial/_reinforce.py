@@ -24,11 +24,11 @@ history), so many workers on one storage and a resumed study train one shared co
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
@@ -63,7 +63,7 @@ class ReinforceSampler(BaseSampler):
         self.learning_rate, self.baseline_decay, self.sigma = learning_rate, baseline_decay, sigma
         self.max_int_choices = max_int_choices
         self._rng = np.random.RandomState(seed)
-        self._cache: tuple[tuple, dict[str, np.ndarray | float]] | None = None
+        self._cache: tuple[tuple, np.ndarray | float] | None = None
 
     def reseed_rng(self) -> None:
         self._rng = np.random.RandomState()
@@ -93,9 +93,9 @@ class ReinforceSampler(BaseSampler):
     def _action(self, d: BaseDistribution, value: Any) -> int | float:
         if isinstance(d, CategoricalDistribution):
             return int(d.to_internal_repr(value))
-        if self._categorical(d) is not None:
+        if isinstance(d, IntDistribution) and self._categorical(d) is not None:
             return int((value - d.low) // d.step)
-        return to_unit(d, value)
+        return to_unit(cast(FloatDistribution | IntDistribution, d), value)  # the other distributions
 
     def policy(self, study: optuna.Study, name: str, dist: BaseDistribution) -> np.ndarray | float:
         """The current policy of parameter ``name``: logits (categorical) or the Gaussian mean in [0, 1]."""
@@ -120,9 +120,10 @@ class ReinforceSampler(BaseSampler):
                 continue
             a = self._action(dist, t.params[name])
             if k is not None:
+                assert isinstance(param, np.ndarray)  # logits, as made above
                 probs = _softmax(param)
                 grad = -probs
-                grad[a] += 1.0
+                grad[int(a)] += 1.0
                 param = param + self.learning_rate * adv * grad
             else:
                 param = float(np.clip(param + self.learning_rate * adv * (a - param), 0.0, 1.0))
@@ -140,9 +141,10 @@ class ReinforceSampler(BaseSampler):
             a = int(self._rng.choice(len(pol), p=_softmax(pol)))
             if isinstance(d, CategoricalDistribution):
                 return d.to_external_repr(a)
+            d = cast(IntDistribution, d)  # the other kind with logits (see _categorical)
             return int(d.low + a * d.step)
         u = float(np.clip(self._rng.normal(pol, self.sigma), 0.0, 1.0))
-        return from_unit(d, u)
+        return from_unit(cast(FloatDistribution | IntDistribution, d), u)  # the other distributions
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
