@@ -269,7 +269,9 @@ class OneShotCallback(LightningNASCallback):
             device = next(model.parameters()).device
             with eval_mode(model):
                 recalibrate_batchnorm(
-                    model, lambda b: self._loss(cast(L.LightningModule, model), move_data_to_device(b, device), 0), self._bn_data
+                    model,
+                    lambda b: self._loss(cast(L.LightningModule, model), move_data_to_device(b, device), 0),
+                    self._bn_data,
                 )
         return model
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,15 +62,12 @@ class FeatureAdapter(nn.Module):
 
     def forward(self, f_student: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         f = f_student
-        if f.dim() > 2 and f.shape[2:] != like.shape[2:]:
+        size: Any = like.shape[2:]  # a torch.Size of the right length; torch types each pool's size as a fixed tuple
+        if f.dim() > 2 and f.shape[2:] != size:
             f = (
-                F.adaptive_avg_pool1d(f, like.shape[2:])
+                F.adaptive_avg_pool1d(f, size)
                 if f.dim() == 3
-                else (
-                    F.adaptive_avg_pool2d(f, like.shape[2:])
-                    if f.dim() == 4
-                    else F.adaptive_avg_pool3d(f, like.shape[2:])
-                )
+                else (F.adaptive_avg_pool2d(f, size) if f.dim() == 4 else F.adaptive_avg_pool3d(f, size))
             )
         out = torch.einsum("oc,nc...->no...", self.weight, f)
         return out + self.bias.view(1, -1, *([1] * (f.dim() - 2)))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -207,7 +207,7 @@ def prune_structured(
         example_inputs,
         importance=_importance(importance),
         global_pruning=global_pruning,
-        pruning_ratio=0.0 if ratio_dict is not None else float(amount),
+        pruning_ratio=0.0 if ratio_dict is not None else float(cast(float, amount)),  # a number when no dict
         pruning_ratio_dict=ratio_dict,
         max_pruning_ratio=0.95,
         ignored_layers=ignored,
@@ -382,14 +382,14 @@ def magnitude_prune(
     if not targets:
         raise ValueError(f"no Linear/Conv layer to prune after `ignore`={list(ignore)}")
     if global_pruning:
-        total = sum(m.weight.numel() for _, m in targets)
+        total = sum(_weight(m).numel() for _, m in targets)
         zero = sum(int((_mask(m) == 0).sum()) for _, m in targets)
         extra = int(round(amount * total)) - zero
         if extra > 0:
             _tprune.global_unstructured([(m, "weight") for _, m in targets], _tprune.L1Unstructured, amount=extra)
     else:
         for _, m in targets:
-            extra = int(round(amount * m.weight.numel())) - int((_mask(m) == 0).sum())
+            extra = int(round(amount * _weight(m).numel())) - int((_mask(m) == 0).sum())
             if extra > 0:
                 _tprune.l1_unstructured(m, "weight", amount=extra)
     _refresh_masked_children(model)
@@ -402,7 +402,7 @@ def _refresh_masked_children(model: nn.Module) -> None:
     in a pre-hook of the attention module itself (hand-written: torch.nn.utils.prune has no such case)."""
 
     def refresh(mha: nn.Module, _args: Any) -> None:
-        child = mha.out_proj
+        child = cast(nn.Module, mha.out_proj)
         for hook in child._forward_pre_hooks.values():
             if isinstance(hook, _tprune.BasePruningMethod):
                 hook(child, None)
@@ -414,16 +414,20 @@ def _refresh_masked_children(model: nn.Module) -> None:
             and not getattr(m, "_lnas_prune_refresh", False)
         ):
             m.register_forward_pre_hook(refresh)
-            m._lnas_prune_refresh = True
+            setattr(m, "_lnas_prune_refresh", True)  # noqa: B010 (mypy types a Module's attributes Tensor | Module)
+
+
+def _weight(m: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, m.weight)  # a Linear's or Conv's (Module.__getattr__ is typed Tensor | Module)
 
 
 def _mask(m: nn.Module) -> torch.Tensor:
-    return getattr(m, "weight_mask", torch.ones_like(m.weight))
+    return getattr(m, "weight_mask", torch.ones_like(_weight(m)))
 
 
 def sparsity(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, float]:
     """Fraction of exactly-zero weights of each Linear/Conv layer."""
-    return {n: float((m.weight == 0).float().mean()) for n, m in magnitude_targets(model, ignore)}
+    return {n: float((_weight(m) == 0).float().mean()) for n, m in magnitude_targets(model, ignore)}
 
 
 def make_permanent(model: nn.Module) -> None:

@@ -57,7 +57,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -66,6 +66,7 @@ from lightning_nas._validate import check_choice, check_int, check_range, check_
 
 if TYPE_CHECKING:  # torch.ao is imported where it is used
     from torch.ao.quantization import FakeQuantizeBase
+    from torch.fx import GraphModule
 
 BACKENDS = ("x86", "fbgemm")
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -143,6 +144,7 @@ def _qconfig_mapping(backend: str, ignore: Sequence[str], qat: bool, recipe: QAT
         mapping = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(backend)
         if recipe is not None:  # same fake-quantizers and dtypes as torch's, with the recipe's range averaging
             default = mapping.global_qconfig
+            assert default is not None  # torch's default mappings have one
             ours = QConfig(
                 activation=default.activation.with_args(averaging_constant=recipe.activation_averaging),
                 weight=default.weight.with_args(averaging_constant=recipe.weight_averaging),
@@ -163,7 +165,7 @@ def _prepare(
     ignore: Sequence[str],
     qat: bool,
     recipe: QATRecipe | None = None,
-) -> nn.Module:
+) -> GraphModule:
     check_choice("backend", backend, BACKENDS)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -303,8 +305,9 @@ def set_bn_frozen(model: nn.Module, frozen: bool) -> None:
     model.apply(nniqat.freeze_bn_stats if frozen else nniqat.update_bn_stats)
     if not frozen:  # torch's update_bn_stats sets bn.training = True even in eval(): follow the module's mode
         for mod in model.modules():
-            if isinstance(getattr(mod, "bn", None), nn.modules.batchnorm._BatchNorm) and hasattr(mod, "freeze_bn"):
-                mod.bn.train(mod.training)
+            bn = getattr(mod, "bn", None)
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and hasattr(mod, "freeze_bn"):
+                bn.train(mod.training)
 
 
 def quant_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -325,9 +328,10 @@ def allow_int8_kernels() -> Iterator[None]:
 
 
 def _determinism_off(module: nn.Module, args: Any) -> None:
-    module._lnas_deterministic = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
+    setattr(  # noqa: B010 (mypy types a Module's attributes Tensor | Module)
+        module,
+        "_lnas_deterministic",
+        (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()),
     )
     torch.use_deterministic_algorithms(False)
 
@@ -354,9 +358,10 @@ def refresh_weight_ranges(model: nn.Module) -> None:
             fq = getattr(mod, "weight_fake_quant", None)
             if fq is None or getattr(getattr(fq, "activation_post_process", None), "averaging_constant", 0) != 1.0:
                 continue
-            weight = mod.weight
+            weight = cast(torch.Tensor, mod.weight)
             bn = getattr(mod, "bn", None)
             if isinstance(bn, nn.modules.batchnorm._BatchNorm) and hasattr(mod, "freeze_bn"):
+                assert bn.running_var is not None  # QAT's fused BatchNorm tracks running statistics
                 gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
                 factor = gamma / torch.sqrt(bn.running_var + bn.eps)
                 weight = weight * factor.reshape([-1] + [1] * (weight.dim() - 1))
@@ -377,7 +382,7 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with _quiet():
-        return _int8_runnable(convert_fx(model))
+        return _int8_runnable(convert_fx(cast("GraphModule", model)))  # a copy of the prepared GraphModule
 
 
 def post_training_quantize(
