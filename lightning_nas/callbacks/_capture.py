@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -221,10 +221,10 @@ class ModelIO:
                 calls_of.setdefault(found.route, [found.call])
         batch = args[0] if args else kwargs.get("batch")
         idx = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("batch_idx")
-        for fn, r in listeners:
+        for listener, r in listeners:
             route = r if r is not None else found_route
             record = StepRecord(kind, name, batch, idx, calls_of.get(route, []), out, route)
-            new = fn(record)
+            new = listener(record)
             if new is not None and kind == "train":
                 out = new
         return out
@@ -293,7 +293,12 @@ class ProbeSet:
 
 def _batch_tensors(obj: Any, n: int) -> list[torch.Tensor]:
     found: list[torch.Tensor] = []
-    map_rows(obj, n, lambda t: found.append(t) or t)
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        found.append(t)
+        return t
+
+    map_rows(obj, n, keep)
     return found
 
 
@@ -359,7 +364,7 @@ class ProbeCollector:
         args, kwargs = cat_rows([(a, k, n) for a, k, n, _ in parts])
         total = sum(n for *_, n, _ in parts)
         ys = [y for *_, y in parts]
-        y = torch.cat(ys) if all(t is not None for t in ys) else None
+        y = torch.cat(cast(list[torch.Tensor], ys)) if all(t is not None for t in ys) else None
         if total < self.n_samples and not partial:
             raise ValueError(f"`n_samples`={self.n_samples} is more than the {total} samples the steps fed the model")
         labels = y if y is not None else torch.zeros(total)  # float: drawn uniformly

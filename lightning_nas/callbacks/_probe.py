@@ -9,7 +9,7 @@ taken from the raw validation batches and explained through ``forward_fn(pl_modu
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -23,6 +23,9 @@ from lightning_nas.callbacks._route import Route
 from lightning_nas.explain._attribution_utils import forward_of, required_inputs
 from lightning_nas.explain.attribution import Probe, select_probe
 
+if TYPE_CHECKING:
+    from lightning_nas.callbacks.base import LightningNASCallback
+
 
 def val_data(trainer: L.Trainer, pl_module: L.LightningModule, owner: str) -> Any:
     """The validation dataloader(s) of this fit, before the val loop loads them; ``ValueError`` if none."""
@@ -33,8 +36,9 @@ def val_data(trainer: L.Trainer, pl_module: L.LightningModule, owner: str) -> An
             data = source.dataloader()
     except Exception:
         data = None
-    if data is None and trainer.datamodule is not None and _overrides(trainer.datamodule, "val_dataloader"):
-        data = trainer.datamodule.val_dataloader()
+    datamodule = getattr(trainer, "datamodule", None)  # Lightning's data connector sets it (undeclared on Trainer)
+    if data is None and datamodule is not None and _overrides(datamodule, "val_dataloader"):
+        data = datamodule.val_dataloader()
     if data is None and _overrides(pl_module, "val_dataloader"):
         data = pl_module.val_dataloader()
     if isinstance(data, (list, tuple)) and data and not isinstance(data[0], torch.Tensor):
@@ -65,7 +69,7 @@ def resolve_probe(
     return select_probe(val_data(trainer, pl_module, owner), n_samples, seed=seed, batch_fn=batch_fn)
 
 
-def check_forward(pl_module: nn.Module, probe: Probe, forward_fn: Callable | None, owner: str) -> torch.Tensor:
+def check_forward(pl_module: L.LightningModule, probe: Probe, forward_fn: Callable | None, owner: str) -> torch.Tensor:
     """Run the model once on two probe samples; it must return ``(batch, classes)`` logits."""
     if forward_fn is None and required_inputs(pl_module) > 1:
         raise ValueError(
@@ -122,7 +126,7 @@ class ProbeSource:
 
     def listen(
         self,
-        callback: L.Callback,
+        callback: LightningNASCallback,
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         ready: Callable[[], None] | None = None,
@@ -173,7 +177,7 @@ class ProbeSource:
         """``n_samples`` no larger than the validation set, when its size is known now."""
         try:
             data = val_data(trainer, pl_module, self.owner)
-            size = len(data.dataset)  # type: ignore[union-attr]
+            size = len(data.dataset)
         except Exception:
             return
         if self.n_samples > size:
@@ -183,10 +187,11 @@ class ProbeSource:
 
     def forward(self, probe: Probe | ProbeSet) -> tuple[Callable | None, tuple]:
         if isinstance(probe, ProbeSet):
+            assert self.route is not None  # a ProbeSet is collected on the route
             return probe.forward_fn(self.route), tuple(probe.rest)
         return self.forward_fn, ()
 
-    def check(self, pl_module: nn.Module, probe: Probe | ProbeSet) -> torch.Tensor:
+    def check(self, pl_module: L.LightningModule, probe: Probe | ProbeSet) -> torch.Tensor:
         """Run the model on two probe samples; it must give ``(batch, classes)`` scores."""
         fwd, rest = self.forward(probe)
         if isinstance(probe, Probe):

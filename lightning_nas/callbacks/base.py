@@ -31,6 +31,8 @@ class LightningNASCallback(L.Callback):
 
     _state_attrs: tuple[str, ...] = ()
     _init_args: dict[str, Any]
+    _key_args: dict[str, Any]
+    _in_init: bool
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Record the arguments each instance was built with (``_init_args``): they make its ``state_key``."""
@@ -59,7 +61,8 @@ class LightningNASCallback(L.Callback):
                     if _plain(v) and not (k in sig.parameters and _same(v, sig.parameters[k].default))
                 }
 
-        cls.__init__ = __init__  # type: ignore[method-assign]
+        # replaces the subclass's own __init__ with the recording wrapper (same signature through functools.wraps)
+        cls.__init__ = __init__  # type: ignore[method-assign,assignment]
 
     @property
     @override
