@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -140,7 +140,7 @@ class _RestoreHook:
 
     def __init__(self, original: Callable[[dict], Any]) -> None:
         self.original = original
-        self.replayers: list[Callable[[dict], list[tuple[int, Callable[[], None]]]]] = []
+        self.replayers: list[Callable[[dict], Sequence[tuple[float, Callable[[], None]]]]] = []
 
     def __call__(self, checkpoint: dict[str, Any]) -> Any:
         items: list[tuple[int, int, Callable[[], None]]] = []
@@ -152,7 +152,7 @@ class _RestoreHook:
 
 
 def install_restore_hook(
-    pl_module: L.LightningModule, replayer: Callable[[dict], list[tuple[int, Callable[[], None]]]]
+    pl_module: L.LightningModule, replayer: Callable[[dict], Sequence[tuple[float, Callable[[], None]]]]
 ) -> None:
     """Register ``replayer(checkpoint) -> [(order, fn), ...]`` to run before ``pl_module``'s weights load."""
     hook = pl_module.__dict__.get("on_load_checkpoint")

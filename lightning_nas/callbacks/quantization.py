@@ -162,6 +162,20 @@ class QuantizationAware(LightningNASCallback):
         self._pl: L.LightningModule | None = None
         self._eval = EvalBatches(explain_batches)
 
+    @property
+    def _lm(self) -> L.LightningModule:
+        """The LightningModule ``setup`` saw (a clear error before it)."""
+        if self._pl is None:
+            raise RuntimeError("QuantizationAware: the module is known from `setup`, which has not run yet")
+        return self._pl
+
+    @property
+    def _qat(self) -> nn.Module:
+        """``qat_model``, for code that runs only after the swap."""
+        if self.qat_model is None:
+            raise RuntimeError("QuantizationAware: no QAT model yet (the swap happens at `start_epoch`)")
+        return self.qat_model
+
     # ------------------------------------------------------------------ set-up: what to quantize
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -252,6 +266,7 @@ class QuantizationAware(LightningNASCallback):
 
     def _swap(self, trainer: L.Trainer, pl_module: L.LightningModule, paths: list[str] | None = None) -> None:
         if paths is None:
+            assert self._route is not None  # found in the steps before the first swap
             prepared: dict[str, nn.Module] = {}
             notes: dict[str, str] = {}
             for path in self._route.paths:
@@ -296,10 +311,10 @@ class QuantizationAware(LightningNASCallback):
         ):
             return []
         paths = list(state["targets"])
-        return [(float("inf"), lambda: self._swap(self._trainer_of(), self._pl, paths))]
+        return [(float("inf"), lambda: self._swap(self._trainer_of(), self._lm, paths))]
 
     def _trainer_of(self) -> L.Trainer:
-        return self._pl.trainer
+        return self._lm.trainer
 
     # ------------------------------------------------------------------ schedule
     def _apply_schedule(self, epoch: int, training: bool = True) -> None:
@@ -308,7 +323,7 @@ class QuantizationAware(LightningNASCallback):
         recipe = dataclasses.replace(self.recipe, observer_warmup_steps=self.warmup_steps)
         # Before any QAT step, scales are uninitialised: fake quantization stays off even in validation.
         Q.apply_qat_schedule(
-            self.qat_model,
+            self._qat,
             recipe,
             active=qat_epoch >= 0,
             qat_steps=self.qat_steps,
@@ -322,9 +337,9 @@ class QuantizationAware(LightningNASCallback):
         that get folded (DDP syncs gradients, not buffers after the last step), so the int8 models are identical."""
         if trainer.world_size <= 1:
             return
-        names = {n for n, _ in self.qat_model.named_buffers()}
-        own = {k: v.detach().cpu() for k, v in self.qat_model.state_dict().items() if k in names}
-        self.qat_model.load_state_dict(self._broadcast(trainer, own), strict=False)
+        names = {n for n, _ in self._qat.named_buffers()}
+        own = {k: v.detach().cpu() for k, v in self._qat.state_dict().items() if k in names}
+        self._qat.load_state_dict(self._broadcast(trainer, own), strict=False)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -377,11 +392,12 @@ class QuantizationAware(LightningNASCallback):
             ref_float = self.last_float_loss is not None
             self.loss_reference = {
                 "epoch": epoch - 1 if ref_float else epoch,
-                "loss": self.last_float_loss if ref_float else mean,
+                "loss": self.last_float_loss if self.last_float_loss is not None else mean,
             }
             if not ref_float:
                 return
         ref, factor = self.loss_reference["loss"], self.divergence_factor
+        assert factor is not None  # the loss is summed only with the guard on
         ratio = mean / max(ref, 1e-12)
         diverged = Q.loss_diverged(mean, ref, factor)
         tracker = self.tracker(trainer)
@@ -400,7 +416,7 @@ class QuantizationAware(LightningNASCallback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # checkpoints from before the recipe and the guard hold only qat_steps
-        defaults = {
+        defaults: dict[str, Any] = {
             "targets": [],
             "warmup_steps": self.recipe.observer_warmup_steps,
             "last_float_loss": None,
@@ -541,7 +557,7 @@ class QuantizationAware(LightningNASCallback):
             return Q.convert_int8(self._prepared[path])
         # quantized through its children (or not at all): a CPU copy of the module, each QAT child converted
         inner = [p for p in self._prepared if not path or p.startswith(path + ".")]
-        part = copy.deepcopy(self._pl.get_submodule(path)) if path else copy_module(self._pl, self)
+        part = copy.deepcopy(self._lm.get_submodule(path)) if path else copy_module(self._lm, self)
         part = part.cpu().eval()
         for p in inner:
             rel = p[len(path) + 1 :] if path else p
@@ -552,13 +568,12 @@ class QuantizationAware(LightningNASCallback):
 
     def export_onnx(self, path: str | Path) -> Path:
         """Write the int8 ONNX model (``onnx_form``, dynamic batch axis) to ``path``; returns the path."""
-        if self.int8_model is None:
-            self.convert()
+        int8 = self.int8_model if self.int8_model is not None else self.convert()
         if self.onnx_model is None:
             example = self._example()
             if example is None:
                 raise RuntimeError("QuantizationAware.export_onnx(): no positional tensor inputs were seen during fit")
-            self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1] for a in example), form=self.onnx_form)
+            self.onnx_model = Q.export_int8_onnx(int8, tuple(a[:1] for a in example), form=self.onnx_form)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.onnx_model)
@@ -568,7 +583,7 @@ class QuantizationAware(LightningNASCallback):
         """The float model the step runs (the user's modules, with the QAT-trained weights), for comparisons."""
         route = self._route or Route(tuple(self.targets))
         return Chain.of(
-            [self._pl if not p else self._originals.get(p, self._pl.get_submodule(p)) for p in route.paths], route
+            [self._lm if not p else self._originals.get(p, self._lm.get_submodule(p)) for p in route.paths], route
         )
 
     def _measure(self, tracker: Any) -> None:
@@ -576,6 +591,7 @@ class QuantizationAware(LightningNASCallback):
         from lightning_nas.deploy.measure import compare, time_call
 
         x = self._example()
+        assert self.int8_model is not None and x is not None  # after convert(), with an example (on_train_end)
         c = compare(self.float_model(), self.int8_model, x, repeats=10)
         m = {
             "quant/fp32_size_bytes": c["reference_size_bytes"],
@@ -611,7 +627,8 @@ def _structural_callbacks(trainer: L.Trainer) -> list[L.Callback]:
     from lightning_nas.callbacks.pruning import MagnitudePruning, StructuredPruning
 
     kinds = (StructuredPruning, MagnitudePruning, LowRankFactorization)
-    return [cb for cb in trainer.callbacks if isinstance(cb, kinds)]
+    callbacks = getattr(trainer, "callbacks", [])  # Lightning's callback connector sets it (undeclared on Trainer)
+    return [cb for cb in callbacks if isinstance(cb, kinds)]
 
 
 def _is_quantized(state_dict: dict[str, Any]) -> bool:
