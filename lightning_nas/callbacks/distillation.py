@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -152,6 +152,13 @@ class KnowledgeDistillation(LightningNASCallback):
             self._hook_student_layer(pl_module, s_name)
             self._hooks.append(t_layer.register_forward_hook(self._feature_hook(self._t_feats, s_name, False)))
 
+    @property
+    def _lm(self) -> L.LightningModule:
+        """The student module of this fit (set in ``setup``)."""
+        if self._pl is None:
+            raise RuntimeError("KnowledgeDistillation: the student is known from `setup`, which has not run yet")
+        return self._pl
+
     def _hook_student_layer(self, pl_module: L.LightningModule, s_name: str) -> None:
         layer = pl_module.get_submodule(s_name)
         old = self._s_hooks.get(s_name)
@@ -164,7 +171,7 @@ class KnowledgeDistillation(LightningNASCallback):
     def _before_train_step(self) -> None:
         # a callback may have swapped the named layer since the last step (QAT): hook the one this step runs
         for s_name in self.features:
-            self._hook_student_layer(self._pl, s_name)
+            self._hook_student_layer(self._lm, s_name)
         self._clear()
         self._capture = True
 
@@ -206,6 +213,7 @@ class KnowledgeDistillation(LightningNASCallback):
             t = _logits(teacher(*call.args, **call.kwargs))
         if not self._checked:
             if t.shape != s.shape:
+                assert record.route is not None  # calls are recorded on a route
                 raise ValueError(
                     f"KnowledgeDistillation: the teacher's output shape {tuple(t.shape)} differs from the "
                     f"student's {tuple(s.shape)} (`{record.route.describe()}`) on the same input; "
@@ -233,10 +241,14 @@ class KnowledgeDistillation(LightningNASCallback):
             missing = [k for k in self.features if k not in self._s_feats or k not in self._t_feats]
             if missing:
                 raise RuntimeError(f"KnowledgeDistillation: feature layer(s) {missing} produced no output in this step")
-            f = sum(feature_loss(self.adapters[_key(k)], self._s_feats[k], self._t_feats[k]) for k in self.features)
+            adapters = cast(dict[str, FeatureAdapter], self.adapters)  # FeatureAdapters, made in setup
+            f = cast(
+                torch.Tensor,
+                sum(feature_loss(adapters[_key(k)], self._s_feats[k], self._t_feats[k]) for k in self.features),
+            )
             total = total + self.feature_weight * f
             logs["distill/feature_loss"] = f.detach()
-        self._pl.log_dict(logs, on_step=True, on_epoch=False)
+        self._lm.log_dict(logs, on_step=True, on_epoch=False)
         if self.explain:  # used when the module has no validation loop
             self._train_acc.update(s_logits, t_logits, labels_of(record.batch, s_logits.shape[0]))
         self._clear()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -173,6 +173,7 @@ class StructuredPruning(LightningNASCallback):
         if self.example is not None or trainer.state.fn != "fit":
             return
         route = self._io.route("train")
+        assert route is not None  # this runs when the first step found it
         self.example, self.route = self._io.example("train"), route.to_state()
         self._check_layers(pl_module, trainer)
 
@@ -274,6 +275,7 @@ class StructuredPruning(LightningNASCallback):
             )
             return
         layers = list(self.original_channels)
+        assert self.sensitivity_levels is not None and self.route is not None  # measured when asked, after the route
         fns = S.prune_perturbations(
             pl_module,
             self._ex(pl_module),
@@ -285,7 +287,11 @@ class StructuredPruning(LightningNASCallback):
         )
         route = Route.from_state(self.route)
         self.sensitivity = S.sensitivity_table(
-            pl_module, batches, fns, copy_fn=lambda m: copy_module(m, self), forward_fn=route.logits
+            pl_module,
+            batches,
+            fns,
+            copy_fn=lambda m: copy_module(cast(L.LightningModule, m), self),
+            forward_fn=route.logits,
         )
         S.log_sensitivity(self.tracker(trainer), self.sensitivity)
 
@@ -491,8 +497,8 @@ class MagnitudePruning(LightningNASCallback):
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sp = P.sparsity(pl_module, self.ignore)
-        total = sum(m.weight.numel() for _, m in P.magnitude_targets(pl_module, self.ignore))
-        zero = sum(sp[n] * m.weight.numel() for n, m in P.magnitude_targets(pl_module, self.ignore))
+        total = sum(cast(torch.Tensor, m.weight).numel() for _, m in P.magnitude_targets(pl_module, self.ignore))
+        zero = sum(sp[n] * cast(torch.Tensor, m.weight).numel() for n, m in P.magnitude_targets(pl_module, self.ignore))
         vals = {f"prune/{n}/sparsity": v for n, v in sp.items()}
         vals["prune/sparsity"] = zero / max(total, 1)
         self.tracker(trainer).log_scalars(vals)
