@@ -52,7 +52,8 @@ def wandb_record_class() -> type:
     """The protobuf message of one record of a ``.wandb`` run file."""
     from wandb.proto import wandb_internal_pb2
 
-    return wandb_internal_pb2.Record
+    # star-imported from the module of the installed protobuf major version, which mypy cannot follow
+    return wandb_internal_pb2.Record  # type: ignore[attr-defined]
 
 
 __all__ = [

@@ -143,7 +143,7 @@ class _RestoreHook:
         self.replayers: list[Callable[[dict], Sequence[tuple[float, Callable[[], None]]]]] = []
 
     def __call__(self, checkpoint: dict[str, Any]) -> Any:
-        items: list[tuple[int, int, Callable[[], None]]] = []
+        items: list[tuple[float, int, Callable[[], None]]] = []
         for i, rep in enumerate(self.replayers):
             items += [(order, i, fn) for order, fn in rep(checkpoint)]
         for _, _, fn in sorted(items, key=lambda t: (t[0], t[1])):

@@ -156,9 +156,10 @@ class AttributionMonitor(LightningNASCallback):
             self._source.collected(pl_module)
             probe = ProbeSet.from_state(self._probe_state)
         else:
-            probe = self._source.collected(pl_module, final)
-            if probe is None:
+            found = self._source.collected(pl_module, final)
+            if found is None:
                 return
+            probe = found
             self._probe_state = probe.to_state()
         self._adopt(pl_module, probe)
 
@@ -212,6 +213,7 @@ class AttributionMonitor(LightningNASCallback):
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Attribute now and log; return the scalars logged."""
         cur = self._compute(pl_module, with_faithfulness=self.faithfulness)
+        assert self.probe is not None  # _compute raises without one
         self._runs += 1
         if self._last is not None and cur["fingerprint"] != self._last["fingerprint"]:
             self._changes += 1
@@ -262,6 +264,7 @@ class AttributionMonitor(LightningNASCallback):
             rest = move_data_to_device(rest, device)
             preds = A.predict(model, x, fwd, additional_forward_args=rest).cpu()
             tgt = probe.y if self.target == "label" else preds
+            assert tgt is not None  # target="label" is allowed only with labelled probes
             mods = dict(model.named_modules())  # by name: QAT or pruning may have swapped the module
             layer = mods.get(self.layer_name) if self.layer_name else None
             emb = (
@@ -306,6 +309,7 @@ class AttributionMonitor(LightningNASCallback):
             return out
 
     def _log_maps(self, tracker: Any, cur: dict[str, Any], epoch: int) -> None:
+        assert self.probe is not None  # after _compute
         x = self.probe.x
         if torch.is_floating_point(x) and x.ndim >= 3:
             y = self.probe.y

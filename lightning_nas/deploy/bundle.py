@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -128,7 +128,7 @@ def _card_models() -> Any:
                 raise ValueError(
                     f"shape must be ['batch', d1, ...] with 1 to 8 positive integer sizes, got {str(self.shape)[:80]}"
                 )
-            if int(np.prod(dims, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+            if int(np.prod(cast(list[int], dims), dtype=np.float64)) > MAX_INPUT_ELEMENTS:  # checked above
                 raise ValueError(f"shape {dims} has more than {MAX_INPUT_ELEMENTS} elements per input")
             return self
 
@@ -427,6 +427,7 @@ def _write_models(model: nn.Module, x: torch.Tensor, d: Path, int8: Any, ref: np
         export(model, x, d / TORCHSCRIPT, "torchscript")
     files = [FLOAT_ONNX, TORCHSCRIPT]
     if int8 is True:
+        assert ref is not None  # bundle() requires reference_data for int8=True
         _calibrated_int8(d / FLOAT_ONNX, d / INT8_ONNX, ref[:512])
         files.append(INT8_ONNX)
     elif isinstance(int8, bytes):

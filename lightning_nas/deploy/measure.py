@@ -176,6 +176,7 @@ def compare(reference: nn.Module, candidate: nn.Module, example_input: Any, repe
     finally:
         reference.to(device)
     cand = measure(candidate, example_input, onnx=False, repeats=repeats)
+    assert ref.latency_ms is not None and cand.latency_ms is not None  # measure() times by default
     return {
         "reference_size_bytes": ref.size_bytes,
         "candidate_size_bytes": cand.size_bytes,

@@ -363,6 +363,7 @@ class _Service:
         }
 
     def drift(self) -> dict[str, Any]:
+        assert self.profile is not None  # the /drift route answers 404 without one
         x, classes = self.window.snapshot()
         t = self.thresholds
         if len(x) < t.min_samples:

@@ -87,10 +87,10 @@ def reasons(
             abl = ablation[lb]
             if ablation_kind == "switch":
                 alts = {c: d for c, d in abl.items() if c != best}
-                near = min(alts, key=alts.get)
+                near = min(alts, key=alts.__getitem__)
                 text += f"; switching to the closest alternative {near} changes subnet val loss by {alts[near]:+.3f}"
             else:
-                top = max(abl, key=abl.get)
+                top = max(abl, key=abl.__getitem__)
                 text += f"; removing {best} changes supernet val loss by {abl[best]:+.3f}"
                 text += " (the largest of its candidates)" if top == best else f" (largest: {top} {abl[top]:+.3f})"
         out[lb] = text

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -306,7 +307,7 @@ def _scores(fwd: Callable, x: torch.Tensor, target: torch.Tensor, batch: int, re
     with torch.no_grad():
         for i in range(0, len(x), batch):
             p = torch.softmax(
-                fwd(x[i : i + batch], *rows_of(rest, len(x), lambda t, i=i: t[i : i + batch])).float(), dim=-1
+                fwd(x[i : i + batch], *rows_of(rest, len(x), itemgetter(slice(i, i + batch)))).float(), dim=-1
             )
             out.append(p.gather(1, target[i : i + batch].view(-1, 1)).squeeze(1))
     return torch.cat(out)
@@ -383,7 +384,7 @@ def predict(
     with torch.no_grad():
         return torch.cat(
             [
-                fwd(x[i : i + batch_size], *rows_of(rest, len(x), lambda t, i=i: t[i : i + batch_size])).argmax(-1)
+                fwd(x[i : i + batch_size], *rows_of(rest, len(x), itemgetter(slice(i, i + batch_size)))).argmax(-1)
                 for i in range(0, len(x), batch_size)
             ]
         )
@@ -424,6 +425,7 @@ def compare(
     try:
         pa, pb = predict(model_a, probe.x, forward_fn), predict(model_b, probe.x, forward_fn)
         tgt = probe.y if target == "label" else pa
+        assert tgt is not None  # checked above
         a = attribute(model_a, probe.x, tgt, method, forward_fn=forward_fn, layer=layer_a, embedding=emb_a, **kwargs)
         b = attribute(model_b, probe.x, tgt, method, forward_fn=forward_fn, layer=layer_b, embedding=emb_b, **kwargs)
     finally:

@@ -84,12 +84,12 @@ def layer_table(
     for fqn, ops in fc.get_flop_counts().items():
         # names are rooted at the outermost module the forward called (``model``, or a submodule of it when
         # ``forward_fn`` calls one): match the rest of the name to a row, as is or as the tail of a longer name
-        name: str | None = fqn.partition(".")[2]
-        if name not in rows:
-            longer = [n for n in rows if n.endswith("." + name)] if name else []
-            name = longer[0] if len(longer) == 1 else None
-        if name is not None:
-            rows[name].macs = int(sum(ops.values())) // 2
+        row: str | None = fqn.partition(".")[2]
+        if row not in rows:
+            longer = [n for n in rows if n.endswith("." + row)] if row else []
+            row = longer[0] if len(longer) == 1 else None
+        if row is not None:
+            rows[row].macs = int(sum(ops.values())) // 2
     return list(rows.values())
 
 

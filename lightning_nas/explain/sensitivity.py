@@ -111,7 +111,10 @@ def prune_perturbations(
         raise ValueError("prune_perturbations: no prunable layer")
 
     def make(layer: str, level: float) -> PerturbFn:
-        return lambda m: prune_structured(m, example_inputs, {layer: level}, importance, forward_fn=forward_fn) and None
+        def perturb(m: nn.Module) -> None:  # in place
+            prune_structured(m, example_inputs, {layer: level}, importance, forward_fn=forward_fn)
+
+        return perturb
 
     return {(n, f"prune_{importance}", float(lv)): make(n, float(lv)) for n in names for lv in levels}
 

@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from lightning_nas._trust import UnsafePathError, image_type, inside
 
@@ -101,7 +101,7 @@ def _read_bytes(path: Path, data: RunData, what: str) -> bytes | None:
 def _jsonl(path: Path, data: RunData | None = None, what: str = "") -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file (a line that is not a JSON object is skipped: still being written,
     or not ours)."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not path.exists():
         return out
     raw = _read_bytes(path, data, what or path.name) if data is not None else path.read_bytes()
@@ -177,7 +177,7 @@ def _numbers(v: Any) -> bool:
     return isinstance(v, list) and all(_num(x) is not None for x in v)
 
 
-def _valid_table(t: Any) -> bool:
+def _valid_table(t: Any) -> TypeGuard[dict[str, Any]]:
     return (
         isinstance(t, dict)
         and isinstance(t.get("columns", []), list)
@@ -308,8 +308,8 @@ def _read_wandb(run: Path, data: RunData, media: bool) -> None:
     files = run / "files"
     wb_scalars: dict[str, list[tuple[int, float]]] = {}
     for i, row in enumerate(history):
-        step = row.get("trainer/global_step", row.get("_step", i))
-        step = _step(step) if _step(step) is not None else i
+        step = _step(row.get("trainer/global_step", row.get("_step", i)))
+        step = step if step is not None else i
         for k, v in row.items():
             if k.startswith("_") or k == "trainer/global_step":
                 continue
@@ -345,6 +345,7 @@ def load_run(run_dir: str | Path) -> RunData:
     if wb is not None:
         name = wb.name
     else:
+        assert sink is not None  # locate() finds one of the two
         name = sink.parent.name if sink.name == "nas_files" else sink.name
         name = sink.parent.parent.name if name == "files" else name
     data = RunData(name=name, source=str(wb or sink))

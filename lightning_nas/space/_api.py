@@ -61,23 +61,24 @@ def as_choice(module: nn.Module) -> ChoiceView | None:
     """The ``ChoiceView`` of ``module`` when it is a choice (ours, a mixed op, or NNI's), else ``None``."""
     if isinstance(module, ChoiceModule):
         return ChoiceView(module.label, module.kind, module.candidate_names(), module.frozen, module)
+    nni: Any = module  # NNI's choices: their attributes are not typed here (NNI is optional)
     if _is_nni(module, "LayerChoice"):
-        by_name = {str(n): n for n in module.names}
+        by_name = {str(n): n for n in nni.names}
         if len(by_name) < 2:
             raise ValueError(f"NNI LayerChoice {module.label!r} needs at least 2 candidates, got {list(by_name)}")
-        return ChoiceView(module.label, "layer", list(by_name), lambda name: module[by_name[name]], module)
+        return ChoiceView(nni.label, "layer", list(by_name), lambda name: nni[by_name[name]], module)
     if _is_nni(module, "InputChoice"):
         if module.n_chosen is None:
             raise ValueError(
                 f"NNI InputChoice {module.label!r}: n_chosen=None (any number) is not supported; give an int n_chosen"
             )
-        combos = input_combinations(module.n_candidates, module.n_chosen)
+        combos = input_combinations(nni.n_candidates, nni.n_chosen)
         names = [combo_name(c) for c in combos]
         if len(names) < 2:
             raise ValueError(f"NNI InputChoice {module.label!r} has fewer than 2 candidate subsets")
         reduction = str(module.reduction)
         return ChoiceView(
-            module.label, "input", names, lambda name: SelectInputs(combos[names.index(name)], reduction), module
+            nni.label, "input", names, lambda name: SelectInputs(combos[names.index(name)], reduction), module
         )
     return None
 

@@ -149,7 +149,7 @@ class LayerChoice(ChoiceModule):
                 raise TypeError(
                     f"LayerChoice {label!r}: candidate {name!r} must be an nn.Module, got {type(m).__name__}"
                 )
-        self.candidates = nn.ModuleDict(items)
+        self.candidates = nn.ModuleDict(dict(items))
         fixed = _fixed_value(label)
         self.active = items[0][0] if fixed is _MISSING else check_choice(f"arch[{label!r}]", fixed, self.names)
 

@@ -254,7 +254,7 @@ class Tracker:
         if self.wandb_run is not None:
             import wandb
 
-            self._wandb_log(lambda: {key: wandb.Table(columns=columns, data=rows)}, s)
+            self._wandb_log(lambda: {key: wandb.Table(columns=list(columns), data=rows)}, s)
 
     def log_image(self, key: str, image: Any, caption: str | None = None, step: int | None = None) -> None:
         """An image (array/tensor, CHW or HWC, or a matplotlib figure); PNG on disk, ``wandb.Image`` on W&B."""

@@ -15,11 +15,12 @@ Logged keys (``search/`` namespace):
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from lightning_nas.tracking import Tracker
 
@@ -27,6 +28,11 @@ _EVALUATORS = {
     "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
     "ped_anova": lambda: optuna.importance.PedAnovaImportanceEvaluator(),
 }
+
+
+def _objective_value(i: int, sign: float) -> Callable[[FrozenTrial], float]:
+    """``sign`` x the trial's ``i``-th objective value (exact for ``sign=1.0``)."""
+    return lambda t: sign * t.values[i]
 
 
 def importances(
@@ -47,7 +53,7 @@ def importances(
     for i, (obj, direction) in enumerate(objectives.items()):
         sign = 1.0 if direction == "minimize" else -1.0  # PED-ANOVA treats a custom target as minimised
         for name, make in _EVALUATORS.items():
-            target = (lambda t, i=i: t.values[i]) if name == "fanova" else (lambda t, i=i, s=sign: s * t.values[i])
+            target = _objective_value(i, 1.0 if name == "fanova" else sign)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

@@ -88,9 +88,10 @@ class MixedLayer(Mixed):
 
     def __init__(self, view: ChoiceView, controller: Any) -> None:
         super().__init__(view, controller)
-        if isinstance(getattr(view.module, "candidates", None), nn.ModuleDict):
-            self.candidates = view.module.candidates  # the same objects: trained weights are shared
-            self._ops = [self.candidates[n] for n in self._names]
+        candidates = getattr(view.module, "candidates", None)
+        if isinstance(candidates, nn.ModuleDict):
+            self.candidates = candidates  # the same objects: trained weights are shared
+            self._ops: list[nn.Module] = [self.candidates[n] for n in self._names]
         else:  # NNI: candidates are children named str(name)
             self._ops = [view.frozen(n) for n in self._names]
             for n, m in zip(self._names, self._ops):
@@ -111,7 +112,7 @@ class MixedInput(Mixed):
 
     def __init__(self, view: ChoiceView, controller: Any) -> None:
         super().__init__(view, controller)
-        m = view.module
+        m: Any = view.module  # an InputChoice, ours or NNI's
         self._combos = input_combinations(m.n_candidates, m.n_chosen)
         self.reduction = str(m.reduction)
 
