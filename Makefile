@@ -22,7 +22,9 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/lightning-nas demo
 
+# mypy first (its [tool.mypy] section in pyproject.toml names the files), then the suite
 test: $(VENV)/.installed
+	$(PY) -m mypy
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 # the wheel, installed with its core dependencies only into a fresh venv (in a temp folder), runs README's quick start
