@@ -22,7 +22,10 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/lightning-nas demo
 
+# lint and format check first (seconds), then the suite
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 # the wheel, installed with its core dependencies only into a fresh venv (in a temp folder), runs README's quick start

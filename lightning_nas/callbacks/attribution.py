@@ -14,14 +14,13 @@ from typing_extensions import override
 from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._capture import ProbeSet
-from lightning_nas.callbacks._probe import ProbeSource, find_embedding, find_module
-from lightning_nas.callbacks.base import LightningNASCallback
+from lightning_nas.callbacks._probe import ProbedCallback, ProbeSource, find_embedding, find_module
 from lightning_nas.explain import attribution as A
 
 _PREFIX = "explain/attribution"
 
 
-class AttributionMonitor(LightningNASCallback):
+class AttributionMonitor(ProbedCallback):
     """Attribute the model's decisions on a fixed validation probe set every ``every_n_epochs`` epochs.
 
     Each run logs heatmaps over image inputs (``explain/attribution/maps``) or a table of each sample's top
@@ -111,17 +110,6 @@ class AttributionMonitor(LightningNASCallback):
         self._pending_mark = False
 
     # ------------------------------------------------------------------ set-up
-    @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
-        super().setup(trainer, pl_module, stage)
-
-    @override
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.release_model_io(pl_module)
-
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._layer = find_module(pl_module, self.layer_name, "layer") if self.layer_name else None
         if self.embedding_name is not None:

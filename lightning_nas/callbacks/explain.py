@@ -15,7 +15,7 @@ from typing_extensions import override
 from lightning_nas._compat import train_data_source
 from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_int, check_type
-from lightning_nas.callbacks._probe import ProbeSource, resolve_probe
+from lightning_nas.callbacks._probe import ProbedCallback, ProbeSource, resolve_probe
 from lightning_nas.callbacks._route import Route, first_rows
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain import dynamics as D
@@ -137,7 +137,7 @@ class TrainingDynamics(LightningNASCallback):
             self._probe = None
 
 
-class DecisionPaths(LightningNASCallback):
+class DecisionPaths(ProbedCallback):
     """Which channels carry each class, how much classes share them, and which matter (``explain.paths``).
 
     On a fixed probe, at fit end (and every ``every_n_epochs`` when given), logs the tables
@@ -190,17 +190,6 @@ class DecisionPaths(LightningNASCallback):
         self.probe: Any = None
         self.report: P.PathReport | None = None
         self._source = ProbeSource("DecisionPaths", n_samples, seed, forward_fn, batch_fn)
-
-    @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
-        super().setup(trainer, pl_module, stage)
-
-    @override
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.release_model_io(pl_module)
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         layers = self.layers if self.layers is not None else P.default_layers(pl_module)
