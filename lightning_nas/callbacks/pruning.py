@@ -42,8 +42,10 @@ class StructuredPruning(LightningNASCallback):
         start_epoch: first pruning epoch.
         end_epoch: last pruning epoch of a gradual schedule (default ``start_epoch``).
         every_n_epochs: prune every this many epochs inside the range.
-        start_step, end_step, every_n_steps: the same in optimizer steps instead of epochs (give ``start_step``
-            to schedule in steps; the epoch arguments must then stay at their defaults).
+        start_step: first pruning optimizer step: give it to schedule in steps instead of epochs (the epoch
+            arguments must then stay at their defaults).
+        end_step: last pruning step of a gradual schedule (default ``start_step``).
+        every_n_steps: prune every this many optimizer steps inside the range (default 1).
         global_pruning: rank channels across layers instead of removing ``amount`` from each layer.
         ignore: layer names (prefix or glob, e.g. ``"net.features.0"``, ``"*.downsample*"``) to keep whole.
             The output layer producing the logits is always kept.
@@ -414,8 +416,13 @@ class MagnitudePruning(LightningNASCallback):
     Args:
         amount: final fraction of zero weights in ``[0, 1)`` (of all Linear/Conv weights together when
             ``global_pruning``, else of each layer).
-        schedule, start_epoch, end_epoch, every_n_epochs, start_step, end_step, every_n_steps: as in
-            ``StructuredPruning``.
+        schedule: ``"one_shot"``, ``"linear"`` or ``"cubic"``/``"agp"``, as in ``StructuredPruning``.
+        start_epoch: first pruning epoch.
+        end_epoch: last pruning epoch of a gradual schedule (default ``start_epoch``).
+        every_n_epochs: prune every this many epochs inside the range.
+        start_step: first pruning optimizer step, to schedule in steps instead (epoch arguments at defaults).
+        end_step: last pruning step of a gradual schedule (default ``start_step``).
+        every_n_steps: prune every this many optimizer steps inside the range (default 1).
         global_pruning: one threshold for all layers (default) or one per layer.
         ignore: layer names (prefix or glob) to leave dense.
         make_permanent: fold masks into the weights at the end of ``fit`` (``prune.remove``).
