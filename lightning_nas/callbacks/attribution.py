@@ -50,6 +50,29 @@ class AttributionMonitor(LightningNASCallback):
         aopc_steps: deletion steps of the AOPC curve (up to half the features).
         explain: log heatmaps / top-feature tables each run.
         seed: picks the probe set.
+
+    Example:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> import json, pathlib
+        >>> from lightning_nas.callbacks import AttributionMonitor
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> monitor = AttributionMonitor(method="saliency", n_samples=4, aopc_steps=2)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[monitor])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> files = pathlib.Path(root, "nas_files")  # with no logger the file sink keeps everything
+        >>> sorted(p.name for p in files.iterdir())
+        ['images', 'index.jsonl', 'scalars.jsonl', 'series', 'summary.json']
+        >>> logged = [json.loads(line) for line in (files / "scalars.jsonl").read_text().splitlines()]
+        >>> sorted(k for row in logged for k in row if k.startswith("explain/"))  # doctest: +NORMALIZE_WHITESPACE
+        ['explain/attribution/aopc', 'explain/attribution/aopc_random', 'explain/attribution/probe_acc',
+         'explain/attribution/structural_changes']
     """
 
     _state_attrs = ("_probe_indices", "_probe_state", "_reference", "_last", "_changes", "_runs")

@@ -62,6 +62,27 @@ class StructuredPruning(LightningNASCallback):
 
     Logged: ``prune/<layer>/channels``, ``prune/<layer>/sparsity`` (every epoch), ``prune/params``,
     table ``prune/importance`` and histograms ``prune/<layer>/importance_kept|removed`` (at each pruning).
+
+    Example:
+        Half the channels of every prunable layer physically removed (the logits layer is kept whole):
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import StructuredPruning
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> model = Classifier(DigitsCNN(width=8))
+        >>> model.net.features[0].out_channels, model.net.features[3].out_channels
+        (8, 16)
+        >>> prune = StructuredPruning(amount=0.5)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[prune])
+        >>> trainer.fit(model, datamodule=DigitsDataModule())
+        >>> model.net.features[0].out_channels, model.net.features[3].out_channels
+        (4, 8)
     """
 
     _state_attrs = ("records", "done", "example", "route", "original_channels")
@@ -428,6 +449,25 @@ class MagnitudePruning(LightningNASCallback):
         make_permanent: fold masks into the weights at the end of ``fit`` (``prune.remove``).
 
     Logged: ``prune/<layer>/sparsity`` and ``prune/sparsity`` (overall) every epoch.
+
+    Example:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import MagnitudePruning
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> model = Classifier(DigitsCNN(width=8))
+        >>> prune = MagnitudePruning(amount=0.5)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[prune])
+        >>> trainer.fit(model, datamodule=DigitsDataModule())
+        >>> weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        >>> zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        >>> round(zeros, 2)  # one global threshold: half of all conv/linear weights are zero, shapes unchanged
+        0.5
     """
 
     _state_attrs = ("done",)
