@@ -133,6 +133,15 @@ def prunable_layers(
     """``{layer: output channels}`` of every group root that may be pruned (output layer and ``ignore`` excluded).
 
     Only layers the forward runs count (``forward_fn(model, example_inputs)``, default ``model(*args, **kwargs)``).
+
+    Example:
+        >>> import torch
+        >>> from lightning_nas.compress import prunable_layers
+        >>> from lightning_nas.models import DigitsCNN
+        >>> sorted(prunable_layers(DigitsCNN(width=8), torch.rand(2, 1, 8, 8)).items())  # never the logits layer
+        [('features.0', 8), ('features.3', 16)]
+        >>> prunable_layers(DigitsCNN(width=8), torch.rand(2, 1, 8, 8), ignore=["features.3"])
+        {'features.0': 8}
     """
     dg = _graph(model, example_inputs, forward_fn)
     names = {m: n for n, m in model.named_modules()}
@@ -182,6 +191,19 @@ def prune_structured(
 
     Returns:
         a ``PruneResult`` with the replayable steps and the importance of every channel of each pruned layer.
+
+    Example:
+        >>> import torch
+        >>> from lightning_nas.compress import prune_structured
+        >>> from lightning_nas.models import DigitsCNN
+        >>> net = DigitsCNN(width=8)
+        >>> result = prune_structured(net, torch.rand(2, 1, 8, 8), amount=0.5)
+        >>> net.features[0].out_channels, net.features[3].out_channels, net.classifier.out_features
+        (4, 8, 10)
+        >>> sorted(result.removed), len(result.scores["features.0"])  # importance of all 8 channels before
+        (['features.0', 'features.3'], 8)
+        >>> net(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
     """
     import torch_pruning as tp
 
@@ -264,7 +286,21 @@ def replay_pruning(
     example_inputs: ExampleInputs,
     forward_fn: ForwardFn | None = None,
 ) -> None:
-    """Apply recorded ``steps`` to a fresh, unpruned ``model`` so it has the pruned architecture (in place)."""
+    """Apply recorded ``steps`` to a fresh, unpruned ``model`` so it has the pruned architecture (in place).
+
+    Example:
+        >>> import torch
+        >>> from lightning_nas.compress import prune_structured, replay_pruning
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(2, 1, 8, 8)
+        >>> pruned = DigitsCNN(width=8)
+        >>> steps = prune_structured(pruned, x, amount=0.5).steps
+        >>> fresh = DigitsCNN(width=8)
+        >>> replay_pruning(fresh, [s.to_dict() for s in steps], x)  # e.g. before loading a pruned state dict
+        >>> fresh.features[0].out_channels
+        4
+        >>> _ = fresh.load_state_dict(pruned.state_dict())
+    """
     if not steps:
         return
     dg = _graph(model, example_inputs, forward_fn)
@@ -357,6 +393,20 @@ def magnitude_prune(
     ``amount`` is the *total* target sparsity in ``[0, 1)`` (already-masked weights count), globally across
     layers (``global_pruning``) or in each layer. Returns ``{layer: sparsity}`` after the step. The original
     parameter is kept as ``weight_orig`` (same object, so optimizers keep working); call ``make_permanent``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_nas.compress import magnitude_prune, make_permanent
+        >>> from lightning_nas.models import DigitsCNN
+        >>> net = DigitsCNN(width=8)
+        >>> sparsity = magnitude_prune(net, amount=0.5)  # one global |w| threshold
+        >>> sorted(sparsity)
+        ['classifier', 'features.0', 'features.3']
+        >>> weights = [net.features[0].weight, net.features[3].weight, net.classifier.weight]
+        >>> round(sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights), 2)
+        0.5
+        >>> hasattr(net.features[3], "weight_mask")
+        True
     """
     check_range("amount", amount, 0.0, 1.0, high_inclusive=False)
     targets = magnitude_targets(model, ignore)
@@ -408,7 +458,17 @@ def sparsity(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, float]:
 
 
 def make_permanent(model: nn.Module) -> None:
-    """Fold masks into the weights (``prune.remove``): plain parameters with zeros, no ``weight_mask`` left."""
+    """Fold masks into the weights (``prune.remove``): plain parameters with zeros, no ``weight_mask`` left.
+
+    Example:
+        >>> from torch import nn
+        >>> from lightning_nas.compress import magnitude_prune, make_permanent
+        >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> _ = magnitude_prune(net, amount=0.5)
+        >>> make_permanent(net)
+        >>> hasattr(net[0], "weight_mask"), isinstance(net[0].weight, nn.Parameter)
+        (False, True)
+    """
     for m in model.modules():
         if _tprune.is_pruned(m) and hasattr(m, "weight_mask"):
             _tprune.remove(m, "weight")

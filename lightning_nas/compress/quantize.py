@@ -205,6 +205,18 @@ def prepare_qat(
     trains it). ``ignore`` names submodules kept float (and not traced). Raises ``ValueError`` for an ``ignore``
     name that matches nothing, a model without Conv/Linear layers, or a model FX cannot trace.
     The fake quantization is q(x) = (clamp(round(x/s) + z, q_min, q_max) - z) * s, straight-through gradient.
+
+    Example:
+        >>> import torch
+        >>> from lightning_nas.compress import convert_int8, prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(4, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))  # train this (it shares the model's parameters)
+        >>> qat.train()(x).shape
+        torch.Size([4, 10])
+        >>> int8 = convert_int8(qat)
+        >>> int8(x).shape
+        torch.Size([4, 10])
     """
     recipe = QATRecipe() if recipe is None else check_type("recipe", recipe, QATRecipe)
     return _init_weight_qparams(_prepare(model, tuple(example_inputs), backend, ignore, qat=True, recipe=recipe))
@@ -367,6 +379,19 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
     """A real int8 torch model (``convert_fx``) from a prepared model; the prepared model is left untouched.
 
     Weights become packed int8 (per-channel scales), activations quint8, BatchNorm is folded into the convs.
+
+    Example:
+        >>> import torch
+        >>> from lightning_nas.compress import convert_int8, prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(4, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> _ = qat(x)  # observe ranges (in practice: QAT epochs)
+        >>> int8 = convert_int8(qat)
+        >>> sorted({type(m).__name__ for m in int8.modules() if "quantized" in type(m).__module__})
+        ['ConvReLU2d', 'Linear', 'LinearPackedParams']
+        >>> int8(x).shape
+        torch.Size([4, 10])
     """
     model = copy.deepcopy(qat_model).cpu().eval()
     set_observers(model, False)
@@ -381,7 +406,17 @@ def post_training_quantize(
     model: nn.Module, calibration: Iterable[Any], backend: str = "x86", ignore: Sequence[str] = ()
 ) -> nn.Module:
     """Static post-training quantization (the baseline QAT is measured against): observe ``calibration``
-    batches (tensors or tuples of tensors) in float, then ``convert_fx`` with the same qconfig as QAT."""
+    batches (tensors or tuples of tensors) in float, then ``convert_fx`` with the same qconfig as QAT.
+
+    Example:
+        >>> import torch
+        >>> from lightning_nas.compress import post_training_quantize
+        >>> from lightning_nas.models import DigitsCNN
+        >>> calibration = [torch.rand(16, 1, 8, 8) for _ in range(4)]
+        >>> int8 = post_training_quantize(DigitsCNN(width=8).eval(), calibration)
+        >>> int8(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
     base = copy.deepcopy(model).eval()
     prepared = _prepare(base, (), backend, ignore, qat=False)
     with torch.no_grad():
@@ -406,6 +441,22 @@ def export_int8_onnx(
     offline-optimized graph (``QLinearConv``/``QGemm``: smallest, runs on ONNX Runtime's CPU provider only);
     ``"raw"`` the exporter's output as is. Raises ``RuntimeError`` naming the op when the int8 model holds an
     op the exporter does not know.
+
+    Example:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from lightning_nas.compress import convert_int8, export_int8_onnx, prepare_qat
+        >>> from lightning_nas.deploy import onnx_session
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(4, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> _ = qat(x)
+        >>> path = os.path.join(tempfile.mkdtemp(), "model_int8.onnx")
+        >>> data = export_int8_onnx(convert_int8(qat), x, path)
+        >>> session = onnx_session(data)
+        >>> session.run(None, {session.get_inputs()[0].name: x.numpy()})[0].shape
+        (4, 10)
     """
     from lightning_nas.compress.quantize_onnx import compact_onnx
     from lightning_nas.deploy.export import onnx_bytes
