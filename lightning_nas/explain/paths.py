@@ -61,7 +61,14 @@ class PathReport:
 
 def default_layers(model: nn.Module) -> list[str]:
     """The activation modules (ReLU & co., whose outputs are what fires); without any, every conv and linear
-    layer except a final linear (the logits have no 'channels' to follow)."""
+    layer except a final linear (the logits have no 'channels' to follow).
+
+    Example:
+        >>> from lightning_nas.explain.paths import default_layers
+        >>> from lightning_nas.models import DigitsCNN
+        >>> default_layers(DigitsCNN(width=4))
+        ['features.2', 'features.5']
+    """
     acts = [n for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
     if acts:
         return acts
@@ -117,7 +124,21 @@ def decision_paths(
     A module that runs several times in one forward (one ``nn.ReLU`` after layers of different widths) is followed
     per call, as ``"name#k"``. Cost: one forward plus, with ``ablate``, one per distinct candidate channel of each
     layer and one per class and layer; ``max_ablations`` caps those forwards, spending them on the layers nearest
-    the output first and, in a layer, on each class's best channel first (the rest get paths and overlaps). ``progress(message)`` hears each layer.
+    the output first and, in a layer, on each class's best channel first (the rest get paths and overlaps).
+    ``progress(message)`` hears each layer.
+
+    Example:
+        >>> import torch
+        >>> from lightning_nas.explain.paths import decision_paths
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x, classes = torch.rand(20, 1, 8, 8), torch.arange(20) % 10
+        >>> report = decision_paths(DigitsCNN(width=4), x, classes, top_k=2, max_ablations=4)
+        >>> report.layers, len(report.top_channels["features.5"][0])  # class 0's 2 strongest channels there
+        (['features.2', 'features.5'], 2)
+        >>> report.overlap[(3, 3)], 0.0 <= report.mean_overlap <= 1.0  # Jaccard of the paths of two classes
+        (1.0, True)
+        >>> sorted(report.tables())  # each part as (columns, rows), as DecisionPaths logs them
+        ['ablation', 'overlap', 'top_channels']
     """
     modules = dict(model.named_modules())
     layers = default_layers(model) if layers is None else list(layers)
