@@ -244,6 +244,21 @@ def bundle(
         class_names: labels of the output classes (default ``"0".."K-1"``).
         overwrite: replace an existing bundle in ``out_dir``. A folder that is not a bundle (no bundle card, or
             files a bundle does not have) is never replaced: ``FileExistsError``.
+
+    Example:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from lightning_nas.deploy import bundle, load_bundle
+        >>> from lightning_nas.models import DigitsCNN
+        >>> model = DigitsCNN(width=8).eval()
+        >>> path = bundle(model, torch.rand(4, 1, 8, 8), os.path.join(tempfile.mkdtemp(), "digits"),
+        ...               reference_data=torch.rand(64, 1, 8, 8), metrics={"test_acc": 0.97})
+        >>> sorted(p.name for p in path.iterdir())
+        ['bundle.sha256', 'card.json', 'model.onnx', 'model.ts', 'profile.json']
+        >>> loaded = load_bundle(path)  # every file checked against its sha256
+        >>> loaded.input_shape, loaded.num_classes
+        ((1, 8, 8), 10)
     """
     check_type("model", model, nn.Module)
     check_type("example_input", example_input, torch.Tensor)
@@ -606,6 +621,24 @@ def load_bundle(path: str | Path) -> Bundle:
 
     Raises ``BundleError`` (one line) when a folder is not a bundle, its card is malformed, or a file is
     missing, was changed, or lies outside the folder.
+
+    Example:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from lightning_nas.deploy import BundleError, bundle, load_bundle
+        >>> from lightning_nas.models import DigitsCNN
+        >>> path = bundle(DigitsCNN(width=8).eval(), torch.rand(4, 1, 8, 8), os.path.join(tempfile.mkdtemp(), "b"),
+        ...               reference_data=torch.rand(64, 1, 8, 8))
+        >>> session = load_bundle(path).session()  # made from the verified bytes
+        >>> session.run(None, {session.get_inputs()[0].name: torch.rand(2, 1, 8, 8).numpy()})[0].shape
+        (2, 10)
+        >>> with open(path / "model.onnx", "ab") as f:  # a changed file
+        ...     _ = f.write(b"x")
+        >>> load_bundle(path)
+        Traceback (most recent call last):
+        ...
+        lightning_nas.deploy.bundle.BundleError: ...
     """
     p = Path(path)
     if not p.is_dir():

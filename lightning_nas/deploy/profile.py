@@ -160,7 +160,17 @@ def _check_types(data: dict[str, Any]) -> None:
 
 
 class ReferenceProfile:
-    """Statistics of reference data for drift checks (see the module docstring). Build with ``from_data``."""
+    """Statistics of reference data for drift checks (see the module docstring). Build with ``from_data``.
+
+    Example:
+        >>> import numpy as np
+        >>> import torch
+        >>> from lightning_nas.deploy import ReferenceProfile
+        >>> profile = ReferenceProfile.from_data(torch.nn.Linear(4, 3), np.random.default_rng(0).random((100, 4)),
+        ...                                      attribution_samples=0)
+        >>> profile.data["feature_mode"], len(profile.data["features"])  # PSI bins and KS sample per feature
+        ('feature', 4)
+    """
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = self._validated(data)
