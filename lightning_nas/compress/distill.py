@@ -52,7 +52,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 def layer_width(module: nn.Module) -> int | None:
-    """Channels of ``module``'s output, read from its last Conv/Linear/BatchNorm/LayerNorm (``None``: unknown)."""
+    """Channels of ``module``'s output, read from its last Conv/Linear/BatchNorm/LayerNorm (``None``: unknown).
+
+    Example:
+        >>> from torch import nn
+        >>> from lightning_nas.compress.distill import layer_width
+        >>> layer_width(nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU()))
+        8
+        >>> layer_width(nn.ReLU()) is None
+        True
+    """
     width = None
     for m in module.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):

@@ -54,6 +54,17 @@ FLOAT_ATOL, FLOAT_RTOL = 1e-4, 1e-3
 
 
 def sha256(path: str | Path) -> str:
+    """The hex SHA-256 of the file at ``path`` (read in 1 MiB chunks): what a bundle's card and manifest record.
+
+    Example:
+        >>> import os
+        >>> import tempfile
+        >>> from lightning_nas.deploy.bundle import sha256
+        >>> path = os.path.join(tempfile.mkdtemp(), "empty")
+        >>> open(path, "wb").close()
+        >>> sha256(path)
+        'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+    """
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -147,7 +158,15 @@ _CARD_SCHEMA: list[Any] = []
 
 
 def validate_card(card: Any, where: str = "card.json") -> dict[str, Any]:
-    """Check a decoded card against the bundle-card schema; return it, or raise ``BundleError`` (one line)."""
+    """Check a decoded card against the bundle-card schema; return it, or raise ``BundleError`` (one line).
+
+    Example:
+        >>> from lightning_nas.deploy.bundle import BundleError, validate_card
+        >>> validate_card({"name": "x"})
+        Traceback (most recent call last):
+        ...
+        lightning_nas.deploy.bundle.BundleError: ...
+    """
     from pydantic import ValidationError
 
     if not _CARD_SCHEMA:

@@ -99,7 +99,15 @@ def onnx_session(path_or_bytes: str | Path | bytes, threads: int | None = None) 
 
 
 def onnx_bytes(model: nn.Module, example_input: Any) -> bytes:
-    """The ONNX export of ``model`` as bytes (through a temporary file)."""
+    """The ONNX export of ``model`` as bytes (through a temporary file).
+
+    Example:
+        >>> import torch
+        >>> from lightning_nas.deploy.export import onnx_bytes
+        >>> data = onnx_bytes(torch.nn.Linear(4, 2), torch.rand(1, 4))
+        >>> isinstance(data, bytes), len(data) > 100  # an ONNX protobuf, ready for onnx_session(data)
+        (True, True)
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
