@@ -39,7 +39,31 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 
 class Supernet:
-    """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place)."""
+    """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place).
+
+    Example:
+        What ``DifferentiableNAS`` drives inside a fit, by hand:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.search.oneshot import Supernet
+        >>> net = nn.Sequential(nn.Linear(4, 4),
+        ...                     space.LayerChoice({"relu": nn.ReLU(), "tanh": nn.Tanh()}, label="act"),
+        ...                     nn.Linear(4, 2))
+        >>> supernet = Supernet(net, "darts")  # the choice becomes a mixed op; alpha lives in the supernet
+        >>> type(net[1]).__name__
+        'MixedLayer'
+        >>> {label: p.tolist() for label, p in supernet.probabilities().items()}  # softmax(alpha), undecided
+        {'act': [0.5, 0.5]}
+        >>> net(torch.rand(3, 4)).shape  # sum_i softmax(alpha)_i * op_i(x)
+        torch.Size([3, 2])
+        >>> supernet.export()  # doctest: +ELLIPSIS
+        {'act': '...'}
+        >>> supernet.restore()  # the original choice modules back in place
+        >>> type(net[1]).__name__
+        'LayerChoice'
+    """
 
     def __init__(
         self,
