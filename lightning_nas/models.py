@@ -22,7 +22,7 @@ class DigitsCNN(nn.Module):
         width: channels of the first conv; the second has ``2 * width``.
         num_classes: output logits.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.models import DigitsCNN
         >>> DigitsCNN(width=8)(torch.rand(2, 1, 8, 8)).shape
@@ -52,7 +52,7 @@ class DigitsCNN(nn.Module):
 class Classifier(L.LightningModule):
     """An ordinary LightningModule around ``net`` (Adam, cross-entropy, accuracy on val and test).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import lightning as L
         >>> from lightning_nas.data import DigitsDataModule
@@ -105,7 +105,7 @@ def train_plain(
     """Train ``net`` with a plain Adam/cross-entropy loop (no Lightning; shuffled by torch's global RNG) and
     return it in eval mode: a quick trained model for tests and benchmarks.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.data import load_digits_arrays
         >>> from lightning_nas.models import DigitsCNN, train_plain
@@ -183,7 +183,7 @@ class ResNet(nn.Module):
 def resnet18(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNet:
     """ResNet-18: 2, 2, 2, 2 ``BasicBlock`` per stage, stage widths ``width * (1, 2, 4, 8)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.models import resnet18
         >>> resnet18(num_classes=10, width=8, in_channels=1)(torch.rand(2, 1, 32, 32)).shape
@@ -195,7 +195,7 @@ def resnet18(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> Re
 def resnet34(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNet:
     """ResNet-34: 3, 4, 6, 3 ``BasicBlock`` per stage, stage widths ``width * (1, 2, 4, 8)``.
 
-    Example:
+    Examples:
         >>> from lightning_nas.models import resnet34
         >>> net = resnet34(width=8)
         >>> [len(stage) for stage in (net.layer1, net.layer2, net.layer3, net.layer4)]  # blocks per stage

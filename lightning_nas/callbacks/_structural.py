@@ -186,7 +186,7 @@ def load_compressed(module: nn.Module, checkpoint: str | dict[str, Any]) -> nn.M
     The recorded changes are replayed in their original order, then the weights are loaded (strictly).
     Returns ``module`` (now pruned/factorized), e.g. ``load_compressed(MyModule(), "last.ckpt").eval()``.
 
-    Example:
+    Examples:
         >>> import os
         >>> import tempfile
         >>> import lightning as L

@@ -51,7 +51,7 @@ class AttributionMonitor(LightningNASCallback):
         explain: log heatmaps / top-feature tables each run.
         seed: picks the probe set.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import lightning as L
         >>> import torch

@@ -26,7 +26,7 @@ class LightningNASCallback(L.Callback):
     tensors that must move to a device). ``_validate_model(trainer, pl_module)`` runs in ``setup`` for
     ``fit``; raise ``ValueError`` there with the layer, value and what is allowed.
 
-    Example:
+    Examples:
         A callback of your own: its ``_state_attrs`` go into checkpoints and come back on resume.
 
         >>> from lightning_nas.callbacks import LightningNASCallback

@@ -62,7 +62,7 @@ class KnowledgeDistillation(LightningNASCallback):
     module's ``log``); ``distill/agreement``, ``distill/kl`` and table ``distill/per_class`` (columns class,
     support, agreement, student_acc, teacher_acc) each validation epoch.
 
-    Example:
+    Examples:
         A narrow student learns from a (here untrained, in practice trained) wider teacher:
 
         >>> import tempfile

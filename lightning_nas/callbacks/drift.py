@@ -77,7 +77,7 @@ class DriftMonitor(LightningNASCallback):
     ``drift/drifted_features``, ``drift/detected`` (scalars); ``drift/features`` (table: feature, psi, ks,
     ks_pvalue, drifted); summary ``drift/verdict`` and ``drift/next_step``.
 
-    Example:
+    Examples:
         Profile the model's inputs and predictions once (a bundle does it for you), then watch a validation loop:
 
         >>> import tempfile

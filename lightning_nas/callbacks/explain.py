@@ -36,7 +36,7 @@ class TrainingDynamics(LightningNASCallback):
         layers: weight-layer names to watch (default: all).
         dead_units: watch activation modules for units that never fire.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import lightning as L
         >>> import torch
@@ -172,7 +172,7 @@ class DecisionPaths(LightningNASCallback):
         batch_fn: an override: ``batch -> (x, y)`` for raw validation batches.
         seed: picks the probe set.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import lightning as L
         >>> import torch
@@ -333,7 +333,7 @@ class ArchitectureView(LightningNASCallback):
         batch_fn: an override: ``batch -> (x, y)`` for the example input (one validation or training sample).
         max_nodes: boxes drawn in the graph image.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import lightning as L
         >>> import torch

@@ -36,7 +36,7 @@ class LowRankFactorization(LightningNASCallback):
     Logged: ``lowrank/<layer>/rank``, ``lowrank/<layer>/energy_kept``, ``lowrank/params``, line series
     ``lowrank/<layer>/spectrum`` (singular values and cumulative energy) and table ``lowrank/layers``.
 
-    Example:
+    Examples:
         Each layer keeps the rank holding half its spectral energy, where that cuts its MACs by at least 10%:
 
         >>> import tempfile

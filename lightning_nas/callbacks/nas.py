@@ -51,7 +51,7 @@ class DifferentiableNAS(_OneShotCallback):
     line series ``nas/<label>/history``; at the end the tables ``nas/decisions`` and ``nas/ablation`` and the
     summary ``nas/arch/<label>``, ``nas/reason/<label>``.
 
-    Example:
+    Examples:
         Search one decision while an ordinary LightningModule trains (a tiny fit; give it epochs in earnest):
 
         >>> import tempfile
@@ -197,7 +197,7 @@ class SubnetSampling(_OneShotCallback):
     ``nas/<label>/entropy``, tables ``nas/decisions``, ``nas/ablation`` (val-loss change when the winner's
     decision is switched to each candidate), ``nas/subnets`` (every scored subnet), summary ``nas/arch/*``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import lightning as L
         >>> import torch

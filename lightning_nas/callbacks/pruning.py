@@ -63,7 +63,7 @@ class StructuredPruning(LightningNASCallback):
     Logged: ``prune/<layer>/channels``, ``prune/<layer>/sparsity`` (every epoch), ``prune/params``,
     table ``prune/importance`` and histograms ``prune/<layer>/importance_kept|removed`` (at each pruning).
 
-    Example:
+    Examples:
         Half the channels of every prunable layer physically removed (the logits layer is kept whole):
 
         >>> import tempfile
@@ -450,7 +450,7 @@ class MagnitudePruning(LightningNASCallback):
 
     Logged: ``prune/<layer>/sparsity`` and ``prune/sparsity`` (overall) every epoch.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import lightning as L
         >>> import torch

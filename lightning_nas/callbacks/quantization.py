@@ -97,7 +97,7 @@ class QuantizationAware(LightningNASCallback):
     ``quant/fp32_size_bytes``, ``quant/int8_size_bytes``, ``quant/size_ratio``, ``quant/fp32_latency_ms``,
     ``quant/int8_latency_ms``, ``quant/speedup``, ``quant/onnx_int8_latency_ms``, ``quant/float_parts``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import lightning as L
         >>> import torch

@@ -31,7 +31,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
         teacher_logits: ``z_t``, same shape (treated as constants by the caller).
         temperature: ``T > 0``; larger spreads the teacher's probability over more classes.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import kd_loss
         >>> z_teacher = torch.tensor([[4.0, 1.0, 0.0]])
@@ -54,7 +54,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 def layer_width(module: nn.Module) -> int | None:
     """Channels of ``module``'s output, read from its last Conv/Linear/BatchNorm/LayerNorm (``None``: unknown).
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas.compress.distill import layer_width
         >>> layer_width(nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU()))
@@ -79,7 +79,7 @@ class FeatureAdapter(nn.Module):
     """Learnable ``c_student -> c_teacher`` 1x1 map over dim 1 (any rank >= 2), identity-initialised when the
     widths match; pools the student map to the teacher's spatial size first.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import FeatureAdapter
         >>> f_teacher = torch.rand(2, 16, 2, 2)
@@ -118,7 +118,7 @@ class FeatureAdapter(nn.Module):
 def feature_loss(adapter: FeatureAdapter, f_student: torch.Tensor, f_teacher: torch.Tensor) -> torch.Tensor:
     """``mean((A(f_s) - f_t)^2)``; the teacher feature is a constant.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import FeatureAdapter, feature_loss
         >>> adapter = FeatureAdapter(8, 16)  # student has 8 channels, teacher 16
@@ -137,7 +137,7 @@ def load_teacher(teacher: nn.Module | str | Path, architecture: nn.Module | None
     state dict or a Lightning checkpoint's ``"state_dict"``) into ``architecture``. Raises ``ValueError`` for
     a file that is not a state dict, needs pickle to load, or does not fit ``architecture``.
 
-    Example:
+    Examples:
         >>> import os
         >>> import tempfile
         >>> import torch

@@ -187,7 +187,7 @@ def factorize(
     Returns:
         one ``LayerFactorization`` per considered layer, factorized or skipped with the reason.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from lightning_nas.compress import factorize

@@ -134,7 +134,7 @@ def prunable_layers(
 
     Only layers the forward runs count (``forward_fn(model, example_inputs)``, default ``model(*args, **kwargs)``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prunable_layers
         >>> from lightning_nas.models import DigitsCNN
@@ -192,7 +192,7 @@ def prune_structured(
     Returns:
         a ``PruneResult`` with the replayable steps and the importance of every channel of each pruned layer.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prune_structured
         >>> from lightning_nas.models import DigitsCNN
@@ -288,7 +288,7 @@ def replay_pruning(
 ) -> None:
     """Apply recorded ``steps`` to a fresh, unpruned ``model`` so it has the pruned architecture (in place).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prune_structured, replay_pruning
         >>> from lightning_nas.models import DigitsCNN
@@ -394,7 +394,7 @@ def magnitude_prune(
     layers (``global_pruning``) or in each layer. Returns ``{layer: sparsity}`` after the step. The original
     parameter is kept as ``weight_orig`` (same object, so optimizers keep working); call ``make_permanent``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import magnitude_prune, make_permanent
         >>> from lightning_nas.models import DigitsCNN
@@ -460,7 +460,7 @@ def sparsity(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, float]:
 def make_permanent(model: nn.Module) -> None:
     """Fold masks into the weights (``prune.remove``): plain parameters with zeros, no ``weight_mask`` left.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas.compress import magnitude_prune, make_permanent
         >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))

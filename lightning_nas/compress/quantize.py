@@ -79,7 +79,7 @@ def _quiet():
 def quantizable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> list[str]:
     """Names of the Conv/Linear layers of ``model`` that QAT quantizes (those under an ``ignore`` name excluded).
 
-    Example:
+    Examples:
         >>> from lightning_nas.compress.quantize import quantizable_layers
         >>> from lightning_nas.models import DigitsCNN
         >>> quantizable_layers(DigitsCNN(width=8))
@@ -124,7 +124,7 @@ class QATRecipe:
 
     ``QATRecipe.torch_default()`` is torch.ao's own recipe (the one that collapses), kept for comparison.
 
-    Example:
+    Examples:
         >>> from lightning_nas.compress.quantize import QATRecipe
         >>> QATRecipe().activation_averaging, QATRecipe.torch_default().activation_averaging
         (0.1, 0.01)
@@ -224,7 +224,7 @@ def prepare_qat(
     name that matches nothing, a model without Conv/Linear layers, or a model FX cannot trace.
     The fake quantization is q(x) = (clamp(round(x/s) + z, q_min, q_max) - z) * s, straight-through gradient.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import convert_int8, prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -261,7 +261,7 @@ def _init_weight_qparams(model: nn.Module) -> nn.Module:
 def fake_quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every fake-quantizer (weights and activations) in a prepared model.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.compress.quantize import fake_quant_modules
@@ -278,7 +278,7 @@ def fake_quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def qat_layers(model: nn.Module) -> list[str]:
     """Names of the fake-quantized layers (those with a ``weight_fake_quant``) in a prepared model.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -294,7 +294,7 @@ def qat_layers(model: nn.Module) -> list[str]:
 def set_observers(model: nn.Module, enabled: bool) -> None:
     """Enable or freeze every observer (frozen: scales and zero-points stop moving).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -337,7 +337,7 @@ def apply_qat_schedule(
     ``observers_frozen``: activation ranges stop moving (weight ranges too with ``recipe.freeze_weight_ranges``).
     ``training=False`` (validation, tests): no observer moves; fake quantization is on once a QAT step has run.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -366,7 +366,7 @@ def loss_diverged(mean_loss: float, reference: float, factor: float, floor: floa
     """Whether an epoch-mean training loss has diverged: not finite, or above ``factor`` x ``reference`` (the
     reference counted as at least ``floor``, so that noise around a near-zero loss is not called divergence).
 
-    Example:
+    Examples:
         >>> from lightning_nas.compress.quantize import loss_diverged
         >>> loss_diverged(0.9, reference=0.4, factor=3.0), loss_diverged(1.5, reference=0.4, factor=3.0)
         (False, True)
@@ -383,7 +383,7 @@ def loss_diverged(mean_loss: float, reference: float, factor: float, floor: floa
 def set_fake_quant(model: nn.Module, enabled: bool) -> None:
     """Enable or bypass every fake-quantizer (bypassed: the prepared model computes in float).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -405,7 +405,7 @@ def set_fake_quant(model: nn.Module, enabled: bool) -> None:
 def set_bn_frozen(model: nn.Module, frozen: bool) -> None:
     """Freeze (or unfreeze) the BatchNorm statistics folded into the QAT Conv+BN modules.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -427,7 +427,7 @@ def set_bn_frozen(model: nn.Module, frozen: bool) -> None:
 def quant_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The scales, zero-points, observer ranges and on/off flags of every fake-quantizer (for sync or checks).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -446,7 +446,7 @@ def allow_int8_kernels():
     """Lift ``torch.use_deterministic_algorithms(True)`` (``Trainer(deterministic=True)`` sets it) for the block:
     torch's int8 CPU kernels resize their outputs, which that flag forbids, though they are deterministic.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -497,7 +497,7 @@ def refresh_weight_ranges(model: nn.Module) -> None:
     fused (as the forward and ``convert_fx`` fold them): the last optimizer step moved the weights after the last
     forward. Other weight observers, and every on/off flag, are left as they are.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -532,7 +532,7 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
 
     Weights become packed int8 (per-channel scales), activations quint8, BatchNorm is folded into the convs.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import convert_int8, prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -560,7 +560,7 @@ def post_training_quantize(
     """Static post-training quantization (the baseline QAT is measured against): observe ``calibration``
     batches (tensors or tuples of tensors) in float, then ``convert_fx`` with the same qconfig as QAT.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import post_training_quantize
         >>> from lightning_nas.models import DigitsCNN
@@ -594,7 +594,7 @@ def export_int8_onnx(
     ``"raw"`` the exporter's output as is. Raises ``RuntimeError`` naming the op when the int8 model holds an
     op the exporter does not know.
 
-    Example:
+    Examples:
         >>> import os
         >>> import tempfile
         >>> import torch
@@ -627,7 +627,7 @@ def export_int8_onnx(
 def int8_onnx_ops(onnx_model: bytes) -> list[str]:
     """The op types ONNX Runtime actually runs after its graph optimizations (e.g. ``QLinearConv``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.models import DigitsCNN

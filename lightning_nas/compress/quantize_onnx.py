@@ -69,7 +69,7 @@ def compact_onnx(data: bytes, fuse: bool = False) -> bytes:
     ``fuse=False`` keeps a standard QDQ (or float) graph; ``fuse=True`` saves ONNX Runtime's fused int8 graph.
     Zero-points are only dropped where ONNX Runtime still fuses the same int8 kernels without them.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.models import DigitsCNN
@@ -177,7 +177,7 @@ def _compact(data: bytes, drop_zero_points: bool) -> bytes:
 def check_same_outputs(a: bytes, b: bytes, x: np.ndarray) -> None:
     """Raise ``AssertionError`` unless ONNX Runtime gives bit-identical outputs for models ``a`` and ``b`` on ``x``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress.quantize_onnx import check_same_outputs
         >>> from lightning_nas.deploy.export import onnx_bytes

@@ -15,7 +15,7 @@ from lightning_nas._validate import check_int, check_range, check_type
 def load_digits_arrays(flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(x, y)``: images scaled to [0, 1] as float32 ``(N, 1, 8, 8)`` (or ``(N, 64)`` when flat).
 
-    Example:
+    Examples:
         >>> from lightning_nas.data import load_digits_arrays
         >>> x, y = load_digits_arrays()
         >>> x.shape, x.dtype, y.shape, sorted(set(y.tolist())) == list(range(10))
@@ -60,7 +60,7 @@ class DigitsDataModule(L.LightningDataModule):
         flat: serve flat 64-vectors instead of ``1x8x8`` images.
         num_workers: DataLoader workers.
 
-    Example:
+    Examples:
         >>> from lightning_nas.data import DigitsDataModule
         >>> dm = DigitsDataModule(batch_size=32)
         >>> dm.setup("fit")

@@ -56,7 +56,7 @@ FLOAT_ATOL, FLOAT_RTOL = 1e-4, 1e-3
 def sha256(path: str | Path) -> str:
     """The hex SHA-256 of the file at ``path`` (read in 1 MiB chunks): what a bundle's card and manifest record.
 
-    Example:
+    Examples:
         >>> import os
         >>> import tempfile
         >>> from lightning_nas.deploy.bundle import sha256
@@ -160,7 +160,7 @@ _CARD_SCHEMA: list[Any] = []
 def validate_card(card: Any, where: str = "card.json") -> dict[str, Any]:
     """Check a decoded card against the bundle-card schema; return it, or raise ``BundleError`` (one line).
 
-    Example:
+    Examples:
         >>> from lightning_nas.deploy.bundle import BundleError, validate_card
         >>> validate_card({"name": "x"})
         Traceback (most recent call last):
@@ -264,7 +264,7 @@ def bundle(
         overwrite: replace an existing bundle in ``out_dir``. A folder that is not a bundle (no bundle card, or
             files a bundle does not have) is never replaced: ``FileExistsError``.
 
-    Example:
+    Examples:
         >>> import os
         >>> import tempfile
         >>> import torch
@@ -641,7 +641,7 @@ def load_bundle(path: str | Path) -> Bundle:
     Raises ``BundleError`` (one line) when a folder is not a bundle, its card is malformed, or a file is
     missing, was changed, or lies outside the folder.
 
-    Example:
+    Examples:
         >>> import os
         >>> import tempfile
         >>> import torch

@@ -47,7 +47,7 @@ class ModelCard:
     ``card.add_stage("prune", reason="...", amount=0.5, measurements=m)`` records one thing done to the
     model, in order; ``card.metrics`` and ``card.measurements`` hold the final numbers.
 
-    Example:
+    Examples:
         >>> import json
         >>> import os
         >>> import tempfile

@@ -36,7 +36,7 @@ def psi(reference_fractions: Any, current_fractions: Any, eps: float = _EPS) -> 
     ``PSI = sum_b (q_b - p_b) * ln(q_b / p_b)``: 0 for identical distributions; by convention below 0.1 is
     stable, 0.1-0.25 a moderate shift and 0.25 or more a major one (``DriftThresholds.psi``).
 
-    Example:
+    Examples:
         >>> from lightning_nas.deploy.drift import psi
         >>> psi([0.25, 0.25, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25])
         0.0
@@ -63,7 +63,7 @@ class DriftThresholds:
         research_fraction: fraction of drifted features from which re-searching is suggested over retraining.
         min_samples: fewer current samples than this give no verdict (``status="insufficient"``).
 
-    Example:
+    Examples:
         >>> from lightning_nas.deploy import DriftThresholds
         >>> DriftThresholds(psi=0.1).psi
         0.1
@@ -172,7 +172,7 @@ def check_drift(
         attribution_share: current share of mean |attribution| per feature ``(F,)`` (optional).
         thresholds: ``DriftThresholds`` or a dict of its fields.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import torch
         >>> from lightning_nas.deploy import ReferenceProfile, check_drift

@@ -25,7 +25,7 @@ def export(model: nn.Module, example_input: Any, path: str | Path, format: str =
     of our int8 path) with the first dimension of every input and output dynamic (``"batch"``).
     ``"torchscript"`` traces the model. The model is exported in eval mode and restored afterwards.
 
-    Example:
+    Examples:
         >>> import os
         >>> import tempfile
         >>> import torch
@@ -79,7 +79,7 @@ def export(model: nn.Module, example_input: Any, path: str | Path, format: str =
 def onnx_session(path_or_bytes: str | Path | bytes, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU ``InferenceSession`` (``threads`` intra-op threads; default: runtime's choice).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import torch
         >>> from lightning_nas.deploy import onnx_session
@@ -101,7 +101,7 @@ def onnx_session(path_or_bytes: str | Path | bytes, threads: int | None = None) 
 def onnx_bytes(model: nn.Module, example_input: Any) -> bytes:
     """The ONNX export of ``model`` as bytes (through a temporary file).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.deploy.export import onnx_bytes
         >>> data = onnx_bytes(torch.nn.Linear(4, 2), torch.rand(1, 4))

@@ -41,7 +41,7 @@ def _args(example_input: Any) -> tuple:
 def serialized_size(model: nn.Module) -> int:
     """Bytes of ``torch.save(model.state_dict())``: what the weights cost on disk (packed int8 included).
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas.deploy import serialized_size
         >>> small, large = serialized_size(nn.Linear(10, 10)), serialized_size(nn.Linear(100, 100))
@@ -78,7 +78,7 @@ def _has_quantized(model: nn.Module) -> bool:
 def count_macs(model: nn.Module, example_input: Any) -> int:
     """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (MACs = FLOPs / 2).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from lightning_nas.deploy import count_macs
@@ -107,7 +107,7 @@ def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, floa
 def measure_latency(model: nn.Module, example_input: Any, repeats: int = 30, warmup: int = 5) -> tuple[float, float]:
     """Median and inter-quartile range (ms) of ``model(example_input)`` in eval mode under ``no_grad``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.deploy import measure_latency
         >>> median_ms, iqr_ms = measure_latency(torch.nn.Linear(64, 10), torch.rand(32, 64), repeats=5, warmup=1)
@@ -135,7 +135,7 @@ def measure(
     put back in its previous mode. Raises ``ValueError`` naming the problem when the model cannot run on
     ``example_input``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.deploy import measure
         >>> from lightning_nas.models import DigitsCNN

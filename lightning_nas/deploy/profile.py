@@ -34,7 +34,7 @@ _FEATURE_KEYS = ("name", "mean", "std", "min", "max", "cuts", "fractions")
 def feature_matrix(x: np.ndarray, mode: str) -> np.ndarray:
     """``(N, F)`` features of inputs ``x`` (``"feature"``: flattened; ``"channel"``: per-channel means).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from lightning_nas.deploy.profile import feature_matrix
         >>> x = np.ones((5, 3, 4, 4), np.float32)
@@ -50,7 +50,7 @@ def feature_matrix(x: np.ndarray, mode: str) -> np.ndarray:
 def feature_names(input_shape: tuple[int, ...], mode: str) -> list[str]:
     """The names of ``feature_matrix``'s columns for inputs of ``input_shape`` (per sample).
 
-    Example:
+    Examples:
         >>> from lightning_nas.deploy.profile import feature_names
         >>> feature_names((3, 4, 4), "channel")
         ['channel0', 'channel1', 'channel2']
@@ -65,7 +65,7 @@ def feature_names(input_shape: tuple[int, ...], mode: str) -> list[str]:
 def bin_fractions(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     """Fraction of ``values`` in each bin ``(-inf, c1], (c1, c2], ..., (ck, inf)``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from lightning_nas.deploy.profile import bin_fractions
         >>> bin_fractions(np.array([0.1, 0.4, 0.6, 0.9]), cuts=np.array([0.5]))
@@ -101,7 +101,7 @@ def attribution_share(
     Works on any differentiable callable, a TorchScript module included. Inputs whose attribution is not finite
     (values near float32's limit overflow in the gradients) are left out; ``None`` when none is left.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import torch
         >>> from lightning_nas.deploy.profile import attribution_share
@@ -198,7 +198,7 @@ def _check_types(data: dict[str, Any]) -> None:
 class ReferenceProfile:
     """Statistics of reference data for drift checks (see the module docstring). Build with ``from_data``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import torch
         >>> from lightning_nas.deploy import ReferenceProfile

@@ -56,7 +56,7 @@ def parse_inputs(obj: Any, shape: tuple[int, ...], max_batch: int) -> np.ndarray
     per-input ``shape`` whose values are finite in float32. Anything else raises ``_BadRequest`` (413 for too
     many inputs, 422 otherwise) with one line naming the first offending position (``inputs[i][j]...``).
 
-    Example:
+    Examples:
         >>> from lightning_nas.deploy.serve import parse_inputs
         >>> parse_inputs({"inputs": [[0.0, 1.0], [2.0, 3.0]]}, shape=(2,), max_batch=8).shape
         (2, 2)
@@ -210,7 +210,7 @@ def create_app(
     Raises ``BundleError`` when the model does not accept the card's input shape or does not output
     ``(N, num_classes)`` scores (checked once on a zero input).
 
-    Example:
+    Examples:
         >>> import os
         >>> import tempfile
         >>> import torch

@@ -17,7 +17,7 @@ def forward_of(model: nn.Module, forward_fn: Callable[..., torch.Tensor] | None)
 
     ``rest`` are the model's other inputs (``additional_forward_args``), row-aligned with ``x``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from lightning_nas.explain.attribution import forward_of
@@ -56,7 +56,7 @@ def fingerprint(model: nn.Module) -> str:
     It changes when pruning re-parametrizes or shrinks a layer, QAT swaps modules, a low-rank factorization
     splits a layer or a NAS space is frozen; it does not change when only weight values change.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prune_structured
         >>> from lightning_nas.explain.attribution import fingerprint
@@ -93,7 +93,7 @@ def rank_agreement(a: torch.Tensor, b: torch.Tensor, topk: float = 0.1) -> tuple
     Spearman is Pearson on average ranks; a sample whose two maps are both constant scores 1, one
     constant map against a varying one scores ``nan`` (left out of means).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain.attribution import rank_agreement
         >>> a = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
@@ -141,7 +141,7 @@ def overlay_grid(
     Signed maps use a blue-white-red scale symmetric around zero (red: evidence for the target);
     non-negative maps (Grad-CAM) use 'inferno'. ``scale`` upsamples small inputs (0: to about 64 px).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain.attribution import overlay_grid
         >>> image = overlay_grid(torch.rand(4, 1, 8, 8), torch.randn(4, 1, 8, 8), ncols=2, scale=4)
@@ -185,7 +185,7 @@ def top_features_rows(
 ) -> list[list[Any]]:
     """Rows ``[sample, label, pred, rank, feature, value, attribution]`` of each sample's top-``k`` features.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain.attribution import top_features_rows
         >>> x = torch.tensor([[0.5, 1.0, 2.0]])

@@ -25,7 +25,7 @@ AGREEMENT_COLUMNS = ["class", "support", "agreement", "student_acc", "teacher_ac
 class AgreementAccumulator:
     """Accumulate teacher-student agreement statistics over batches; ``compute()`` gives the epoch numbers.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain import AgreementAccumulator
         >>> acc = AgreementAccumulator()
@@ -128,7 +128,7 @@ def agreement(
 ) -> dict[str, Any]:
     """One-shot version of ``AgreementAccumulator`` for a single batch of logits.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain import agreement
         >>> student = torch.tensor([[2.0, 0.0], [0.0, 1.0]])

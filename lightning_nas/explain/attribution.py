@@ -112,7 +112,7 @@ def select_probe(
     ``data`` is a DataLoader / iterable of batches, a Dataset, or an ``(x, y)`` pair. At most ``max_scan``
     samples are read. Without 1-D integer labels the samples are drawn uniformly.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain.attribution import select_probe
         >>> x, y = torch.rand(100, 1, 8, 8), torch.arange(100) % 10
@@ -221,7 +221,7 @@ def attribute(
     as it is (call ``.eval()`` first); ``internal_batch_size`` bounds memory of the path methods.
     ``additional_forward_args`` are the model's other inputs, row-aligned with ``x`` (Captum expands them).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain.attribution import attribute
         >>> from lightning_nas.models import DigitsCNN
@@ -350,7 +350,7 @@ def aopc(
     after chunk :math:`k`, :math:`\\mathrm{AOPC} = \\frac{1}{L+1}\\sum_{k=0}^{L} (p_0 - p_k)`, averaged over
     samples. Higher than the random order's means the map points at evidence the model uses.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from lightning_nas.explain.attribution import aopc, attribute
@@ -443,7 +443,7 @@ def compare(
     Both models are put in eval mode and restored afterwards. For token models pass ``embedding_a`` /
     ``embedding_b``; for Grad-CAM ``layer_a`` / ``layer_b``.
 
-    Example:
+    Examples:
         Did pruning change what the model looks at? (Untrained models here; in practice the model before and after.)
 
         >>> import copy

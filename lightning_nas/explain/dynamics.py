@@ -29,7 +29,7 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU)
 def tracked_layers(model: nn.Module, names: Iterable[str] | None = None) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every module with its own >=2-D ``weight`` parameter (or only those in ``names``).
 
-    Example:
+    Examples:
         >>> from lightning_nas.explain.dynamics import tracked_layers
         >>> from lightning_nas.models import DigitsCNN
         >>> [name for name, _ in tracked_layers(DigitsCNN(width=4))]  # weights with >= 2 dims: no BatchNorm
@@ -61,7 +61,7 @@ def _weight(mod: nn.Module) -> torch.Tensor:
 def weight_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
     """:math:`\\|W\\|_2` (Frobenius) per layer.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from lightning_nas.explain.dynamics import tracked_layers, weight_norms
@@ -78,7 +78,7 @@ def weight_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
 def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
     """:math:`\\|\\nabla_W L\\|_2` per layer that has a gradient now.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from lightning_nas.explain.dynamics import grad_norms, tracked_layers
@@ -102,7 +102,7 @@ def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
 def snapshot(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
     """Copies of the weights, to measure the next update against.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas.explain.dynamics import snapshot, tracked_layers
         >>> layers = tracked_layers(nn.Sequential(nn.Linear(2, 3)))
@@ -116,7 +116,7 @@ def snapshot(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
 def update_ratios(layers: list[tuple[str, nn.Module]], before: dict[str, torch.Tensor]) -> dict[str, float]:
     """:math:`\\|W_{t+1} - W_t\\|_2 / \\|W_t\\|_2` per layer (healthy SGD training sits near 1e-3).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from lightning_nas.explain.dynamics import snapshot, tracked_layers, update_ratios
@@ -144,7 +144,7 @@ def activation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every ReLU-type activation (``ReLU``, ``ReLU6``, ``LeakyReLU``, ``ELU``), for
     ``DeadUnitProbe``.
 
-    Example:
+    Examples:
         >>> from lightning_nas.explain.dynamics import activation_modules
         >>> from lightning_nas.models import DigitsCNN
         >>> [name for name, _ in activation_modules(DigitsCNN(width=4))]
@@ -160,7 +160,7 @@ class DeadUnitProbe:
     position) that are ``<= 0`` for every sample; ``dead_channel_fraction`` the fraction of channels ``C``
     that are ``<= 0`` everywhere. Over several forward calls a unit must stay silent in all of them.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from lightning_nas.explain.dynamics import DeadUnitProbe, activation_modules

@@ -55,7 +55,7 @@ def layer_table(
     """One row per leaf module in execution order, from one forward pass of ``example_input`` (eval mode,
     restored after). A module called several times is one row with its first call's shapes.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain.graph import layer_table
         >>> from lightning_nas.models import DigitsCNN
@@ -109,7 +109,7 @@ def graph_edges(model: nn.Module, names: list[str]) -> list[tuple[str, str]]:
     """Edges between the named modules from a ``torch.fx`` trace; a chain in ``names`` order when the model
     does not trace (data-dependent control flow, several inputs, ...).
 
-    Example:
+    Examples:
         >>> from lightning_nas.explain.graph import graph_edges
         >>> from lightning_nas.models import DigitsCNN
         >>> graph_edges(DigitsCNN(width=4), ["features.0", "features.3", "classifier"])
@@ -142,7 +142,7 @@ def render_graph(
     """A matplotlib figure: one box per layer (name, type, output shape, params) in execution order, columns
     of at most 15, arrows for ``edges`` (default: the execution-order chain).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain.graph import layer_table, render_graph
         >>> from lightning_nas.models import DigitsCNN

@@ -63,7 +63,7 @@ def default_layers(model: nn.Module) -> list[str]:
     """The activation modules (ReLU & co., whose outputs are what fires); without any, every conv and linear
     layer except a final linear (the logits have no 'channels' to follow).
 
-    Example:
+    Examples:
         >>> from lightning_nas.explain.paths import default_layers
         >>> from lightning_nas.models import DigitsCNN
         >>> default_layers(DigitsCNN(width=4))
@@ -127,7 +127,7 @@ def decision_paths(
     the output first and, in a layer, on each class's best channel first (the rest get paths and overlaps).
     ``progress(message)`` hears each layer.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain.paths import decision_paths
         >>> from lightning_nas.models import DigitsCNN

@@ -82,7 +82,7 @@ def layer_sqnr(model: nn.Module, inputs: Iterable[Any], forward: Callable[..., A
     ``forward`` runs a batch through the model (default: ``model``); use it when the prepared model is a
     submodule of a larger one (e.g. the LightningModule).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.explain import layer_sqnr
@@ -144,7 +144,7 @@ def quant_sensitivity(
     only that layer quantized; ``drop`` = float accuracy (all quantizers off) - that accuracy. ``layers`` limits the
     table to those layers (one pass over ``batches`` each; default every quantized layer).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.compress import prepare_qat
         >>> from lightning_nas.explain import quant_sensitivity

@@ -38,7 +38,7 @@ def evaluate_accuracy(
 
     ``forward_fn(model, x)`` gives the logits (default ``model(x)``), e.g. when ``x`` goes to a submodule.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from lightning_nas.explain import evaluate_accuracy
@@ -90,7 +90,7 @@ def sensitivity_table(
         copy_fn: how to copy the model for each perturbation (e.g. a ``deepcopy`` that shares a trainer).
         forward_fn: ``forward_fn(model, x)`` gives the logits of a batch's inputs (default ``model(x)``).
 
-    Example:
+    Examples:
         Which layer hurts most when half its channels go? (Untrained here: every drop is noise.)
 
         >>> import torch
@@ -132,7 +132,7 @@ def prune_perturbations(
     """Perturbations that physically prune ``level`` of one layer's channels (all others untouched);
     ``forward_fn`` as in ``compress.prune.prune_structured``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.explain import prune_perturbations
         >>> from lightning_nas.models import DigitsCNN
@@ -159,7 +159,7 @@ def prune_perturbations(
 def rank_layers(rows: Sequence[Sequence[Any]], method: str | None = None) -> list[tuple[str, float]]:
     """Layers ordered most-sensitive first by mean drop over levels (area under the drop curve).
 
-    Example:
+    Examples:
         >>> from lightning_nas.explain import rank_layers
         >>> rows = [["conv1", "prune_l1", 0.5, 0.90, 0.02], ["conv1", "prune_l1", 0.9, 0.70, 0.22],
         ...         ["conv2", "prune_l1", 0.5, 0.91, 0.01], ["conv2", "prune_l1", 0.9, 0.88, 0.04]]

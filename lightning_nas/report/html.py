@@ -226,7 +226,7 @@ def _not_shown(skipped: list[str]) -> str:
 def render(data: RunData, title: str | None = None) -> str:
     """The report page for ``data`` as an HTML string.
 
-    Example:
+    Examples:
         >>> from lightning_nas.report import RunData, render
         >>> data = RunData(name="demo", source="files", scalars={"val_acc": [(0, 0.5), (1, 0.9)]})
         >>> html = render(data, title="<demo>")
@@ -276,7 +276,7 @@ def build_report(run_dir: str | Path, out: str | Path = "report.html", title: st
 
     ``run_dir``: a W&B run or save dir (offline runs included), or a ``Tracker.files_dir`` file sink.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from lightning_nas.report import build_report

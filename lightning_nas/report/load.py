@@ -54,7 +54,7 @@ def _newest(paths: list[Path]) -> Path | None:
 def locate(run_dir: str | Path) -> tuple[Path | None, Path | None]:
     """``(sink_dir, wandb_run_dir)`` for ``run_dir``; either may be ``None``, not both.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from lightning_nas.report import locate
@@ -339,7 +339,7 @@ def _read_wandb(run: Path, data: RunData, media: bool) -> None:
 def load_run(run_dir: str | Path) -> RunData:
     """Read everything under ``run_dir`` (see the module docstring for what is accepted).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from lightning_nas.report import load_run, locate

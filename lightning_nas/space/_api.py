@@ -60,7 +60,7 @@ def _is_nni(module: nn.Module, cls_name: str) -> bool:
 def as_choice(module: nn.Module) -> ChoiceView | None:
     """The ``ChoiceView`` of ``module`` when it is a choice (ours, a mixed op, or NNI's), else ``None``.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> net = nn.Sequential(
@@ -99,7 +99,7 @@ def as_choice(module: nn.Module) -> ChoiceView | None:
 def named_choices(model: nn.Module) -> list[tuple[str, ChoiceView]]:
     """Every choice module in ``model`` (depth first, nested ones included) with its module path.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> net = nn.Sequential(
@@ -120,7 +120,7 @@ def named_choices(model: nn.Module) -> list[tuple[str, ChoiceView]]:
 def decisions(model: nn.Module) -> dict[str, Decision]:
     """Every labelled decision in ``model``; raises if one label is used with different candidates.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> net = nn.Sequential(
@@ -154,7 +154,7 @@ def decisions(model: nn.Module) -> dict[str, Decision]:
 def choices(model: nn.Module) -> dict[str, list[Any]]:
     """``{label: candidates}`` for every decision of ``model`` (tied choices appear once).
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> net = nn.Sequential(
@@ -170,7 +170,7 @@ def choices(model: nn.Module) -> dict[str, list[Any]]:
 def size(model: nn.Module) -> int:
     """Number of distinct architectures: the product of each decision's candidate count (1 if none).
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> net = nn.Sequential(space.LayerChoice([nn.ReLU(), nn.Tanh(), nn.GELU()], label="act"),
@@ -186,7 +186,7 @@ def size(model: nn.Module) -> int:
 def architectures(model: nn.Module) -> list[dict[str, Any]]:
     """Every architecture of ``model`` as ``{label: candidate}``, in a fixed order (first candidates first).
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> net = nn.Sequential(
@@ -248,7 +248,7 @@ def freeze(model: nn.Module, arch: Mapping[str, Any], *, inplace: bool = False) 
 
     Raises ``ValueError`` for a missing, extra or unknown label, or a candidate the label does not have.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> net = nn.Sequential(
@@ -282,7 +282,7 @@ def build(fn: Callable[[], nn.Module], arch: Mapping[str, Any] | None = None) ->
     covering every decision, the result is frozen (a plain module). This is the multi-trial entry point:
     ``space.build(make_model, {"width": 32, "block1": "conv5"})``.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> def make():
@@ -314,7 +314,7 @@ def build(fn: Callable[[], nn.Module], arch: Mapping[str, Any] | None = None) ->
 def search_space(fn: Callable[[], nn.Module]) -> dict[str, list[Any]]:
     """``{label: candidates}`` of the model ``fn()`` builds, ``ValueChoice``s included.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> def make():

@@ -53,7 +53,7 @@ def fixed_arch(arch: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     ``ValueChoice(values, label)`` returns ``arch[label]``; a ``LayerChoice``/``InputChoice`` makes
     ``arch[label]`` its active candidate. Labels absent from ``arch`` keep their default (the first).
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> with space.fixed_arch({"width": 32}):
@@ -73,7 +73,7 @@ def fixed_arch(arch: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 def recording() -> Iterator[dict[str, tuple[list[Any], Any]]]:
     """Collect every ``ValueChoice`` made inside the block: ``{label: (values, chosen value)}``.
 
-    Example:
+    Examples:
         >>> from lightning_nas import space
         >>> with space.recording() as seen:
         ...     width = space.ValueChoice([16, 32], label="width")
@@ -94,7 +94,7 @@ def ValueChoice(values: Sequence[Any], label: str) -> Any:
     Returns the value itself, so ``nn.Conv2d(1, ValueChoice([16, 32], label="width"), 3)`` is ordinary code.
     The same label may be read several times (a tied decision) if ``values`` are equal each time.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> def make():
@@ -152,7 +152,7 @@ class LayerChoice(ChoiceModule):
 
     Before freezing, ``forward`` runs the active candidate (the first, or ``fixed_arch``'s).
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from lightning_nas import space
         >>> net = nn.Sequential(
@@ -232,7 +232,7 @@ def reduce_inputs(tensors: list[torch.Tensor], reduction: str) -> Any:
 class SelectInputs(nn.Module):
     """A frozen input choice: picks fixed inputs from a list and reduces them (plain, exportable).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.space import SelectInputs
         >>> SelectInputs([0, 2], reduction="concat")([torch.zeros(1, 1), torch.ones(1, 1), 2 * torch.ones(1, 1)])
@@ -258,7 +258,7 @@ class InputChoice(ChoiceModule):
     ``"concat"`` on dim 1, or ``"none"``). Each subset is one candidate, named by its indices (``"0"``,
     ``"0+2"``), so an ``InputChoice(3, 2)`` has 3 candidates.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas import space
         >>> merge = space.InputChoice(3, n_chosen=2, label="merge")

@@ -16,7 +16,7 @@ class FallbackWandbLogger(WandbLogger):
     with ``wandb sync``), and only as a last resort disables W&B; the lightning_nas file sink keeps
     everything in every case. Arguments are those of ``WandbLogger``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from lightning_nas.tracking import FallbackWandbLogger
         >>> logger = FallbackWandbLogger(project="digits", save_dir=tempfile.mkdtemp(), offline=True)

@@ -112,7 +112,7 @@ def read_offline_run(run_dir: str | Path, timeout: float = 10.0) -> tuple[list[d
     ``history`` is a list of dicts, one per ``run.log`` call (media as W&B's JSON descriptions, e.g.
     ``{"_type": "histogram", ...}``; an image's ``path`` is relative to the run's ``files`` folder).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import wandb
         >>> from lightning_nas.tracking import read_offline_run

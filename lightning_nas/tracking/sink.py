@@ -49,7 +49,7 @@ def to_uint8_image(image: Any) -> np.ndarray:
     W&B does not rescale float images, so floats are mapped to [0, 255] here: an image already in [0, 1]
     is multiplied by 255, anything else is min-max scaled.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import torch
         >>> from lightning_nas.tracking import to_uint8_image
@@ -94,7 +94,7 @@ class Tracker:
         enabled: ``False`` on non-zero ranks: every call is then a no-op.
         step: default step for calls that give none (a callable, e.g. ``lambda: trainer.global_step``).
 
-    Example:
+    Examples:
         Without a Lightning logger everything goes to the file sink (a ``WandbLogger`` gets real W&B media too):
 
         >>> import json

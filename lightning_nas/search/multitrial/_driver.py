@@ -90,7 +90,7 @@ def make_sampler(
 ) -> optuna.samplers.BaseSampler:
     """The Optuna sampler behind ``strategy`` (``kwargs`` go to its constructor).
 
-    Example:
+    Examples:
         >>> from lightning_nas.search.multitrial import make_sampler
         >>> type(make_sampler("tpe", seed=0)).__name__
         'TPESampler'
@@ -135,7 +135,7 @@ def make_sampler(
 def make_pruner(pruner: str | optuna.pruners.BasePruner | None) -> optuna.pruners.BasePruner:
     """``"median"`` (``MedianPruner``), ``"halving"`` (``SuccessiveHalvingPruner``), ``None``/``"none"``.
 
-    Example:
+    Examples:
         >>> from lightning_nas.search.multitrial import make_pruner
         >>> type(make_pruner("median")).__name__, type(make_pruner(None)).__name__
         ('MedianPruner', 'NopPruner')
@@ -255,7 +255,7 @@ def run(
         TypeError: ``build`` returned something other than a ``LightningModule``.
         StorageUnreachableError: ``storage`` cannot be reached.
 
-    Example:
+    Examples:
         Two trials over a width, one operation and the learning rate (tiny fits; give them epochs in earnest):
 
         >>> import tempfile
@@ -451,7 +451,7 @@ def find_duplicate(study: optuna.Study, params: Mapping[str, Any], before: int |
     """The first complete trial of ``study`` (numbered below ``before``, if given) whose parameters equal
     ``params``, or ``None``: what ``run(..., dedup=True)`` answers a repeated configuration with.
 
-    Example:
+    Examples:
         >>> import optuna
         >>> from lightning_nas.search.multitrial import find_duplicate
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -72,7 +72,7 @@ class RegularizedEvolutionSampler(BaseSampler):
         mutation_sigma: standard deviation of a numeric mutation in normalised ``[0, 1]`` units.
         seed: seed of the sampler's random numbers.
 
-    Example:
+    Examples:
         >>> import optuna
         >>> from lightning_nas.search import RegularizedEvolutionSampler
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)

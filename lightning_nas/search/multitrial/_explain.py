@@ -39,7 +39,7 @@ def importances(
     Pearson divergence between the distribution of the top-quantile trials and of all trials. Each is
     normalised to sum to 1. Needs at least 2 completed trials with varying parameters.
 
-    Example:
+    Examples:
         >>> import optuna
         >>> from lightning_nas.search.multitrial import importances
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,7 +75,7 @@ def importances(
 def pareto_figure(study: optuna.Study, objectives: dict[str, str]) -> Any:
     """Scatter of every completed trial on the first two objectives; the Pareto front in red, joined.
 
-    Example:
+    Examples:
         >>> import optuna
         >>> import matplotlib.pyplot as plt
         >>> from lightning_nas.search.multitrial import pareto_figure

@@ -27,7 +27,7 @@ class TrialPruningCallback(L.Callback):
         trial: an ``optuna.trial.Trial`` (or a ``SearchTrial``; its Optuna trial is used).
         monitor: a key of ``trainer.callback_metrics`` (e.g. ``"val_acc"``).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import lightning as L
         >>> import optuna

@@ -46,7 +46,7 @@ class ReinforceSampler(BaseSampler):
         max_int_choices: integer ranges with at most this many values get a categorical policy.
         seed: seed of the sampler's random numbers.
 
-    Example:
+    Examples:
         >>> import optuna
         >>> from lightning_nas.search import ReinforceSampler
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)

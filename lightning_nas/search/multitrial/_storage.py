@@ -47,7 +47,7 @@ def open_storage(
 ) -> Any:
     """Turn a URL (or an Optuna storage, or ``None``) into an Optuna storage; fail with one clear line.
 
-    Example:
+    Examples:
         >>> import os
         >>> import tempfile
         >>> from lightning_nas.search.multitrial import open_storage

@@ -42,7 +42,7 @@ class SearchTrial:
     Attributes:
         optuna_trial: the underlying ``optuna.trial.Trial`` (for anything not wrapped here).
 
-    Example:
+    Examples:
         >>> import optuna
         >>> from lightning_nas.search import SearchTrial
         >>> trial = SearchTrial(optuna.create_study().ask())
@@ -189,7 +189,7 @@ def record_search_space(build: Any, datamodule: Any = None) -> dict[str, BaseDis
 
     Define-by-run branches: only the branch taken with every first option / low end is seen.
 
-    Example:
+    Examples:
         >>> from lightning_nas.search.multitrial import record_search_space
         >>> def build(trial):
         ...     lr = trial.loguniform("lr", 1e-4, 1e-1)

@@ -39,7 +39,7 @@ def evolutionary_search(
     At most ``population * (generations + 1)`` distinct architectures are scored (fewer when the space is
     smaller: a space no larger than that is scored exhaustively).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_nas.search.oneshot import evolutionary_search
         >>> space = {"a": ["x", "y", "z"], "b": ["x", "y"]}
@@ -109,7 +109,7 @@ def recalibrate_batchnorm(model: nn.Module, forward: Callable[[Any], Any], batch
     A subnet of a weight-sharing supernet sees different activation statistics than the supernet's running
     averages, so each subnet is scored only after this (SPOS, Sec. 3.3). Returns the number of batches used.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from lightning_nas.search.oneshot import recalibrate_batchnorm

@@ -41,7 +41,7 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 class Supernet:
     """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place).
 
-    Example:
+    Examples:
         What ``DifferentiableNAS`` drives inside a fit, by hand:
 
         >>> import torch
