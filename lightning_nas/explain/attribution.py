@@ -215,9 +215,9 @@ def attribute(
     """Attributions of ``target`` logits to the inputs; the same shape as ``x`` (token inputs: ``(B, T)``;
     ``grad_cam``: ``(B, 1, H, W)`` upsampled to the input size).
 
-    Integrated Gradients: :math:`(x - x') \\odot \\frac{1}{m}\\sum_{k=1}^{m} \\nabla f(x' + \\tfrac{k}{m}(x - x'))`
-    with baseline :math:`x'` = ``baseline`` and :math:`m` = ``n_steps``. Grad-CAM:
-    :math:`\\mathrm{ReLU}(\\sum_c \\bar g_c A_c)` on ``layer``'s activations :math:`A`. ``model`` is used
+    Integrated Gradients: ``IG(x) = (x - x') * (1/m) sum_{k=1..m} grad f(x' + (k/m)(x - x'))`` (elementwise
+    product) with baseline ``x'`` = ``baseline`` and ``m`` = ``n_steps``. Grad-CAM: ``ReLU(sum_c g_c A_c)`` on
+    ``layer``'s activations ``A``, ``g_c`` the spatial mean of the gradient of channel ``c``. ``model`` is used
     as it is (call ``.eval()`` first); ``internal_batch_size`` bounds memory of the path methods.
     ``additional_forward_args`` are the model's other inputs, row-aligned with ``x`` (Captum expands them).
 
@@ -346,8 +346,8 @@ def aopc(
     """Area over the perturbation curve (Samek et al., 2017) for ``attributions`` and for a random order.
 
     Features (pixels, vector entries, tokens) are deleted (set to ``baseline``) most-relevant first in
-    ``steps`` equal chunks up to ``max_fraction`` of them; with :math:`p_k` the target's softmax probability
-    after chunk :math:`k`, :math:`\\mathrm{AOPC} = \\frac{1}{L+1}\\sum_{k=0}^{L} (p_0 - p_k)`, averaged over
+    ``steps`` equal chunks up to ``max_fraction`` of them; with ``p_k`` the target's softmax probability
+    after chunk ``k`` (of ``L``), ``AOPC = 1/(L+1) * sum_{k=0..L} (p_0 - p_k)``, averaged over
     samples. Higher than the random order's means the map points at evidence the model uses.
 
     Examples:
@@ -437,9 +437,9 @@ def compare(
     """How much the explanation moved from ``model_a`` to ``model_b`` on ``probe``.
 
     Both models are attributed for the same target (``"label"``: the probe labels; ``"pred"``: model A's
-    predictions), so the maps answer the same question. Per sample, :math:`\\rho` is the Spearman rank
-    correlation of :math:`|a|` and :math:`|b|` and top-k is :math:`|T_k(a) \\cap T_k(b)|/k` with
-    :math:`k = \\lceil` ``topk`` :math:`\\cdot d\\rceil`; agreement is the fraction of equal predictions.
+    predictions), so the maps answer the same question. Per sample, ``rho`` is the Spearman rank
+    correlation of ``|a|`` and ``|b|`` and top-k is ``|T_k(a) & T_k(b)| / k`` (``T_k``: the ``k`` largest
+    features) with ``k = ceil(topk * d)`` over ``d`` features; agreement is the fraction of equal predictions.
     Both models are put in eval mode and restored afterwards. For token models pass ``embedding_a`` /
     ``embedding_b``; for Grad-CAM ``layer_a`` / ``layer_b``.
 

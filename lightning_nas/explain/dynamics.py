@@ -59,7 +59,7 @@ def _weight(mod: nn.Module) -> torch.Tensor:
 
 
 def weight_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
-    """:math:`\\|W\\|_2` (Frobenius) per layer.
+    """``||W||_2`` (Frobenius) per layer.
 
     Examples:
         >>> import torch
@@ -76,7 +76,7 @@ def weight_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
 
 
 def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
-    """:math:`\\|\\nabla_W L\\|_2` per layer that has a gradient now.
+    """``||dL/dW||_2`` per layer that has a gradient now.
 
     Examples:
         >>> import torch
@@ -114,7 +114,7 @@ def snapshot(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
 
 
 def update_ratios(layers: list[tuple[str, nn.Module]], before: dict[str, torch.Tensor]) -> dict[str, float]:
-    """:math:`\\|W_{t+1} - W_t\\|_2 / \\|W_t\\|_2` per layer (healthy SGD training sits near 1e-3).
+    """``||W_{t+1} - W_t||_2 / ||W_t||_2`` per layer (healthy SGD training sits near 1e-3).
 
     Examples:
         >>> import torch

@@ -2,13 +2,13 @@
 
 Pure torch, no Lightning import. For a probe set ``(x, classes)``:
 
-* the **path** of class :math:`c` is, per layer, the ``top_k`` channels with the highest mean activation
+* the **path** of class ``c`` is, per layer, the ``top_k`` channels with the highest mean activation
   over the class's samples (conv outputs are averaged over space first); with ``relative=True`` (default)
   each channel's activation is first standardized over the whole probe, so a channel that is large for
   every class does not sit on every path;
-* the **overlap** of two classes is the Jaccard index :math:`|P_a \\cap P_b| / |P_a \\cup P_b|` of their paths
+* the **overlap** of two classes is the Jaccard index ``|P_a & P_b| / |P_a | P_b|`` of their paths
   taken as sets of ``(layer, channel)``;
-* the **ablation effect** of a channel for class :math:`c` is the drop of the mean class-:math:`c` logit over the
+* the **ablation effect** of a channel for class ``c`` is the drop of the mean class-``c`` logit over the
   class's samples when that channel's output is set to zero (each candidate on its own, and the class's
   whole top-k at once per layer).
 """
