@@ -51,6 +51,15 @@ class AttributionMonitor(LightningNASCallback):
         explain: log heatmaps / top-feature tables each run.
         seed: picks the probe set.
 
+    Logged under ``explain/attribution/`` each run: ``probe_acc`` (accuracy on the probe),
+    ``structural_changes`` (model-structure changes seen so far), ``aopc`` and ``aopc_random`` and the line
+    series ``deletion_curve`` (with ``faithfulness``), ``drift_spearman``, ``drift_topk``, ``drift_agreement``
+    (once a reference exists), and with ``explain`` the image ``maps`` or the table ``top_features``.
+
+    Math: AOPC as in ``explain.attribution.aopc``, ``1/(L+1) * sum_{k=0..L} (p_0 - p_k)`` with ``p_k`` the
+    target's probability after the ``k``-th of ``L`` deletion steps; the drift scores as in
+    ``explain.attribution.compare`` (Spearman correlation of ``|a|`` and ``|b|``, top-``topk`` overlap).
+
     Examples:
         >>> import tempfile
         >>> import lightning as L
