@@ -154,7 +154,7 @@ def test_callback_trains_exactly_like_a_hand_written_kd_loop(tmp_path, digits):
     loader = digits.train_dataloader()
     loader.sampler.set_epoch(0)
     manual.train()
-    for i, (x, y) in zip(range(5), loader):
+    for _, (x, y) in zip(range(5), loader):
         z = manual(x)
         with torch.no_grad():
             zt = reference_teacher(x)
@@ -184,7 +184,7 @@ def test_kd_bad_model_input_fails_before_the_first_step(tmp_path, digits):
     for cb, msg in cases:
         steps = []
         probe = L.Callback()
-        probe.on_before_optimizer_step = lambda *a, **k: steps.append(1)
+        probe.on_before_optimizer_step = lambda *a, steps=steps, **k: steps.append(1)
         with pytest.raises(ValueError, match=msg):
             fast_trainer(tmp_path, callbacks=[cb, probe], limit_train_batches=2).fit(
                 Classifier(DigitsCNN(4)), datamodule=digits

@@ -52,7 +52,7 @@ def test_sensitivity_table_reusable_with_another_perturbation(digits):
     assert S.SENSITIVITY_COLUMNS == ["layer", "method", "level", "accuracy", "drop"]
     assert len(rows) == 4 and all(len(r) == 5 for r in rows)
     base = S.evaluate_accuracy(model, loader)
-    for layer, method, level, acc, drop in rows:
+    for _layer, method, _level, acc, drop in rows:
         assert method == "quant_int" and drop == pytest.approx(base - acc)
     for k, v in model.state_dict().items():  # the model itself is untouched
         torch.testing.assert_close(v, before[k])

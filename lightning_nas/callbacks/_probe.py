@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
 
+from lightning_nas._compat import val_data_source
+from lightning_nas._modules import eval_mode
 from lightning_nas.callbacks._capture import ProbeCollector, ProbeSet
 from lightning_nas.callbacks._route import Route
 from lightning_nas.explain._attribution_utils import forward_of, required_inputs
@@ -24,7 +26,7 @@ from lightning_nas.explain.attribution import Probe, select_probe
 
 def val_data(trainer: L.Trainer, pl_module: L.LightningModule, owner: str) -> Any:
     """The validation dataloader(s) of this fit, before the val loop loads them; ``ValueError`` if none."""
-    source = getattr(getattr(getattr(trainer.fit_loop, "epoch_loop", None), "val_loop", None), "_data_source", None)
+    source = val_data_source(trainer)
     data = None
     try:  # Lightning's own source resolves fit(val_dataloaders=...), a datamodule and the module's hook alike
         if source is not None and source.is_defined():
@@ -70,13 +72,9 @@ def check_forward(pl_module: nn.Module, probe: Probe, forward_fn: Callable | Non
             f"{owner}: {type(pl_module).__name__}.forward takes {required_inputs(pl_module)} inputs; "
             "pass `forward_fn=lambda model, x: ...` returning (batch, classes) logits"
         )
-    was = pl_module.training
-    pl_module.eval()
-    try:
+    with eval_mode(pl_module):
         with torch.no_grad():
             out = forward_of(pl_module, forward_fn)(probe.x[:2].to(pl_module.device))
-    finally:
-        pl_module.train(was)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, len(probe)):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(
@@ -194,17 +192,14 @@ class ProbeSource:
         if isinstance(probe, Probe):
             return check_forward(pl_module, probe, self.forward_fn, self.owner)
         n = len(probe)
-        was = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                two = [t[:2] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == n else t for t in rest]
-                return forward_of(pl_module, fwd)(
-                    probe.x[:2].to(pl_module.device), *move_data_to_device(two, pl_module.device)
-                )
-        except ValueError as err:
-            raise ValueError(
-                f"{self.owner}: {err}; pass `forward_fn=lambda model, x: ...` returning (batch, classes) scores"
-            ) from None
-        finally:
-            pl_module.train(was)
+        with eval_mode(pl_module):
+            try:
+                with torch.no_grad():
+                    two = [t[:2] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == n else t for t in rest]
+                    return forward_of(pl_module, fwd)(
+                        probe.x[:2].to(pl_module.device), *move_data_to_device(two, pl_module.device)
+                    )
+            except ValueError as err:
+                raise ValueError(
+                    f"{self.owner}: {err}; pass `forward_fn=lambda model, x: ...` returning (batch, classes) scores"
+                ) from None

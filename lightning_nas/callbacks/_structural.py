@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from lightning_nas._compat import rewrap_model
 from lightning_nas._validate import check_choice, check_int
 
 SCHEDULES = ("one_shot", "linear", "cubic", "agp")
@@ -105,7 +106,7 @@ def rebuild_optimizers(trainer: L.Trainer, pl_module: L.LightningModule, names_b
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(strategy.model, DistributedDataParallel):  # the DDP wrapper holds the old parameters
-        strategy.model = strategy._setup_model(pl_module)
+        rewrap_model(trainer, pl_module)
     old_state: dict[str, dict[str, Any]] = {}
     old_lrs = []
     for opt in trainer.optimizers:

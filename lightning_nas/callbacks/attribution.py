@@ -9,7 +9,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
+from typing_extensions import override
 
+from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._capture import ProbeSet
 from lightning_nas.callbacks._probe import ProbeSource, find_embedding, find_module
@@ -141,11 +143,13 @@ class AttributionMonitor(LightningNASCallback):
         self._pending_mark = False
 
     # ------------------------------------------------------------------ set-up
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
         super().setup(trainer, pl_module, stage)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self.release_model_io(pl_module)
@@ -168,9 +172,11 @@ class AttributionMonitor(LightningNASCallback):
                 )
             self._adopt(pl_module, probe)
 
+    @override
     def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._ensure_probe(pl_module, final=False)  # checked before the first step when the sanity check fills it
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._ensure_probe(pl_module)
@@ -227,6 +233,7 @@ class AttributionMonitor(LightningNASCallback):
             self._pending_mark = True
 
     # ------------------------------------------------------------------ hooks
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
             return
@@ -269,6 +276,7 @@ class AttributionMonitor(LightningNASCallback):
             self._log_maps(tracker, cur, trainer.current_epoch)
         return metrics
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self._last is not None:
             keys = ("aopc", "aopc_random")
@@ -279,9 +287,7 @@ class AttributionMonitor(LightningNASCallback):
         probe = self.probe
         if probe is None:
             raise RuntimeError("AttributionMonitor has no probe yet: it is chosen when the fit starts")
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             device = next(model.parameters(), torch.empty(0)).device
             x = probe.x.to(device)
             fwd, rest = self._source.forward(probe)
@@ -330,8 +336,6 @@ class AttributionMonitor(LightningNASCallback):
                     curve_random=r["aopc_random_curve"],
                 )
             return out
-        finally:
-            model.train(was)
 
     def _log_maps(self, tracker: Any, cur: dict[str, Any], epoch: int) -> None:
         x = self.probe.x

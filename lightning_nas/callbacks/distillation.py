@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_nas._validate import check_range, check_type
 from lightning_nas.callbacks._capture import StepRecord
@@ -159,6 +160,7 @@ class KnowledgeDistillation(LightningNASCallback):
         if self.features:
             io.before(self, "train", self._before_train_step)
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Hooks go in here, after every callback's setup: another callback (QAT) may have swapped submodules.
         self.teacher.to(pl_module.device).eval()
@@ -184,6 +186,7 @@ class KnowledgeDistillation(LightningNASCallback):
         self._clear()
         self._capture = True
 
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -258,6 +261,7 @@ class KnowledgeDistillation(LightningNASCallback):
         return total if isinstance(out, torch.Tensor) else dict(out, loss=total)
 
     # ------------------------------------------------------------------ explanations
+    @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._acc.reset()
 
@@ -270,13 +274,16 @@ class KnowledgeDistillation(LightningNASCallback):
             self._acc.update(pair[0], pair[1], labels_of(record.batch, pair[0].shape[0]))
         self._clear()
 
+    @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.explain and not trainer.sanity_checking:
             self._log_agreement(trainer, pl_module, self._acc)
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._train_acc.reset()
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.explain and self._logged_epoch != trainer.current_epoch:  # no validation ran: training batches
             self._log_agreement(trainer, pl_module, self._train_acc)
@@ -300,6 +307,7 @@ class KnowledgeDistillation(LightningNASCallback):
         tracker.log_scalars(entry)
         tracker.log_table("distill/per_class", AGREEMENT_COLUMNS, res["rows"])
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return

@@ -9,7 +9,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
+from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_int, check_type
 from lightning_nas.callbacks._capture import StepRecord, call_scores
 from lightning_nas.callbacks._route import Route, split_input
@@ -141,6 +143,7 @@ class DriftMonitor(LightningNASCallback):
         stage = "fit" if (loop == "validate" and trainer.state.fn == "fit") else loop
         return stage if stage in self.stages else None
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
         if self.input_index is None:
@@ -148,6 +151,7 @@ class DriftMonitor(LightningNASCallback):
             self.model_io(trainer, pl_module).listen(self, "eval", self._on_step)
         super().setup(trainer, pl_module, stage)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.release_model_io(pl_module)
 
@@ -220,6 +224,7 @@ class DriftMonitor(LightningNASCallback):
                 scores = pl_module(x)
         self._keep(x, scores)
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: L.Trainer,
@@ -232,6 +237,7 @@ class DriftMonitor(LightningNASCallback):
         if self._stage(trainer, "validate"):
             self._collect(pl_module, outputs, batch)
 
+    @override
     def on_test_batch_end(
         self,
         trainer: L.Trainer,
@@ -244,6 +250,7 @@ class DriftMonitor(LightningNASCallback):
         if self._stage(trainer, "test"):
             self._collect(pl_module, outputs, batch)
 
+    @override
     def on_predict_batch_end(
         self,
         trainer: L.Trainer,
@@ -257,14 +264,17 @@ class DriftMonitor(LightningNASCallback):
             self._collect(pl_module, outputs, batch)
 
     # ------------------------------------------------------------------ check
+    @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._stage(trainer, "validate"):
             self._check(trainer, pl_module, "fit" if trainer.state.fn == "fit" else "validate")
 
+    @override
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._stage(trainer, "test"):
             self._check(trainer, pl_module, "test")
 
+    @override
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._stage(trainer, "predict"):
             self._check(trainer, pl_module, "predict")
@@ -286,9 +296,7 @@ class DriftMonitor(LightningNASCallback):
         if trainer.is_global_zero:
             share = None
             if self.attribution_samples and len(x) and self.profile.data.get("attribution") is not None:
-                was_training = pl_module.training
-                pl_module.eval()
-                try:
+                with eval_mode(pl_module):
                     model = (
                         pl_module
                         if self.input_index is not None or self._route is None
@@ -298,8 +306,6 @@ class DriftMonitor(LightningNASCallback):
                     )
                     if model is not None:  # several model inputs: no attribution over the one watched
                         share = attribution_share(model, x[-self.attribution_samples :], self.profile.feature_mode)
-                finally:
-                    pl_module.train(was_training)
             report = check_drift(self.profile, x, classes, share, self.thresholds)
         report = self._broadcast(trainer, report)
         self.last_report = report
@@ -343,6 +349,7 @@ class DriftMonitor(LightningNASCallback):
         except Exception as exc:
             rank_zero_warn(f"DriftMonitor: W&B alert not sent ({type(exc).__name__}: {exc})")
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.last_report = None

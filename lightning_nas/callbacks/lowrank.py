@@ -14,7 +14,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from typing_extensions import override
 
+from lightning_nas._modules import name_matches
 from lightning_nas._validate import check_int, check_range, check_type
 from lightning_nas.callbacks._structural import install_restore_hook, param_names, rebuild_optimizers, spawned
 from lightning_nas.callbacks.base import LightningNASCallback
@@ -84,6 +86,7 @@ class LowRankFactorization(LightningNASCallback):
         self.done = False
         self.report: list[LR.LayerFactorization] = []
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._pl_module = pl_module
         install_restore_hook(pl_module, self._replay_items)
@@ -94,6 +97,7 @@ class LowRankFactorization(LightningNASCallback):
             self._hooked = True
         super().setup(trainer, pl_module, stage)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._densify = stage == "fit" and getattr(self, "_hooked", False)
 
@@ -118,19 +122,20 @@ class LowRankFactorization(LightningNASCallback):
                     f"of {type(pl_module).__name__}; allowed: {sorted(cands)}"
                 )
             cands &= set(self.layers)
-        if not [n for n in cands if not LR._matches(n, self.ignore)]:
+        if not [n for n in cands if not name_matches(n, self.ignore)]:
             raise ValueError(
                 f"LowRankFactorization: no Linear/Conv2d(groups=1) layer in {type(pl_module).__name__} "
                 f"after `ignore`={self.ignore}"
             )
 
     def _replay_items(self, checkpoint: dict[str, Any]) -> list[tuple[int, Any]]:
-        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        state = self._checkpoint_state(checkpoint)
         if not state or not state.get("ranks"):
             return []
         module = self._pl_module
         return [(state["order"], lambda: LR.factorize(module, ranks=state["ranks"]))]
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.done or trainer.current_epoch < self.start_epoch:
             return

@@ -13,14 +13,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from typing_extensions import override
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
-from lightning_nas.callbacks._oneshot import _first_loader, _OneShotCallback
+from lightning_nas.callbacks._oneshot import OneShotCallback, first_loader
 from lightning_nas.explain import architecture as xarch
 from lightning_nas.search.oneshot import REMEDIES, SAMPLINGS, evolutionary_search, recalibrate_batchnorm
 
 
-class DifferentiableNAS(_OneShotCallback):
+class DifferentiableNAS(OneShotCallback):
     """Differentiable architecture search (DARTS, first order; GDAS) inside an ordinary ``trainer.fit``.
 
     Before each of the user's weight steps, one architecture step updates the logits ``alpha`` (held by the
@@ -123,6 +124,7 @@ class DifferentiableNAS(_OneShotCallback):
             "beta_decay_weight": self.beta_decay_weight,
         }
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -153,6 +155,7 @@ class DifferentiableNAS(_OneShotCallback):
         probs = xarch.probabilities(self._supernet.alpha, self._supernet.names)
         self._log_probabilities(trainer, probs, {"nas/tau": self._supernet.tau} if self.mode == "gdas" else {})
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sn = self._supernet
         self._keep_bn_batches(trainer)
@@ -172,7 +175,7 @@ class DifferentiableNAS(_OneShotCallback):
         sn.restore(self.export())
 
 
-class SubnetSampling(_OneShotCallback):
+class SubnetSampling(OneShotCallback):
     """Single-path one-shot search (SPOS): one sampled path per training step (fair or uniform), then evolution.
 
     At the end of training an evolutionary search scores subnets of the trained supernet by their mean
@@ -250,16 +253,19 @@ class SubnetSampling(_OneShotCallback):
         self._arch: dict[str, str] | None = None
         self.scored: list[tuple[dict[str, str], float]] = []
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._supernet.resample()
 
+    @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_gen = torch.Generator().manual_seed(
             int(self._supernet.generator.initial_seed()) + 7919 * (trainer.current_epoch + 1)
         )
 
+    @override
     def on_validation_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
@@ -278,10 +284,11 @@ class SubnetSampling(_OneShotCallback):
         finally:
             sn.set_fixed(None)
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sn = self._supernet
         self._keep_bn_batches(trainer)
-        loader = _first_loader(trainer.train_dataloader)
+        loader = first_loader(trainer.train_dataloader)
         self._calib = [trainer.strategy.batch_to_device(b) for b in itertools.islice(iter(loader), self.calib_batches)]
         self._evalb = self._eval_batches(trainer, self.eval_batches)
         was = pl_module.training

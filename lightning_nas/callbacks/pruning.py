@@ -13,7 +13,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from typing_extensions import override
 
+from lightning_nas._modules import name_matches
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._capture import EvalBatches
 from lightning_nas.callbacks._route import ROOT, Route
@@ -147,6 +149,7 @@ class StructuredPruning(LightningNASCallback):
         self._grad_n = 0
 
     # ------------------------------------------------------------------ set-up and validation
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._pl_module = pl_module
         install_restore_hook(pl_module, self._replay_items)
@@ -162,6 +165,7 @@ class StructuredPruning(LightningNASCallback):
             pl_module.register_state_dict_post_hook(functools.partial(type(self)._dense_state_dict, self))
         super().setup(trainer, pl_module, stage)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._densify = stage == "fit" and hasattr(self, "_unpruned")
         if stage == "fit":
@@ -175,7 +179,7 @@ class StructuredPruning(LightningNASCallback):
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         layers = [n for n, m in pl_module.named_modules() if isinstance(m, P.ROOT_TYPES)]
-        if not self.records and not [n for n in layers if not P._matches(n, self.ignore)]:
+        if not self.records and not [n for n in layers if not name_matches(n, self.ignore)]:
             raise ValueError(
                 f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
                 f"{self.ignore} (the output layer is never pruned)"
@@ -199,6 +203,7 @@ class StructuredPruning(LightningNASCallback):
     def _fwd(self) -> Any:
         return Route.from_state(self.route).run if self.route else None
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.example is not None:
             self._ensure_original(trainer, pl_module)
@@ -251,6 +256,7 @@ class StructuredPruning(LightningNASCallback):
         return move_data_to_device(self.example, pl_module.device)
 
     # ------------------------------------------------------------------ Taylor gradients
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if self.importance != "taylor":
             return
@@ -261,6 +267,7 @@ class StructuredPruning(LightningNASCallback):
         self._grad_n += 1
 
     # ------------------------------------------------------------------ pruning events
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -370,7 +377,7 @@ class StructuredPruning(LightningNASCallback):
 
     # ------------------------------------------------------------------ resume across the change
     def _replay_items(self, checkpoint: dict[str, Any]) -> list[tuple[int, Any]]:
-        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        state = self._checkpoint_state(checkpoint)
         if not state or not state.get("records"):
             return []
         module = self._pl_module
@@ -386,6 +393,7 @@ class StructuredPruning(LightningNASCallback):
         return [(rec["order"], replay(rec)) for rec in state["records"]]
 
     # ------------------------------------------------------------------ logging
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log_state(trainer, pl_module)
 
@@ -499,6 +507,7 @@ class MagnitudePruning(LightningNASCallback):
         self.make_permanent = make_permanent
         self.done: list[int] = []
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._pl_module = pl_module
         install_restore_hook(pl_module, self._replay_items)
@@ -517,6 +526,7 @@ class MagnitudePruning(LightningNASCallback):
             return []
         return [(-1, lambda: P.add_masks_for_state_dict(module, sd))]
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -529,9 +539,11 @@ class MagnitudePruning(LightningNASCallback):
         self.done += [e for e in self.schedule.events() if e <= event and e not in self.done]
         self._log(trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log(trainer, pl_module)
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.make_permanent:
             P.make_permanent(pl_module)

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from torch import nn
+from typing_extensions import override
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._capture import EvalBatches, ModelIO
@@ -185,6 +186,7 @@ class QuantizationAware(LightningNASCallback):
         self._eval = EvalBatches(explain_batches)
 
     # ------------------------------------------------------------------ set-up: what to quantize
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._pl = pl_module
@@ -309,7 +311,7 @@ class QuantizationAware(LightningNASCallback):
         self._originals = {}
 
     def _replay(self, checkpoint: dict[str, Any]) -> list[tuple[float, Any]]:
-        state = checkpoint.get("callbacks", {}).get(self.state_key) or {}
+        state = self._checkpoint_state(checkpoint) or {}
         if (
             self.qat_model is not None
             or not state.get("targets")
@@ -347,17 +349,20 @@ class QuantizationAware(LightningNASCallback):
         own = {k: v.detach().cpu() for k, v in self.qat_model.state_dict().items() if k in names}
         self.qat_model.load_state_dict(self._broadcast(trainer, own), strict=False)
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Epochs shorter than the warm-up: observe for at most half of an epoch, then fake-quantize.
         batches = trainer.num_training_batches
         if self.qat_steps == 0 and batches != float("inf"):
             self.warmup_steps = min(self.recipe.observer_warmup_steps, int(batches) // 2)
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._loss_sum, self._loss_count = None, 0
         if self.qat_model is not None:
             self._apply_schedule(trainer.current_epoch)
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -369,6 +374,7 @@ class QuantizationAware(LightningNASCallback):
         ):
             self._apply_schedule(trainer.current_epoch)  # observer warm-up over: fake quantization on
 
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -380,6 +386,7 @@ class QuantizationAware(LightningNASCallback):
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_count += 1
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._loss_sum is None:
             return
@@ -413,6 +420,7 @@ class QuantizationAware(LightningNASCallback):
                 "default QATRecipe (BENCHMARKS.md, QAT recipe)."
             )
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # checkpoints from before the recipe and the guard hold only qat_steps
         defaults = {
@@ -424,12 +432,14 @@ class QuantizationAware(LightningNASCallback):
         }
         super().load_state_dict({**defaults, **state_dict})
 
+    @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.qat_model is None:
             return
         self._sync(trainer)
         self._apply_schedule(trainer.current_epoch, training=False)  # observers off: no leak of val data
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.qat_model is None:
             return
@@ -451,10 +461,16 @@ class QuantizationAware(LightningNASCallback):
         merged with layer names made full (``model.features.0``, by ``full(name)``). ``forward(args, kwargs)`` runs
         the route's logits."""
         route = self._route or Route(tuple(self.targets))
-        forward = lambda args, kwargs: route.logits(pl_module, (args, kwargs))
+
+        def forward(args: tuple, kwargs: dict) -> Any:
+            return route.logits(pl_module, (args, kwargs))
+
         merged: Any = [] if rows else {}
         for path, qat in self._prepared.items():
-            full = lambda n, path=path: f"{path}.{n}" if path else n
+
+            def full(n: str, path: str = path) -> str:
+                return f"{path}.{n}" if path else n
+
             others = [m for p, m in self._prepared.items() if p != path]
             saved = [(m, m.fake_quant_enabled.clone()) for o in others for _, m in Q.fake_quant_modules(o)]
             try:
@@ -480,6 +496,7 @@ class QuantizationAware(LightningNASCallback):
         return {names[i] for i in ranked[: self.sensitivity_layers]}
 
     # ------------------------------------------------------------------ the end: int8
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.qat_model is None or self.qat_steps == 0:
             return
@@ -580,7 +597,7 @@ class QuantizationAware(LightningNASCallback):
     def _measure(self, tracker: Any) -> None:
         from lightning_nas.deploy import measure
         from lightning_nas.deploy.export import onnx_session
-        from lightning_nas.deploy.measure import _time
+        from lightning_nas.deploy.measure import time_call
 
         x = self._example()
         float_model = self.float_model()
@@ -605,12 +622,13 @@ class QuantizationAware(LightningNASCallback):
                     self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1] for a in x), form=self.onnx_form)
                 sess = onnx_session(self.onnx_model)
                 feeds = {i.name: a.numpy() for i, a in zip(sess.get_inputs(), x)}
-                m["quant/onnx_int8_latency_ms"] = _time(lambda: sess.run(None, feeds), 10, 3)[0]
+                m["quant/onnx_int8_latency_ms"] = time_call(lambda: sess.run(None, feeds), 10, 3)[0]
         except Exception as exc:
             self.measurements["onnx_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         self.measurements.update(m)
         tracker.log_summary(m)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return

@@ -17,7 +17,6 @@ rank would not reduce MACs is left alone and reported as skipped (never an error
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_nas._modules import name_matches
 from lightning_nas._validate import check_range
 
 
@@ -111,10 +111,6 @@ def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if c
     }
     return [(n, m) for n, m in model.named_modules() if n and n not in inside and _is_candidate(m)]
-
-
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
@@ -219,7 +215,7 @@ def factorize(
         if missing:
             raise ValueError(f"`layers` {missing} are not Linear/Conv2d(groups=1) layers of the model")
         cands = [(n, m) for n, m in cands if n in layers]
-    cands = [(n, m) for n, m in cands if not _matches(n, ignore)]
+    cands = [(n, m) for n, m in cands if not name_matches(n, ignore)]
     for name, m in cands:
         kind = _is_candidate(m)
         with torch.no_grad():

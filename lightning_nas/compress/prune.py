@@ -5,9 +5,11 @@ also removes input channel ``i`` of every consumer, the matching BatchNorm entri
 add, the right slice of a concatenation, grouped/depthwise convs and ``nn.MultiheadAttention`` dims. The
 model is *physically* smaller afterwards (fewer parameters, fewer MACs, lower latency).
 
-Every structural change is recorded as a list of ``PruneStep(layer, direction, idxs)`` in the order it was
-applied, so that ``replay_pruning`` reproduces the exact architecture on a fresh, unpruned instance of the
-same model (the weights are then loaded over it: this is how checkpoints resume across pruning).
+Every structural change is recorded by Torch-Pruning's own pruning history (``BasePruner.pruning_history()``,
+``(layer, is_out_channels, idxs)`` in the order applied), kept here as JSON-friendly ``PruneStep(layer,
+direction, idxs)`` records; ``replay_pruning`` hands them back to ``DependencyGraph.load_pruning_history`` to
+reproduce the exact architecture on a fresh, unpruned instance of the same model (the weights are then loaded
+over it: this is how checkpoints resume across pruning).
 
 Importance of channel ``c`` of a group (all coupled parameters ``W_k``, summed over the group):
 
@@ -19,7 +21,6 @@ Importance of channel ``c`` of a group (all coupled parameters ``W_k``, summed o
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as _tprune
 
+from lightning_nas._modules import eval_mode, name_matches
 from lightning_nas._validate import check_choice, check_range, check_type
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
@@ -42,7 +44,9 @@ ForwardFn = Callable[[nn.Module, ExampleInputs], Any]
 
 @dataclass
 class PruneStep:
-    """One structural change: remove channels ``idxs`` of ``layer`` (``direction`` "out" or "in" channels)."""
+    """One structural change: remove channels ``idxs`` of ``layer`` (``direction`` "out" or "in" channels).
+
+    One entry of Torch-Pruning's pruning history, named so that it reads in a checkpoint and in JSON."""
 
     layer: str
     direction: str
@@ -80,13 +84,9 @@ def _forward_fn(model: nn.Module, inputs: ExampleInputs) -> Any:
 
 
 def _run(model: nn.Module, example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None) -> Any:
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             return (forward_fn or _forward_fn)(model, example_inputs)
-    finally:
-        model.train(was)
 
 
 def find_output_layer(
@@ -107,10 +107,6 @@ def find_output_layer(
     return order[-1] if order else None
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def _graph(model: nn.Module, example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None) -> Any:
     import torch_pruning as tp
 
@@ -124,7 +120,7 @@ def _ignored_modules(
 ) -> list[nn.Module]:
     out = find_output_layer(model, example_inputs, forward_fn)
     names = list(ignore) + ([out] if out else [])
-    return [m for n, m in model.named_modules() if n and _matches(n, names)]
+    return [m for n, m in model.named_modules() if n and name_matches(n, names)]
 
 
 def prunable_layers(
@@ -228,7 +224,7 @@ def prune_structured(
             raise ValueError(f"`amount` names layers {unknown} that are not in the model")
         ratio_dict = {modules[k]: float(v) for k, v in ratios.items()}
     num_heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-    pruner = tp.pruner.MetaPruner(
+    pruner = tp.pruner.BasePruner(
         model,
         example_inputs,
         importance=_importance(importance),
@@ -243,9 +239,7 @@ def prune_structured(
         root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear],
     )
     dg = pruner.DG
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():  # importance of every channel, before anything changes (for explanations)
             for group in dg.get_all_groups(
                 ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
@@ -254,15 +248,13 @@ def prune_structured(
                 if imp is not None:
                     result.scores[names[group[0].dep.target.module]] = [float(v) for v in imp.cpu().reshape(-1)]
         for group in pruner.step(interactive=True):
-            dep, idxs = group[0].dep, [int(getattr(i, "idx", i)) for i in group[0].idxs]
-            root = dep.target.module
-            out = dg.is_out_channel_pruning_fn(dep.handler)
-            name = names[root]
-            result.removed.setdefault(name, []).extend(idxs)
-            group.prune()
-            result.steps.append(PruneStep(name, "out" if out else "in", sorted(idxs)))
-    finally:
-        model.train(was)
+            idxs = [int(getattr(i, "idx", i)) for i in group[0].idxs]
+            result.removed.setdefault(names[group[0].dep.target.module], []).extend(idxs)
+            group.prune()  # recorded in the dependency graph's pruning history
+    result.steps = [
+        PruneStep(layer, "out" if out else "in", sorted(int(getattr(i, "idx", i)) for i in idxs))
+        for layer, out, idxs in pruner.pruning_history()
+    ]
     _check_runs(model, example_inputs, ignore, forward_fn)
     return result
 
@@ -303,17 +295,13 @@ def replay_pruning(
     """
     if not steps:
         return
-    dg = _graph(model, example_inputs, forward_fn)
+    records = [s if isinstance(s, PruneStep) else PruneStep(**s) for s in steps]
     modules = dict(model.named_modules())
-    for s in steps:
-        s = s if isinstance(s, PruneStep) else PruneStep(**s)
+    for s in records:
         if s.layer not in modules:
             raise KeyError(f"replay_pruning: layer {s.layer!r} of the record is not in this model")
-        mod = modules[s.layer]
-        pr = dg.get_pruner_of_module(mod)
-        fn = pr.prune_out_channels if s.direction == "out" else pr.prune_in_channels
-        group = dg.get_pruning_group(mod, fn, list(s.idxs))
-        group.prune()
+    dg = _graph(model, example_inputs, forward_fn)
+    dg.load_pruning_history([[s.layer, s.direction == "out", list(s.idxs)] for s in records])
 
 
 def densify_state_dict(
@@ -382,7 +370,7 @@ _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def magnitude_targets(model: nn.Module, ignore: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every Linear/Conv whose ``weight`` unstructured pruning may mask."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _WEIGHTED) and not _matches(n, ignore)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _WEIGHTED) and not name_matches(n, ignore)]
 
 
 def magnitude_prune(

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas._trust import UnsafePathError, inside
 from lightning_nas._validate import check_type
-from lightning_nas.deploy.card import ModelCard, _jsonable
+from lightning_nas.deploy.card import ModelCard, jsonable
 from lightning_nas.deploy.export import export, onnx_session
 from lightning_nas.deploy.profile import ReferenceProfile
 
@@ -220,11 +221,11 @@ def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _onnx_latency_ms(path: Path, x: np.ndarray, repeats: int = 30) -> float:
-    from lightning_nas.deploy.measure import _time
+    from lightning_nas.deploy.measure import time_call
 
     sess = onnx_session(path, threads=1)
     feeds = {sess.get_inputs()[0].name: x}
-    return round(_time(lambda: sess.run(None, feeds), repeats, 5)[0], 4)
+    return round(time_call(lambda: sess.run(None, feeds), repeats, 5)[0], 4)
 
 
 def bundle(
@@ -306,68 +307,65 @@ def bundle(
             raise ValueError(f"`reference_data` samples have shape {tuple(ref.shape[1:])}, example_input {shape}")
     if int8 is True and ref is None:
         raise ValueError("`int8=True` calibrates the int8 model on `reference_data`; pass reference_data")
-    was_training = model.training
-    model.eval()
-    target = out.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmpd = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmpd.chmod(0o777 & ~umask)  # mkdtemp makes it private; the bundle folder gets the usual permissions
-        # everything is written into tmpd (beside out_dir), then swapped in whole
-        files = _write_models(model, example_input.detach().cpu().float(), tmpd, int8, ref)
-        check_x = (ref[:128] if ref is not None else example_input.detach().cpu().numpy()).astype(np.float32)
-        with torch.no_grad():
-            want = model(torch.from_numpy(check_x)).float().numpy()
-        if want.ndim != 2 or want.shape[1] < 2:
-            raise ValueError(f"bundle: the model must output (N, classes) scores, got shape {want.shape}")
-        checks = _check_outputs(tmpd, files, check_x, want)
-        kind = output
-        if kind == "auto":
-            is_dist = (want >= 0).all() and np.allclose(want.sum(1), 1.0, atol=1e-4)
-            kind = "probabilities" if is_dist else "logits"
-        if ref is not None:
-            ReferenceProfile.from_data(model, ref).save(tmpd / PROFILE)
-            files.append(PROFILE)
-        c = card or ModelCard(name or type(model).__name__)
-        c.set_model(model)
-        c.metrics.update(metrics or {})
-        c.measurements = _measurements(model, example_input, tmpd, files)
-        rng = (float(ref.min()), float(ref.max())) if ref is not None else None
-        c.input_spec = {
-            "name": "input",
-            "dtype": "float32",
-            "shape": ["batch", *shape],
-            "normalisation": normalisation or c.input_spec.get("normalisation"),
-            "range": list(rng) if rng else c.input_spec.get("range"),
-        }
-        k = want.shape[1]
-        names = [str(n) for n in (class_names or range(k))]
-        if len(names) != k:
-            raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
-        d = c.to_dict()
-        d["name"] = name or c.name
-        written = {f: tmpd / f for f in [*files, CARD]}  # trusted-path: our own file names
-        d["bundle"] = {
-            "format": FORMAT,
-            "version": VERSION,
-            "output": {"kind": kind, "num_classes": k, "class_names": names},
-            "checks": checks,
-            "files": {f: {"sha256": sha256(written[f]), "bytes": written[f].stat().st_size} for f in files},
-        }
-        written[CARD].write_text(json.dumps(_jsonable(d), indent=2))
-        (tmpd / MANIFEST).write_text("".join(f"{sha256(q)}  {f}\n" for f, q in written.items()))
-        for x in tmpd.iterdir():  # intermediate files (e.g. the int8 pre-processing) do not ship
-            if x.name not in (*written, MANIFEST):
-                x.unlink()
-        _check_out_dir(out, overwrite)  # again: the folder may have changed while the bundle was built
-        _swap_in(tmpd, target)
-    except BaseException:
-        shutil.rmtree(tmpd, ignore_errors=True)
-        raise
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        target = out.resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmpd = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            tmpd.chmod(0o777 & ~umask)  # mkdtemp makes it private; the bundle folder gets the usual permissions
+            # everything is written into tmpd (beside out_dir), then swapped in whole
+            files = _write_models(model, example_input.detach().cpu().float(), tmpd, int8, ref)
+            check_x = (ref[:128] if ref is not None else example_input.detach().cpu().numpy()).astype(np.float32)
+            with torch.no_grad():
+                want = model(torch.from_numpy(check_x)).float().numpy()
+            if want.ndim != 2 or want.shape[1] < 2:
+                raise ValueError(f"bundle: the model must output (N, classes) scores, got shape {want.shape}")
+            checks = _check_outputs(tmpd, files, check_x, want)
+            kind = output
+            if kind == "auto":
+                is_dist = (want >= 0).all() and np.allclose(want.sum(1), 1.0, atol=1e-4)
+                kind = "probabilities" if is_dist else "logits"
+            if ref is not None:
+                ReferenceProfile.from_data(model, ref).save(tmpd / PROFILE)
+                files.append(PROFILE)
+            c = card or ModelCard(name or type(model).__name__)
+            c.set_model(model)
+            c.metrics.update(metrics or {})
+            c.measurements = _measurements(model, example_input, tmpd, files)
+            rng = (float(ref.min()), float(ref.max())) if ref is not None else None
+            c.input_spec = {
+                "name": "input",
+                "dtype": "float32",
+                "shape": ["batch", *shape],
+                "normalisation": normalisation or c.input_spec.get("normalisation"),
+                "range": list(rng) if rng else c.input_spec.get("range"),
+            }
+            k = want.shape[1]
+            names = [str(n) for n in (class_names or range(k))]
+            if len(names) != k:
+                raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
+            d = c.to_dict()
+            d["name"] = name or c.name
+            written = {f: tmpd / f for f in [*files, CARD]}  # trusted-path: our own file names
+            d["bundle"] = {
+                "format": FORMAT,
+                "version": VERSION,
+                "output": {"kind": kind, "num_classes": k, "class_names": names},
+                "checks": checks,
+                "files": {f: {"sha256": sha256(written[f]), "bytes": written[f].stat().st_size} for f in files},
+            }
+            written[CARD].write_text(json.dumps(jsonable(d), indent=2))
+            (tmpd / MANIFEST).write_text("".join(f"{sha256(q)}  {f}\n" for f, q in written.items()))
+            for x in tmpd.iterdir():  # intermediate files (e.g. the int8 pre-processing) do not ship
+                if x.name not in (*written, MANIFEST):
+                    x.unlink()
+            _check_out_dir(out, overwrite)  # again: the folder may have changed while the bundle was built
+            _swap_in(tmpd, target)
+        except BaseException:
+            shutil.rmtree(tmpd, ignore_errors=True)
+            raise
     return out
 
 

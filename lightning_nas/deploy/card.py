@@ -25,13 +25,13 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if hasattr(v, "to_dict"):
-        return _jsonable(v.to_dict())
+        return jsonable(v.to_dict())
     if isinstance(v, torch.Tensor):
         return v.tolist()
     if hasattr(v, "item") and callable(v.item):
@@ -80,7 +80,7 @@ class ModelCard:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
+        return jsonable(
             {
                 "name": self.name,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_choice
 
 FORMATS = ("onnx", "torchscript")
@@ -43,36 +44,33 @@ def export(model: nn.Module, example_input: Any, path: str | Path, format: str =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     args = _as_tuple(example_input)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if format == "onnx":
-                in_names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
-                with torch.no_grad():
-                    out = model(*args)
-                n_out = len(out) if isinstance(out, (tuple, list)) else 1
-                out_names = [f"output{i}" if n_out > 1 else "output" for i in range(n_out)]
-                axes = {n: {0: "batch"} for n in in_names + out_names}
-                torch.onnx.export(
-                    model,
-                    args,
-                    str(path),
-                    input_names=in_names,
-                    output_names=out_names,
-                    dynamic_axes=axes,
-                    opset_version=opset,
-                    dynamo=False,
-                )
-            else:
-                torch.jit.save(torch.jit.trace(model, args, check_trace=False), str(path))
-    except Exception as exc:
-        raise RuntimeError(
-            f"export(format={format!r}) could not export {type(model).__name__}: {type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if format == "onnx":
+                    in_names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
+                    with torch.no_grad():
+                        out = model(*args)
+                    n_out = len(out) if isinstance(out, (tuple, list)) else 1
+                    out_names = [f"output{i}" if n_out > 1 else "output" for i in range(n_out)]
+                    axes = {n: {0: "batch"} for n in in_names + out_names}
+                    torch.onnx.export(
+                        model,
+                        args,
+                        str(path),
+                        input_names=in_names,
+                        output_names=out_names,
+                        dynamic_axes=axes,
+                        opset_version=opset,
+                        dynamo=False,
+                    )
+                else:
+                    torch.jit.save(torch.jit.trace(model, args, check_trace=False), str(path))
+        except Exception as exc:
+            raise RuntimeError(
+                f"export(format={format!r}) could not export {type(model).__name__}: {type(exc).__name__}: {exc}"
+            ) from exc
     return path
 
 

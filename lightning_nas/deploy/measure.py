@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_int
 
 
@@ -92,7 +93,7 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
     return int(fc.get_total_flops()) // 2
 
 
-def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, float]:
+def time_call(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -116,7 +117,7 @@ def measure_latency(model: nn.Module, example_input: Any, repeats: int = 30, war
     """
     args = _args(example_input)
     with torch.no_grad():
-        return _time(lambda: model(*args), repeats, warmup)
+        return time_call(lambda: model(*args), repeats, warmup)
 
 
 def measure(
@@ -154,10 +155,8 @@ def measure(
         raise TypeError(
             f"`example_input` must be a tensor or a tuple of tensors, got {[type(a).__name__ for a in args]}"
         )
-    was_training = model.training
-    model.eval()
-    notes: list[str] = []
-    try:
+    with eval_mode(model):
+        notes: list[str] = []
         try:
             with torch.no_grad():
                 model(*args)
@@ -191,9 +190,7 @@ def measure(
 
                 sess = onnx_session(onnx_bytes(model, args))
                 feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
-                m.onnx_latency_ms, m.onnx_latency_iqr_ms = _time(lambda: sess.run(None, feeds), repeats, warmup)
+                m.onnx_latency_ms, m.onnx_latency_iqr_ms = time_call(lambda: sess.run(None, feeds), repeats, warmup)
             except Exception as exc:
                 notes.append(f"ONNX latency not measured: {str(exc)[:300]}")
         return m
-    finally:
-        model.train(was_training)

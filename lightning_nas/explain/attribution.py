@@ -324,7 +324,9 @@ def _scores(fwd: Callable, x: torch.Tensor, target: torch.Tensor, batch: int, re
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            p = torch.softmax(fwd(x[i : i + batch], *rows_of(rest, len(x), lambda t: t[i : i + batch])).float(), dim=-1)
+            p = torch.softmax(
+                fwd(x[i : i + batch], *rows_of(rest, len(x), lambda t, i=i: t[i : i + batch])).float(), dim=-1
+            )
             out.append(p.gather(1, target[i : i + batch].view(-1, 1)).squeeze(1))
     return torch.cat(out)
 
@@ -415,7 +417,7 @@ def predict(
     with torch.no_grad():
         return torch.cat(
             [
-                fwd(x[i : i + batch_size], *rows_of(rest, len(x), lambda t: t[i : i + batch_size])).argmax(-1)
+                fwd(x[i : i + batch_size], *rows_of(rest, len(x), lambda t, i=i: t[i : i + batch_size])).argmax(-1)
                 for i in range(0, len(x), batch_size)
             ]
         )

@@ -23,7 +23,7 @@ __all__ = [
     "activation_modules",
 ]
 
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU)
 
 
 def tracked_layers(model: nn.Module, names: Iterable[str] | None = None) -> list[tuple[str, nn.Module]]:
@@ -53,7 +53,7 @@ def tracked_layers(model: nn.Module, names: Iterable[str] | None = None) -> list
     return out
 
 
-def _weight(mod: nn.Module) -> torch.Tensor:
+def layer_weight(mod: nn.Module) -> torch.Tensor:
     w = mod._parameters.get("weight")
     return w if w is not None else mod._parameters["weight_orig"]
 
@@ -72,7 +72,7 @@ def weight_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
         {'0': 2.0}
     """
     with torch.no_grad():
-        return {n: float(_weight(m).detach().float().norm()) for n, m in layers}
+        return {n: float(layer_weight(m).detach().float().norm()) for n, m in layers}
 
 
 def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
@@ -93,7 +93,7 @@ def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
     out = {}
     with torch.no_grad():
         for n, m in layers:
-            g = _weight(m).grad
+            g = layer_weight(m).grad
             if g is not None:
                 out[n] = float(g.detach().float().norm())
     return out
@@ -110,7 +110,7 @@ def snapshot(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
         {'0': (3, 2)}
     """
     with torch.no_grad():
-        return {n: _weight(m).detach().clone() for n, m in layers}
+        return {n: layer_weight(m).detach().clone() for n, m in layers}
 
 
 def update_ratios(layers: list[tuple[str, nn.Module]], before: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -132,7 +132,7 @@ def update_ratios(layers: list[tuple[str, nn.Module]], before: dict[str, torch.T
     with torch.no_grad():
         for n, m in layers:
             w0 = before.get(n)
-            w1 = _weight(m)
+            w1 = layer_weight(m)
             if w0 is None or w0.shape != w1.shape:
                 continue
             denom = float(w0.float().norm())
@@ -150,7 +150,7 @@ def activation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         >>> [name for name, _ in activation_modules(DigitsCNN(width=4))]
         ['features.2', 'features.5']
     """
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
 
 
 class DeadUnitProbe:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas.explain._attribution_utils import forward_of
 
 __all__ = ["LayerRow", "layer_table", "graph_edges", "render_graph", "TABLE_COLUMNS"]
@@ -82,17 +83,15 @@ def layer_table(
             rows[name] = LayerRow(name, type(m).__name__, _shape(inp), _shape(out), own, 0)
 
         handles.append(mod.register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        # grad stays on: under no_grad PyTorch's fused fast path for nn.TransformerEncoderLayer hides its matmuls
-        # from the flop counter
-        with torch.enable_grad(), FlopCounterMode(display=False) as fc:
-            fwd(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    with eval_mode(model):
+        try:
+            # grad stays on: under no_grad PyTorch's fused fast path for nn.TransformerEncoderLayer hides its matmuls
+            # from the flop counter
+            with torch.enable_grad(), FlopCounterMode(display=False) as fc:
+                fwd(example_input)
+        finally:
+            for h in handles:
+                h.remove()
     for fqn, ops in fc.get_flop_counts().items():
         # names are rooted at the outermost module the forward called (``model``, or a submodule of it when
         # ``forward_fn`` calls one): match the rest of the name to a row, as is or as the tail of a longer name

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas.compress.quantize import fake_quant_modules, qat_layers
 
 SENSITIVITY_KEY = "explain/sensitivity"
@@ -34,17 +35,15 @@ def _frozen_flags(model: nn.Module):
     """Freeze observers for the duration; restore every fake-quantizer's flags and the train mode after."""
     fqs = fake_quant_modules(model)
     saved = [(m.observer_enabled.clone(), m.fake_quant_enabled.clone()) for _, m in fqs]
-    was_training = model.training
     try:
         for _, m in fqs:
             m.disable_observer()
-        model.eval()
-        yield fqs
+        with eval_mode(model):
+            yield fqs
     finally:
         for (_, m), (obs, fq) in zip(fqs, saved):
             m.observer_enabled.copy_(obs)
             m.fake_quant_enabled.copy_(fq)
-        model.train(was_training)
 
 
 def _set_all(fqs: Sequence[tuple[str, nn.Module]], on: bool) -> None:

@@ -20,6 +20,8 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
+from lightning_nas._modules import eval_mode
+
 SENSITIVITY_KEY = "explain/sensitivity"
 SENSITIVITY_COLUMNS = ["layer", "method", "level", "accuracy", "drop"]
 PerturbFn = Callable[[nn.Module], "nn.Module | None"]
@@ -55,17 +57,13 @@ def evaluate_accuracy(
         if device is not None
         else next((p.device for p in model.parameters()), torch.device("cpu"))
     )
-    was = model.training
-    model.eval()
-    correct = total = 0
-    try:
+    with eval_mode(model):
+        correct = total = 0
         with torch.no_grad():
             for batch in loader:
                 x, y = apply_to_collection(batch[0], torch.Tensor, lambda t: t.to(device)), batch[1].to(device)
                 correct += int((fwd(model, x).argmax(-1) == y).sum())
                 total += int(y.numel())
-    finally:
-        model.train(was)
     if total == 0:
         raise ValueError("evaluate_accuracy: `loader` yielded no samples")
     return correct / total

@@ -219,6 +219,29 @@ def _valid_series(s: Any) -> bool:
 
 
 def _read_sink(sink: Path, data: RunData) -> None:
+    """Read a ``nas_files`` folder: scalars, the index of media (images, tables, histograms, series), summary;
+    whatever cannot be read is named in ``data.skipped``."""
+    _read_scalars(sink, data)
+    latest: dict[tuple[str, str], tuple[Any, str]] = {}
+    for kind, key, step, rel, what in _read_index(sink, data):
+        if kind == "image":
+            path = _image(sink, rel, data, what)
+            if path is not None:
+                data.images.setdefault(key, []).append((step, path))
+        else:
+            latest[(kind, key)] = (rel, what)
+    for (kind, key), (rel, what) in latest.items():
+        if kind in ("table", "histogram", "series"):
+            _read_media(sink, data, kind, key, rel, what)
+    if (sink / "summary.json").exists():
+        summary = _json(sink / "summary.json", data, "summary.json")
+        if isinstance(summary, dict):
+            data.summary.update(summary)
+        elif summary is not None:
+            data.skipped.append("summary.json: not a JSON object")
+
+
+def _read_scalars(sink: Path, data: RunData) -> None:
     bad_steps = 0
     for rec in _jsonl(sink / "scalars.jsonl", data, "scalars.jsonl"):
         step = _step(rec.get("step", 0))
@@ -230,6 +253,10 @@ def _read_sink(sink: Path, data: RunData) -> None:
                 data.scalars.setdefault(k, []).append((step, float(v)))
     if bad_steps:
         data.skipped.append(f"scalars.jsonl: {bad_steps} record(s) whose step is not an integer")
+
+
+def _read_index(sink: Path, data: RunData) -> list[tuple[str, str, int, Any, str]]:
+    """``(kind, key, step, file, what)`` of each well-formed non-scalar entry of ``index.jsonl``."""
     index = []
     for n, e in enumerate(_jsonl(sink / "index.jsonl", data, "index.jsonl"), 1):
         what = f"index.jsonl entry {n}"
@@ -247,51 +274,39 @@ def _read_sink(sink: Path, data: RunData) -> None:
             data.skipped.append(f"{what}: step {_short(e.get('step'))} is not an integer")
             continue
         index.append((e["kind"], e["key"], step, e["file"], what))
-    latest: dict[tuple[str, str], tuple[Any, str]] = {}
-    for kind, key, step, rel, what in index:
-        if kind == "image":
-            path = _image(sink, rel, data, what)
-            if path is not None:
-                data.images.setdefault(key, []).append((step, path))
-        else:
-            latest[(kind, key)] = (rel, what)
-    for (kind, key), (rel, what) in latest.items():
-        if kind not in ("table", "histogram", "series"):
-            continue
-        path = _resolve(sink, rel, data, what)
-        if path is None:
-            continue
-        if not path.exists():
-            data.skipped.append(f"{what}: file {_short(rel)} does not exist")
-            continue
-        if kind == "table":
-            recs = _jsonl(path, data, what)
-            if recs and _valid_table(recs[-1]):
-                data.tables[key] = recs[-1]
-            elif recs:
-                data.skipped.append(f"{what}: {rel!r} does not hold columns and rows (lists)")
-        elif kind == "histogram":
-            recs = _jsonl(path, data, what)
-            good = [r for r in recs if _valid_histogram(r) and _step(r.get("step", 0)) is not None]
-            if len(good) < len(recs):
-                data.skipped.append(
-                    f"{what}: {len(recs) - len(good)} record(s) in {rel!r} are not histograms "
-                    "(counts and edges of matching lengths)"
-                )
-            if good:
-                data.histograms[key] = good
-        else:
-            s = _json(path, data, what)
-            if _valid_series(s):
-                data.series[key] = s
-            elif s is not None:
-                data.skipped.append(f"{what}: {rel!r} is not a line series (xs and ys lists of numbers)")
-    if (sink / "summary.json").exists():
-        summary = _json(sink / "summary.json", data, "summary.json")
-        if isinstance(summary, dict):
-            data.summary.update(summary)
-        elif summary is not None:
-            data.skipped.append("summary.json: not a JSON object")
+    return index
+
+
+def _read_media(sink: Path, data: RunData, kind: str, key: str, rel: Any, what: str) -> None:
+    """The latest table, histogram or line series of ``key``, checked for shape before it is kept."""
+    path = _resolve(sink, rel, data, what)
+    if path is None:
+        return
+    if not path.exists():
+        data.skipped.append(f"{what}: file {_short(rel)} does not exist")
+        return
+    if kind == "table":
+        recs = _jsonl(path, data, what)
+        if recs and _valid_table(recs[-1]):
+            data.tables[key] = recs[-1]
+        elif recs:
+            data.skipped.append(f"{what}: {rel!r} does not hold columns and rows (lists)")
+    elif kind == "histogram":
+        recs = _jsonl(path, data, what)
+        good = [r for r in recs if _valid_histogram(r) and _step(r.get("step", 0)) is not None]
+        if len(good) < len(recs):
+            data.skipped.append(
+                f"{what}: {len(recs) - len(good)} record(s) in {rel!r} are not histograms "
+                "(counts and edges of matching lengths)"
+            )
+        if good:
+            data.histograms[key] = good
+    else:
+        s = _json(path, data, what)
+        if _valid_series(s):
+            data.series[key] = s
+        elif s is not None:
+            data.skipped.append(f"{what}: {rel!r} is not a line series (xs and ys lists of numbers)")
 
 
 def _read_wandb(run: Path, data: RunData, media: bool) -> None:

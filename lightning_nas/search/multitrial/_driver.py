@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import warnings
@@ -18,26 +17,21 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_nas._validate import check_int, check_range, check_type
 from lightning_nas.search.multitrial._evolution import RegularizedEvolutionSampler
-from lightning_nas.search.multitrial._objectives import COSTS, evaluate, example_input_of, parse_objectives
-from lightning_nas.search.multitrial._pruning import TrialPruningCallback
+from lightning_nas.search.multitrial._objectives import COSTS, parse_objectives
 from lightning_nas.search.multitrial._reinforce import ReinforceSampler
 from lightning_nas.search.multitrial._storage import open_storage, storage_errors
 from lightning_nas.search.multitrial._trial import (
     SearchTrial,
-    _is_datamodule,
-    build_resolved,
     grid_from_distributions,
+    is_datamodule,
     record_search_space,
 )
+from lightning_nas.search.multitrial._trial_fit import Surplus, TrialFit
 
 STRATEGIES = ("random", "grid", "tpe", "gp", "nsga2", "evolution", "reinforce")
 SINGLE_OBJECTIVE = ("evolution", "reinforce")
 PRUNERS = ("median", "halving", "none")
 _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-class _Surplus(Exception):
-    """This trial would exceed the shared budget (another worker started the last one first)."""
 
 
 @dataclass
@@ -284,31 +278,10 @@ def run(
         (2, ['lr', 'op', 'width'])
         >>> final = space.build(Net, {k: result.best_params[k] for k in ("width", "op")})  # plain nn.Module
     """
-    if not callable(build):
-        raise TypeError(f"`build` must be a callable trial -> LightningModule, got {type(build).__name__}")
-    if not (_is_datamodule(datamodule) or callable(datamodule)):
-        raise TypeError(
-            "`datamodule` must be a LightningDataModule or a callable trial -> LightningDataModule, got "
-            f"{type(datamodule).__name__}"
-        )
-    objs = parse_objectives(objectives)
-    check_int("n_trials", n_trials, 1)
-    if timeout is not None:
-        check_range("timeout", timeout, 0.0, None, low_inclusive=False)
-    check_type("study_name", study_name, str, allow_none=True)
-    check_type("dedup", dedup, bool)
+    objs = _check_run_args(build, datamodule, objectives, n_trials, timeout, study_name, dedup)
     mode = _wandb_mode(wandb)
-    trainer_kwargs = dict(trainer_kwargs or {})
-    metric_objs = [k for k in objs if k not in COSTS]
     pr = make_pruner(pruner)
-    if not isinstance(pr, optuna.pruners.NopPruner):
-        if len(objs) > 1:
-            raise ValueError(
-                f"`pruner`={pruner!r} needs a single objective (Optuna cannot prune multi-objective "
-                f"trials); got objectives {list(objs)}"
-            )
-        if not metric_objs:
-            raise ValueError(f"`pruner`={pruner!r} needs a logged metric objective to monitor; got {list(objs)}")
+    _check_pruner(pr, pruner, objs)
     if isinstance(strategy, str) and strategy.lower() == "grid" and search_space is None:
         search_space = grid_from_distributions(record_search_space(build, datamodule))
     sampler = make_sampler(
@@ -321,6 +294,81 @@ def run(
     )
     study_name = study_name or "lightning-nas-search"
     st = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    study = _open_study(st, storage, sampler, pr, study_name, objs)
+    out = Path(out_dir) / study_name  # trusted-path: the user's own config
+    objective = TrialFit(
+        study=study,
+        build=build,
+        datamodule=datamodule,
+        objectives=objs,
+        n_trials=n_trials,
+        pruner=pr,
+        trainer_kwargs=dict(trainer_kwargs or {}),
+        wandb_mode=mode,
+        wandb_project=wandb_project,
+        out=out,
+        example_input=example_input,
+        dedup=dedup,
+    )
+    with _quiet_lightning(), storage_errors(storage):
+        _optimize(study, st, objective, n_trials, timeout, heartbeat_interval)
+    best = _best_trials(study)
+    result = SearchResult(study=study, objectives=objs, best_trials=best, wandb_runs=objective.wandb_runs)
+    if summary:
+        from lightning_nas.search.multitrial._explain import summarize
+
+        summarize(result, out / "summary", wandb_mode=mode, wandb_project=wandb_project)
+    return result
+
+
+def _check_run_args(
+    build: Any,
+    datamodule: Any,
+    objectives: Mapping[str, str] | str,
+    n_trials: int,
+    timeout: float | None,
+    study_name: str | None,
+    dedup: bool,
+) -> dict[str, str]:
+    """Validate ``run``'s arguments before any work; returns the parsed objectives."""
+    if not callable(build):
+        raise TypeError(f"`build` must be a callable trial -> LightningModule, got {type(build).__name__}")
+    if not (is_datamodule(datamodule) or callable(datamodule)):
+        raise TypeError(
+            "`datamodule` must be a LightningDataModule or a callable trial -> LightningDataModule, got "
+            f"{type(datamodule).__name__}"
+        )
+    objs = parse_objectives(objectives)
+    check_int("n_trials", n_trials, 1)
+    if timeout is not None:
+        check_range("timeout", timeout, 0.0, None, low_inclusive=False)
+    check_type("study_name", study_name, str, allow_none=True)
+    check_type("dedup", dedup, bool)
+    return objs
+
+
+def _check_pruner(pr: optuna.pruners.BasePruner, pruner: Any, objs: Mapping[str, str]) -> None:
+    """A pruner needs one objective, and a logged metric (not a measured cost) to monitor."""
+    if isinstance(pr, optuna.pruners.NopPruner):
+        return
+    if len(objs) > 1:
+        raise ValueError(
+            f"`pruner`={pruner!r} needs a single objective (Optuna cannot prune multi-objective "
+            f"trials); got objectives {list(objs)}"
+        )
+    if not [k for k in objs if k not in COSTS]:
+        raise ValueError(f"`pruner`={pruner!r} needs a logged metric objective to monitor; got {list(objs)}")
+
+
+def _open_study(
+    st: Any,
+    storage: Any,
+    sampler: optuna.samplers.BaseSampler,
+    pr: optuna.pruners.BasePruner,
+    study_name: str,
+    objs: dict[str, str],
+) -> optuna.Study:
+    """Create or resume the study; resuming with other objectives is refused."""
     with storage_errors(storage):  # e.g. a read-only SQLite or journal file: one line naming the cause
         study = optuna.create_study(
             storage=st,
@@ -338,138 +386,34 @@ def run(
             f"study {study_name!r} in this storage was created with objectives {stored}; resuming "
             f"it with {objs} is not possible (use another `study_name`)"
         )
-    out = Path(out_dir) / study_name  # trusted-path: the user's own config
-    wandb_runs: list[str] = []
-    dm_cache: dict[str, Any] = {}
-    value_labels: dict[str, list[Any]] = {}
+    return study
 
-    def objective(ot: optuna.trial.Trial) -> float | tuple[float, ...]:
-        if not dedup:
-            _check_budget(study, ot, n_trials)
-        trial = SearchTrial(ot)
-        module = build_resolved(build, trial, value_labels)
-        if not isinstance(module, L.LightningModule):
-            raise TypeError(f"`build` must return a lightning.LightningModule, got {type(module).__name__}")
-        dm = datamodule if _is_datamodule(datamodule) else datamodule(trial)
-        if not _is_datamodule(dm):
-            raise TypeError(f"the `datamodule` callable must return a LightningDataModule, got {type(dm).__name__}")
-        if dedup:
-            seen = find_duplicate(study, ot.params, before=ot.number)
-            if seen is not None:
-                ot.set_user_attr("duplicate_of", seen.number)
-                ot.set_user_attr("metrics", seen.user_attrs.get("metrics", {}))
-                return seen.values[0] if len(objs) == 1 else tuple(seen.values)
-            _check_budget(study, ot, n_trials)
-        kw = dict(
-            accelerator="cpu",
-            devices=1,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            logger=False,
-            default_root_dir=str(out / f"trial-{ot.number}"),
-        )  # trusted-path: an int
-        kw.update(trainer_kwargs)
-        kw["callbacks"] = copy.deepcopy(list(trainer_kwargs.get("callbacks") or []))
-        prune_cb = None
-        if not isinstance(pr, optuna.pruners.NopPruner):
-            prune_cb = TrialPruningCallback(ot, metric_objs[0])
-            kw["callbacks"].append(prune_cb)
-        wb = None
-        if mode is not None:
-            from lightning.pytorch.loggers import WandbLogger
 
-            wb = WandbLogger(
-                project=wandb_project,
-                group=study_name,
-                name=f"{study_name}-trial-{ot.number}",
-                job_type="trial",
-                save_dir=str(out),
-                offline=mode == "offline",
-                config=dict(trial.params, trial_number=ot.number),
-                reinit="create_new",
-            )
-            user_logger = trainer_kwargs.get("logger")
-            kw["logger"] = [wb] + ([user_logger] if user_logger not in (None, False, True) else [])
-        ok = False
-        try:
-            trainer = L.Trainer(**kw)
-            trainer.fit(module, datamodule=dm)
-            if prune_cb is not None and prune_cb.pruned:
-                ot.set_user_attr("pruned_at_validation", prune_cb.pruned_at)
-                if wb is not None:
-                    wb.experiment.summary.update({"state": "pruned"})
-                ok = True
-                raise optuna.TrialPruned(f"stopped at validation {prune_cb.pruned_at}")
-            if "x" not in dm_cache and any(k in COSTS for k in objs):
-                dm_cache["x"] = example_input_of(dm, example_input)
-            values, numbers = evaluate(objs, trainer.callback_metrics, module, dm_cache.get("x"))
-            ot.set_user_attr("metrics", numbers)
-            if wb is not None:
-                wb.experiment.summary.update(
-                    dict(values, state="complete", **{f"metric/{k}": v for k, v in numbers.items()})
-                )
-            ok = True
-        finally:
-            if wb is not None:
-                wandb_runs.append(str(Path(wb.experiment.dir).parent))
-                wb.experiment.finish(exit_code=0 if ok else 1)
-        return values[next(iter(objs))] if len(objs) == 1 else tuple(values.values())
-
+def _optimize(
+    study: optuna.Study,
+    st: Any,
+    objective: Callable[[optuna.trial.Trial], Any],
+    n_trials: int,
+    timeout: float | None,
+    heartbeat_interval: int | None,
+) -> None:
+    """One trial at a time until the study's shared budget (finished + running trials, duplicates not
+    counted) or ``timeout`` is spent; stale trials of dead workers are failed first."""
     t0 = time.monotonic()
-    with _quiet_lightning(), storage_errors(storage):
-        while True:
-            if isinstance(st, optuna.storages.RDBStorage) and heartbeat_interval:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-            counted = study._storage.get_all_trials(
-                study._study_id, deepcopy=False, states=_COUNTED + (TrialState.RUNNING,)
-            )
-            dups = sum("duplicate_of" in t.user_attrs for t in counted)
-            left = None if timeout is None else timeout - (time.monotonic() - t0)
-            if len(counted) - dups >= n_trials or dups >= n_trials or (left is not None and left <= 0):
-                break
-            study.optimize(objective, n_trials=1, timeout=left, catch=(_Surplus,), gc_after_trial=False)
-    best = _best_trials(study)
-    result = SearchResult(study=study, objectives=objs, best_trials=best, wandb_runs=wandb_runs)
-    if summary:
-        from lightning_nas.search.multitrial._explain import summarize
-
-        summarize(result, out / "summary", wandb_mode=mode, wandb_project=wandb_project)
-    return result
-
-
-def _check_budget(study: optuna.Study, ot: optuna.trial.Trial, n_trials: int) -> None:
-    ahead = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_COUNTED + (TrialState.RUNNING,))
-    if sum(t.number < ot.number and "duplicate_of" not in t.user_attrs for t in ahead) >= n_trials:
-        ot.set_user_attr("surplus", True)
-        raise _Surplus(f"trial {ot.number}: the study already has {n_trials} trials")
-
-
-def find_duplicate(study: optuna.Study, params: Mapping[str, Any], before: int | None = None) -> FrozenTrial | None:
-    """The first complete trial of ``study`` (numbered below ``before``, if given) whose parameters equal
-    ``params``, or ``None``: what ``run(..., dedup=True)`` answers a repeated configuration with.
-
-    Examples:
-        >>> import optuna
-        >>> from lightning_nas.search.multitrial import find_duplicate
-        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
-        >>> study = optuna.create_study()
-        >>> study.enqueue_trial({"op": "conv"})
-        >>> study.optimize(lambda t: float(t.suggest_categorical("op", ["conv", "skip"]) == "conv"), n_trials=1)
-        >>> find_duplicate(study, {"op": "conv"}).number
-        0
-        >>> find_duplicate(study, {"op": "skip"}) is None
-        True
-    """
-    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.COMPLETE,)):
-        if (before is None or t.number < before) and t.params == dict(params):
-            return t
-    return None
+    while True:
+        if isinstance(st, optuna.storages.RDBStorage) and heartbeat_interval:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        counted = study.get_trials(deepcopy=False, states=_COUNTED + (TrialState.RUNNING,))
+        dups = sum("duplicate_of" in t.user_attrs for t in counted)
+        left = None if timeout is None else timeout - (time.monotonic() - t0)
+        if len(counted) - dups >= n_trials or dups >= n_trials or (left is not None and left <= 0):
+            break
+        study.optimize(objective, n_trials=1, timeout=left, catch=(Surplus,), gc_after_trial=False)
 
 
 def _best_trials(study: optuna.Study) -> list[FrozenTrial]:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return []
-    return list(study.best_trials) if study._is_multi_objective() else [study.best_trial]
+    return list(study.best_trials) if len(study.directions) > 1 else [study.best_trial]

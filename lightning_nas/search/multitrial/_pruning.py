@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from typing_extensions import override
 
 from lightning_nas._validate import check_type
 
@@ -56,6 +57,7 @@ class TrialPruningCallback(L.Callback):
         self.pruned_at: int | None = None
         self._reports = 0
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -66,6 +68,7 @@ class TrialPruningCallback(L.Callback):
                 "or search without a pruner"
             )
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.pruned:
             return
@@ -85,9 +88,11 @@ class TrialPruningCallback(L.Callback):
             self.pruned, self.pruned_at = True, step
             trainer.should_stop = True
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"reports": self._reports, "pruned": self.pruned, "pruned_at": self.pruned_at}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._reports, self.pruned, self.pruned_at = (
             state_dict["reports"],

@@ -30,10 +30,11 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.samplers import BaseSampler
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
+from lightning_nas._compat import completed_trials
 from lightning_nas._validate import check_int, check_range
-from lightning_nas.search.multitrial._evolution import _from_unit, _to_unit
+from lightning_nas.search.multitrial._evolution import from_unit, to_unit
 
 
 class ReinforceSampler(BaseSampler):
@@ -77,7 +78,7 @@ class ReinforceSampler(BaseSampler):
         self._rng = np.random.RandomState()
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        if study._is_multi_objective():
+        if len(study.directions) > 1:
             raise ValueError(
                 "ReinforceSampler is single-objective (one scalar reward); use strategy='nsga2' for several objectives"
             )
@@ -103,14 +104,12 @@ class ReinforceSampler(BaseSampler):
             return int(d.to_internal_repr(value))
         if self._categorical(d) is not None:
             return int((value - d.low) // d.step)
-        return _to_unit(d, value)
+        return to_unit(d, value)
 
     def policy(self, study: optuna.Study, name: str, dist: BaseDistribution) -> np.ndarray | float:
         """The current policy of parameter ``name``: logits (categorical) or the Gaussian mean in [0, 1]."""
-        done = sorted(
-            study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True), key=lambda t: t.number
-        )
-        key = (study._study_id, name, repr(dist), tuple(t.number for t in done))
+        done = sorted(completed_trials(study), key=lambda t: t.number)
+        key = (study.study_name, name, repr(dist), tuple(t.number for t in done))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         k = self._categorical(dist)
@@ -142,7 +141,7 @@ class ReinforceSampler(BaseSampler):
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        if study._is_multi_objective():
+        if len(study.directions) > 1:
             raise ValueError("ReinforceSampler is single-objective; use strategy='nsga2' for several objectives")
         d = param_distribution
         pol = self.policy(study, param_name, d)
@@ -152,7 +151,7 @@ class ReinforceSampler(BaseSampler):
                 return d.to_external_repr(a)
             return int(d.low + a * d.step)
         u = float(np.clip(self._rng.normal(pol, self.sigma), 0.0, 1.0))
-        return _from_unit(d, u)
+        return from_unit(d, u)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

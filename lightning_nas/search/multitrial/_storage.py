@@ -42,6 +42,40 @@ def redact(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def _journal(url: str) -> Any:
+    """A journal-file storage (``journal:///abs/path`` or a path ending in ``.log``/``.journal``)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    path = url[len("journal://") :] if url.startswith("journal://") else url
+    path = path[1:] if path.startswith("//") else path  # journal:///abs/path -> /abs/path
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    except OSError as exc:
+        raise StorageUnreachableError(f"journal storage {path!r} cannot be opened: {exc.strerror or exc}") from None
+
+
+def _rdb_url(storage: str) -> tuple[str, str]:
+    """``(SQLAlchemy URL, scheme)`` of a database URL; PostgreSQL goes through psycopg 3 (the `postgres` extra)."""
+    url = storage
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in _RDB_SCHEMES or "://" not in url:
+        raise ValueError(
+            f"`storage` {redact(url)!r} is not a storage URL; allowed: None (in memory), "
+            "'sqlite:///file.db', 'postgresql://user:pw@host:port/db', 'journal:///file.log'"
+        )
+    if scheme == "postgres":
+        url = "postgresql" + url[len("postgres") :]
+    if scheme.startswith("postgres"):
+        if url.startswith("postgresql://"):
+            # psycopg 3 by name: SQLAlchemy < 2.1 would pick psycopg2 for a bare URL
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        if url.startswith("postgresql+psycopg://"):
+            from lightning_nas._optional import require
+
+            require("psycopg", extra="postgres", feature=f"storage {redact(storage)!r}")
+    return url, scheme
+
+
 def open_storage(
     storage: Any, heartbeat_interval: int | None = 60, grace_period: int | None = None, max_retry: int = 1
 ) -> Any:
@@ -61,32 +95,9 @@ def open_storage(
         return storage
     if not isinstance(storage, str) or not storage:
         raise ValueError(f"`storage` must be None, an Optuna storage or a URL string, got {storage!r}")
-    url = storage
-    if url.startswith("journal://") or url.endswith((".log", ".journal")):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = url[len("journal://") :] if url.startswith("journal://") else url
-        path = path[1:] if path.startswith("//") else path  # journal:///abs/path -> /abs/path
-        try:
-            return optuna.storages.JournalStorage(JournalFileBackend(path))
-        except OSError as exc:
-            raise StorageUnreachableError(f"journal storage {path!r} cannot be opened: {exc.strerror or exc}") from None
-    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
-    if scheme not in _RDB_SCHEMES or "://" not in url:
-        raise ValueError(
-            f"`storage` {redact(url)!r} is not a storage URL; allowed: None (in memory), "
-            "'sqlite:///file.db', 'postgresql://user:pw@host:port/db', 'journal:///file.log'"
-        )
-    if scheme == "postgres":
-        url = "postgresql" + url[len("postgres") :]
-    if scheme.startswith("postgres"):
-        if url.startswith("postgresql://"):
-            # psycopg 3 (the `postgres` extra) by name: SQLAlchemy < 2.1 would pick psycopg2 for a bare URL
-            url = "postgresql+psycopg://" + url[len("postgresql://") :]
-        if url.startswith("postgresql+psycopg://"):
-            from lightning_nas._optional import require
-
-            require("psycopg", extra="postgres", feature=f"storage {redact(storage)!r}")
+    if storage.startswith("journal://") or storage.endswith((".log", ".journal")):
+        return _journal(storage)
+    url, scheme = _rdb_url(storage)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
         with warnings.catch_warnings():

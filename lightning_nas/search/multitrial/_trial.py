@@ -200,7 +200,7 @@ def record_search_space(build: Any, datamodule: Any = None) -> dict[str, BaseDis
     rec = _Recorder()
     trial = SearchTrial(rec)
     build_resolved(build, trial)
-    if callable(datamodule) and not _is_datamodule(datamodule):
+    if callable(datamodule) and not is_datamodule(datamodule):
         datamodule(trial)
     return dict(rec.distributions)
 
@@ -223,7 +223,7 @@ def grid_from_distributions(dists: dict[str, BaseDistribution], max_values: int 
     return grid
 
 
-def _is_datamodule(obj: Any) -> bool:
+def is_datamodule(obj: Any) -> bool:
     import lightning as L
 
     return isinstance(obj, L.LightningDataModule)

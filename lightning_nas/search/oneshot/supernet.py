@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lightning_nas._validate import check_choice, check_range
-from lightning_nas.search.oneshot.mixed import MixedInput, MixedLayer, _Mixed
+from lightning_nas.search.oneshot.mixed import Mixed, MixedInput, MixedLayer
 from lightning_nas.space import decisions, named_choices
 
 MODES = ("darts", "gdas", "spos")
@@ -90,7 +90,7 @@ class Supernet:
                 f"the model ({type(model).__name__}) has no LayerChoice/InputChoice to search; "
                 "add lightning_nas.space.LayerChoice (or NNI's) to it"
             )
-        if any(isinstance(v.module, _Mixed) for _, v in named_choices(model)):
+        if any(isinstance(v.module, Mixed) for _, v in named_choices(model)):
             raise ValueError("this model already holds a one-shot supernet (two NAS callbacks on one model?)")
         self.labels = list(decs)
         self.names = {lb: list(d.candidates) for lb, d in decs.items()}
@@ -113,7 +113,7 @@ class Supernet:
         self.arch_grad = False  # alpha receives gradient only inside arch_step
         self.aux_beta = 0.0
         self.progress = 0.0  # fraction of training done (drives the remedies' schedules)
-        self._installed: list[tuple[str, nn.Module, _Mixed]] = []
+        self._installed: list[tuple[str, nn.Module, Mixed]] = []
         for path, view in reversed(named_choices(model)):  # deepest first: inner paths stay valid
             mixed = MixedLayer(view, self) if view.kind == "layer" else MixedInput(view, self)
             if path:
