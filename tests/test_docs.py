@@ -32,3 +32,59 @@ def test_readme_links_to_docs_pages_that_exist():
     assert links, "README.md links to no docs page"
     missing = [link for link in links if not (ROOT / link).is_file()]
     assert not missing, missing
+
+
+def _public_callables() -> dict:
+    import importlib
+    import pkgutil
+
+    import lightning_nas
+
+    api = {}
+    for info in pkgutil.walk_packages(lightning_nas.__path__, "lightning_nas."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # an optional extra that is not installed
+            continue
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name, None)
+            if callable(obj) and getattr(obj, "__module__", "").startswith("lightning_nas"):
+                api.setdefault(name, obj)
+    return api
+
+
+def test_docs_code_calls_public_api_with_real_keyword_arguments():
+    """Every ``name(kw=...)`` in the docs' and README's Python (blocks and inline code) whose ``name`` is public in
+    lightning_nas uses keyword arguments its signature has: a renamed argument cannot survive in the guides."""
+    import ast
+
+    api = _public_callables()
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    wrong, checked = [], 0
+    for page in pages:
+        text = page.read_text()
+        sources = re.findall(r"```python\n(.*?)```", text, re.S) + re.findall(r"`([A-Za-z_][\w.]*\([^`]*\))`", text)
+        for src in sources:
+            try:
+                tree = ast.parse(src)
+            except SyntaxError:  # an excerpt, not a statement
+                continue
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Call):
+                    continue
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+                if name not in api:
+                    continue
+                params = inspect.signature(api[name]).parameters
+                if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+                    continue
+                checked += 1
+                wrong += [
+                    f"{page.relative_to(ROOT)}: {name}({kw.arg}=...)"
+                    for kw in node.keywords
+                    if kw.arg and kw.arg not in params
+                ]
+    assert checked > 50
+    assert not wrong, wrong
