@@ -2,7 +2,7 @@ import pytest
 
 from lightning_nas.callbacks import LightningNASCallback
 from lightning_nas.models import Classifier, DigitsCNN
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 class _Counter(LightningNASCallback):

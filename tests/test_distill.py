@@ -8,7 +8,7 @@ from torch import nn
 
 from lightning_nas.compress.distill import FeatureAdapter, kd_loss, layer_width, load_teacher
 from lightning_nas.explain.agreement import AgreementAccumulator, agreement
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 def test_kd_loss_is_t2_kl_teacher_student():

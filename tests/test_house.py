@@ -95,3 +95,17 @@ def _is_callback(cls: ast.ClassDef) -> bool:
     return bool(names & {"Callback", "LightningNASCallback", "OneShotCallback"}) or any(
         n.endswith(("Callback", "Monitor", "Pruning", "Aware", "Distillation", "NAS", "Sampling")) for n in names
     )
+
+
+def test_tests_share_code_through_the_helpers_module():
+    """Shared test code lives in ``tests/helpers.py``: not in ``conftest.py`` (fixtures only) or a test module."""
+    tests = Path(__file__).resolve().parent
+    bad = [
+        f"{p.relative_to(tests)}:{n.lineno} from {n.module}"
+        for p in sorted(tests.rglob("*.py"))
+        for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, ast.ImportFrom)
+        and (n.module or "").startswith("tests.")
+        and (n.module.split(".")[-1] == "conftest" or n.module.split(".")[-1].startswith("test_"))
+    ]
+    assert not bad, "import shared test code from tests.helpers:\n" + "\n".join(bad)

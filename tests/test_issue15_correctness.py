@@ -80,7 +80,7 @@ def test_drift_monitor_restores_train_mode_on_error(monkeypatch, tmp_path):
     import lightning_nas.callbacks.drift as drift_mod
     from lightning_nas.callbacks import DriftMonitor
     from lightning_nas.deploy import bundle
-    from tests.test_bundle_helpers import trained_digits_cnn
+    from tests.helpers import trained_digits_cnn
 
     net, dm = trained_digits_cnn(epochs=1)
     out = bundle(net, dm.example_input(4), tmp_path / "b", reference_data=dm.split("train").tensors[0])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 def _loaders(dm, batch=64):

@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 class _Dump(L.Callback):

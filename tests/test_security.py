@@ -64,7 +64,7 @@ def compressed_checkpoints(tmp_path_factory):
 
 
 def test_real_compressed_checkpoint_loads_with_weights_only(compressed_checkpoints):
-    from lightning_nas.callbacks import load_compressed
+    from lightning_nas.deploy import load_compressed
     from lightning_nas.models import Classifier, DigitsCNN
 
     last = torch.load(compressed_checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
@@ -74,7 +74,7 @@ def test_real_compressed_checkpoint_loads_with_weights_only(compressed_checkpoin
 
 
 def test_load_compressed_refuses_a_checkpoint_that_runs_code(tmp_path):
-    from lightning_nas.callbacks import load_compressed
+    from lightning_nas.deploy import load_compressed
     from lightning_nas.models import Classifier, DigitsCNN
 
     marker = tmp_path / "code-ran"

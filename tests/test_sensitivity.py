@@ -14,7 +14,7 @@ from lightning_nas.callbacks import StructuredPruning
 from lightning_nas.compress.prune import prune_structured
 from lightning_nas.explain import sensitivity as S
 from lightning_nas.models import Classifier, DigitsCNN
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 def test_evaluate_accuracy_matches_manual_count_and_restores_mode(digits):

@@ -107,8 +107,7 @@ class LowRankFactorization(LightningNASCallback):
             return
         for layer in self.ranks:
             a, b = state_dict.pop(f"{layer}.0.weight"), state_dict.pop(f"{layer}.1.weight")
-            w = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
-            state_dict[f"{layer}.weight"] = w.reshape(b.shape[0], *a.shape[1:])
+            state_dict[f"{layer}.weight"] = LR.merge_factors(a, b)
             if f"{layer}.1.bias" in state_dict:
                 state_dict[f"{layer}.bias"] = state_dict.pop(f"{layer}.1.bias")
 

@@ -18,7 +18,13 @@ from typing_extensions import override
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._oneshot import OneShotCallback, first_loader
 from lightning_nas.explain import architecture as xarch
-from lightning_nas.search.oneshot import REMEDIES, SAMPLINGS, evolutionary_search, recalibrate_batchnorm
+from lightning_nas.search.oneshot import (
+    REMEDIES,
+    SAMPLINGS,
+    evolutionary_search,
+    gdas_temperature,
+    recalibrate_batchnorm,
+)
 
 
 class DifferentiableNAS(OneShotCallback):
@@ -130,7 +136,7 @@ class DifferentiableNAS(OneShotCallback):
     ) -> None:
         sn = self._supernet
         sn.set_progress(trainer.global_step / max(1, trainer.estimated_stepping_batches))
-        sn.tau = self.tau_max - (self.tau_max - self.tau_min) * sn.progress
+        sn.tau = gdas_temperature(self.tau_max, self.tau_min, sn.progress)
         if trainer.current_epoch >= self.warmup_epochs:
             held = self._held_out(trainer, batch)
             kwargs: dict[str, Any] = {}
@@ -316,8 +322,7 @@ class SubnetSampling(OneShotCallback):
         if self.score_all:
             grid = [dict(zip(sn.labels, combo)) for combo in itertools.product(*(sn.names[lb] for lb in sn.labels))]
             self.all_scores = [(a, score(a)) for a in grid]
-        base = score(best)
-        self._ablation = {lb: {c: base - score({**best, lb: c}) for c in sn.names[lb]} for lb in sn.labels}
+        self._ablation = xarch.switch_ablation(score, best, {lb: sn.names[lb] for lb in sn.labels})
         pl_module.load_state_dict(bn_state, strict=False)
         pl_module.train(was)
         self._log_probabilities(trainer, probs, {}, record=False)

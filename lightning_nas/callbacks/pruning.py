@@ -282,19 +282,7 @@ class StructuredPruning(LightningNASCallback):
     def _targets(self, pl_module: L.LightningModule, frac: float) -> float | dict[str, float] | None:
         """Ratio of the *current* channels to remove now so that ``frac`` of ``amount`` is reached."""
         cur = P.channel_counts(pl_module, list(self.original_channels))
-        if self.global_pruning:
-            tot0, tot = sum(self.original_channels.values()), sum(cur.values())
-            keep = tot0 * (1 - self.amount * frac)
-            r = 1 - keep / tot if tot else 0.0
-            return r if r > 1e-6 else None
-        ratios = {}
-        for n, c0 in self.original_channels.items():
-            a = self.amount / c0 if isinstance(self.amount, int) and self.amount >= 1 else self.amount
-            keep = c0 * (1 - a * frac)
-            r = 1 - keep / cur[n] if cur.get(n) else 0.0
-            if r * cur.get(n, 0) >= 0.5:
-                ratios[n] = min(r, 0.95)
-        return ratios or None
+        return P.step_ratios(self.original_channels, cur, self.amount, frac, self.global_pruning)
 
     def _measure_sensitivity(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning_nas.explain import sensitivity as S

@@ -595,26 +595,18 @@ class QuantizationAware(LightningNASCallback):
         )
 
     def _measure(self, tracker: Any) -> None:
-        from lightning_nas.deploy import measure
         from lightning_nas.deploy.export import onnx_session
-        from lightning_nas.deploy.measure import time_call
+        from lightning_nas.deploy.measure import compare, time_call
 
         x = self._example()
-        float_model = self.float_model()
-        device = next(float_model.parameters()).device
-        float_model.cpu()
-        try:
-            fp = measure(float_model, x, onnx=False, repeats=10)
-        finally:
-            float_model.to(device)
-        q = measure(self.int8_model, x, onnx=False, repeats=10)
+        c = compare(self.float_model(), self.int8_model, x, repeats=10)
         m = {
-            "quant/fp32_size_bytes": fp.size_bytes,
-            "quant/int8_size_bytes": q.size_bytes,
-            "quant/size_ratio": q.size_bytes / fp.size_bytes,
-            "quant/fp32_latency_ms": fp.latency_ms,
-            "quant/int8_latency_ms": q.latency_ms,
-            "quant/speedup": fp.latency_ms / q.latency_ms,
+            "quant/fp32_size_bytes": c["reference_size_bytes"],
+            "quant/int8_size_bytes": c["candidate_size_bytes"],
+            "quant/size_ratio": c["size_ratio"],
+            "quant/fp32_latency_ms": c["reference_latency_ms"],
+            "quant/int8_latency_ms": c["candidate_latency_ms"],
+            "quant/speedup": c["speedup"],
         }
         try:
             if self.onnx_path is not None:  # an export costs about a second on a ResNet-18: only when asked for

@@ -113,6 +113,21 @@ def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and n not in inside and _is_candidate(m)]
 
 
+def merge_factors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The dense weight of a factor pair: ``W_r = B A`` with ``a`` the first factor's weight
+    (``r x`` the layer's input dims, e.g. ``(r, in, k, k)``) and ``b`` the second's (``(out, r, 1, 1)``
+    or ``(out, r)``); the result has the original layer's shape ``(out, *a.shape[1:])``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress.lowrank import merge_factors
+        >>> merge_factors(torch.ones(2, 3), torch.ones(4, 2)).shape
+        torch.Size([4, 3])
+    """
+    w = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
+    return w.reshape(b.shape[0], *a.shape[1:])
+
+
 def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
     """Two-layer truncated-SVD replacement of a ``Linear`` or ``Conv2d`` (``groups=1``) at ``rank``."""
     mat = _matrix(m)

@@ -368,6 +368,39 @@ def channel_counts(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def step_ratios(
+    original: Mapping[str, int], current: Mapping[str, int], amount: float, frac: float, global_pruning: bool = False
+) -> float | dict[str, float] | None:
+    r"""The fraction of the *current* channels to remove now so that ``frac`` of the final ``amount`` is reached.
+
+    A layer with ``c_0`` channels at the start and ``c`` now keeps ``c_0 (1 - a f)`` after this step
+    (``a`` the final amount, ``f`` the schedule's progress), so it removes ``r = 1 - c_0 (1 - a f) / c``
+    of what it has; an integer ``amount >= 1`` is a channel count (``a = amount / c_0``). Per layer: a
+    ``{layer: r}`` dict of the layers that lose at least half a channel (``r`` capped at 0.95); global: one
+    ``r`` over all channels. ``None`` when nothing is due.
+
+    Examples:
+        >>> from lightning_nas.compress.prune import step_ratios
+        >>> step_ratios({"conv": 16}, {"conv": 16}, 0.5, 0.5)
+        {'conv': 0.25}
+        >>> step_ratios({"conv": 16}, {"conv": 12}, 0.5, 1.0)
+        {'conv': 0.33333333333333337}
+    """
+    if global_pruning:
+        tot0, tot = sum(original.values()), sum(current.values())
+        keep = tot0 * (1 - amount * frac)
+        r = 1 - keep / tot if tot else 0.0
+        return r if r > 1e-6 else None
+    ratios = {}
+    for n, c0 in original.items():
+        a = amount / c0 if isinstance(amount, int) and amount >= 1 else amount
+        keep = c0 * (1 - a * frac)
+        r = 1 - keep / current[n] if current.get(n) else 0.0
+        if r * current.get(n, 0) >= 0.5:
+            ratios[n] = min(r, 0.95)
+    return ratios or None
+
+
 def magnitude_targets(model: nn.Module, ignore: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every Linear/Conv whose ``weight`` unstructured pruning may mask."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _WEIGHTED) and not name_matches(n, ignore)]

@@ -26,7 +26,7 @@ from lightning_nas.callbacks import (
 )
 from lightning_nas.data import DigitsDataModule
 from lightning_nas.models import Classifier, DigitsCNN
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 from tests.reliability.configs import SearchNet
 
 

@@ -32,7 +32,7 @@ class TrialPruningCallback(L.Callback):
         >>> import tempfile
         >>> import lightning as L
         >>> import optuna
-        >>> from lightning_nas.callbacks import TrialPruningCallback
+        >>> from lightning_nas.search import TrialPruningCallback
         >>> from lightning_nas.data import DigitsDataModule
         >>> from lightning_nas.models import Classifier, DigitsCNN
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)

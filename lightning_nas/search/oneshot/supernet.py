@@ -33,6 +33,18 @@ SAMPLINGS = ("fair", "uniform")
 REMEDIES = ("none", "darts-", "beta-decay")
 
 
+def gdas_temperature(tau_max: float, tau_min: float, progress: float) -> float:
+    """GDAS' Gumbel-softmax temperature, annealed linearly over training (Dong & Yang 2019):
+    ``tau(p) = (1 - p) * tau_max + p * tau_min`` for training progress ``p`` in ``[0, 1]``.
+
+    Examples:
+        >>> from lightning_nas.search.oneshot import gdas_temperature
+        >>> gdas_temperature(10.0, 0.1, 0.0), gdas_temperature(10.0, 0.1, 1.0)
+        (10.0, 0.1)
+    """
+    return (1.0 - progress) * tau_max + progress * tau_min
+
+
 def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     parent_path, _, attr = path.rpartition(".")
     return (model.get_submodule(parent_path) if parent_path else model), attr
