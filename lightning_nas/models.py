@@ -21,6 +21,12 @@ class DigitsCNN(nn.Module):
     Args:
         width: channels of the first conv; the second has ``2 * width``.
         num_classes: output logits.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.models import DigitsCNN
+        >>> DigitsCNN(width=8)(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(self, width: int = 32, num_classes: int = 10) -> None:
@@ -44,7 +50,21 @@ class DigitsCNN(nn.Module):
 
 
 class Classifier(L.LightningModule):
-    """An ordinary LightningModule around ``net`` (Adam, cross-entropy, accuracy on val and test)."""
+    """An ordinary LightningModule around ``net`` (Adam, cross-entropy, accuracy on val and test).
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> module = Classifier(DigitsCNN(width=4), lr=1e-2)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp())
+        >>> trainer.fit(module, datamodule=DigitsDataModule())
+        >>> sorted(trainer.callback_metrics)
+        ['train_loss', 'val_acc', 'val_loss']
+    """
 
     def __init__(self, net: nn.Module | None = None, lr: float = 3e-3, weight_decay: float = 0.0) -> None:
         super().__init__()
@@ -83,7 +103,18 @@ def train_plain(
     net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 6, lr: float = 3e-3, batch_size: int = 64
 ) -> nn.Module:
     """Train ``net`` with a plain Adam/cross-entropy loop (no Lightning; shuffled by torch's global RNG) and
-    return it in eval mode: a quick trained model for tests and benchmarks."""
+    return it in eval mode: a quick trained model for tests and benchmarks.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.data import load_digits_arrays
+        >>> from lightning_nas.models import DigitsCNN, train_plain
+        >>> x, y = load_digits_arrays()
+        >>> x, y = torch.as_tensor(x[:256]), torch.as_tensor(y[:256])
+        >>> net = train_plain(DigitsCNN(width=8), x, y, epochs=2)  # a plain PyTorch loop, no Lightning
+        >>> net(x[:4]).shape
+        torch.Size([4, 10])
+    """
     opt = torch.optim.Adam(net.parameters(), lr)
     for _ in range(epochs):
         perm = torch.randperm(len(x))
@@ -150,8 +181,24 @@ class ResNet(nn.Module):
 
 
 def resnet18(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNet:
+    """ResNet-18: 2, 2, 2, 2 ``BasicBlock`` per stage, stage widths ``width * (1, 2, 4, 8)``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.models import resnet18
+        >>> resnet18(num_classes=10, width=8, in_channels=1)(torch.rand(2, 1, 32, 32)).shape
+        torch.Size([2, 10])
+    """
     return ResNet((2, 2, 2, 2), num_classes, width, in_channels)
 
 
 def resnet34(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNet:
+    """ResNet-34: 3, 4, 6, 3 ``BasicBlock`` per stage, stage widths ``width * (1, 2, 4, 8)``.
+
+    Examples:
+        >>> from lightning_nas.models import resnet34
+        >>> net = resnet34(width=8)
+        >>> [len(stage) for stage in (net.layer1, net.layer2, net.layer3, net.layer4)]  # blocks per stage
+        [3, 4, 6, 3]
+    """
     return ResNet((3, 4, 6, 3), num_classes, width, in_channels)

@@ -51,6 +51,38 @@ class AttributionMonitor(ProbedCallback):
         aopc_steps: deletion steps of the AOPC curve (up to half the features).
         explain: log heatmaps / top-feature tables each run.
         seed: picks the probe set.
+
+    Logged under ``explain/attribution/`` each run: ``probe_acc`` (accuracy on the probe),
+    ``structural_changes`` (model-structure changes seen so far), ``aopc`` and ``aopc_random`` and the line
+    series ``deletion_curve`` (with ``faithfulness``), ``drift_spearman``, ``drift_topk``, ``drift_agreement``
+    (once a reference exists), and with ``explain`` the image ``maps`` or the table ``top_features``.
+
+    Math: AOPC as in ``explain.attribution.aopc``, ``1/(L+1) * sum_{k=0..L} (p_0 - p_k)`` with ``p_k`` the
+    target's probability after the ``k``-th of ``L`` deletion steps; the drift scores as in
+    ``explain.attribution.compare`` (Spearman correlation of ``|a|`` and ``|b|``, top-``topk`` overlap).
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> import json, pathlib
+        >>> from lightning_nas.callbacks import AttributionMonitor
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> monitor = AttributionMonitor(method="saliency", n_samples=4, aopc_steps=2)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[monitor])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> files = pathlib.Path(root, "nas_files")  # with no logger the file sink keeps everything
+        >>> sorted(p.name for p in files.iterdir())
+        ['images', 'index.jsonl', 'scalars.jsonl', 'series', 'summary.json']
+        >>> logged = [json.loads(line) for line in (files / "scalars.jsonl").read_text().splitlines()]
+        >>> sorted(k for row in logged for k in row if k.startswith("explain/"))  # doctest: +NORMALIZE_WHITESPACE
+        ['explain/attribution/aopc', 'explain/attribution/aopc_random', 'explain/attribution/probe_acc',
+         'explain/attribution/structural_changes']
     """
 
     _state_attrs = ("_probe_indices", "_probe_state", "_reference", "_last", "_changes", "_runs")

@@ -62,6 +62,25 @@ class KnowledgeDistillation(LightningNASCallback):
     Logged: ``distill/kd_loss``, ``distill/task_loss``, ``distill/feature_loss`` (train steps, through the
     module's ``log``); ``distill/agreement``, ``distill/kl`` and table ``distill/per_class`` (columns class,
     support, agreement, student_acc, teacher_acc) each validation epoch.
+
+    Examples:
+        A narrow student learns from a (here untrained, in practice trained) wider teacher:
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import KnowledgeDistillation
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> kd = KnowledgeDistillation(DigitsCNN(width=16), temperature=4.0, alpha=0.5)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[kd])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> sorted(k for k in trainer.callback_metrics if k.startswith("distill/"))
+        ['distill/kd_loss', 'distill/task_loss']
     """
 
     def __init__(

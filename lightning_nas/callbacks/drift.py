@@ -78,6 +78,27 @@ class DriftMonitor(LightningNASCallback):
     Logged: ``drift/psi_max``, ``drift/ks_max``, ``drift/prediction_psi``, ``drift/attribution_shift``,
     ``drift/drifted_features``, ``drift/detected`` (scalars); ``drift/features`` (table: feature, psi, ks,
     ks_pvalue, drifted); summary ``drift/verdict`` and ``drift/next_step``.
+
+    Examples:
+        Profile the model's inputs and predictions once (a bundle does it for you), then watch a validation loop:
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import DriftMonitor
+        >>> from lightning_nas.data import DigitsDataModule, load_digits_arrays
+        >>> from lightning_nas.deploy import ReferenceProfile
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> model = Classifier(DigitsCNN(width=4)).eval()
+        >>> x, _ = load_digits_arrays()
+        >>> profile = ReferenceProfile.from_data(model, torch.as_tensor(x[:200]), attribution_samples=0)
+        >>> monitor = DriftMonitor(profile, attribution_samples=0)
+        >>> trainer = L.Trainer(limit_val_batches=2, logger=False, enable_progress_bar=False,
+        ...     enable_model_summary=False, default_root_dir=tempfile.mkdtemp(), callbacks=[monitor])
+        >>> _ = trainer.validate(model, datamodule=DigitsDataModule(), verbose=False)
+        >>> monitor.last_report.status  # the same data as the reference: no drift
+        'ok'
     """
 
     _state_attrs = ("history",)

@@ -57,6 +57,36 @@ class DifferentiableNAS(OneShotCallback):
     Logged every epoch: ``nas/<label>/<candidate>`` (probability), ``nas/<label>/entropy``, ``nas/tau`` (GDAS),
     line series ``nas/<label>/history``; at the end the tables ``nas/decisions`` and ``nas/ablation`` and the
     summary ``nas/arch/<label>``, ``nas/reason/<label>``.
+
+    Examples:
+        Search one decision while an ordinary LightningModule trains (a tiny fit; give it epochs in earnest):
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.callbacks import DifferentiableNAS
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> nas = DifferentiableNAS(mode="darts", ablation_batches=1, bn_batches=1)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[nas])
+        >>> trainer.fit(Classifier(net), datamodule=DigitsDataModule())
+        >>> arch = nas.export()  # the chosen candidate of each decision
+        >>> arch  # doctest: +ELLIPSIS
+        {'block1': '...'}
+        >>> print(nas.reasons()["block1"])  # doctest: +ELLIPSIS
+        block1: ... chosen (probability 0.5..., ... over ...; entropy 0.69); removing ... changes supernet val loss ...
+        >>> final = space.freeze(net, arch)  # a plain nn.Module: the choice replaced by its winner
+        >>> type(final[1]).__name__ in ("Conv2d", "Identity")
+        True
     """
 
     def __init__(
@@ -175,6 +205,28 @@ class SubnetSampling(OneShotCallback):
     Logged at the end: ``nas/<label>/<candidate>`` (share of the candidate among the final population),
     ``nas/<label>/entropy``, tables ``nas/decisions``, ``nas/ablation`` (val-loss change when the winner's
     decision is switched to each candidate), ``nas/subnets`` (every scored subnet), summary ``nas/arch/*``.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.callbacks import SubnetSampling
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> spos = SubnetSampling(population=2, generations=1, calib_batches=1, eval_batches=1, seed=0, bn_batches=1)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[spos])
+        >>> trainer.fit(Classifier(net), datamodule=DigitsDataModule())
+        >>> spos.export()  # doctest: +ELLIPSIS
+        {'block1': '...'}
     """
 
     _mode = "spos"

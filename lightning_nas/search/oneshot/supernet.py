@@ -34,11 +34,13 @@ REMEDIES = ("none", "darts-", "beta-decay")
 
 
 def gdas_temperature(tau_max: float, tau_min: float, progress: float) -> float:
-    r"""GDAS' Gumbel-softmax temperature, annealed linearly over training (Dong & Yang 2019):
-    :math:`\tau(p) = (1 - p)\,\tau_{max} + p\,\tau_{min}` for training progress :math:`p \in [0, 1]`.
+    """GDAS' Gumbel-softmax temperature, annealed linearly over training (Dong & Yang 2019):
+    ``tau(p) = (1 - p) * tau_max + p * tau_min`` for training progress ``p`` in ``[0, 1]``.
 
-    >>> gdas_temperature(10.0, 0.1, 0.0), gdas_temperature(10.0, 0.1, 1.0)
-    (10.0, 0.1)
+    Examples:
+        >>> from lightning_nas.search.oneshot import gdas_temperature
+        >>> gdas_temperature(10.0, 0.1, 0.0), gdas_temperature(10.0, 0.1, 1.0)
+        (10.0, 0.1)
     """
     return (1.0 - progress) * tau_max + progress * tau_min
 
@@ -49,7 +51,31 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 
 class Supernet:
-    """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place)."""
+    """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place).
+
+    Examples:
+        What ``DifferentiableNAS`` drives inside a fit, by hand:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.search.oneshot import Supernet
+        >>> net = nn.Sequential(nn.Linear(4, 4),
+        ...                     space.LayerChoice({"relu": nn.ReLU(), "tanh": nn.Tanh()}, label="act"),
+        ...                     nn.Linear(4, 2))
+        >>> supernet = Supernet(net, "darts")  # the choice becomes a mixed op; alpha lives in the supernet
+        >>> type(net[1]).__name__
+        'MixedLayer'
+        >>> {label: p.tolist() for label, p in supernet.probabilities().items()}  # softmax(alpha), undecided
+        {'act': [0.5, 0.5]}
+        >>> net(torch.rand(3, 4)).shape  # sum_i softmax(alpha)_i * op_i(x)
+        torch.Size([3, 2])
+        >>> supernet.export()  # doctest: +ELLIPSIS
+        {'act': '...'}
+        >>> supernet.restore()  # the original choice modules back in place
+        >>> type(net[1]).__name__
+        'LayerChoice'
+    """
 
     def __init__(
         self,
