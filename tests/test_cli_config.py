@@ -27,7 +27,7 @@ def _typical_init_args(name, tmp_path):
     profile = ReferenceProfile.from_data(DigitsCNN(8).eval(), torch.rand(64, 1, 8, 8), attribution_samples=0)
     profile_path = profile.save(tmp_path / "profile.json")
     return {
-        "DifferentiableNAS": {"mode": "gdas", "arch_lr": 0.01, "warmup_epochs": 1},
+        "DifferentiableNAS": {"mode": "gdas", "arch_lr": 0.01, "start_epoch": 1},
         "SubnetSampling": {"population": 4, "generations": 2},
         "TrialPruningCallback": {
             "trial": {"class_path": "optuna.trial.FixedTrial", "init_args": {"params": {}}},

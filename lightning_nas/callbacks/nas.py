@@ -45,7 +45,7 @@ class DifferentiableNAS(OneShotCallback):
         remedy: anti-collapse remedy: ``"darts-"`` (auxiliary skip ``beta*x``, ``beta`` 1 -> 0; Chu et al.
             2021), ``"beta-decay"`` (``lambda * mean logsumexp(alpha)``; Ye et al. 2022) or ``"none"``.
         beta_decay_weight: final ``lambda`` of ``"beta-decay"``, in [0, 100].
-        warmup_epochs: epochs of weight-only training before ``alpha`` moves.
+        start_epoch: the first epoch in which ``alpha`` moves (the epochs before train the weights only).
         order: 1 (first-order DARTS) or 2 (second order, DARTS only: the held-out loss is taken after a virtual
             weight step, with the finite-difference Hessian-vector product of Liu et al. 2019; ~4x the cost).
         unrolled_lr: learning rate ``xi`` of the virtual step (``None``: the user's optimizer's current lr).
@@ -98,7 +98,7 @@ class DifferentiableNAS(OneShotCallback):
         tau_min: float = 0.1,
         remedy: str = "none",
         beta_decay_weight: float = 1.0,
-        warmup_epochs: int = 0,
+        start_epoch: int = 0,
         ablation_batches: int = 4,
         seed: int | None = None,
         order: int = 1,
@@ -114,7 +114,7 @@ class DifferentiableNAS(OneShotCallback):
         self.tau_min = check_range("tau_min", tau_min, 0.0, tau_max, low_inclusive=False)
         self.remedy = check_choice("remedy", remedy, REMEDIES)
         self.beta_decay_weight = check_range("beta_decay_weight", beta_decay_weight, 0.0, 100.0)
-        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
+        self.start_epoch = check_int("start_epoch", start_epoch, 0)
         self.ablation_batches = check_int("ablation_batches", ablation_batches, 0)
         self.order = check_choice("order", order, (1, 2))
         if order == 2 and mode != "darts":
@@ -137,7 +137,7 @@ class DifferentiableNAS(OneShotCallback):
         sn = self._supernet
         sn.set_progress(trainer.global_step / max(1, trainer.estimated_stepping_batches))
         sn.tau = gdas_temperature(self.tau_max, self.tau_min, sn.progress)
-        if trainer.current_epoch >= self.warmup_epochs:
+        if trainer.current_epoch >= self.start_epoch:
             held = self._held_out(trainer, batch)
             kwargs: dict[str, Any] = {}
             if self.order == 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,7 @@ class QuantizationAware(LightningNASCallback):
         freeze_bn_after: int | None = None,
         recipe: Q.QATRecipe | None = None,
         divergence_factor: float | None = 3.0,
-        ignore: list[str] | None = None,
+        ignore: Sequence[str] = (),
         module_name: str = "",
         backend: str = "x86",
         onnx_path: str | None = None,
@@ -159,7 +160,7 @@ class QuantizationAware(LightningNASCallback):
         self.divergence: dict[str, float] | None = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
-        self.ignore = list(check_type("ignore", ignore, (list, tuple), allow_none=True) or [])
+        self.ignore = list(check_type("ignore", ignore, (list, tuple)))
         for s in self.ignore:
             check_type("ignore[]", s, str)
         self.module_name = check_type("module_name", module_name, str)
