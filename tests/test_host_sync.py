@@ -187,7 +187,17 @@ CALLBACKS: dict[str, tuple[Callable[[], L.Callback], bool]] = {
     "TrainingDynamics": (lambda: lightning_nas.callbacks.TrainingDynamics(), False),
     "DecisionPaths": (lambda: lightning_nas.callbacks.DecisionPaths(), False),
     "ArchitectureView": (lambda: lightning_nas.callbacks.ArchitectureView(), False),
+    # watching the fit's own validation is not the default (stages validate, predict) but is the per-step path
+    "DriftMonitor-fit": (lambda: lightning_nas.callbacks.DriftMonitor(_profile(), stages=["fit"]), False),
 }
+
+
+def _profile() -> Any:
+    from lightning_nas.data import DigitsDataModule
+    from lightning_nas.deploy import ReferenceProfile
+
+    x = DigitsDataModule(batch_size=32, seed=0).split("train").tensors[0][:200]
+    return ReferenceProfile.from_data(_teacher(), x, attribution_samples=0)
 
 
 def count_syncs(make: Callable[[], L.Callback], searchable: bool, root: Path, steps: int = STEPS) -> SyncCounter:
