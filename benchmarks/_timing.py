@@ -119,6 +119,7 @@ class FitClock(L.Callback):
         self.own_marks: list[float] = []  # the watched callback's time so far, at each epoch start and train end
         self.steps: list[float] = []
         self._t_step = 0.0
+        self.in_step = False
         self.closer = _StepCloser(self)
 
     def _now(self) -> float:
@@ -139,6 +140,7 @@ class FitClock(L.Callback):
         self.own_marks.append(self._own())
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *a: Any) -> None:
+        self.in_step = True
         self._t_step = self._now()
         if not self.t_first_batch:
             self.t_first_batch = self._t_step
@@ -176,6 +178,7 @@ class _StepCloser(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *a: Any) -> None:
         self.clock.steps.append(self.clock._now() - self.clock._t_step)
+        self.clock.in_step = False
 
 
 def trainer(root: Path, callbacks: list, epochs: int = 1, accelerator: str = "cpu", **kw: Any) -> L.Trainer:
