@@ -54,6 +54,16 @@ GOALS: dict[str, tuple[Callable[[Any], Any], float | None, bool]] = {
     "DifferentiableNAS": (lambda cb: cb.DifferentiableNAS(), None, True),
     "SubnetSampling": (lambda cb: cb.SubnetSampling(), None, True),
 }
+# what a callback does once at the end of a fit at its defaults (the "why" of an end-of-fit cost)
+END_WORK = {
+    "QuantizationAware": "int8 conversion, the sensitivity table (4 lowest-SQNR layers on 2 validation batches) and "
+    "the float/int8 latency measurement (measure=True, 10 repeats)",
+    "ArchitectureView": "the layer table, graph edges and graph figure (matplotlib, PNG) made again at fit end",
+    "DecisionPaths": "the decision paths of a 50-sample probe and up to 16 ablation forwards",
+    "DifferentiableNAS": "op ablation: the supernet's loss on 4 validation batches, and again without each candidate",
+    "SubnetSampling": "evolution (population 10, 5 generations): each subnet's BatchNorm re-estimated on 5 training "
+    "batches and its loss on 4 validation batches",
+}
 _PROFILE: dict[str, Any] = {}
 _TEACHER: dict[str, Any] = {}
 END_BUDGET = 0.10  # every fixed end-of-fit cost at defaults <= 10% of one epoch
@@ -169,6 +179,7 @@ def measure_model(bench: Bench, cbmod: Any, names: list[str], log: Callable[[str
                 epoch=_steady(clock),
                 own_epoch=statistics.median(clock.own_epochs[1:]),
                 end_own=clock.own_end_s,
+                end_hooks={h: cb._hook_s[h] for h in _END_HOOKS if cb._hook_s.get(h, 0.0) >= 0.005},
             )
             if watch is not None:  # the training-step listener's time per step (validation's agreement apart)
                 n = max(1, len(clock.steps))
@@ -243,7 +254,11 @@ def verdict_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
                 why.append(f"own code {100 * own:.1f}% of an epoch > {100 * r['budget']:.0f}%")
         checks.append(end <= END_BUDGET * pe)
         if end > END_BUDGET * pe:
-            why.append(f"end {end:.2f} s = {100 * end / pe:.0f}% of an epoch (own end hooks {r['end_own']:.2f} s)")
+            hooks = ", ".join(f"{h} {v:.2f} s" for h, v in sorted(r["end_hooks"].items(), key=lambda kv: -kv[1]))
+            work = END_WORK.get(r["name"], "")
+            why.append(
+                f"end {end:.2f} s = {100 * end / pe:.0f}% of an epoch" + (f": {work}" if work else "") + f" ({hooks})"
+            )
         if r.get("teacher") is not None:
             calls, fwd_s, per_step = r["teacher"]
             why.append(
