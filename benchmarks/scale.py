@@ -13,7 +13,8 @@ measured side by side in one run. Per fit (``--epochs`` epochs of ``--steps`` st
 
 QuantizationAware's floor is torch's own FX QAT (``prepare_qat_fx`` and a plain training loop on the same model,
 batches and validation) measured in the same run; KnowledgeDistillation's is one teacher forward under
-``inference_mode`` per step (teacher forwards are counted with a hook). Inputs are synthetic: timing only.
+``inference_mode`` per step (teacher forwards are counted with a hook). Inputs are synthetic: timing only, no
+accuracy is reported here (the compression sections report accuracy on real data).
 
 Part 2, growth: DARTS / GDAS / SPOS step time and memory against candidates per choice (2, 4, 8) and number of
 choices (1, 2, 4); AttributionMonitor's time against input size and method; StructuredPruning's decision time against
@@ -658,9 +659,10 @@ def main(argv: list[str] | None = None) -> int:
             growth["pruning"] = pruning_growth(args, root, log)
             growth["multitrial"] = multitrial_growth(args, root, log)
     folder = QUICK if args.quick else RESULTS
-    picture = plot(part1, growth, folder / "scale.png")
+    name = "scale" if parts >= {"1", "2"} else "scale_part" + "".join(sorted(parts))  # a part alone: its own section
+    picture = plot(part1, growth, folder / f"{name}.png")
     body = _body(args, part1, extra, growth, picture, width, (vocab, seq, tbatch))
-    path = write_section("scale", "Cost at model scale, and how it grows", body, args)
+    path = write_section(name, "Cost at model scale, and how it grows", body, args)
     print(body)
     print(f"\nwrote {path} in {time.perf_counter() - t_start:.0f} s")
     return 0
@@ -669,7 +671,18 @@ def main(argv: list[str] | None = None) -> int:
 def _body(args: Any, part1: dict, extra: dict, growth: dict, picture: Path | None, width: int, lm: tuple) -> str:
     from benchmarks._report import table
 
-    out = []
+    out = [
+        "Each callback at its defaults, one fit each, plain fits interleaved (their median is the reference). "
+        "*per epoch, wall*: the callback's steady epoch (epochs after the first) against the plain one; *per epoch, "
+        "own code*: time inside the callback's hooks and step listeners per steady epoch, as a share of the plain "
+        "epoch (it does not move with machine load, and it is what a callback that changes the model costs: a pruned "
+        "or factorized model trains faster afterwards); the per-epoch verdict uses it. *fit start*: `trainer.fit` to "
+        "the first training batch plus what the first epoch costs beyond a steady one; *fit end*: `on_train_end` to "
+        "the return of `fit`; both beyond the plain fit's. Goals: own code per epoch <= 3% (TrainingDynamics, "
+        "pruning, low-rank, drift), <= 10% (AttributionMonitor); end of fit <= 10% of an epoch; QuantizationAware "
+        f"<= {QAT_BUDGET}x torch's FX QAT loop; KnowledgeDistillation one teacher forward per step. "
+        "No callback reads a tensor back to the host in a step: `tests/test_host_sync.py`.\n"
+    ]
     if picture is not None:
         out.append(f"![scale]({picture.relative_to(Path(__file__).resolve().parent.parent).as_posix()})\n")
     for model, rows in part1.items():
