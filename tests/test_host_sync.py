@@ -1,16 +1,17 @@
 """No per-step host synchronisation on the default path of any callback.
 
 A host sync (``.item()``, ``.cpu()``, ``.to("cpu")``, ``.tolist()``, ``.numpy()``, ``float(t)``, ``int(t)``,
-``bool(t)``, a boolean-mask index, ``nonzero``) makes the CPU wait for the accelerator: once per step it stalls the
-pipeline of every GPU fit. On CPU nothing waits, but the calls are the same, so this test counts them there: the
-tensor methods are patched while the training steps run (from the first callback's ``on_train_batch_start`` to the
-last callback's ``on_train_batch_end``, which covers every per-step hook, listener and forward hook in between), and
-each call is charged to the innermost ``lightning_nas`` frame that made it. The user's own module
-(``lightning_nas/models.py``, an ordinary LightningModule that logs its loss), Lightning's own loop and the
-optimizer's own bookkeeping (``torch/optim``, run by every step with or without a callback) are not charged, which
-isolates the callbacks' contribution. The first and last training batch of the epoch are left out: the route to
-the logits is found once per fit in the first, and epoch-level work runs at the last (once per epoch, not per
-step). Validation steps are counted the same way (listeners run in every one of them).
+``bool(t)``, a boolean-mask index, ``nonzero``, ``torch.equal``/``allclose``/``unique``/``masked_select``) makes
+the CPU wait for the accelerator: once per step it stalls the pipeline of every GPU fit. On CPU nothing waits, but
+the calls are the same, so this test counts them there: the tensor methods are patched while the training steps
+run (from the first callback's ``on_train_batch_start`` to the last callback's ``on_train_batch_end``, which covers
+every per-step hook, listener and forward hook in between), and each call is charged to the innermost
+``lightning_nas`` frame that made it. The user's own module (``lightning_nas/models.py``, an ordinary
+LightningModule that logs its loss), Lightning's own loop and the optimizer's own bookkeeping (``torch/optim``, run
+by every step with or without a callback) are not charged, which isolates the callbacks' contribution. The first
+and last training batch of the epoch are left out: the route to the logits is found once per fit in the first, and
+epoch-level work runs at the last (once per epoch, not per step). Validation steps are counted the same way
+(listeners run in every one of them).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lightning_nas.models import Classifier, DigitsCNN
 _PKG = Path(lightning_nas.__file__).resolve().parent
 _USER_CODE = (_PKG / "models.py", _PKG / "data")  # stands for the user's own LightningModule and data
 _METHODS = ("item", "cpu", "tolist", "numpy", "nonzero", "__bool__", "__float__", "__int__", "__index__")
+_FUNCTIONS = ("equal", "allclose", "nonzero", "unique", "masked_select")
 _OPTIM = Path(torch.optim.__file__).resolve().parent
 STEPS = 6
 
@@ -112,10 +114,19 @@ class SyncCounter(L.Callback):
 
         torch.Tensor.__getitem__ = masked_getitem
         torch.Tensor.to = to_cpu
+        for name in _FUNCTIONS:  # functions that return a Python value computed on the device
+            original = getattr(torch, name)
+            self._saved[f"torch.{name}"] = original
+
+            def fn(*a: Any, _orig: Callable = original, _name: str = name, **k: Any) -> Any:
+                counter._charge(f"torch.{_name}")
+                return _orig(*a, **k)
+
+            setattr(torch, name, fn)
 
     def _unpatch(self) -> None:
         for name, fn in self._saved.items():
-            setattr(torch.Tensor, name, fn)
+            setattr(torch, name[6:], fn) if name.startswith("torch.") else setattr(torch.Tensor, name, fn)
         self._saved = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -229,6 +240,15 @@ def count_syncs(make: Callable[[], L.Callback], searchable: bool, root: Path, st
     trainer.fit(Classifier(net), train, val)
     assert counter.step == steps - 1
     return counter
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Counting, not timing: one thread keeps these fits quick on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("name", list(CALLBACKS))
