@@ -474,7 +474,7 @@ def multitrial_growth(args: Any, root: Path, log: Callable[[str], None]) -> list
     from tests._postgres import throwaway_postgres
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    n_trials = 4 if args.quick else 12
+    n_trials = 4 if args.quick else 8
     rows = []
     with throwaway_postgres() as url:
         if url is None:
