@@ -727,6 +727,7 @@ def _body(args: Any, part1: dict, extra: dict, growth: dict, picture: Path | Non
                     f"{float_s:.2f} s); QAT against the FX floor with Lightning's share removed: "
                     f"{ratio / light:.2f}x.\n"
                 )
+    quick = bool(args.quick)
     if growth.get("search"):
         out.append("### One-shot search: step time and memory as the space grows\n")
         out.append(
@@ -734,9 +735,14 @@ def _body(args: Any, part1: dict, extra: dict, growth: dict, picture: Path | Non
                 ["mode", "choices", "candidates per choice", "ms per step", "MiB saved for backward", "CUDA peak MiB"],
                 [[*r[:5], "-" if r[5] is None else r[5]] for r in growth["search"]],
             )
-            + "\n\nMiB saved for backward: the peak bytes autograd keeps for one forward (device-independent; the "
-            "CUDA peak is added on a GPU). DARTS runs every candidate (linear in candidates per choice and in "
-            "choices); GDAS and SPOS run one path per choice.\n"
+            + "\n\nA conv stem, `choices` LayerChoice blocks in a row (each of `candidates` 3x3 convs, "
+            f"{16 if quick else 32} channels) and a linear head; 32x32 inputs, batch 64; median step (the "
+            "architecture step included). MiB saved for backward: the peak bytes autograd keeps for one forward "
+            "(device-independent; the CUDA peak is added on a GPU). Against candidates per choice DARTS grows "
+            "linearly (it runs every candidate) while GDAS and SPOS stay flat (one path per choice). Against the "
+            "number of choices every mode grows, since each choice is one more layer of the network; DARTS' slope "
+            "is the candidates per choice times theirs. GDAS and DARTS also run the architecture step (a forward "
+            "and backward on a held-out batch) every step.\n"
         )
     if growth.get("attribution"):
         out.append("### AttributionMonitor: time per epoch against input size and method (ResNet-18, width 16)\n")
