@@ -149,13 +149,47 @@ class BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
+class Bottleneck(nn.Module):
+    """ResNet's 1x1-3x3-1x1 bottleneck block (expansion 4, stride on the 3x3), as torchvision writes it."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (
+            None
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
 class ResNet(nn.Module):
-    """torchvision's ResNet-18/34 layout (BasicBlocks, 7x7 stem, max-pool, four stages, average pool, ``fc``) at
-    any base ``width`` (64 is ResNet-18 itself, 11.2M parameters with 10 classes). Benchmarks use it to measure
-    costs at the scale users train at; torchvision itself does not import beside this machine's CPU torch."""
+    """torchvision's ResNet-18/34/50 layout (BasicBlocks or Bottlenecks, 7x7 stem, max-pool, four stages, average
+    pool, ``fc``) at any base ``width`` (64 is ResNet-18 itself, 11.2M parameters with 10 classes). Benchmarks use
+    it to measure costs at the scale users train at; torchvision itself does not import beside this machine's CPU
+    torch."""
 
     def __init__(
-        self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, width: int = 64, in_channels: int = 3
+        self,
+        layers: tuple[int, ...] = (2, 2, 2, 2),
+        num_classes: int = 10,
+        width: int = 64,
+        in_channels: int = 3,
+        bottleneck: bool = False,
     ) -> None:
         super().__init__()
         check_int("width", width, 1)
@@ -165,11 +199,13 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, cin = [], width
         for i, n in enumerate(layers):
-            cout = width * 2**i
-            stages.append(
-                nn.Sequential(*[BasicBlock(cin if j == 0 else cout, cout, 2 if i and j == 0 else 1) for j in range(n)])
-            )
-            cin = cout
+            w = width * 2**i
+            blocks = []
+            for j in range(n):
+                stride = 2 if i and j == 0 else 1
+                blocks.append(Bottleneck(cin, w, stride) if bottleneck else BasicBlock(cin, w, stride))
+                cin = w * Bottleneck.expansion if bottleneck else w
+            stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
@@ -202,3 +238,7 @@ def resnet34(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> Re
         [3, 4, 6, 3]
     """
     return ResNet((3, 4, 6, 3), num_classes, width, in_channels)
+
+
+def resnet50(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNet:
+    return ResNet((3, 4, 6, 3), num_classes, width, in_channels, bottleneck=True)

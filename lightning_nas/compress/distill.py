@@ -116,7 +116,8 @@ class FeatureAdapter(nn.Module):
 
 
 def feature_loss(adapter: FeatureAdapter, f_student: torch.Tensor, f_teacher: torch.Tensor) -> torch.Tensor:
-    """``mean((A(f_s) - f_t)^2)``; the teacher feature is a constant.
+    """``mean((A(f_s) - f_t)^2)``; the teacher feature is a constant (it may come from ``inference_mode``: the
+    subtraction keeps no reference to it for the backward pass, which ``mse_loss`` would).
 
     Examples:
         >>> import torch
@@ -127,7 +128,7 @@ def feature_loss(adapter: FeatureAdapter, f_student: torch.Tensor, f_teacher: to
         >>> loss.shape, loss.requires_grad
         (torch.Size([]), True)
     """
-    return F.mse_loss(adapter(f_student, f_teacher).float(), f_teacher.detach().float())
+    return (adapter(f_student, f_teacher).float() - f_teacher.detach().float()).pow(2).mean()
 
 
 def load_teacher(teacher: nn.Module | str | Path, architecture: nn.Module | None = None) -> nn.Module:

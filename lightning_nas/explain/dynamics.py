@@ -58,6 +58,14 @@ def layer_weight(mod: nn.Module) -> torch.Tensor:
     return w if w is not None else mod._parameters["weight_orig"]
 
 
+def _read(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalars computed on the device, read back to the host in one transfer (one sync, not one per layer)."""
+    if not values:
+        return {}
+    first = next(iter(values.values())).device
+    return dict(zip(values, torch.stack([v.reshape(()).float().to(first) for v in values.values()]).tolist()))
+
+
 def weight_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
     """``||W||_2`` (Frobenius) per layer.
 
@@ -72,7 +80,7 @@ def weight_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
         {'0': 2.0}
     """
     with torch.no_grad():
-        return {n: float(layer_weight(m).detach().float().norm()) for n, m in layers}
+        return _read({n: layer_weight(m).detach().float().norm() for n, m in layers})
 
 
 def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
@@ -90,13 +98,10 @@ def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
         >>> grad_norms(layers)  # dL/dW = 1 for each of the 4 weights
         {'0': 2.0}
     """
-    out = {}
     with torch.no_grad():
-        for n, m in layers:
-            g = layer_weight(m).grad
-            if g is not None:
-                out[n] = float(g.detach().float().norm())
-    return out
+        return _read(
+            {n: layer_weight(m).grad.detach().float().norm() for n, m in layers if layer_weight(m).grad is not None}
+        )
 
 
 def snapshot(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
@@ -128,16 +133,17 @@ def update_ratios(layers: list[tuple[str, nn.Module]], before: dict[str, torch.T
         >>> {k: round(v, 4) for k, v in update_ratios(layers, before).items()}
         {'0': 0.01}
     """
-    out = {}
+    ratios = {}
     with torch.no_grad():
         for n, m in layers:
             w0 = before.get(n)
             w1 = layer_weight(m)
             if w0 is None or w0.shape != w1.shape:
                 continue
-            denom = float(w0.float().norm())
-            out[n] = float((w1.detach().float() - w0.float()).norm()) / denom if denom > 0 else float("nan")
-    return out
+            denom = w0.float().norm()
+            step = (w1.detach().float() - w0.float()).norm()
+            ratios[n] = torch.where(denom > 0, step / denom, torch.full_like(denom, float("nan")))
+    return _read(ratios)
 
 
 def activation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -199,11 +205,13 @@ class DeadUnitProbe:
         self._handles = []
 
     def result(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for n, alive in self._alive.items():
-            channels = alive.reshape(alive.shape[0], -1).any(1) if alive.ndim > 1 else alive
-            out[n] = {
-                "dead_fraction": 1.0 - float(alive.float().mean()),
-                "dead_channel_fraction": 1.0 - float(channels.float().mean()),
-            }
+        alive: dict[str, torch.Tensor] = {}
+        for n, a in self._alive.items():
+            channels = a.reshape(a.shape[0], -1).any(1) if a.ndim > 1 else a
+            alive[f"{n}\0dead_fraction"] = a.float().mean()
+            alive[f"{n}\0dead_channel_fraction"] = channels.float().mean()
+        out: dict[str, dict[str, float]] = {}
+        for key, v in _read(alive).items():  # one read back for every layer
+            n, what = key.split("\0")
+            out.setdefault(n, {})[what] = 1.0 - v
         return out

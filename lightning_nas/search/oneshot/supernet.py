@@ -120,6 +120,7 @@ class Supernet:
         self.path = {lb: 0 for lb in self.labels}
         self._queue: dict[str, list[int]] = {lb: [] for lb in self.labels}  # SPOS fair sampling
         self._gumbel = {lb: torch.zeros(len(self.names[lb])) for lb in self.labels}
+        self._picks: dict[str, int] | None = None  # GDAS: the paths of the current draw (see _gdas_picks)
         self.fixed: dict[str, int] | None = None  # evaluate one architecture of the supernet
         self.removed: dict[str, int] = {}  # op ablation: a candidate taken out of a decision
         self.arch_grad = False  # alpha receives gradient only inside arch_step
@@ -152,8 +153,18 @@ class Supernet:
         if not self._training():
             return [keep[int(torch.argmax(a.detach()[keep]))]], None
         y = torch.softmax((a + self._gumbel[label].to(a.device)) / self.tau, 0)
-        k = int(torch.argmax(y))
+        k = self._gdas_picks()[label]
         return [k], (y[k] - y[k].detach() + 1.0).view(1)
+
+    def _gdas_picks(self) -> dict[str, int]:
+        """The Gumbel-argmax path of every decision, read from the device once per draw (one host read per step,
+        not one per decision: which module runs is decided on the host). ``argmax softmax((a+g)/tau) =
+        argmax(a+g)``."""
+        if self._picks is None:
+            a = [self.alpha[lb].detach() for lb in self.labels]
+            picks = torch.stack([torch.argmax(x + self._gumbel[lb].to(x.device)) for lb, x in zip(self.labels, a)])
+            self._picks = dict(zip(self.labels, picks.tolist()))
+        return self._picks
 
     def _training(self) -> bool:
         return any(m.training for _, _, m in self._installed[:1])
@@ -172,6 +183,7 @@ class Supernet:
             if self.mode == "gdas":
                 u = torch.rand(n, generator=self.generator).clamp_(1e-9, 1 - 1e-9)
                 self._gumbel[lb] = -torch.log(-torch.log(u))
+                self._picks = None
             elif self.mode == "spos" and self.sampling == "fair":
                 if not self._queue[lb]:
                     self._queue[lb] = torch.randperm(n, generator=self.generator).tolist()
@@ -199,8 +211,9 @@ class Supernet:
         train_loss_fn: Callable[[], torch.Tensor] | None = None,
         weights: list[torch.Tensor] | None = None,
         xi: float = 0.0,
-    ) -> float:
-        """One update of ``alpha`` from the held-out loss ``loss_fn()``.
+    ) -> torch.Tensor:
+        """One update of ``alpha`` from the held-out loss ``loss_fn()``; returns that loss, detached and on its
+        device (reading it is left to the caller: no host synchronisation per step).
 
         First order (default): ``grad_alpha L_val(w, alpha)``. Second order (DARTS eq. 7-8; when
         ``train_loss_fn`` and ``weights`` are given): ``grad_alpha L_val(w', alpha) - xi * (grad_alpha
@@ -234,7 +247,8 @@ class Supernet:
             p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
         self.optimizer.step()
-        return float(loss.detach())
+        self._picks = None  # alpha moved: GDAS' next forward picks its paths again
+        return loss.detach()
 
     def _second_order(
         self,
@@ -328,5 +342,6 @@ class Supernet:
         self.generator.set_state(state["rng"])
         self.path = dict(state["path"])
         self._gumbel = {lb: g.clone() for lb, g in state["gumbel"].items()}
+        self._picks = None
         self.set_progress(state["progress"])
         self._queue = {lb: list(state.get("queue", {}).get(lb, [])) for lb in self.labels}
