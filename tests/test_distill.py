@@ -232,3 +232,34 @@ def test_callbacks_build_from_lightning_cli_config():
     assert objs.kd.alpha == 0.3 and objs.kd.features == {"net.features.3": "features.3"}
     assert type(objs.kd.teacher).__name__ == "DigitsCNN" and not objs.kd.teacher.training
     assert objs.qat.ignore == ["classifier"] and objs.qat.freeze_bn_after == 2
+
+
+def test_agreement_metric_syncs_by_sum_and_never_reads_back_in_update(monkeypatch):
+    """Two ranks' halves merged (what torchmetrics' sum reduction does over DDP) give the whole; ``update`` makes no
+    host read (``.item``, ``.cpu``, ``.tolist``, ``bool``/``float``/``int`` of a tensor)."""
+    from lightning_nas.explain.agreement import Agreement
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(40, 5, generator=g), torch.randn(40, 5, generator=g)
+    y = torch.randint(0, 5, (40,), generator=g)
+    y[::7] = -100
+    whole, a, b = Agreement(5, 2.0), Agreement(5, 2.0), Agreement(5, 2.0)
+    whole.update(s, t, y)
+    calls = []
+    for name in ("item", "cpu", "tolist", "__bool__", "__float__", "__int__"):
+        orig = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *x, _o=orig, _n=name, **k: calls.append(_n) or _o(self, *x)
+        )
+    a.update(s[:25], t[:25], y[:25])
+    b.update(s[25:], t[25:], y[25:])
+    monkeypatch.undo()
+    assert calls == []
+    a.merge_state(b)
+    got, want = a.compute(), whole.compute()
+    assert got["rows"] == want["rows"] and got["agreement"] == want["agreement"]
+    assert abs(got["kl"] - want["kl"]) < 1e-9
+    bad = Agreement(5)
+    bad.update(s[:4], t[:4], torch.tensor([0, 9, 1, -3]))  # recorded, not raised, in the step
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\) or equal ignore_index=-100, got 9"):
+        bad.compute()

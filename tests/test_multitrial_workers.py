@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -79,56 +75,15 @@ def test_a_killed_worker_leaves_the_study_usable(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ PostgreSQL
-def _pg_bindir() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent  # e.g. /usr/local/bin/pg_ctl -> /usr/lib/postgresql/15/bin
-    cands = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return Path(cands[-1]).parent if cands else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres_url():
     """A throwaway PostgreSQL cluster on a free loopback port (initdb into a temp dir, stopped after)."""
-    bindir = _pg_bindir()
-    if bindir is None or not (bindir / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; `.ci/run` installs Debian's postgresql")
-    base = Path(tempfile.mkdtemp(prefix="lnas-pg-"))
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        shutil.chown(base, "postgres", "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", _free_port()
+    from tests._postgres import throwaway_postgres
 
-    def pg(*cmd: str) -> None:
-        subprocess.run(run_as + list(cmd), check=True, capture_output=True, timeout=120)
-
-    pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    pg(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-l",
-        str(base / "log"),
-        "-w",
-        "-t",
-        "60",
-        "-o",
-        f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off",
-        "start",
-    )
-    try:
-        pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "lnas")
-        yield f"postgresql://postgres@127.0.0.1:{port}/lnas"
-    finally:
-        pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+    with throwaway_postgres() as url:
+        if url is None:
+            pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; `.ci/run` installs Debian's postgresql")
+        yield url
 
 
 @pytest.mark.slow
@@ -164,7 +119,9 @@ def test_cli_reports_bad_storage_and_config_in_one_line(tmp_path, capsys):
     from lightning_nas.cli import main
 
     cfg = multitrial_config(tmp_path, n_trials=1)
-    port = _free_port()
+    from tests._postgres import free_port
+
+    port = free_port()
     assert main(["search", "--config", str(cfg), "--storage", f"postgresql://u:pw@127.0.0.1:{port}/x"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lightning-nas search: error: storage") and "unreachable" in err and "\n" not in err

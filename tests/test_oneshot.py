@@ -197,7 +197,7 @@ def test_candidates_with_different_shapes(tmp_path, digits, example):
         ({"tau_max": 1.0, "tau_min": 2.0}, "tau_min"),
         ({"remedy": "magic"}, "remedy"),
         ({"arch_weight_decay": -1.0}, "arch_weight_decay"),
-        ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"start_epoch": -1}, "start_epoch"),
     ],
 )
 def test_bad_arguments(kwargs, match):

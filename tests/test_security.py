@@ -68,7 +68,7 @@ def test_real_compressed_checkpoint_loads_with_weights_only(compressed_checkpoin
     from lightning_nas.models import Classifier, DigitsCNN
 
     last = torch.load(compressed_checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
-    assert {"StructuredPruning{}", "QuantizationAware{}"} <= set(last["callbacks"])
+    assert {"StructuredPruning", "QuantizationAware"} <= {k.split("{")[0] for k in last["callbacks"]}
     model = load_compressed(Classifier(DigitsCNN(8)), str(compressed_checkpoints / "epoch=0.ckpt"))
     assert model.net.features[0].out_channels == 4  # the pruning was replayed, then the weights loaded
 

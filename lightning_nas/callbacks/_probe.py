@@ -15,11 +15,13 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
+from typing_extensions import override
 
 from lightning_nas._compat import val_data_source
 from lightning_nas._modules import eval_mode
 from lightning_nas.callbacks._capture import ProbeCollector, ProbeSet
 from lightning_nas.callbacks._route import Route
+from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain._attribution_utils import forward_of, required_inputs
 from lightning_nas.explain.attribution import Probe, select_probe
 
@@ -208,3 +210,25 @@ class ProbeSource:
                 raise ValueError(
                     f"{self.owner}: {err}; pass `forward_fn=lambda model, x: ...` returning (batch, classes) scores"
                 ) from None
+
+
+class ProbedCallback(LightningNASCallback):
+    """A callback that explains the model on probe samples taken from the real steps: ``setup`` listens for the
+    probe through ``self._source`` (a ``ProbeSource``) and calls ``self._preview(pl_module)`` once it is ready;
+    ``teardown`` releases the capture."""
+
+    _source: ProbeSource
+
+    def _preview(self, pl_module: L.LightningModule) -> None:
+        """Check the model on the first probe rows (raise ``ValueError`` naming the override to use)."""
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
+        super().setup(trainer, pl_module, stage)
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.release_model_io(pl_module)

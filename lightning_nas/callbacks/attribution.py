@@ -14,14 +14,13 @@ from typing_extensions import override
 from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._capture import ProbeSet
-from lightning_nas.callbacks._probe import ProbeSource, find_embedding, find_module
-from lightning_nas.callbacks.base import LightningNASCallback
+from lightning_nas.callbacks._probe import ProbedCallback, ProbeSource, find_embedding, find_module
 from lightning_nas.explain import attribution as A
 
 _PREFIX = "explain/attribution"
 
 
-class AttributionMonitor(LightningNASCallback):
+class AttributionMonitor(ProbedCallback):
     """Attribute the model's decisions on a fixed validation probe set every ``every_n_epochs`` epochs.
 
     Each run logs heatmaps over image inputs (``explain/attribution/maps``) or a table of each sample's top
@@ -52,6 +51,38 @@ class AttributionMonitor(LightningNASCallback):
         aopc_steps: deletion steps of the AOPC curve (up to half the features).
         explain: log heatmaps / top-feature tables each run.
         seed: picks the probe set.
+
+    Logged under ``explain/attribution/`` each run: ``probe_acc`` (accuracy on the probe),
+    ``structural_changes`` (model-structure changes seen so far), ``aopc`` and ``aopc_random`` and the line
+    series ``deletion_curve`` (with ``faithfulness``), ``drift_spearman``, ``drift_topk``, ``drift_agreement``
+    (once a reference exists), and with ``explain`` the image ``maps`` or the table ``top_features``.
+
+    Math: AOPC as in ``explain.attribution.aopc``, ``1/(L+1) * sum_{k=0..L} (p_0 - p_k)`` with ``p_k`` the
+    target's probability after the ``k``-th of ``L`` deletion steps; the drift scores as in
+    ``explain.attribution.compare`` (Spearman correlation of ``|a|`` and ``|b|``, top-``topk`` overlap).
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> import json, pathlib
+        >>> from lightning_nas.callbacks import AttributionMonitor
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> monitor = AttributionMonitor(method="saliency", n_samples=4, aopc_steps=2)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[monitor])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> files = pathlib.Path(root, "nas_files")  # with no logger the file sink keeps everything
+        >>> sorted(p.name for p in files.iterdir())
+        ['images', 'index.jsonl', 'scalars.jsonl', 'series', 'summary.json']
+        >>> logged = [json.loads(line) for line in (files / "scalars.jsonl").read_text().splitlines()]
+        >>> sorted(k for row in logged for k in row if k.startswith("explain/"))  # doctest: +NORMALIZE_WHITESPACE
+        ['explain/attribution/aopc', 'explain/attribution/aopc_random', 'explain/attribution/probe_acc',
+         'explain/attribution/structural_changes']
     """
 
     _state_attrs = ("_probe_indices", "_probe_state", "_reference", "_last", "_changes", "_runs")
@@ -111,17 +142,6 @@ class AttributionMonitor(LightningNASCallback):
         self._pending_mark = False
 
     # ------------------------------------------------------------------ set-up
-    @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
-        super().setup(trainer, pl_module, stage)
-
-    @override
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.release_model_io(pl_module)
-
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._layer = find_module(pl_module, self.layer_name, "layer") if self.layer_name else None
         if self.embedding_name is not None:

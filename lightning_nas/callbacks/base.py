@@ -27,6 +27,27 @@ class LightningNASCallback(L.Callback):
     them and ``load_state_dict`` restores them (override both for anything that needs translation, e.g.
     tensors that must move to a device). ``_validate_model(trainer, pl_module)`` runs in ``setup`` for
     ``fit``; raise ``ValueError`` there with the layer, value and what is allowed.
+
+    Examples:
+        A callback of your own: its ``_state_attrs`` go into checkpoints and come back on resume.
+
+        >>> from lightning_nas.callbacks import LightningNASCallback
+        >>> class CountSteps(LightningNASCallback):
+        ...     _state_attrs = ("steps",)
+        ...
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.steps = 0
+        ...
+        ...     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        ...         self.steps += 1
+        ...         self.tracker(trainer).log_scalars({"count/steps": self.steps})
+        >>> saved = CountSteps()
+        >>> saved.steps = 7
+        >>> resumed = CountSteps()
+        >>> resumed.load_state_dict(saved.state_dict())
+        >>> resumed.steps
+        7
     """
 
     _state_attrs: tuple[str, ...] = ()

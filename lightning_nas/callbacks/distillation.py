@@ -17,7 +17,7 @@ from lightning_nas.callbacks._capture import StepRecord
 from lightning_nas.callbacks._route import Route, labels_of, logits_of
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress.distill import FeatureAdapter, feature_loss, kd_loss, layer_width, load_teacher
-from lightning_nas.explain.agreement import AGREEMENT_COLUMNS, AgreementAccumulator
+from lightning_nas.explain.agreement import AGREEMENT_COLUMNS, Agreement
 
 _ADAPTERS = "_kd_adapters"
 
@@ -63,6 +63,25 @@ class KnowledgeDistillation(LightningNASCallback):
     Logged: ``distill/kd_loss``, ``distill/task_loss``, ``distill/feature_loss`` (train steps, through the
     module's ``log``); ``distill/agreement``, ``distill/kl`` and table ``distill/per_class`` (columns class,
     support, agreement, student_acc, teacher_acc) each validation epoch.
+
+    Examples:
+        A narrow student learns from a (here untrained, in practice trained) wider teacher:
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import KnowledgeDistillation
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> kd = KnowledgeDistillation(DigitsCNN(width=16), temperature=4.0, alpha=0.5)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[kd])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> sorted(k for k in trainer.callback_metrics if k.startswith("distill/"))
+        ['distill/kd_loss', 'distill/task_loss']
     """
 
     def __init__(
@@ -91,8 +110,10 @@ class KnowledgeDistillation(LightningNASCallback):
         self.teacher = load_teacher(teacher, teacher_architecture)
         self.adapters = nn.ModuleDict()
         self.history: list[dict[str, float]] = []
-        self._acc = AgreementAccumulator(temperature)
-        self._train_acc = AgreementAccumulator(temperature)
+        # epoch agreement (validation, and training batches when no validation runs): torchmetrics Metrics made
+        # at the first step (they need the class count), on the student's device, synced over ranks by compute()
+        self._acc: Agreement | None = None
+        self._train_acc: Agreement | None = None
         self._logged_epoch = -1
         self._pl: L.LightningModule | None = None
         self._hooks: list[Any] = []
@@ -209,8 +230,11 @@ class KnowledgeDistillation(LightningNASCallback):
         teacher = self.teacher
         if next(teacher.parameters(), s).device != s.device:
             teacher.to(s.device)
-        with torch.no_grad():
+        with torch.inference_mode():  # one teacher forward per step: no autograd record, no copy, no host sync
             t = _logits(teacher(*call.args, **call.kwargs))
+        if self._acc is None or self._acc.num_classes != s.shape[-1]:
+            self._acc = Agreement(s.shape[-1], self.temperature).to(s.device)
+            self._train_acc = Agreement(s.shape[-1], self.temperature).to(s.device)
         if not self._checked:
             if t.shape != s.shape:
                 assert record.route is not None  # calls are recorded on a route
@@ -257,7 +281,8 @@ class KnowledgeDistillation(LightningNASCallback):
     # ------------------------------------------------------------------ explanations
     @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._acc.reset()
+        if self._acc is not None:
+            self._acc.reset()
 
     def _eval_step(self, record: StepRecord) -> None:
         trainer = self._trainer
@@ -275,25 +300,18 @@ class KnowledgeDistillation(LightningNASCallback):
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._train_acc.reset()
+        if self._train_acc is not None:
+            self._train_acc.reset()
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.explain and self._logged_epoch != trainer.current_epoch:  # no validation ran: training batches
             self._log_agreement(trainer, pl_module, self._train_acc)
 
-    def _log_agreement(self, trainer: L.Trainer, pl_module: L.LightningModule, acc: AgreementAccumulator) -> None:
-        n = torch.tensor([float(acc.num_classes)], device=pl_module.device)
-        if trainer.world_size > 1:
-            n = trainer.strategy.reduce(n, reduce_op="max")
-        if int(n.item()) == 0:
+    def _log_agreement(self, trainer: L.Trainer, pl_module: L.LightningModule, acc: Agreement | None) -> None:
+        if acc is None:  # no step ran the student (every rank runs the first step, so none has a metric)
             return
-        acc._grow(int(n.item()))
-        state = acc.state().to(pl_module.device)
-        if trainer.world_size > 1:  # exact epoch numbers over every rank's data
-            state = trainer.strategy.reduce(state, reduce_op="sum")
-        acc.load_state(state, acc.num_classes)
-        res = acc.compute()
+        res = acc.compute()  # exact epoch numbers over every rank's data (sum states)
         entry = {"distill/agreement": res["agreement"], "distill/kl": res["kl"]}
         self.history.append(dict(entry, epoch=trainer.current_epoch))
         self._logged_epoch = trainer.current_epoch

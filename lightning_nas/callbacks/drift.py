@@ -78,6 +78,27 @@ class DriftMonitor(LightningNASCallback):
     Logged: ``drift/psi_max``, ``drift/ks_max``, ``drift/prediction_psi``, ``drift/attribution_shift``,
     ``drift/drifted_features``, ``drift/detected`` (scalars); ``drift/features`` (table: feature, psi, ks,
     ks_pvalue, drifted); summary ``drift/verdict`` and ``drift/next_step``.
+
+    Examples:
+        Profile the model's inputs and predictions once (a bundle does it for you), then watch a validation loop:
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import DriftMonitor
+        >>> from lightning_nas.data import DigitsDataModule, load_digits_arrays
+        >>> from lightning_nas.deploy import ReferenceProfile
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> model = Classifier(DigitsCNN(width=4)).eval()
+        >>> x, _ = load_digits_arrays()
+        >>> profile = ReferenceProfile.from_data(model, torch.as_tensor(x[:200]), attribution_samples=0)
+        >>> monitor = DriftMonitor(profile, attribution_samples=0)
+        >>> trainer = L.Trainer(limit_val_batches=2, logger=False, enable_progress_bar=False,
+        ...     enable_model_summary=False, default_root_dir=tempfile.mkdtemp(), callbacks=[monitor])
+        >>> _ = trainer.validate(model, datamodule=DigitsDataModule(), verbose=False)
+        >>> monitor.last_report.status  # the same data as the reference: no drift
+        'ok'
     """
 
     _state_attrs = ("history",)
@@ -109,8 +130,8 @@ class DriftMonitor(LightningNASCallback):
         self.attribution_samples, self.input_index, self.alert = attribution_samples, input_index, alert
         self.history: list[dict[str, Any]] = []
         self.last_report: DriftReport | None = None
-        self._x: list[np.ndarray] = []
-        self._classes: list[np.ndarray] = []
+        self._x: list[torch.Tensor] = []  # kept on the model's device until the loop ends: no host sync per step
+        self._classes: list[torch.Tensor] = []
         self._n = 0
         self._route: Route | None = None
         self._single_input = True
@@ -164,8 +185,8 @@ class DriftMonitor(LightningNASCallback):
 
     def _keep(self, x: torch.Tensor, scores: torch.Tensor) -> None:
         x = x[: self.max_samples - self._n]
-        self._x.append(x.detach().float().cpu().numpy())
-        self._classes.append(scores[: len(x)].argmax(1).detach().cpu().numpy())
+        self._x.append(x.detach().float().clone())
+        self._classes.append(scores[: len(x)].detach().argmax(1))
         self._n += len(x)
 
     def _on_step(self, record: StepRecord) -> None:
@@ -260,8 +281,8 @@ class DriftMonitor(LightningNASCallback):
             self._check(trainer, pl_module, "predict")
 
     def _gathered(self, trainer: L.Trainer) -> tuple[np.ndarray, np.ndarray]:
-        x = np.concatenate(self._x) if self._x else np.zeros((0, *self.profile.input_shape), np.float32)
-        c = np.concatenate(self._classes) if self._classes else np.zeros((0,), np.int64)
+        x = torch.cat(self._x).cpu().numpy() if self._x else np.zeros((0, *self.profile.input_shape), np.float32)
+        c = torch.cat(self._classes).cpu().numpy() if self._classes else np.zeros((0,), np.int64)
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             parts: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(parts, (x, c))

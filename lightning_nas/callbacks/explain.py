@@ -15,7 +15,7 @@ from typing_extensions import override
 from lightning_nas._compat import train_data_source
 from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_int, check_type
-from lightning_nas.callbacks._probe import ProbeSource, resolve_probe
+from lightning_nas.callbacks._probe import ProbedCallback, ProbeSource, resolve_probe
 from lightning_nas.callbacks._route import Route, first_rows
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain import dynamics as D
@@ -38,6 +38,27 @@ class TrainingDynamics(LightningNASCallback):
         histogram_every_n_steps: histograms as well when `global_step` is a multiple of it (0: never).
         layers: weight-layer names to watch (default: all).
         dead_units: watch activation modules for units that never fire.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> import json, pathlib
+        >>> from lightning_nas.callbacks import TrainingDynamics
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> dynamics = TrainingDynamics(every_n_steps=1, histogram_every_n_steps=0)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[dynamics])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> rows = pathlib.Path(root, "nas_files", "scalars.jsonl").read_text().splitlines()
+        >>> sorted(k for k in json.loads(rows[0]) if k.startswith("dynamics/net.features.0"))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        ['dynamics/net.features.0/grad_norm', 'dynamics/net.features.0/update_ratio',
+         'dynamics/net.features.0/weight_norm']
     """
 
     def __init__(
@@ -137,7 +158,7 @@ class TrainingDynamics(LightningNASCallback):
             self._probe = None
 
 
-class DecisionPaths(LightningNASCallback):
+class DecisionPaths(ProbedCallback):
     """Which channels carry each class, how much classes share them, and which matter (``explain.paths``).
 
     On a fixed probe, at fit end (and every ``every_n_epochs`` when given), logs the tables
@@ -158,6 +179,25 @@ class DecisionPaths(LightningNASCallback):
         forward_fn: an override: ``(pl_module, x) -> (batch, classes)`` logits on raw validation inputs.
         batch_fn: an override: ``batch -> (x, y)`` for raw validation batches.
         seed: picks the probe set.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import DecisionPaths
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> paths = DecisionPaths(n_samples=10, top_k=2, max_ablations=2)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[paths])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> paths.report.layers  # the activations followed
+        ['net.features.2', 'net.features.5']
+        >>> len(paths.report.top_channels["net.features.5"][3])  # class 3's top_k channels there
+        2
     """
 
     def __init__(
@@ -190,17 +230,6 @@ class DecisionPaths(LightningNASCallback):
         self.probe: Any = None
         self.report: P.PathReport | None = None
         self._source = ProbeSource("DecisionPaths", n_samples, seed, forward_fn, batch_fn)
-
-    @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
-        super().setup(trainer, pl_module, stage)
-
-    @override
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.release_model_io(pl_module)
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         layers = self.layers if self.layers is not None else P.default_layers(pl_module)
@@ -302,6 +331,24 @@ class ArchitectureView(LightningNASCallback):
         forward_fn: an override: ``(pl_module, x) -> output`` with ``x`` a raw batch's input.
         batch_fn: an override: ``batch -> (x, y)`` for the example input (one validation or training sample).
         max_nodes: boxes drawn in the graph image.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> import json, pathlib
+        >>> from lightning_nas.callbacks import ArchitectureView
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> view = ArchitectureView()
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[view])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> sorted(p.name for p in pathlib.Path(root, "nas_files", "tables").iterdir())
+        ['explain_architecture_layers.csv', 'explain_architecture_layers.jsonl']
     """
 
     def __init__(

@@ -46,7 +46,7 @@ class DifferentiableNAS(OneShotCallback):
         remedy: anti-collapse remedy: ``"darts-"`` (auxiliary skip ``beta*x``, ``beta`` 1 -> 0; Chu et al.
             2021), ``"beta-decay"`` (``lambda * mean logsumexp(alpha)``; Ye et al. 2022) or ``"none"``.
         beta_decay_weight: final ``lambda`` of ``"beta-decay"``, in [0, 100].
-        warmup_epochs: epochs of weight-only training before ``alpha`` moves.
+        start_epoch: the first epoch in which ``alpha`` moves (the epochs before train the weights only).
         order: 1 (first-order DARTS) or 2 (second order, DARTS only: the held-out loss is taken after a virtual
             weight step, with the finite-difference Hessian-vector product of Liu et al. 2019; ~4x the cost).
         unrolled_lr: learning rate ``xi`` of the virtual step (``None``: the user's optimizer's current lr).
@@ -58,6 +58,36 @@ class DifferentiableNAS(OneShotCallback):
     Logged every epoch: ``nas/<label>/<candidate>`` (probability), ``nas/<label>/entropy``, ``nas/tau`` (GDAS),
     line series ``nas/<label>/history``; at the end the tables ``nas/decisions`` and ``nas/ablation`` and the
     summary ``nas/arch/<label>``, ``nas/reason/<label>``.
+
+    Examples:
+        Search one decision while an ordinary LightningModule trains (a tiny fit; give it epochs in earnest):
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.callbacks import DifferentiableNAS
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> nas = DifferentiableNAS(mode="darts", ablation_batches=1, bn_batches=1)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[nas])
+        >>> trainer.fit(Classifier(net), datamodule=DigitsDataModule())
+        >>> arch = nas.export()  # the chosen candidate of each decision
+        >>> arch  # doctest: +ELLIPSIS
+        {'block1': '...'}
+        >>> print(nas.reasons()["block1"])  # doctest: +ELLIPSIS
+        block1: ... chosen (probability 0.5..., ... over ...; entropy 0.69); removing ... changes supernet val loss ...
+        >>> final = space.freeze(net, arch)  # a plain nn.Module: the choice replaced by its winner
+        >>> type(final[1]).__name__ in ("Conv2d", "Identity")
+        True
     """
 
     def __init__(
@@ -69,7 +99,7 @@ class DifferentiableNAS(OneShotCallback):
         tau_min: float = 0.1,
         remedy: str = "none",
         beta_decay_weight: float = 1.0,
-        warmup_epochs: int = 0,
+        start_epoch: int = 0,
         ablation_batches: int = 4,
         seed: int | None = None,
         order: int = 1,
@@ -85,7 +115,7 @@ class DifferentiableNAS(OneShotCallback):
         self.tau_min = check_range("tau_min", tau_min, 0.0, tau_max, low_inclusive=False)
         self.remedy = check_choice("remedy", remedy, REMEDIES)
         self.beta_decay_weight = check_range("beta_decay_weight", beta_decay_weight, 0.0, 100.0)
-        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
+        self.start_epoch = check_int("start_epoch", start_epoch, 0)
         self.ablation_batches = check_int("ablation_batches", ablation_batches, 0)
         self.order = check_choice("order", order, (1, 2))
         if order == 2 and mode != "darts":
@@ -108,7 +138,7 @@ class DifferentiableNAS(OneShotCallback):
         sn = self._sn
         sn.set_progress(trainer.global_step / max(1, trainer.estimated_stepping_batches))
         sn.tau = gdas_temperature(self.tau_max, self.tau_min, sn.progress)
-        if trainer.current_epoch >= self.warmup_epochs:
+        if trainer.current_epoch >= self.start_epoch:
             held = self._held_out(trainer, batch)
             kwargs: dict[str, Any] = {}
             if self.order == 2:
@@ -176,6 +206,28 @@ class SubnetSampling(OneShotCallback):
     Logged at the end: ``nas/<label>/<candidate>`` (share of the candidate among the final population),
     ``nas/<label>/entropy``, tables ``nas/decisions``, ``nas/ablation`` (val-loss change when the winner's
     decision is switched to each candidate), ``nas/subnets`` (every scored subnet), summary ``nas/arch/*``.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.callbacks import SubnetSampling
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> spos = SubnetSampling(population=2, generations=1, calib_batches=1, eval_batches=1, seed=0, bn_batches=1)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[spos])
+        >>> trainer.fit(Classifier(net), datamodule=DigitsDataModule())
+        >>> spos.export()  # doctest: +ELLIPSIS
+        {'block1': '...'}
     """
 
     _mode = "spos"

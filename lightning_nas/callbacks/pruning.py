@@ -44,8 +44,10 @@ class StructuredPruning(LightningNASCallback):
         start_epoch: first pruning epoch.
         end_epoch: last pruning epoch of a gradual schedule (default ``start_epoch``).
         every_n_epochs: prune every this many epochs inside the range.
-        start_step, end_step, every_n_steps: the same in optimizer steps instead of epochs (give ``start_step``
-            to schedule in steps; the epoch arguments must then stay at their defaults).
+        start_step: first pruning optimizer step: give it to schedule in steps instead of epochs (the epoch
+            arguments must then stay at their defaults).
+        end_step: last pruning step of a gradual schedule (default ``start_step``).
+        every_n_steps: prune every this many optimizer steps inside the range (default 1).
         global_pruning: rank channels across layers instead of removing ``amount`` from each layer.
         ignore: layer names (prefix or glob, e.g. ``"net.features.0"``, ``"*.downsample*"``) to keep whole.
             The output layer producing the logits is always kept.
@@ -62,6 +64,27 @@ class StructuredPruning(LightningNASCallback):
 
     Logged: ``prune/<layer>/channels``, ``prune/<layer>/sparsity`` (every epoch), ``prune/params``,
     table ``prune/importance`` and histograms ``prune/<layer>/importance_kept|removed`` (at each pruning).
+
+    Examples:
+        Half the channels of every prunable layer physically removed (the logits layer is kept whole):
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import StructuredPruning
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> model = Classifier(DigitsCNN(width=8))
+        >>> model.net.features[0].out_channels, model.net.features[3].out_channels
+        (8, 16)
+        >>> prune = StructuredPruning(amount=0.5)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[prune])
+        >>> trainer.fit(model, datamodule=DigitsDataModule())
+        >>> model.net.features[0].out_channels, model.net.features[3].out_channels
+        (4, 8)
     """
 
     _state_attrs = ("records", "done", "example", "route", "original_channels")
@@ -416,13 +439,37 @@ class MagnitudePruning(LightningNASCallback):
     Args:
         amount: final fraction of zero weights in ``[0, 1)`` (of all Linear/Conv weights together when
             ``global_pruning``, else of each layer).
-        schedule, start_epoch, end_epoch, every_n_epochs, start_step, end_step, every_n_steps: as in
-            ``StructuredPruning``.
+        schedule: ``"one_shot"``, ``"linear"`` or ``"cubic"``/``"agp"``, as in ``StructuredPruning``.
+        start_epoch: first pruning epoch.
+        end_epoch: last pruning epoch of a gradual schedule (default ``start_epoch``).
+        every_n_epochs: prune every this many epochs inside the range.
+        start_step: first pruning optimizer step, to schedule in steps instead (epoch arguments at defaults).
+        end_step: last pruning step of a gradual schedule (default ``start_step``).
+        every_n_steps: prune every this many optimizer steps inside the range (default 1).
         global_pruning: one threshold for all layers (default) or one per layer.
         ignore: layer names (prefix or glob) to leave dense.
         make_permanent: fold masks into the weights at the end of ``fit`` (``prune.remove``).
 
     Logged: ``prune/<layer>/sparsity`` and ``prune/sparsity`` (overall) every epoch.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import MagnitudePruning
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> model = Classifier(DigitsCNN(width=8))
+        >>> prune = MagnitudePruning(amount=0.5)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[prune])
+        >>> trainer.fit(model, datamodule=DigitsDataModule())
+        >>> weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        >>> zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        >>> round(zeros, 2)  # one global threshold: half of all conv/linear weights are zero, shapes unchanged
+        0.5
     """
 
     _state_attrs = ("done",)

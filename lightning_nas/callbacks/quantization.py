@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,29 @@ class QuantizationAware(LightningNASCallback):
     ``quant/divergence_epoch``, ``quant/divergence_loss``, ``quant/divergence_reference`` (first diverged epoch),
     ``quant/fp32_size_bytes``, ``quant/int8_size_bytes``, ``quant/size_ratio``, ``quant/fp32_latency_ms``,
     ``quant/int8_latency_ms``, ``quant/speedup``, ``quant/onnx_int8_latency_ms``, ``quant/float_parts``.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import QuantizationAware
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> qat = QuantizationAware(measure=False, explain=False)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[qat])
+        >>> trainer.fit(Classifier(DigitsCNN(width=8)), datamodule=DigitsDataModule())
+        >>> int8 = qat.int8_model  # a real int8 model (torch.ao quantized modules), CPU
+        >>> sorted({type(m).__name__ for m in int8.modules() if "quantized" in type(m).__module__})
+        ['ConvReLU2d', 'Linear', 'LinearPackedParams']
+        >>> int8(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+        >>> import os
+        >>> qat.export_onnx(os.path.join(root, "model_int8.onnx")).name  # for ONNX Runtime (QLinearConv/QGemm)
+        'model_int8.onnx'
     """
 
     _state_attrs = ("qat_steps", "targets", "warmup_steps", "last_float_loss", "loss_reference", "divergence")
@@ -108,7 +132,7 @@ class QuantizationAware(LightningNASCallback):
         freeze_bn_after: int | None = None,
         recipe: Q.QATRecipe | None = None,
         divergence_factor: float | None = 3.0,
-        ignore: list[str] | None = None,
+        ignore: Sequence[str] = (),
         module_name: str = "",
         backend: str = "x86",
         onnx_path: str | None = None,
@@ -136,7 +160,7 @@ class QuantizationAware(LightningNASCallback):
         self.divergence: dict[str, float] | None = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
-        self.ignore = list(check_type("ignore", ignore, (list, tuple), allow_none=True) or [])
+        self.ignore = list(check_type("ignore", ignore, (list, tuple)))
         for s in self.ignore:
             check_type("ignore[]", s, str)
         self.module_name = check_type("module_name", module_name, str)

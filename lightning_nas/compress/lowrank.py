@@ -119,12 +119,15 @@ def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def merge_factors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    r"""The dense weight of a factor pair: :math:`W_r = B A` with ``a`` the first factor's weight
-    (:math:`r \times` the layer's input dims, e.g. ``(r, in, k, k)``) and ``b`` the second's (``(out, r, 1, 1)``
+    """The dense weight of a factor pair: ``W_r = B A`` with ``a`` the first factor's weight
+    (``r x`` the layer's input dims, e.g. ``(r, in, k, k)``) and ``b`` the second's (``(out, r, 1, 1)``
     or ``(out, r)``); the result has the original layer's shape ``(out, *a.shape[1:])``.
 
-    >>> merge_factors(torch.ones(2, 3), torch.ones(4, 2)).shape
-    torch.Size([4, 3])
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress.lowrank import merge_factors
+        >>> merge_factors(torch.ones(2, 3), torch.ones(4, 2)).shape
+        torch.Size([4, 3])
     """
     w = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
     return w.reshape(b.shape[0], *a.shape[1:])
@@ -195,8 +198,35 @@ def factorize(
         ranks: explicit ``{layer: rank}`` (used to replay a factorization on a fresh model).
         min_saving: factorize only where the factors cost at most ``(1 - min_saving)`` of the layer's MACs.
 
+    Math: a layer's weight, as a matrix ``W`` (``out x in``; a conv's ``out x (in k k)``), has singular values
+    ``s_1 >= s_2 >= ...``. With ``energy``, the rank is the smallest ``r`` with
+    ``sum_{i<=r} s_i^2 / sum_i s_i^2 >= energy``; with ``budget``, the largest ``r`` whose factors have at most
+    ``budget`` x the parameters. ``W ~ (U_r S_r^{1/2}) (S_r^{1/2} V_r^T)``: a Linear becomes ``in -> r -> out``
+    (cost ``r (in + out)`` instead of ``in out`` per sample), a conv a ``k x k`` conv to ``r`` channels then a
+    ``1 x 1`` conv (``r (in k^2 + out)`` instead of ``out in k^2`` per output pixel).
+
     Returns:
         one ``LayerFactorization`` per considered layer, factorized or skipped with the reason.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.compress import factorize
+        >>> _ = torch.manual_seed(0)
+        >>> u, v = torch.randn(256, 4), torch.randn(4, 128)
+        >>> net = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(u @ v + 0.01 * torch.randn(256, 128))  # nearly rank 4
+        >>> report = factorize(net, energy=0.99)
+        >>> [(r.layer, r.full_rank, r.rank) for r in report]  # doctest: +ELLIPSIS
+        [('0', 128, 4), ('2', 10, None)]
+        >>> net[0]  # the 128 -> 256 layer is now 128 -> 4 -> 256
+        Sequential(
+          (0): Linear(in_features=128, out_features=4, bias=False)
+          (1): Linear(in_features=4, out_features=256, bias=True)
+        )
+        >>> report[1].reason  # doctest: +ELLIPSIS
+        '...'
     """
     check_range("min_saving", min_saving, 0.0, 1.0, high_inclusive=False)
     if ranks is None:

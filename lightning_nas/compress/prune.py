@@ -129,6 +129,15 @@ def prunable_layers(
     """``{layer: output channels}`` of every group root that may be pruned (output layer and ``ignore`` excluded).
 
     Only layers the forward runs count (``forward_fn(model, example_inputs)``, default ``model(*args, **kwargs)``).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prunable_layers
+        >>> from lightning_nas.models import DigitsCNN
+        >>> sorted(prunable_layers(DigitsCNN(width=8), torch.rand(2, 1, 8, 8)).items())  # never the logits layer
+        [('features.0', 8), ('features.3', 16)]
+        >>> prunable_layers(DigitsCNN(width=8), torch.rand(2, 1, 8, 8), ignore=["features.3"])
+        {'features.0': 8}
     """
     dg = _graph(model, example_inputs, forward_fn)
     names = {m: n for n, m in model.named_modules()}
@@ -178,6 +187,19 @@ def prune_structured(
 
     Returns:
         a ``PruneResult`` with the replayable steps and the importance of every channel of each pruned layer.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prune_structured
+        >>> from lightning_nas.models import DigitsCNN
+        >>> net = DigitsCNN(width=8)
+        >>> result = prune_structured(net, torch.rand(2, 1, 8, 8), amount=0.5)
+        >>> net.features[0].out_channels, net.features[3].out_channels, net.classifier.out_features
+        (4, 8, 10)
+        >>> sorted(result.removed), len(result.scores["features.0"])  # importance of all 8 channels before
+        (['features.0', 'features.3'], 8)
+        >>> net(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
     """
     import torch_pruning as tp
 
@@ -256,7 +278,21 @@ def replay_pruning(
     example_inputs: ExampleInputs,
     forward_fn: ForwardFn | None = None,
 ) -> None:
-    """Apply recorded ``steps`` to a fresh, unpruned ``model`` so it has the pruned architecture (in place)."""
+    """Apply recorded ``steps`` to a fresh, unpruned ``model`` so it has the pruned architecture (in place).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prune_structured, replay_pruning
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(2, 1, 8, 8)
+        >>> pruned = DigitsCNN(width=8)
+        >>> steps = prune_structured(pruned, x, amount=0.5).steps
+        >>> fresh = DigitsCNN(width=8)
+        >>> replay_pruning(fresh, [s.to_dict() for s in steps], x)  # e.g. before loading a pruned state dict
+        >>> fresh.features[0].out_channels
+        4
+        >>> _ = fresh.load_state_dict(pruned.state_dict())
+    """
     if not steps:
         return
     records = [s if isinstance(s, PruneStep) else PruneStep(**s) for s in steps]
@@ -337,16 +373,18 @@ def step_ratios(
 ) -> float | dict[str, float] | None:
     r"""The fraction of the *current* channels to remove now so that ``frac`` of the final ``amount`` is reached.
 
-    A layer with :math:`c_0` channels at the start and :math:`c` now keeps :math:`c_0 (1 - a f)` after this step
-    (:math:`a` the final amount, :math:`f` the schedule's progress), so it removes :math:`r = 1 - c_0 (1 - a f)/c`
-    of what it has; an integer ``amount >= 1`` is a channel count (:math:`a = amount / c_0`). Per layer: a
+    A layer with ``c_0`` channels at the start and ``c`` now keeps ``c_0 (1 - a f)`` after this step
+    (``a`` the final amount, ``f`` the schedule's progress), so it removes ``r = 1 - c_0 (1 - a f) / c``
+    of what it has; an integer ``amount >= 1`` is a channel count (``a = amount / c_0``). Per layer: a
     ``{layer: r}`` dict of the layers that lose at least half a channel (``r`` capped at 0.95); global: one
     ``r`` over all channels. ``None`` when nothing is due.
 
-    >>> step_ratios({"conv": 16}, {"conv": 16}, 0.5, 0.5)
-    {'conv': 0.25}
-    >>> step_ratios({"conv": 16}, {"conv": 12}, 0.5, 1.0)
-    {'conv': 0.33333333333333337}
+    Examples:
+        >>> from lightning_nas.compress.prune import step_ratios
+        >>> step_ratios({"conv": 16}, {"conv": 16}, 0.5, 0.5)
+        {'conv': 0.25}
+        >>> step_ratios({"conv": 16}, {"conv": 12}, 0.5, 1.0)
+        {'conv': 0.33333333333333337}
     """
     if global_pruning:
         tot0, tot = sum(original.values()), sum(current.values())
@@ -376,6 +414,20 @@ def magnitude_prune(
     ``amount`` is the *total* target sparsity in ``[0, 1)`` (already-masked weights count), globally across
     layers (``global_pruning``) or in each layer. Returns ``{layer: sparsity}`` after the step. The original
     parameter is kept as ``weight_orig`` (same object, so optimizers keep working); call ``make_permanent``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import magnitude_prune, make_permanent
+        >>> from lightning_nas.models import DigitsCNN
+        >>> net = DigitsCNN(width=8)
+        >>> sparsity = magnitude_prune(net, amount=0.5)  # one global |w| threshold
+        >>> sorted(sparsity)
+        ['classifier', 'features.0', 'features.3']
+        >>> weights = [net.features[0].weight, net.features[3].weight, net.classifier.weight]
+        >>> round(sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights), 2)
+        0.5
+        >>> hasattr(net.features[3], "weight_mask")
+        True
     """
     check_range("amount", amount, 0.0, 1.0, high_inclusive=False)
     targets = magnitude_targets(model, ignore)
@@ -431,7 +483,17 @@ def sparsity(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, float]:
 
 
 def make_permanent(model: nn.Module) -> None:
-    """Fold masks into the weights (``prune.remove``): plain parameters with zeros, no ``weight_mask`` left."""
+    """Fold masks into the weights (``prune.remove``): plain parameters with zeros, no ``weight_mask`` left.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas.compress import magnitude_prune, make_permanent
+        >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> _ = magnitude_prune(net, amount=0.5)
+        >>> make_permanent(net)
+        >>> hasattr(net[0], "weight_mask"), isinstance(net[0].weight, nn.Parameter)
+        (False, True)
+    """
     for m in model.modules():
         if _tprune.is_pruned(m) and hasattr(m, "weight_mask"):
             _tprune.remove(m, "weight")

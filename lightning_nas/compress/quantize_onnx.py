@@ -70,6 +70,21 @@ def compact_onnx(data: bytes, fuse: bool = False) -> bytes:
 
     ``fuse=False`` keeps a standard QDQ (or float) graph; ``fuse=True`` saves ONNX Runtime's fused int8 graph.
     Zero-points are only dropped where ONNX Runtime still fuses the same int8 kernels without them.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress import convert_int8, export_int8_onnx
+        >>> from lightning_nas.compress.quantize_onnx import check_same_outputs, compact_onnx
+        >>> _ = qat(x)
+        >>> raw = export_int8_onnx(convert_int8(qat), x, form="raw")
+        >>> small = compact_onnx(raw)
+        >>> len(small) < len(raw)
+        True
+        >>> check_same_outputs(raw, small, x.numpy())  # bit-identical in ONNX Runtime (raises otherwise)
     """
     optimized = _ort_optimized(data, fuse)
     out = _compact(optimized, drop_zero_points=True)
@@ -178,7 +193,20 @@ def _compact(data: bytes, drop_zero_points: bool) -> bytes:
 
 
 def check_same_outputs(a: bytes, b: bytes, x: np.ndarray) -> None:
-    """Raise ``AssertionError`` unless ONNX Runtime gives bit-identical outputs for models ``a`` and ``b`` on ``x``."""
+    """Raise ``AssertionError`` unless ONNX Runtime gives bit-identical outputs for models ``a`` and ``b`` on ``x``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress.quantize_onnx import check_same_outputs
+        >>> from lightning_nas.deploy.export import onnx_bytes
+        >>> x = torch.rand(2, 4)
+        >>> a = onnx_bytes(torch.nn.Linear(4, 2), x)
+        >>> check_same_outputs(a, a, x.numpy())
+        >>> check_same_outputs(a, onnx_bytes(torch.nn.Linear(4, 2), x), x.numpy())
+        Traceback (most recent call last):
+        ...
+        AssertionError: ...
+    """
     from lightning_nas.deploy.export import onnx_session
 
     outs = []

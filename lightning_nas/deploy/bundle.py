@@ -55,6 +55,17 @@ FLOAT_ATOL, FLOAT_RTOL = 1e-4, 1e-3
 
 
 def sha256(path: str | Path) -> str:
+    """The hex SHA-256 of the file at ``path`` (read in 1 MiB chunks): what a bundle's card and manifest record.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> from lightning_nas.deploy.bundle import sha256
+        >>> path = os.path.join(tempfile.mkdtemp(), "empty")
+        >>> open(path, "wb").close()
+        >>> sha256(path)
+        'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+    """
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -148,7 +159,15 @@ _CARD_SCHEMA: list[Any] = []
 
 
 def validate_card(card: Any, where: str = "card.json") -> dict[str, Any]:
-    """Check a decoded card against the bundle-card schema; return it, or raise ``BundleError`` (one line)."""
+    """Check a decoded card against the bundle-card schema; return it, or raise ``BundleError`` (one line).
+
+    Examples:
+        >>> from lightning_nas.deploy.bundle import BundleError, validate_card
+        >>> validate_card({"name": "x"})
+        Traceback (most recent call last):
+        ...
+        lightning_nas.deploy.bundle.BundleError: ...
+    """
     from pydantic import ValidationError
 
     if not _CARD_SCHEMA:
@@ -245,6 +264,21 @@ def bundle(
         class_names: labels of the output classes (default ``"0".."K-1"``).
         overwrite: replace an existing bundle in ``out_dir``. A folder that is not a bundle (no bundle card, or
             files a bundle does not have) is never replaced: ``FileExistsError``.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from lightning_nas.deploy import bundle, load_bundle
+        >>> from lightning_nas.models import DigitsCNN
+        >>> model = DigitsCNN(width=8).eval()
+        >>> path = bundle(model, torch.rand(4, 1, 8, 8), os.path.join(tempfile.mkdtemp(), "digits"),
+        ...               reference_data=torch.rand(64, 1, 8, 8), metrics={"test_acc": 0.97})
+        >>> sorted(p.name for p in path.iterdir())
+        ['bundle.sha256', 'card.json', 'model.onnx', 'model.ts', 'profile.json']
+        >>> loaded = load_bundle(path)  # every file checked against its sha256
+        >>> loaded.input_shape, loaded.num_classes
+        ((1, 8, 8), 10)
     """
     check_type("model", model, nn.Module)
     check_type("example_input", example_input, torch.Tensor)
@@ -605,6 +639,24 @@ def load_bundle(path: str | Path) -> Bundle:
 
     Raises ``BundleError`` (one line) when a folder is not a bundle, its card is malformed, or a file is
     missing, was changed, or lies outside the folder.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from lightning_nas.deploy import BundleError, bundle, load_bundle
+        >>> from lightning_nas.models import DigitsCNN
+        >>> path = bundle(DigitsCNN(width=8).eval(), torch.rand(4, 1, 8, 8), os.path.join(tempfile.mkdtemp(), "b"),
+        ...               reference_data=torch.rand(64, 1, 8, 8))
+        >>> session = load_bundle(path).session()  # made from the verified bytes
+        >>> session.run(None, {session.get_inputs()[0].name: torch.rand(2, 1, 8, 8).numpy()})[0].shape
+        (2, 10)
+        >>> with open(path / "model.onnx", "ab") as f:  # a changed file
+        ...     _ = f.write(b"x")
+        >>> load_bundle(path)
+        Traceback (most recent call last):
+        ...
+        lightning_nas.deploy.bundle.BundleError: ...
     """
     p = Path(path)
     if not p.is_dir():

@@ -46,6 +46,18 @@ class ModelCard:
 
     ``card.add_stage("prune", reason="...", amount=0.5, measurements=m)`` records one thing done to the
     model, in order; ``card.metrics`` and ``card.measurements`` hold the final numbers.
+
+    Examples:
+        >>> import json
+        >>> import os
+        >>> import tempfile
+        >>> from lightning_nas.deploy import ModelCard
+        >>> from lightning_nas.models import DigitsCNN
+        >>> card = ModelCard("digits", model=DigitsCNN(width=8), input_spec={"shape": [1, 8, 8], "dtype": "float32"})
+        >>> _ = card.add_stage("prune", reason="half the channels, 2.4x faster", amount=0.5)
+        >>> path = card.save(os.path.join(tempfile.mkdtemp(), "model_card.json"))
+        >>> [stage["stage"] for stage in json.loads(path.read_text())["stages"]]
+        ['prune']
     """
 
     def __init__(

@@ -17,6 +17,24 @@ def load_compressed(module: nn.Module, checkpoint: str | dict[str, Any]) -> nn.M
 
     The recorded changes are replayed in their original order, then the weights are loaded (strictly).
     Returns ``module`` (now pruned/factorized), e.g. ``load_compressed(MyModule(), "last.ckpt").eval()``.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import lightning as L
+        >>> from lightning_nas.callbacks import StructuredPruning
+        >>> from lightning_nas.deploy import load_compressed
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[StructuredPruning(amount=0.5)])
+        >>> trainer.fit(Classifier(DigitsCNN(width=8)), datamodule=DigitsDataModule())
+        >>> trainer.save_checkpoint(os.path.join(root, "pruned.ckpt"))
+        >>> model = load_compressed(Classifier(DigitsCNN(width=8)), os.path.join(root, "pruned.ckpt")).eval()
+        >>> model.net.features[0].out_channels
+        4
     """
     from lightning.pytorch.utilities import move_data_to_device
 

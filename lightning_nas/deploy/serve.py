@@ -55,6 +55,15 @@ def parse_inputs(obj: Any, shape: tuple[int, ...], max_batch: int) -> np.ndarray
     Accepted: ``{"inputs": [x1, ...]}``, 1 to ``max_batch`` inputs, each nested lists of JSON numbers of the card's
     per-input ``shape`` whose values are finite in float32. Anything else raises ``_BadRequest`` (413 for too
     many inputs, 422 otherwise) with one line naming the first offending position (``inputs[i][j]...``).
+
+    Examples:
+        >>> from lightning_nas.deploy.serve import parse_inputs
+        >>> parse_inputs({"inputs": [[0.0, 1.0], [2.0, 3.0]]}, shape=(2,), max_batch=8).shape
+        (2, 2)
+        >>> parse_inputs({"inputs": [[0.0, "a"]]}, shape=(2,), max_batch=8)
+        Traceback (most recent call last):
+        ...
+        lightning_nas.deploy.serve._BadRequest: ...
     """
     if not isinstance(obj, dict) or "inputs" not in obj:
         raise _BadRequest(422, 'the body must be a JSON object {"inputs": [...]} holding a batch of inputs')
@@ -200,6 +209,23 @@ def create_app(
 
     Raises ``BundleError`` when the model does not accept the card's input shape or does not output
     ``(N, num_classes)`` scores (checked once on a zero input).
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from fastapi.testclient import TestClient
+        >>> from lightning_nas.deploy import bundle
+        >>> from lightning_nas.deploy.serve import create_app
+        >>> from lightning_nas.models import DigitsCNN
+        >>> path = bundle(DigitsCNN(width=8).eval(), torch.rand(4, 1, 8, 8), os.path.join(tempfile.mkdtemp(), "b"),
+        ...               reference_data=torch.rand(64, 1, 8, 8))
+        >>> client = TestClient(create_app(path, attribution_samples=0))
+        >>> response = client.post("/predict", json={"inputs": torch.rand(2, 1, 8, 8).tolist()})
+        >>> response.status_code, len(response.json()["classes"])
+        (200, 2)
+        >>> client.post("/predict", json={"inputs": [[1, 2]]}).status_code  # the wrong shape: 422, never a 500
+        422
     """
     from lightning_nas._optional import require
 

@@ -2,13 +2,13 @@
 
 Pure torch, no Lightning import. For a probe set ``(x, classes)``:
 
-* the **path** of class :math:`c` is, per layer, the ``top_k`` channels with the highest mean activation
+* the **path** of class ``c`` is, per layer, the ``top_k`` channels with the highest mean activation
   over the class's samples (conv outputs are averaged over space first); with ``relative=True`` (default)
   each channel's activation is first standardized over the whole probe, so a channel that is large for
   every class does not sit on every path;
-* the **overlap** of two classes is the Jaccard index :math:`|P_a \\cap P_b| / |P_a \\cup P_b|` of their paths
+* the **overlap** of two classes is the Jaccard index ``|P_a & P_b| / |P_a | P_b|`` of their paths
   taken as sets of ``(layer, channel)``;
-* the **ablation effect** of a channel for class :math:`c` is the drop of the mean class-:math:`c` logit over the
+* the **ablation effect** of a channel for class ``c`` is the drop of the mean class-``c`` logit over the
   class's samples when that channel's output is set to zero (each candidate on its own, and the class's
   whole top-k at once per layer).
 """
@@ -62,7 +62,14 @@ class PathReport:
 
 def default_layers(model: nn.Module) -> list[str]:
     """The activation modules (ReLU & co., whose outputs are what fires); without any, every conv and linear
-    layer except a final linear (the logits have no 'channels' to follow)."""
+    layer except a final linear (the logits have no 'channels' to follow).
+
+    Examples:
+        >>> from lightning_nas.explain.paths import default_layers
+        >>> from lightning_nas.models import DigitsCNN
+        >>> default_layers(DigitsCNN(width=4))
+        ['features.2', 'features.5']
+    """
     acts = [n for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
     if acts:
         return acts
@@ -120,6 +127,19 @@ def decision_paths(
     layer and one per class and layer; ``max_ablations`` caps those forwards, spending them on the layers nearest
     the output first and, in a layer, on each class's best channel first (the rest get paths and overlaps).
     ``progress(message)`` hears each layer.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.explain.paths import decision_paths
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x, classes = torch.rand(20, 1, 8, 8), torch.arange(20) % 10
+        >>> report = decision_paths(DigitsCNN(width=4), x, classes, top_k=2, max_ablations=4)
+        >>> report.layers, len(report.top_channels["features.5"][0])  # class 0's 2 strongest channels there
+        (['features.2', 'features.5'], 2)
+        >>> report.overlap[(3, 3)], 0.0 <= report.mean_overlap <= 1.0  # Jaccard of the paths of two classes
+        (1.0, True)
+        >>> sorted(report.tables())  # each part as (columns, rows), as DecisionPaths logs them
+        ['ablation', 'overlap', 'top_channels']
     """
     modules = dict(model.named_modules())
     layers = default_layers(model) if layers is None else list(layers)

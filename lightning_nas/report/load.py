@@ -52,7 +52,19 @@ def _newest(paths: list[Path]) -> Path | None:
 
 
 def locate(run_dir: str | Path) -> tuple[Path | None, Path | None]:
-    """``(sink_dir, wandb_run_dir)`` for ``run_dir``; either may be ``None``, not both."""
+    """``(sink_dir, wandb_run_dir)`` for ``run_dir``; either may be ``None``, not both.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from lightning_nas.report import locate
+        >>> from lightning_nas.tracking import Tracker
+        >>> run = Path(tempfile.mkdtemp())
+        >>> Tracker(files_dir=run / "nas_files").log_scalars({"val_acc": 0.9}, step=0)
+        >>> sink, wandb_run = locate(run)
+        >>> sink.name, wandb_run
+        ('nas_files', None)
+    """
     p = Path(run_dir)
     if not p.exists():
         raise FileNotFoundError(f"report: {str(p)!r} does not exist")
@@ -340,7 +352,19 @@ def _read_wandb(run: Path, data: RunData, media: bool) -> None:
 
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read everything under ``run_dir`` (see the module docstring for what is accepted)."""
+    """Read everything under ``run_dir`` (see the module docstring for what is accepted).
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from lightning_nas.report import load_run, locate
+        >>> from lightning_nas.tracking import Tracker
+        >>> run = Path(tempfile.mkdtemp())
+        >>> Tracker(files_dir=run / "nas_files").log_scalars({"val_acc": 0.9}, step=0)
+        >>> data = load_run(run)
+        >>> data.scalars["val_acc"]
+        [(0, 0.9)]
+    """
     sink, wb = locate(run_dir)
     if wb is not None:
         name = wb.name

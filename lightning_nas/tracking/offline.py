@@ -139,6 +139,19 @@ def read_offline_run(run_dir: str | Path, timeout: float = 10.0) -> tuple[list[d
 
     ``history`` is a list of dicts, one per ``run.log`` call (media as W&B's JSON descriptions, e.g.
     ``{"_type": "histogram", ...}``; an image's ``path`` is relative to the run's ``files`` folder).
+
+    Examples:
+        >>> import tempfile
+        >>> import wandb
+        >>> from lightning_nas.tracking import read_offline_run
+        >>> folder = tempfile.mkdtemp()
+        >>> run = wandb.init(mode="offline", dir=folder, project="demo", config={"lr": 0.01})
+        >>> run.log({"val_acc": 0.5})
+        >>> run.log({"val_acc": 0.75})
+        >>> wandb.finish()
+        >>> history, summary, config = read_offline_run(folder)  # the newest offline run below the folder
+        >>> [row["val_acc"] for row in history], summary["val_acc"], config["lr"]
+        ([0.5, 0.75], 0.75, 0.01)
     """
     path = _find_run_file(run_dir)
     recs = _parsed_records(path, timeout)

@@ -82,7 +82,17 @@ def make_sampler(
     n_trials: int = 100,
     **kwargs: Any,
 ) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler behind ``strategy`` (``kwargs`` go to its constructor)."""
+    """The Optuna sampler behind ``strategy`` (``kwargs`` go to its constructor).
+
+    Examples:
+        >>> from lightning_nas.search.multitrial import make_sampler
+        >>> type(make_sampler("tpe", seed=0)).__name__
+        'TPESampler'
+        >>> type(make_sampler("nsga2", n_objectives=2, seed=0)).__name__
+        'NSGAIISampler'
+        >>> type(make_sampler("evolution", seed=0)).__name__
+        'RegularizedEvolutionSampler'
+    """
     if isinstance(strategy, optuna.samplers.BaseSampler):
         return strategy
     if not isinstance(strategy, str) or strategy.lower() not in STRATEGIES:
@@ -117,7 +127,13 @@ def make_sampler(
 
 
 def make_pruner(pruner: str | optuna.pruners.BasePruner | None) -> optuna.pruners.BasePruner:
-    """``"median"`` (``MedianPruner``), ``"halving"`` (``SuccessiveHalvingPruner``), ``None``/``"none"``."""
+    """``"median"`` (``MedianPruner``), ``"halving"`` (``SuccessiveHalvingPruner``), ``None``/``"none"``.
+
+    Examples:
+        >>> from lightning_nas.search.multitrial import make_pruner
+        >>> type(make_pruner("median")).__name__, type(make_pruner(None)).__name__
+        ('MedianPruner', 'NopPruner')
+    """
     if isinstance(pruner, optuna.pruners.BasePruner):
         return pruner
     if pruner is None or pruner == "none":
@@ -176,15 +192,91 @@ def run(
     summary: bool = True,
     dedup: bool = False,
 ) -> SearchResult:
-    """Search hyperparameters and architecture with one Lightning fit per trial; README "Multi-trial search".
+    """Search hyperparameters and architecture with one Lightning fit per trial (guide: "Search: multi-trial").
 
-    ``n_trials`` is the study's total budget of finished (complete or pruned) trials, shared by every worker on
-    ``storage`` and counted across resumes: rerunning with the same ``storage`` and ``study_name`` continues.
+    Each trial calls ``build(trial)``; every ``space.ValueChoice`` read while it runs is sampled as a categorical
+    named by its label, every ``LayerChoice``/``InputChoice`` left in the module is sampled and the module frozen
+    (``space.freeze``) before the fit, so the trained network has no search machinery. Labels and hyperparameter
+    names (``trial.choice``, ``trial.uniform``, ...) share one namespace.
 
-    ``dedup=True``: a trial whose sampled parameters equal those of an earlier complete trial is not fitted; it
-    is completed with that trial's values (user attribute ``duplicate_of``) and does not count toward
-    ``n_trials``. The search also ends once as many trials as ``n_trials`` were answered so (the sampler keeps
-    proposing what it has seen, or the space is exhausted).
+    Args:
+        build: ``trial -> LightningModule`` (a ``SearchTrial``: ``choice``, ``uniform``, ``loguniform``,
+            ``integer``, ``arch``).
+        datamodule: a ``LightningDataModule``, or ``trial -> LightningDataModule``.
+        objectives: ``{key: "maximize" | "minimize"}``, or one key (maximised). A key is any metric in
+            ``trainer.callback_metrics`` after the fit (its last value), or a cost measured on the trained module
+            by ``lightning_nas.deploy.measure``: ``latency_ms``, ``onnx_latency_ms``, ``params``, ``macs``,
+            ``flops``, ``size_bytes`` (on ``example_input``).
+        n_trials: the study's total budget of finished (complete or pruned) trials, shared by every worker on
+            ``storage`` and counted across resumes: rerunning with the same ``storage`` and ``study_name``
+            continues.
+        strategy: ``"random"``, ``"grid"``, ``"tpe"``, ``"gp"`` (Bayesian, Optuna's ``GPSampler``), ``"nsga2"``
+            (genetic, multi-objective), ``"evolution"`` (regularized/aging evolution), ``"reinforce"``
+            (policy-gradient controller), or any Optuna ``BaseSampler``.
+        storage: ``None`` (in memory), ``"sqlite:///file.db"``, ``"postgresql://user:pw@host:port/db"``,
+            ``"journal:///file.log"`` (or any SQLAlchemy URL), or an Optuna storage.
+        study_name: the study shared by workers and continued on resume (default ``"lightning-nas-search"``).
+        trainer_kwargs: ``lightning.Trainer`` arguments for every trial (defaults: CPU, no progress bar, no
+            checkpoints, no logger); ``callbacks`` are deep-copied per trial.
+        timeout: seconds after which this worker starts no new trial.
+        pruner: ``"median"`` (``MedianPruner``), ``"halving"`` (``SuccessiveHalvingPruner``), ``None``, or an
+            Optuna pruner; single objective only. Adds a ``TrialPruningCallback`` on the first metric objective.
+        seed: sampler seed (the CLI offsets it by the process id so that workers differ).
+        search_space: ``{name: [values]}`` for ``"grid"``; by default derived from a dry call of ``build`` (only
+            discrete parameters; a dry call sees the branch taken with every first option).
+        sampler_kwargs: passed to the sampler (e.g. ``population_size``, ``n_startup_trials``).
+        wandb: ``False``, ``True``/``"offline"`` or ``"online"``: each trial its own W&B run, plus a summary run.
+        wandb_project: the W&B project of those runs.
+        out_dir: where trial folders, W&B runs and the summary go (``<out_dir>/<study_name>/``).
+        example_input: the tensor costs are measured on (default ``datamodule.example_input(1)`` or the first
+            validation sample).
+        heartbeat_interval: RDB storages: seconds between a running trial's heartbeats.
+        grace_period: RDB storages: seconds of silence after which a trial is failed (and its parameters retried
+            once).
+        summary: log the study's explanation (importance, Pareto front, history) at the end.
+        dedup: a trial whose sampled parameters equal those of an earlier complete trial is not fitted; it is
+            completed with that trial's values (user attribute ``duplicate_of``) and does not count toward
+            ``n_trials``. The search also ends once as many trials as ``n_trials`` were answered so (the sampler
+            keeps proposing what it has seen, or the space is exhausted). ``find_duplicate`` is the lookup.
+
+    Returns:
+        a ``SearchResult``: ``study``, ``objectives``, ``best_trials`` (the best trial, or the Pareto front),
+        ``best_params``, ``best_values``, ``pareto_front``, ``importance``, ``summary_dir``, ``wandb_runs``.
+
+    Raises:
+        ValueError: an argument out of range (naming it, the value and what is allowed), or a study on
+            ``storage`` with a different objective set.
+        TypeError: ``build`` returned something other than a ``LightningModule``.
+        StorageUnreachableError: ``storage`` cannot be reached.
+
+    Examples:
+        Two trials over a width, one operation and the learning rate (tiny fits; give them epochs in earnest):
+
+        >>> import tempfile
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier
+        >>> from lightning_nas.search import run
+        >>> class Net(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         w = space.ValueChoice([4, 8], label="width")  # read at construction: a plain int
+        ...         self.stem = nn.Conv2d(1, w, 3, padding=1)
+        ...         self.op = space.LayerChoice({"conv": nn.Conv2d(w, w, 3, padding=1), "skip": nn.Identity()},
+        ...                                     label="op")
+        ...         self.head = nn.Linear(w, 10)
+        ...
+        ...     def forward(self, x):
+        ...         return self.head(self.op(self.stem(x).relu()).mean((2, 3)))
+        >>> def build(trial):
+        ...     return Classifier(Net(), lr=trial.loguniform("lr", 1e-3, 1e-1))
+        >>> result = run(build, DigitsDataModule(), objectives={"val_acc": "maximize"}, n_trials=2,
+        ...              strategy="random", seed=0, summary=False, out_dir=tempfile.mkdtemp(),
+        ...              trainer_kwargs={"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1})
+        >>> len(result.study.trials), sorted(result.best_params)
+        (2, ['lr', 'op', 'width'])
+        >>> final = space.build(Net, {k: result.best_params[k] for k in ("width", "op")})  # plain nn.Module
     """
     objs = _check_run_args(build, datamodule, objectives, n_trials, timeout, study_name, dedup)
     mode = _wandb_mode(wandb)

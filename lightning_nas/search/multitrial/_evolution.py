@@ -73,6 +73,17 @@ class RegularizedEvolutionSampler(BaseSampler):
         sample_size: ``S``, the tournament size; the best of ``S`` random members is the parent.
         mutation_sigma: standard deviation of a numeric mutation in normalised ``[0, 1]`` units.
         seed: seed of the sampler's random numbers.
+
+    Examples:
+        >>> import optuna
+        >>> from lightning_nas.search import RegularizedEvolutionSampler
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study(sampler=RegularizedEvolutionSampler(population_size=4, sample_size=2, seed=0))
+        >>> def objective(t):  # minimised: best at x = 0.5, op = 0
+        ...     return (t.suggest_float("x", -1, 1) - 0.5) ** 2 + t.suggest_categorical("op", [0, 1])
+        >>> study.optimize(objective, n_trials=20)
+        >>> study.best_params["op"], abs(study.best_params["x"] - 0.5) < 0.5
+        (0, True)
     """
 
     def __init__(

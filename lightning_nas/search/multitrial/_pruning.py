@@ -27,6 +27,25 @@ class TrialPruningCallback(L.Callback):
     Args:
         trial: an ``optuna.trial.Trial`` (or a ``SearchTrial``; its Optuna trial is used).
         monitor: a key of ``trainer.callback_metrics`` (e.g. ``"val_acc"``).
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import optuna
+        >>> from lightning_nas.search import TrialPruningCallback
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner())
+        >>> trial = study.ask()
+        >>> stopper = TrialPruningCallback(trial, monitor="val_acc")
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[stopper])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> stopper.pruned  # the first trial has nothing to be compared with
+        False
     """
 
     def __init__(self, trial: Any, monitor: str) -> None:

@@ -46,6 +46,15 @@ class ReinforceSampler(BaseSampler):
         sigma: standard deviation of the Gaussian policy of float parameters, in normalised units.
         max_int_choices: integer ranges with at most this many values get a categorical policy.
         seed: seed of the sampler's random numbers.
+
+    Examples:
+        >>> import optuna
+        >>> from lightning_nas.search import ReinforceSampler
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study(direction="maximize", sampler=ReinforceSampler(seed=0))
+        >>> study.optimize(lambda t: float(t.suggest_categorical("op", ["bad", "good"]) == "good"), n_trials=20)
+        >>> study.best_params
+        {'op': 'good'}
     """
 
     def __init__(

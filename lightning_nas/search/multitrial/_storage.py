@@ -79,7 +79,18 @@ def _rdb_url(storage: str) -> tuple[str, str]:
 def open_storage(
     storage: Any, heartbeat_interval: int | None = 60, grace_period: int | None = None, max_retry: int = 1
 ) -> Any:
-    """Turn a URL (or an Optuna storage, or ``None``) into an Optuna storage; fail with one clear line."""
+    """Turn a URL (or an Optuna storage, or ``None``) into an Optuna storage; fail with one clear line.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> from lightning_nas.search.multitrial import open_storage
+        >>> open_storage(None) is None  # in memory: Optuna's default
+        True
+        >>> url = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "study.db")
+        >>> type(open_storage(url)).__name__
+        'RDBStorage'
+    """
     if storage is None or isinstance(storage, optuna.storages.BaseStorage):
         return storage
     if not isinstance(storage, str) or not storage:

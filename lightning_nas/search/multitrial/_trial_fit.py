@@ -33,7 +33,20 @@ def check_budget(study: optuna.Study, ot: optuna.trial.Trial, n_trials: int) -> 
 
 def find_duplicate(study: optuna.Study, params: Mapping[str, Any], before: int | None = None) -> FrozenTrial | None:
     """The first complete trial of ``study`` (numbered below ``before``, if given) whose parameters equal
-    ``params``, or ``None``: what ``run(..., dedup=True)`` answers a repeated configuration with."""
+    ``params``, or ``None``: what ``run(..., dedup=True)`` answers a repeated configuration with.
+
+    Examples:
+        >>> import optuna
+        >>> from lightning_nas.search.multitrial import find_duplicate
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study()
+        >>> study.enqueue_trial({"op": "conv"})
+        >>> study.optimize(lambda t: float(t.suggest_categorical("op", ["conv", "skip"]) == "conv"), n_trials=1)
+        >>> find_duplicate(study, {"op": "conv"}).number
+        0
+        >>> find_duplicate(study, {"op": "skip"}) is None
+        True
+    """
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if (before is None or t.number < before) and t.params == dict(params):
             return t

@@ -38,6 +38,16 @@ def evolutionary_search(
 
     At most ``population * (generations + 1)`` distinct architectures are scored (fewer when the space is
     smaller: a space no larger than that is scored exhaustively).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.search.oneshot import evolutionary_search
+        >>> space = {"a": ["x", "y", "z"], "b": ["x", "y"]}
+        >>> score = lambda arch: (arch["a"] == "z") + (arch["b"] == "y")  # higher is better
+        >>> best, scored = evolutionary_search(space, score, population=4, generations=2,
+        ...                                    generator=torch.Generator().manual_seed(0))
+        >>> best, len(scored)  # the 6 architectures fit in population * (generations + 1): scored exhaustively
+        ({'a': 'z', 'b': 'y'}, 6)
     """
     check_int("population", population, 2)
     check_int("generations", generations, 0)
@@ -110,6 +120,17 @@ def recalibrate_batchnorm(model: nn.Module, forward: Callable[[Any], Any], batch
 
     A subnet of a weight-sharing supernet sees different activation statistics than the supernet's running
     averages, so each subnet is scored only after this (SPOS, Sec. 3.3). Returns the number of batches used.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.search.oneshot import recalibrate_batchnorm
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> batches = [torch.randn(8, 2) + 5.0 for _ in range(3)]
+        >>> recalibrate_batchnorm(net, net, batches)
+        3
+        >>> bool((net[1].running_mean.abs() > 0).all()), net.training  # statistics re-estimated; mode restored
+        (True, True)
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [(m, m.momentum, m.training) for m in bns]

@@ -34,11 +34,13 @@ REMEDIES = ("none", "darts-", "beta-decay")
 
 
 def gdas_temperature(tau_max: float, tau_min: float, progress: float) -> float:
-    r"""GDAS' Gumbel-softmax temperature, annealed linearly over training (Dong & Yang 2019):
-    :math:`\tau(p) = (1 - p)\,\tau_{max} + p\,\tau_{min}` for training progress :math:`p \in [0, 1]`.
+    """GDAS' Gumbel-softmax temperature, annealed linearly over training (Dong & Yang 2019):
+    ``tau(p) = (1 - p) * tau_max + p * tau_min`` for training progress ``p`` in ``[0, 1]``.
 
-    >>> gdas_temperature(10.0, 0.1, 0.0), gdas_temperature(10.0, 0.1, 1.0)
-    (10.0, 0.1)
+    Examples:
+        >>> from lightning_nas.search.oneshot import gdas_temperature
+        >>> gdas_temperature(10.0, 0.1, 0.0), gdas_temperature(10.0, 0.1, 1.0)
+        (10.0, 0.1)
     """
     return (1.0 - progress) * tau_max + progress * tau_min
 
@@ -49,7 +51,31 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 
 class Supernet:
-    """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place)."""
+    """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place).
+
+    Examples:
+        What ``DifferentiableNAS`` drives inside a fit, by hand:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.search.oneshot import Supernet
+        >>> net = nn.Sequential(nn.Linear(4, 4),
+        ...                     space.LayerChoice({"relu": nn.ReLU(), "tanh": nn.Tanh()}, label="act"),
+        ...                     nn.Linear(4, 2))
+        >>> supernet = Supernet(net, "darts")  # the choice becomes a mixed op; alpha lives in the supernet
+        >>> type(net[1]).__name__
+        'MixedLayer'
+        >>> {label: p.tolist() for label, p in supernet.probabilities().items()}  # softmax(alpha), undecided
+        {'act': [0.5, 0.5]}
+        >>> net(torch.rand(3, 4)).shape  # sum_i softmax(alpha)_i * op_i(x)
+        torch.Size([3, 2])
+        >>> supernet.export()  # doctest: +ELLIPSIS
+        {'act': '...'}
+        >>> supernet.restore()  # the original choice modules back in place
+        >>> type(net[1]).__name__
+        'LayerChoice'
+    """
 
     def __init__(
         self,
@@ -94,6 +120,7 @@ class Supernet:
         self.path = {lb: 0 for lb in self.labels}
         self._queue: dict[str, list[int]] = {lb: [] for lb in self.labels}  # SPOS fair sampling
         self._gumbel = {lb: torch.zeros(len(self.names[lb])) for lb in self.labels}
+        self._picks: dict[str, int] | None = None  # GDAS: the paths of the current draw (see _gdas_picks)
         self.fixed: dict[str, int] | None = None  # evaluate one architecture of the supernet
         self.removed: dict[str, int] = {}  # op ablation: a candidate taken out of a decision
         self.arch_grad = False  # alpha receives gradient only inside arch_step
@@ -126,8 +153,18 @@ class Supernet:
         if not self._training():
             return [keep[int(torch.argmax(a.detach()[keep]))]], None
         y = torch.softmax((a + self._gumbel[label].to(a.device)) / self.tau, 0)
-        k = int(torch.argmax(y))
+        k = self._gdas_picks()[label]
         return [k], (y[k] - y[k].detach() + 1.0).view(1)
+
+    def _gdas_picks(self) -> dict[str, int]:
+        """The Gumbel-argmax path of every decision, read from the device once per draw (one host read per step,
+        not one per decision: which module runs is decided on the host). ``argmax softmax((a+g)/tau) =
+        argmax(a+g)``."""
+        if self._picks is None:
+            a = [self.alpha[lb].detach() for lb in self.labels]
+            picks = torch.stack([torch.argmax(x + self._gumbel[lb].to(x.device)) for lb, x in zip(self.labels, a)])
+            self._picks = dict(zip(self.labels, picks.tolist()))
+        return self._picks
 
     def _training(self) -> bool:
         return any(m.training for _, _, m in self._installed[:1])
@@ -146,6 +183,7 @@ class Supernet:
             if self.mode == "gdas":
                 u = torch.rand(n, generator=self.generator).clamp_(1e-9, 1 - 1e-9)
                 self._gumbel[lb] = -torch.log(-torch.log(u))
+                self._picks = None
             elif self.mode == "spos" and self.sampling == "fair":
                 if not self._queue[lb]:
                     self._queue[lb] = torch.randperm(n, generator=self.generator).tolist()
@@ -173,8 +211,9 @@ class Supernet:
         train_loss_fn: Callable[[], torch.Tensor] | None = None,
         weights: list[torch.Tensor] | None = None,
         xi: float = 0.0,
-    ) -> float:
-        """One update of ``alpha`` from the held-out loss ``loss_fn()``.
+    ) -> torch.Tensor:
+        """One update of ``alpha`` from the held-out loss ``loss_fn()``; returns that loss, detached and on its
+        device (reading it is left to the caller: no host synchronisation per step).
 
         First order (default): ``grad_alpha L_val(w, alpha)``. Second order (DARTS eq. 7-8; when
         ``train_loss_fn`` and ``weights`` are given): ``grad_alpha L_val(w', alpha) - xi * (grad_alpha
@@ -209,7 +248,8 @@ class Supernet:
             p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
         self.optimizer.step()
-        return float(loss.detach())
+        self._picks = None  # alpha moved: GDAS' next forward picks its paths again
+        return loss.detach()
 
     def _second_order(
         self,
@@ -304,5 +344,6 @@ class Supernet:
         self.generator.set_state(state["rng"])
         self.path = dict(state["path"])
         self._gumbel = {lb: g.clone() for lb, g in state["gumbel"].items()}
+        self._picks = None
         self.set_progress(state["progress"])
         self._queue = {lb: list(state.get("queue", {}).get(lb, [])) for lb in self.labels}
