@@ -274,6 +274,7 @@ class KnowledgeDistillation(LightningNASCallback):
             logs["distill/feature_loss"] = f.detach()
         self._lm.log_dict(logs, on_step=True, on_epoch=False)
         if self.explain:  # used when the module has no validation loop
+            assert self._train_acc is not None  # made by _teach
             self._train_acc.update(s_logits, t_logits, labels_of(record.batch, s_logits.shape[0]))
         self._clear()
         return total if isinstance(out, torch.Tensor) else dict(out, loss=total)
@@ -290,6 +291,7 @@ class KnowledgeDistillation(LightningNASCallback):
             return
         pair = self._teach(record)  # the first one checks the teacher's output shape before any training step
         if pair is not None and self.explain and not trainer.sanity_checking:
+            assert self._acc is not None  # made by _teach
             self._acc.update(pair[0], pair[1], labels_of(record.batch, pair[0].shape[0]))
         self._clear()
 

@@ -58,6 +58,7 @@ def agreement_stats(
     ps, pt = s.argmax(1), t.argmax(1)
     labelled = targets is not None and targets.numel() == len(s) and not targets.is_floating_point()
     if labelled:
+        assert targets is not None  # labelled says so
         y = targets.detach().reshape(-1).to(device=dev, dtype=torch.long)
         keep = y != ignore_index if ignore_index is not None else torch.ones_like(y, dtype=torch.bool)
         out_of_range = keep & ((y < 0) | (y >= c))
@@ -101,6 +102,13 @@ class Agreement(Metric):
     full_state_update = False
     higher_is_better = True
     is_differentiable = False
+    # the states add_state registers (declared for the type checker)
+    totals: torch.Tensor
+    kl: torch.Tensor
+    labelled: torch.Tensor
+    bad: torch.Tensor
+    bad_label: torch.Tensor
+    per_class: torch.Tensor
 
     def __init__(
         self, num_classes: int | None = None, temperature: float = 1.0, ignore_index: int | None = -100, **kwargs: Any

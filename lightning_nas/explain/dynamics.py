@@ -101,9 +101,7 @@ def grad_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, float]:
         {'0': 2.0}
     """
     with torch.no_grad():
-        return _read(
-            {n: layer_weight(m).grad.detach().float().norm() for n, m in layers if layer_weight(m).grad is not None}
-        )
+        return _read({n: g.detach().float().norm() for n, m in layers if (g := layer_weight(m).grad) is not None})
 
 
 def snapshot(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
