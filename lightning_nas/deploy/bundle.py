@@ -280,33 +280,9 @@ def bundle(
         >>> loaded.input_shape, loaded.num_classes
         ((1, 8, 8), 10)
     """
-    check_type("model", model, nn.Module)
-    check_type("example_input", example_input, torch.Tensor)
-    check_type("int8", int8, (bool, bytes, str, Path), allow_none=True)
-    check_type("metrics", metrics, dict, allow_none=True)
-    check_type("card", card, ModelCard, allow_none=True)
-    if output not in OUTPUT_KINDS:
-        raise ValueError(f"`output` must be one of {list(OUTPUT_KINDS)}, got {output!r}")
-    if example_input.ndim < 2 or not example_input.is_floating_point():
-        raise ValueError(
-            f"`example_input` must be a float batch (B, ...), got {example_input.dtype} {tuple(example_input.shape)}"
-        )
+    ref = _check_bundle_args(model, example_input, int8, metrics, card, output, reference_data)
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
-    shape = tuple(int(s) for s in example_input.shape[1:])
-    ref = None
-    if reference_data is not None:
-        ref = (
-            reference_data.detach().cpu().numpy()
-            if isinstance(reference_data, torch.Tensor)
-            else np.asarray(reference_data)
-        ).astype(np.float32)
-        if len(ref) < 20:
-            raise ValueError(f"`reference_data` must hold at least 20 inputs for a reference profile, got {len(ref)}")
-        if tuple(ref.shape[1:]) != shape:
-            raise ValueError(f"`reference_data` samples have shape {tuple(ref.shape[1:])}, example_input {shape}")
-    if int8 is True and ref is None:
-        raise ValueError("`int8=True` calibrates the int8 model on `reference_data`; pass reference_data")
     with eval_mode(model):
         target = out.resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -323,10 +299,6 @@ def bundle(
             if want.ndim != 2 or want.shape[1] < 2:
                 raise ValueError(f"bundle: the model must output (N, classes) scores, got shape {want.shape}")
             checks = _check_outputs(tmpd, files, check_x, want)
-            kind = output
-            if kind == "auto":
-                is_dist = (want >= 0).all() and np.allclose(want.sum(1), 1.0, atol=1e-4)
-                kind = "probabilities" if is_dist else "logits"
             if ref is not None:
                 ReferenceProfile.from_data(model, ref).save(tmpd / PROFILE)
                 files.append(PROFILE)
@@ -334,39 +306,96 @@ def bundle(
             c.set_model(model)
             c.metrics.update(metrics or {})
             c.measurements = _measurements(model, example_input, tmpd, files)
-            rng = (float(ref.min()), float(ref.max())) if ref is not None else None
-            c.input_spec = {
-                "name": "input",
-                "dtype": "float32",
-                "shape": ["batch", *shape],
-                "normalisation": normalisation or c.input_spec.get("normalisation"),
-                "range": list(rng) if rng else c.input_spec.get("range"),
-            }
-            k = want.shape[1]
-            names = [str(n) for n in (class_names or range(k))]
-            if len(names) != k:
-                raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
+            c.input_spec = _input_spec(c, example_input, ref, normalisation)
             d = c.to_dict()
             d["name"] = name or c.name
-            written = {f: tmpd / f for f in [*files, CARD]}  # trusted-path: our own file names
-            d["bundle"] = {
-                "format": FORMAT,
-                "version": VERSION,
-                "output": {"kind": kind, "num_classes": k, "class_names": names},
-                "checks": checks,
-                "files": {f: {"sha256": sha256(written[f]), "bytes": written[f].stat().st_size} for f in files},
-            }
-            written[CARD].write_text(json.dumps(jsonable(d), indent=2))
-            (tmpd / MANIFEST).write_text("".join(f"{sha256(q)}  {f}\n" for f, q in written.items()))
-            for x in tmpd.iterdir():  # intermediate files (e.g. the int8 pre-processing) do not ship
-                if x.name not in (*written, MANIFEST):
-                    x.unlink()
+            output_spec = _output_spec(want, output, class_names)
+            _write_card_and_manifest(tmpd, d, files, output_spec, checks)
             _check_out_dir(out, overwrite)  # again: the folder may have changed while the bundle was built
             _swap_in(tmpd, target)
         except BaseException:
             shutil.rmtree(tmpd, ignore_errors=True)
             raise
     return out
+
+
+def _check_bundle_args(
+    model: Any, example_input: Any, int8: Any, metrics: Any, card: Any, output: str, reference_data: Any
+) -> np.ndarray | None:
+    """Validate ``bundle``'s arguments before anything is written; returns ``reference_data`` as float32 numpy."""
+    check_type("model", model, nn.Module)
+    check_type("example_input", example_input, torch.Tensor)
+    check_type("int8", int8, (bool, bytes, str, Path), allow_none=True)
+    check_type("metrics", metrics, dict, allow_none=True)
+    check_type("card", card, ModelCard, allow_none=True)
+    if output not in OUTPUT_KINDS:
+        raise ValueError(f"`output` must be one of {list(OUTPUT_KINDS)}, got {output!r}")
+    if example_input.ndim < 2 or not example_input.is_floating_point():
+        raise ValueError(
+            f"`example_input` must be a float batch (B, ...), got {example_input.dtype} {tuple(example_input.shape)}"
+        )
+    shape = tuple(int(s) for s in example_input.shape[1:])
+    ref = None
+    if reference_data is not None:
+        ref = (
+            reference_data.detach().cpu().numpy()
+            if isinstance(reference_data, torch.Tensor)
+            else np.asarray(reference_data)
+        ).astype(np.float32)
+        if len(ref) < 20:
+            raise ValueError(f"`reference_data` must hold at least 20 inputs for a reference profile, got {len(ref)}")
+        if tuple(ref.shape[1:]) != shape:
+            raise ValueError(f"`reference_data` samples have shape {tuple(ref.shape[1:])}, example_input {shape}")
+    if int8 is True and ref is None:
+        raise ValueError("`int8=True` calibrates the int8 model on `reference_data`; pass reference_data")
+    return ref
+
+
+def _input_spec(
+    c: ModelCard, example_input: torch.Tensor, ref: np.ndarray | None, normalisation: str | None
+) -> dict[str, Any]:
+    """The card's input spec: dtype, ``["batch", *shape]``, normalisation and the reference data's range."""
+    rng = (float(ref.min()), float(ref.max())) if ref is not None else None
+    return {
+        "name": "input",
+        "dtype": "float32",
+        "shape": ["batch", *(int(s) for s in example_input.shape[1:])],
+        "normalisation": normalisation or c.input_spec.get("normalisation"),
+        "range": list(rng) if rng else c.input_spec.get("range"),
+    }
+
+
+def _output_spec(want: np.ndarray, output: str, class_names: list[str] | None) -> dict[str, Any]:
+    """``{"kind", "num_classes", "class_names"}``; ``"auto"`` is probabilities when every row is a distribution."""
+    kind = output
+    if kind == "auto":
+        is_dist = (want >= 0).all() and np.allclose(want.sum(1), 1.0, atol=1e-4)
+        kind = "probabilities" if is_dist else "logits"
+    k = want.shape[1]
+    names = [str(n) for n in (class_names or range(k))]
+    if len(names) != k:
+        raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
+    return {"kind": kind, "num_classes": k, "class_names": names}
+
+
+def _write_card_and_manifest(
+    tmpd: Path, d: dict[str, Any], files: list[str], output_spec: dict[str, Any], checks: dict[str, Any]
+) -> None:
+    """Write ``card.json`` (the card plus the bundle section: format, output, checks, file hashes) and the
+    sha256 manifest; intermediate files (e.g. the int8 pre-processing) are removed."""
+    written = {f: tmpd / f for f in [*files, CARD]}  # trusted-path: our own file names
+    d["bundle"] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "output": output_spec,
+        "checks": checks,
+        "files": {f: {"sha256": sha256(written[f]), "bytes": written[f].stat().st_size} for f in files},
+    }
+    written[CARD].write_text(json.dumps(jsonable(d), indent=2))
+    (tmpd / MANIFEST).write_text("".join(f"{sha256(q)}  {f}\n" for f, q in written.items()))
+    for x in tmpd.iterdir():
+        if x.name not in (*written, MANIFEST):
+            x.unlink()
 
 
 def _is_bundle_folder(p: Path) -> str | None:
