@@ -272,6 +272,7 @@ def test_speech_pipeline_end_to_end_at_smoke_scale(tmp_path):
         "student alone",
         "distill",
         "prune",
+        "quantize (int8, every layer)",
         "quantize (int8)",
         "low-rank",
     ]

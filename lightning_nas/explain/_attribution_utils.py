@@ -146,7 +146,7 @@ def spectrogram_overlay(
     time running right (seconds on the axis, ``hop_seconds`` per frame), its attribution map over it.
 
     The spectrogram is gray; the map is drawn in a blue-white-red scale symmetric around zero (red: evidence for the
-    target; non-negative maps in 'inferno'), opaque in proportion to :math:`|a| / \\max |a|` (up to ``alpha``), so
+    target; non-negative maps in 'inferno'), opaque in proportion to :math:`\\sqrt{|a| / \\max |a|}` (up to ``alpha``), so
     the time-frequency cells the decision rests on stand out. Each panel is titled with its label and prediction.
     """
     from matplotlib import colormaps
@@ -176,7 +176,7 @@ def spectrogram_overlay(
         m = at[i]
         lim = float(np.abs(m).max()) or 1.0
         rgba = cmap((m / lim + 1) / 2 if signed else m / lim)
-        rgba[..., 3] = alpha * np.abs(m) / lim
+        rgba[..., 3] = alpha * np.sqrt(np.abs(m) / lim)  # sqrt: spiky maps (saliency) still show their spread
         ax.imshow(rgba, origin="lower", aspect="auto", extent=extent, interpolation="nearest")
         parts = []
         if labels is not None and labels.ndim == 1:
