@@ -146,8 +146,9 @@ def spectrogram_overlay(
     time running right (seconds on the axis, ``hop_seconds`` per frame), its attribution map over it.
 
     The spectrogram is gray; the map is drawn in a blue-white-red scale symmetric around zero (red: evidence for the
-    target; non-negative maps in 'inferno'), opaque in proportion to :math:`\\sqrt{|a| / \\max |a|}` (up to ``alpha``), so
-    the time-frequency cells the decision rests on stand out. Each panel is titled with its label and prediction.
+    target; non-negative maps in 'inferno'), opaque in proportion to :math:`\\sqrt{|a| / \\max |a|}` (up to
+    ``alpha``), so the time-frequency cells the decision rests on stand out. Each panel is titled with its label and
+    prediction.
     """
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
