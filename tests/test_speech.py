@@ -257,6 +257,37 @@ def test_the_spectrogram_view_renders_in_headless_chromium(spectrogram_report, t
     assert (img.mean(-1) < 0.5).mean() > 0.01  # axes, ticks and titles
 
 
+@needs_espeak
+@pytest.mark.slow
+def test_the_demos_explain_callbacks_and_bundle_take_the_speech_model(tiny_cache, tmp_path):
+    """What ``lightning-nas demo`` runs after training, on AudioCNN and spectrograms (for a ``--task speech``)."""
+    import lightning as L
+
+    from lightning_nas.callbacks import ArchitectureView, AttributionMonitor, DecisionPaths, TrainingDynamics
+    from lightning_nas.deploy import bundle
+
+    L.seed_everything(0)
+    dm = SpokenDigitsDataModule(cache_dir=tiny_cache, **TINY)
+    cbs = [
+        AttributionMonitor(n_samples=6, view="spectrogram"),
+        TrainingDynamics(every_n_steps=2, histogram_every_n_steps=4),
+        DecisionPaths(n_samples=6),
+        ArchitectureView(),
+    ]
+    module = Classifier(AudioCNN(4))
+    fast_trainer(tmp_path, max_epochs=1, callbacks=cbs).fit(module, datamodule=dm)
+    images = {p.name.rsplit("-", 1)[0] for p in (tmp_path / "nas_files" / "images").glob("*.png")}
+    assert {"explain_attribution_spectrogram", "explain_architecture_graph"} <= images
+    out = bundle(
+        module.net.eval(),
+        dm.example_input(8),
+        tmp_path / "bundle",
+        int8=True,
+        reference_data=dm.split("train").tensors[0],
+    )
+    assert (Path(out) / "model.onnx").is_file() and any(Path(out).glob("*int8*.onnx"))
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 @needs_espeak
 @pytest.mark.slow
@@ -272,7 +303,7 @@ def test_speech_pipeline_end_to_end_at_smoke_scale(tmp_path):
         "student alone",
         "distill",
         "prune",
-        "quantize (int8, every layer)",
+        "quantize (int8, first block float)",
         "quantize (int8)",
         "low-rank",
     ]
