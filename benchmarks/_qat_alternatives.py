@@ -27,7 +27,7 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.ao.quantization import (
+from torch.ao.quantization import (  # noqa: E402
     FusedMovingAvgObsFakeQuantize,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
@@ -178,7 +178,7 @@ def run(model, opt, mode, recipe, seed=0, epochs=12, ft_epochs=4, verbose=False)
     fnet = make(model)
     fo = mkopt(fnet.parameters())
     fh = []
-    for e in range(epochs):
+    for _ in range(epochs):
         fh.append(round(epoch_loop(fnet, fo), 3))
     float_acc = evaluate(fnet, xt, yt)
     if mode == "ft":
@@ -197,7 +197,7 @@ def run(model, opt, mode, recipe, seed=0, epochs=12, ft_epochs=4, verbose=False)
     for e in range(total):
         qe = e - r["start"]
 
-        def hook():
+        def hook(qe: int = qe) -> None:
             schedule(qm, r, qe, steps[0])
             steps[0] += qe >= 0
 
@@ -247,10 +247,8 @@ def main() -> None:
     ):
         res = {name: [run(model, opt, mode, r, s) for s in seeds] for name, r in RECIPES.items()}
         fl = sum(r["float"] for r in res["torch"]) / len(seeds)
-        cells = [
-            f"{100 * sum(r['int8'] for r in v) / len(seeds):.2f} ({100 * (fl - sum(r['int8'] for r in v) / len(seeds)):+.1f})"
-            for v in res.values()
-        ]
+        int8 = [sum(r["int8"] for r in v) / len(seeds) for v in res.values()]
+        cells = [f"{100 * q:.2f} ({100 * (fl - q):+.1f})" for q in int8]
         rows.append(
             [model, OPTS[opt], "from the start" if mode == "scratch" else "fine-tune", f"{100 * fl:.2f}", *cells]
         )

@@ -192,8 +192,10 @@ def main() -> None:
     body = (
         f"Digits (sklearn, 8x8), batch 64, torch {torch.__version__} on {torch.get_num_threads()} threads. "
         f"Dense trained {TRAIN_EPOCHS} epochs, then every variant (dense included) fine-tuned "
-        f"{FINETUNE_EPOCHS} epochs from that checkpoint with a cosine learning-rate decay (validation is not used for any choice, so accuracy is "
-        f"measured on validation + test together: 540 held-out images, 1 pt = 5.4 images). Width {WIDTH} (residual CNN: {WIDTH} channels in the "
+        f"{FINETUNE_EPOCHS} epochs from that checkpoint with a cosine learning-rate decay "
+        "(validation is not used for any choice, so accuracy is "
+        f"measured on validation + test together: 540 held-out images, 1 pt = 5.4 images). "
+        f"Width {WIDTH} (residual CNN: {WIDTH} channels in the "
         f"residual stream, {2 * WIDTH} in the last conv). Latency: every model timed round-robin 5 times "
         f"(median of 20 calls each), the lowest median kept; speedup = dense latency / variant latency, "
         f"same run, same process.\n\n"

@@ -27,7 +27,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from benchmarks._kd_mnist import (
+from benchmarks._kd_mnist import (  # noqa: E402
     KD_SETTINGS,
     Mnist5k,
     gap_recovered,

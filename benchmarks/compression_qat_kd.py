@@ -40,7 +40,7 @@ from lightning_nas.compress.quantize_onnx import check_same_outputs, compact_onn
 from lightning_nas.data import DigitsDataModule  # noqa: E402
 from lightning_nas.deploy import measure  # noqa: E402
 from lightning_nas.deploy.export import onnx_bytes, onnx_session  # noqa: E402
-from lightning_nas.deploy.measure import _time  # noqa: E402
+from lightning_nas.deploy.measure import time_call  # noqa: E402
 from lightning_nas.models import Classifier, DigitsCNN  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def _acc(model: torch.nn.Module, dm: DigitsDataModule) -> float:
 def _onnx_ms(data: bytes, x: torch.Tensor) -> float:
     sess = onnx_session(data, threads=1)
     feeds = {sess.get_inputs()[0].name: x.numpy()}
-    return _time(lambda: sess.run(None, feeds), 50, 5)[0]
+    return time_call(lambda: sess.run(None, feeds), 50, 5)[0]
 
 
 def _onnx_breakdown(data: bytes) -> str:
@@ -315,7 +315,7 @@ def main() -> None:
         "batch 64, same seed (same initialisation, batches and shifts in both arms). With shifted images the "
         'teacher labels the very images the student sees ("consistent teaching", Beyer et al. 2022). The '
         "protocol (epochs, shift, candidates) was chosen on validation with seeds 100-102 and the fixed split by "
-        "`benchmarks/compression_kd_protocol.py` (its section above). {folds_text} holds out 1,000 test "
+        f"`benchmarks/compression_kd_protocol.py` (its section above). {folds_text} holds out 1,000 test "
         f"and 1,000 validation images and trains on 3,000 (a new teacher per fold); (T, alpha) is chosen on the "
         "fold's validation split; gap recovered = (acc_kd - acc_alone) / (acc_teacher - acc_alone) on the test "
         f"accuracy pooled over {pooled_text}. Cells: val % / test %. One test image is 0.1 pt per fold.",

@@ -35,71 +35,25 @@ _END_HOOKS = (
 
 
 def _timed(cb: Any) -> Any:
-    """Wrap the callback's end-of-fit hooks to add the wall time spent inside them to ``cb._end_s``."""
-    cb._end_s = 0.0
-    for name in _END_HOOKS:
-        fn = getattr(cb, name, None)
-        if fn is None:
-            continue
+    """The callback, its end-of-fit hooks timed (``_end_s``: their total; validation-end hooks are not counted)."""
+    from benchmarks._timing import time_hooks
 
-        def wrapper(*a: Any, _fn: Callable = fn, _name: str = name, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return _fn(*a, **k)
-            finally:
-                if _name not in ("on_sanity_check_end", "on_validation_end"):
-                    cb._end_s += time.perf_counter() - t0
-
-        setattr(cb, name, wrapper)
-    return cb
+    return time_hooks(cb, _END_HOOKS, skip=("on_sanity_check_end", "on_validation_end"))
 
 
-def _module(width: int, searchable: bool) -> Any:
-    import torch
-    from torch import nn
-
-    from lightning_nas import space
-    from lightning_nas.models import Classifier, resnet18
-
-    net = resnet18(10, width)
-    if searchable:
-        c = width * 8
-        net.layer4[1].conv2 = space.LayerChoice(
-            {"conv3": nn.Conv2d(c, c, 3, padding=1, bias=False), "conv1": nn.Conv2d(c, c, 1, bias=False)},
-            label="layer4_conv",
-        )
-    torch.manual_seed(0)
-    return Classifier(net, lr=1e-3)
-
-
-def _data(steps: int) -> tuple[Any, Any]:
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
-
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64 * steps, 3, 32, 32, generator=g), torch.randint(0, 10, (64 * steps,), generator=g)
-    xv, yv = torch.randn(256, 3, 32, 32, generator=g), torch.randint(0, 10, (256,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=64), DataLoader(TensorDataset(xv, yv), batch_size=64)
+def _end_s(cb: Any) -> float:
+    return sum(cb._hook_s.values())
 
 
 def _fit(callbacks: list, steps: int, width: int, root: Path, searchable: bool = False) -> float:
     import lightning as L
 
+    from benchmarks._timing import resnet_module, synthetic_images, trainer
+
     L.seed_everything(0, verbose=False)
-    train, val = _data(steps)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=str(root),
-    )
+    train, val = synthetic_images(steps)
     t0 = time.perf_counter()
-    trainer.fit(_module(width, searchable), train, val)
+    trainer(root, callbacks).fit(resnet_module(width, searchable), train, val)
     return time.perf_counter() - t0
 
 
@@ -131,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import lightning_nas.callbacks as cbmod
     from benchmarks._report import table, write_section
+    from benchmarks._timing import resnet_module
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=50, help="training steps of batch 64 in the one epoch")
@@ -156,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             for label, make in (("before", before), ("after", after)):
                 cb = _timed(make())
                 _fit([cb], args.steps, args.width, Path(tmp) / f"{name}-{label}", searchable=search)
-                ends.append(cb._end_s)
-                print(f"{name:<20} {label:<6} {cb._end_s:6.2f} s at the end", flush=True)
+                ends.append(_end_s(cb))
+                print(f"{name:<20} {label:<6} {ends[-1]:6.2f} s at the end", flush=True)
             results.append((name, ends))
         plain = statistics.median(plains)
         for name, (b, a) in results:
@@ -172,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
     body = (
-        f"ResNet-18 (base width {args.width}, {sum(p.numel() for p in _module(args.width, False).parameters()):,}"
+        f"ResNet-18 (base width {args.width}, {sum(p.numel() for p in resnet_module(args.width).parameters()):,}"
         f" parameters), 3x32x32 synthetic inputs, batch 64; one epoch = {args.steps} steps + 4 validation "
         f"batches: **{plain:.1f} s** plain (median of {len(plains)} plain fits interleaved with the others: "
         f"{', '.join(f'{p:.1f}' for p in plains)} s). CPU, {torch.get_num_threads()} threads.\n\n"

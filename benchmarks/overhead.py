@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             times["plain fit"].append(plain)
             for n in measured:
                 made: list = []
-                t, cpu = _fit(lambda n=n: made.extend(configs[n]()) or made, args.epochs, Path(tmp) / f"{n}{r}")
+                t, cpu = _fit(
+                    lambda n=n, made=made: made.extend(configs[n]()) or made, args.epochs, Path(tmp) / f"{n}{r}"
+                )
                 times[n].append(t)
                 ratios[n].append(t / plain - 1.0)
                 cpu_ratios[n].append(cpu / plain_cpu - 1.0)

@@ -48,10 +48,10 @@ VARIANTS = {
 
 
 def _ort_ms(session, x) -> float:
-    from lightning_nas.deploy.measure import _time
+    from lightning_nas.deploy.measure import time_call
 
     feeds = {session.get_inputs()[0].name: x.numpy()}
-    return _time(lambda: session.run(None, feeds), 300, 30)[0]
+    return time_call(lambda: session.run(None, feeds), 300, 30)[0]
 
 
 def _first_node_us(data: bytes, x, runs: int = 300) -> tuple[str, float]:
@@ -169,7 +169,8 @@ def main() -> None:
     body = [
         f"Seeds {args.seeds} (cells: one value per seed). Test split: 270 images, one image = 0.37 pt. ONNX Runtime: "
         "median ms on 1 thread of the fused int8 file and of the pruned fp32 file, interleaved rounds in one "
-        "process (5 rounds, the median of their medians); the first conv node's mean kernel time from ONNX Runtime's profiler, batch 64 (noisy on a "
+        "process (5 rounds, the median of their medians); the first conv node's mean kernel time from ONNX Runtime's "
+        "profiler, batch 64 (noisy on a "
         "shared machine; it shows where the time goes).",
         "",
         table(

@@ -35,7 +35,7 @@ from benchmarks.qat_recipe import SmallCNN  # noqa: E402
 from lightning_nas.compress import quantize as Q  # noqa: E402
 from lightning_nas.data import DigitsDataModule  # noqa: E402
 from lightning_nas.deploy.export import onnx_bytes, onnx_session  # noqa: E402
-from lightning_nas.deploy.measure import _time  # noqa: E402
+from lightning_nas.deploy.measure import time_call  # noqa: E402
 
 
 def _loop(model, opt, x, y, epochs, seed, before_step=lambda: None, train=lambda m: m.train()):
@@ -59,7 +59,7 @@ def _acc(model, x, y) -> float:
 
 def _ms(fn) -> float:
     with torch.no_grad():
-        return _time(fn, 50, 5)[0]
+        return time_call(fn, 50, 5)[0]
 
 
 def qat(flow: str, net, x, y, epochs: int, lr: float, seed: int):
@@ -198,11 +198,10 @@ def main() -> None:
             for kind, fn in fns.items():
                 if callable(fn):
                     ms[flow][kind].append(_ms(fn))
-    med = lambda flow, kind: (
-        f"{statistics.median(ms[flow][kind]):.2f}"
-        if ms[flow][kind]
-        else timed[flow][kind]
-    )
+
+    def med(flow: str, kind: str) -> str:
+        return f"{statistics.median(ms[flow][kind]):.2f}" if ms[flow][kind] else timed[flow][kind]
+
     rows = []
     for flow in timed:
         acc_ft, acc_scratch, prep, how = info[flow]
@@ -217,7 +216,8 @@ def main() -> None:
         "Same SmallCNN(64), digits, seed and batches in every flow (plain training loop). Fine-tune: float 12 "
         "epochs at Adam 1e-3, then 4 QAT epochs at Adam 1e-3; from the start: 12 QAT epochs at Adam 1e-2 (float: "
         f"{100 * float_acc:.2f}% for the fine-tune's float model). FX runs the default `QATRecipe`; PT2E its "
-        "quantizer's QAT config. Latency: median ms, batch 64, 1 thread, 5 interleaved rounds; Inductor = `torch.compile` with "
+        "quantizer's QAT config. Latency: median ms, batch 64, 1 thread, 5 interleaved rounds; "
+        "Inductor = `torch.compile` with "
         "`freezing=True`; ORT = ONNX Runtime on the exported int8 file. Test split, 270 images.",
         "",
         table(

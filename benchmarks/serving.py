@@ -152,11 +152,11 @@ def _serve_and_load(bundle_dir: Path, data_path: Path) -> list[list]:
 def _model_ms(bundle_dir: Path, int8: bool, x: np.ndarray) -> float:
     """Median ONNX Runtime time of the model alone on this batch (1 thread, in this process)."""
     from lightning_nas.deploy import load_bundle
-    from lightning_nas.deploy.measure import _time
+    from lightning_nas.deploy.measure import time_call
 
     sess = load_bundle(bundle_dir).session(int8=int8, threads=1)
     feeds = {sess.get_inputs()[0].name: x}
-    return _time(lambda: sess.run(None, feeds), 200, 20)[0]
+    return time_call(lambda: sess.run(None, feeds), 200, 20)[0]
 
 
 def _drift_rates(net: torch.nn.Module, dm: DigitsDataModule) -> list[list]:

@@ -56,9 +56,8 @@ def main(max_epochs: int = 3, out_dir: str | Path = "nas_runs/boring") -> dict[s
         err = float((qat.int8_model(x) - model.eval().l1(x)).abs().max())  # int8_model is the quantized l1
     print(f"KD loss: first {kd_losses[0]:.4f}, last {kd_losses[-1]:.4f} ({len(kd_losses)} logged steps)")
     print(f"int8 model: {[type(m).__name__ for m in qat.int8_model.modules()][1:]}; max |int8 - fp32| = {err:.4f}")
-    print(
-        f"dynamics: grad norm {[round(s['dynamics/grad_norm_total'], 2) for s in scalars if 'dynamics/grad_norm_total' in s]}"
-    )
+    grad_norms = [round(s["dynamics/grad_norm_total"], 2) for s in scalars if "dynamics/grad_norm_total" in s]
+    print(f"dynamics: grad norm {grad_norms}")
     return {"model": model, "kd": kd, "qat": qat, "dynamics": dyn, "scalars": scalars, "kd_losses": kd_losses}
 
 

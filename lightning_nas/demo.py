@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 import lightning as L
 import torch
+from typing_extensions import override
 
 from lightning_nas.data import DigitsDataModule
 from lightning_nas.deploy import ModelCard, export, measure
@@ -81,6 +82,7 @@ class _EpochProgress(L.Callback):
     def __init__(self, console: _Console) -> None:
         self.console = console
 
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -166,11 +168,9 @@ def _stage_search(state: _DemoState) -> str:
     from lightning_nas.callbacks import DifferentiableNAS
 
     def block(label: str, c: int) -> space.LayerChoice:
-        conv = lambda k: nn.Sequential(
-            nn.Conv2d(c, c, k, padding=k // 2, bias=False),
-            nn.BatchNorm2d(c),
-            nn.ReLU(),
-        )
+        def conv(k: int) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+
         return space.LayerChoice({"conv3": conv(3), "conv1": conv(1), "skip": nn.Identity()}, label=label)
 
     net = DigitsCNN(width=16)

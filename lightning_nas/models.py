@@ -21,6 +21,12 @@ class DigitsCNN(nn.Module):
     Args:
         width: channels of the first conv; the second has ``2 * width``.
         num_classes: output logits.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.models import DigitsCNN
+        >>> DigitsCNN(width=8)(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(self, width: int = 32, num_classes: int = 10) -> None:
@@ -119,7 +125,21 @@ def audio_search_space(width: int = 16, num_classes: int = 10, label: str = "ker
 
 
 class Classifier(L.LightningModule):
-    """An ordinary LightningModule around ``net`` (Adam, cross-entropy, accuracy on val and test)."""
+    """An ordinary LightningModule around ``net`` (Adam, cross-entropy, accuracy on val and test).
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> module = Classifier(DigitsCNN(width=4), lr=1e-2)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp())
+        >>> trainer.fit(module, datamodule=DigitsDataModule())
+        >>> sorted(trainer.callback_metrics)
+        ['train_loss', 'val_acc', 'val_loss']
+    """
 
     def __init__(self, net: nn.Module | None = None, lr: float = 3e-3, weight_decay: float = 0.0) -> None:
         super().__init__()
@@ -132,25 +152,25 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = F.cross_entropy(self(x), y)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch, prefix: str):
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
         x, y = batch
         logits = self(x)
         self.log(f"{prefix}_loss", F.cross_entropy(logits, y), prog_bar=True)
         self.log(f"{prefix}_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
@@ -158,7 +178,18 @@ def train_plain(
     net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 6, lr: float = 3e-3, batch_size: int = 64
 ) -> nn.Module:
     """Train ``net`` with a plain Adam/cross-entropy loop (no Lightning; shuffled by torch's global RNG) and
-    return it in eval mode: a quick trained model for tests and benchmarks."""
+    return it in eval mode: a quick trained model for tests and benchmarks.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.data import load_digits_arrays
+        >>> from lightning_nas.models import DigitsCNN, train_plain
+        >>> x, y = load_digits_arrays()
+        >>> x, y = torch.as_tensor(x[:256]), torch.as_tensor(y[:256])
+        >>> net = train_plain(DigitsCNN(width=8), x, y, epochs=2)  # a plain PyTorch loop, no Lightning
+        >>> net(x[:4]).shape
+        torch.Size([4, 10])
+    """
     opt = torch.optim.Adam(net.parameters(), lr)
     for _ in range(epochs):
         perm = torch.randperm(len(x))
@@ -193,13 +224,47 @@ class BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
+class Bottleneck(nn.Module):
+    """ResNet's 1x1-3x3-1x1 bottleneck block (expansion 4, stride on the 3x3), as torchvision writes it."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (
+            None
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
 class ResNet(nn.Module):
-    """torchvision's ResNet-18/34 layout (BasicBlocks, 7x7 stem, max-pool, four stages, average pool, ``fc``) at
-    any base ``width`` (64 is ResNet-18 itself, 11.2M parameters with 10 classes). Benchmarks use it to measure
-    costs at the scale users train at; torchvision itself does not import beside this machine's CPU torch."""
+    """torchvision's ResNet-18/34/50 layout (BasicBlocks or Bottlenecks, 7x7 stem, max-pool, four stages, average
+    pool, ``fc``) at any base ``width`` (64 is ResNet-18 itself, 11.2M parameters with 10 classes). Benchmarks use
+    it to measure costs at the scale users train at; torchvision itself does not import beside this machine's CPU
+    torch."""
 
     def __init__(
-        self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, width: int = 64, in_channels: int = 3
+        self,
+        layers: tuple[int, ...] = (2, 2, 2, 2),
+        num_classes: int = 10,
+        width: int = 64,
+        in_channels: int = 3,
+        bottleneck: bool = False,
     ) -> None:
         super().__init__()
         check_int("width", width, 1)
@@ -209,11 +274,13 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, cin = [], width
         for i, n in enumerate(layers):
-            cout = width * 2**i
-            stages.append(
-                nn.Sequential(*[BasicBlock(cin if j == 0 else cout, cout, 2 if i and j == 0 else 1) for j in range(n)])
-            )
-            cin = cout
+            w = width * 2**i
+            blocks = []
+            for j in range(n):
+                stride = 2 if i and j == 0 else 1
+                blocks.append(Bottleneck(cin, w, stride) if bottleneck else BasicBlock(cin, w, stride))
+                cin = w * Bottleneck.expansion if bottleneck else w
+            stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
@@ -225,8 +292,28 @@ class ResNet(nn.Module):
 
 
 def resnet18(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNet:
+    """ResNet-18: 2, 2, 2, 2 ``BasicBlock`` per stage, stage widths ``width * (1, 2, 4, 8)``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.models import resnet18
+        >>> resnet18(num_classes=10, width=8, in_channels=1)(torch.rand(2, 1, 32, 32)).shape
+        torch.Size([2, 10])
+    """
     return ResNet((2, 2, 2, 2), num_classes, width, in_channels)
 
 
 def resnet34(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNet:
+    """ResNet-34: 3, 4, 6, 3 ``BasicBlock`` per stage, stage widths ``width * (1, 2, 4, 8)``.
+
+    Examples:
+        >>> from lightning_nas.models import resnet34
+        >>> net = resnet34(width=8)
+        >>> [len(stage) for stage in (net.layer1, net.layer2, net.layer3, net.layer4)]  # blocks per stage
+        [3, 4, 6, 3]
+    """
     return ResNet((3, 4, 6, 3), num_classes, width, in_channels)
+
+
+def resnet50(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNet:
+    return ResNet((3, 4, 6, 3), num_classes, width, in_channels, bottleneck=True)

@@ -18,24 +18,6 @@ def digits():
     return DigitsDataModule(batch_size=64, seed=0)
 
 
-def fast_trainer(tmp_path, **kwargs):
-    """A quiet CPU trainer for tests."""
-    import lightning as L
-
-    opts = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        default_root_dir=str(tmp_path),
-    )
-    opts.update(kwargs)
-    return L.Trainer(**opts)
-
-
 @pytest.fixture(autouse=True)
 def _isolate_global_torch_flags():
     """``Trainer(deterministic=True)`` turns on ``torch.use_deterministic_algorithms`` for the whole process and

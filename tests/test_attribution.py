@@ -13,7 +13,7 @@ from lightning_nas.callbacks import AttributionMonitor
 from lightning_nas.explain import attribution as A
 from lightning_nas.models import Classifier, DigitsCNN
 from tests._explain_helpers import trained_digits_cnn
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from lightning.pytorch.demos.boring_classes import DemoModel
 
 from lightning_nas.deploy import BundleError, ModelCard, bundle, load_bundle
 from lightning_nas.deploy.bundle import FLOAT_ATOL, FLOAT_RTOL
-from tests.test_bundle_helpers import trained_digits_cnn
+from tests.helpers import trained_digits_cnn
 
 
 @pytest.fixture(scope="module")

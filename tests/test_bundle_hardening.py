@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from lightning_nas.cli import main
 from lightning_nas.deploy import BundleError, bundle, load_bundle
 from lightning_nas.deploy.bundle import BUNDLE_FILES, validate_card
-from tests.test_bundle_helpers import trained_digits_cnn
+from tests.helpers import trained_digits_cnn
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_nas.callbacks._capture import ModelIO, ProbeCollector
 from lightning_nas.callbacks._route import ROOT, CallRecorder, Chain, Route, find_route, match_glue, per_sample_logits
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 def _record(root, fn):

@@ -8,7 +8,7 @@ from torch import nn
 
 from lightning_nas.compress.distill import FeatureAdapter, kd_loss, layer_width, load_teacher
 from lightning_nas.explain.agreement import AgreementAccumulator, agreement
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 def test_kd_loss_is_t2_kl_teacher_student():
@@ -154,7 +154,7 @@ def test_callback_trains_exactly_like_a_hand_written_kd_loop(tmp_path, digits):
     loader = digits.train_dataloader()
     loader.sampler.set_epoch(0)
     manual.train()
-    for i, (x, y) in zip(range(5), loader):
+    for _, (x, y) in zip(range(5), loader):
         z = manual(x)
         with torch.no_grad():
             zt = reference_teacher(x)
@@ -184,7 +184,7 @@ def test_kd_bad_model_input_fails_before_the_first_step(tmp_path, digits):
     for cb, msg in cases:
         steps = []
         probe = L.Callback()
-        probe.on_before_optimizer_step = lambda *a, **k: steps.append(1)
+        probe.on_before_optimizer_step = lambda *a, steps=steps, **k: steps.append(1)
         with pytest.raises(ValueError, match=msg):
             fast_trainer(tmp_path, callbacks=[cb, probe], limit_train_batches=2).fit(
                 Classifier(DigitsCNN(4)), datamodule=digits
@@ -232,3 +232,34 @@ def test_callbacks_build_from_lightning_cli_config():
     assert objs.kd.alpha == 0.3 and objs.kd.features == {"net.features.3": "features.3"}
     assert type(objs.kd.teacher).__name__ == "DigitsCNN" and not objs.kd.teacher.training
     assert objs.qat.ignore == ["classifier"] and objs.qat.freeze_bn_after == 2
+
+
+def test_agreement_metric_syncs_by_sum_and_never_reads_back_in_update(monkeypatch):
+    """Two ranks' halves merged (what torchmetrics' sum reduction does over DDP) give the whole; ``update`` makes no
+    host read (``.item``, ``.cpu``, ``.tolist``, ``bool``/``float``/``int`` of a tensor)."""
+    from lightning_nas.explain.agreement import Agreement
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(40, 5, generator=g), torch.randn(40, 5, generator=g)
+    y = torch.randint(0, 5, (40,), generator=g)
+    y[::7] = -100
+    whole, a, b = Agreement(5, 2.0), Agreement(5, 2.0), Agreement(5, 2.0)
+    whole.update(s, t, y)
+    calls = []
+    for name in ("item", "cpu", "tolist", "__bool__", "__float__", "__int__"):
+        orig = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *x, _o=orig, _n=name, **k: calls.append(_n) or _o(self, *x)
+        )
+    a.update(s[:25], t[:25], y[:25])
+    b.update(s[25:], t[25:], y[25:])
+    monkeypatch.undo()
+    assert calls == []
+    a.merge_state(b)
+    got, want = a.compute(), whole.compute()
+    assert got["rows"] == want["rows"] and got["agreement"] == want["agreement"]
+    assert abs(got["kl"] - want["kl"]) < 1e-9
+    bad = Agreement(5)
+    bad.update(s[:4], t[:4], torch.tensor([0, 9, 1, -3]))  # recorded, not raised, in the step
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\) or equal ignore_index=-100, got 9"):
+        bad.compute()

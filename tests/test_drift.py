@@ -15,8 +15,7 @@ from lightning_nas.deploy.drift import psi
 from lightning_nas.deploy.profile import attribution_share
 from lightning_nas.models import Classifier
 from lightning_nas.tracking import read_offline_run
-from tests.conftest import fast_trainer
-from tests.test_bundle_helpers import brighter, clean_pool, rotated, trained_digits_cnn
+from tests.helpers import brighter, clean_pool, fast_trainer, rotated, trained_digits_cnn
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from torch import nn
 from lightning_nas.callbacks import TrainingDynamics
 from lightning_nas.explain import dynamics as D
 from lightning_nas.models import Classifier, DigitsCNN
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 def test_dead_unit_probe_counts_units_that_never_fire():

@@ -64,7 +64,7 @@ def test_kd_prune_qat_resume_across_the_deferred_qat_swap(tmp_path, digits):
 
     from lightning_nas.callbacks import KnowledgeDistillation, QuantizationAware, StructuredPruning
     from lightning_nas.models import Classifier, DigitsCNN
-    from tests.conftest import fast_trainer
+    from tests.helpers import fast_trainer
 
     digits.setup("fit")
     train, val = DataLoader(digits.split("train"), batch_size=64), DataLoader(digits.split("val"), batch_size=128)
@@ -103,7 +103,7 @@ def test_kd_prune_qat_resume_across_the_deferred_qat_swap(tmp_path, digits):
 def test_deferred_qat_still_rejects_bad_input_before_the_first_step(tmp_path, digits):
     from lightning_nas.callbacks import QuantizationAware, StructuredPruning
     from lightning_nas.models import Classifier, DigitsCNN
-    from tests.conftest import fast_trainer
+    from tests.helpers import fast_trainer
 
     model = Classifier(DigitsCNN(8))
     w0 = model.net.features[0].weight.detach().clone()
@@ -117,7 +117,7 @@ def test_deferred_qat_still_rejects_bad_input_before_the_first_step(tmp_path, di
 def test_feature_kd_follows_the_layer_that_the_deferred_qat_swap_replaces(tmp_path, digits):
     from lightning_nas.callbacks import KnowledgeDistillation, QuantizationAware, StructuredPruning
     from lightning_nas.models import Classifier, DigitsCNN
-    from tests.conftest import fast_trainer
+    from tests.helpers import fast_trainer
 
     kd = KnowledgeDistillation(DigitsCNN(16), features={"net.features.3": "features.3"})
     qat = QuantizationAware(start_epoch=1, freeze_observers_after=1, measure=False, explain=False)

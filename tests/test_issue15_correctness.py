@@ -80,7 +80,7 @@ def test_drift_monitor_restores_train_mode_on_error(monkeypatch, tmp_path):
     import lightning_nas.callbacks.drift as drift_mod
     from lightning_nas.callbacks import DriftMonitor
     from lightning_nas.deploy import bundle
-    from tests.test_bundle_helpers import trained_digits_cnn
+    from tests.helpers import trained_digits_cnn
 
     net, dm = trained_digits_cnn(epochs=1)
     out = bundle(net, dm.example_input(4), tmp_path / "b", reference_data=dm.split("train").tensors[0])
@@ -95,7 +95,7 @@ def test_drift_monitor_restores_train_mode_on_error(monkeypatch, tmp_path):
     class _Trainer:
         world_size, is_global_zero = 1, True
 
-    cb._x, cb._classes = [dm.split("val").tensors[0][:40].numpy()], [np.zeros(40, np.int64)]
+    cb._x, cb._classes = [dm.split("val").tensors[0][:40]], [torch.zeros(40, dtype=torch.long)]  # kept on the device
     net.train()
     with pytest.raises(RuntimeError, match="attribution failed"):
         cb._check(_Trainer(), net, "validate")

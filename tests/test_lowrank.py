@@ -12,11 +12,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_nas.callbacks import LowRankFactorization, load_compressed
+from lightning_nas.callbacks import LowRankFactorization
 from lightning_nas.compress import lowrank as LR
-from lightning_nas.deploy import measure
+from lightning_nas.deploy import load_compressed, measure
 from lightning_nas.models import Classifier, DigitsCNN
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 def test_full_rank_factors_are_exact_and_truncation_error_follows_spectrum():

@@ -259,7 +259,7 @@ def test_pruning_stops_bad_trials_through_the_callback(dm, tmp_path):
 def test_pruning_callback_on_an_unmodified_demo_model(tmp_path):
     from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel, DemoModel
 
-    from tests.conftest import fast_trainer
+    from tests.helpers import fast_trainer
 
     study = optuna.create_study()
     for model, msg in (

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,49 +13,10 @@ import optuna
 import pytest
 
 from lightning_nas.search.multitrial import open_storage
+from tests.helpers import multitrial_config
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 ROOT = Path(__file__).resolve().parent.parent
-
-BUILD = """
-import os, time
-from pathlib import Path
-from lightning_nas.models import Classifier, DigitsCNN
-
-def build(trial):
-    width = trial.choice("width", [4, 8])
-    lr = trial.loguniform("lr", 1e-3, 3e-2)
-    trial.set_user_attr("pid", os.getpid())
-    barrier = os.environ.get("LNAS_TEST_BARRIER")  # wait until every worker is up, so that all take part
-    if barrier:
-        Path(barrier, str(os.getpid())).touch()
-        t0 = time.time()
-        while len(os.listdir(barrier)) < 2 and time.time() - t0 < 120:
-            time.sleep(0.05)
-    marker = os.environ.get("LNAS_TEST_MARKER")
-    if marker:
-        Path(marker).write_text(str(trial.number))
-    time.sleep(float(os.environ.get("LNAS_TEST_SLEEP", "0")))
-    return Classifier(DigitsCNN(width), lr=lr)
-"""
-
-
-def _config(tmp_path: Path, n_trials: int, **extra) -> Path:
-    (tmp_path / "build.py").write_text(BUILD)
-    lines = [
-        f"build: {tmp_path / 'build.py'}:build",
-        "datamodule: {class_path: lightning_nas.data.DigitsDataModule, init_args: {batch_size: 64}}",
-        "objectives: {val_acc: maximize}",
-        f"n_trials: {n_trials}",
-        "strategy: random",
-        "seed: 0",
-        "trainer: {max_epochs: 1, limit_train_batches: 3, limit_val_batches: 2}",
-        f"out_dir: {tmp_path / 'out'}",
-        *[f"{k}: {v}" for k, v in extra.items()],
-    ]
-    path = tmp_path / "search.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _worker(cfg: Path, storage: str, study: str, **env) -> subprocess.Popen:
@@ -76,7 +33,7 @@ def _worker(cfg: Path, storage: str, study: str, **env) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_two_workers_share_one_journal_study(tmp_path):
-    cfg = _config(tmp_path, n_trials=6)
+    cfg = multitrial_config(tmp_path, n_trials=6)
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     url = f"journal://{tmp_path / 'study.log'}"
@@ -95,7 +52,7 @@ def test_two_workers_share_one_journal_study(tmp_path):
 def test_a_killed_worker_leaves_the_study_usable(tmp_path):
     from lightning_nas.search.multitrial._config import run_config
 
-    cfg = _config(tmp_path, n_trials=3, heartbeat_interval=1, grace_period=2)
+    cfg = multitrial_config(tmp_path, n_trials=3, heartbeat_interval=1, grace_period=2)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     marker = tmp_path / "started"
     victim = _worker(cfg, url, "k", LNAS_TEST_MARKER=str(marker), LNAS_TEST_SLEEP="600")
@@ -118,56 +75,15 @@ def test_a_killed_worker_leaves_the_study_usable(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ PostgreSQL
-def _pg_bindir() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent  # e.g. /usr/local/bin/pg_ctl -> /usr/lib/postgresql/15/bin
-    cands = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return Path(cands[-1]).parent if cands else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres_url():
     """A throwaway PostgreSQL cluster on a free loopback port (initdb into a temp dir, stopped after)."""
-    bindir = _pg_bindir()
-    if bindir is None or not (bindir / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; `.ci/run` installs Debian's postgresql")
-    base = Path(tempfile.mkdtemp(prefix="lnas-pg-"))
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        shutil.chown(base, "postgres", "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", _free_port()
+    from tests._postgres import throwaway_postgres
 
-    def pg(*cmd: str) -> None:
-        subprocess.run(run_as + list(cmd), check=True, capture_output=True, timeout=120)
-
-    pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    pg(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-l",
-        str(base / "log"),
-        "-w",
-        "-t",
-        "60",
-        "-o",
-        f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off",
-        "start",
-    )
-    try:
-        pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "lnas")
-        yield f"postgresql://postgres@127.0.0.1:{port}/lnas"
-    finally:
-        pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+    with throwaway_postgres() as url:
+        if url is None:
+            pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; `.ci/run` installs Debian's postgresql")
+        yield url
 
 
 @pytest.mark.slow
@@ -202,8 +118,10 @@ def test_postgresql_storage_runs_and_resumes(postgres_url, tmp_path):
 def test_cli_reports_bad_storage_and_config_in_one_line(tmp_path, capsys):
     from lightning_nas.cli import main
 
-    cfg = _config(tmp_path, n_trials=1)
-    port = _free_port()
+    cfg = multitrial_config(tmp_path, n_trials=1)
+    from tests._postgres import free_port
+
+    port = free_port()
     assert main(["search", "--config", str(cfg), "--storage", f"postgresql://u:pw@127.0.0.1:{port}/x"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lightning-nas search: error: storage") and "unreachable" in err and "\n" not in err

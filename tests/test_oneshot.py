@@ -14,23 +14,7 @@ from lightning_nas import space
 from lightning_nas.callbacks import DifferentiableNAS, SubnetSampling
 from lightning_nas.models import Classifier
 from lightning_nas.search.oneshot import MixedLayer, evolutionary_search
-from tests.conftest import fast_trainer
-
-
-def _conv(c, k):
-    return nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2), nn.BatchNorm2d(c), nn.ReLU())
-
-
-class SmallSpace(nn.Module):
-    def __init__(self, c=8):
-        super().__init__()
-        self.stem = nn.Conv2d(1, c, 3, padding=1)
-        self.b1 = space.LayerChoice({"conv3": _conv(c, 3), "conv1": _conv(c, 1), "skip": nn.Identity()}, label="b1")
-        self.b2 = space.LayerChoice({"conv3": _conv(c, 3), "skip": nn.Identity()}, label="b2")
-        self.head = nn.Linear(c, 10)
-
-    def forward(self, x):
-        return self.head(self.b2(self.b1(self.stem(x))).mean((2, 3)))
+from tests.helpers import SmallSpace, conv_bn_relu, fast_trainer
 
 
 def _scalars(tmp_path):
@@ -165,10 +149,10 @@ def test_manual_optimization_is_refused(tmp_path, digits):
     ],
 )
 def test_input_choice_is_searched_and_frozen(tmp_path, digits, make):
-    from tests.test_space import Net
+    from tests.helpers import SpaceNet
 
     cb = make()
-    module = Classifier(Net())
+    module = Classifier(SpaceNet())
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, callbacks=[cb]).fit(
         module, datamodule=digits
     )
@@ -213,7 +197,7 @@ def test_candidates_with_different_shapes(tmp_path, digits, example):
         ({"tau_max": 1.0, "tau_min": 2.0}, "tau_min"),
         ({"remedy": "magic"}, "remedy"),
         ({"arch_weight_decay": -1.0}, "arch_weight_decay"),
-        ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"start_epoch": -1}, "start_epoch"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -233,8 +217,8 @@ def test_tied_choices_share_alpha_and_remedies_schedule(tmp_path, digits):
         def __init__(self):
             super().__init__()
             self.stem = nn.Conv2d(1, 4, 3, padding=1)
-            self.a = space.LayerChoice({"conv": _conv(4, 3), "skip": nn.Identity()}, label="cell")
-            self.b = space.LayerChoice({"conv": _conv(4, 3), "skip": nn.Identity()}, label="cell")
+            self.a = space.LayerChoice({"conv": conv_bn_relu(4, 3), "skip": nn.Identity()}, label="cell")
+            self.b = space.LayerChoice({"conv": conv_bn_relu(4, 3), "skip": nn.Identity()}, label="cell")
             self.head = nn.Linear(4, 10)
 
         def forward(self, x):

@@ -8,8 +8,7 @@ from torch.utils.data import DataLoader
 
 from lightning_nas.callbacks import DifferentiableNAS, SubnetSampling
 from lightning_nas.models import Classifier
-from tests.conftest import fast_trainer
-from tests.test_oneshot import SmallSpace
+from tests.helpers import SmallSpace, fast_trainer
 
 
 def _loaders(digits):

@@ -12,7 +12,7 @@ from lightning_nas.explain import paths as P
 from lightning_nas.explain.attribution import select_probe
 from lightning_nas.models import Classifier, DigitsCNN
 from tests._explain_helpers import trained_digits_cnn
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_nas.callbacks import MagnitudePruning, StructuredPruning, load_compressed
+from lightning_nas.callbacks import MagnitudePruning, StructuredPruning
 from lightning_nas.compress import prune as P
-from lightning_nas.deploy import measure
+from lightning_nas.deploy import load_compressed, measure
 from lightning_nas.models import Classifier, DigitsCNN
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 class ResNetish(nn.Module):

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from lightning_nas.callbacks import StructuredPruning
 from lightning_nas.models import Classifier, DigitsCNN
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 class _RankProbe(L.Callback):

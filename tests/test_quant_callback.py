@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 def _loaders(dm, batch=64):
@@ -209,7 +209,7 @@ def test_bad_input_fails_before_the_first_step(tmp_path, digits):
     for model, cb, msg in cases:
         steps = []
         probe = L.Callback()
-        probe.on_train_batch_start = lambda *a, **k: steps.append(1)
+        probe.on_train_batch_start = lambda *a, steps=steps, **k: steps.append(1)
         with pytest.raises(ValueError, match=msg):
             fast_trainer(tmp_path, callbacks=[cb, probe], limit_train_batches=2).fit(model, datamodule=digits)
         assert not steps

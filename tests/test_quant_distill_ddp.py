@@ -4,14 +4,14 @@ import lightning as L
 import pytest
 import torch
 
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 class _Dump(L.Callback):
     """Runs after QuantizationAware's on_train_end: each rank saves what it ended with."""
 
-    def __init__(self, qat, out_dir, x):
-        self.qat, self.out_dir, self.x = qat, out_dir, x
+    def __init__(self, qat, out_dir, x, kd=None):
+        self.qat, self.out_dir, self.x, self.kd = qat, out_dir, x, kd
 
     def on_train_end(self, trainer, pl_module):
         from lightning_nas.compress.quantize import quant_state
@@ -20,7 +20,12 @@ class _Dump(L.Callback):
             out = self.qat.int8_model(self.x)
         weights = {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
         torch.save(
-            {"int8_out": out, "weights": weights, "quant": quant_state(self.qat.qat_model)},
+            {
+                "int8_out": out,
+                "weights": weights,
+                "quant": quant_state(self.qat.qat_model),
+                "agreement": [] if self.kd is None else list(self.kd.history),
+            },
             f"{self.out_dir}/rank{trainer.global_rank}.pt",
         )
 
@@ -46,7 +51,7 @@ def test_kd_and_qat_identical_on_two_ranks(tmp_path):
         limit_train_batches=4,
         limit_val_batches=2,
         num_sanity_val_steps=0,
-        callbacks=[kd, qat, _Dump(qat, str(tmp_path), x)],
+        callbacks=[kd, qat, _Dump(qat, str(tmp_path), x, kd)],
     )
     trainer.fit(Classifier(DigitsCNN(8)), datamodule=dm)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
@@ -56,5 +61,7 @@ def test_kd_and_qat_identical_on_two_ranks(tmp_path):
     for k in r0["quant"]:
         assert torch.equal(r0["quant"][k], r1["quant"][k]), k
     assert torch.equal(r0["int8_out"], r1["int8_out"])
+    # the agreement metric sums both ranks' validation batches: every rank logs the same epoch numbers
+    assert len(r0["agreement"]) == 2 and r0["agreement"] == r1["agreement"]
     # KD actually trained the student toward something: the outputs are finite and not all equal
     assert torch.isfinite(r0["int8_out"]).all() and r0["int8_out"].std() > 0

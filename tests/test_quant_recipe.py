@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 class SmallCNN(nn.Module):

@@ -13,7 +13,7 @@ from lightning_nas.cli import main
 from lightning_nas.models import Classifier, DigitsCNN
 from lightning_nas.report import build_report, load_run, locate
 from lightning_nas.tracking import Tracker
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 class _OtherNamespaces(L.Callback):

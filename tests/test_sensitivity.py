@@ -14,7 +14,7 @@ from lightning_nas.callbacks import StructuredPruning
 from lightning_nas.compress.prune import prune_structured
 from lightning_nas.explain import sensitivity as S
 from lightning_nas.models import Classifier, DigitsCNN
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 def test_evaluate_accuracy_matches_manual_count_and_restores_mode(digits):
@@ -52,7 +52,7 @@ def test_sensitivity_table_reusable_with_another_perturbation(digits):
     assert S.SENSITIVITY_COLUMNS == ["layer", "method", "level", "accuracy", "drop"]
     assert len(rows) == 4 and all(len(r) == 5 for r in rows)
     base = S.evaluate_accuracy(model, loader)
-    for layer, method, level, acc, drop in rows:
+    for _layer, method, _level, acc, drop in rows:
         assert method == "quant_int" and drop == pytest.approx(base - acc)
     for k, v in model.state_dict().items():  # the model itself is untouched
         torch.testing.assert_close(v, before[k])

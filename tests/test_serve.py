@@ -1,14 +1,8 @@
 """`lightning-nas serve` in a subprocess on a free loopback port, real HTTP requests; bad requests get 4xx."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -16,48 +10,9 @@ import torch
 from lightning_nas.cli import main
 from lightning_nas.deploy import bundle
 from lightning_nas.deploy.serve import _BadRequest, parse_inputs
-from tests.test_bundle_helpers import clean_pool, rotated, trained_digits_cnn
+from tests.helpers import clean_pool, rotated, start_server, stop_server, trained_digits_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(bundle_dir, *args: str) -> tuple[subprocess.Popen, httpx.Client]:
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lightning_nas", "serve", str(bundle_dir), "--port", str(port), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read()}")
-        try:
-            if client.get("/health").status_code == 200:
-                return proc, client
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start within 60 s")
-
-
-def stop(proc: subprocess.Popen, client: httpx.Client) -> None:
-    client.close()
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +28,7 @@ def served(tmp_path_factory):
     )
     proc, client = start_server(out, "--max-batch", "32", "--window", "200")
     yield net, dm, out, client
-    stop(proc, client)
+    stop_server(proc, client)
     assert proc.returncode is not None
 
 
@@ -157,7 +112,7 @@ def test_int8_server(served):
         d = client.get("/drift").json()  # the int8 server keeps its own window: 64 clean digits
         assert d["n_samples"] == 64 and not d["drifted"], d["verdict"]
     finally:
-        stop(proc, client)
+        stop_server(proc, client)
 
 
 def test_serve_refuses_what_is_not_a_valid_bundle(tmp_path, capsys):

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 from lightning_nas.deploy import bundle
 from lightning_nas.deploy.profile import attribution_share
 from lightning_nas.deploy.serve import _BadRequest, create_app, parse_inputs
-from tests.test_bundle_helpers import clean_pool, trained_digits_cnn
+from tests.helpers import clean_pool, trained_digits_cnn
 
 JSON = {"content-type": "application/json"}
 
@@ -90,7 +90,7 @@ def test_attribution_share_ignores_inputs_whose_attribution_overflows():
 @pytest.mark.slow
 def test_keep_alive_connection_survives_a_rejected_request(digits_bundle):
     """Over a real socket: the 422 keeps the connection usable (a 500 used to reset it)."""
-    from tests.test_serve import start_server, stop
+    from tests.helpers import start_server, stop_server
 
     out, dm = digits_bundle
     proc, client = start_server(out, "--max-batch", "8")
@@ -100,7 +100,7 @@ def test_keep_alive_connection_survives_a_rejected_request(digits_bundle):
         r = client.post("/predict", json={"inputs": dm.example_input(2).tolist()})
         assert r.status_code == 200
     finally:
-        stop(proc, client)
+        stop_server(proc, client)
 
 
 # ----------------------------------------------------------------------------------- item 9: smaller ones

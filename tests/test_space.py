@@ -8,28 +8,11 @@ import torch
 from torch import nn
 
 from lightning_nas import space
-from tests.conftest import fast_trainer
-
-
-class Net(nn.Module):
-    def __init__(self, c: int = 4):
-        super().__init__()
-        self.stem = nn.Conv2d(1, c, 3, padding=1)
-        self.b1 = space.LayerChoice(
-            {"conv3": nn.Conv2d(c, c, 3, padding=1), "conv1": nn.Conv2d(c, c, 1), "skip": nn.Identity()}, label="b1"
-        )
-        self.b2 = space.LayerChoice([nn.Conv2d(c, c, 3, padding=1), nn.Identity()], label="b2")
-        self.inp = space.InputChoice(2, label="inp")
-        self.head = nn.Linear(c, 10)
-
-    def forward(self, x):
-        s = self.stem(x)
-        y = self.inp([self.b2(self.b1(s)), s])
-        return self.head(y.mean((2, 3)))
+from tests.helpers import SpaceNet, fast_trainer
 
 
 def test_choices_size_architectures():
-    net = Net()
+    net = SpaceNet()
     assert space.choices(net) == {"b1": ["conv3", "conv1", "skip"], "b2": ["0", "1"], "inp": ["0", "1"]}
     assert space.size(net) == 12
     archs = space.architectures(net)
@@ -39,7 +22,7 @@ def test_choices_size_architectures():
 
 def test_freeze_is_plain_and_matches_and_exports_onnx():
     torch.manual_seed(0)
-    net = Net().eval()
+    net = SpaceNet().eval()
     arch = {"b1": "conv1", "b2": "1", "inp": "1"}
     frozen = space.freeze(net, arch)
     assert not space.named_choices(frozen)
@@ -57,7 +40,7 @@ def test_freeze_is_plain_and_matches_and_exports_onnx():
 
 
 def test_freeze_bad_arch():
-    net = Net()
+    net = SpaceNet()
     with pytest.raises(ValueError, match=r"lacks label.*'inp'"):
         space.freeze(net, {"b1": "conv3", "b2": "0"})
     with pytest.raises(ValueError, match=r"unknown label.*'zz'"):
@@ -132,7 +115,7 @@ def test_value_choice_build_and_fixed_arch():
 def test_plain_fit_with_choices_then_freeze(tmp_path, digits):
     from lightning_nas.models import Classifier
 
-    module = Classifier(Net())
+    module = Classifier(SpaceNet())
     fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1).fit(module, datamodule=digits)
     frozen = space.freeze(module, {"b1": "conv3", "b2": "0", "inp": "0"})
     assert isinstance(frozen.net.b1, nn.Conv2d)

@@ -13,7 +13,7 @@ import pytest
 from lightning_nas.cli import main
 from lightning_nas.data import DigitsDataModule
 from lightning_nas.search.multitrial import StorageUnreachableError, run
-from tests.test_multitrial_workers import _config
+from tests.helpers import multitrial_config
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -27,7 +27,7 @@ def _one_line(capsys) -> str:
 def test_read_only_sqlite_is_one_line(tmp_path, capsys):
     db = tmp_path / "study.db"
     optuna.create_study(storage=f"sqlite:///{db}", study_name="old")  # tables exist; the file is then read-only
-    cfg = _config(tmp_path, n_trials=1)
+    cfg = multitrial_config(tmp_path, n_trials=1)
     # SQLite's own read-only mode: the same refusal as a read-only file, also for root (who ignores file modes)
     url = f"sqlite:///file:{db}?mode=ro&uri=true"
     for study in ("new", "old"):
@@ -62,7 +62,7 @@ def test_unwritable_journal_is_one_line(tmp_path, capsys, monkeypatch):
                 out_dir=tmp_path,
             )
         assert "\n" not in str(err.value) and str(log) in str(err.value)
-    cfg = _config(tmp_path, n_trials=1)
+    cfg = multitrial_config(tmp_path, n_trials=1)
     if os.geteuid() != 0:
         log.chmod(0o444)
     elif not (

@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -14,25 +13,12 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lightning_nas.tracking import Tracker, read_offline_run, to_uint8_image
-from tests.conftest import fast_trainer
-
-IMAGE = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
-
-
-class _LogEverything(L.Callback):
-    def on_train_epoch_end(self, trainer, pl_module):
-        t = Tracker.from_trainer(trainer)
-        t.log_scalars({"test/scalar": 2.5})
-        t.log_histogram("test/hist", torch.arange(100, dtype=torch.float32))
-        t.log_table("test/table", ["layer", "value"], [["conv1", 1.0], ["fc", 0.5]])
-        t.log_image("test/image", IMAGE, caption="ramp")
-        t.log_line_series("test/series", [0, 1, 2], {"a": [0.1, 0.2, 0.3], "b": [0.9, 0.8, 0.7]})
-        t.log_summary({"test/final": 7})
+from tests.helpers import IMAGE, LogEverything, fast_trainer
 
 
 def _fit(tmp_path, logger):
     trainer = fast_trainer(
-        tmp_path, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2, limit_val_batches=1
+        tmp_path, logger=logger, callbacks=[LogEverything()], limit_train_batches=2, limit_val_batches=1
     )
     trainer.fit(BoringModel())
     return trainer

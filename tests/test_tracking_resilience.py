@@ -13,7 +13,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_nas.tracking import FallbackWandbLogger, Tracker
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 
 class _LogOddValues(L.Callback):
@@ -54,7 +54,7 @@ def test_a_failing_media_constructor_is_a_warning(tmp_path, monkeypatch):
         monkeypatch.setattr(wandb, name, boom)
     monkeypatch.setattr(wandb.plot, "line_series", boom)
 
-    class _LogEverything(L.Callback):
+    class LogEverything(L.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
             t = Tracker.from_trainer(trainer)
             t.log_table("m/table", ["a"], [[1.0]])
@@ -64,7 +64,7 @@ def test_a_failing_media_constructor_is_a_warning(tmp_path, monkeypatch):
 
     logger = WandbLogger(project="t", save_dir=str(tmp_path), offline=True)
     trainer = fast_trainer(
-        tmp_path, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2, limit_val_batches=1
+        tmp_path, logger=logger, callbacks=[LogEverything()], limit_train_batches=2, limit_val_batches=1
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

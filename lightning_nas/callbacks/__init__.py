@@ -5,7 +5,6 @@ Each callback validates its arguments in ``__init__`` and the model in ``setup()
 ``lightning_nas.compress`` and ``lightning_nas.explain``.
 """
 
-from lightning_nas.callbacks._structural import load_compressed
 from lightning_nas.callbacks.attribution import AttributionMonitor
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.callbacks.distillation import KnowledgeDistillation
@@ -15,20 +14,17 @@ from lightning_nas.callbacks.lowrank import LowRankFactorization
 from lightning_nas.callbacks.nas import DifferentiableNAS, SubnetSampling
 from lightning_nas.callbacks.pruning import MagnitudePruning, StructuredPruning
 from lightning_nas.callbacks.quantization import QuantizationAware
-from lightning_nas.search.multitrial import TrialPruningCallback
 
 __all__ = [
     # search
     "DifferentiableNAS",
     "SubnetSampling",
-    "TrialPruningCallback",
     # compress
     "StructuredPruning",
     "MagnitudePruning",
     "LowRankFactorization",
     "QuantizationAware",
     "KnowledgeDistillation",
-    "load_compressed",
     # explain
     "AttributionMonitor",
     "TrainingDynamics",

@@ -221,10 +221,10 @@ class ModelIO:
                 calls_of.setdefault(found.route, [found.call])
         batch = args[0] if args else kwargs.get("batch")
         idx = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("batch_idx")
-        for fn, r in listeners:
+        for listener, r in listeners:
             route = r if r is not None else found_route
             record = StepRecord(kind, name, batch, idx, calls_of.get(route, []), out, route)
-            new = fn(record)
+            new = listener(record)
             if new is not None and kind == "train":
                 out = new
         return out
@@ -293,7 +293,12 @@ class ProbeSet:
 
 def _batch_tensors(obj: Any, n: int) -> list[torch.Tensor]:
     found: list[torch.Tensor] = []
-    map_rows(obj, n, lambda t: found.append(t) or t)
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        found.append(t)
+        return t
+
+    map_rows(obj, n, keep)
     return found
 
 
@@ -338,7 +343,9 @@ class ProbeCollector:
         y = self.labels(record.batch, n)
         take = min(n, self.pool - self._count[kind])
         args, kwargs = map_rows((call.args, call.kwargs), n, lambda t: t[:take])
-        self._parts[kind].append((detached(args), detached(kwargs), take, None if y is None else y[:take].cpu()))
+        # copies stay on the model's device (no host sync in the step); probe() moves the picked rows to the CPU
+        y = None if y is None else y[:take].detach().clone()
+        self._parts[kind].append((detached(args, None), detached(kwargs, None), take, y))
         self._count[kind] += take
 
     @property
@@ -359,14 +366,14 @@ class ProbeCollector:
         args, kwargs = cat_rows([(a, k, n) for a, k, n, _ in parts])
         total = sum(n for *_, n, _ in parts)
         ys = [y for *_, y in parts]
-        y = torch.cat(ys) if all(t is not None for t in ys) else None
+        y = torch.cat([t.cpu() for t in ys if t is not None]) if all(t is not None for t in ys) else None
         if total < self.n_samples and not partial:
             raise ValueError(f"`n_samples`={self.n_samples} is more than the {total} samples the steps fed the model")
         labels = y if y is not None else torch.zeros(total)  # float: drawn uniformly
         picked = select_probe((torch.arange(total), labels), min(self.n_samples, total), seed=self.seed).indices
         idx = torch.tensor(picked, dtype=torch.long)
-        args, kwargs = map_rows((args, kwargs), total, lambda t: t[idx])
-        return ProbeSet(args, kwargs, None if y is None else y[idx], picked)
+        args, kwargs = map_rows((args, kwargs), total, lambda t: t[idx.to(t.device)])
+        return ProbeSet(detached(args), detached(kwargs), None if y is None else y[idx], picked)
 
 
 def call_scores(call: RouteCall) -> torch.Tensor | None:
@@ -376,7 +383,8 @@ def call_scores(call: RouteCall) -> torch.Tensor | None:
 
 class EvalBatches:
     """A listener keeping the route's inputs and labels of the first ``max_batches`` validation batches of the
-    latest validation run (CPU copies), for explanations that need accuracy on what the model receives."""
+    latest validation run (copies on the model's device: no host sync in the step), for explanations that need
+    accuracy on what the model receives."""
 
     def __init__(self, max_batches: int, labels: Callable[[Any, int], torch.Tensor | None] = labels_of) -> None:
         self.max_batches, self.labels = max_batches, labels
@@ -391,7 +399,8 @@ class EvalBatches:
             return
         call = record.calls[0]
         y = self.labels(record.batch, call.batch_size)
-        self.batches.append(((detached(call.args), detached(call.kwargs)), None if y is None else y.cpu()))
+        y = None if y is None else y.detach().clone()
+        self.batches.append(((detached(call.args, None), detached(call.kwargs, None)), y))
 
     def labelled(self) -> list[tuple[tuple[tuple, dict], torch.Tensor]]:
         return [(inputs, y) for inputs, y in self.batches if y is not None]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 from lightning_utilities.core.apply_func import apply_to_collection
+from typing_extensions import override
 
 from lightning_nas import space
+from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_int, check_type
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain import architecture as xarch
@@ -22,8 +24,9 @@ from lightning_nas.search.oneshot import Supernet, recalibrate_batchnorm
 @contextmanager
 def _quiet(pl_module: L.LightningModule) -> Iterator[None]:
     """Silence ``self.log``/``self.log_dict`` while the callback reuses the user's ``training_step``."""
-    pl_module.log = lambda *a, **k: None
-    pl_module.log_dict = lambda *a, **k: None
+    # shadows the methods on this instance only, until the `del`s below
+    pl_module.log = lambda *a, **k: None  # type: ignore[method-assign]
+    pl_module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
     try:
         yield
     finally:
@@ -31,7 +34,7 @@ def _quiet(pl_module: L.LightningModule) -> Iterator[None]:
         del pl_module.log_dict
 
 
-def _first_loader(loaders: Any) -> Any:
+def first_loader(loaders: Any) -> Any:
     if loaders is None:
         return None
     if isinstance(loaders, (list, tuple)):
@@ -41,7 +44,7 @@ def _first_loader(loaders: Any) -> Any:
     return loaders
 
 
-class _OneShotCallback(LightningNASCallback):
+class OneShotCallback(LightningNASCallback):
     """Base of ``DifferentiableNAS`` and ``SubnetSampling``: builds the ``Supernet`` in ``setup``."""
 
     _mode = "darts"
@@ -65,6 +68,13 @@ class _OneShotCallback(LightningNASCallback):
         self._reasons: dict[str, str] = {}
         self._table: list[list] = []
         self._ablation: dict[str, dict[str, float]] = {}
+
+    @property
+    def _sn(self) -> Supernet:
+        """The supernet ``setup`` built (a clear error for a hook that runs before it)."""
+        if self._supernet is None:
+            raise RuntimeError(f"{type(self).__name__}: the supernet is built in `setup`, which has not run yet")
+        return self._supernet
 
     # ------------------------------------------------------------------ set-up
     def _supernet_kwargs(self) -> dict[str, Any]:
@@ -92,6 +102,7 @@ class _OneShotCallback(LightningNASCallback):
                     "candidates have no gradient: use strategy=DDPStrategy(find_unused_parameters=True)"
                 )
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
@@ -105,23 +116,22 @@ class _OneShotCallback(LightningNASCallback):
         self._module = pl_module
         if pl_module.example_input_array is not None:  # shape check before the first step when we can
             x = move_data_to_device(pl_module.example_input_array, pl_module.device)
-            was = pl_module.training
             self._supernet.fixed = {lb: 0 for lb in self._supernet.labels}  # alpha may be on the target device
             try:
-                with torch.no_grad():
-                    pl_module.eval()
+                with torch.no_grad(), eval_mode(pl_module):
                     pl_module(*x) if isinstance(x, tuple) else pl_module(x)
             finally:
                 self._supernet.fixed = None
-                pl_module.train(was)
         if self._pending is not None:
             self._apply_state(self._pending)
             self._pending = None
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val_loader = _first_loader(trainer.val_dataloaders)
+        self._val_loader = first_loader(trainer.val_dataloaders)
         self._held_iter = None
 
+    @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         if self._supernet is not None:  # leave the user's module with its own choice modules, not mixed ops
@@ -131,6 +141,7 @@ class _OneShotCallback(LightningNASCallback):
     def _epoch_done(self, trainer: L.Trainer) -> None:
         """Log this epoch's decisions (subclasses); runs once per epoch, before the epoch-end validation."""
 
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -140,6 +151,7 @@ class _OneShotCallback(LightningNASCallback):
             self._logged_epoch = trainer.current_epoch
             self._epoch_done(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._logged_epoch != trainer.current_epoch:  # e.g. a loader of unknown length
             self._logged_epoch = trainer.current_epoch
@@ -182,18 +194,14 @@ class _OneShotCallback(LightningNASCallback):
         return apply_to_collection(batch, torch.Tensor, lambda t: t[: n // 2] if t.ndim and t.shape[0] == n else t)
 
     def _eval_batches(self, trainer: L.Trainer, n: int) -> list[Any]:
-        loader = self._val_loader or _first_loader(trainer.train_dataloader)
+        loader = self._val_loader or first_loader(trainer.train_dataloader)
         return [trainer.strategy.batch_to_device(b) for b in itertools.islice(iter(loader), n)]
 
     def _mean_loss(self, trainer: L.Trainer, pl_module: L.LightningModule, batches: list[Any]) -> float:
         """Mean loss over ``batches`` in eval mode, averaged over DDP ranks."""
-        was = pl_module.training
-        pl_module.eval()
-        try:
+        with eval_mode(pl_module):
             with torch.no_grad():
                 loss = torch.stack([self._loss(pl_module, b, i).detach().float() for i, b in enumerate(batches)]).mean()
-        finally:
-            pl_module.train(was)
         if trainer.world_size > 1:
             loss = trainer.strategy.reduce(loss, reduce_op="mean")
         return float(loss)
@@ -259,19 +267,17 @@ class _OneShotCallback(LightningNASCallback):
             and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
         ):
             device = next(model.parameters()).device
-            was = model.training
-            model.eval()
-            try:
+            with eval_mode(model):
                 recalibrate_batchnorm(
-                    model, lambda b: self._loss(model, move_data_to_device(b, device), 0), self._bn_data
+                    model,
+                    lambda b: self._loss(cast(L.LightningModule, model), move_data_to_device(b, device), 0),
+                    self._bn_data,
                 )
-            finally:
-                model.train(was)
         return model
 
     def _keep_bn_batches(self, trainer: L.Trainer) -> None:
         """The training batches ``best_model()`` re-estimates BatchNorm on (raw, as the loader gives them)."""
-        loader = _first_loader(trainer.train_dataloader)
+        loader = first_loader(trainer.train_dataloader)
         self._bn_data = (
             list(itertools.islice(iter(loader), self.bn_batches)) if self.recalibrate_bn and loader is not None else []
         )
@@ -294,6 +300,7 @@ class _OneShotCallback(LightningNASCallback):
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         if self._supernet is None:
             return dict(self._pending or {})
@@ -304,6 +311,7 @@ class _OneShotCallback(LightningNASCallback):
             **self._extra_state(),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._supernet is None:
             self._pending = dict(state_dict)
@@ -313,7 +321,7 @@ class _OneShotCallback(LightningNASCallback):
     def _apply_state(self, state: dict[str, Any]) -> None:
         if "supernet" not in state:
             raise KeyError(f"{type(self).__name__}: checkpoint state lacks 'supernet'")
-        self._supernet.load_state_dict(state["supernet"])
+        self._sn.load_state_dict(state["supernet"])
         self.history = list(state["history"])
         self._logged_epoch = self.history[-1]["epoch"] if self.history else -1
         self._held_out_pos = int(state["held_out_pos"])

@@ -9,30 +9,38 @@ taken from the raw validation batches and explained through ``forward_fn(pl_modu
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
+from typing_extensions import override
 
+from lightning_nas._compat import val_data_source
+from lightning_nas._modules import eval_mode
 from lightning_nas.callbacks._capture import ProbeCollector, ProbeSet
 from lightning_nas.callbacks._route import Route
+from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain._attribution_utils import forward_of, required_inputs
 from lightning_nas.explain.attribution import Probe, select_probe
+
+if TYPE_CHECKING:
+    from lightning_nas.callbacks.base import LightningNASCallback
 
 
 def val_data(trainer: L.Trainer, pl_module: L.LightningModule, owner: str) -> Any:
     """The validation dataloader(s) of this fit, before the val loop loads them; ``ValueError`` if none."""
-    source = getattr(getattr(getattr(trainer.fit_loop, "epoch_loop", None), "val_loop", None), "_data_source", None)
+    source = val_data_source(trainer)
     data = None
     try:  # Lightning's own source resolves fit(val_dataloaders=...), a datamodule and the module's hook alike
         if source is not None and source.is_defined():
             data = source.dataloader()
     except Exception:
         data = None
-    if data is None and trainer.datamodule is not None and _overrides(trainer.datamodule, "val_dataloader"):
-        data = trainer.datamodule.val_dataloader()
+    datamodule = getattr(trainer, "datamodule", None)  # Lightning's data connector sets it (undeclared on Trainer)
+    if data is None and datamodule is not None and _overrides(datamodule, "val_dataloader"):
+        data = datamodule.val_dataloader()
     if data is None and _overrides(pl_module, "val_dataloader"):
         data = pl_module.val_dataloader()
     if isinstance(data, (list, tuple)) and data and not isinstance(data[0], torch.Tensor):
@@ -63,20 +71,16 @@ def resolve_probe(
     return select_probe(val_data(trainer, pl_module, owner), n_samples, seed=seed, batch_fn=batch_fn)
 
 
-def check_forward(pl_module: nn.Module, probe: Probe, forward_fn: Callable | None, owner: str) -> torch.Tensor:
+def check_forward(pl_module: L.LightningModule, probe: Probe, forward_fn: Callable | None, owner: str) -> torch.Tensor:
     """Run the model once on two probe samples; it must return ``(batch, classes)`` logits."""
     if forward_fn is None and required_inputs(pl_module) > 1:
         raise ValueError(
             f"{owner}: {type(pl_module).__name__}.forward takes {required_inputs(pl_module)} inputs; "
             "pass `forward_fn=lambda model, x: ...` returning (batch, classes) logits"
         )
-    was = pl_module.training
-    pl_module.eval()
-    try:
+    with eval_mode(pl_module):
         with torch.no_grad():
             out = forward_of(pl_module, forward_fn)(probe.x[:2].to(pl_module.device))
-    finally:
-        pl_module.train(was)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, len(probe)):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(
@@ -124,7 +128,7 @@ class ProbeSource:
 
     def listen(
         self,
-        callback: L.Callback,
+        callback: LightningNASCallback,
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         ready: Callable[[], None] | None = None,
@@ -175,7 +179,7 @@ class ProbeSource:
         """``n_samples`` no larger than the validation set, when its size is known now."""
         try:
             data = val_data(trainer, pl_module, self.owner)
-            size = len(data.dataset)  # type: ignore[union-attr]
+            size = len(data.dataset)
         except Exception:
             return
         if self.n_samples > size:
@@ -185,26 +189,46 @@ class ProbeSource:
 
     def forward(self, probe: Probe | ProbeSet) -> tuple[Callable | None, tuple]:
         if isinstance(probe, ProbeSet):
+            assert self.route is not None  # a ProbeSet is collected on the route
             return probe.forward_fn(self.route), tuple(probe.rest)
         return self.forward_fn, ()
 
-    def check(self, pl_module: nn.Module, probe: Probe | ProbeSet) -> torch.Tensor:
+    def check(self, pl_module: L.LightningModule, probe: Probe | ProbeSet) -> torch.Tensor:
         """Run the model on two probe samples; it must give ``(batch, classes)`` scores."""
         fwd, rest = self.forward(probe)
         if isinstance(probe, Probe):
             return check_forward(pl_module, probe, self.forward_fn, self.owner)
         n = len(probe)
-        was = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                two = [t[:2] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == n else t for t in rest]
-                return forward_of(pl_module, fwd)(
-                    probe.x[:2].to(pl_module.device), *move_data_to_device(two, pl_module.device)
-                )
-        except ValueError as err:
-            raise ValueError(
-                f"{self.owner}: {err}; pass `forward_fn=lambda model, x: ...` returning (batch, classes) scores"
-            ) from None
-        finally:
-            pl_module.train(was)
+        with eval_mode(pl_module):
+            try:
+                with torch.no_grad():
+                    two = [t[:2] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == n else t for t in rest]
+                    return forward_of(pl_module, fwd)(
+                        probe.x[:2].to(pl_module.device), *move_data_to_device(two, pl_module.device)
+                    )
+            except ValueError as err:
+                raise ValueError(
+                    f"{self.owner}: {err}; pass `forward_fn=lambda model, x: ...` returning (batch, classes) scores"
+                ) from None
+
+
+class ProbedCallback(LightningNASCallback):
+    """A callback that explains the model on probe samples taken from the real steps: ``setup`` listens for the
+    probe through ``self._source`` (a ``ProbeSource``) and calls ``self._preview(pl_module)`` once it is ready;
+    ``teardown`` releases the capture."""
+
+    _source: ProbeSource
+
+    def _preview(self, pl_module: L.LightningModule) -> None:
+        """Check the model on the first probe rows (raise ``ValueError`` naming the override to use)."""
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
+        super().setup(trainer, pl_module, stage)
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.release_model_io(pl_module)

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_AVG = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}
-_MAX = {3: F.adaptive_max_pool1d, 4: F.adaptive_max_pool2d, 5: F.adaptive_max_pool3d}
+_Pool = Callable[..., torch.Tensor]
+_AVG: dict[int, _Pool] = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}
+_MAX: dict[int, _Pool] = {3: F.adaptive_max_pool1d, 4: F.adaptive_max_pool2d, 5: F.adaptive_max_pool3d}
 
 # name -> function of (the earlier call's output, the glue's size parameter); the result is then reshaped to the
 # later call's input shape. Pooling glues carry their output size in the name: ``"avg_pool@2"`` pools to 2x2.
@@ -98,6 +99,7 @@ def _glued(link: Link, out: Any) -> torch.Tensor:
     """Apply a link: its glue, then the reshape to the next part's per-sample shape (its first dimension left free,
     so the route still runs after pruning removes channels)."""
     t = logits_of(out)
+    assert t is not None  # the parts of a route return tensors (find_route picked them so)
     fn, size = _glue_fn(link[0])
     y = fn(t, size)
     shape = link[1]
@@ -405,7 +407,7 @@ def match_glue(out: Any, inp: torch.Tensor) -> tuple[str, tuple[int, ...]] | Non
 def _chain_back(calls: list[Call], last: int) -> tuple[int, list[Link]]:
     """Extend a route ending at ``calls[last]`` backwards while the previous call's output, through
     ``match_glue``, is the next call's only input; returns the first index and the links."""
-    first, links = last, []
+    first, links = last, list[Link]()
     while first > 0:
         inp = _single_input(calls[first])
         link = None if inp is None else match_glue(calls[first - 1].output, inp)
@@ -444,7 +446,7 @@ def _refine(root_call: Call, inner: list[Call]) -> tuple[Route, RouteCall] | Non
     else:
         x, inp = _single_input(root_call), _single_input(start)
         entry = None if x is None or inp is None else match_glue(x, inp)
-        if entry is None:
+        if entry is None or x is None or inp is None:
             return None
         entry = None if entry[0] == "same" and tuple(x.shape) == tuple(inp.shape) else entry
     route = Route(tuple(c.path for c in kids[first : ends[-1] + 1]), tuple(links), entry, exit, whole=root_call.path)
@@ -471,7 +473,7 @@ def find_route(
         return None
     if isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
         anc = _ancestors(loss)
-        used = [i for i in ends if logits_of(calls[i].output).grad_fn in anc]
+        used = [i for i in ends if (t := logits_of(calls[i].output)) is not None and t.grad_fn in anc]
         ends = used or ends
     last = ends[-1]
     first, links = _chain_back(calls, last)

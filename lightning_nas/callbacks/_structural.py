@@ -13,14 +13,14 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
+from lightning_nas._compat import rewrap_model
 from lightning_nas._validate import check_choice, check_int
 
 SCHEDULES = ("one_shot", "linear", "cubic", "agp")
@@ -105,7 +105,7 @@ def rebuild_optimizers(trainer: L.Trainer, pl_module: L.LightningModule, names_b
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(strategy.model, DistributedDataParallel):  # the DDP wrapper holds the old parameters
-        strategy.model = strategy._setup_model(pl_module)
+        rewrap_model(trainer, pl_module)
     old_state: dict[str, dict[str, Any]] = {}
     old_lrs = []
     for opt in trainer.optimizers:
@@ -140,10 +140,10 @@ class _RestoreHook:
 
     def __init__(self, original: Callable[[dict], Any]) -> None:
         self.original = original
-        self.replayers: list[Callable[[dict], list[tuple[int, Callable[[], None]]]]] = []
+        self.replayers: list[Callable[[dict], Sequence[tuple[float, Callable[[], None]]]]] = []
 
     def __call__(self, checkpoint: dict[str, Any]) -> Any:
-        items: list[tuple[int, int, Callable[[], None]]] = []
+        items: list[tuple[float, int, Callable[[], None]]] = []
         for i, rep in enumerate(self.replayers):
             items += [(order, i, fn) for order, fn in rep(checkpoint)]
         for _, _, fn in sorted(items, key=lambda t: (t[0], t[1])):
@@ -152,7 +152,7 @@ class _RestoreHook:
 
 
 def install_restore_hook(
-    pl_module: L.LightningModule, replayer: Callable[[dict], list[tuple[int, Callable[[], None]]]]
+    pl_module: L.LightningModule, replayer: Callable[[dict], Sequence[tuple[float, Callable[[], None]]]]
 ) -> None:
     """Register ``replayer(checkpoint) -> [(order, fn), ...]`` to run before ``pl_module``'s weights load."""
     hook = pl_module.__dict__.get("on_load_checkpoint")
@@ -177,38 +177,3 @@ def copy_module(pl_module: L.LightningModule, *keep: Any) -> L.LightningModule:
     memo = {id(pl_module._trainer): pl_module._trainer} if getattr(pl_module, "_trainer", None) else {}
     memo.update({id(k): k for k in keep})
     return copy.deepcopy(pl_module, memo)
-
-
-def load_compressed(module: nn.Module, checkpoint: str | dict[str, Any]) -> nn.Module:
-    """Load a Lightning checkpoint written with ``StructuredPruning`` / ``LowRankFactorization`` /
-    ``MagnitudePruning`` into a fresh, unchanged instance of the module, outside a ``Trainer``.
-
-    The recorded changes are replayed in their original order, then the weights are loaded (strictly).
-    Returns ``module`` (now pruned/factorized), e.g. ``load_compressed(MyModule(), "last.ckpt").eval()``.
-    """
-    from lightning.pytorch.utilities import move_data_to_device
-
-    from lightning_nas._trust import load_weights  # a checkpoint file is data: never unpickle objects from it
-    from lightning_nas.callbacks._route import Route
-    from lightning_nas.compress import lowrank as LR
-    from lightning_nas.compress import prune as P
-
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_weights(checkpoint, "load_compressed: checkpoint")
-    if "state_dict" not in ckpt:
-        raise ValueError("load_compressed: `checkpoint` is not a Lightning checkpoint (no 'state_dict')")
-    dev = next((p.device for p in module.parameters()), torch.device("cpu"))
-    items: list[tuple[int, Callable[[], Any]]] = []
-    for key, state in ckpt.get("callbacks", {}).items():
-        if key.startswith("StructuredPruning") and state.get("records"):
-            ex = move_data_to_device(state["example"], dev)
-            fwd = Route.from_state(state["route"]).run
-            items += [
-                (r["order"], functools.partial(P.replay_pruning, module, r["steps"], ex, fwd)) for r in state["records"]
-            ]
-        elif key.startswith("LowRankFactorization") and state.get("ranks"):
-            items.append((state["order"], functools.partial(LR.factorize, module, ranks=state["ranks"])))
-    items.append((-1, functools.partial(P.add_masks_for_state_dict, module, ckpt["state_dict"])))
-    for _, fn in sorted(items, key=lambda t: t[0]):
-        fn()
-    module.load_state_dict(ckpt["state_dict"])
-    return module

@@ -9,18 +9,19 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
+from typing_extensions import override
 
+from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._capture import ProbeSet
-from lightning_nas.callbacks._probe import ProbeSource, find_embedding, find_module
-from lightning_nas.callbacks.base import LightningNASCallback
+from lightning_nas.callbacks._probe import ProbedCallback, ProbeSource, find_embedding, find_module
 from lightning_nas.explain import attribution as A
 
 _PREFIX = "explain/attribution"
 VIEWS = ("image", "spectrogram")
 
 
-class AttributionMonitor(LightningNASCallback):
+class AttributionMonitor(ProbedCallback):
     """Attribute the model's decisions on a fixed validation probe set every ``every_n_epochs`` epochs.
 
     Each run logs heatmaps over image inputs (``explain/attribution/maps``) or a table of each sample's top
@@ -56,6 +57,39 @@ class AttributionMonitor(LightningNASCallback):
             prediction over each panel, ``explain/attribution/spectrogram``).
         hop_seconds: seconds per spectrogram frame (``view="spectrogram"``).
         seed: picks the probe set.
+
+    Logged under ``explain/attribution/`` each run: ``probe_acc`` (accuracy on the probe),
+    ``structural_changes`` (model-structure changes seen so far), ``aopc`` and ``aopc_random`` and the line
+    series ``deletion_curve`` (with ``faithfulness``), ``drift_spearman``, ``drift_topk``, ``drift_agreement``
+    (once a reference exists), and with ``explain`` the image ``maps`` (``spectrogram`` with
+    ``view="spectrogram"``) or the table ``top_features``.
+
+    Math: AOPC as in ``explain.attribution.aopc``, ``1/(L+1) * sum_{k=0..L} (p_0 - p_k)`` with ``p_k`` the
+    target's probability after the ``k``-th of ``L`` deletion steps; the drift scores as in
+    ``explain.attribution.compare`` (Spearman correlation of ``|a|`` and ``|b|``, top-``topk`` overlap).
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> import json, pathlib
+        >>> from lightning_nas.callbacks import AttributionMonitor
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> monitor = AttributionMonitor(method="saliency", n_samples=4, aopc_steps=2)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[monitor])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> files = pathlib.Path(root, "nas_files")  # with no logger the file sink keeps everything
+        >>> sorted(p.name for p in files.iterdir())
+        ['images', 'index.jsonl', 'scalars.jsonl', 'series', 'summary.json']
+        >>> logged = [json.loads(line) for line in (files / "scalars.jsonl").read_text().splitlines()]
+        >>> sorted(k for row in logged for k in row if k.startswith("explain/"))  # doctest: +NORMALIZE_WHITESPACE
+        ['explain/attribution/aopc', 'explain/attribution/aopc_random', 'explain/attribution/probe_acc',
+         'explain/attribution/structural_changes']
     """
 
     _state_attrs = ("_probe_indices", "_probe_state", "_reference", "_last", "_changes", "_runs")
@@ -120,15 +154,6 @@ class AttributionMonitor(LightningNASCallback):
         self._pending_mark = False
 
     # ------------------------------------------------------------------ set-up
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
-        super().setup(trainer, pl_module, stage)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.release_model_io(pl_module)
-
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._layer = find_module(pl_module, self.layer_name, "layer") if self.layer_name else None
         if self.embedding_name is not None:
@@ -147,9 +172,11 @@ class AttributionMonitor(LightningNASCallback):
                 )
             self._adopt(pl_module, probe)
 
+    @override
     def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._ensure_probe(pl_module, final=False)  # checked before the first step when the sanity check fills it
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._ensure_probe(pl_module)
@@ -161,9 +188,10 @@ class AttributionMonitor(LightningNASCallback):
             self._source.collected(pl_module)
             probe = ProbeSet.from_state(self._probe_state)
         else:
-            probe = self._source.collected(pl_module, final)
-            if probe is None:
+            found = self._source.collected(pl_module, final)
+            if found is None:
                 return
+            probe = found
             self._probe_state = probe.to_state()
         self._adopt(pl_module, probe)
 
@@ -211,6 +239,7 @@ class AttributionMonitor(LightningNASCallback):
             self._pending_mark = True
 
     # ------------------------------------------------------------------ hooks
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
             return
@@ -221,6 +250,7 @@ class AttributionMonitor(LightningNASCallback):
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Attribute now and log; return the scalars logged."""
         cur = self._compute(pl_module, with_faithfulness=self.faithfulness)
+        assert self.probe is not None  # _compute raises without one
         self._runs += 1
         if self._last is not None and cur["fingerprint"] != self._last["fingerprint"]:
             self._changes += 1
@@ -254,6 +284,7 @@ class AttributionMonitor(LightningNASCallback):
             self._log_maps(tracker, cur, trainer.current_epoch, classes if isinstance(classes, (list, tuple)) else None)
         return metrics
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self._last is not None:
             keys = ("aopc", "aopc_random")
@@ -264,15 +295,14 @@ class AttributionMonitor(LightningNASCallback):
         probe = self.probe
         if probe is None:
             raise RuntimeError("AttributionMonitor has no probe yet: it is chosen when the fit starts")
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             device = next(model.parameters(), torch.empty(0)).device
             x = probe.x.to(device)
             fwd, rest = self._source.forward(probe)
             rest = move_data_to_device(rest, device)
             preds = A.predict(model, x, fwd, additional_forward_args=rest).cpu()
             tgt = probe.y if self.target == "label" else preds
+            assert tgt is not None  # target="label" is allowed only with labelled probes
             mods = dict(model.named_modules())  # by name: QAT or pruning may have swapped the module
             layer = mods.get(self.layer_name) if self.layer_name else None
             emb = (
@@ -315,10 +345,9 @@ class AttributionMonitor(LightningNASCallback):
                     curve_random=r["aopc_random_curve"],
                 )
             return out
-        finally:
-            model.train(was)
 
     def _log_maps(self, tracker: Any, cur: dict[str, Any], epoch: int, classes: Any = None) -> None:
+        assert self.probe is not None  # after _compute
         x = self.probe.x
         if torch.is_floating_point(x) and x.ndim >= 3:
             y = self.probe.y

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_nas._validate import check_range, check_type
 from lightning_nas.callbacks._capture import StepRecord
 from lightning_nas.callbacks._route import Route, labels_of, logits_of
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.compress.distill import FeatureAdapter, feature_loss, kd_loss, layer_width, load_teacher
-from lightning_nas.explain.agreement import AGREEMENT_COLUMNS, AgreementAccumulator
+from lightning_nas.explain.agreement import AGREEMENT_COLUMNS, Agreement
 
 _ADAPTERS = "_kd_adapters"
 
@@ -61,6 +63,25 @@ class KnowledgeDistillation(LightningNASCallback):
     Logged: ``distill/kd_loss``, ``distill/task_loss``, ``distill/feature_loss`` (train steps, through the
     module's ``log``); ``distill/agreement``, ``distill/kl`` and table ``distill/per_class`` (columns class,
     support, agreement, student_acc, teacher_acc) each validation epoch.
+
+    Examples:
+        A narrow student learns from a (here untrained, in practice trained) wider teacher:
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import KnowledgeDistillation
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> kd = KnowledgeDistillation(DigitsCNN(width=16), temperature=4.0, alpha=0.5)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[kd])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> sorted(k for k in trainer.callback_metrics if k.startswith("distill/"))
+        ['distill/kd_loss', 'distill/task_loss']
     """
 
     def __init__(
@@ -89,8 +110,10 @@ class KnowledgeDistillation(LightningNASCallback):
         self.teacher = load_teacher(teacher, teacher_architecture)
         self.adapters = nn.ModuleDict()
         self.history: list[dict[str, float]] = []
-        self._acc = AgreementAccumulator(temperature)
-        self._train_acc = AgreementAccumulator(temperature)
+        # epoch agreement (validation, and training batches when no validation runs): torchmetrics Metrics made
+        # at the first step (they need the class count), on the student's device, synced over ranks by compute()
+        self._acc: Agreement | None = None
+        self._train_acc: Agreement | None = None
         self._logged_epoch = -1
         self._pl: L.LightningModule | None = None
         self._hooks: list[Any] = []
@@ -140,6 +163,7 @@ class KnowledgeDistillation(LightningNASCallback):
         if self.features:
             io.before(self, "train", self._before_train_step)
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Hooks go in here, after every callback's setup: another callback (QAT) may have swapped submodules.
         self.teacher.to(pl_module.device).eval()
@@ -148,6 +172,13 @@ class KnowledgeDistillation(LightningNASCallback):
             t_layer = self.teacher.get_submodule(t_name)
             self._hook_student_layer(pl_module, s_name)
             self._hooks.append(t_layer.register_forward_hook(self._feature_hook(self._t_feats, s_name, False)))
+
+    @property
+    def _lm(self) -> L.LightningModule:
+        """The student module of this fit (set in ``setup``)."""
+        if self._pl is None:
+            raise RuntimeError("KnowledgeDistillation: the student is known from `setup`, which has not run yet")
+        return self._pl
 
     def _hook_student_layer(self, pl_module: L.LightningModule, s_name: str) -> None:
         layer = pl_module.get_submodule(s_name)
@@ -161,10 +192,11 @@ class KnowledgeDistillation(LightningNASCallback):
     def _before_train_step(self) -> None:
         # a callback may have swapped the named layer since the last step (QAT): hook the one this step runs
         for s_name in self.features:
-            self._hook_student_layer(self._pl, s_name)
+            self._hook_student_layer(self._lm, s_name)
         self._clear()
         self._capture = True
 
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -182,7 +214,7 @@ class KnowledgeDistillation(LightningNASCallback):
             ) from None
 
     # ------------------------------------------------------------------ capture
-    def _feature_hook(self, store: dict[str, torch.Tensor], key: str, student: bool):
+    def _feature_hook(self, store: dict[str, torch.Tensor], key: str, student: bool) -> Callable[..., None]:
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
             if self._capture and (not student or key not in store):
                 store[key] = _logits(out)
@@ -198,10 +230,14 @@ class KnowledgeDistillation(LightningNASCallback):
         teacher = self.teacher
         if next(teacher.parameters(), s).device != s.device:
             teacher.to(s.device)
-        with torch.no_grad():
+        with torch.inference_mode():  # one teacher forward per step: no autograd record, no copy, no host sync
             t = _logits(teacher(*call.args, **call.kwargs))
+        if self._acc is None or self._acc.num_classes != s.shape[-1]:
+            self._acc = Agreement(s.shape[-1], self.temperature).to(s.device)
+            self._train_acc = Agreement(s.shape[-1], self.temperature).to(s.device)
         if not self._checked:
             if t.shape != s.shape:
+                assert record.route is not None  # calls are recorded on a route
                 raise ValueError(
                     f"KnowledgeDistillation: the teacher's output shape {tuple(t.shape)} differs from the "
                     f"student's {tuple(s.shape)} (`{record.route.describe()}`) on the same input; "
@@ -229,18 +265,25 @@ class KnowledgeDistillation(LightningNASCallback):
             missing = [k for k in self.features if k not in self._s_feats or k not in self._t_feats]
             if missing:
                 raise RuntimeError(f"KnowledgeDistillation: feature layer(s) {missing} produced no output in this step")
-            f = sum(feature_loss(self.adapters[_key(k)], self._s_feats[k], self._t_feats[k]) for k in self.features)
+            adapters = cast(dict[str, FeatureAdapter], self.adapters)  # FeatureAdapters, made in setup
+            f = cast(
+                torch.Tensor,
+                sum(feature_loss(adapters[_key(k)], self._s_feats[k], self._t_feats[k]) for k in self.features),
+            )
             total = total + self.feature_weight * f
             logs["distill/feature_loss"] = f.detach()
-        self._pl.log_dict(logs, on_step=True, on_epoch=False)
+        self._lm.log_dict(logs, on_step=True, on_epoch=False)
         if self.explain:  # used when the module has no validation loop
+            assert self._train_acc is not None  # made by _teach
             self._train_acc.update(s_logits, t_logits, labels_of(record.batch, s_logits.shape[0]))
         self._clear()
         return total if isinstance(out, torch.Tensor) else dict(out, loss=total)
 
     # ------------------------------------------------------------------ explanations
+    @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._acc.reset()
+        if self._acc is not None:
+            self._acc.reset()
 
     def _eval_step(self, record: StepRecord) -> None:
         trainer = self._trainer
@@ -248,32 +291,29 @@ class KnowledgeDistillation(LightningNASCallback):
             return
         pair = self._teach(record)  # the first one checks the teacher's output shape before any training step
         if pair is not None and self.explain and not trainer.sanity_checking:
+            assert self._acc is not None  # made by _teach
             self._acc.update(pair[0], pair[1], labels_of(record.batch, pair[0].shape[0]))
         self._clear()
 
+    @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.explain and not trainer.sanity_checking:
             self._log_agreement(trainer, pl_module, self._acc)
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._train_acc.reset()
+        if self._train_acc is not None:
+            self._train_acc.reset()
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.explain and self._logged_epoch != trainer.current_epoch:  # no validation ran: training batches
             self._log_agreement(trainer, pl_module, self._train_acc)
 
-    def _log_agreement(self, trainer: L.Trainer, pl_module: L.LightningModule, acc: AgreementAccumulator) -> None:
-        n = torch.tensor([float(acc.num_classes)], device=pl_module.device)
-        if trainer.world_size > 1:
-            n = trainer.strategy.reduce(n, reduce_op="max")
-        if int(n.item()) == 0:
+    def _log_agreement(self, trainer: L.Trainer, pl_module: L.LightningModule, acc: Agreement | None) -> None:
+        if acc is None:  # no step ran the student (every rank runs the first step, so none has a metric)
             return
-        acc._grow(int(n.item()))
-        state = acc.state().to(pl_module.device)
-        if trainer.world_size > 1:  # exact epoch numbers over every rank's data
-            state = trainer.strategy.reduce(state, reduce_op="sum")
-        acc.load_state(state, acc.num_classes)
-        res = acc.compute()
+        res = acc.compute()  # exact epoch numbers over every rank's data (sum states)
         entry = {"distill/agreement": res["agreement"], "distill/kl": res["kl"]}
         self.history.append(dict(entry, epoch=trainer.current_epoch))
         self._logged_epoch = trainer.current_epoch
@@ -281,6 +321,7 @@ class KnowledgeDistillation(LightningNASCallback):
         tracker.log_scalars(entry)
         tracker.log_table("distill/per_class", AGREEMENT_COLUMNS, res["rows"])
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return

@@ -9,7 +9,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
+from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_int, check_type
 from lightning_nas.callbacks._capture import StepRecord, call_scores
 from lightning_nas.callbacks._route import Route, split_input
@@ -76,6 +78,27 @@ class DriftMonitor(LightningNASCallback):
     Logged: ``drift/psi_max``, ``drift/ks_max``, ``drift/prediction_psi``, ``drift/attribution_shift``,
     ``drift/drifted_features``, ``drift/detected`` (scalars); ``drift/features`` (table: feature, psi, ks,
     ks_pvalue, drifted); summary ``drift/verdict`` and ``drift/next_step``.
+
+    Examples:
+        Profile the model's inputs and predictions once (a bundle does it for you), then watch a validation loop:
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import DriftMonitor
+        >>> from lightning_nas.data import DigitsDataModule, load_digits_arrays
+        >>> from lightning_nas.deploy import ReferenceProfile
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> model = Classifier(DigitsCNN(width=4)).eval()
+        >>> x, _ = load_digits_arrays()
+        >>> profile = ReferenceProfile.from_data(model, torch.as_tensor(x[:200]), attribution_samples=0)
+        >>> monitor = DriftMonitor(profile, attribution_samples=0)
+        >>> trainer = L.Trainer(limit_val_batches=2, logger=False, enable_progress_bar=False,
+        ...     enable_model_summary=False, default_root_dir=tempfile.mkdtemp(), callbacks=[monitor])
+        >>> _ = trainer.validate(model, datamodule=DigitsDataModule(), verbose=False)
+        >>> monitor.last_report.status  # the same data as the reference: no drift
+        'ok'
     """
 
     _state_attrs = ("history",)
@@ -107,8 +130,8 @@ class DriftMonitor(LightningNASCallback):
         self.attribution_samples, self.input_index, self.alert = attribution_samples, input_index, alert
         self.history: list[dict[str, Any]] = []
         self.last_report: DriftReport | None = None
-        self._x: list[np.ndarray] = []
-        self._classes: list[np.ndarray] = []
+        self._x: list[torch.Tensor] = []  # kept on the model's device until the loop ends: no host sync per step
+        self._classes: list[torch.Tensor] = []
         self._n = 0
         self._route: Route | None = None
         self._single_input = True
@@ -120,6 +143,7 @@ class DriftMonitor(LightningNASCallback):
         stage = "fit" if (loop == "validate" and trainer.state.fn == "fit") else loop
         return stage if stage in self.stages else None
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
         if self.input_index is None:
@@ -127,6 +151,7 @@ class DriftMonitor(LightningNASCallback):
             self.model_io(trainer, pl_module).listen(self, "eval", self._on_step)
         super().setup(trainer, pl_module, stage)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.release_model_io(pl_module)
 
@@ -160,8 +185,8 @@ class DriftMonitor(LightningNASCallback):
 
     def _keep(self, x: torch.Tensor, scores: torch.Tensor) -> None:
         x = x[: self.max_samples - self._n]
-        self._x.append(x.detach().float().cpu().numpy())
-        self._classes.append(scores[: len(x)].argmax(1).detach().cpu().numpy())
+        self._x.append(x.detach().float().clone())
+        self._classes.append(scores[: len(x)].detach().argmax(1))
         self._n += len(x)
 
     def _on_step(self, record: StepRecord) -> None:
@@ -173,6 +198,7 @@ class DriftMonitor(LightningNASCallback):
         x, rest, _ = split_input(call.args, call.kwargs)
         scores = call_scores(call)
         if scores is None or not torch.is_floating_point(x):
+            assert record.route is not None  # calls are recorded on a route
             raise ValueError(
                 f"DriftMonitor: `{record.route.describe()}` does not give (batch, classes) scores for "
                 "float inputs; pass `input_index=` to watch the raw batch"
@@ -199,6 +225,7 @@ class DriftMonitor(LightningNASCallback):
                 scores = pl_module(x)
         self._keep(x, scores)
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: L.Trainer,
@@ -211,6 +238,7 @@ class DriftMonitor(LightningNASCallback):
         if self._stage(trainer, "validate"):
             self._collect(pl_module, outputs, batch)
 
+    @override
     def on_test_batch_end(
         self,
         trainer: L.Trainer,
@@ -223,6 +251,7 @@ class DriftMonitor(LightningNASCallback):
         if self._stage(trainer, "test"):
             self._collect(pl_module, outputs, batch)
 
+    @override
     def on_predict_batch_end(
         self,
         trainer: L.Trainer,
@@ -236,21 +265,24 @@ class DriftMonitor(LightningNASCallback):
             self._collect(pl_module, outputs, batch)
 
     # ------------------------------------------------------------------ check
+    @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._stage(trainer, "validate"):
             self._check(trainer, pl_module, "fit" if trainer.state.fn == "fit" else "validate")
 
+    @override
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._stage(trainer, "test"):
             self._check(trainer, pl_module, "test")
 
+    @override
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._stage(trainer, "predict"):
             self._check(trainer, pl_module, "predict")
 
     def _gathered(self, trainer: L.Trainer) -> tuple[np.ndarray, np.ndarray]:
-        x = np.concatenate(self._x) if self._x else np.zeros((0, *self.profile.input_shape), np.float32)
-        c = np.concatenate(self._classes) if self._classes else np.zeros((0,), np.int64)
+        x = torch.cat(self._x).cpu().numpy() if self._x else np.zeros((0, *self.profile.input_shape), np.float32)
+        c = torch.cat(self._classes).cpu().numpy() if self._classes else np.zeros((0,), np.int64)
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             parts: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(parts, (x, c))
@@ -265,9 +297,7 @@ class DriftMonitor(LightningNASCallback):
         if trainer.is_global_zero:
             share = None
             if self.attribution_samples and len(x) and self.profile.data.get("attribution") is not None:
-                was_training = pl_module.training
-                pl_module.eval()
-                try:
+                with eval_mode(pl_module):
                     model = (
                         pl_module
                         if self.input_index is not None or self._route is None
@@ -277,8 +307,6 @@ class DriftMonitor(LightningNASCallback):
                     )
                     if model is not None:  # several model inputs: no attribution over the one watched
                         share = attribution_share(model, x[-self.attribution_samples :], self.profile.feature_mode)
-                finally:
-                    pl_module.train(was_training)
             report = check_drift(self.profile, x, classes, share, self.thresholds)
         report = self._broadcast(trainer, report)
         self.last_report = report
@@ -312,16 +340,15 @@ class DriftMonitor(LightningNASCallback):
         if run is None:
             return
         try:
-            import wandb
-
             run.alert(
                 title=f"lightning_nas: drift detected (next step: {report.next_step})",
                 text=report.verdict[:2000],
-                level=wandb.AlertLevel.WARN,
+                level="WARN",  # wandb.AlertLevel.WARN's value (wandb's stubs do not declare AlertLevel)
             )
         except Exception as exc:
             rank_zero_warn(f"DriftMonitor: W&B alert not sent ({type(exc).__name__}: {exc})")
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.last_report = None

@@ -10,9 +10,12 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
 from torch import nn
+from typing_extensions import override
 
+from lightning_nas._compat import train_data_source
+from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_int, check_type
-from lightning_nas.callbacks._probe import ProbeSource, resolve_probe
+from lightning_nas.callbacks._probe import ProbedCallback, ProbeSource, resolve_probe
 from lightning_nas.callbacks._route import Route, first_rows
 from lightning_nas.callbacks.base import LightningNASCallback
 from lightning_nas.explain import dynamics as D
@@ -35,6 +38,27 @@ class TrainingDynamics(LightningNASCallback):
         histogram_every_n_steps: histograms as well when `global_step` is a multiple of it (0: never).
         layers: weight-layer names to watch (default: all).
         dead_units: watch activation modules for units that never fire.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> import json, pathlib
+        >>> from lightning_nas.callbacks import TrainingDynamics
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> dynamics = TrainingDynamics(every_n_steps=1, histogram_every_n_steps=0)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[dynamics])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> rows = pathlib.Path(root, "nas_files", "scalars.jsonl").read_text().splitlines()
+        >>> sorted(k for k in json.loads(rows[0]) if k.startswith("dynamics/net.features.0"))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        ['dynamics/net.features.0/grad_norm', 'dynamics/net.features.0/update_ratio',
+         'dynamics/net.features.0/weight_norm']
     """
 
     def __init__(
@@ -64,9 +88,11 @@ class TrainingDynamics(LightningNASCallback):
                 f"TrainingDynamics: {type(pl_module).__name__} has no weight layers (conv, linear, embedding) to watch"
             )
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._due, self._last_step, self._before = False, -1, None
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -81,6 +107,7 @@ class TrainingDynamics(LightningNASCallback):
             acts = D.activation_modules(pl_module)
             self._probe = D.DeadUnitProbe(acts).__enter__() if acts else None
 
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if not self._due or self._before is not None:
             return
@@ -92,11 +119,12 @@ class TrainingDynamics(LightningNASCallback):
         if self._hist:
             tracker = self.tracker(trainer)
             for n, m in layers:
-                w = D._weight(m)
+                w = D.layer_weight(m)
                 if w.grad is not None:
                     tracker.log_histogram(f"dynamics/{n}/grad_hist", w.grad)
         self._before = D.snapshot(layers)
 
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -121,15 +149,16 @@ class TrainingDynamics(LightningNASCallback):
         tracker.log_scalars(self._metrics, step=step)
         if self._hist:
             for n, m in layers:
-                tracker.log_histogram(f"dynamics/{n}/weight_hist", D._weight(m), step=step)
+                tracker.log_histogram(f"dynamics/{n}/weight_hist", D.layer_weight(m), step=step)
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._probe is not None:
             self._probe.__exit__(None, None, None)
             self._probe = None
 
 
-class DecisionPaths(LightningNASCallback):
+class DecisionPaths(ProbedCallback):
     """Which channels carry each class, how much classes share them, and which matter (``explain.paths``).
 
     On a fixed probe, at fit end (and every ``every_n_epochs`` when given), logs the tables
@@ -150,6 +179,25 @@ class DecisionPaths(LightningNASCallback):
         forward_fn: an override: ``(pl_module, x) -> (batch, classes)`` logits on raw validation inputs.
         batch_fn: an override: ``batch -> (x, y)`` for raw validation batches.
         seed: picks the probe set.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import DecisionPaths
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> paths = DecisionPaths(n_samples=10, top_k=2, max_ablations=2)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[paths])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> paths.report.layers  # the activations followed
+        ['net.features.2', 'net.features.5']
+        >>> len(paths.report.top_channels["net.features.5"][3])  # class 3's top_k channels there
+        2
     """
 
     def __init__(
@@ -182,15 +230,6 @@ class DecisionPaths(LightningNASCallback):
         self.probe: Any = None
         self.report: P.PathReport | None = None
         self._source = ProbeSource("DecisionPaths", n_samples, seed, forward_fn, batch_fn)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._source.listen(self, trainer, pl_module, ready=lambda: self._preview(pl_module))
-        super().setup(trainer, pl_module, stage)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.release_model_io(pl_module)
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         layers = self.layers if self.layers is not None else P.default_layers(pl_module)
@@ -225,17 +264,21 @@ class DecisionPaths(LightningNASCallback):
             if probe is not None:
                 self._adopt(pl_module, probe)
 
+    @override
     def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._ensure_probe(pl_module, final=False)
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._ensure_probe(pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.run(trainer, pl_module)
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.run(trainer, pl_module)
 
@@ -249,16 +292,12 @@ class DecisionPaths(LightningNASCallback):
         x = self.probe.x.to(device)
         fwd, rest = self._source.forward(self.probe)
         rest = move_data_to_device(rest, device)
-        was = pl_module.training
-        pl_module.eval()
-        try:
+        with eval_mode(pl_module):
             cls = (
                 self.probe.y
                 if self.target == "label"
                 else predict(pl_module, x, fwd, additional_forward_args=rest).cpu()
             )
-        finally:
-            pl_module.train(was)
         rank_zero_info(f"DecisionPaths: following {len(x)} probe samples (epoch {trainer.current_epoch})")
         self.report = P.decision_paths(
             pl_module,
@@ -292,6 +331,24 @@ class ArchitectureView(LightningNASCallback):
         forward_fn: an override: ``(pl_module, x) -> output`` with ``x`` a raw batch's input.
         batch_fn: an override: ``batch -> (x, y)`` for the example input (one validation or training sample).
         max_nodes: boxes drawn in the graph image.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> import json, pathlib
+        >>> from lightning_nas.callbacks import ArchitectureView
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> view = ArchitectureView()
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[view])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> sorted(p.name for p in pathlib.Path(root, "nas_files", "tables").iterdir())
+        ['explain_architecture_layers.csv', 'explain_architecture_layers.jsonl']
     """
 
     def __init__(
@@ -310,6 +367,7 @@ class ArchitectureView(LightningNASCallback):
     def _captured(self) -> bool:
         return self.forward_fn is None and self.batch_fn is None
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self._captured:
             self._example, self._route = None, None
@@ -317,6 +375,7 @@ class ArchitectureView(LightningNASCallback):
             io.on_route(self, lambda kind, route: self._route_found(trainer, pl_module, io))
         super().setup(trainer, pl_module, stage)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self.release_model_io(pl_module)
@@ -344,17 +403,19 @@ class ArchitectureView(LightningNASCallback):
         except ValueError:  # no validation data: one training sample is as good an example input
             from lightning_nas.explain.attribution import select_probe
 
-            source = trainer.fit_loop._data_source
+            source = train_data_source(trainer)
             if not source.is_defined():
                 raise ValueError(
                     "ArchitectureView needs a training or validation dataloader for an example input"
                 ) from None
             self._example = select_probe(source.dataloader(), 1, batch_fn=self.batch_fn, max_scan=1).x
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._captured:
             self.log_view(trainer, pl_module, "start")
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.log_view(trainer, pl_module, "end")
 

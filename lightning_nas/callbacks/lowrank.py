@@ -14,7 +14,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from typing_extensions import override
 
+from lightning_nas._modules import name_matches
 from lightning_nas._validate import check_int, check_range, check_type
 from lightning_nas.callbacks._structural import install_restore_hook, param_names, rebuild_optimizers, spawned
 from lightning_nas.callbacks.base import LightningNASCallback
@@ -35,6 +37,27 @@ class LowRankFactorization(LightningNASCallback):
 
     Logged: ``lowrank/<layer>/rank``, ``lowrank/<layer>/energy_kept``, ``lowrank/params``, line series
     ``lowrank/<layer>/spectrum`` (singular values and cumulative energy) and table ``lowrank/layers``.
+
+    Examples:
+        Each layer keeps the rank holding half its spectral energy, where that cuts its MACs by at least 10%:
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import LowRankFactorization
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> model = Classifier(DigitsCNN(width=16))
+        >>> lowrank = LowRankFactorization(energy=0.5)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[lowrank])
+        >>> trainer.fit(model, datamodule=DigitsDataModule())
+        >>> sorted(lowrank.ranks)  # the layers factorized (ranks in lowrank.ranks, each layer now two)
+        ['net.classifier', 'net.features.0', 'net.features.3']
+        >>> all(r < 16 for r in lowrank.ranks.values())
+        True
     """
 
     _state_attrs = ("ranks", "order", "done")
@@ -63,6 +86,7 @@ class LowRankFactorization(LightningNASCallback):
         self.done = False
         self.report: list[LR.LayerFactorization] = []
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._pl_module = pl_module
         install_restore_hook(pl_module, self._replay_items)
@@ -73,6 +97,7 @@ class LowRankFactorization(LightningNASCallback):
             self._hooked = True
         super().setup(trainer, pl_module, stage)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._densify = stage == "fit" and getattr(self, "_hooked", False)
 
@@ -82,8 +107,7 @@ class LowRankFactorization(LightningNASCallback):
             return
         for layer in self.ranks:
             a, b = state_dict.pop(f"{layer}.0.weight"), state_dict.pop(f"{layer}.1.weight")
-            w = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
-            state_dict[f"{layer}.weight"] = w.reshape(b.shape[0], *a.shape[1:])
+            state_dict[f"{layer}.weight"] = LR.merge_factors(a, b)
             if f"{layer}.1.bias" in state_dict:
                 state_dict[f"{layer}.bias"] = state_dict.pop(f"{layer}.1.bias")
 
@@ -97,19 +121,20 @@ class LowRankFactorization(LightningNASCallback):
                     f"of {type(pl_module).__name__}; allowed: {sorted(cands)}"
                 )
             cands &= set(self.layers)
-        if not [n for n in cands if not LR._matches(n, self.ignore)]:
+        if not [n for n in cands if not name_matches(n, self.ignore)]:
             raise ValueError(
                 f"LowRankFactorization: no Linear/Conv2d(groups=1) layer in {type(pl_module).__name__} "
                 f"after `ignore`={self.ignore}"
             )
 
     def _replay_items(self, checkpoint: dict[str, Any]) -> list[tuple[int, Any]]:
-        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        state = self._checkpoint_state(checkpoint)
         if not state or not state.get("ranks"):
             return []
         module = self._pl_module
         return [(state["order"], lambda: LR.factorize(module, ranks=state["ranks"]))]
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.done or trainer.current_epoch < self.start_epoch:
             return

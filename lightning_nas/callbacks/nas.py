@@ -9,18 +9,26 @@ modules back at the end of training with the found candidate active. The algorit
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
+from typing_extensions import override
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
-from lightning_nas.callbacks._oneshot import _first_loader, _OneShotCallback
+from lightning_nas.callbacks._oneshot import OneShotCallback, first_loader
 from lightning_nas.explain import architecture as xarch
-from lightning_nas.search.oneshot import REMEDIES, SAMPLINGS, evolutionary_search, recalibrate_batchnorm
+from lightning_nas.search.oneshot import (
+    REMEDIES,
+    SAMPLINGS,
+    evolutionary_search,
+    gdas_temperature,
+    recalibrate_batchnorm,
+)
 
 
-class DifferentiableNAS(_OneShotCallback):
+class DifferentiableNAS(OneShotCallback):
     """Differentiable architecture search (DARTS, first order; GDAS) inside an ordinary ``trainer.fit``.
 
     Before each of the user's weight steps, one architecture step updates the logits ``alpha`` (held by the
@@ -38,7 +46,7 @@ class DifferentiableNAS(_OneShotCallback):
         remedy: anti-collapse remedy: ``"darts-"`` (auxiliary skip ``beta*x``, ``beta`` 1 -> 0; Chu et al.
             2021), ``"beta-decay"`` (``lambda * mean logsumexp(alpha)``; Ye et al. 2022) or ``"none"``.
         beta_decay_weight: final ``lambda`` of ``"beta-decay"``, in [0, 100].
-        warmup_epochs: epochs of weight-only training before ``alpha`` moves.
+        start_epoch: the first epoch in which ``alpha`` moves (the epochs before train the weights only).
         order: 1 (first-order DARTS) or 2 (second order, DARTS only: the held-out loss is taken after a virtual
             weight step, with the finite-difference Hessian-vector product of Liu et al. 2019; ~4x the cost).
         unrolled_lr: learning rate ``xi`` of the virtual step (``None``: the user's optimizer's current lr).
@@ -50,6 +58,36 @@ class DifferentiableNAS(_OneShotCallback):
     Logged every epoch: ``nas/<label>/<candidate>`` (probability), ``nas/<label>/entropy``, ``nas/tau`` (GDAS),
     line series ``nas/<label>/history``; at the end the tables ``nas/decisions`` and ``nas/ablation`` and the
     summary ``nas/arch/<label>``, ``nas/reason/<label>``.
+
+    Examples:
+        Search one decision while an ordinary LightningModule trains (a tiny fit; give it epochs in earnest):
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.callbacks import DifferentiableNAS
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> nas = DifferentiableNAS(mode="darts", ablation_batches=1, bn_batches=1)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[nas])
+        >>> trainer.fit(Classifier(net), datamodule=DigitsDataModule())
+        >>> arch = nas.export()  # the chosen candidate of each decision
+        >>> arch  # doctest: +ELLIPSIS
+        {'block1': '...'}
+        >>> print(nas.reasons()["block1"])  # doctest: +ELLIPSIS
+        block1: ... chosen (probability 0.5..., ... over ...; entropy 0.69); removing ... changes supernet val loss ...
+        >>> final = space.freeze(net, arch)  # a plain nn.Module: the choice replaced by its winner
+        >>> type(final[1]).__name__ in ("Conv2d", "Identity")
+        True
     """
 
     def __init__(
@@ -61,7 +99,7 @@ class DifferentiableNAS(_OneShotCallback):
         tau_min: float = 0.1,
         remedy: str = "none",
         beta_decay_weight: float = 1.0,
-        warmup_epochs: int = 0,
+        start_epoch: int = 0,
         ablation_batches: int = 4,
         seed: int | None = None,
         order: int = 1,
@@ -77,7 +115,7 @@ class DifferentiableNAS(_OneShotCallback):
         self.tau_min = check_range("tau_min", tau_min, 0.0, tau_max, low_inclusive=False)
         self.remedy = check_choice("remedy", remedy, REMEDIES)
         self.beta_decay_weight = check_range("beta_decay_weight", beta_decay_weight, 0.0, 100.0)
-        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
+        self.start_epoch = check_int("start_epoch", start_epoch, 0)
         self.ablation_batches = check_int("ablation_batches", ablation_batches, 0)
         self.order = check_choice("order", order, (1, 2))
         if order == 2 and mode != "darts":
@@ -93,13 +131,14 @@ class DifferentiableNAS(_OneShotCallback):
             "beta_decay_weight": self.beta_decay_weight,
         }
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        sn = self._supernet
+        sn = self._sn
         sn.set_progress(trainer.global_step / max(1, trainer.estimated_stepping_batches))
-        sn.tau = self.tau_max - (self.tau_max - self.tau_min) * sn.progress
-        if trainer.current_epoch >= self.warmup_epochs:
+        sn.tau = gdas_temperature(self.tau_max, self.tau_min, sn.progress)
+        if trainer.current_epoch >= self.start_epoch:
             held = self._held_out(trainer, batch)
             kwargs: dict[str, Any] = {}
             if self.order == 2:
@@ -120,11 +159,12 @@ class DifferentiableNAS(_OneShotCallback):
             sn.resample()  # the path of the weight step
 
     def _epoch_done(self, trainer: L.Trainer) -> None:
-        probs = xarch.probabilities(self._supernet.alpha, self._supernet.names)
-        self._log_probabilities(trainer, probs, {"nas/tau": self._supernet.tau} if self.mode == "gdas" else {})
+        probs = xarch.probabilities(self._sn.alpha, self._sn.names)
+        self._log_probabilities(trainer, probs, {"nas/tau": self._sn.tau} if self.mode == "gdas" else {})
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sn = self._supernet
+        sn = self._sn
         self._keep_bn_batches(trainer)
         sn.set_progress(1.0)
         if self.ablation_batches:
@@ -142,7 +182,7 @@ class DifferentiableNAS(_OneShotCallback):
         sn.restore(self.export())
 
 
-class SubnetSampling(_OneShotCallback):
+class SubnetSampling(OneShotCallback):
     """Single-path one-shot search (SPOS): one sampled path per training step (fair or uniform), then evolution.
 
     At the end of training an evolutionary search scores subnets of the trained supernet by their mean
@@ -166,6 +206,28 @@ class SubnetSampling(_OneShotCallback):
     Logged at the end: ``nas/<label>/<candidate>`` (share of the candidate among the final population),
     ``nas/<label>/entropy``, tables ``nas/decisions``, ``nas/ablation`` (val-loss change when the winner's
     decision is switched to each candidate), ``nas/subnets`` (every scored subnet), summary ``nas/arch/*``.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.callbacks import SubnetSampling
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> spos = SubnetSampling(population=2, generations=1, calib_batches=1, eval_batches=1, seed=0, bn_batches=1)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[spos])
+        >>> trainer.fit(Classifier(net), datamodule=DigitsDataModule())
+        >>> spos.export()  # doctest: +ELLIPSIS
+        {'block1': '...'}
     """
 
     _mode = "spos"
@@ -198,26 +260,29 @@ class SubnetSampling(_OneShotCallback):
         self._arch: dict[str, str] | None = None
         self.scored: list[tuple[dict[str, str], float]] = []
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._supernet.resample()
+        self._sn.resample()
 
+    @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_gen = torch.Generator().manual_seed(
-            int(self._supernet.generator.initial_seed()) + 7919 * (trainer.current_epoch + 1)
+            int(self._sn.generator.initial_seed()) + 7919 * (trainer.current_epoch + 1)
         )
 
+    @override
     def on_validation_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        sn = self._supernet
+        sn = self._sn
         for lb in sn.labels:  # a deterministic path per validation batch, off the training generator
             sn.path[lb] = int(torch.randint(len(sn.names[lb]), (1,), generator=self._val_gen))
 
-    def score(self, trainer: L.Trainer, pl_module: L.LightningModule, arch: dict[str, str]) -> float:
+    def score(self, trainer: L.Trainer, pl_module: L.LightningModule, arch: Mapping[str, str]) -> float:
         """``-(mean val loss)`` of one subnet with inherited weights and recalibrated BatchNorm."""
-        sn = self._supernet
+        sn = self._sn
         sn.set_fixed(arch)
         try:
             pl_module.eval()
@@ -226,17 +291,18 @@ class SubnetSampling(_OneShotCallback):
         finally:
             sn.set_fixed(None)
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sn = self._supernet
+        sn = self._sn
         self._keep_bn_batches(trainer)
-        loader = _first_loader(trainer.train_dataloader)
+        loader = first_loader(trainer.train_dataloader)
         self._calib = [trainer.strategy.batch_to_device(b) for b in itertools.islice(iter(loader), self.calib_batches)]
         self._evalb = self._eval_batches(trainer, self.eval_batches)
         was = pl_module.training
         bn_state = {k: v.clone() for k, v in pl_module.state_dict().items() if "running_" in k or "num_batches" in k}
         cache: dict[tuple, float] = {}
 
-        def score(arch: dict[str, str]) -> float:
+        def score(arch: Mapping[str, str]) -> float:
             key = tuple(sorted(arch.items()))
             if key not in cache:
                 cache[key] = self.score(trainer, pl_module, arch)
@@ -257,8 +323,7 @@ class SubnetSampling(_OneShotCallback):
         if self.score_all:
             grid = [dict(zip(sn.labels, combo)) for combo in itertools.product(*(sn.names[lb] for lb in sn.labels))]
             self.all_scores = [(a, score(a)) for a in grid]
-        base = score(best)
-        self._ablation = {lb: {c: base - score({**best, lb: c}) for c in sn.names[lb]} for lb in sn.labels}
+        self._ablation = xarch.switch_ablation(score, best, {lb: sn.names[lb] for lb in sn.labels})
         pl_module.load_state_dict(bn_state, strict=False)
         pl_module.train(was)
         self._log_probabilities(trainer, probs, {}, record=False)

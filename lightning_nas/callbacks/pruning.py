@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
+from typing_extensions import override
 
+from lightning_nas._modules import name_matches
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._capture import EvalBatches
 from lightning_nas.callbacks._route import ROOT, Route
@@ -42,8 +44,10 @@ class StructuredPruning(LightningNASCallback):
         start_epoch: first pruning epoch.
         end_epoch: last pruning epoch of a gradual schedule (default ``start_epoch``).
         every_n_epochs: prune every this many epochs inside the range.
-        start_step, end_step, every_n_steps: the same in optimizer steps instead of epochs (give ``start_step``
-            to schedule in steps; the epoch arguments must then stay at their defaults).
+        start_step: first pruning optimizer step: give it to schedule in steps instead of epochs (the epoch
+            arguments must then stay at their defaults).
+        end_step: last pruning step of a gradual schedule (default ``start_step``).
+        every_n_steps: prune every this many optimizer steps inside the range (default 1).
         global_pruning: rank channels across layers instead of removing ``amount`` from each layer.
         ignore: layer names (prefix or glob, e.g. ``"net.features.0"``, ``"*.downsample*"``) to keep whole.
             The output layer producing the logits is always kept.
@@ -60,6 +64,27 @@ class StructuredPruning(LightningNASCallback):
 
     Logged: ``prune/<layer>/channels``, ``prune/<layer>/sparsity`` (every epoch), ``prune/params``,
     table ``prune/importance`` and histograms ``prune/<layer>/importance_kept|removed`` (at each pruning).
+
+    Examples:
+        Half the channels of every prunable layer physically removed (the logits layer is kept whole):
+
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import StructuredPruning
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> model = Classifier(DigitsCNN(width=8))
+        >>> model.net.features[0].out_channels, model.net.features[3].out_channels
+        (8, 16)
+        >>> prune = StructuredPruning(amount=0.5)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[prune])
+        >>> trainer.fit(model, datamodule=DigitsDataModule())
+        >>> model.net.features[0].out_channels, model.net.features[3].out_channels
+        (4, 8)
     """
 
     _state_attrs = ("records", "done", "example", "route", "original_channels")
@@ -124,6 +149,7 @@ class StructuredPruning(LightningNASCallback):
         self._grad_n = 0
 
     # ------------------------------------------------------------------ set-up and validation
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._pl_module = pl_module
         install_restore_hook(pl_module, self._replay_items)
@@ -139,6 +165,7 @@ class StructuredPruning(LightningNASCallback):
             pl_module.register_state_dict_post_hook(functools.partial(type(self)._dense_state_dict, self))
         super().setup(trainer, pl_module, stage)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._densify = stage == "fit" and hasattr(self, "_unpruned")
         if stage == "fit":
@@ -152,7 +179,7 @@ class StructuredPruning(LightningNASCallback):
 
     def _validate_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         layers = [n for n, m in pl_module.named_modules() if isinstance(m, P.ROOT_TYPES)]
-        if not self.records and not [n for n in layers if not P._matches(n, self.ignore)]:
+        if not self.records and not [n for n in layers if not name_matches(n, self.ignore)]:
             raise ValueError(
                 f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
                 f"{self.ignore} (the output layer is never pruned)"
@@ -169,6 +196,7 @@ class StructuredPruning(LightningNASCallback):
         if self.example is not None or trainer.state.fn != "fit":
             return
         route = self._io.route("train")
+        assert route is not None  # this runs when the first step found it
         self.example, self.route = self._io.example("train"), route.to_state()
         self._check_layers(pl_module, trainer)
 
@@ -176,6 +204,7 @@ class StructuredPruning(LightningNASCallback):
     def _fwd(self) -> Any:
         return Route.from_state(self.route).run if self.route else None
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.example is not None:
             self._ensure_original(trainer, pl_module)
@@ -228,6 +257,7 @@ class StructuredPruning(LightningNASCallback):
         return move_data_to_device(self.example, pl_module.device)
 
     # ------------------------------------------------------------------ Taylor gradients
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if self.importance != "taylor":
             return
@@ -238,6 +268,7 @@ class StructuredPruning(LightningNASCallback):
         self._grad_n += 1
 
     # ------------------------------------------------------------------ pruning events
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -252,19 +283,7 @@ class StructuredPruning(LightningNASCallback):
     def _targets(self, pl_module: L.LightningModule, frac: float) -> float | dict[str, float] | None:
         """Ratio of the *current* channels to remove now so that ``frac`` of ``amount`` is reached."""
         cur = P.channel_counts(pl_module, list(self.original_channels))
-        if self.global_pruning:
-            tot0, tot = sum(self.original_channels.values()), sum(cur.values())
-            keep = tot0 * (1 - self.amount * frac)
-            r = 1 - keep / tot if tot else 0.0
-            return r if r > 1e-6 else None
-        ratios = {}
-        for n, c0 in self.original_channels.items():
-            a = self.amount / c0 if isinstance(self.amount, int) and self.amount >= 1 else self.amount
-            keep = c0 * (1 - a * frac)
-            r = 1 - keep / cur[n] if cur.get(n) else 0.0
-            if r * cur.get(n, 0) >= 0.5:
-                ratios[n] = min(r, 0.95)
-        return ratios or None
+        return P.step_ratios(self.original_channels, cur, self.amount, frac, self.global_pruning)
 
     def _measure_sensitivity(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning_nas.explain import sensitivity as S
@@ -279,6 +298,7 @@ class StructuredPruning(LightningNASCallback):
             )
             return
         layers = list(self.original_channels)
+        assert self.sensitivity_levels is not None and self.route is not None  # measured when asked, after the route
         fns = S.prune_perturbations(
             pl_module,
             self._ex(pl_module),
@@ -290,7 +310,11 @@ class StructuredPruning(LightningNASCallback):
         )
         route = Route.from_state(self.route)
         self.sensitivity = S.sensitivity_table(
-            pl_module, batches, fns, copy_fn=lambda m: copy_module(m, self), forward_fn=route.logits
+            pl_module,
+            batches,
+            fns,
+            copy_fn=lambda m: copy_module(cast(L.LightningModule, m), self),
+            forward_fn=route.logits,
         )
         S.log_sensitivity(self.tracker(trainer), self.sensitivity)
 
@@ -347,7 +371,7 @@ class StructuredPruning(LightningNASCallback):
 
     # ------------------------------------------------------------------ resume across the change
     def _replay_items(self, checkpoint: dict[str, Any]) -> list[tuple[int, Any]]:
-        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        state = self._checkpoint_state(checkpoint)
         if not state or not state.get("records"):
             return []
         module = self._pl_module
@@ -363,6 +387,7 @@ class StructuredPruning(LightningNASCallback):
         return [(rec["order"], replay(rec)) for rec in state["records"]]
 
     # ------------------------------------------------------------------ logging
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log_state(trainer, pl_module)
 
@@ -414,13 +439,37 @@ class MagnitudePruning(LightningNASCallback):
     Args:
         amount: final fraction of zero weights in ``[0, 1)`` (of all Linear/Conv weights together when
             ``global_pruning``, else of each layer).
-        schedule, start_epoch, end_epoch, every_n_epochs, start_step, end_step, every_n_steps: as in
-            ``StructuredPruning``.
+        schedule: ``"one_shot"``, ``"linear"`` or ``"cubic"``/``"agp"``, as in ``StructuredPruning``.
+        start_epoch: first pruning epoch.
+        end_epoch: last pruning epoch of a gradual schedule (default ``start_epoch``).
+        every_n_epochs: prune every this many epochs inside the range.
+        start_step: first pruning optimizer step, to schedule in steps instead (epoch arguments at defaults).
+        end_step: last pruning step of a gradual schedule (default ``start_step``).
+        every_n_steps: prune every this many optimizer steps inside the range (default 1).
         global_pruning: one threshold for all layers (default) or one per layer.
         ignore: layer names (prefix or glob) to leave dense.
         make_permanent: fold masks into the weights at the end of ``fit`` (``prune.remove``).
 
     Logged: ``prune/<layer>/sparsity`` and ``prune/sparsity`` (overall) every epoch.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import MagnitudePruning
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> model = Classifier(DigitsCNN(width=8))
+        >>> prune = MagnitudePruning(amount=0.5)
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=tempfile.mkdtemp(), callbacks=[prune])
+        >>> trainer.fit(model, datamodule=DigitsDataModule())
+        >>> weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        >>> zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        >>> round(zeros, 2)  # one global threshold: half of all conv/linear weights are zero, shapes unchanged
+        0.5
     """
 
     _state_attrs = ("done",)
@@ -452,6 +501,7 @@ class MagnitudePruning(LightningNASCallback):
         self.make_permanent = make_permanent
         self.done: list[int] = []
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._pl_module = pl_module
         install_restore_hook(pl_module, self._replay_items)
@@ -470,6 +520,7 @@ class MagnitudePruning(LightningNASCallback):
             return []
         return [(-1, lambda: P.add_masks_for_state_dict(module, sd))]
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -482,17 +533,19 @@ class MagnitudePruning(LightningNASCallback):
         self.done += [e for e in self.schedule.events() if e <= event and e not in self.done]
         self._log(trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log(trainer, pl_module)
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.make_permanent:
             P.make_permanent(pl_module)
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sp = P.sparsity(pl_module, self.ignore)
-        total = sum(m.weight.numel() for _, m in P.magnitude_targets(pl_module, self.ignore))
-        zero = sum(sp[n] * m.weight.numel() for n, m in P.magnitude_targets(pl_module, self.ignore))
+        total = sum(cast(torch.Tensor, m.weight).numel() for _, m in P.magnitude_targets(pl_module, self.ignore))
+        zero = sum(sp[n] * cast(torch.Tensor, m.weight).numel() for n, m in P.magnitude_targets(pl_module, self.ignore))
         vals = {f"prune/{n}/sparsity": v for n, v in sp.items()}
         vals["prune/sparsity"] = zero / max(total, 1)
         self.tracker(trainer).log_scalars(vals)

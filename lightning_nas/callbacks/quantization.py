@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from torch import nn
+from typing_extensions import override
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 from lightning_nas.callbacks._capture import EvalBatches, ModelIO
@@ -96,6 +98,29 @@ class QuantizationAware(LightningNASCallback):
     ``quant/divergence_epoch``, ``quant/divergence_loss``, ``quant/divergence_reference`` (first diverged epoch),
     ``quant/fp32_size_bytes``, ``quant/int8_size_bytes``, ``quant/size_ratio``, ``quant/fp32_latency_ms``,
     ``quant/int8_latency_ms``, ``quant/speedup``, ``quant/onnx_int8_latency_ms``, ``quant/float_parts``.
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.callbacks import QuantizationAware
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> qat = QuantizationAware(measure=False, explain=False)
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[qat])
+        >>> trainer.fit(Classifier(DigitsCNN(width=8)), datamodule=DigitsDataModule())
+        >>> int8 = qat.int8_model  # a real int8 model (torch.ao quantized modules), CPU
+        >>> sorted({type(m).__name__ for m in int8.modules() if "quantized" in type(m).__module__})
+        ['ConvReLU2d', 'Linear', 'LinearPackedParams']
+        >>> int8(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+        >>> import os
+        >>> qat.export_onnx(os.path.join(root, "model_int8.onnx")).name  # for ONNX Runtime (QLinearConv/QGemm)
+        'model_int8.onnx'
     """
 
     _state_attrs = ("qat_steps", "targets", "warmup_steps", "last_float_loss", "loss_reference", "divergence")
@@ -107,7 +132,7 @@ class QuantizationAware(LightningNASCallback):
         freeze_bn_after: int | None = None,
         recipe: Q.QATRecipe | None = None,
         divergence_factor: float | None = 3.0,
-        ignore: list[str] | None = None,
+        ignore: Sequence[str] = (),
         module_name: str = "",
         backend: str = "x86",
         onnx_path: str | None = None,
@@ -135,7 +160,7 @@ class QuantizationAware(LightningNASCallback):
         self.divergence: dict[str, float] | None = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
-        self.ignore = list(check_type("ignore", ignore, (list, tuple), allow_none=True) or [])
+        self.ignore = list(check_type("ignore", ignore, (list, tuple)))
         for s in self.ignore:
             check_type("ignore[]", s, str)
         self.module_name = check_type("module_name", module_name, str)
@@ -161,7 +186,22 @@ class QuantizationAware(LightningNASCallback):
         self._pl: L.LightningModule | None = None
         self._eval = EvalBatches(explain_batches)
 
+    @property
+    def _lm(self) -> L.LightningModule:
+        """The LightningModule ``setup`` saw (a clear error before it)."""
+        if self._pl is None:
+            raise RuntimeError("QuantizationAware: the module is known from `setup`, which has not run yet")
+        return self._pl
+
+    @property
+    def _qat(self) -> nn.Module:
+        """``qat_model``, for code that runs only after the swap."""
+        if self.qat_model is None:
+            raise RuntimeError("QuantizationAware: no QAT model yet (the swap happens at `start_epoch`)")
+        return self.qat_model
+
     # ------------------------------------------------------------------ set-up: what to quantize
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._pl = pl_module
@@ -250,6 +290,7 @@ class QuantizationAware(LightningNASCallback):
 
     def _swap(self, trainer: L.Trainer, pl_module: L.LightningModule, paths: list[str] | None = None) -> None:
         if paths is None:
+            assert self._route is not None  # found in the steps before the first swap
             prepared: dict[str, nn.Module] = {}
             notes: dict[str, str] = {}
             for path in self._route.paths:
@@ -286,7 +327,7 @@ class QuantizationAware(LightningNASCallback):
         self._originals = {}
 
     def _replay(self, checkpoint: dict[str, Any]) -> list[tuple[float, Any]]:
-        state = checkpoint.get("callbacks", {}).get(self.state_key) or {}
+        state = self._checkpoint_state(checkpoint) or {}
         if (
             self.qat_model is not None
             or not state.get("targets")
@@ -294,10 +335,10 @@ class QuantizationAware(LightningNASCallback):
         ):
             return []
         paths = list(state["targets"])
-        return [(float("inf"), lambda: self._swap(self._trainer_of(), self._pl, paths))]
+        return [(float("inf"), lambda: self._swap(self._trainer_of(), self._lm, paths))]
 
     def _trainer_of(self) -> L.Trainer:
-        return self._pl.trainer
+        return self._lm.trainer
 
     # ------------------------------------------------------------------ schedule
     def _apply_schedule(self, epoch: int, training: bool = True) -> None:
@@ -306,7 +347,7 @@ class QuantizationAware(LightningNASCallback):
         recipe = dataclasses.replace(self.recipe, observer_warmup_steps=self.warmup_steps)
         # Before any QAT step, scales are uninitialised: fake quantization stays off even in validation.
         Q.apply_qat_schedule(
-            self.qat_model,
+            self._qat,
             recipe,
             active=qat_epoch >= 0,
             qat_steps=self.qat_steps,
@@ -320,21 +361,24 @@ class QuantizationAware(LightningNASCallback):
         that get folded (DDP syncs gradients, not buffers after the last step), so the int8 models are identical."""
         if trainer.world_size <= 1:
             return
-        names = {n for n, _ in self.qat_model.named_buffers()}
-        own = {k: v.detach().cpu() for k, v in self.qat_model.state_dict().items() if k in names}
-        self.qat_model.load_state_dict(self._broadcast(trainer, own), strict=False)
+        names = {n for n, _ in self._qat.named_buffers()}
+        own = {k: v.detach().cpu() for k, v in self._qat.state_dict().items() if k in names}
+        self._qat.load_state_dict(self._broadcast(trainer, own), strict=False)
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Epochs shorter than the warm-up: observe for at most half of an epoch, then fake-quantize.
         batches = trainer.num_training_batches
         if self.qat_steps == 0 and batches != float("inf"):
             self.warmup_steps = min(self.recipe.observer_warmup_steps, int(batches) // 2)
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._loss_sum, self._loss_count = None, 0
         if self.qat_model is not None:
             self._apply_schedule(trainer.current_epoch)
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -346,6 +390,7 @@ class QuantizationAware(LightningNASCallback):
         ):
             self._apply_schedule(trainer.current_epoch)  # observer warm-up over: fake quantization on
 
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -357,6 +402,7 @@ class QuantizationAware(LightningNASCallback):
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_count += 1
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._loss_sum is None:
             return
@@ -370,11 +416,12 @@ class QuantizationAware(LightningNASCallback):
             ref_float = self.last_float_loss is not None
             self.loss_reference = {
                 "epoch": epoch - 1 if ref_float else epoch,
-                "loss": self.last_float_loss if ref_float else mean,
+                "loss": self.last_float_loss if self.last_float_loss is not None else mean,
             }
             if not ref_float:
                 return
         ref, factor = self.loss_reference["loss"], self.divergence_factor
+        assert factor is not None  # the loss is summed only with the guard on
         ratio = mean / max(ref, 1e-12)
         diverged = Q.loss_diverged(mean, ref, factor)
         tracker = self.tracker(trainer)
@@ -390,9 +437,10 @@ class QuantizationAware(LightningNASCallback):
                 "default QATRecipe (BENCHMARKS.md, QAT recipe)."
             )
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # checkpoints from before the recipe and the guard hold only qat_steps
-        defaults = {
+        defaults: dict[str, Any] = {
             "targets": [],
             "warmup_steps": self.recipe.observer_warmup_steps,
             "last_float_loss": None,
@@ -401,12 +449,14 @@ class QuantizationAware(LightningNASCallback):
         }
         super().load_state_dict({**defaults, **state_dict})
 
+    @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.qat_model is None:
             return
         self._sync(trainer)
         self._apply_schedule(trainer.current_epoch, training=False)  # observers off: no leak of val data
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.qat_model is None:
             return
@@ -428,10 +478,16 @@ class QuantizationAware(LightningNASCallback):
         merged with layer names made full (``model.features.0``, by ``full(name)``). ``forward(args, kwargs)`` runs
         the route's logits."""
         route = self._route or Route(tuple(self.targets))
-        forward = lambda args, kwargs: route.logits(pl_module, (args, kwargs))
+
+        def forward(args: tuple, kwargs: dict) -> Any:
+            return route.logits(pl_module, (args, kwargs))
+
         merged: Any = [] if rows else {}
         for path, qat in self._prepared.items():
-            full = lambda n, path=path: f"{path}.{n}" if path else n
+
+            def full(n: str, path: str = path) -> str:
+                return f"{path}.{n}" if path else n
+
             others = [m for p, m in self._prepared.items() if p != path]
             saved = [(m, m.fake_quant_enabled.clone()) for o in others for _, m in Q.fake_quant_modules(o)]
             try:
@@ -457,6 +513,7 @@ class QuantizationAware(LightningNASCallback):
         return {names[i] for i in ranked[: self.sensitivity_layers]}
 
     # ------------------------------------------------------------------ the end: int8
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.qat_model is None or self.qat_steps == 0:
             return
@@ -524,7 +581,7 @@ class QuantizationAware(LightningNASCallback):
             return Q.convert_int8(self._prepared[path])
         # quantized through its children (or not at all): a CPU copy of the module, each QAT child converted
         inner = [p for p in self._prepared if not path or p.startswith(path + ".")]
-        part = copy.deepcopy(self._pl.get_submodule(path)) if path else copy_module(self._pl, self)
+        part = copy.deepcopy(self._lm.get_submodule(path)) if path else copy_module(self._lm, self)
         part = part.cpu().eval()
         for p in inner:
             rel = p[len(path) + 1 :] if path else p
@@ -535,13 +592,12 @@ class QuantizationAware(LightningNASCallback):
 
     def export_onnx(self, path: str | Path) -> Path:
         """Write the int8 ONNX model (``onnx_form``, dynamic batch axis) to ``path``; returns the path."""
-        if self.int8_model is None:
-            self.convert()
+        int8 = self.int8_model if self.int8_model is not None else self.convert()
         if self.onnx_model is None:
             example = self._example()
             if example is None:
                 raise RuntimeError("QuantizationAware.export_onnx(): no positional tensor inputs were seen during fit")
-            self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1] for a in example), form=self.onnx_form)
+            self.onnx_model = Q.export_int8_onnx(int8, tuple(a[:1] for a in example), form=self.onnx_form)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.onnx_model)
@@ -551,30 +607,23 @@ class QuantizationAware(LightningNASCallback):
         """The float model the step runs (the user's modules, with the QAT-trained weights), for comparisons."""
         route = self._route or Route(tuple(self.targets))
         return Chain.of(
-            [self._pl if not p else self._originals.get(p, self._pl.get_submodule(p)) for p in route.paths], route
+            [self._lm if not p else self._originals.get(p, self._lm.get_submodule(p)) for p in route.paths], route
         )
 
     def _measure(self, tracker: Any) -> None:
-        from lightning_nas.deploy import measure
         from lightning_nas.deploy.export import onnx_session
-        from lightning_nas.deploy.measure import _time
+        from lightning_nas.deploy.measure import compare, time_call
 
         x = self._example()
-        float_model = self.float_model()
-        device = next(float_model.parameters()).device
-        float_model.cpu()
-        try:
-            fp = measure(float_model, x, onnx=False, repeats=10)
-        finally:
-            float_model.to(device)
-        q = measure(self.int8_model, x, onnx=False, repeats=10)
+        assert self.int8_model is not None and x is not None  # after convert(), with an example (on_train_end)
+        c = compare(self.float_model(), self.int8_model, x, repeats=10)
         m = {
-            "quant/fp32_size_bytes": fp.size_bytes,
-            "quant/int8_size_bytes": q.size_bytes,
-            "quant/size_ratio": q.size_bytes / fp.size_bytes,
-            "quant/fp32_latency_ms": fp.latency_ms,
-            "quant/int8_latency_ms": q.latency_ms,
-            "quant/speedup": fp.latency_ms / q.latency_ms,
+            "quant/fp32_size_bytes": c["reference_size_bytes"],
+            "quant/int8_size_bytes": c["candidate_size_bytes"],
+            "quant/size_ratio": c["size_ratio"],
+            "quant/fp32_latency_ms": c["reference_latency_ms"],
+            "quant/int8_latency_ms": c["candidate_latency_ms"],
+            "quant/speedup": c["speedup"],
         }
         try:
             if self.onnx_path is not None:  # an export costs about a second on a ResNet-18: only when asked for
@@ -582,12 +631,13 @@ class QuantizationAware(LightningNASCallback):
                     self.onnx_model = Q.export_int8_onnx(self.int8_model, tuple(a[:1] for a in x), form=self.onnx_form)
                 sess = onnx_session(self.onnx_model)
                 feeds = {i.name: a.numpy() for i, a in zip(sess.get_inputs(), x)}
-                m["quant/onnx_int8_latency_ms"] = _time(lambda: sess.run(None, feeds), 10, 3)[0]
+                m["quant/onnx_int8_latency_ms"] = time_call(lambda: sess.run(None, feeds), 10, 3)[0]
         except Exception as exc:
             self.measurements["onnx_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         self.measurements.update(m)
         tracker.log_summary(m)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -601,7 +651,8 @@ def _structural_callbacks(trainer: L.Trainer) -> list[L.Callback]:
     from lightning_nas.callbacks.pruning import MagnitudePruning, StructuredPruning
 
     kinds = (StructuredPruning, MagnitudePruning, LowRankFactorization)
-    return [cb for cb in trainer.callbacks if isinstance(cb, kinds)]
+    callbacks = getattr(trainer, "callbacks", [])  # Lightning's callback connector sets it (undeclared on Trainer)
+    return [cb for cb in callbacks if isinstance(cb, kinds)]
 
 
 def _is_quantized(state_dict: dict[str, Any]) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,27 @@ from torch import nn
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
-    """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, mean over rows (all but the last dimension)."""
+    """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, mean over rows (all but the last dimension).
+
+    Math: with ``p_t = softmax(z_t / T)`` and ``p_s = softmax(z_s / T)`` over the last dimension,
+    ``L_kd = T^2 * sum_c p_t[c] * (log p_t[c] - log p_s[c])``. The ``T^2`` keeps the gradients of the soft targets
+    on the scale of the hard-label loss whatever ``T`` is (Hinton et al. 2015); ``KnowledgeDistillation`` adds
+    ``alpha * L_kd`` to the task loss, which keeps weight ``1 - alpha``.
+
+    Args:
+        student_logits: ``z_s``, ``(..., classes)``; gradients flow into it.
+        teacher_logits: ``z_t``, same shape (treated as constants by the caller).
+        temperature: ``T > 0``; larger spreads the teacher's probability over more classes.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import kd_loss
+        >>> z_teacher = torch.tensor([[4.0, 1.0, 0.0]])
+        >>> float(kd_loss(z_teacher, z_teacher))  # the student agrees with the teacher
+        0.0
+        >>> round(float(kd_loss(torch.zeros(1, 3), z_teacher, temperature=1.0)), 4)  # KL(p_t || uniform)
+        0.8243
+    """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits "
@@ -32,7 +53,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 def layer_width(module: nn.Module) -> int | None:
-    """Channels of ``module``'s output, read from its last Conv/Linear/BatchNorm/LayerNorm (``None``: unknown)."""
+    """Channels of ``module``'s output, read from its last Conv/Linear/BatchNorm/LayerNorm (``None``: unknown).
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas.compress.distill import layer_width
+        >>> layer_width(nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU()))
+        8
+        >>> layer_width(nn.ReLU()) is None
+        True
+    """
     width = None
     for m in module.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -48,7 +78,18 @@ def layer_width(module: nn.Module) -> int | None:
 
 class FeatureAdapter(nn.Module):
     """Learnable ``c_student -> c_teacher`` 1x1 map over dim 1 (any rank >= 2), identity-initialised when the
-    widths match; pools the student map to the teacher's spatial size first."""
+    widths match; pools the student map to the teacher's spatial size first.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import FeatureAdapter
+        >>> f_teacher = torch.rand(2, 16, 2, 2)
+        >>> FeatureAdapter(8, 16)(torch.rand(2, 8, 4, 4), like=f_teacher).shape  # pooled to 2x2, then mapped
+        torch.Size([2, 16, 2, 2])
+        >>> f = torch.rand(2, 8)
+        >>> torch.equal(FeatureAdapter(8, 8)(f, like=f), f)  # identity-initialised when the widths match
+        True
+    """
 
     def __init__(self, c_student: int, c_teacher: int) -> None:
         super().__init__()
@@ -61,23 +102,31 @@ class FeatureAdapter(nn.Module):
 
     def forward(self, f_student: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         f = f_student
-        if f.dim() > 2 and f.shape[2:] != like.shape[2:]:
+        size: Any = like.shape[2:]  # a torch.Size of the right length; torch types each pool's size as a fixed tuple
+        if f.dim() > 2 and f.shape[2:] != size:
             f = (
-                F.adaptive_avg_pool1d(f, like.shape[2:])
+                F.adaptive_avg_pool1d(f, size)
                 if f.dim() == 3
-                else (
-                    F.adaptive_avg_pool2d(f, like.shape[2:])
-                    if f.dim() == 4
-                    else F.adaptive_avg_pool3d(f, like.shape[2:])
-                )
+                else (F.adaptive_avg_pool2d(f, size) if f.dim() == 4 else F.adaptive_avg_pool3d(f, size))
             )
         out = torch.einsum("oc,nc...->no...", self.weight, f)
         return out + self.bias.view(1, -1, *([1] * (f.dim() - 2)))
 
 
 def feature_loss(adapter: FeatureAdapter, f_student: torch.Tensor, f_teacher: torch.Tensor) -> torch.Tensor:
-    """``mean((A(f_s) - f_t)^2)``; the teacher feature is a constant."""
-    return F.mse_loss(adapter(f_student, f_teacher).float(), f_teacher.detach().float())
+    """``mean((A(f_s) - f_t)^2)``; the teacher feature is a constant (it may come from ``inference_mode``: the
+    subtraction keeps no reference to it for the backward pass, which ``mse_loss`` would).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import FeatureAdapter, feature_loss
+        >>> adapter = FeatureAdapter(8, 16)  # student has 8 channels, teacher 16
+        >>> f_student, f_teacher = torch.rand(2, 8, 4, 4), torch.rand(2, 16, 2, 2)
+        >>> loss = feature_loss(adapter, f_student, f_teacher)  # student map pooled to 2x2 first
+        >>> loss.shape, loss.requires_grad
+        (torch.Size([]), True)
+    """
+    return (adapter(f_student, f_teacher).float() - f_teacher.detach().float()).pow(2).mean()
 
 
 def load_teacher(teacher: nn.Module | str | Path, architecture: nn.Module | None = None) -> nn.Module:
@@ -86,6 +135,18 @@ def load_teacher(teacher: nn.Module | str | Path, architecture: nn.Module | None
     ``teacher`` is a module, or the path of a checkpoint read with ``torch.load(weights_only=True)`` (a plain
     state dict or a Lightning checkpoint's ``"state_dict"``) into ``architecture``. Raises ``ValueError`` for
     a file that is not a state dict, needs pickle to load, or does not fit ``architecture``.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from lightning_nas.compress import load_teacher
+        >>> from lightning_nas.models import DigitsCNN
+        >>> path = os.path.join(tempfile.mkdtemp(), "teacher.pt")
+        >>> torch.save(DigitsCNN(width=8).state_dict(), path)
+        >>> teacher = load_teacher(path, DigitsCNN(width=8))  # weights_only=True: tensors, never code
+        >>> teacher.training, any(p.requires_grad for p in teacher.parameters())
+        (False, False)
     """
     if isinstance(teacher, nn.Module):
         model = teacher

@@ -17,15 +17,15 @@ rank would not reduce MACs is left alone and reported as skipped (never an error
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from lightning_nas._modules import name_matches
 from lightning_nas._validate import check_range
 
 
@@ -37,7 +37,7 @@ class LayerFactorization:
     kind: str
     full_rank: int
     rank: int | None
-    energy_kept: float | None
+    energy_kept: float
     params_before: int
     params_after: int
     macs_ratio: float | None  # factored / original cost per sample (or output pixel)
@@ -59,18 +59,22 @@ def check_energy_budget(energy: float | None, budget: float | None) -> tuple[flo
     return energy, None
 
 
+def _weight(m: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, m.weight)  # a Linear's or Conv2d's (Module.__getattr__ is typed Tensor | Module)
+
+
 def _matrix(m: nn.Module) -> torch.Tensor:
-    w = m.weight.detach()
+    w = _weight(m).detach()
     return w.reshape(w.shape[0], -1).float()
 
 
 def _cost_full(m: nn.Module) -> int:
-    w = m.weight
+    w = _weight(m)
     return int(w.numel())  # MACs per output position for Linear and Conv2d (groups == 1)
 
 
 def _cost_rank(m: nn.Module, r: int) -> int:
-    mat = m.weight.reshape(m.weight.shape[0], -1)
+    mat = _weight(m).reshape(_weight(m).shape[0], -1)
     return r * (mat.shape[1] + mat.shape[0])
 
 
@@ -89,6 +93,7 @@ def choose_rank(
         e = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum().clamp_min(1e-30)
         return int(min(int((e < energy - 1e-12).sum()) + 1, len(s)))
     check_range("budget", budget, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    assert budget is not None  # exactly one of the two is given
     return max(1, min(len(s), int(math.floor(budget * full_cost / per_rank_cost))))
 
 
@@ -113,8 +118,19 @@ def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and n not in inside and _is_candidate(m)]
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
+def merge_factors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The dense weight of a factor pair: ``W_r = B A`` with ``a`` the first factor's weight
+    (``r x`` the layer's input dims, e.g. ``(r, in, k, k)``) and ``b`` the second's (``(out, r, 1, 1)``
+    or ``(out, r)``); the result has the original layer's shape ``(out, *a.shape[1:])``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress.lowrank import merge_factors
+        >>> merge_factors(torch.ones(2, 3), torch.ones(4, 2)).shape
+        torch.Size([4, 3])
+    """
+    w = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
+    return w.reshape(b.shape[0], *a.shape[1:])
 
 
 def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
@@ -123,22 +139,26 @@ def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
     u, s, vh = torch.linalg.svd(mat, full_matrices=False)
     r = int(rank)
     root = s[:r].sqrt()
-    a = (root[:, None] * vh[:r]).to(m.weight.dtype)  # r x (in k k)
-    b = (u[:, :r] * root[None, :]).to(m.weight.dtype)  # out x r
-    dev = m.weight.device
+    a = (root[:, None] * vh[:r]).to(_weight(m).dtype)  # r x (in k k)
+    b = (u[:, :r] * root[None, :]).to(_weight(m).dtype)  # out x r
+    dev = _weight(m).device
+    first: nn.Linear | nn.Conv2d
+    second: nn.Linear | nn.Conv2d
     if isinstance(m, nn.Linear):
         first = nn.Linear(m.in_features, r, bias=False, device=dev, dtype=m.weight.dtype)
         second = nn.Linear(r, m.out_features, bias=m.bias is not None, device=dev, dtype=m.weight.dtype)
         first.weight.data.copy_(a)
         second.weight.data.copy_(b)
     else:
+        m = cast(nn.Conv2d, m)  # the other candidate kind
+        geom: Any = m  # torch types kernel_size/stride/padding/dilation tuple[int, ...], Conv2d's arguments (int, int)
         first = nn.Conv2d(
             m.in_channels,
             r,
-            m.kernel_size,
-            m.stride,
-            m.padding,
-            m.dilation,
+            geom.kernel_size,
+            geom.stride,
+            geom.padding,
+            geom.dilation,
             bias=False,
             padding_mode=m.padding_mode,
             device=dev,
@@ -148,6 +168,7 @@ def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
         first.weight.data.copy_(a.reshape(r, m.in_channels, *m.kernel_size))
         second.weight.data.copy_(b.reshape(m.out_channels, r, 1, 1))
     if m.bias is not None:
+        assert second.bias is not None  # made with bias=True
         second.bias.data.copy_(m.bias.detach())
     return nn.Sequential(first, second)
 
@@ -177,8 +198,35 @@ def factorize(
         ranks: explicit ``{layer: rank}`` (used to replay a factorization on a fresh model).
         min_saving: factorize only where the factors cost at most ``(1 - min_saving)`` of the layer's MACs.
 
+    Math: a layer's weight, as a matrix ``W`` (``out x in``; a conv's ``out x (in k k)``), has singular values
+    ``s_1 >= s_2 >= ...``. With ``energy``, the rank is the smallest ``r`` with
+    ``sum_{i<=r} s_i^2 / sum_i s_i^2 >= energy``; with ``budget``, the largest ``r`` whose factors have at most
+    ``budget`` x the parameters. ``W ~ (U_r S_r^{1/2}) (S_r^{1/2} V_r^T)``: a Linear becomes ``in -> r -> out``
+    (cost ``r (in + out)`` instead of ``in out`` per sample), a conv a ``k x k`` conv to ``r`` channels then a
+    ``1 x 1`` conv (``r (in k^2 + out)`` instead of ``out in k^2`` per output pixel).
+
     Returns:
         one ``LayerFactorization`` per considered layer, factorized or skipped with the reason.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.compress import factorize
+        >>> _ = torch.manual_seed(0)
+        >>> u, v = torch.randn(256, 4), torch.randn(4, 128)
+        >>> net = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(u @ v + 0.01 * torch.randn(256, 128))  # nearly rank 4
+        >>> report = factorize(net, energy=0.99)
+        >>> [(r.layer, r.full_rank, r.rank) for r in report]  # doctest: +ELLIPSIS
+        [('0', 128, 4), ('2', 10, None)]
+        >>> net[0]  # the 128 -> 256 layer is now 128 -> 4 -> 256
+        Sequential(
+          (0): Linear(in_features=128, out_features=4, bias=False)
+          (1): Linear(in_features=4, out_features=256, bias=True)
+        )
+        >>> report[1].reason  # doctest: +ELLIPSIS
+        '...'
     """
     check_range("min_saving", min_saving, 0.0, 1.0, high_inclusive=False)
     if ranks is None:
@@ -192,9 +240,10 @@ def factorize(
         if missing:
             raise ValueError(f"`layers` {missing} are not Linear/Conv2d(groups=1) layers of the model")
         cands = [(n, m) for n, m in cands if n in layers]
-    cands = [(n, m) for n, m in cands if not _matches(n, ignore)]
+    cands = [(n, m) for n, m in cands if not name_matches(n, ignore)]
     for name, m in cands:
         kind = _is_candidate(m)
+        assert kind is not None  # candidates() lists only these
         with torch.no_grad():
             s = torch.linalg.svdvals(_matrix(m))
         full, per_rank = _cost_full(m), _cost_rank(m, 1)
@@ -203,7 +252,7 @@ def factorize(
         else:
             r = choose_rank(s, energy, budget, per_rank, full)
         e = float((s[:r] ** 2).sum() / (s**2).sum().clamp_min(1e-30))
-        bias = 0 if m.bias is None else m.bias.numel()
+        bias = 0 if m.bias is None else cast(torch.Tensor, m.bias).numel()
         rec = LayerFactorization(
             name,
             kind,

@@ -5,9 +5,11 @@ also removes input channel ``i`` of every consumer, the matching BatchNorm entri
 add, the right slice of a concatenation, grouped/depthwise convs and ``nn.MultiheadAttention`` dims. The
 model is *physically* smaller afterwards (fewer parameters, fewer MACs, lower latency).
 
-Every structural change is recorded as a list of ``PruneStep(layer, direction, idxs)`` in the order it was
-applied, so that ``replay_pruning`` reproduces the exact architecture on a fresh, unpruned instance of the
-same model (the weights are then loaded over it: this is how checkpoints resume across pruning).
+Every structural change is recorded by Torch-Pruning's own pruning history (``BasePruner.pruning_history()``,
+``(layer, is_out_channels, idxs)`` in the order applied), kept here as JSON-friendly ``PruneStep(layer,
+direction, idxs)`` records; ``replay_pruning`` hands them back to ``DependencyGraph.load_pruning_history`` to
+reproduce the exact architecture on a fresh, unpruned instance of the same model (the weights are then loaded
+over it: this is how checkpoints resume across pruning).
 
 Importance of channel ``c`` of a group (all coupled parameters ``W_k``, summed over the group):
 
@@ -19,15 +21,15 @@ Importance of channel ``c`` of a group (all coupled parameters ``W_k``, summed o
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as _tprune
 
+from lightning_nas._modules import eval_mode, name_matches
 from lightning_nas._validate import check_choice, check_range, check_type
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
@@ -42,7 +44,9 @@ ForwardFn = Callable[[nn.Module, ExampleInputs], Any]
 
 @dataclass
 class PruneStep:
-    """One structural change: remove channels ``idxs`` of ``layer`` (``direction`` "out" or "in" channels)."""
+    """One structural change: remove channels ``idxs`` of ``layer`` (``direction`` "out" or "in" channels).
+
+    One entry of Torch-Pruning's pruning history, named so that it reads in a checkpoint and in JSON."""
 
     layer: str
     direction: str
@@ -80,13 +84,9 @@ def _forward_fn(model: nn.Module, inputs: ExampleInputs) -> Any:
 
 
 def _run(model: nn.Module, example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None) -> Any:
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             return (forward_fn or _forward_fn)(model, example_inputs)
-    finally:
-        model.train(was)
 
 
 def find_output_layer(
@@ -107,10 +107,6 @@ def find_output_layer(
     return order[-1] if order else None
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def _graph(model: nn.Module, example_inputs: ExampleInputs, forward_fn: ForwardFn | None = None) -> Any:
     import torch_pruning as tp
 
@@ -124,7 +120,7 @@ def _ignored_modules(
 ) -> list[nn.Module]:
     out = find_output_layer(model, example_inputs, forward_fn)
     names = list(ignore) + ([out] if out else [])
-    return [m for n, m in model.named_modules() if n and _matches(n, names)]
+    return [m for n, m in model.named_modules() if n and name_matches(n, names)]
 
 
 def prunable_layers(
@@ -133,6 +129,15 @@ def prunable_layers(
     """``{layer: output channels}`` of every group root that may be pruned (output layer and ``ignore`` excluded).
 
     Only layers the forward runs count (``forward_fn(model, example_inputs)``, default ``model(*args, **kwargs)``).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prunable_layers
+        >>> from lightning_nas.models import DigitsCNN
+        >>> sorted(prunable_layers(DigitsCNN(width=8), torch.rand(2, 1, 8, 8)).items())  # never the logits layer
+        [('features.0', 8), ('features.3', 16)]
+        >>> prunable_layers(DigitsCNN(width=8), torch.rand(2, 1, 8, 8), ignore=["features.3"])
+        {'features.0': 8}
     """
     dg = _graph(model, example_inputs, forward_fn)
     names = {m: n for n, m in model.named_modules()}
@@ -182,6 +187,19 @@ def prune_structured(
 
     Returns:
         a ``PruneResult`` with the replayable steps and the importance of every channel of each pruned layer.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prune_structured
+        >>> from lightning_nas.models import DigitsCNN
+        >>> net = DigitsCNN(width=8)
+        >>> result = prune_structured(net, torch.rand(2, 1, 8, 8), amount=0.5)
+        >>> net.features[0].out_channels, net.features[3].out_channels, net.classifier.out_features
+        (4, 8, 10)
+        >>> sorted(result.removed), len(result.scores["features.0"])  # importance of all 8 channels before
+        (['features.0', 'features.3'], 8)
+        >>> net(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
     """
     import torch_pruning as tp
 
@@ -206,12 +224,12 @@ def prune_structured(
             raise ValueError(f"`amount` names layers {unknown} that are not in the model")
         ratio_dict = {modules[k]: float(v) for k, v in ratios.items()}
     num_heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-    pruner = tp.pruner.MetaPruner(
+    pruner = tp.pruner.BasePruner(
         model,
         example_inputs,
         importance=_importance(importance),
         global_pruning=global_pruning,
-        pruning_ratio=0.0 if ratio_dict is not None else float(amount),
+        pruning_ratio=0.0 if ratio_dict is not None else float(cast(float, amount)),  # a number when no dict
         pruning_ratio_dict=ratio_dict,
         max_pruning_ratio=0.95,
         ignored_layers=ignored,
@@ -221,9 +239,7 @@ def prune_structured(
         root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear],
     )
     dg = pruner.DG
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():  # importance of every channel, before anything changes (for explanations)
             for group in dg.get_all_groups(
                 ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
@@ -232,15 +248,13 @@ def prune_structured(
                 if imp is not None:
                     result.scores[names[group[0].dep.target.module]] = [float(v) for v in imp.cpu().reshape(-1)]
         for group in pruner.step(interactive=True):
-            dep, idxs = group[0].dep, [int(getattr(i, "idx", i)) for i in group[0].idxs]
-            root = dep.target.module
-            out = dg.is_out_channel_pruning_fn(dep.handler)
-            name = names[root]
-            result.removed.setdefault(name, []).extend(idxs)
-            group.prune()
-            result.steps.append(PruneStep(name, "out" if out else "in", sorted(idxs)))
-    finally:
-        model.train(was)
+            idxs = [int(getattr(i, "idx", i)) for i in group[0].idxs]
+            result.removed.setdefault(names[group[0].dep.target.module], []).extend(idxs)
+            group.prune()  # recorded in the dependency graph's pruning history
+    result.steps = [
+        PruneStep(layer, "out" if out else "in", sorted(int(getattr(i, "idx", i)) for i in idxs))
+        for layer, out, idxs in pruner.pruning_history()
+    ]
     _check_runs(model, example_inputs, ignore, forward_fn)
     return result
 
@@ -264,20 +278,30 @@ def replay_pruning(
     example_inputs: ExampleInputs,
     forward_fn: ForwardFn | None = None,
 ) -> None:
-    """Apply recorded ``steps`` to a fresh, unpruned ``model`` so it has the pruned architecture (in place)."""
+    """Apply recorded ``steps`` to a fresh, unpruned ``model`` so it has the pruned architecture (in place).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prune_structured, replay_pruning
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(2, 1, 8, 8)
+        >>> pruned = DigitsCNN(width=8)
+        >>> steps = prune_structured(pruned, x, amount=0.5).steps
+        >>> fresh = DigitsCNN(width=8)
+        >>> replay_pruning(fresh, [s.to_dict() for s in steps], x)  # e.g. before loading a pruned state dict
+        >>> fresh.features[0].out_channels
+        4
+        >>> _ = fresh.load_state_dict(pruned.state_dict())
+    """
     if not steps:
         return
-    dg = _graph(model, example_inputs, forward_fn)
+    records = [s if isinstance(s, PruneStep) else PruneStep(**s) for s in steps]
     modules = dict(model.named_modules())
-    for s in steps:
-        s = s if isinstance(s, PruneStep) else PruneStep(**s)
+    for s in records:
         if s.layer not in modules:
             raise KeyError(f"replay_pruning: layer {s.layer!r} of the record is not in this model")
-        mod = modules[s.layer]
-        pr = dg.get_pruner_of_module(mod)
-        fn = pr.prune_out_channels if s.direction == "out" else pr.prune_in_channels
-        group = dg.get_pruning_group(mod, fn, list(s.idxs))
-        group.prune()
+    dg = _graph(model, example_inputs, forward_fn)
+    dg.load_pruning_history([[s.layer, s.direction == "out", list(s.idxs)] for s in records])
 
 
 def densify_state_dict(
@@ -344,9 +368,42 @@ def channel_counts(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def step_ratios(
+    original: Mapping[str, int], current: Mapping[str, int], amount: float, frac: float, global_pruning: bool = False
+) -> float | dict[str, float] | None:
+    r"""The fraction of the *current* channels to remove now so that ``frac`` of the final ``amount`` is reached.
+
+    A layer with ``c_0`` channels at the start and ``c`` now keeps ``c_0 (1 - a f)`` after this step
+    (``a`` the final amount, ``f`` the schedule's progress), so it removes ``r = 1 - c_0 (1 - a f) / c``
+    of what it has; an integer ``amount >= 1`` is a channel count (``a = amount / c_0``). Per layer: a
+    ``{layer: r}`` dict of the layers that lose at least half a channel (``r`` capped at 0.95); global: one
+    ``r`` over all channels. ``None`` when nothing is due.
+
+    Examples:
+        >>> from lightning_nas.compress.prune import step_ratios
+        >>> step_ratios({"conv": 16}, {"conv": 16}, 0.5, 0.5)
+        {'conv': 0.25}
+        >>> step_ratios({"conv": 16}, {"conv": 12}, 0.5, 1.0)
+        {'conv': 0.33333333333333337}
+    """
+    if global_pruning:
+        tot0, tot = sum(original.values()), sum(current.values())
+        keep = tot0 * (1 - amount * frac)
+        r = 1 - keep / tot if tot else 0.0
+        return r if r > 1e-6 else None
+    ratios = {}
+    for n, c0 in original.items():
+        a = amount / c0 if isinstance(amount, int) and amount >= 1 else amount
+        keep = c0 * (1 - a * frac)
+        r = 1 - keep / current[n] if current.get(n) else 0.0
+        if r * current.get(n, 0) >= 0.5:
+            ratios[n] = min(r, 0.95)
+    return ratios or None
+
+
 def magnitude_targets(model: nn.Module, ignore: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every Linear/Conv whose ``weight`` unstructured pruning may mask."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _WEIGHTED) and not _matches(n, ignore)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _WEIGHTED) and not name_matches(n, ignore)]
 
 
 def magnitude_prune(
@@ -357,20 +414,34 @@ def magnitude_prune(
     ``amount`` is the *total* target sparsity in ``[0, 1)`` (already-masked weights count), globally across
     layers (``global_pruning``) or in each layer. Returns ``{layer: sparsity}`` after the step. The original
     parameter is kept as ``weight_orig`` (same object, so optimizers keep working); call ``make_permanent``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import magnitude_prune, make_permanent
+        >>> from lightning_nas.models import DigitsCNN
+        >>> net = DigitsCNN(width=8)
+        >>> sparsity = magnitude_prune(net, amount=0.5)  # one global |w| threshold
+        >>> sorted(sparsity)
+        ['classifier', 'features.0', 'features.3']
+        >>> weights = [net.features[0].weight, net.features[3].weight, net.classifier.weight]
+        >>> round(sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights), 2)
+        0.5
+        >>> hasattr(net.features[3], "weight_mask")
+        True
     """
     check_range("amount", amount, 0.0, 1.0, high_inclusive=False)
     targets = magnitude_targets(model, ignore)
     if not targets:
         raise ValueError(f"no Linear/Conv layer to prune after `ignore`={list(ignore)}")
     if global_pruning:
-        total = sum(m.weight.numel() for _, m in targets)
+        total = sum(_weight(m).numel() for _, m in targets)
         zero = sum(int((_mask(m) == 0).sum()) for _, m in targets)
         extra = int(round(amount * total)) - zero
         if extra > 0:
             _tprune.global_unstructured([(m, "weight") for _, m in targets], _tprune.L1Unstructured, amount=extra)
     else:
         for _, m in targets:
-            extra = int(round(amount * m.weight.numel())) - int((_mask(m) == 0).sum())
+            extra = int(round(amount * _weight(m).numel())) - int((_mask(m) == 0).sum())
             if extra > 0:
                 _tprune.l1_unstructured(m, "weight", amount=extra)
     _refresh_masked_children(model)
@@ -383,7 +454,7 @@ def _refresh_masked_children(model: nn.Module) -> None:
     in a pre-hook of the attention module itself (hand-written: torch.nn.utils.prune has no such case)."""
 
     def refresh(mha: nn.Module, _args: Any) -> None:
-        child = mha.out_proj
+        child = cast(nn.Module, mha.out_proj)
         for hook in child._forward_pre_hooks.values():
             if isinstance(hook, _tprune.BasePruningMethod):
                 hook(child, None)
@@ -395,20 +466,34 @@ def _refresh_masked_children(model: nn.Module) -> None:
             and not getattr(m, "_lnas_prune_refresh", False)
         ):
             m.register_forward_pre_hook(refresh)
-            m._lnas_prune_refresh = True
+            setattr(m, "_lnas_prune_refresh", True)  # noqa: B010 (mypy types a Module's attributes Tensor | Module)
+
+
+def _weight(m: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, m.weight)  # a Linear's or Conv's (Module.__getattr__ is typed Tensor | Module)
 
 
 def _mask(m: nn.Module) -> torch.Tensor:
-    return getattr(m, "weight_mask", torch.ones_like(m.weight))
+    return getattr(m, "weight_mask", torch.ones_like(_weight(m)))
 
 
 def sparsity(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, float]:
     """Fraction of exactly-zero weights of each Linear/Conv layer."""
-    return {n: float((m.weight == 0).float().mean()) for n, m in magnitude_targets(model, ignore)}
+    return {n: float((_weight(m) == 0).float().mean()) for n, m in magnitude_targets(model, ignore)}
 
 
 def make_permanent(model: nn.Module) -> None:
-    """Fold masks into the weights (``prune.remove``): plain parameters with zeros, no ``weight_mask`` left."""
+    """Fold masks into the weights (``prune.remove``): plain parameters with zeros, no ``weight_mask`` left.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas.compress import magnitude_prune, make_permanent
+        >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> _ = magnitude_prune(net, amount=0.5)
+        >>> make_permanent(net)
+        >>> hasattr(net[0], "weight_mask"), isinstance(net[0].weight, nn.Parameter)
+        (False, True)
+    """
     for m in model.modules():
         if _tprune.is_pruned(m) and hasattr(m, "weight_mask"):
             _tprune.remove(m, "weight")

@@ -53,23 +53,27 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from lightning_nas._validate import check_choice, check_int, check_range, check_type
 
+if TYPE_CHECKING:  # torch.ao is imported where it is used
+    from torch.ao.quantization import FakeQuantizeBase
+    from torch.fx import GraphModule
+
 BACKENDS = ("x86", "fbgemm")
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     """Silence torch.ao's deprecation warnings (the flow is chosen on purpose, see the module docstring)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -77,7 +81,16 @@ def _quiet():
 
 
 def quantizable_layers(model: nn.Module, ignore: Sequence[str] = ()) -> list[str]:
-    """Names of the Conv/Linear layers of ``model`` that QAT quantizes (those under an ``ignore`` name excluded)."""
+    """Names of the Conv/Linear layers of ``model`` that QAT quantizes (those under an ``ignore`` name excluded).
+
+    Examples:
+        >>> from lightning_nas.compress.quantize import quantizable_layers
+        >>> from lightning_nas.models import DigitsCNN
+        >>> quantizable_layers(DigitsCNN(width=8))
+        ['features.0', 'features.3', 'classifier']
+        >>> quantizable_layers(DigitsCNN(width=8), ignore=["classifier"])
+        ['features.0', 'features.3']
+    """
 
     def ignored(name: str) -> bool:
         return any(name == s or name.startswith(s + ".") for s in ignore)
@@ -114,6 +127,15 @@ class QATRecipe:
             following the weights, so a weight that grows after the freeze is not clipped.
 
     ``QATRecipe.torch_default()`` is torch.ao's own recipe (the one that collapses), kept for comparison.
+
+    Examples:
+        >>> from lightning_nas.compress.quantize import QATRecipe
+        >>> QATRecipe().activation_averaging, QATRecipe.torch_default().activation_averaging
+        (0.1, 0.01)
+        >>> QATRecipe(activation_averaging=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: ...
     """
 
     activation_averaging: float = 0.1
@@ -140,6 +162,7 @@ def _qconfig_mapping(backend: str, ignore: Sequence[str], qat: bool, recipe: QAT
         mapping = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(backend)
         if recipe is not None:  # same fake-quantizers and dtypes as torch's, with the recipe's range averaging
             default = mapping.global_qconfig
+            assert default is not None  # torch's default mappings have one
             ours = QConfig(
                 activation=default.activation.with_args(averaging_constant=recipe.activation_averaging),
                 weight=default.weight.with_args(averaging_constant=recipe.weight_averaging),
@@ -160,7 +183,7 @@ def _prepare(
     ignore: Sequence[str],
     qat: bool,
     recipe: QATRecipe | None = None,
-) -> nn.Module:
+) -> GraphModule:
     check_choice("backend", backend, BACKENDS)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -205,6 +228,18 @@ def prepare_qat(
     trains it). ``ignore`` names submodules kept float (and not traced). Raises ``ValueError`` for an ``ignore``
     name that matches nothing, a model without Conv/Linear layers, or a model FX cannot trace.
     The fake quantization is q(x) = (clamp(round(x/s) + z, q_min, q_max) - z) * s, straight-through gradient.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import convert_int8, prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(4, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))  # train this (it shares the model's parameters)
+        >>> qat.train()(x).shape
+        torch.Size([4, 10])
+        >>> int8 = convert_int8(qat)
+        >>> int8(x).shape
+        torch.Size([4, 10])
     """
     recipe = QATRecipe() if recipe is None else check_type("recipe", recipe, QATRecipe)
     return _init_weight_qparams(_prepare(model, tuple(example_inputs), backend, ignore, qat=True, recipe=recipe))
@@ -228,19 +263,56 @@ def _init_weight_qparams(model: nn.Module) -> nn.Module:
     return model
 
 
-def fake_quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def fake_quant_modules(model: nn.Module) -> list[tuple[str, FakeQuantizeBase]]:
+    """``(name, module)`` of every fake-quantizer (weights and activations) in a prepared model.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.compress.quantize import fake_quant_modules
+        >>> from lightning_nas.models import DigitsCNN
+        >>> qat = prepare_qat(DigitsCNN(width=8), (torch.rand(8, 1, 8, 8),))
+        >>> len(fake_quant_modules(qat)) > 3  # one per weight and one per activation
+        True
+    """
     from torch.ao.quantization import FakeQuantizeBase
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantizeBase)]
 
 
 def qat_layers(model: nn.Module) -> list[str]:
-    """Names of the fake-quantized layers (those with a ``weight_fake_quant``) in a prepared model."""
+    """Names of the fake-quantized layers (those with a ``weight_fake_quant``) in a prepared model.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress.quantize import qat_layers
+        >>> qat_layers(qat)
+        ['features.0', 'features.3', 'classifier']
+    """
     return [n for n, m in model.named_modules() if hasattr(m, "weight_fake_quant")]
 
 
 def set_observers(model: nn.Module, enabled: bool) -> None:
-    """Enable or freeze every observer (frozen: scales and zero-points stop moving)."""
+    """Enable or freeze every observer (frozen: scales and zero-points stop moving).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress.quantize import quant_state, set_observers
+        >>> _ = qat(x)
+        >>> set_observers(qat, False)  # frozen: scales and zero-points stop moving
+        >>> before = {k: v.clone() for k, v in quant_state(qat).items() if k.endswith("scale")}
+        >>> _ = qat(10 * x)
+        >>> all(torch.equal(before[k], v) for k, v in quant_state(qat).items() if k.endswith("scale"))
+        True
+    """
     from torch.ao.quantization import disable_observer, enable_observer
 
     model.apply(enable_observer if enabled else disable_observer)
@@ -269,6 +341,23 @@ def apply_qat_schedule(
     done so far; the first ``recipe.observer_warmup_steps`` of them only observe (fake quantization off).
     ``observers_frozen``: activation ranges stop moving (weight ranges too with ``recipe.freeze_weight_ranges``).
     ``training=False`` (validation, tests): no observer moves; fake quantization is on once a QAT step has run.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress.quantize import QATRecipe, apply_qat_schedule, fake_quant_modules
+        >>> def fake_quant_on():
+        ...     return {bool(m.fake_quant_enabled) for _, m in fake_quant_modules(qat)}
+        >>> recipe = QATRecipe(observer_warmup_steps=5)
+        >>> apply_qat_schedule(qat, recipe, active=True, qat_steps=2)  # still warming up: observe only
+        >>> fake_quant_on()
+        {False}
+        >>> apply_qat_schedule(qat, recipe, active=True, qat_steps=5)
+        >>> fake_quant_on()
+        {True}
     """
     warm = qat_steps < recipe.observer_warmup_steps
     set_fake_quant(model, active and (qat_steps > 0 if not training else not warm))
@@ -280,39 +369,106 @@ def apply_qat_schedule(
 
 def loss_diverged(mean_loss: float, reference: float, factor: float, floor: float = 0.05) -> bool:
     """Whether an epoch-mean training loss has diverged: not finite, or above ``factor`` x ``reference`` (the
-    reference counted as at least ``floor``, so that noise around a near-zero loss is not called divergence)."""
+    reference counted as at least ``floor``, so that noise around a near-zero loss is not called divergence).
+
+    Examples:
+        >>> from lightning_nas.compress.quantize import loss_diverged
+        >>> loss_diverged(0.9, reference=0.4, factor=3.0), loss_diverged(1.5, reference=0.4, factor=3.0)
+        (False, True)
+        >>> loss_diverged(0.1, reference=0.001, factor=3.0)  # the reference counts as at least 0.05
+        False
+        >>> loss_diverged(float("nan"), reference=0.4, factor=3.0)
+        True
+    """
     import math
 
     return not math.isfinite(mean_loss) or mean_loss > factor * max(reference, floor)
 
 
 def set_fake_quant(model: nn.Module, enabled: bool) -> None:
-    """Enable or bypass every fake-quantizer (bypassed: the prepared model computes in float)."""
+    """Enable or bypass every fake-quantizer (bypassed: the prepared model computes in float).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress.quantize import set_fake_quant
+        >>> set_fake_quant(qat, False)  # bypassed: the prepared model computes in float
+        >>> _ = qat.eval()
+        >>> float_out = qat(x)
+        >>> set_fake_quant(qat, True)
+        >>> bool((qat(x) - float_out).abs().max() > 0)  # now with int8 rounding
+        True
+    """
     from torch.ao.quantization import disable_fake_quant, enable_fake_quant
 
     model.apply(enable_fake_quant if enabled else disable_fake_quant)
 
 
 def set_bn_frozen(model: nn.Module, frozen: bool) -> None:
-    """Freeze (or unfreeze) the BatchNorm statistics folded into the QAT Conv+BN modules."""
+    """Freeze (or unfreeze) the BatchNorm statistics folded into the QAT Conv+BN modules.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress.quantize import set_bn_frozen
+        >>> set_bn_frozen(qat, True)  # folded BatchNorm statistics stop moving
+        >>> set_bn_frozen(qat, False)
+    """
     from torch.ao.nn.intrinsic import qat as nniqat
 
     model.apply(nniqat.freeze_bn_stats if frozen else nniqat.update_bn_stats)
     if not frozen:  # torch's update_bn_stats sets bn.training = True even in eval(): follow the module's mode
         for mod in model.modules():
-            if isinstance(getattr(mod, "bn", None), nn.modules.batchnorm._BatchNorm) and hasattr(mod, "freeze_bn"):
-                mod.bn.train(mod.training)
+            bn = getattr(mod, "bn", None)
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and hasattr(mod, "freeze_bn"):
+                bn.train(mod.training)
 
 
 def quant_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The scales, zero-points, observer ranges and on/off flags of every fake-quantizer (for sync or checks)."""
+    """The scales, zero-points, observer ranges and on/off flags of every fake-quantizer (for sync or checks).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress.quantize import quant_state
+        >>> state = quant_state(qat)  # e.g. to broadcast rank 0's ranges, or to compare two models
+        >>> all(isinstance(v, torch.Tensor) for v in state.values()), any(k.endswith("scale") for k in state)
+        (True, True)
+    """
     return {f"{n}.{k}": v.detach().clone() for n, m in fake_quant_modules(model) for k, v in m.state_dict().items()}
 
 
 @contextmanager
-def allow_int8_kernels():
+def allow_int8_kernels() -> Iterator[None]:
     """Lift ``torch.use_deterministic_algorithms(True)`` (``Trainer(deterministic=True)`` sets it) for the block:
-    torch's int8 CPU kernels resize their outputs, which that flag forbids, though they are deterministic."""
+    torch's int8 CPU kernels resize their outputs, which that flag forbids, though they are deterministic.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress import convert_int8
+        >>> from lightning_nas.compress.quantize import allow_int8_kernels
+        >>> _ = qat(x)
+        >>> int8 = convert_int8(qat)
+        >>> torch.use_deterministic_algorithms(True)  # what Trainer(deterministic=True) does
+        >>> with allow_int8_kernels():
+        ...     y = int8(x)
+        >>> torch.are_deterministic_algorithms_enabled()  # restored after the block
+        True
+        >>> torch.use_deterministic_algorithms(False)
+    """
     on, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(False)
     try:
@@ -322,9 +478,10 @@ def allow_int8_kernels():
 
 
 def _determinism_off(module: nn.Module, args: Any) -> None:
-    module._lnas_deterministic = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
+    setattr(  # noqa: B010 (mypy types a Module's attributes Tensor | Module)
+        module,
+        "_lnas_deterministic",
+        (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()),
     )
     torch.use_deterministic_algorithms(False)
 
@@ -345,15 +502,30 @@ def _int8_runnable(model: nn.Module) -> nn.Module:
 def refresh_weight_ranges(model: nn.Module) -> None:
     """Let exact weight-range trackers (``weight_averaging=1.0``) take the current weights, BatchNorm-folded where
     fused (as the forward and ``convert_fx`` fold them): the last optimizer step moved the weights after the last
-    forward. Other weight observers, and every on/off flag, are left as they are."""
+    forward. Other weight observers, and every on/off flag, are left as they are.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress.quantize import refresh_weight_ranges
+        >>> _ = qat(x)
+        >>> with torch.no_grad():  # an optimizer step after the last forward
+        ...     for p in qat.parameters():
+        ...         _ = p.mul_(2.0)
+        >>> refresh_weight_ranges(qat)  # the weight ranges now cover the new weights, before convert_int8
+    """
     with torch.no_grad():
         for mod in model.modules():
             fq = getattr(mod, "weight_fake_quant", None)
             if fq is None or getattr(getattr(fq, "activation_post_process", None), "averaging_constant", 0) != 1.0:
                 continue
-            weight = mod.weight
+            weight = cast(torch.Tensor, mod.weight)
             bn = getattr(mod, "bn", None)
             if isinstance(bn, nn.modules.batchnorm._BatchNorm) and hasattr(mod, "freeze_bn"):
+                assert bn.running_var is not None  # QAT's fused BatchNorm tracks running statistics
                 gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
                 factor = gamma / torch.sqrt(bn.running_var + bn.eps)
                 weight = weight * factor.reshape([-1] + [1] * (weight.dim() - 1))
@@ -367,6 +539,19 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
     """A real int8 torch model (``convert_fx``) from a prepared model; the prepared model is left untouched.
 
     Weights become packed int8 (per-channel scales), activations quint8, BatchNorm is folded into the convs.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import convert_int8, prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(4, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> _ = qat(x)  # observe ranges (in practice: QAT epochs)
+        >>> int8 = convert_int8(qat)
+        >>> sorted({type(m).__name__ for m in int8.modules() if "quantized" in type(m).__module__})
+        ['ConvReLU2d', 'Linear', 'LinearPackedParams']
+        >>> int8(x).shape
+        torch.Size([4, 10])
     """
     model = copy.deepcopy(qat_model).cpu().eval()
     set_observers(model, False)
@@ -374,14 +559,24 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with _quiet():
-        return _int8_runnable(convert_fx(model))
+        return _int8_runnable(convert_fx(cast("GraphModule", model)))  # a copy of the prepared GraphModule
 
 
 def post_training_quantize(
     model: nn.Module, calibration: Iterable[Any], backend: str = "x86", ignore: Sequence[str] = ()
 ) -> nn.Module:
     """Static post-training quantization (the baseline QAT is measured against): observe ``calibration``
-    batches (tensors or tuples of tensors) in float, then ``convert_fx`` with the same qconfig as QAT."""
+    batches (tensors or tuples of tensors) in float, then ``convert_fx`` with the same qconfig as QAT.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import post_training_quantize
+        >>> from lightning_nas.models import DigitsCNN
+        >>> calibration = [torch.rand(16, 1, 8, 8) for _ in range(4)]
+        >>> int8 = post_training_quantize(DigitsCNN(width=8).eval(), calibration)
+        >>> int8(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
     base = copy.deepcopy(model).eval()
     prepared = _prepare(base, (), backend, ignore, qat=False)
     with torch.no_grad():
@@ -406,6 +601,22 @@ def export_int8_onnx(
     offline-optimized graph (``QLinearConv``/``QGemm``: smallest, runs on ONNX Runtime's CPU provider only);
     ``"raw"`` the exporter's output as is. Raises ``RuntimeError`` naming the op when the int8 model holds an
     op the exporter does not know.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from lightning_nas.compress import convert_int8, export_int8_onnx, prepare_qat
+        >>> from lightning_nas.deploy import onnx_session
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(4, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> _ = qat(x)
+        >>> path = os.path.join(tempfile.mkdtemp(), "model_int8.onnx")
+        >>> data = export_int8_onnx(convert_int8(qat), x, path)
+        >>> session = onnx_session(data)
+        >>> session.run(None, {session.get_inputs()[0].name: x.numpy()})[0].shape
+        (4, 10)
     """
     from lightning_nas.compress.quantize_onnx import compact_onnx
     from lightning_nas.deploy.export import onnx_bytes
@@ -422,7 +633,21 @@ def export_int8_onnx(
 
 
 def int8_onnx_ops(onnx_model: bytes) -> list[str]:
-    """The op types ONNX Runtime actually runs after its graph optimizations (e.g. ``QLinearConv``)."""
+    """The op types ONNX Runtime actually runs after its graph optimizations (e.g. ``QLinearConv``).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress import convert_int8, export_int8_onnx
+        >>> from lightning_nas.compress.quantize import int8_onnx_ops
+        >>> _ = qat(x)
+        >>> ops = int8_onnx_ops(export_int8_onnx(convert_int8(qat), x))
+        >>> "QLinearConv" in ops
+        True
+    """
     import tempfile
 
     import onnx

@@ -24,7 +24,9 @@ all-zero zero-point vectors of the symmetric per-channel weights. ``compact_onnx
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,12 +70,66 @@ def compact_onnx(data: bytes, fuse: bool = False) -> bytes:
 
     ``fuse=False`` keeps a standard QDQ (or float) graph; ``fuse=True`` saves ONNX Runtime's fused int8 graph.
     Zero-points are only dropped where ONNX Runtime still fuses the same int8 kernels without them.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(8, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> from lightning_nas.compress import convert_int8, export_int8_onnx
+        >>> from lightning_nas.compress.quantize_onnx import check_same_outputs, compact_onnx
+        >>> _ = qat(x)
+        >>> raw = export_int8_onnx(convert_int8(qat), x, form="raw")
+        >>> small = compact_onnx(raw)
+        >>> len(small) < len(raw)
+        True
+        >>> check_same_outputs(raw, small, x.numpy())  # bit-identical in ONNX Runtime (raises otherwise)
     """
     optimized = _ort_optimized(data, fuse)
     out = _compact(optimized, drop_zero_points=True)
     if not fuse and _fused_ops(out) != _fused_ops(optimized):  # e.g. the QDQ Gemm selector wants its zero-points
         out = _compact(optimized, drop_zero_points=False)
     return out
+
+
+def _drop_constant_zero_points(g: Any, inits: dict[str, Any], is_zero_const: Callable[[str], bool]) -> None:
+    """Remove the all-zero zero-point input of dequantized constant int8 weights / int32 biases (optional input:
+    it defaults to 0), except where a consumer needs it spelled out."""
+    import onnx
+
+    consumers: dict[str, set[str]] = {}
+    for node in g.node:
+        for i in node.input:
+            consumers.setdefault(i, set()).add(node.op_type)
+    for node in g.node:
+        idx = _ZP_INPUT.get(node.op_type)
+        if (
+            idx is not None
+            and not consumers.get(node.output[0], set()) & _KEEP_ZP_FOR
+            and len(node.input) == idx + 1
+            and node.input[0] in inits
+            and inits[node.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT32)
+            and is_zero_const(node.input[idx])
+        ):
+            del node.input[idx]
+
+
+def _share_zero_scalars(g: Any, inits: dict[str, Any], is_zero_const: Callable[[str], bool]) -> None:
+    """A required all-zero zero-point tensor becomes one shared scalar per data type."""
+    from onnx import numpy_helper
+
+    zero_scalars: dict[int, str] = {}
+    for node in g.node:
+        for idx in _ZP_REQUIRED.get(node.op_type, ()):
+            if len(node.input) > idx and is_zero_const(node.input[idx]) and inits[node.input[idx]].dims:
+                t = inits[node.input[idx]]
+                if t.data_type not in zero_scalars:
+                    z = numpy_helper.from_array(np.zeros((), numpy_helper.to_array(t).dtype), f"_zero{t.data_type}")
+                    g.initializer.append(z)
+                    inits[z.name] = z
+                    zero_scalars[t.data_type] = z.name
+                node.input[idx] = zero_scalars[t.data_type]
 
 
 def _compact(data: bytes, drop_zero_points: bool) -> bytes:
@@ -93,32 +149,9 @@ def _compact(data: bytes, drop_zero_points: bool) -> bytes:
             and not numpy_helper.to_array(t).any()
         )
 
-    consumers: dict[str, set[str]] = {}
-    for node in g.node:
-        for i in node.input:
-            consumers.setdefault(i, set()).add(node.op_type)
-    zero_scalars: dict[int, str] = {}
-    for node in g.node:
-        idx = _ZP_INPUT.get(node.op_type)
-        if (
-            drop_zero_points
-            and idx is not None
-            and not consumers.get(node.output[0], set()) & _KEEP_ZP_FOR
-            and len(node.input) == idx + 1
-            and node.input[0] in inits
-            and inits[node.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT32)
-            and is_zero_const(node.input[idx])
-        ):
-            del node.input[idx]  # constant int8 weight / int32 bias: the zero-point defaults to 0
-        for idx in _ZP_REQUIRED.get(node.op_type, ()):
-            if len(node.input) > idx and is_zero_const(node.input[idx]) and inits[node.input[idx]].dims:
-                t = inits[node.input[idx]]
-                if t.data_type not in zero_scalars:
-                    z = numpy_helper.from_array(np.zeros((), numpy_helper.to_array(t).dtype), f"_zero{t.data_type}")
-                    g.initializer.append(z)
-                    inits[z.name] = z
-                    zero_scalars[t.data_type] = z.name
-                node.input[idx] = zero_scalars[t.data_type]
+    if drop_zero_points:
+        _drop_constant_zero_points(g, inits, is_zero_const)
+    _share_zero_scalars(g, inits, is_zero_const)
 
     # identical initializers stored once
     canon: dict[tuple, str] = {}
@@ -160,7 +193,20 @@ def _compact(data: bytes, drop_zero_points: bool) -> bytes:
 
 
 def check_same_outputs(a: bytes, b: bytes, x: np.ndarray) -> None:
-    """Raise ``AssertionError`` unless ONNX Runtime gives bit-identical outputs for models ``a`` and ``b`` on ``x``."""
+    """Raise ``AssertionError`` unless ONNX Runtime gives bit-identical outputs for models ``a`` and ``b`` on ``x``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress.quantize_onnx import check_same_outputs
+        >>> from lightning_nas.deploy.export import onnx_bytes
+        >>> x = torch.rand(2, 4)
+        >>> a = onnx_bytes(torch.nn.Linear(4, 2), x)
+        >>> check_same_outputs(a, a, x.numpy())
+        >>> check_same_outputs(a, onnx_bytes(torch.nn.Linear(4, 2), x), x.numpy())
+        Traceback (most recent call last):
+        ...
+        AssertionError: ...
+    """
     from lightning_nas.deploy.export import onnx_session
 
     outs = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import lightning as L
 import numpy as np
 import torch
@@ -13,7 +15,16 @@ from lightning_nas._validate import check_int, check_range, check_type
 
 
 def load_digits_arrays(flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(x, y)``: images scaled to [0, 1] as float32 ``(N, 1, 8, 8)`` (or ``(N, 64)`` when flat)."""
+    """Return ``(x, y)``: images scaled to [0, 1] as float32 ``(N, 1, 8, 8)`` (or ``(N, 64)`` when flat).
+
+    Examples:
+        >>> from lightning_nas.data import load_digits_arrays
+        >>> x, y = load_digits_arrays()
+        >>> x.shape, x.dtype, y.shape, sorted(set(y.tolist())) == list(range(10))
+        ((1797, 1, 8, 8), dtype('float32'), (1797,), True)
+        >>> load_digits_arrays(flat=True)[0].shape
+        (1797, 64)
+    """
     ds = load_digits()
     x = (ds.data / 16.0).astype(np.float32)
     if not flat:
@@ -32,7 +43,7 @@ class _EpochSeededSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
@@ -50,6 +61,16 @@ class DigitsDataModule(L.LightningDataModule):
         seed: seed of the split (the same seed always gives the same split) and of train shuffling.
         flat: serve flat 64-vectors instead of ``1x8x8`` images.
         num_workers: DataLoader workers.
+
+    Examples:
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> dm = DigitsDataModule(batch_size=32)
+        >>> dm.setup("fit")
+        >>> x, y = next(iter(dm.train_dataloader()))
+        >>> x.shape, y.shape, float(x.min()) >= 0.0, float(x.max()) <= 1.0
+        (torch.Size([32, 1, 8, 8]), torch.Size([32]), True, True)
+        >>> len(dm.train_dataloader().dataset), len(dm.val_dataloader().dataset)  # 1,797 digits: 70/15/15
+        (1257, 270)
     """
 
     num_classes = 10
@@ -93,6 +114,7 @@ class DigitsDataModule(L.LightningDataModule):
     def split(self, name: str) -> TensorDataset:
         """The ``"train"``, ``"val"`` or ``"test"`` dataset (calls ``setup`` if needed)."""
         self.setup()
+        assert self._splits is not None  # setup() made them
         return self._splits[name]
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:

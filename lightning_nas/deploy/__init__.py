@@ -5,14 +5,23 @@ Every size and speed in lightning_nas comes from here, measured, never derived f
 
 from lightning_nas.deploy.bundle import Bundle, BundleError, bundle, load_bundle
 from lightning_nas.deploy.card import ModelCard
+from lightning_nas.deploy.checkpoint import load_compressed
 from lightning_nas.deploy.drift import DriftReport, DriftThresholds, check_drift
 from lightning_nas.deploy.export import export, onnx_session
-from lightning_nas.deploy.measure import Measurement, count_macs, measure, measure_latency, serialized_size
+from lightning_nas.deploy.measure import (
+    Measurement,
+    compare,
+    count_macs,
+    measure,
+    measure_latency,
+    serialized_size,
+)
 from lightning_nas.deploy.profile import ReferenceProfile
 
 __all__ = [
     "Measurement",
     "ModelCard",
+    "compare",
     "count_macs",
     "export",
     "measure",
@@ -29,4 +38,5 @@ __all__ += [
     "bundle",
     "check_drift",
     "load_bundle",
+    "load_compressed",
 ]

@@ -26,15 +26,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas._trust import UnsafePathError, inside
 from lightning_nas._validate import check_type
-from lightning_nas.deploy.card import ModelCard, _jsonable
+from lightning_nas.deploy.card import ModelCard, jsonable
 from lightning_nas.deploy.export import export, onnx_session
 from lightning_nas.deploy.profile import ReferenceProfile
 
@@ -54,6 +55,17 @@ FLOAT_ATOL, FLOAT_RTOL = 1e-4, 1e-3
 
 
 def sha256(path: str | Path) -> str:
+    """The hex SHA-256 of the file at ``path`` (read in 1 MiB chunks): what a bundle's card and manifest record.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> from lightning_nas.deploy.bundle import sha256
+        >>> path = os.path.join(tempfile.mkdtemp(), "empty")
+        >>> open(path, "wb").close()
+        >>> sha256(path)
+        'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+    """
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -127,7 +139,7 @@ def _card_models() -> Any:
                 raise ValueError(
                     f"shape must be ['batch', d1, ...] with 1 to 8 positive integer sizes, got {str(self.shape)[:80]}"
                 )
-            if int(np.prod(dims, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+            if int(np.prod(cast(list[int], dims), dtype=np.float64)) > MAX_INPUT_ELEMENTS:  # checked above
                 raise ValueError(f"shape {dims} has more than {MAX_INPUT_ELEMENTS} elements per input")
             return self
 
@@ -147,7 +159,15 @@ _CARD_SCHEMA: list[Any] = []
 
 
 def validate_card(card: Any, where: str = "card.json") -> dict[str, Any]:
-    """Check a decoded card against the bundle-card schema; return it, or raise ``BundleError`` (one line)."""
+    """Check a decoded card against the bundle-card schema; return it, or raise ``BundleError`` (one line).
+
+    Examples:
+        >>> from lightning_nas.deploy.bundle import BundleError, validate_card
+        >>> validate_card({"name": "x"})
+        Traceback (most recent call last):
+        ...
+        lightning_nas.deploy.bundle.BundleError: ...
+    """
     from pydantic import ValidationError
 
     if not _CARD_SCHEMA:
@@ -201,11 +221,11 @@ def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _onnx_latency_ms(path: Path, x: np.ndarray, repeats: int = 30) -> float:
-    from lightning_nas.deploy.measure import _time
+    from lightning_nas.deploy.measure import time_call
 
     sess = onnx_session(path, threads=1)
     feeds = {sess.get_inputs()[0].name: x}
-    return round(_time(lambda: sess.run(None, feeds), repeats, 5)[0], 4)
+    return round(time_call(lambda: sess.run(None, feeds), repeats, 5)[0], 4)
 
 
 def bundle(
@@ -244,6 +264,21 @@ def bundle(
         class_names: labels of the output classes (default ``"0".."K-1"``).
         overwrite: replace an existing bundle in ``out_dir``. A folder that is not a bundle (no bundle card, or
             files a bundle does not have) is never replaced: ``FileExistsError``.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from lightning_nas.deploy import bundle, load_bundle
+        >>> from lightning_nas.models import DigitsCNN
+        >>> model = DigitsCNN(width=8).eval()
+        >>> path = bundle(model, torch.rand(4, 1, 8, 8), os.path.join(tempfile.mkdtemp(), "digits"),
+        ...               reference_data=torch.rand(64, 1, 8, 8), metrics={"test_acc": 0.97})
+        >>> sorted(p.name for p in path.iterdir())
+        ['bundle.sha256', 'card.json', 'model.onnx', 'model.ts', 'profile.json']
+        >>> loaded = load_bundle(path)  # every file checked against its sha256
+        >>> loaded.input_shape, loaded.num_classes
+        ((1, 8, 8), 10)
     """
     check_type("model", model, nn.Module)
     check_type("example_input", example_input, torch.Tensor)
@@ -272,68 +307,65 @@ def bundle(
             raise ValueError(f"`reference_data` samples have shape {tuple(ref.shape[1:])}, example_input {shape}")
     if int8 is True and ref is None:
         raise ValueError("`int8=True` calibrates the int8 model on `reference_data`; pass reference_data")
-    was_training = model.training
-    model.eval()
-    target = out.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmpd = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmpd.chmod(0o777 & ~umask)  # mkdtemp makes it private; the bundle folder gets the usual permissions
-        # everything is written into tmpd (beside out_dir), then swapped in whole
-        files = _write_models(model, example_input.detach().cpu().float(), tmpd, int8, ref)
-        check_x = (ref[:128] if ref is not None else example_input.detach().cpu().numpy()).astype(np.float32)
-        with torch.no_grad():
-            want = model(torch.from_numpy(check_x)).float().numpy()
-        if want.ndim != 2 or want.shape[1] < 2:
-            raise ValueError(f"bundle: the model must output (N, classes) scores, got shape {want.shape}")
-        checks = _check_outputs(tmpd, files, check_x, want)
-        kind = output
-        if kind == "auto":
-            is_dist = (want >= 0).all() and np.allclose(want.sum(1), 1.0, atol=1e-4)
-            kind = "probabilities" if is_dist else "logits"
-        if ref is not None:
-            ReferenceProfile.from_data(model, ref).save(tmpd / PROFILE)
-            files.append(PROFILE)
-        c = card or ModelCard(name or type(model).__name__)
-        c.set_model(model)
-        c.metrics.update(metrics or {})
-        c.measurements = _measurements(model, example_input, tmpd, files)
-        rng = (float(ref.min()), float(ref.max())) if ref is not None else None
-        c.input_spec = {
-            "name": "input",
-            "dtype": "float32",
-            "shape": ["batch", *shape],
-            "normalisation": normalisation or c.input_spec.get("normalisation"),
-            "range": list(rng) if rng else c.input_spec.get("range"),
-        }
-        k = want.shape[1]
-        names = [str(n) for n in (class_names or range(k))]
-        if len(names) != k:
-            raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
-        d = c.to_dict()
-        d["name"] = name or c.name
-        written = {f: tmpd / f for f in [*files, CARD]}  # trusted-path: our own file names
-        d["bundle"] = {
-            "format": FORMAT,
-            "version": VERSION,
-            "output": {"kind": kind, "num_classes": k, "class_names": names},
-            "checks": checks,
-            "files": {f: {"sha256": sha256(written[f]), "bytes": written[f].stat().st_size} for f in files},
-        }
-        written[CARD].write_text(json.dumps(_jsonable(d), indent=2))
-        (tmpd / MANIFEST).write_text("".join(f"{sha256(q)}  {f}\n" for f, q in written.items()))
-        for x in tmpd.iterdir():  # intermediate files (e.g. the int8 pre-processing) do not ship
-            if x.name not in (*written, MANIFEST):
-                x.unlink()
-        _check_out_dir(out, overwrite)  # again: the folder may have changed while the bundle was built
-        _swap_in(tmpd, target)
-    except BaseException:
-        shutil.rmtree(tmpd, ignore_errors=True)
-        raise
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        target = out.resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmpd = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            tmpd.chmod(0o777 & ~umask)  # mkdtemp makes it private; the bundle folder gets the usual permissions
+            # everything is written into tmpd (beside out_dir), then swapped in whole
+            files = _write_models(model, example_input.detach().cpu().float(), tmpd, int8, ref)
+            check_x = (ref[:128] if ref is not None else example_input.detach().cpu().numpy()).astype(np.float32)
+            with torch.no_grad():
+                want = model(torch.from_numpy(check_x)).float().numpy()
+            if want.ndim != 2 or want.shape[1] < 2:
+                raise ValueError(f"bundle: the model must output (N, classes) scores, got shape {want.shape}")
+            checks = _check_outputs(tmpd, files, check_x, want)
+            kind = output
+            if kind == "auto":
+                is_dist = (want >= 0).all() and np.allclose(want.sum(1), 1.0, atol=1e-4)
+                kind = "probabilities" if is_dist else "logits"
+            if ref is not None:
+                ReferenceProfile.from_data(model, ref).save(tmpd / PROFILE)
+                files.append(PROFILE)
+            c = card or ModelCard(name or type(model).__name__)
+            c.set_model(model)
+            c.metrics.update(metrics or {})
+            c.measurements = _measurements(model, example_input, tmpd, files)
+            rng = (float(ref.min()), float(ref.max())) if ref is not None else None
+            c.input_spec = {
+                "name": "input",
+                "dtype": "float32",
+                "shape": ["batch", *shape],
+                "normalisation": normalisation or c.input_spec.get("normalisation"),
+                "range": list(rng) if rng else c.input_spec.get("range"),
+            }
+            k = want.shape[1]
+            names = [str(n) for n in (class_names or range(k))]
+            if len(names) != k:
+                raise ValueError(f"`class_names` has {len(names)} names for {k} model outputs")
+            d = c.to_dict()
+            d["name"] = name or c.name
+            written = {f: tmpd / f for f in [*files, CARD]}  # trusted-path: our own file names
+            d["bundle"] = {
+                "format": FORMAT,
+                "version": VERSION,
+                "output": {"kind": kind, "num_classes": k, "class_names": names},
+                "checks": checks,
+                "files": {f: {"sha256": sha256(written[f]), "bytes": written[f].stat().st_size} for f in files},
+            }
+            written[CARD].write_text(json.dumps(jsonable(d), indent=2))
+            (tmpd / MANIFEST).write_text("".join(f"{sha256(q)}  {f}\n" for f, q in written.items()))
+            for x in tmpd.iterdir():  # intermediate files (e.g. the int8 pre-processing) do not ship
+                if x.name not in (*written, MANIFEST):
+                    x.unlink()
+            _check_out_dir(out, overwrite)  # again: the folder may have changed while the bundle was built
+            _swap_in(tmpd, target)
+        except BaseException:
+            shutil.rmtree(tmpd, ignore_errors=True)
+            raise
     return out
 
 
@@ -429,6 +461,7 @@ def _write_models(model: nn.Module, x: torch.Tensor, d: Path, int8: Any, ref: np
         export(model, x, d / TORCHSCRIPT, "torchscript")
     files = [FLOAT_ONNX, TORCHSCRIPT]
     if int8 is True:
+        assert ref is not None  # bundle() requires reference_data for int8=True
         _calibrated_int8(d / FLOAT_ONNX, d / INT8_ONNX, ref[:512])
         files.append(INT8_ONNX)
     elif isinstance(int8, bytes):
@@ -606,6 +639,24 @@ def load_bundle(path: str | Path) -> Bundle:
 
     Raises ``BundleError`` (one line) when a folder is not a bundle, its card is malformed, or a file is
     missing, was changed, or lies outside the folder.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from lightning_nas.deploy import BundleError, bundle, load_bundle
+        >>> from lightning_nas.models import DigitsCNN
+        >>> path = bundle(DigitsCNN(width=8).eval(), torch.rand(4, 1, 8, 8), os.path.join(tempfile.mkdtemp(), "b"),
+        ...               reference_data=torch.rand(64, 1, 8, 8))
+        >>> session = load_bundle(path).session()  # made from the verified bytes
+        >>> session.run(None, {session.get_inputs()[0].name: torch.rand(2, 1, 8, 8).numpy()})[0].shape
+        (2, 10)
+        >>> with open(path / "model.onnx", "ab") as f:  # a changed file
+        ...     _ = f.write(b"x")
+        >>> load_bundle(path)
+        Traceback (most recent call last):
+        ...
+        lightning_nas.deploy.bundle.BundleError: ...
     """
     p = Path(path)
     if not p.is_dir():

@@ -25,13 +25,13 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if hasattr(v, "to_dict"):
-        return _jsonable(v.to_dict())
+        return jsonable(v.to_dict())
     if isinstance(v, torch.Tensor):
         return v.tolist()
     if hasattr(v, "item") and callable(v.item):
@@ -46,6 +46,18 @@ class ModelCard:
 
     ``card.add_stage("prune", reason="...", amount=0.5, measurements=m)`` records one thing done to the
     model, in order; ``card.metrics`` and ``card.measurements`` hold the final numbers.
+
+    Examples:
+        >>> import json
+        >>> import os
+        >>> import tempfile
+        >>> from lightning_nas.deploy import ModelCard
+        >>> from lightning_nas.models import DigitsCNN
+        >>> card = ModelCard("digits", model=DigitsCNN(width=8), input_spec={"shape": [1, 8, 8], "dtype": "float32"})
+        >>> _ = card.add_stage("prune", reason="half the channels, 2.4x faster", amount=0.5)
+        >>> path = card.save(os.path.join(tempfile.mkdtemp(), "model_card.json"))
+        >>> [stage["stage"] for stage in json.loads(path.read_text())["stages"]]
+        ['prune']
     """
 
     def __init__(
@@ -68,7 +80,7 @@ class ModelCard:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
+        return jsonable(
             {
                 "name": self.name,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -30,7 +30,19 @@ NEXT_STEPS = ("none", "retrain", "re-search")
 
 
 def psi(reference_fractions: Any, current_fractions: Any, eps: float = _EPS) -> float:
-    """Population stability index between two distributions over the same bins (see module docstring)."""
+    """Population stability index between two distributions over the same bins (see module docstring).
+
+    Math: with reference fractions ``p_b`` and current fractions ``q_b`` (both floored at ``eps``),
+    ``PSI = sum_b (q_b - p_b) * ln(q_b / p_b)``: 0 for identical distributions; by convention below 0.1 is
+    stable, 0.1-0.25 a moderate shift and 0.25 or more a major one (``DriftThresholds.psi``).
+
+    Examples:
+        >>> from lightning_nas.deploy.drift import psi
+        >>> psi([0.25, 0.25, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25])
+        0.0
+        >>> round(psi([0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4]), 3)  # 0.1: moderate, 0.25: major shift
+        0.228
+    """
     p = np.clip(np.asarray(reference_fractions, dtype=np.float64), eps, None)
     q = np.clip(np.asarray(current_fractions, dtype=np.float64), eps, None)
     if p.shape != q.shape:
@@ -50,6 +62,15 @@ class DriftThresholds:
         min_drifted_features: drifted features needed to declare input drift.
         research_fraction: fraction of drifted features from which re-searching is suggested over retraining.
         min_samples: fewer current samples than this give no verdict (``status="insufficient"``).
+
+    Examples:
+        >>> from lightning_nas.deploy import DriftThresholds
+        >>> DriftThresholds(psi=0.1).psi
+        0.1
+        >>> DriftThresholds(psi=-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: ...
     """
 
     psi: float = 0.25
@@ -150,6 +171,20 @@ def check_drift(
         classes: current predicted classes ``(N,)`` (optional; prediction drift is skipped without them).
         attribution_share: current share of mean |attribution| per feature ``(F,)`` (optional).
         thresholds: ``DriftThresholds`` or a dict of its fields.
+
+    Examples:
+        >>> import numpy as np
+        >>> import torch
+        >>> from lightning_nas.deploy import ReferenceProfile, check_drift
+        >>> rng = np.random.default_rng(0)
+        >>> reference = rng.random((500, 4)).astype(np.float32)
+        >>> model = torch.nn.Linear(4, 3)
+        >>> profile = ReferenceProfile.from_data(model, reference, attribution_samples=0)
+        >>> check_drift(profile, rng.random((300, 4))).status  # the same distribution
+        'ok'
+        >>> report = check_drift(profile, rng.random((300, 4)) + 0.5)  # every feature shifted
+        >>> report.status, report.input_drift, len(report.drifted_features)
+        ('drift', True, 4)
     """
     from scipy.stats import ks_2samp
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas._validate import check_int
 
 
@@ -39,7 +40,15 @@ def _args(example_input: Any) -> tuple:
 
 
 def serialized_size(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``: what the weights cost on disk (packed int8 included)."""
+    """Bytes of ``torch.save(model.state_dict())``: what the weights cost on disk (packed int8 included).
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas.deploy import serialized_size
+        >>> small, large = serialized_size(nn.Linear(10, 10)), serialized_size(nn.Linear(100, 100))
+        >>> 440 <= small < large  # 110 float32 values plus the file's own records
+        True
+    """
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.getbuffer().nbytes
@@ -68,7 +77,15 @@ def _has_quantized(model: nn.Module) -> bool:
 
 
 def count_macs(model: nn.Module, example_input: Any) -> int:
-    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (MACs = FLOPs / 2)."""
+    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (MACs = FLOPs / 2).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.deploy import count_macs
+        >>> count_macs(nn.Linear(64, 10), torch.rand(1, 64))  # 64 x 10 multiply-adds per sample
+        640
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
@@ -76,7 +93,7 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
     return int(fc.get_total_flops()) // 2
 
 
-def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, float]:
+def time_call(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -89,10 +106,18 @@ def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, floa
 
 
 def measure_latency(model: nn.Module, example_input: Any, repeats: int = 30, warmup: int = 5) -> tuple[float, float]:
-    """Median and inter-quartile range (ms) of ``model(example_input)`` in eval mode under ``no_grad``."""
+    """Median and inter-quartile range (ms) of ``model(example_input)`` in eval mode under ``no_grad``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.deploy import measure_latency
+        >>> median_ms, iqr_ms = measure_latency(torch.nn.Linear(64, 10), torch.rand(32, 64), repeats=5, warmup=1)
+        >>> median_ms > 0 and iqr_ms >= 0
+        True
+    """
     args = _args(example_input)
     with torch.no_grad():
-        return _time(lambda: model(*args), repeats, warmup)
+        return time_call(lambda: model(*args), repeats, warmup)
 
 
 def measure(
@@ -110,6 +135,16 @@ def measure(
     (``latency=True``) and in ONNX Runtime on CPU (``onnx=True``). The model is measured in eval mode and
     put back in its previous mode. Raises ``ValueError`` naming the problem when the model cannot run on
     ``example_input``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.deploy import measure
+        >>> from lightning_nas.models import DigitsCNN
+        >>> m = measure(DigitsCNN(width=8), torch.rand(64, 1, 8, 8), repeats=3, warmup=1, onnx=False)
+        >>> m.params, m.macs, m.batch_size  # MACs of the whole batch of 64
+        (1466, 5023744, 64)
+        >>> m.latency_ms > 0, m.onnx_latency_ms
+        (True, None)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -120,10 +155,8 @@ def measure(
         raise TypeError(
             f"`example_input` must be a tensor or a tuple of tensors, got {[type(a).__name__ for a in args]}"
         )
-    was_training = model.training
-    model.eval()
-    notes: list[str] = []
-    try:
+    with eval_mode(model):
+        notes: list[str] = []
         try:
             with torch.no_grad():
                 model(*args)
@@ -157,9 +190,46 @@ def measure(
 
                 sess = onnx_session(onnx_bytes(model, args))
                 feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
-                m.onnx_latency_ms, m.onnx_latency_iqr_ms = _time(lambda: sess.run(None, feeds), repeats, warmup)
+                m.onnx_latency_ms, m.onnx_latency_iqr_ms = time_call(lambda: sess.run(None, feeds), repeats, warmup)
             except Exception as exc:
                 notes.append(f"ONNX latency not measured: {str(exc)[:300]}")
         return m
+
+
+def compare(reference: nn.Module, candidate: nn.Module, example_input: Any, repeats: int = 10) -> dict[str, float]:
+    """Size and eager CPU latency of ``candidate`` (e.g. an int8 model) against ``reference`` (its float
+    original), measured one after the other on ``example_input``; ``reference`` goes back to its device after.
+
+    Returns ``reference_size_bytes``, ``candidate_size_bytes``, ``size_ratio`` (candidate / reference),
+    ``reference_latency_ms``, ``candidate_latency_ms`` (medians) and ``speedup`` (reference / candidate).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import post_training_quantize
+        >>> from lightning_nas.deploy import compare
+        >>> from lightning_nas.models import DigitsCNN
+        >>> fp32 = DigitsCNN(width=16).eval()
+        >>> int8 = post_training_quantize(fp32, [torch.rand(16, 1, 8, 8)])
+        >>> numbers = compare(fp32, int8, torch.rand(64, 1, 8, 8), repeats=3)
+        >>> sorted(numbers)  # doctest: +NORMALIZE_WHITESPACE
+        ['candidate_latency_ms', 'candidate_size_bytes', 'reference_latency_ms', 'reference_size_bytes', 'size_ratio',
+         'speedup']
+        >>> numbers["size_ratio"] < 0.5  # int8 weights: about a quarter of the float bytes, plus scales and records
+        True
+    """
+    device = next((p.device for p in reference.parameters()), torch.device("cpu"))
+    reference.cpu()
+    try:
+        ref = measure(reference, example_input, onnx=False, repeats=repeats)
     finally:
-        model.train(was_training)
+        reference.to(device)
+    cand = measure(candidate, example_input, onnx=False, repeats=repeats)
+    assert ref.latency_ms is not None and cand.latency_ms is not None  # measure() times by default
+    return {
+        "reference_size_bytes": ref.size_bytes,
+        "candidate_size_bytes": cand.size_bytes,
+        "size_ratio": cand.size_bytes / ref.size_bytes,
+        "reference_latency_ms": ref.latency_ms,
+        "candidate_latency_ms": cand.latency_ms,
+        "speedup": ref.latency_ms / cand.latency_ms,
+    }

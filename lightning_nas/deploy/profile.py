@@ -32,7 +32,15 @@ _FEATURE_KEYS = ("name", "mean", "std", "min", "max", "cuts", "fractions")
 
 
 def feature_matrix(x: np.ndarray, mode: str) -> np.ndarray:
-    """``(N, F)`` features of inputs ``x`` (``"feature"``: flattened; ``"channel"``: per-channel means)."""
+    """``(N, F)`` features of inputs ``x`` (``"feature"``: flattened; ``"channel"``: per-channel means).
+
+    Examples:
+        >>> import numpy as np
+        >>> from lightning_nas.deploy.profile import feature_matrix
+        >>> x = np.ones((5, 3, 4, 4), np.float32)
+        >>> feature_matrix(x, "feature").shape, feature_matrix(x, "channel").shape
+        ((5, 48), (5, 3))
+    """
     x = np.asarray(x, dtype=np.float64)
     if mode == "channel":
         return x.reshape(x.shape[0], x.shape[1], -1).mean(-1)
@@ -40,13 +48,29 @@ def feature_matrix(x: np.ndarray, mode: str) -> np.ndarray:
 
 
 def feature_names(input_shape: tuple[int, ...], mode: str) -> list[str]:
+    """The names of ``feature_matrix``'s columns for inputs of ``input_shape`` (per sample).
+
+    Examples:
+        >>> from lightning_nas.deploy.profile import feature_names
+        >>> feature_names((3, 4, 4), "channel")
+        ['channel0', 'channel1', 'channel2']
+        >>> feature_names((1, 2, 2), "feature")
+        ['x[0,0,0]', 'x[0,0,1]', 'x[0,1,0]', 'x[0,1,1]']
+    """
     if mode == "channel":
         return [f"channel{c}" for c in range(input_shape[0])]
     return ["x[" + ",".join(str(i) for i in idx) + "]" for idx in np.ndindex(*input_shape)]
 
 
 def bin_fractions(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """Fraction of ``values`` in each bin ``(-inf, c1], (c1, c2], ..., (ck, inf)``."""
+    """Fraction of ``values`` in each bin ``(-inf, c1], (c1, c2], ..., (ck, inf)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from lightning_nas.deploy.profile import bin_fractions
+        >>> bin_fractions(np.array([0.1, 0.4, 0.6, 0.9]), cuts=np.array([0.5]))
+        array([0.5, 0.5])
+    """
     idx = np.searchsorted(np.asarray(cuts, dtype=np.float64), values, side="left")
     return np.bincount(idx, minlength=len(cuts) + 1) / max(len(values), 1)
 
@@ -76,6 +100,18 @@ def attribution_share(
     IG (Captum, zero baseline, target = the predicted class): ``(x - 0) * mean_alpha grad f_c(alpha x)``.
     Works on any differentiable callable, a TorchScript module included. Inputs whose attribution is not finite
     (values near float32's limit overflow in the gradients) are left out; ``None`` when none is left.
+
+    Examples:
+        >>> import numpy as np
+        >>> import torch
+        >>> from lightning_nas.deploy.profile import attribution_share
+        >>> model = torch.nn.Linear(3, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+        ...     _ = model.bias.zero_()
+        >>> share = attribution_share(model, np.ones((4, 3), np.float32), mode="feature")
+        >>> share.round(3).tolist()  # only feature 0 drives the prediction
+        [1.0, 0.0, 0.0]
     """
     from captum.attr import IntegratedGradients
 
@@ -160,7 +196,17 @@ def _check_types(data: dict[str, Any]) -> None:
 
 
 class ReferenceProfile:
-    """Statistics of reference data for drift checks (see the module docstring). Build with ``from_data``."""
+    """Statistics of reference data for drift checks (see the module docstring). Build with ``from_data``.
+
+    Examples:
+        >>> import numpy as np
+        >>> import torch
+        >>> from lightning_nas.deploy import ReferenceProfile
+        >>> profile = ReferenceProfile.from_data(torch.nn.Linear(4, 3), np.random.default_rng(0).random((100, 4)),
+        ...                                      attribution_samples=0)
+        >>> profile.data["feature_mode"], len(profile.data["features"])  # PSI bins and KS sample per feature
+        ('feature', 4)
+    """
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = self._validated(data)

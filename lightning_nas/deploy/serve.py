@@ -55,6 +55,15 @@ def parse_inputs(obj: Any, shape: tuple[int, ...], max_batch: int) -> np.ndarray
     Accepted: ``{"inputs": [x1, ...]}``, 1 to ``max_batch`` inputs, each nested lists of JSON numbers of the card's
     per-input ``shape`` whose values are finite in float32. Anything else raises ``_BadRequest`` (413 for too
     many inputs, 422 otherwise) with one line naming the first offending position (``inputs[i][j]...``).
+
+    Examples:
+        >>> from lightning_nas.deploy.serve import parse_inputs
+        >>> parse_inputs({"inputs": [[0.0, 1.0], [2.0, 3.0]]}, shape=(2,), max_batch=8).shape
+        (2, 2)
+        >>> parse_inputs({"inputs": [[0.0, "a"]]}, shape=(2,), max_batch=8)
+        Traceback (most recent call last):
+        ...
+        lightning_nas.deploy.serve._BadRequest: ...
     """
     if not isinstance(obj, dict) or "inputs" not in obj:
         raise _BadRequest(422, 'the body must be a JSON object {"inputs": [...]} holding a batch of inputs')
@@ -200,6 +209,23 @@ def create_app(
 
     Raises ``BundleError`` when the model does not accept the card's input shape or does not output
     ``(N, num_classes)`` scores (checked once on a zero input).
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import torch
+        >>> from fastapi.testclient import TestClient
+        >>> from lightning_nas.deploy import bundle
+        >>> from lightning_nas.deploy.serve import create_app
+        >>> from lightning_nas.models import DigitsCNN
+        >>> path = bundle(DigitsCNN(width=8).eval(), torch.rand(4, 1, 8, 8), os.path.join(tempfile.mkdtemp(), "b"),
+        ...               reference_data=torch.rand(64, 1, 8, 8))
+        >>> client = TestClient(create_app(path, attribution_samples=0))
+        >>> response = client.post("/predict", json={"inputs": torch.rand(2, 1, 8, 8).tolist()})
+        >>> response.status_code, len(response.json()["classes"])
+        (200, 2)
+        >>> client.post("/predict", json={"inputs": [[1, 2]]}).status_code  # the wrong shape: 422, never a 500
+        422
     """
     from lightning_nas._optional import require
 
@@ -213,53 +239,26 @@ def create_app(
     check_int("max_batch", max_batch, 1, 1_000_000)
     check_int("window", window, 2)
     check_int("attribution_samples", attribution_samples, 0)
-    shape = b.input_shape
-    numel = int(np.prod(shape))
+    numel = int(np.prod(b.input_shape))
     if max_body_bytes is None:
         max_body_bytes = max(64 * 1024, 32 * max_batch * numel + 1024)
     check_int("max_body_bytes", max_body_bytes, 16)
-    t = DriftThresholds.coerce(thresholds)
-    sess = b.session(int8=int8, threads=threads)
-    in_name = sess.get_inputs()[0].name
-    _check_model_matches_card(b, sess, in_name)
-    profile = b.profile()
-    kind = b.output_kind
-    labels = b.class_names
-    win = _Window(window)
-    ts_model: list[Any] = []
-    model_name = "int8" if int8 else "float"
+    svc = _Service(b, int8, max_batch, window, DriftThresholds.coerce(thresholds), attribution_samples, threads)
     m = _openapi_models()
     app = FastAPI(title=f"lightning_nas: {b.card.get('name', 'model')}", docs_url=None, redoc_url=None)
-    app.state.bundle, app.state.window = b, win
+    app.state.bundle, app.state.window = b, svc.window
     app.state.max_batch, app.state.max_body_bytes = max_batch, max_body_bytes
     err = {"model": m["Error"]}
-
-    def _error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message, "status": status}, status_code=status)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # last resort: a message, not a trace
         return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
 
-    async def _read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise _BadRequest(400, f"invalid Content-Length {declared[:40]!r}")
-            if int(declared) > max_body_bytes:
-                raise _BadRequest(413, f"request body of {declared} bytes exceeds the limit of {max_body_bytes} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise _BadRequest(413, f"request body exceeds the limit of {max_body_bytes} bytes")
-        return bytes(body)
-
     body_schema = {
         "type": "object",
         "required": ["inputs"],  # other keys are ignored
         "properties": {
-            "inputs": {"type": "array", "minItems": 1, "maxItems": max_batch, "items": _nested_array(shape)}
+            "inputs": {"type": "array", "minItems": 1, "maxItems": max_batch, "items": _nested_array(b.input_shape)}
         },
     }
 
@@ -274,58 +273,125 @@ def create_app(
             ctype = request.headers.get("content-type", "")
             if ctype.split(";", 1)[0].strip().lower() != "application/json":
                 raise _BadRequest(415, f"Content-Type must be application/json, got {ctype[:60]!r}")
-            body = await _read_body(request)
-            try:
-                obj = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-                raise _BadRequest(400, f"the body is not valid JSON: {str(exc)[:200]}") from exc
-            x = parse_inputs(obj, shape, max_batch)
-            scores = np.asarray(sess.run(None, {in_name: x})[0], dtype=np.float64)
-            with np.errstate(all="ignore"):
-                probs = _softmax(scores) if kind == "logits" else scores
-            bad = ~np.isfinite(probs).all(axis=1)
-            if bad.any():  # e.g. inputs near float32's limit overflow inside the model: never served, never in /drift
-                rows = np.flatnonzero(bad).tolist()
-                raise _BadRequest(
-                    422,
-                    f"the model's output is not finite (NaN/inf) for input(s) {rows[:10]}"
-                    f"{' ...' if len(rows) > 10 else ''} of {len(x)}: values this large "
-                    f"(|x| up to {float(np.abs(x).max()):.3g}) overflow inside the model; "
-                    "nothing from this request was served or added to the drift window",
-                )
+            return JSONResponse(svc.predict(await _read_body(request, max_body_bytes)))
         except _BadRequest as exc:
             return _error(exc.status, exc.message)
         except Exception as exc:
             return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
-        classes = probs.argmax(1)
-        win.add(x, classes)
-        return JSONResponse(
-            {
-                "classes": classes.tolist(),
-                "labels": [labels[c] for c in classes],
-                "probabilities": np.round(probs, 6).tolist(),
-                "model": model_name,
-            }
-        )
 
     @app.get("/health", response_model=m["Health"])
     def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "model": model_name,
-            "name": b.card.get("name"),
-            "input_shape": list(shape),
-            "max_batch": max_batch,
-            "window": len(win.inputs),
-            "drift_profile": profile is not None,
-        }
+        return svc.health()
 
     @app.get("/card", response_model=dict[str, Any])
     def card() -> dict[str, Any]:
         return b.card
 
-    def _drift() -> dict[str, Any]:
-        x, classes = win.snapshot()
+    @app.get("/drift", response_model=m["Drift"], responses={404: err, 500: err})
+    async def drift() -> JSONResponse:
+        if svc.profile is None:
+            return _error(
+                404, "this bundle has no reference profile (bundle(..., reference_data=...)); drift cannot be checked"
+            )
+        try:
+            return JSONResponse(await run_in_threadpool(svc.drift))
+        except Exception as exc:
+            return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
+
+    return app
+
+
+def _error(status: int, message: str) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+async def _read_body(request: Any, max_body_bytes: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed ``max_body_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _BadRequest(400, f"invalid Content-Length {declared[:40]!r}")
+        if int(declared) > max_body_bytes:
+            raise _BadRequest(413, f"request body of {declared} bytes exceeds the limit of {max_body_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_body_bytes:
+            raise _BadRequest(413, f"request body exceeds the limit of {max_body_bytes} bytes")
+    return bytes(body)
+
+
+class _Service:
+    """What the routes of ``create_app`` do, without HTTP: the ONNX Runtime session, the window of served inputs
+    and the drift check against the bundle's reference profile."""
+
+    def __init__(
+        self,
+        b: Bundle,
+        int8: bool,
+        max_batch: int,
+        window: int,
+        thresholds: DriftThresholds,
+        attribution_samples: int,
+        threads: int | None,
+    ) -> None:
+        self.b, self.max_batch, self.thresholds = b, max_batch, thresholds
+        self.attribution_samples = attribution_samples
+        self.sess = b.session(int8=int8, threads=threads)
+        self.in_name = self.sess.get_inputs()[0].name
+        _check_model_matches_card(b, self.sess, self.in_name)
+        self.profile = b.profile()
+        self.window = _Window(window)
+        self.model_name = "int8" if int8 else "float"
+        self._ts_model: Any = None  # TorchScript model for attributions, loaded on the first drift check
+
+    def predict(self, body: bytes) -> dict[str, Any]:
+        """Scores of the JSON body's inputs; ``_BadRequest`` for bad JSON or shapes and for non-finite outputs."""
+        try:
+            obj = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise _BadRequest(400, f"the body is not valid JSON: {str(exc)[:200]}") from exc
+        x = parse_inputs(obj, self.b.input_shape, self.max_batch)
+        scores = np.asarray(self.sess.run(None, {self.in_name: x})[0], dtype=np.float64)
+        with np.errstate(all="ignore"):
+            probs = _softmax(scores) if self.b.output_kind == "logits" else scores
+        bad = ~np.isfinite(probs).all(axis=1)
+        if bad.any():  # e.g. inputs near float32's limit overflow inside the model: never served, never in /drift
+            rows = np.flatnonzero(bad).tolist()
+            raise _BadRequest(
+                422,
+                f"the model's output is not finite (NaN/inf) for input(s) {rows[:10]}"
+                f"{' ...' if len(rows) > 10 else ''} of {len(x)}: values this large "
+                f"(|x| up to {float(np.abs(x).max()):.3g}) overflow inside the model; "
+                "nothing from this request was served or added to the drift window",
+            )
+        classes = probs.argmax(1)
+        self.window.add(x, classes)
+        labels = self.b.class_names
+        return {
+            "classes": classes.tolist(),
+            "labels": [labels[c] for c in classes],
+            "probabilities": np.round(probs, 6).tolist(),
+            "model": self.model_name,
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": self.model_name,
+            "name": self.b.card.get("name"),
+            "input_shape": list(self.b.input_shape),
+            "max_batch": self.max_batch,
+            "window": len(self.window.inputs),
+            "drift_profile": self.profile is not None,
+        }
+
+    def drift(self) -> dict[str, Any]:
+        assert self.profile is not None  # the /drift route answers 404 without one
+        x, classes = self.window.snapshot()
+        t = self.thresholds
         if len(x) < t.min_samples:
             return {
                 "status": "insufficient",
@@ -333,26 +399,13 @@ def create_app(
                 "verdict": f"{len(x)} inputs served in the window; at least {t.min_samples} are needed",
             }
         share = None
-        if attribution_samples and profile.data.get("attribution") is not None:
+        if self.attribution_samples and self.profile.data.get("attribution") is not None:
             from lightning_nas.deploy.profile import attribution_share
 
-            if not ts_model:
-                ts_model.append(b.torchscript())
-            share = attribution_share(ts_model[0], x[-attribution_samples:], profile.feature_mode)
-        return check_drift(profile, x, classes, share, t).to_dict()
-
-    @app.get("/drift", response_model=m["Drift"], responses={404: err, 500: err})
-    async def drift() -> JSONResponse:
-        if profile is None:
-            return _error(
-                404, "this bundle has no reference profile (bundle(..., reference_data=...)); drift cannot be checked"
-            )
-        try:
-            return JSONResponse(await run_in_threadpool(_drift))
-        except Exception as exc:
-            return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
-
-    return app
+            if self._ts_model is None:
+                self._ts_model = self.b.torchscript()
+            share = attribution_share(self._ts_model, x[-self.attribution_samples :], self.profile.feature_mode)
+        return check_drift(self.profile, x, classes, share, t).to_dict()
 
 
 def _check_model_matches_card(b: Bundle, sess: Any, in_name: str) -> None:

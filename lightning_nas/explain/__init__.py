@@ -1,7 +1,7 @@
 """Pure-torch / Captum analyses (no Lightning import) that explain search and compression decisions."""
 
 from lightning_nas.explain import attribution, dynamics, graph, paths
-from lightning_nas.explain.agreement import AgreementAccumulator, agreement
+from lightning_nas.explain.agreement import Agreement, AgreementAccumulator, agreement
 from lightning_nas.explain.attribution import compare
 from lightning_nas.explain.quant_sensitivity import layer_sqnr, quant_sensitivity
 from lightning_nas.explain.sensitivity import (
@@ -18,6 +18,7 @@ __all__ = [
     "dynamics",
     "graph",
     "paths",
+    "Agreement",
     "AgreementAccumulator",
     "agreement",
     "SENSITIVITY_COLUMNS",

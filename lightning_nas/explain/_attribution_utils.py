@@ -16,7 +16,18 @@ from torch import nn
 def forward_of(model: nn.Module, forward_fn: Callable[..., torch.Tensor] | None) -> Callable:
     """``(x, *rest) -> logits``: ``forward_fn(model, x, *rest)`` when given, else ``model(x, *rest)``.
 
-    ``rest`` are the model's other inputs (``additional_forward_args``), row-aligned with ``x``."""
+    ``rest`` are the model's other inputs (``additional_forward_args``), row-aligned with ``x``.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.explain.attribution import forward_of
+        >>> model = nn.Linear(3, 2)
+        >>> forward_of(model, None)(torch.rand(4, 3)).shape
+        torch.Size([4, 2])
+        >>> forward_of(model, lambda m, x: m(x * 2))(torch.rand(4, 3)).shape  # e.g. the step's own preprocessing
+        torch.Size([4, 2])
+    """
     if forward_fn is None:
         return model
     return lambda x, *rest: forward_fn(model, x, *rest)
@@ -45,6 +56,21 @@ def fingerprint(model: nn.Module) -> str:
 
     It changes when pruning re-parametrizes or shrinks a layer, QAT swaps modules, a low-rank factorization
     splits a layer or a NAS space is frozen; it does not change when only weight values change.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prune_structured
+        >>> from lightning_nas.explain.attribution import fingerprint
+        >>> from lightning_nas.models import DigitsCNN
+        >>> net = DigitsCNN(width=8)
+        >>> before = fingerprint(net)
+        >>> with torch.no_grad():
+        ...     _ = net.classifier.weight.mul_(2)  # new values, same structure
+        >>> fingerprint(net) == before
+        True
+        >>> _ = prune_structured(net, torch.rand(2, 1, 8, 8), amount=0.5)
+        >>> fingerprint(net) == before
+        False
     """
     h = hashlib.sha1()
     for name, mod in model.named_modules():
@@ -67,6 +93,17 @@ def rank_agreement(a: torch.Tensor, b: torch.Tensor, topk: float = 0.1) -> tuple
 
     Spearman is Pearson on average ranks; a sample whose two maps are both constant scores 1, one
     constant map against a varying one scores ``nan`` (left out of means).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.explain.attribution import rank_agreement
+        >>> a = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+        >>> rho, top = rank_agreement(a, a, topk=0.25)
+        >>> float(rho[0]), float(top[0])
+        (1.0, 1.0)
+        >>> rho, top = rank_agreement(a, a.flip(-1), topk=0.25)  # the order of |a| reversed
+        >>> float(rho[0]), float(top[0])
+        (-1.0, 0.0)
     """
     if a.shape != b.shape:
         raise ValueError(f"attributions to compare must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -104,6 +141,13 @@ def overlay_grid(
 
     Signed maps use a blue-white-red scale symmetric around zero (red: evidence for the target);
     non-negative maps (Grad-CAM) use 'inferno'. ``scale`` upsamples small inputs (0: to about 64 px).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.explain.attribution import overlay_grid
+        >>> image = overlay_grid(torch.rand(4, 1, 8, 8), torch.randn(4, 1, 8, 8), ncols=2, scale=4)
+        >>> image.dtype, image.shape[-1]  # an RGB uint8 image, 2 x 2 tiles of 32 px
+        (dtype('uint8'), 3)
     """
     from matplotlib import colormaps
 
@@ -203,7 +247,17 @@ def top_features_rows(
     k: int = 5,
     feature_names: list[str] | None = None,
 ) -> list[list[Any]]:
-    """Rows ``[sample, label, pred, rank, feature, value, attribution]`` of each sample's top-``k`` features."""
+    """Rows ``[sample, label, pred, rank, feature, value, attribution]`` of each sample's top-``k`` features.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.explain.attribution import top_features_rows
+        >>> x = torch.tensor([[0.5, 1.0, 2.0]])
+        >>> maps = torch.tensor([[0.1, -0.7, 0.3]])
+        >>> one = torch.tensor([1])
+        >>> top_features_rows(x, maps, labels=one, preds=one, k=2, feature_names=["a", "b", "c"])  # by |attribution|
+        [[0, 1, 1, 1, 'b', 1.0, -0.7], [0, 1, 1, 2, 'c', 2.0, 0.3]]
+    """
     n = x.shape[0]
     flat_a = attributions.detach().float().reshape(n, -1).cpu()
     flat_x = x.detach().reshape(n, -1).cpu()

@@ -18,7 +18,14 @@ import torch
 
 
 def probabilities(alpha: Mapping[str, torch.Tensor], names: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
-    """``{label: {candidate: softmax(alpha)_i}}``."""
+    """``{label: {candidate: softmax(alpha)_i}}``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.explain.architecture import probabilities
+        >>> probabilities({"block1": torch.tensor([0.0, 0.0])}, {"block1": ["conv3", "skip"]})
+        {'block1': {'conv3': 0.5, 'skip': 0.5}}
+    """
     out = {}
     for lb, a in alpha.items():
         p = torch.softmax(torch.as_tensor(a, dtype=torch.float64).detach().cpu(), 0)
@@ -27,12 +34,30 @@ def probabilities(alpha: Mapping[str, torch.Tensor], names: Mapping[str, Sequenc
 
 
 def entropy(probs: Mapping[str, float]) -> float:
-    """Shannon entropy (nats) of one decision's candidate probabilities."""
+    """Shannon entropy (nats) of one decision's candidate probabilities.
+
+    Examples:
+        >>> import math
+        >>> from lightning_nas.explain.architecture import entropy
+        >>> math.isclose(entropy({"conv3": 0.5, "skip": 0.5}), math.log(2))  # undecided: log n
+        True
+        >>> entropy({"conv3": 1.0, "skip": 0.0}) == 0  # certain
+        True
+    """
     return float(-sum(p * math.log(p) for p in probs.values() if p > 0))
 
 
 def decision_table(probs: Mapping[str, Mapping[str, float]]) -> list[list]:
-    """Rows ``[label, chosen, probability, runner_up, margin, entropy]``, one per decision."""
+    """Rows ``[label, chosen, probability, runner_up, margin, entropy]``, one per decision.
+
+    Examples:
+        >>> from lightning_nas.explain.architecture import TABLE_COLUMNS, decision_table
+        >>> TABLE_COLUMNS
+        ['label', 'chosen', 'probability', 'runner_up', 'margin', 'entropy']
+        >>> label, chosen, p, runner_up, margin, h = decision_table({"block1": {"conv3": 0.7, "skip": 0.3}})[0]
+        >>> label, chosen, runner_up, round(margin, 2)
+        ('block1', 'conv3', 'skip', 0.4)
+    """
     rows = []
     for lb, p in probs.items():
         ranked = sorted(p.items(), key=lambda kv: -kv[1])
@@ -51,9 +76,31 @@ def op_ablation(
 
     ``evaluate(label, candidate)`` returns the validation loss of the supernet with ``candidate`` removed
     from ``label`` (``None, None``: nothing removed).
+
+    Examples:
+        >>> from lightning_nas.explain.architecture import op_ablation
+        >>> losses = {None: 0.50, "conv3": 0.90, "skip": 0.52}  # val loss with that candidate removed
+        >>> out = op_ablation(lambda label, cand: losses[cand], {"block1": ["conv3", "skip"]})
+        >>> {c: round(d, 2) for c, d in out["block1"].items()}  # the supernet relies on conv3
+        {'conv3': 0.4, 'skip': 0.02}
     """
     base = float(evaluate(None, None))
     return {lb: {c: float(evaluate(lb, c)) - base for c in cands} for lb, cands in names.items()}
+
+
+def switch_ablation(
+    score: Callable[[Mapping[str, str]], float], best: Mapping[str, str], names: Mapping[str, Sequence[str]]
+) -> dict[str, dict[str, float]]:
+    """``{label: {candidate: score(best) - score(best with label switched to candidate)}}``: how much the
+    chosen architecture loses when one decision is changed (0 for the chosen candidate itself).
+
+    Examples:
+        >>> from lightning_nas.explain.architecture import switch_ablation
+        >>> switch_ablation(lambda a: {"a": 1.0, "b": 0.25}[a["op"]], {"op": "a"}, {"op": ["a", "b"]})
+        {'op': {'a': 0.0, 'b': 0.75}}
+    """
+    base = float(score(best))
+    return {lb: {c: base - float(score({**best, lb: c})) for c in cands} for lb, cands in names.items()}
 
 
 def reasons(
@@ -66,6 +113,12 @@ def reasons(
 
     ``ablation_kind="remove"``: ``ablation[label][c]`` is the supernet's val-loss change without ``c``;
     ``"switch"``: the val-loss change of the best subnet when ``label`` is switched to ``c`` (SPOS).
+
+    Examples:
+        >>> from lightning_nas.explain.architecture import decision_table, reasons
+        >>> table = decision_table({"block1": {"conv3": 0.7, "skip": 0.3}})
+        >>> print(reasons(table, {"block1": {"conv3": 0.4, "skip": 0.02}})["block1"])  # doctest: +ELLIPSIS
+        block1: conv3 chosen (probability 0.70, +0.40 over skip; entropy 0.61); removing conv3 changes ... by +0.400 ...
     """
     out = {}
     for lb, best, pb, second, margin, ent in (r[:6] for r in table):
@@ -74,10 +127,10 @@ def reasons(
             abl = ablation[lb]
             if ablation_kind == "switch":
                 alts = {c: d for c, d in abl.items() if c != best}
-                near = min(alts, key=alts.get)
+                near = min(alts, key=alts.__getitem__)
                 text += f"; switching to the closest alternative {near} changes subnet val loss by {alts[near]:+.3f}"
             else:
-                top = max(abl, key=abl.get)
+                top = max(abl, key=abl.__getitem__)
                 text += f"; removing {best} changes supernet val loss by {abl[best]:+.3f}"
                 text += " (the largest of its candidates)" if top == best else f" (largest: {top} {abl[top]:+.3f})"
         out[lb] = text
@@ -85,7 +138,13 @@ def reasons(
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
-    """Kendall's tau-b between two equally long score lists (``scipy.stats.kendalltau``)."""
+    """Kendall's tau-b between two equally long score lists (``scipy.stats.kendalltau``).
+
+    Examples:
+        >>> from lightning_nas.explain.architecture import kendall_tau
+        >>> kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]), kendall_tau([1, 2, 3, 4], [4, 3, 2, 1])
+        (1.0, -1.0)
+    """
     from scipy.stats import kendalltau
 
     if len(a) != len(b) or len(a) < 2:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,14 @@ def select_probe(
 
     ``data`` is a DataLoader / iterable of batches, a Dataset, or an ``(x, y)`` pair. At most ``max_scan``
     samples are read. Without 1-D integer labels the samples are drawn uniformly.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.explain.attribution import select_probe
+        >>> x, y = torch.rand(100, 1, 8, 8), torch.arange(100) % 10
+        >>> probe = select_probe((x, y), n_samples=10, seed=0)
+        >>> probe.x.shape, sorted(probe.y.tolist())  # one sample of each class
+        (torch.Size([10, 1, 8, 8]), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
     """
     check_int("n_samples", n_samples, 1)
     xs, ys = _collect(data, batch_fn or _default_batch_fn, max_scan)
@@ -209,11 +218,22 @@ def attribute(
     """Attributions of ``target`` logits to the inputs; the same shape as ``x`` (token inputs: ``(B, T)``;
     ``grad_cam``: ``(B, 1, H, W)`` upsampled to the input size).
 
-    Integrated Gradients: :math:`(x - x') \\odot \\frac{1}{m}\\sum_{k=1}^{m} \\nabla f(x' + \\tfrac{k}{m}(x - x'))`
-    with baseline :math:`x'` = ``baseline`` and :math:`m` = ``n_steps``. Grad-CAM:
-    :math:`\\mathrm{ReLU}(\\sum_c \\bar g_c A_c)` on ``layer``'s activations :math:`A`. ``model`` is used
+    Integrated Gradients: ``IG(x) = (x - x') * (1/m) sum_{k=1..m} grad f(x' + (k/m)(x - x'))`` (elementwise
+    product) with baseline ``x'`` = ``baseline`` and ``m`` = ``n_steps``. Grad-CAM: ``ReLU(sum_c g_c A_c)`` on
+    ``layer``'s activations ``A``, ``g_c`` the spatial mean of the gradient of channel ``c``. ``model`` is used
     as it is (call ``.eval()`` first); ``internal_batch_size`` bounds memory of the path methods.
     ``additional_forward_args`` are the model's other inputs, row-aligned with ``x`` (Captum expands them).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.explain.attribution import attribute
+        >>> from lightning_nas.models import DigitsCNN
+        >>> model = DigitsCNN(width=8).eval()
+        >>> x, target = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+        >>> attribute(model, x, target, method="integrated_gradients", n_steps=4).shape  # one value per pixel
+        torch.Size([4, 1, 8, 8])
+        >>> attribute(model, x, target, method="grad_cam", layer=model.features[3]).shape
+        torch.Size([4, 1, 8, 8])
     """
     import captum.attr as ca
 
@@ -307,7 +327,9 @@ def _scores(fwd: Callable, x: torch.Tensor, target: torch.Tensor, batch: int, re
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            p = torch.softmax(fwd(x[i : i + batch], *rows_of(rest, len(x), lambda t: t[i : i + batch])).float(), dim=-1)
+            p = torch.softmax(
+                fwd(x[i : i + batch], *rows_of(rest, len(x), itemgetter(slice(i, i + batch)))).float(), dim=-1
+            )
             out.append(p.gather(1, target[i : i + batch].view(-1, 1)).squeeze(1))
     return torch.cat(out)
 
@@ -329,9 +351,24 @@ def aopc(
     """Area over the perturbation curve (Samek et al., 2017) for ``attributions`` and for a random order.
 
     Features (pixels, vector entries, tokens) are deleted (set to ``baseline``) most-relevant first in
-    ``steps`` equal chunks up to ``max_fraction`` of them; with :math:`p_k` the target's softmax probability
-    after chunk :math:`k`, :math:`\\mathrm{AOPC} = \\frac{1}{L+1}\\sum_{k=0}^{L} (p_0 - p_k)`, averaged over
+    ``steps`` equal chunks up to ``max_fraction`` of them; with ``p_k`` the target's softmax probability
+    after chunk ``k`` (of ``L``), ``AOPC = 1/(L+1) * sum_{k=0..L} (p_0 - p_k)``, averaged over
     samples. Higher than the random order's means the map points at evidence the model uses.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.explain.attribution import aopc, attribute
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Linear(16, 2).eval()
+        >>> with torch.no_grad():  # class 0's logit is the sum of the features, class 1's is 0
+        ...     _ = model.weight.copy_(torch.stack([torch.ones(16), torch.zeros(16)]))
+        ...     _ = model.bias.zero_()
+        >>> x, target = torch.rand(8, 16), torch.zeros(8, dtype=torch.long)
+        >>> maps = attribute(model, x, target, method="integrated_gradients", n_steps=8)
+        >>> out = aopc(model, x, maps, target, steps=4)
+        >>> out["aopc"] > out["aopc_random"]  # deleting what the map points at costs the model more than random
+        True
     """
     check_int("steps", steps, 1)
     check_range("max_fraction", max_fraction, 0.0, 1.0, low_inclusive=False)
@@ -383,7 +420,7 @@ def predict(
     with torch.no_grad():
         return torch.cat(
             [
-                fwd(x[i : i + batch_size], *rows_of(rest, len(x), lambda t: t[i : i + batch_size])).argmax(-1)
+                fwd(x[i : i + batch_size], *rows_of(rest, len(x), itemgetter(slice(i, i + batch_size)))).argmax(-1)
                 for i in range(0, len(x), batch_size)
             ]
         )
@@ -405,11 +442,31 @@ def compare(
     """How much the explanation moved from ``model_a`` to ``model_b`` on ``probe``.
 
     Both models are attributed for the same target (``"label"``: the probe labels; ``"pred"``: model A's
-    predictions), so the maps answer the same question. Per sample, :math:`\\rho` is the Spearman rank
-    correlation of :math:`|a|` and :math:`|b|` and top-k is :math:`|T_k(a) \\cap T_k(b)|/k` with
-    :math:`k = \\lceil` ``topk`` :math:`\\cdot d\\rceil`; agreement is the fraction of equal predictions.
+    predictions), so the maps answer the same question. Per sample, ``rho`` is the Spearman rank
+    correlation of ``|a|`` and ``|b|`` and top-k is ``|T_k(a) & T_k(b)| / k`` (``T_k``: the ``k`` largest
+    features) with ``k = ceil(topk * d)`` over ``d`` features; agreement is the fraction of equal predictions.
     Both models are put in eval mode and restored afterwards. For token models pass ``embedding_a`` /
     ``embedding_b``; for Grad-CAM ``layer_a`` / ``layer_b``.
+
+    Examples:
+        Did pruning change what the model looks at? (Untrained models here; in practice the model before and after.)
+
+        >>> import copy
+        >>> import torch
+        >>> from lightning_nas.compress import prune_structured
+        >>> from lightning_nas.explain import compare
+        >>> from lightning_nas.models import DigitsCNN
+        >>> _ = torch.manual_seed(0)
+        >>> before = DigitsCNN(width=8).eval()
+        >>> after = copy.deepcopy(before)
+        >>> _ = prune_structured(after, torch.rand(2, 1, 8, 8), amount=0.5)
+        >>> x = torch.rand(6, 1, 8, 8)
+        >>> drift = compare(before, before, (x, None), method="saliency")
+        >>> round(drift.spearman, 3), drift.topk, drift.agreement  # the same model: nothing moved
+        (1.0, 1.0, 1.0)
+        >>> drift = compare(before, after, (x, None), method="saliency")
+        >>> -1.0 <= drift.spearman <= 1.0 and len(drift.per_sample_topk) == 6
+        True
     """
     check_choice("target", target, ("label", "pred"))
     check_range("topk", topk, 0.0, 1.0, low_inclusive=False)
@@ -424,6 +481,7 @@ def compare(
     try:
         pa, pb = predict(model_a, probe.x, forward_fn), predict(model_b, probe.x, forward_fn)
         tgt = probe.y if target == "label" else pa
+        assert tgt is not None  # checked above
         a = attribute(model_a, probe.x, tgt, method, forward_fn=forward_fn, layer=layer_a, embedding=emb_a, **kwargs)
         b = attribute(model_b, probe.x, tgt, method, forward_fn=forward_fn, layer=layer_b, embedding=emb_b, **kwargs)
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas.explain._attribution_utils import forward_of
 
 __all__ = ["LayerRow", "layer_table", "graph_edges", "render_graph", "TABLE_COLUMNS"]
@@ -53,7 +54,18 @@ def layer_table(
     model: nn.Module, example_input: Any, forward_fn: Callable[[nn.Module, Any], Any] | None = None
 ) -> list[LayerRow]:
     """One row per leaf module in execution order, from one forward pass of ``example_input`` (eval mode,
-    restored after). A module called several times is one row with its first call's shapes."""
+    restored after). A module called several times is one row with its first call's shapes.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.explain.graph import layer_table
+        >>> from lightning_nas.models import DigitsCNN
+        >>> rows = layer_table(DigitsCNN(width=4), torch.rand(1, 1, 8, 8))
+        >>> [(r.name, r.type, r.out_shape, r.params) for r in rows[:2]]
+        [('features.0', 'Conv2d', '1x4x8x8', 40), ('features.1', 'BatchNorm2d', '1x4x8x8', 8)]
+        >>> rows[-1].name, rows[-1].macs  # the logits layer: 8 x 10 multiply-adds
+        ('classifier', 80)
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     fwd = forward_of(model, forward_fn)
@@ -71,32 +83,37 @@ def layer_table(
             rows[name] = LayerRow(name, type(m).__name__, _shape(inp), _shape(out), own, 0)
 
         handles.append(mod.register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        # grad stays on: under no_grad PyTorch's fused fast path for nn.TransformerEncoderLayer hides its matmuls
-        # from the flop counter
-        with torch.enable_grad(), FlopCounterMode(display=False) as fc:
-            fwd(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    with eval_mode(model):
+        try:
+            # grad stays on: under no_grad PyTorch's fused fast path for nn.TransformerEncoderLayer hides its matmuls
+            # from the flop counter
+            with torch.enable_grad(), FlopCounterMode(display=False) as fc:
+                fwd(example_input)
+        finally:
+            for h in handles:
+                h.remove()
     for fqn, ops in fc.get_flop_counts().items():
         # names are rooted at the outermost module the forward called (``model``, or a submodule of it when
         # ``forward_fn`` calls one): match the rest of the name to a row, as is or as the tail of a longer name
-        name: str | None = fqn.partition(".")[2]
-        if name not in rows:
-            longer = [n for n in rows if n.endswith("." + name)] if name else []
-            name = longer[0] if len(longer) == 1 else None
-        if name is not None:
-            rows[name].macs = int(sum(ops.values())) // 2
+        row: str | None = fqn.partition(".")[2]
+        if row not in rows:
+            longer = [n for n in rows if n.endswith("." + row)] if row else []
+            row = longer[0] if len(longer) == 1 else None
+        if row is not None:
+            rows[row].macs = int(sum(ops.values())) // 2
     return list(rows.values())
 
 
 def graph_edges(model: nn.Module, names: list[str]) -> list[tuple[str, str]]:
     """Edges between the named modules from a ``torch.fx`` trace; a chain in ``names`` order when the model
-    does not trace (data-dependent control flow, several inputs, ...)."""
+    does not trace (data-dependent control flow, several inputs, ...).
+
+    Examples:
+        >>> from lightning_nas.explain.graph import graph_edges
+        >>> from lightning_nas.models import DigitsCNN
+        >>> graph_edges(DigitsCNN(width=4), ["features.0", "features.3", "classifier"])
+        [('features.0', 'features.3'), ('features.3', 'classifier')]
+    """
     chain = list(zip(names, names[1:]))
     try:
         gm = torch.fx.symbolic_trace(model, concrete_args=None)
@@ -122,7 +139,18 @@ def render_graph(
     rows: list[LayerRow], edges: list[tuple[str, str]] | None = None, title: str = "", max_nodes: int = 60
 ) -> Any:
     """A matplotlib figure: one box per layer (name, type, output shape, params) in execution order, columns
-    of at most 15, arrows for ``edges`` (default: the execution-order chain)."""
+    of at most 15, arrows for ``edges`` (default: the execution-order chain).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.explain.graph import layer_table, render_graph
+        >>> from lightning_nas.models import DigitsCNN
+        >>> figure = render_graph(layer_table(DigitsCNN(width=4), torch.rand(1, 1, 8, 8)), title="DigitsCNN")
+        >>> type(figure).__name__
+        'Figure'
+        >>> import matplotlib.pyplot as plt
+        >>> plt.close(figure)
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)

@@ -2,13 +2,13 @@
 
 Pure torch, no Lightning import. For a probe set ``(x, classes)``:
 
-* the **path** of class :math:`c` is, per layer, the ``top_k`` channels with the highest mean activation
+* the **path** of class ``c`` is, per layer, the ``top_k`` channels with the highest mean activation
   over the class's samples (conv outputs are averaged over space first); with ``relative=True`` (default)
   each channel's activation is first standardized over the whole probe, so a channel that is large for
   every class does not sit on every path;
-* the **overlap** of two classes is the Jaccard index :math:`|P_a \\cap P_b| / |P_a \\cup P_b|` of their paths
+* the **overlap** of two classes is the Jaccard index ``|P_a & P_b| / |P_a | P_b|`` of their paths
   taken as sets of ``(layer, channel)``;
-* the **ablation effect** of a channel for class :math:`c` is the drop of the mean class-:math:`c` logit over the
+* the **ablation effect** of a channel for class ``c`` is the drop of the mean class-``c`` logit over the
   class's samples when that channel's output is set to zero (each candidate on its own, and the class's
   whole top-k at once per layer).
 """
@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas.explain._attribution_utils import forward_of
-from lightning_nas.explain.dynamics import _ACTIVATIONS
+from lightning_nas.explain.dynamics import ACTIVATIONS
 
 __all__ = ["PathReport", "default_layers", "decision_paths"]
 
@@ -61,8 +62,15 @@ class PathReport:
 
 def default_layers(model: nn.Module) -> list[str]:
     """The activation modules (ReLU & co., whose outputs are what fires); without any, every conv and linear
-    layer except a final linear (the logits have no 'channels' to follow)."""
-    acts = [n for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
+    layer except a final linear (the logits have no 'channels' to follow).
+
+    Examples:
+        >>> from lightning_nas.explain.paths import default_layers
+        >>> from lightning_nas.models import DigitsCNN
+        >>> default_layers(DigitsCNN(width=4))
+        ['features.2', 'features.5']
+    """
+    acts = [n for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
     if acts:
         return acts
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
@@ -117,7 +125,21 @@ def decision_paths(
     A module that runs several times in one forward (one ``nn.ReLU`` after layers of different widths) is followed
     per call, as ``"name#k"``. Cost: one forward plus, with ``ablate``, one per distinct candidate channel of each
     layer and one per class and layer; ``max_ablations`` caps those forwards, spending them on the layers nearest
-    the output first and, in a layer, on each class's best channel first (the rest get paths and overlaps). ``progress(message)`` hears each layer.
+    the output first and, in a layer, on each class's best channel first (the rest get paths and overlaps).
+    ``progress(message)`` hears each layer.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.explain.paths import decision_paths
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x, classes = torch.rand(20, 1, 8, 8), torch.arange(20) % 10
+        >>> report = decision_paths(DigitsCNN(width=4), x, classes, top_k=2, max_ablations=4)
+        >>> report.layers, len(report.top_channels["features.5"][0])  # class 0's 2 strongest channels there
+        (['features.2', 'features.5'], 2)
+        >>> report.overlap[(3, 3)], 0.0 <= report.mean_overlap <= 1.0  # Jaccard of the paths of two classes
+        (1.0, True)
+        >>> sorted(report.tables())  # each part as (columns, rows), as DecisionPaths logs them
+        ['ablation', 'overlap', 'top_channels']
     """
     modules = dict(model.named_modules())
     layers = default_layers(model) if layers is None else list(layers)
@@ -133,27 +155,8 @@ def decision_paths(
     def fwd(inp: torch.Tensor) -> torch.Tensor:
         return base_fwd(inp, *rest)
 
-    was = model.training
-    model.eval()
-    outs: dict[str, list[torch.Tensor]] = {}
-    handles = [
-        modules[n].register_forward_hook(lambda _m, _i, o, n=n: outs.setdefault(n, []).append(_channel_means(o)))
-        for n in layers
-    ]
-    try:
-        with torch.no_grad():
-            logits = fwd(x).float()
-        for h in handles:
-            h.remove()
-        units: dict[str, tuple[str, int | None]] = {}  # key -> (module name, call index)
-        acts: dict[str, torch.Tensor] = {}
-        for n in layers:
-            calls = outs.get(n, [])
-            for k, a in enumerate(calls):
-                key = n if len(calls) == 1 else f"{n}#{k}"
-                units[key], acts[key] = (n, None if len(calls) == 1 else k), a
-        if not units:
-            raise ValueError(f"none of `layers` {layers} ran in the forward of {type(model).__name__}")
+    with eval_mode(model):
+        logits, units, acts = _record_units(model, modules, layers, fwd, x)
         keys = list(units)
         cls = classes.view(-1).to(logits.device)
         present = sorted(set(cls.tolist()))
@@ -171,48 +174,108 @@ def decision_paths(
         ablation: list[tuple[int, str, int, float]] = []
         group: dict[tuple[int, str], float] = {}
         if ablate:
-            base = {c: float(logits[cls == c, c].mean()) for c in present}
-            budget = max_ablations if max_ablations is not None else float("inf")
-            for i, n in enumerate(reversed(keys)):
-                if budget < 1:
-                    if progress is not None:
-                        progress(f"ablation budget spent: {len(keys) - i} of {len(keys)} layers not ablated")
-                    break
-                module, call = modules[units[n][0]], units[n][1]
-                # each class's best channel first, then the next ranks, then each class's whole top-k at once
-                order = list(dict.fromkeys(ch for r in range(top_k) for c in present for ch in top[n][c][r : r + 1]))
-                if progress is not None:
-                    progress(f"ablating {n} ({i + 1}/{len(keys)})")
-                effects: dict[int, torch.Tensor] = {}
-                for ch in order:
-                    if budget < 1:
-                        break
-                    effects[ch] = _run_ablated(fwd, module, [ch], x, call)
-                    budget -= 1
-                for c in present:
-                    mask = cls == c
-                    ablation += [
-                        (c, n, ch, base[c] - float(effects[ch][mask, c].mean())) for ch in top[n][c] if ch in effects
-                    ]
-                for c in present:
-                    if budget < 1:
-                        break
-                    mask = cls == c
-                    group[(c, n)] = base[c] - float(_run_ablated(fwd, module, top[n][c], x, call)[mask, c].mean())
-                    budget -= 1
-            ablation.sort(key=lambda r: (r[0], -r[3]))
-            per_class: dict[int, int] = {}
-            kept = []
-            for r in ablation:
-                if per_class.get(r[0], 0) < top_ablation:
-                    kept.append(r)
-                    per_class[r[0]] = per_class.get(r[0], 0) + 1
-            ablation = kept
+            ablator = _Ablator(fwd, x, logits, cls, present, max_ablations, progress)
+            ablation, group = ablator.run(keys, {n: (modules[units[n][0]], units[n][1]) for n in keys}, top, top_k)
+            ablation = _top_per_class(ablation, top_ablation)
         return PathReport(keys, present, top, overlap, ablation, group)
+
+
+def _record_units(
+    model: nn.Module, modules: dict[str, nn.Module], layers: list[str], fwd: Callable, x: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, tuple[str, int | None]], dict[str, torch.Tensor]]:
+    """One forward recording each layer's per-channel mean activations; a module called k times in the forward
+    gives units ``name#0..k-1``. Returns ``(logits, {unit: (module name, call index)}, {unit: activations})``."""
+    outs: dict[str, list[torch.Tensor]] = {}
+    handles = [
+        modules[n].register_forward_hook(lambda _m, _i, o, n=n: outs.setdefault(n, []).append(_channel_means(o)))
+        for n in layers
+    ]
+    try:
+        with torch.no_grad():
+            logits = fwd(x).float()
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
+    units: dict[str, tuple[str, int | None]] = {}
+    acts: dict[str, torch.Tensor] = {}
+    for n in layers:
+        calls = outs.get(n, [])
+        for k, a in enumerate(calls):
+            key = n if len(calls) == 1 else f"{n}#{k}"
+            units[key], acts[key] = (n, None if len(calls) == 1 else k), a
+    if not units:
+        raise ValueError(f"none of `layers` {layers} ran in the forward of {type(model).__name__}")
+    return logits, units, acts
+
+
+class _Ablator:
+    """Channel ablations under a budget of forwards: layers nearest the output first; in a layer each class's best
+    channel first, then the next ranks, then each class's whole top-k at once."""
+
+    def __init__(
+        self,
+        fwd: Callable,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        cls: torch.Tensor,
+        present: list[int],
+        max_ablations: int | None,
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        self.fwd, self.x, self.cls, self.present, self.progress = fwd, x, cls, present, progress
+        self.base = {c: float(logits[cls == c, c].mean()) for c in present}
+        self.budget: float = max_ablations if max_ablations is not None else float("inf")
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+    def run(
+        self,
+        keys: list[str],
+        where: dict[str, tuple[nn.Module, int | None]],
+        top: dict[str, dict[int, list[int]]],
+        top_k: int,
+    ) -> tuple[list[tuple[int, str, int, float]], dict[tuple[int, str], float]]:
+        ablation: list[tuple[int, str, int, float]] = []
+        group: dict[tuple[int, str], float] = {}
+        for i, n in enumerate(reversed(keys)):
+            if self.budget < 1:
+                self._say(f"ablation budget spent: {len(keys) - i} of {len(keys)} layers not ablated")
+                break
+            module, call = where[n]
+            order = list(dict.fromkeys(ch for r in range(top_k) for c in self.present for ch in top[n][c][r : r + 1]))
+            self._say(f"ablating {n} ({i + 1}/{len(keys)})")
+            effects: dict[int, torch.Tensor] = {}
+            for ch in order:
+                if self.budget < 1:
+                    break
+                effects[ch] = _run_ablated(self.fwd, module, [ch], self.x, call)
+                self.budget -= 1
+            for c in self.present:
+                mask = self.cls == c
+                ablation += [
+                    (c, n, ch, self.base[c] - float(effects[ch][mask, c].mean())) for ch in top[n][c] if ch in effects
+                ]
+            for c in self.present:
+                if self.budget < 1:
+                    break
+                out = _run_ablated(self.fwd, module, top[n][c], self.x, call)
+                group[(c, n)] = self.base[c] - float(out[self.cls == c, c].mean())
+                self.budget -= 1
+        return ablation, group
+
+
+def _top_per_class(ablation: list[tuple[int, str, int, float]], top_ablation: int) -> list[tuple[int, str, int, float]]:
+    """The ``top_ablation`` largest drops of each class, classes in order."""
+    ablation = sorted(ablation, key=lambda r: (r[0], -r[3]))
+    per_class: dict[int, int] = {}
+    kept = []
+    for r in ablation:
+        if per_class.get(r[0], 0) < top_ablation:
+            kept.append(r)
+            per_class[r[0]] = per_class.get(r[0], 0) + 1
+    return kept
 
 
 def _run_ablated(

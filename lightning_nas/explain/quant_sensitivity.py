@@ -16,38 +16,40 @@ scales. Hand-written: no maintained library reports these for torch.ao FX models
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas.compress.quantize import fake_quant_modules, qat_layers
+
+if TYPE_CHECKING:
+    from torch.ao.quantization import FakeQuantizeBase
 
 SENSITIVITY_KEY = "explain/sensitivity"
 SENSITIVITY_COLUMNS = ["layer", "method", "level", "accuracy", "drop"]
 
 
 @contextmanager
-def _frozen_flags(model: nn.Module):
+def _frozen_flags(model: nn.Module) -> Iterator[list[tuple[str, FakeQuantizeBase]]]:
     """Freeze observers for the duration; restore every fake-quantizer's flags and the train mode after."""
     fqs = fake_quant_modules(model)
     saved = [(m.observer_enabled.clone(), m.fake_quant_enabled.clone()) for _, m in fqs]
-    was_training = model.training
     try:
         for _, m in fqs:
             m.disable_observer()
-        model.eval()
-        yield fqs
+        with eval_mode(model):
+            yield fqs
     finally:
         for (_, m), (obs, fq) in zip(fqs, saved):
             m.observer_enabled.copy_(obs)
             m.fake_quant_enabled.copy_(fq)
-        model.train(was_training)
 
 
-def _set_all(fqs: Sequence[tuple[str, nn.Module]], on: bool) -> None:
+def _set_all(fqs: Sequence[tuple[str, FakeQuantizeBase]], on: bool) -> None:
     for _, m in fqs:
         m.enable_fake_quant(on)
 
@@ -75,8 +77,26 @@ def _args(batch: Any) -> tuple:
 def layer_sqnr(model: nn.Module, inputs: Iterable[Any], forward: Callable[..., Any] | None = None) -> dict[str, float]:
     """SQNR in dB of every fake-quantized layer's output (float vs fake-quant), summed over ``inputs``.
 
+    Math: with ``y`` a layer's output with every quantizer off and ``y_q`` with them on, summed over all
+    elements of all ``inputs``: ``SQNR = 10 log10(sum y^2 / sum (y - y_q)^2)`` dB (``inf`` when equal). Each
+    bit of precision adds about 6 dB; int8 layers with well-fitted ranges sit around 30-40 dB.
+
     ``forward`` runs a batch through the model (default: ``model``); use it when the prepared model is a
     submodule of a larger one (e.g. the LightningModule).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.explain import layer_sqnr
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x = torch.rand(16, 1, 8, 8)
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> _ = qat(x)  # observe ranges
+        >>> sqnr = layer_sqnr(qat.eval(), [x])
+        >>> sorted(sqnr)
+        ['classifier', 'features.0', 'features.3']
+        >>> all(v > 10 for v in sqnr.values())  # dB: int8 keeps the signal well above the rounding noise
+        True
     """
     fwd = forward or model
     layers = qat_layers(model)
@@ -125,6 +145,18 @@ def quant_sensitivity(
     ``batches`` are ``(input, integer labels)`` pairs; accuracy is top-1 of the logits' last dimension with
     only that layer quantized; ``drop`` = float accuracy (all quantizers off) - that accuracy. ``layers`` limits the
     table to those layers (one pass over ``batches`` each; default every quantized layer).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.compress import prepare_qat
+        >>> from lightning_nas.explain import quant_sensitivity
+        >>> from lightning_nas.models import DigitsCNN
+        >>> x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        >>> qat = prepare_qat(DigitsCNN(width=8), (x,))
+        >>> _ = qat(x)
+        >>> rows = quant_sensitivity(qat.eval(), [(x, y)])
+        >>> [(r[0], r[1], r[2]) for r in rows]  # then accuracy with only that layer quantized, and the drop
+        [('features.0', 'quant_int8', 8), ('features.3', 'quant_int8', 8), ('classifier', 'quant_int8', 8)]
     """
     fwd = forward or model
     rows: list[list[Any]] = []

@@ -224,7 +224,15 @@ def _not_shown(skipped: list[str]) -> str:
 
 
 def render(data: RunData, title: str | None = None) -> str:
-    """The report page for ``data`` as an HTML string."""
+    """The report page for ``data`` as an HTML string.
+
+    Examples:
+        >>> from lightning_nas.report import RunData, render
+        >>> data = RunData(name="demo", source="files", scalars={"val_acc": [(0, 0.5), (1, 0.9)]})
+        >>> html = render(data, title="<demo>")
+        >>> html.startswith("<!DOCTYPE html>"), "&lt;demo&gt;" in html  # every value escaped
+        (True, True)
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)  # headless: draw to PNG only
@@ -267,6 +275,21 @@ def build_report(run_dir: str | Path, out: str | Path = "report.html", title: st
     """Write the self-contained HTML report of the run under ``run_dir`` to ``out``; return its path.
 
     ``run_dir``: a W&B run or save dir (offline runs included), or a ``Tracker.files_dir`` file sink.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from lightning_nas.report import build_report
+        >>> from lightning_nas.tracking import Tracker
+        >>> run = Path(tempfile.mkdtemp())
+        >>> tracker = Tracker(files_dir=run / "nas_files")
+        >>> for epoch, acc in enumerate([0.5, 0.8, 0.9]):
+        ...     tracker.log_scalars({"val_acc": acc}, step=epoch)
+        >>> tracker.log_table("nas/decisions", ["label", "chosen"], [["block1", "conv5"]])
+        >>> page = build_report(run, out=run / "report.html", title="digits")
+        >>> html = page.read_text()
+        >>> "conv5" in html, "<script" in html  # self-contained, no script, fetches nothing
+        (True, False)
     """
     path = Path(out)
     if path.is_dir():

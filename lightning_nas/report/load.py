@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from lightning_nas._trust import UnsafePathError, image_type, inside
 
@@ -52,7 +52,19 @@ def _newest(paths: list[Path]) -> Path | None:
 
 
 def locate(run_dir: str | Path) -> tuple[Path | None, Path | None]:
-    """``(sink_dir, wandb_run_dir)`` for ``run_dir``; either may be ``None``, not both."""
+    """``(sink_dir, wandb_run_dir)`` for ``run_dir``; either may be ``None``, not both.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from lightning_nas.report import locate
+        >>> from lightning_nas.tracking import Tracker
+        >>> run = Path(tempfile.mkdtemp())
+        >>> Tracker(files_dir=run / "nas_files").log_scalars({"val_acc": 0.9}, step=0)
+        >>> sink, wandb_run = locate(run)
+        >>> sink.name, wandb_run
+        ('nas_files', None)
+    """
     p = Path(run_dir)
     if not p.exists():
         raise FileNotFoundError(f"report: {str(p)!r} does not exist")
@@ -101,7 +113,7 @@ def _read_bytes(path: Path, data: RunData, what: str) -> bytes | None:
 def _jsonl(path: Path, data: RunData | None = None, what: str = "") -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file (a line that is not a JSON object is skipped: still being written,
     or not ours)."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not path.exists():
         return out
     raw = _read_bytes(path, data, what or path.name) if data is not None else path.read_bytes()
@@ -177,7 +189,7 @@ def _numbers(v: Any) -> bool:
     return isinstance(v, list) and all(_num(x) is not None for x in v)
 
 
-def _valid_table(t: Any) -> bool:
+def _valid_table(t: Any) -> TypeGuard[dict[str, Any]]:
     return (
         isinstance(t, dict)
         and isinstance(t.get("columns", []), list)
@@ -207,6 +219,29 @@ def _valid_series(s: Any) -> bool:
 
 
 def _read_sink(sink: Path, data: RunData) -> None:
+    """Read a ``nas_files`` folder: scalars, the index of media (images, tables, histograms, series), summary;
+    whatever cannot be read is named in ``data.skipped``."""
+    _read_scalars(sink, data)
+    latest: dict[tuple[str, str], tuple[Any, str]] = {}
+    for kind, key, step, rel, what in _read_index(sink, data):
+        if kind == "image":
+            path = _image(sink, rel, data, what)
+            if path is not None:
+                data.images.setdefault(key, []).append((step, path))
+        else:
+            latest[(kind, key)] = (rel, what)
+    for (kind, key), (rel, what) in latest.items():
+        if kind in ("table", "histogram", "series"):
+            _read_media(sink, data, kind, key, rel, what)
+    if (sink / "summary.json").exists():
+        summary = _json(sink / "summary.json", data, "summary.json")
+        if isinstance(summary, dict):
+            data.summary.update(summary)
+        elif summary is not None:
+            data.skipped.append("summary.json: not a JSON object")
+
+
+def _read_scalars(sink: Path, data: RunData) -> None:
     bad_steps = 0
     for rec in _jsonl(sink / "scalars.jsonl", data, "scalars.jsonl"):
         step = _step(rec.get("step", 0))
@@ -218,6 +253,10 @@ def _read_sink(sink: Path, data: RunData) -> None:
                 data.scalars.setdefault(k, []).append((step, float(v)))
     if bad_steps:
         data.skipped.append(f"scalars.jsonl: {bad_steps} record(s) whose step is not an integer")
+
+
+def _read_index(sink: Path, data: RunData) -> list[tuple[str, str, int, Any, str]]:
+    """``(kind, key, step, file, what)`` of each well-formed non-scalar entry of ``index.jsonl``."""
     index = []
     for n, e in enumerate(_jsonl(sink / "index.jsonl", data, "index.jsonl"), 1):
         what = f"index.jsonl entry {n}"
@@ -235,51 +274,39 @@ def _read_sink(sink: Path, data: RunData) -> None:
             data.skipped.append(f"{what}: step {_short(e.get('step'))} is not an integer")
             continue
         index.append((e["kind"], e["key"], step, e["file"], what))
-    latest: dict[tuple[str, str], tuple[Any, str]] = {}
-    for kind, key, step, rel, what in index:
-        if kind == "image":
-            path = _image(sink, rel, data, what)
-            if path is not None:
-                data.images.setdefault(key, []).append((step, path))
-        else:
-            latest[(kind, key)] = (rel, what)
-    for (kind, key), (rel, what) in latest.items():
-        if kind not in ("table", "histogram", "series"):
-            continue
-        path = _resolve(sink, rel, data, what)
-        if path is None:
-            continue
-        if not path.exists():
-            data.skipped.append(f"{what}: file {_short(rel)} does not exist")
-            continue
-        if kind == "table":
-            recs = _jsonl(path, data, what)
-            if recs and _valid_table(recs[-1]):
-                data.tables[key] = recs[-1]
-            elif recs:
-                data.skipped.append(f"{what}: {rel!r} does not hold columns and rows (lists)")
-        elif kind == "histogram":
-            recs = _jsonl(path, data, what)
-            good = [r for r in recs if _valid_histogram(r) and _step(r.get("step", 0)) is not None]
-            if len(good) < len(recs):
-                data.skipped.append(
-                    f"{what}: {len(recs) - len(good)} record(s) in {rel!r} are not histograms "
-                    "(counts and edges of matching lengths)"
-                )
-            if good:
-                data.histograms[key] = good
-        else:
-            s = _json(path, data, what)
-            if _valid_series(s):
-                data.series[key] = s
-            elif s is not None:
-                data.skipped.append(f"{what}: {rel!r} is not a line series (xs and ys lists of numbers)")
-    if (sink / "summary.json").exists():
-        summary = _json(sink / "summary.json", data, "summary.json")
-        if isinstance(summary, dict):
-            data.summary.update(summary)
-        elif summary is not None:
-            data.skipped.append("summary.json: not a JSON object")
+    return index
+
+
+def _read_media(sink: Path, data: RunData, kind: str, key: str, rel: Any, what: str) -> None:
+    """The latest table, histogram or line series of ``key``, checked for shape before it is kept."""
+    path = _resolve(sink, rel, data, what)
+    if path is None:
+        return
+    if not path.exists():
+        data.skipped.append(f"{what}: file {_short(rel)} does not exist")
+        return
+    if kind == "table":
+        recs = _jsonl(path, data, what)
+        if recs and _valid_table(recs[-1]):
+            data.tables[key] = recs[-1]
+        elif recs:
+            data.skipped.append(f"{what}: {rel!r} does not hold columns and rows (lists)")
+    elif kind == "histogram":
+        recs = _jsonl(path, data, what)
+        good = [r for r in recs if _valid_histogram(r) and _step(r.get("step", 0)) is not None]
+        if len(good) < len(recs):
+            data.skipped.append(
+                f"{what}: {len(recs) - len(good)} record(s) in {rel!r} are not histograms "
+                "(counts and edges of matching lengths)"
+            )
+        if good:
+            data.histograms[key] = good
+    else:
+        s = _json(path, data, what)
+        if _valid_series(s):
+            data.series[key] = s
+        elif s is not None:
+            data.skipped.append(f"{what}: {rel!r} is not a line series (xs and ys lists of numbers)")
 
 
 def _read_wandb(run: Path, data: RunData, media: bool) -> None:
@@ -293,8 +320,8 @@ def _read_wandb(run: Path, data: RunData, media: bool) -> None:
     files = run / "files"
     wb_scalars: dict[str, list[tuple[int, float]]] = {}
     for i, row in enumerate(history):
-        step = row.get("trainer/global_step", row.get("_step", i))
-        step = _step(step) if _step(step) is not None else i
+        step = _step(row.get("trainer/global_step", row.get("_step", i)))
+        step = step if step is not None else i
         for k, v in row.items():
             if k.startswith("_") or k == "trainer/global_step":
                 continue
@@ -325,11 +352,24 @@ def _read_wandb(run: Path, data: RunData, media: bool) -> None:
 
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read everything under ``run_dir`` (see the module docstring for what is accepted)."""
+    """Read everything under ``run_dir`` (see the module docstring for what is accepted).
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from lightning_nas.report import load_run, locate
+        >>> from lightning_nas.tracking import Tracker
+        >>> run = Path(tempfile.mkdtemp())
+        >>> Tracker(files_dir=run / "nas_files").log_scalars({"val_acc": 0.9}, step=0)
+        >>> data = load_run(run)
+        >>> data.scalars["val_acc"]
+        [(0, 0.9)]
+    """
     sink, wb = locate(run_dir)
     if wb is not None:
         name = wb.name
     else:
+        assert sink is not None  # locate() finds one of the two
         name = sink.parent.name if sink.name == "nas_files" else sink.name
         name = sink.parent.parent.name if name == "files" else name
     data = RunData(name=name, source=str(wb or sink))

@@ -58,32 +58,58 @@ def _is_nni(module: nn.Module, cls_name: str) -> bool:
 
 
 def as_choice(module: nn.Module) -> ChoiceView | None:
-    """The ``ChoiceView`` of ``module`` when it is a choice (ours, a mixed op, or NNI's), else ``None``."""
+    """The ``ChoiceView`` of ``module`` when it is a choice (ours, a mixed op, or NNI's), else ``None``.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> view = space.as_choice(net[1])
+        >>> view.label, view.kind, view.names
+        ('block1', 'layer', ['conv3', 'skip'])
+        >>> space.as_choice(net[0]) is None
+        True
+    """
     if isinstance(module, ChoiceModule):
         return ChoiceView(module.label, module.kind, module.candidate_names(), module.frozen, module)
+    nni: Any = module  # NNI's choices: their attributes are not typed here (NNI is optional)
     if _is_nni(module, "LayerChoice"):
-        by_name = {str(n): n for n in module.names}
+        by_name = {str(n): n for n in nni.names}
         if len(by_name) < 2:
             raise ValueError(f"NNI LayerChoice {module.label!r} needs at least 2 candidates, got {list(by_name)}")
-        return ChoiceView(module.label, "layer", list(by_name), lambda name: module[by_name[name]], module)
+        return ChoiceView(nni.label, "layer", list(by_name), lambda name: nni[by_name[name]], module)
     if _is_nni(module, "InputChoice"):
         if module.n_chosen is None:
             raise ValueError(
                 f"NNI InputChoice {module.label!r}: n_chosen=None (any number) is not supported; give an int n_chosen"
             )
-        combos = input_combinations(module.n_candidates, module.n_chosen)
+        combos = input_combinations(nni.n_candidates, nni.n_chosen)
         names = [combo_name(c) for c in combos]
         if len(names) < 2:
             raise ValueError(f"NNI InputChoice {module.label!r} has fewer than 2 candidate subsets")
         reduction = str(module.reduction)
         return ChoiceView(
-            module.label, "input", names, lambda name: SelectInputs(combos[names.index(name)], reduction), module
+            nni.label, "input", names, lambda name: SelectInputs(combos[names.index(name)], reduction), module
         )
     return None
 
 
 def named_choices(model: nn.Module) -> list[tuple[str, ChoiceView]]:
-    """Every choice module in ``model`` (depth first, nested ones included) with its module path."""
+    """Every choice module in ``model`` (depth first, nested ones included) with its module path.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> [(path, view.label) for path, view in space.named_choices(net)]
+        [('1', 'block1')]
+    """
     out = []
     for path, m in model.named_modules():
         view = as_choice(m)
@@ -93,7 +119,18 @@ def named_choices(model: nn.Module) -> list[tuple[str, ChoiceView]]:
 
 
 def decisions(model: nn.Module) -> dict[str, Decision]:
-    """Every labelled decision in ``model``; raises if one label is used with different candidates."""
+    """Every labelled decision in ``model``; raises if one label is used with different candidates.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> space.decisions(net)["block1"]
+        Decision(label='block1', kind='layer', candidates=['conv3', 'skip'], paths=['1'])
+    """
     check_type("model", model, nn.Module)
     out: dict[str, Decision] = {}
     for path, view in named_choices(model):
@@ -116,17 +153,50 @@ def decisions(model: nn.Module) -> dict[str, Decision]:
 
 
 def choices(model: nn.Module) -> dict[str, list[Any]]:
-    """``{label: candidates}`` for every decision of ``model`` (tied choices appear once)."""
+    """``{label: candidates}`` for every decision of ``model`` (tied choices appear once).
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> space.choices(net)
+        {'block1': ['conv3', 'skip']}
+    """
     return {label: d.candidates for label, d in decisions(model).items()}
 
 
 def size(model: nn.Module) -> int:
-    """Number of distinct architectures: the product of each decision's candidate count (1 if none)."""
+    """Number of distinct architectures: the product of each decision's candidate count (1 if none).
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> net = nn.Sequential(space.LayerChoice([nn.ReLU(), nn.Tanh(), nn.GELU()], label="act"),
+        ...                     space.InputChoice(2, label="merge"))
+        >>> space.size(net)  # 3 activations x 2 inputs
+        6
+        >>> space.size(nn.Linear(2, 2))  # no decisions: one architecture
+        1
+    """
     return math.prod(len(c) for c in choices(model).values())
 
 
 def architectures(model: nn.Module) -> list[dict[str, Any]]:
-    """Every architecture of ``model`` as ``{label: candidate}``, in a fixed order (first candidates first)."""
+    """Every architecture of ``model`` as ``{label: candidate}``, in a fixed order (first candidates first).
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> space.architectures(net)
+        [{'block1': 'conv3'}, {'block1': 'skip'}]
+    """
     space = choices(model)
     return [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
 
@@ -178,6 +248,21 @@ def freeze(model: nn.Module, arch: Mapping[str, Any], *, inplace: bool = False) 
         inplace: modify ``model`` instead of a deep copy.
 
     Raises ``ValueError`` for a missing, extra or unknown label, or a candidate the label does not have.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> plain = space.freeze(net, {"block1": "skip"})  # a deep copy; net keeps its choice
+        >>> type(plain[1]).__name__, space.size(plain)
+        ('Identity', 1)
+        >>> space.freeze(net, {"block1": "conv7"})
+        Traceback (most recent call last):
+        ...
+        ValueError: ...
     """
     check_type("model", model, nn.Module)
     _check_arch(model, arch)
@@ -197,6 +282,21 @@ def build(fn: Callable[[], nn.Module], arch: Mapping[str, Any] | None = None) ->
     read while it was built, so ``choices``/``size``/``architectures`` list them too. With an ``arch``
     covering every decision, the result is frozen (a plain module). This is the multi-trial entry point:
     ``space.build(make_model, {"width": 32, "block1": "conv5"})``.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> def make():
+        ...     w = space.ValueChoice([8, 16], label="width")
+        ...     return nn.Sequential(nn.Linear(4, w),
+        ...                          space.LayerChoice({"relu": nn.ReLU(), "tanh": nn.Tanh()}, label="act"))
+        >>> space.choices(space.build(make))  # arch=None: the choices stay, ValueChoices are remembered
+        {'act': ['relu', 'tanh'], 'width': [8, 16]}
+        >>> space.build(make, {"width": 16, "act": "tanh"})  # frozen: a plain module
+        Sequential(
+          (0): Linear(in_features=4, out_features=16, bias=True)
+          (1): Tanh()
+        )
     """
     if not callable(fn):
         raise TypeError(f"`fn` must be a callable returning an nn.Module, got {type(fn).__name__}")
@@ -213,5 +313,16 @@ def build(fn: Callable[[], nn.Module], arch: Mapping[str, Any] | None = None) ->
 
 
 def search_space(fn: Callable[[], nn.Module]) -> dict[str, list[Any]]:
-    """``{label: candidates}`` of the model ``fn()`` builds, ``ValueChoice``s included."""
+    """``{label: candidates}`` of the model ``fn()`` builds, ``ValueChoice``s included.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> def make():
+        ...     w = space.ValueChoice([8, 16], label="width")
+        ...     return nn.Sequential(nn.Linear(4, w),
+        ...                          space.LayerChoice({"relu": nn.ReLU(), "tanh": nn.Tanh()}, label="act"))
+        >>> space.search_space(make)
+        {'act': ['relu', 'tanh'], 'width': [8, 16]}
+    """
     return choices(build(fn))

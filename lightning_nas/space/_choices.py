@@ -52,6 +52,14 @@ def fixed_arch(arch: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 
     ``ValueChoice(values, label)`` returns ``arch[label]``; a ``LayerChoice``/``InputChoice`` makes
     ``arch[label]`` its active candidate. Labels absent from ``arch`` keep their default (the first).
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> with space.fixed_arch({"width": 32}):
+        ...     conv = nn.Conv2d(1, space.ValueChoice([16, 32], label="width"), 3)
+        >>> conv.out_channels
+        32
     """
     check_type("arch", arch, Mapping)
     _FIXED.append(dict(arch))
@@ -63,7 +71,15 @@ def fixed_arch(arch: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 
 @contextmanager
 def recording() -> Iterator[dict[str, tuple[list[Any], Any]]]:
-    """Collect every ``ValueChoice`` made inside the block: ``{label: (values, chosen value)}``."""
+    """Collect every ``ValueChoice`` made inside the block: ``{label: (values, chosen value)}``.
+
+    Examples:
+        >>> from lightning_nas import space
+        >>> with space.recording() as seen:
+        ...     width = space.ValueChoice([16, 32], label="width")
+        >>> seen
+        {'width': ([16, 32], 16)}
+    """
     rec: dict[str, tuple[list[Any], Any]] = {}
     _RECORDERS.append(rec)
     try:
@@ -77,6 +93,16 @@ def ValueChoice(values: Sequence[Any], label: str) -> Any:
 
     Returns the value itself, so ``nn.Conv2d(1, ValueChoice([16, 32], label="width"), 3)`` is ordinary code.
     The same label may be read several times (a tied decision) if ``values`` are equal each time.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> def make():
+        ...     return nn.Conv2d(1, space.ValueChoice([16, 32], label="width"), 3)
+        >>> make().out_channels  # outside a search: the first value, as an int
+        16
+        >>> space.build(make, {"width": 32}).out_channels
+        32
     """
     label = _check_label(label)
     check_type("values", values, (list, tuple))
@@ -125,6 +151,19 @@ class LayerChoice(ChoiceModule):
             sharing a label and candidate names are one tied decision.
 
     Before freezing, ``forward`` runs the active candidate (the first, or ``fixed_arch``'s).
+
+    Examples:
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 8, 3, padding=1),
+        ...     space.LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, label="block1"),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> import torch
+        >>> net(torch.rand(2, 1, 8, 8)).shape  # before any search the first candidate runs: an ordinary module
+        torch.Size([2, 10])
+        >>> space.choices(net)
+        {'block1': ['conv3', 'skip']}
     """
 
     kind = "layer"
@@ -149,7 +188,7 @@ class LayerChoice(ChoiceModule):
                 raise TypeError(
                     f"LayerChoice {label!r}: candidate {name!r} must be an nn.Module, got {type(m).__name__}"
                 )
-        self.candidates = nn.ModuleDict(items)
+        self.candidates = nn.ModuleDict(dict(items))
         fixed = _fixed_value(label)
         self.active = items[0][0] if fixed is _MISSING else check_choice(f"arch[{label!r}]", fixed, self.names)
 
@@ -191,7 +230,14 @@ def reduce_inputs(tensors: list[torch.Tensor], reduction: str) -> Any:
 
 
 class SelectInputs(nn.Module):
-    """A frozen input choice: picks fixed inputs from a list and reduces them (plain, exportable)."""
+    """A frozen input choice: picks fixed inputs from a list and reduces them (plain, exportable).
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas.space import SelectInputs
+        >>> SelectInputs([0, 2], reduction="concat")([torch.zeros(1, 1), torch.ones(1, 1), 2 * torch.ones(1, 1)])
+        tensor([[0., 2.]])
+    """
 
     def __init__(self, indices: Sequence[int], reduction: str = "sum") -> None:
         super().__init__()
@@ -211,6 +257,18 @@ class InputChoice(ChoiceModule):
     Called with a list of ``n_candidates`` tensors; the chosen ones are reduced (``"sum"``, ``"mean"``,
     ``"concat"`` on dim 1, or ``"none"``). Each subset is one candidate, named by its indices (``"0"``,
     ``"0+2"``), so an ``InputChoice(3, 2)`` has 3 candidates.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_nas import space
+        >>> merge = space.InputChoice(3, n_chosen=2, label="merge")
+        >>> space.choices(merge)  # every subset of 2 of the 3 inputs is one candidate
+        {'merge': ['0+1', '0+2', '1+2']}
+        >>> a, b, c = torch.ones(1, 2), 2 * torch.ones(1, 2), 3 * torch.ones(1, 2)
+        >>> merge([a, b, c])  # the active (first) candidate: inputs 0 and 1, summed
+        tensor([[3., 3.]])
+        >>> space.freeze(merge, {"merge": "1+2"})([a, b, c])
+        tensor([[5., 5.]])
     """
 
     kind = "input"

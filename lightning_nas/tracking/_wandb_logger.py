@@ -15,6 +15,13 @@ class FallbackWandbLogger(WandbLogger):
     plain ``WandbLogger`` then ends the fit. This one warns, records the run offline instead (sync it later
     with ``wandb sync``), and only as a last resort disables W&B; the lightning_nas file sink keeps
     everything in every case. Arguments are those of ``WandbLogger``.
+
+    Examples:
+        >>> import tempfile
+        >>> from lightning_nas.tracking import FallbackWandbLogger
+        >>> logger = FallbackWandbLogger(project="digits", save_dir=tempfile.mkdtemp(), offline=True)
+        >>> type(logger).__mro__[1].__name__  # a WandbLogger: pass it as Trainer(logger=...)
+        'WandbLogger'
     """
 
     @property

@@ -100,6 +100,34 @@ def _value(item: Any) -> Any:
         return item.value_json
 
 
+def _parsed_records(path: Path, timeout: float) -> list[Any]:
+    """The records of ``path``, waiting up to ``timeout`` s for the ``exit`` record (warning if it never comes)."""
+    from lightning_nas._compat import wandb_record_class
+
+    record = wandb_record_class()
+    deadline = time.monotonic() + timeout
+    while True:
+        recs = []
+        for i, raw in enumerate(_records(path.read_bytes(), path)):
+            r = record()
+            try:
+                r.ParseFromString(raw)
+            except Exception as exc:
+                raise ValueError(
+                    f"read_offline_run: record {i} of {str(path)!r} is not a W&B record ({type(exc).__name__})"
+                ) from None
+            recs.append(r)
+        done = any(r.WhichOneof("record_type") == "exit" for r in recs)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if not done:
+        warnings.warn(
+            f"read_offline_run: {str(path)!r} has no exit record yet; the run may still be writing", stacklevel=3
+        )
+    return recs
+
+
 def read_offline_run(run_dir: str | Path, timeout: float = 10.0) -> tuple[list[dict], dict, dict]:
     """Return ``(history, summary, config)`` recorded by a W&B offline run.
 
@@ -111,28 +139,22 @@ def read_offline_run(run_dir: str | Path, timeout: float = 10.0) -> tuple[list[d
 
     ``history`` is a list of dicts, one per ``run.log`` call (media as W&B's JSON descriptions, e.g.
     ``{"_type": "histogram", ...}``; an image's ``path`` is relative to the run's ``files`` folder).
-    """
-    from wandb.proto import wandb_internal_pb2 as pb
 
+    Examples:
+        >>> import tempfile
+        >>> import wandb
+        >>> from lightning_nas.tracking import read_offline_run
+        >>> folder = tempfile.mkdtemp()
+        >>> run = wandb.init(mode="offline", dir=folder, project="demo", config={"lr": 0.01})
+        >>> run.log({"val_acc": 0.5})
+        >>> run.log({"val_acc": 0.75})
+        >>> wandb.finish()
+        >>> history, summary, config = read_offline_run(folder)  # the newest offline run below the folder
+        >>> [row["val_acc"] for row in history], summary["val_acc"], config["lr"]
+        ([0.5, 0.75], 0.75, 0.01)
+    """
     path = _find_run_file(run_dir)
-    deadline = time.monotonic() + timeout
-    while True:
-        raws = _records(path.read_bytes(), path)
-        recs = []
-        for i, raw in enumerate(raws):
-            r = pb.Record()
-            try:
-                r.ParseFromString(raw)
-            except Exception as exc:
-                raise ValueError(
-                    f"read_offline_run: record {i} of {str(path)!r} is not a W&B record ({type(exc).__name__})"
-                ) from None
-            recs.append(r)
-        if any(r.WhichOneof("record_type") == "exit" for r in recs) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    if not any(r.WhichOneof("record_type") == "exit" for r in recs):
-        warnings.warn(f"read_offline_run: {str(path)!r} has no exit record yet; the run may still be writing")
+    recs = _parsed_records(path, timeout)
     history: list[dict] = []
     summary: dict = {}
     config: dict = {}

@@ -48,6 +48,16 @@ def to_uint8_image(image: Any) -> np.ndarray:
 
     W&B does not rescale float images, so floats are mapped to [0, 255] here: an image already in [0, 1]
     is multiplied by 255, anything else is min-max scaled.
+
+    Examples:
+        >>> import numpy as np
+        >>> import torch
+        >>> from lightning_nas.tracking import to_uint8_image
+        >>> image = to_uint8_image(torch.rand(3, 4, 5))  # CHW floats in [0, 1]
+        >>> image.dtype, image.shape
+        (dtype('uint8'), (4, 5, 3))
+        >>> to_uint8_image(np.array([[0.0, 2.0]])).tolist()  # outside [0, 1]: min-max scaled
+        [[0, 255]]
     """
     if hasattr(image, "canvas") and hasattr(image, "savefig"):  # matplotlib figure
         import matplotlib.pyplot as plt
@@ -83,6 +93,24 @@ class Tracker:
         files_dir: where the file copy of everything goes (created on first write).
         enabled: ``False`` on non-zero ranks: every call is then a no-op.
         step: default step for calls that give none (a callable, e.g. ``lambda: trainer.global_step``).
+
+    Examples:
+        Without a Lightning logger everything goes to the file sink (a ``WandbLogger`` gets real W&B media too):
+
+        >>> import json
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from lightning_nas.tracking import Tracker
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> tracker = Tracker(files_dir=folder)
+        >>> tracker.log_scalars({"prune/params": 1234.0}, step=3)
+        >>> tracker.log_table("prune/importance", ["layer", "kept", "removed"], [["conv1", 0.9, 0.1]])
+        >>> tracker.log_histogram("prune/conv1/importance_kept", [0.5, 0.7, 0.9])
+        >>> sorted(p.name for p in folder.iterdir())
+        ['histograms', 'index.jsonl', 'scalars.jsonl', 'tables']
+        >>> row = json.loads((folder / "scalars.jsonl").read_text().splitlines()[0])
+        >>> row["prune/params"], row["step"]
+        (1234.0, 3)
     """
 
     def __init__(
@@ -254,7 +282,7 @@ class Tracker:
         if self.wandb_run is not None:
             import wandb
 
-            self._wandb_log(lambda: {key: wandb.Table(columns=columns, data=rows)}, s)
+            self._wandb_log(lambda: {key: wandb.Table(columns=list(columns), data=rows)}, s)
 
     def log_image(self, key: str, image: Any, caption: str | None = None, step: int | None = None) -> None:
         """An image (array/tensor, CHW or HWC, or a matplotlib figure); PNG on disk, ``wandb.Image`` on W&B."""

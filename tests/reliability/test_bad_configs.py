@@ -26,7 +26,7 @@ from lightning_nas.callbacks import (
 )
 from lightning_nas.data import DigitsDataModule
 from lightning_nas.models import Classifier, DigitsCNN
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 from tests.reliability.configs import SearchNet
 
 
@@ -137,9 +137,9 @@ CASES = [
         id="nas-order2-gdas",
     ),
     P(
-        lambda: DifferentiableNAS(warmup_epochs=-1),
+        lambda: DifferentiableNAS(start_epoch=-1),
         ValueError,
-        r"`warmup_epochs` must be in \[0, inf\), got -1",
+        r"`start_epoch` must be in \[0, inf\), got -1",
         id="nas-warmup",
     ),
     P(lambda: DifferentiableNAS(seed=-5), ValueError, r"`seed` must be in \[0, inf\), got -5", id="nas-seed"),

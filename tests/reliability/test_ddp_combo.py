@@ -19,7 +19,7 @@ import torch
 from lightning_nas import space
 from lightning_nas.data import DigitsDataModule
 from lightning_nas.models import Classifier
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 from tests.reliability.configs import SearchNet, _channels
 
 

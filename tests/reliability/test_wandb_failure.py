@@ -10,13 +10,12 @@ import pytest
 from lightning_nas.data import DigitsDataModule
 from lightning_nas.models import Classifier, DigitsCNN
 from lightning_nas.tracking import FallbackWandbLogger, Tracker
-from tests.conftest import fast_trainer
-from tests.test_tracking import _LogEverything
+from tests.helpers import LogEverything, fast_trainer
 
 
 def _fit(tmp_path, logger):
     trainer = fast_trainer(
-        tmp_path, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2, limit_val_batches=1
+        tmp_path, logger=logger, callbacks=[LogEverything()], limit_train_batches=2, limit_val_batches=1
     )
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=DigitsDataModule())
     return trainer
@@ -29,13 +28,13 @@ import wandb
 from lightning_nas.data import DigitsDataModule
 from lightning_nas.models import Classifier, DigitsCNN
 from lightning_nas.tracking import FallbackWandbLogger, read_offline_run
-from tests.conftest import fast_trainer
-from tests.test_tracking import _LogEverything
+from tests.helpers import fast_trainer
+from tests.helpers import LogEverything
 out = Path({out!r})
 logger = FallbackWandbLogger(project="t", save_dir=str(out), offline=False)
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    trainer = fast_trainer(out, logger=logger, callbacks=[_LogEverything()], limit_train_batches=2,
+    trainer = fast_trainer(out, logger=logger, callbacks=[LogEverything()], limit_train_batches=2,
                            limit_val_batches=1)
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=DigitsDataModule())
 assert any("W&B could not start" in str(w.message) for w in caught), [str(w.message) for w in caught]

@@ -10,7 +10,6 @@ from lightning_nas.search.multitrial._driver import (
     PRUNERS,
     STRATEGIES,
     SearchResult,
-    find_duplicate,
     make_pruner,
     make_sampler,
     run,
@@ -22,6 +21,7 @@ from lightning_nas.search.multitrial._pruning import TrialPruningCallback
 from lightning_nas.search.multitrial._reinforce import ReinforceSampler
 from lightning_nas.search.multitrial._storage import StorageUnreachableError, open_storage
 from lightning_nas.search.multitrial._trial import SearchTrial, record_search_space
+from lightning_nas.search.multitrial._trial_fit import find_duplicate
 
 __all__ = [
     "COSTS",

@@ -68,6 +68,7 @@ def import_object(spec: str, what: str = "object") -> Any:
         module = sys.modules.get(name)
         if module is None:
             s = importlib.util.spec_from_file_location(name, path)
+            assert s is not None and s.loader is not None  # a *.py path always has a source loader
             module = importlib.util.module_from_spec(s)
             sys.modules[name] = module
             s.loader.exec_module(module)

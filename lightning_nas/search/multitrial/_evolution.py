@@ -21,24 +21,25 @@ study evolve one shared population.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.search_space import IntersectionSearchSpace
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
+from lightning_nas._compat import completed_trials, set_trial_system_attr
 from lightning_nas._validate import check_int, check_range
 
 
-def _to_unit(d: FloatDistribution | IntDistribution, v: float) -> float:
+def to_unit(d: FloatDistribution | IntDistribution, v: float) -> float:
     lo, hi, x = (math.log(d.low), math.log(d.high), math.log(v)) if d.log else (d.low, d.high, v)
     return 0.0 if hi == lo else (x - lo) / (hi - lo)
 
 
-def _from_unit(d: FloatDistribution | IntDistribution, u: float) -> float | int:
+def from_unit(d: FloatDistribution | IntDistribution, u: float) -> float | int:
     lo, hi = (math.log(d.low), math.log(d.high)) if d.log else (d.low, d.high)
     x = lo + u * (hi - lo)
     x = math.exp(x) if d.log else x
@@ -59,7 +60,8 @@ def mutate(rng: np.random.RandomState, dist: BaseDistribution, value: Any, sigma
     if isinstance(dist, CategoricalDistribution):
         others = [c for c in dist.choices if c != value]
         return others[rng.randint(len(others))] if others else value
-    return _from_unit(dist, _reflect(_to_unit(dist, value) + rng.normal(0.0, sigma)))
+    num = cast(FloatDistribution | IntDistribution, dist)  # optuna's other (numeric) distributions
+    return from_unit(num, _reflect(to_unit(num, value) + rng.normal(0.0, sigma)))
 
 
 class RegularizedEvolutionSampler(BaseSampler):
@@ -71,6 +73,17 @@ class RegularizedEvolutionSampler(BaseSampler):
         sample_size: ``S``, the tournament size; the best of ``S`` random members is the parent.
         mutation_sigma: standard deviation of a numeric mutation in normalised ``[0, 1]`` units.
         seed: seed of the sampler's random numbers.
+
+    Examples:
+        >>> import optuna
+        >>> from lightning_nas.search import RegularizedEvolutionSampler
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study(sampler=RegularizedEvolutionSampler(population_size=4, sample_size=2, seed=0))
+        >>> def objective(t):  # minimised: best at x = 0.5, op = 0
+        ...     return (t.suggest_float("x", -1, 1) - 0.5) ** 2 + t.suggest_categorical("op", [0, 1])
+        >>> study.optimize(objective, n_trials=20)
+        >>> study.best_params["op"], abs(study.best_params["x"] - 0.5) < 0.5
+        (0, True)
     """
 
     def __init__(
@@ -89,7 +102,7 @@ class RegularizedEvolutionSampler(BaseSampler):
         self._random.reseed_rng()
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        if study._is_multi_objective():
+        if len(study.directions) > 1:
             raise ValueError(
                 "RegularizedEvolutionSampler is single-objective; use strategy='nsga2' for several objectives"
             )
@@ -100,7 +113,7 @@ class RegularizedEvolutionSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+        done = completed_trials(study)
         if len(done) < self.population_size:
             return {}  # initial population: sample_independent draws at random
         population = sorted(done, key=lambda t: t.number)[-self.population_size :]
@@ -113,7 +126,7 @@ class RegularizedEvolutionSampler(BaseSampler):
             name = sorted(child)[self._rng.randint(len(child))]
             child[name] = mutate(self._rng, search_space[name], child[name], self.mutation_sigma)
         trial_attrs = {"parent": parent.number}
-        study._storage.set_trial_system_attr(trial._trial_id, "evolution", trial_attrs)
+        set_trial_system_attr(study, trial, "evolution", trial_attrs)
         return child
 
     def sample_independent(

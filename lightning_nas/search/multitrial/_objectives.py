@@ -84,6 +84,8 @@ def evaluate(
         )
     wanted = [k for k in objectives if k in COSTS]
     if wanted:
+        if module is None:
+            raise ValueError(f"measured objective(s) {wanted} need the trial's module, got module=None")
         from lightning_nas.deploy import measure
 
         latency = any(k == "latency_ms" for k in wanted)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from typing_extensions import override
 
 from lightning_nas._validate import check_type
 
@@ -26,6 +27,25 @@ class TrialPruningCallback(L.Callback):
     Args:
         trial: an ``optuna.trial.Trial`` (or a ``SearchTrial``; its Optuna trial is used).
         monitor: a key of ``trainer.callback_metrics`` (e.g. ``"val_acc"``).
+
+    Examples:
+        >>> import tempfile
+        >>> import lightning as L
+        >>> import optuna
+        >>> from lightning_nas.search import TrialPruningCallback
+        >>> from lightning_nas.data import DigitsDataModule
+        >>> from lightning_nas.models import Classifier, DigitsCNN
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner())
+        >>> trial = study.ask()
+        >>> stopper = TrialPruningCallback(trial, monitor="val_acc")
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     default_root_dir=root, callbacks=[stopper])
+        >>> trainer.fit(Classifier(DigitsCNN(width=4)), datamodule=DigitsDataModule())
+        >>> stopper.pruned  # the first trial has nothing to be compared with
+        False
     """
 
     def __init__(self, trial: Any, monitor: str) -> None:
@@ -37,6 +57,7 @@ class TrialPruningCallback(L.Callback):
         self.pruned_at: int | None = None
         self._reports = 0
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -47,6 +68,7 @@ class TrialPruningCallback(L.Callback):
                 "or search without a pruner"
             )
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.pruned:
             return
@@ -66,9 +88,11 @@ class TrialPruningCallback(L.Callback):
             self.pruned, self.pruned_at = True, step
             trainer.should_stop = True
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"reports": self._reports, "pruned": self.pruned, "pruned_at": self.pruned_at}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._reports, self.pruned, self.pruned_at = (
             state_dict["reports"],

@@ -24,16 +24,17 @@ history), so many workers on one storage and a resumed study train one shared co
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
+from lightning_nas._compat import completed_trials
 from lightning_nas._validate import check_int, check_range
-from lightning_nas.search.multitrial._evolution import _from_unit, _to_unit
+from lightning_nas.search.multitrial._evolution import from_unit, to_unit
 
 
 class ReinforceSampler(BaseSampler):
@@ -45,6 +46,15 @@ class ReinforceSampler(BaseSampler):
         sigma: standard deviation of the Gaussian policy of float parameters, in normalised units.
         max_int_choices: integer ranges with at most this many values get a categorical policy.
         seed: seed of the sampler's random numbers.
+
+    Examples:
+        >>> import optuna
+        >>> from lightning_nas.search import ReinforceSampler
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study(direction="maximize", sampler=ReinforceSampler(seed=0))
+        >>> study.optimize(lambda t: float(t.suggest_categorical("op", ["bad", "good"]) == "good"), n_trials=20)
+        >>> study.best_params
+        {'op': 'good'}
     """
 
     def __init__(
@@ -62,13 +72,13 @@ class ReinforceSampler(BaseSampler):
         self.learning_rate, self.baseline_decay, self.sigma = learning_rate, baseline_decay, sigma
         self.max_int_choices = max_int_choices
         self._rng = np.random.RandomState(seed)
-        self._cache: tuple[tuple, dict[str, np.ndarray | float]] | None = None
+        self._cache: tuple[tuple, np.ndarray | float] | None = None
 
     def reseed_rng(self) -> None:
         self._rng = np.random.RandomState()
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        if study._is_multi_objective():
+        if len(study.directions) > 1:
             raise ValueError(
                 "ReinforceSampler is single-objective (one scalar reward); use strategy='nsga2' for several objectives"
             )
@@ -92,16 +102,14 @@ class ReinforceSampler(BaseSampler):
     def _action(self, d: BaseDistribution, value: Any) -> int | float:
         if isinstance(d, CategoricalDistribution):
             return int(d.to_internal_repr(value))
-        if self._categorical(d) is not None:
+        if isinstance(d, IntDistribution) and self._categorical(d) is not None:
             return int((value - d.low) // d.step)
-        return _to_unit(d, value)
+        return to_unit(cast(FloatDistribution | IntDistribution, d), value)  # the other distributions
 
     def policy(self, study: optuna.Study, name: str, dist: BaseDistribution) -> np.ndarray | float:
         """The current policy of parameter ``name``: logits (categorical) or the Gaussian mean in [0, 1]."""
-        done = sorted(
-            study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True), key=lambda t: t.number
-        )
-        key = (study._study_id, name, repr(dist), tuple(t.number for t in done))
+        done = sorted(completed_trials(study), key=lambda t: t.number)
+        key = (study.study_name, name, repr(dist), tuple(t.number for t in done))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         k = self._categorical(dist)
@@ -121,9 +129,10 @@ class ReinforceSampler(BaseSampler):
                 continue
             a = self._action(dist, t.params[name])
             if k is not None:
+                assert isinstance(param, np.ndarray)  # logits, as made above
                 probs = _softmax(param)
                 grad = -probs
-                grad[a] += 1.0
+                grad[int(a)] += 1.0
                 param = param + self.learning_rate * adv * grad
             else:
                 param = float(np.clip(param + self.learning_rate * adv * (a - param), 0.0, 1.0))
@@ -133,7 +142,7 @@ class ReinforceSampler(BaseSampler):
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        if study._is_multi_objective():
+        if len(study.directions) > 1:
             raise ValueError("ReinforceSampler is single-objective; use strategy='nsga2' for several objectives")
         d = param_distribution
         pol = self.policy(study, param_name, d)
@@ -141,9 +150,10 @@ class ReinforceSampler(BaseSampler):
             a = int(self._rng.choice(len(pol), p=_softmax(pol)))
             if isinstance(d, CategoricalDistribution):
                 return d.to_external_repr(a)
+            d = cast(IntDistribution, d)  # the other kind with logits (see _categorical)
             return int(d.low + a * d.step)
         u = float(np.clip(self._rng.normal(pol, self.sigma), 0.0, 1.0))
-        return _from_unit(d, u)
+        return from_unit(cast(FloatDistribution | IntDistribution, d), u)  # the other distributions
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -42,24 +42,21 @@ def redact(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def open_storage(
-    storage: Any, heartbeat_interval: int | None = 60, grace_period: int | None = None, max_retry: int = 1
-) -> Any:
-    """Turn a URL (or an Optuna storage, or ``None``) into an Optuna storage; fail with one clear line."""
-    if storage is None or isinstance(storage, optuna.storages.BaseStorage):
-        return storage
-    if not isinstance(storage, str) or not storage:
-        raise ValueError(f"`storage` must be None, an Optuna storage or a URL string, got {storage!r}")
-    url = storage
-    if url.startswith("journal://") or url.endswith((".log", ".journal")):
-        from optuna.storages.journal import JournalFileBackend
+def _journal(url: str) -> Any:
+    """A journal-file storage (``journal:///abs/path`` or a path ending in ``.log``/``.journal``)."""
+    from optuna.storages.journal import JournalFileBackend
 
-        path = url[len("journal://") :] if url.startswith("journal://") else url
-        path = path[1:] if path.startswith("//") else path  # journal:///abs/path -> /abs/path
-        try:
-            return optuna.storages.JournalStorage(JournalFileBackend(path))
-        except OSError as exc:
-            raise StorageUnreachableError(f"journal storage {path!r} cannot be opened: {exc.strerror or exc}") from None
+    path = url[len("journal://") :] if url.startswith("journal://") else url
+    path = path[1:] if path.startswith("//") else path  # journal:///abs/path -> /abs/path
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    except OSError as exc:
+        raise StorageUnreachableError(f"journal storage {path!r} cannot be opened: {exc.strerror or exc}") from None
+
+
+def _rdb_url(storage: str) -> tuple[str, str]:
+    """``(SQLAlchemy URL, scheme)`` of a database URL; PostgreSQL goes through psycopg 3 (the `postgres` extra)."""
+    url = storage
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme not in _RDB_SCHEMES or "://" not in url:
         raise ValueError(
@@ -70,12 +67,37 @@ def open_storage(
         url = "postgresql" + url[len("postgres") :]
     if scheme.startswith("postgres"):
         if url.startswith("postgresql://"):
-            # psycopg 3 (the `postgres` extra) by name: SQLAlchemy < 2.1 would pick psycopg2 for a bare URL
+            # psycopg 3 by name: SQLAlchemy < 2.1 would pick psycopg2 for a bare URL
             url = "postgresql+psycopg://" + url[len("postgresql://") :]
         if url.startswith("postgresql+psycopg://"):
             from lightning_nas._optional import require
 
             require("psycopg", extra="postgres", feature=f"storage {redact(storage)!r}")
+    return url, scheme
+
+
+def open_storage(
+    storage: Any, heartbeat_interval: int | None = 60, grace_period: int | None = None, max_retry: int = 1
+) -> Any:
+    """Turn a URL (or an Optuna storage, or ``None``) into an Optuna storage; fail with one clear line.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> from lightning_nas.search.multitrial import open_storage
+        >>> open_storage(None) is None  # in memory: Optuna's default
+        True
+        >>> url = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "study.db")
+        >>> type(open_storage(url)).__name__
+        'RDBStorage'
+    """
+    if storage is None or isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    if not isinstance(storage, str) or not storage:
+        raise ValueError(f"`storage` must be None, an Optuna storage or a URL string, got {storage!r}")
+    if storage.startswith("journal://") or storage.endswith((".log", ".journal")):
+        return _journal(storage)
+    url, scheme = _rdb_url(storage)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
         with warnings.catch_warnings():

@@ -41,6 +41,15 @@ class SearchTrial:
 
     Attributes:
         optuna_trial: the underlying ``optuna.trial.Trial`` (for anything not wrapped here).
+
+    Examples:
+        >>> import optuna
+        >>> from lightning_nas.search import SearchTrial
+        >>> trial = SearchTrial(optuna.create_study().ask())
+        >>> trial.choice("width", [16, 32]) in (16, 32), 1e-4 <= trial.loguniform("lr", 1e-4, 1e-1) <= 1e-1
+        (True, True)
+        >>> sorted(trial.params)
+        ['lr', 'width']
     """
 
     def __init__(self, optuna_trial: Any) -> None:
@@ -179,11 +188,19 @@ def record_search_space(build: Any, datamodule: Any = None) -> dict[str, BaseDis
     """Call ``build`` (and a callable ``datamodule``) once with a recording trial; return ``{name: distribution}``.
 
     Define-by-run branches: only the branch taken with every first option / low end is seen.
+
+    Examples:
+        >>> from lightning_nas.search.multitrial import record_search_space
+        >>> def build(trial):
+        ...     lr = trial.loguniform("lr", 1e-4, 1e-1)
+        ...     return trial.choice("width", [16, 32])
+        >>> sorted(record_search_space(build))
+        ['lr', 'width']
     """
     rec = _Recorder()
     trial = SearchTrial(rec)
     build_resolved(build, trial)
-    if callable(datamodule) and not _is_datamodule(datamodule):
+    if callable(datamodule) and not is_datamodule(datamodule):
         datamodule(trial)
     return dict(rec.distributions)
 
@@ -206,7 +223,7 @@ def grid_from_distributions(dists: dict[str, BaseDistribution], max_values: int 
     return grid
 
 
-def _is_datamodule(obj: Any) -> bool:
+def is_datamodule(obj: Any) -> bool:
     import lightning as L
 
     return isinstance(obj, L.LightningDataModule)

@@ -2,7 +2,7 @@
 
 from lightning_nas.search.oneshot.evolution import evolutionary_search, recalibrate_batchnorm
 from lightning_nas.search.oneshot.mixed import MixedInput, MixedLayer
-from lightning_nas.search.oneshot.supernet import MODES, REMEDIES, SAMPLINGS, Supernet
+from lightning_nas.search.oneshot.supernet import MODES, REMEDIES, SAMPLINGS, Supernet, gdas_temperature
 
 __all__ = [
     "MODES",
@@ -12,5 +12,6 @@ __all__ = [
     "MixedLayer",
     "Supernet",
     "evolutionary_search",
+    "gdas_temperature",
     "recalibrate_batchnorm",
 ]

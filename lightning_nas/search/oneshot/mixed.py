@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_nas._modules import eval_mode
 from lightning_nas.space import ChoiceModule, ChoiceView, SelectInputs
 from lightning_nas.space._choices import input_combinations, reduce_inputs
 
@@ -30,7 +31,7 @@ def _shape(out: Any) -> Any:
     return type(out).__name__
 
 
-class _Mixed(ChoiceModule):
+class Mixed(ChoiceModule):
     def __init__(self, view: ChoiceView, controller: Any) -> None:
         super().__init__()
         self.label = view.label
@@ -49,11 +50,8 @@ class _Mixed(ChoiceModule):
 
     def _check_shapes(self, *args: Any, **kwargs: Any) -> None:
         """Run every candidate once (no grad, eval mode) and require one output shape."""
-        was = self.training
-        self.eval()
-        with torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             shapes = [_shape(self._run(i, *args, **kwargs)) for i in range(len(self._names))]
-        self.train(was)
         if len(set(shapes)) > 1:
             detail = ", ".join(f"{n} -> {s}" for n, s in zip(self._names, shapes))
             raise ValueError(
@@ -83,16 +81,17 @@ class _Mixed(ChoiceModule):
         return out + beta * args[0] if beta > 0 else out
 
 
-class MixedLayer(_Mixed):
+class MixedLayer(Mixed):
     """The supernet form of a ``LayerChoice`` (ours or NNI's)."""
 
     kind = "layer"
 
     def __init__(self, view: ChoiceView, controller: Any) -> None:
         super().__init__(view, controller)
-        if isinstance(getattr(view.module, "candidates", None), nn.ModuleDict):
-            self.candidates = view.module.candidates  # the same objects: trained weights are shared
-            self._ops = [self.candidates[n] for n in self._names]
+        candidates = getattr(view.module, "candidates", None)
+        if isinstance(candidates, nn.ModuleDict):
+            self.candidates = candidates  # the same objects: trained weights are shared
+            self._ops: list[nn.Module] = [self.candidates[n] for n in self._names]
         else:  # NNI: candidates are children named str(name)
             self._ops = [view.frozen(n) for n in self._names]
             for n, m in zip(self._names, self._ops):
@@ -106,14 +105,14 @@ class MixedLayer(_Mixed):
         return self._ops[self._names.index(name)]
 
 
-class MixedInput(_Mixed):
+class MixedInput(Mixed):
     """The supernet form of an ``InputChoice``: a weighted sum over candidate input subsets."""
 
     kind = "input"
 
     def __init__(self, view: ChoiceView, controller: Any) -> None:
         super().__init__(view, controller)
-        m = view.module
+        m: Any = view.module  # an InputChoice, ours or NNI's
         self._combos = input_combinations(m.n_candidates, m.n_chosen)
         self.reduction = str(m.reduction)
 

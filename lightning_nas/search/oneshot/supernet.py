@@ -18,19 +18,31 @@ Anti-collapse remedies (DARTS' collapse onto parameter-free skips):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from lightning_nas._validate import check_choice, check_range
-from lightning_nas.search.oneshot.mixed import MixedInput, MixedLayer, _Mixed
+from lightning_nas.search.oneshot.mixed import Mixed, MixedInput, MixedLayer
 from lightning_nas.space import decisions, named_choices
 
 MODES = ("darts", "gdas", "spos")
 SAMPLINGS = ("fair", "uniform")
 REMEDIES = ("none", "darts-", "beta-decay")
+
+
+def gdas_temperature(tau_max: float, tau_min: float, progress: float) -> float:
+    """GDAS' Gumbel-softmax temperature, annealed linearly over training (Dong & Yang 2019):
+    ``tau(p) = (1 - p) * tau_max + p * tau_min`` for training progress ``p`` in ``[0, 1]``.
+
+    Examples:
+        >>> from lightning_nas.search.oneshot import gdas_temperature
+        >>> gdas_temperature(10.0, 0.1, 0.0), gdas_temperature(10.0, 0.1, 1.0)
+        (10.0, 0.1)
+    """
+    return (1.0 - progress) * tau_max + progress * tau_min
 
 
 def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -39,7 +51,31 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 
 class Supernet:
-    """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place)."""
+    """Architecture state and mixed ops for a one-shot search on ``model`` (modified in place).
+
+    Examples:
+        What ``DifferentiableNAS`` drives inside a fit, by hand:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas import space
+        >>> from lightning_nas.search.oneshot import Supernet
+        >>> net = nn.Sequential(nn.Linear(4, 4),
+        ...                     space.LayerChoice({"relu": nn.ReLU(), "tanh": nn.Tanh()}, label="act"),
+        ...                     nn.Linear(4, 2))
+        >>> supernet = Supernet(net, "darts")  # the choice becomes a mixed op; alpha lives in the supernet
+        >>> type(net[1]).__name__
+        'MixedLayer'
+        >>> {label: p.tolist() for label, p in supernet.probabilities().items()}  # softmax(alpha), undecided
+        {'act': [0.5, 0.5]}
+        >>> net(torch.rand(3, 4)).shape  # sum_i softmax(alpha)_i * op_i(x)
+        torch.Size([3, 2])
+        >>> supernet.export()  # doctest: +ELLIPSIS
+        {'act': '...'}
+        >>> supernet.restore()  # the original choice modules back in place
+        >>> type(net[1]).__name__
+        'LayerChoice'
+    """
 
     def __init__(
         self,
@@ -66,7 +102,7 @@ class Supernet:
                 f"the model ({type(model).__name__}) has no LayerChoice/InputChoice to search; "
                 "add lightning_nas.space.LayerChoice (or NNI's) to it"
             )
-        if any(isinstance(v.module, _Mixed) for _, v in named_choices(model)):
+        if any(isinstance(v.module, Mixed) for _, v in named_choices(model)):
             raise ValueError("this model already holds a one-shot supernet (two NAS callbacks on one model?)")
         self.labels = list(decs)
         self.names = {lb: list(d.candidates) for lb, d in decs.items()}
@@ -84,12 +120,13 @@ class Supernet:
         self.path = {lb: 0 for lb in self.labels}
         self._queue: dict[str, list[int]] = {lb: [] for lb in self.labels}  # SPOS fair sampling
         self._gumbel = {lb: torch.zeros(len(self.names[lb])) for lb in self.labels}
+        self._picks: dict[str, int] | None = None  # GDAS: the paths of the current draw (see _gdas_picks)
         self.fixed: dict[str, int] | None = None  # evaluate one architecture of the supernet
         self.removed: dict[str, int] = {}  # op ablation: a candidate taken out of a decision
         self.arch_grad = False  # alpha receives gradient only inside arch_step
         self.aux_beta = 0.0
         self.progress = 0.0  # fraction of training done (drives the remedies' schedules)
-        self._installed: list[tuple[str, nn.Module, _Mixed]] = []
+        self._installed: list[tuple[str, nn.Module, Mixed]] = []
         for path, view in reversed(named_choices(model)):  # deepest first: inner paths stay valid
             mixed = MixedLayer(view, self) if view.kind == "layer" else MixedInput(view, self)
             if path:
@@ -116,8 +153,18 @@ class Supernet:
         if not self._training():
             return [keep[int(torch.argmax(a.detach()[keep]))]], None
         y = torch.softmax((a + self._gumbel[label].to(a.device)) / self.tau, 0)
-        k = int(torch.argmax(y))
+        k = self._gdas_picks()[label]
         return [k], (y[k] - y[k].detach() + 1.0).view(1)
+
+    def _gdas_picks(self) -> dict[str, int]:
+        """The Gumbel-argmax path of every decision, read from the device once per draw (one host read per step,
+        not one per decision: which module runs is decided on the host). ``argmax softmax((a+g)/tau) =
+        argmax(a+g)``."""
+        if self._picks is None:
+            a = [self.alpha[lb].detach() for lb in self.labels]
+            picks = torch.stack([torch.argmax(x + self._gumbel[lb].to(x.device)) for lb, x in zip(self.labels, a)])
+            self._picks = dict(zip(self.labels, picks.tolist()))
+        return self._picks
 
     def _training(self) -> bool:
         return any(m.training for _, _, m in self._installed[:1])
@@ -136,6 +183,7 @@ class Supernet:
             if self.mode == "gdas":
                 u = torch.rand(n, generator=self.generator).clamp_(1e-9, 1 - 1e-9)
                 self._gumbel[lb] = -torch.log(-torch.log(u))
+                self._picks = None
             elif self.mode == "spos" and self.sampling == "fair":
                 if not self._queue[lb]:
                     self._queue[lb] = torch.randperm(n, generator=self.generator).tolist()
@@ -163,8 +211,9 @@ class Supernet:
         train_loss_fn: Callable[[], torch.Tensor] | None = None,
         weights: list[torch.Tensor] | None = None,
         xi: float = 0.0,
-    ) -> float:
-        """One update of ``alpha`` from the held-out loss ``loss_fn()``.
+    ) -> torch.Tensor:
+        """One update of ``alpha`` from the held-out loss ``loss_fn()``; returns that loss, detached and on its
+        device (reading it is left to the caller: no host synchronisation per step).
 
         First order (default): ``grad_alpha L_val(w, alpha)``. Second order (DARTS eq. 7-8; when
         ``train_loss_fn`` and ``weights`` are given): ``grad_alpha L_val(w', alpha) - xi * (grad_alpha
@@ -178,6 +227,7 @@ class Supernet:
         params = [self.alpha[lb] for lb in self.labels]
         if self.mode == "gdas":
             self.resample()
+        grads: Sequence[torch.Tensor | None]  # None for an alpha the loss does not reach (allow_unused)
         if train_loss_fn is not None and weights:
             grads, loss = self._second_order(loss_fn, train_loss_fn, list(weights), float(xi))
         else:
@@ -198,7 +248,8 @@ class Supernet:
             p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
         self.optimizer.step()
-        return float(loss.detach())
+        self._picks = None  # alpha moved: GDAS' next forward picks its paths again
+        return loss.detach()
 
     def _second_order(
         self,
@@ -212,7 +263,7 @@ class Supernet:
         buffers = [b for b in self._model.buffers()]
         b0 = [b.detach().clone() for b in buffers]
 
-        def put(deltas: list[torch.Tensor | None] | None = None, scale: float = 0.0) -> None:
+        def put(deltas: Sequence[torch.Tensor | None] | None = None, scale: float = 0.0) -> None:
             with torch.no_grad():
                 for w, orig, d in zip(weights, w0, deltas or [None] * len(weights)):
                     w.copy_(orig if d is None else orig + scale * d)
@@ -237,7 +288,7 @@ class Supernet:
             with torch.no_grad():
                 for b, orig in zip(buffers, b0):
                     b.copy_(orig)
-        out = []
+        out: list[torch.Tensor | None] = []
         for da, p, m in zip(dalpha, gp, gm):
             hess = None if p is None or m is None else (p - m) / (2 * eps)
             out.append(da if hess is None else (hess * -xi if da is None else da - xi * hess))
@@ -252,7 +303,7 @@ class Supernet:
         """The most likely candidate per label."""
         return {lb: self.names[lb][int(torch.argmax(self.alpha[lb].detach()))] for lb in self.labels}
 
-    def set_fixed(self, arch: dict[str, str] | None) -> None:
+    def set_fixed(self, arch: Mapping[str, str] | None) -> None:
         """Evaluate one architecture of the supernet (``None``: back to the search behaviour)."""
         self.fixed = None if arch is None else {lb: self.names[lb].index(arch[lb]) for lb in self.labels}
 
@@ -261,8 +312,9 @@ class Supernet:
         for path, original, _mixed in reversed(self._installed):
             parent, attr = _parent(self._model, path)
             setattr(parent, attr, original)
-            if arch is not None and hasattr(original, "active") and original.label in arch:
-                original.active = arch[original.label]
+            choice: Any = original  # a choice module: `label` and `active` are plain attributes, not submodules
+            if arch is not None and hasattr(choice, "active") and choice.label in arch:
+                choice.active = arch[choice.label]
         self._installed = []
 
     # ------------------------------------------------------------------ state
@@ -292,5 +344,6 @@ class Supernet:
         self.generator.set_state(state["rng"])
         self.path = dict(state["path"])
         self._gumbel = {lb: g.clone() for lb, g in state["gumbel"].items()}
+        self._picks = None
         self.set_progress(state["progress"])
         self._queue = {lb: list(state.get("queue", {}).get(lb, [])) for lb in self.labels}
