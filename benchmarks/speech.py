@@ -143,13 +143,11 @@ def _trainer(run: SpeechRun, epochs: int, callbacks: list | None = None, logger:
 
 
 def test_accuracy(model: nn.Module, dm: SpokenDigitsDataModule) -> float:
+    from lightning_nas._modules import eval_mode
+
     x, y = dm.split("test").tensors
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        acc = float((torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)]).argmax(1) == y).float().mean())
-    model.train(was)
-    return acc
+    with eval_mode(model), torch.no_grad():
+        return float((torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)]).argmax(1) == y).float().mean())
 
 
 def record(run: SpeechRun, stage: str, model: nn.Module, acc: float | None = None, note: str = "") -> dict[str, Any]:

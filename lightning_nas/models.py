@@ -85,9 +85,9 @@ class AudioCNN(nn.Module):
         self.features = nn.Sequential(
             *_conv_block(1, w, (3, 3)),
             nn.MaxPool2d(2),
-            *_conv_block(w, 2 * w, tuple(kernels[0])),
+            *_conv_block(w, 2 * w, (kernels[0][0], kernels[0][1])),
             nn.MaxPool2d(2),
-            *_conv_block(2 * w, 4 * w, tuple(kernels[1])),
+            *_conv_block(2 * w, 4 * w, (kernels[1][0], kernels[1][1])),
         )
         self.pool = nn.AdaptiveMaxPool2d(1)  # a keyword is short: the strongest response anywhere, not the mean
         self.classifier = nn.Linear(4 * w, num_classes)
@@ -120,7 +120,7 @@ def audio_search_space(width: int = 16, num_classes: int = 10, label: str = "ker
             {name: nn.Sequential(*_conv_block(cin, cout, k)) for name, k in AUDIO_KERNELS.items()}, label=label
         )
 
-    net.features = nn.Sequential(*f[:4], choice(w, 2 * w), f[7], choice(2 * w, 4 * w))
+    net.features = nn.Sequential(*list(f)[:4], choice(w, 2 * w), f[7], choice(2 * w, 4 * w))
     return net
 
 

@@ -16,7 +16,7 @@ from lightning_nas.data import EspeakNotFoundError, SpokenDigitsDataModule, log_
 from lightning_nas.data import speech as S
 from lightning_nas.explain import attribution as A
 from lightning_nas.models import AUDIO_KERNELS, AudioCNN, Classifier, audio_search_space
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_espeak = pytest.mark.skipif(

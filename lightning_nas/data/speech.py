@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_nas._validate import check_int, check_range, check_type
-from lightning_nas.data.digits import _EpochSeededSampler
+from lightning_nas.data.digits import EpochSeededSampler
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 #: espeak-ng's own (formant) English voices; the MBROLA ones need another package and are not used
@@ -417,9 +417,9 @@ class SpokenDigitsDataModule(L.LightningDataModule):
                 rng = np.random.default_rng(c["noise_seed"])
                 clips.append(_place(rng, w, SAMPLE_RATE, c["snr_db"], c["pink"]))
                 meta.append((digit, p["speaker"], p["speed"], p["pitch"], c["snr_db"]))
-        clips = np.stack(clips)
+        audio = np.stack(clips)
         feats = torch.cat(
-            [log_mel_spectrogram(torch.from_numpy(c), n_mels=self.n_mels) for c in np.array_split(clips, 16)]
+            [log_mel_spectrogram(torch.from_numpy(c), n_mels=self.n_mels) for c in np.array_split(audio, 16)]
         )
         self.generation_seconds = time.perf_counter() - t0
         m = np.array(meta, dtype=np.float64)
@@ -460,7 +460,7 @@ class SpokenDigitsDataModule(L.LightningDataModule):
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
             os.replace(tmp, self.cache_path)  # atomic: a concurrent reader sees the old file or the whole new one
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -494,6 +494,7 @@ class SpokenDigitsDataModule(L.LightningDataModule):
     def split(self, name: str) -> TensorDataset:
         """The ``"train"``, ``"val"`` or ``"test"`` dataset (calls ``setup`` if needed)."""
         self.setup()
+        assert self._splits is not None  # setup() made them
         return self._splits[name]
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
@@ -501,7 +502,7 @@ class SpokenDigitsDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         ds = self.split(name)
-        sampler = _EpochSeededSampler(len(ds), self.seed) if shuffle else None
+        sampler = EpochSeededSampler(len(ds), self.seed) if shuffle else None
         return DataLoader(
             ds,
             batch_size=self.batch_size,

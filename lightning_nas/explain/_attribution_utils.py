@@ -212,7 +212,7 @@ def spectrogram_overlay(
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
     fig = Figure(figsize=(2.3 * ncols, 2.0 * nrows), dpi=80)
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
     extent = (0.0, frames * hop_seconds, 0, mels)
     name = lambda c: str(class_names[c]) if class_names is not None and 0 <= c < len(class_names) else str(c)  # noqa: E731
     for i in range(n):
@@ -235,8 +235,8 @@ def spectrogram_overlay(
         if i >= n - ncols:
             ax.set_xlabel("time (s)", fontsize=7)
     fig.tight_layout()
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def top_features_rows(
