@@ -18,6 +18,7 @@ from lightning_nas.callbacks._probe import ProbedCallback, ProbeSource, find_emb
 from lightning_nas.explain import attribution as A
 
 _PREFIX = "explain/attribution"
+VIEWS = ("image", "spectrogram")
 
 
 class AttributionMonitor(ProbedCallback):
@@ -50,12 +51,18 @@ class AttributionMonitor(ProbedCallback):
         faithfulness: compute AOPC each run.
         aopc_steps: deletion steps of the AOPC curve (up to half the features).
         explain: log heatmaps / top-feature tables each run.
+        view: how heatmaps over ``(batch, channels, H, W)`` inputs are drawn: ``"image"`` (each input in gray under
+            its map, ``explain/attribution/maps``) or ``"spectrogram"`` (inputs are ``(1, mels, frames)``
+            spectrograms: low frequencies at the bottom, time in seconds at ``hop_seconds`` per frame, label and
+            prediction over each panel, ``explain/attribution/spectrogram``).
+        hop_seconds: seconds per spectrogram frame (``view="spectrogram"``).
         seed: picks the probe set.
 
     Logged under ``explain/attribution/`` each run: ``probe_acc`` (accuracy on the probe),
     ``structural_changes`` (model-structure changes seen so far), ``aopc`` and ``aopc_random`` and the line
     series ``deletion_curve`` (with ``faithfulness``), ``drift_spearman``, ``drift_topk``, ``drift_agreement``
-    (once a reference exists), and with ``explain`` the image ``maps`` or the table ``top_features``.
+    (once a reference exists), and with ``explain`` the image ``maps`` (``spectrogram`` with
+    ``view="spectrogram"``) or the table ``top_features``.
 
     Math: AOPC as in ``explain.attribution.aopc``, ``1/(L+1) * sum_{k=0..L} (p_0 - p_k)`` with ``p_k`` the
     target's probability after the ``k``-th of ``L`` deletion steps; the drift scores as in
@@ -104,6 +111,8 @@ class AttributionMonitor(ProbedCallback):
         faithfulness: bool = True,
         aopc_steps: int = 5,
         explain: bool = True,
+        view: str = "image",
+        hop_seconds: float = 0.02,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -126,11 +135,14 @@ class AttributionMonitor(ProbedCallback):
         check_type("faithfulness", faithfulness, bool)
         check_int("aopc_steps", aopc_steps, 1)
         check_type("explain", explain, bool)
+        check_choice("view", view, VIEWS)
+        check_range("hop_seconds", hop_seconds, 0.0, None, low_inclusive=False)
         check_int("seed", seed, 0)
         self.method, self.every_n_epochs, self.n_samples, self.target = method, every_n_epochs, n_samples, target
         self.layer_name, self.forward_fn, self.batch_fn, self.embedding_name = layer, forward_fn, batch_fn, embedding
         self.n_steps, self.internal_batch_size, self.baseline, self.topk = n_steps, internal_batch_size, baseline, topk
         self.faithfulness, self.aopc_steps, self.explain, self.seed = faithfulness, aopc_steps, explain, seed
+        self.view, self.hop_seconds = view, hop_seconds
         self.probe: A.Probe | ProbeSet | None = None
         self._source = ProbeSource(type(self).__name__, n_samples, seed, forward_fn, batch_fn)
         self._probe_indices: list[int] = []
@@ -199,6 +211,11 @@ class AttributionMonitor(ProbedCallback):
                 "target='pred' or pass `batch_fn=lambda batch: (x, y)` and `forward_fn`"
             )
         self._source.check(pl_module, probe)
+        if self.view == "spectrogram" and (probe.is_tokens or probe.x.ndim != 4):
+            raise ValueError(
+                f"{name}: `view`='spectrogram' needs (batch, channels, mels, frames) float inputs, the model receives "
+                f"{tuple(probe.x.shape)} {probe.x.dtype}; use view='image'"
+            )
         self._embedding = find_embedding(pl_module, self.embedding_name) if probe.is_tokens else None
         if self._embedding is not None and self.embedding_name is None:
             self.embedding_name = next(n for n, m in pl_module.named_modules() if m is self._embedding)
@@ -263,7 +280,8 @@ class AttributionMonitor(ProbedCallback):
                 xname="fraction deleted",
             )
         if self.explain:
-            self._log_maps(tracker, cur, trainer.current_epoch)
+            classes = getattr(getattr(trainer, "datamodule", None), "classes", None)  # names for the panels
+            self._log_maps(tracker, cur, trainer.current_epoch, classes if isinstance(classes, (list, tuple)) else None)
         return metrics
 
     @override
@@ -328,14 +346,18 @@ class AttributionMonitor(ProbedCallback):
                 )
             return out
 
-    def _log_maps(self, tracker: Any, cur: dict[str, Any], epoch: int) -> None:
+    def _log_maps(self, tracker: Any, cur: dict[str, Any], epoch: int, classes: Any = None) -> None:
         assert self.probe is not None  # after _compute
         x = self.probe.x
         if torch.is_floating_point(x) and x.ndim >= 3:
             y = self.probe.y
             labels = y.tolist() if y is not None and y.ndim == 1 else "-"
             caption = f"{self.method}, epoch {epoch}; labels {labels}"
-            tracker.log_image(f"{_PREFIX}/maps", A.overlay_grid(x, cur["attr"]), caption=caption)
+            if self.view == "spectrogram":
+                image = A.spectrogram_overlay(x, cur["attr"], y, cur["preds"], classes, self.hop_seconds)
+                tracker.log_image(f"{_PREFIX}/spectrogram", image, caption=caption)
+            else:
+                tracker.log_image(f"{_PREFIX}/maps", A.overlay_grid(x, cur["attr"]), caption=caption)
         else:
             rows = A.top_features_rows(x, cur["attr"], self.probe.y, cur["preds"], k=5)
             tracker.log_table(

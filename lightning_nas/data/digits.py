@@ -32,7 +32,7 @@ def load_digits_arrays(flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
     return x, ds.target.astype(np.int64)
 
 
-class _EpochSeededSampler(Sampler[int]):
+class EpochSeededSampler(Sampler[int]):
     """A shuffle that depends only on ``(seed, epoch)``: Lightning calls ``set_epoch`` every epoch, so a fit
     resumed from a checkpoint sees the very batches an uninterrupted fit sees (a plain seeded generator
     would restart its sequence in the new process)."""
@@ -122,7 +122,7 @@ class DigitsDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         ds = self.split(name)
-        sampler = _EpochSeededSampler(len(ds), self.seed) if shuffle else None
+        sampler = EpochSeededSampler(len(ds), self.seed) if shuffle else None
         return DataLoader(
             ds,
             batch_size=self.batch_size,

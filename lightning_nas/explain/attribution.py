@@ -30,6 +30,7 @@ from lightning_nas.explain._attribution_utils import (
     overlay_grid,
     rank_agreement,
     rows_of,
+    spectrogram_overlay,
     top_features_rows,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "compare",
     "fingerprint",
     "overlay_grid",
+    "spectrogram_overlay",
     "rank_agreement",
     "top_features_rows",
     "forward_of",
