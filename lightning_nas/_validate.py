@@ -6,7 +6,7 @@ the value received and what is allowed, so a bad configuration fails in ``__init
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -51,6 +51,21 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
     return value
+
+
+def schema_errors(cache: list[Any], build: Callable[[], Any], data: Any) -> list[dict[str, Any]]:
+    """The pydantic validation errors of ``data`` against the model ``build()`` makes (built once, kept in
+    ``cache``), in pydantic's order; ``[]`` when it is valid. Untrusted files (bundle cards, drift profiles) are
+    checked this way before any field is used."""
+    from pydantic import ValidationError
+
+    if not cache:
+        cache.append(build())
+    try:
+        cache[0].model_validate(data)
+    except ValidationError as exc:
+        return [dict(e) for e in exc.errors()]
+    return []
 
 
 def _type_names(types: type | tuple[type, ...]) -> str:

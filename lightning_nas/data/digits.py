@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import lightning as L
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import TensorDataset
 
 from lightning_nas._validate import check_int, check_range, check_type
+from lightning_nas.data._splits import SplitDataModule
 
 
 def load_digits_arrays(flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -32,26 +30,7 @@ def load_digits_arrays(flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
     return x, ds.target.astype(np.int64)
 
 
-class EpochSeededSampler(Sampler[int]):
-    """A shuffle that depends only on ``(seed, epoch)``: Lightning calls ``set_epoch`` every epoch, so a fit
-    resumed from a checkpoint sees the very batches an uninterrupted fit sees (a plain seeded generator
-    would restart its sequence in the new process)."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """Digits with a deterministic stratified train/val/test split.
 
     Args:
@@ -110,35 +89,3 @@ class DigitsDataModule(L.LightningDataModule):
         train, val = train_test_split(rest, test_size=val_size, stratify=y[rest], random_state=self.seed)
         t = lambda ids: TensorDataset(torch.from_numpy(x[ids]), torch.from_numpy(y[ids]))  # noqa: E731
         self._splits = {"train": t(train), "val": t(val), "test": t(test)}
-
-    def split(self, name: str) -> TensorDataset:
-        """The ``"train"``, ``"val"`` or ``"test"`` dataset (calls ``setup`` if needed)."""
-        self.setup()
-        assert self._splits is not None  # setup() made them
-        return self._splits[name]
-
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        return self.split("val").tensors[0][:batch_size].clone()
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        ds = self.split(name)
-        sampler = EpochSeededSampler(len(ds), self.seed) if shuffle else None
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -30,13 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from lightning_nas._validate import check_int, check_range, check_type
-from lightning_nas.data.digits import EpochSeededSampler
+from lightning_nas.data._splits import SplitDataModule
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 #: espeak-ng's own (formant) English voices; the MBROLA ones need another package and are not used
@@ -239,7 +238,7 @@ def _place(rng: np.random.Generator, speech: np.ndarray, n: int, snr_db: float, 
     return (clip / max(1.0, float(np.abs(clip).max()))).astype(np.float32)
 
 
-class SpokenDigitsDataModule(L.LightningDataModule):
+class SpokenDigitsDataModule(SplitDataModule):
     """Spoken digits synthesized by espeak-ng as ``1 x n_mels x frames`` log-mel spectrograms in [0, 1], split by
     speaker (voice + variant), generated once and cached.
 
@@ -490,35 +489,3 @@ class SpokenDigitsDataModule(L.LightningDataModule):
             idx = torch.from_numpy(np.nonzero(np.isin(spk, ids))[0])
             self._splits[split] = TensorDataset(x[idx].clone(), y[idx].clone())
             self.speakers[split] = sorted(names[i] for i in ids)
-
-    def split(self, name: str) -> TensorDataset:
-        """The ``"train"``, ``"val"`` or ``"test"`` dataset (calls ``setup`` if needed)."""
-        self.setup()
-        assert self._splits is not None  # setup() made them
-        return self._splits[name]
-
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        return self.split("val").tensors[0][:batch_size].clone()
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        ds = self.split(name)
-        sampler = EpochSeededSampler(len(ds), self.seed) if shuffle else None
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -34,7 +34,7 @@ from torch import nn
 
 from lightning_nas._modules import eval_mode
 from lightning_nas._trust import UnsafePathError, inside
-from lightning_nas._validate import check_type
+from lightning_nas._validate import check_type, schema_errors
 from lightning_nas.deploy.card import ModelCard, jsonable
 from lightning_nas.deploy.export import export, onnx_session
 from lightning_nas.deploy.profile import ReferenceProfile
@@ -168,20 +168,15 @@ def validate_card(card: Any, where: str = "card.json") -> dict[str, Any]:
         ...
         lightning_nas.deploy.bundle.BundleError: ...
     """
-    from pydantic import ValidationError
-
-    if not _CARD_SCHEMA:
-        _CARD_SCHEMA.append(_card_models())
     try:
-        _CARD_SCHEMA[0].model_validate(card)
-    except ValidationError as exc:
-        errs = exc.errors()
+        errs = schema_errors(_CARD_SCHEMA, _card_models, card)
+    except RecursionError:
+        raise BundleError(f"bundle card {where!r} is invalid: nested too deeply") from None
+    if errs:
         e = errs[0]
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
         more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
-        raise BundleError(f"bundle card {where!r} is invalid: {loc}: {e['msg'][:200]}{more}") from None
-    except RecursionError:
-        raise BundleError(f"bundle card {where!r} is invalid: nested too deeply") from None
+        raise BundleError(f"bundle card {where!r} is invalid: {loc}: {e['msg'][:200]}{more}")
     return card
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_nas._validate import check_choice, check_int
+from lightning_nas._validate import check_choice, check_int, schema_errors
 
 FORMAT = "lightning_nas.profile"
 VERSION = 1
@@ -175,22 +175,16 @@ _SCHEMA: list[Any] = []
 
 
 def _check_types(data: dict[str, Any]) -> None:
-    from pydantic import ValidationError
-
-    if not _SCHEMA:
-        _SCHEMA.append(_profile_schema())
-    try:
-        _SCHEMA[0].model_validate(data)
-    except ValidationError as exc:
-        errs = exc.errors()
+    errs = schema_errors(_SCHEMA, _profile_schema, data)
+    if errs:
         e = errs[0]
         loc = e["loc"]
         if e["type"] == "missing" and len(loc) == 3 and loc[0] == "features":
             lacking = [x["loc"][2] for x in errs if x["type"] == "missing" and x["loc"][:2] == loc[:2]]
             raise ValueError(
                 f"reference profile entry for feature {data['features'][loc[1]].get('name')!r} lacks {lacking}"
-            ) from None
-        raise ValueError(f"reference profile field {'.'.join(str(x) for x in loc)}: {e['msg'][:200]}") from None
+            )
+        raise ValueError(f"reference profile field {'.'.join(str(x) for x in loc)}: {e['msg'][:200]}")
     if float(np.prod(data["input_shape"], dtype=np.float64)) > 1 << 24:
         raise ValueError(f"reference profile input shape {data['input_shape']} is too large")
 
