@@ -1,0 +1,195 @@
+"""The demo's tasks: what ``lightning-nas demo --task <name>`` trains, searches, compresses and explains.
+
+The stages (``lightning_nas.demo``) are shared; a task only says what is specific to its data and model, in one
+``_Task``. Adding a task is one ``_Task(...)`` appended to ``TASKS`` (``--task`` offers every name there)::
+
+    SPEECH = _Task(
+        name="speech",
+        help="spoken digits: a small audio CNN over log-mel spectrograms",
+        datamodule=lambda seed: SpeechDataModule(seed=seed),       # split(name) -> TensorDataset(x, y),
+                                                                   # example_input(n) -> a batch of inputs
+        model=lambda dm: AudioCNN(num_classes=dm.num_classes),     # the reference float model
+        search_space=_speech_space,                                # the model with space.LayerChoice(s) in it
+        student=lambda dm: AudioCNN(width=8, num_classes=dm.num_classes),  # distillation's student
+        input_spec=lambda dm: {"name": "input", "dtype": "float32", "shape": ["batch", 1, 40, 32]},
+        quant_ignore=("features.0", "features.1", "features.2"),  # layers QAT keeps float
+        attribution="image",                                       # spectrograms attribute like images
+    )
+    TASKS = {t.name: t for t in (DIGITS, TEXT, SPEECH)}
+
+Each field's meaning is documented on ``_Task``; defaults fit a float-input classifier trained by
+``models.Classifier`` with Adam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: `lightning-nas --help` reads TASKS without importing torch
+    import lightning as L
+    from torch import nn
+
+# the stages every task runs unless it lists its own (names of functions in lightning_nas.demo)
+DEFAULT_STAGES = ("search", "multitrial", "train", "explain", "distill", "prune", "quantize", "bundle")
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What the shared demo stages need to know about one task.
+
+    Args:
+        name: the ``--task`` value.
+        help: one line for ``lightning-nas demo --help`` and the model card.
+        datamodule: ``seed -> LightningDataModule``; it must offer ``split(name)`` (``"train"``/``"val"``/``"test"``,
+            a ``TensorDataset`` of ``(inputs, labels)``) and ``example_input(n)`` (a batch of ``n`` inputs).
+        model: ``datamodule -> nn.Module``, the reference float model (trained when no search stage runs).
+        search_space: ``datamodule -> nn.Module``, the model with ``space.LayerChoice`` decisions in it (DARTS).
+        student: ``datamodule -> nn.Module``, the smaller model the distill stage trains against the teacher.
+        input_spec: ``datamodule -> dict``, the model card's input spec (name, dtype, shape, range, meaning).
+        quant_ignore: module names (inside the net) QAT keeps float, e.g. an embedding or a first conv.
+        attribution: ``"image"`` (maps over float inputs: images, spectrograms) or ``"tokens"`` (integer ids,
+            attributed over the output of the net's ``embedding`` module and shown as highlighted text).
+        embedding: for ``"tokens"``, the ``nn.Embedding``'s name inside the net.
+        explain_kwargs: ``datamodule -> dict`` of extra ``AttributionMonitor`` arguments (e.g. ``vocabulary``).
+        paths: attach ``DecisionPaths`` in the explain stage (needs image-like inputs).
+        max_epochs: default epochs per training stage (``--max-epochs`` overrides).
+        lr: Adam's learning rate of every stage (the multi-trial stage searches around it).
+        lr_range: the multi-trial stage's log-uniform range of learning rates.
+        student_lr: the distillation student's learning rate.
+        stages: the stages to run, in order (names from ``lightning_nas.demo.STAGES``).
+        quant_lr_scale: QAT fine-tunes at ``lr * quant_lr_scale``.
+    """
+
+    name: str
+    help: str
+    datamodule: Callable[[int], L.LightningDataModule]
+    model: Callable[[Any], nn.Module]
+    search_space: Callable[[Any], nn.Module]
+    student: Callable[[Any], nn.Module]
+    input_spec: Callable[[Any], dict[str, Any]]
+    quant_ignore: tuple[str, ...] = ()
+    attribution: str = "image"
+    embedding: str | None = None
+    explain_kwargs: Callable[[Any], dict[str, Any]] = field(default=lambda dm: {})
+    paths: bool = True
+    max_epochs: int = 8
+    lr: float = 3e-3
+    lr_range: tuple[float, float] = (1e-3, 1e-2)
+    student_lr: float = 1e-2
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    quant_lr_scale: float = 0.1
+
+
+# ------------------------------------------------------------------------------------------------ digits
+def _digits_space(dm: Any) -> nn.Module:
+    """DigitsCNN with two LayerChoices (3x3 conv, 1x1 conv or skip) put after each of its convs."""
+    from torch import nn
+
+    from lightning_nas import space
+    from lightning_nas.models import DigitsCNN
+
+    def block(label: str, c: int) -> space.LayerChoice:
+        conv = lambda k: nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2, bias=False), nn.BatchNorm2d(c), nn.ReLU())  # noqa: E731
+        return space.LayerChoice({"conv3": conv(3), "conv1": conv(1), "skip": nn.Identity()}, label=label)
+
+    net = DigitsCNN(width=16)
+    f = net.features
+    net.features = nn.Sequential(*f[:3], block("block1", 16), *f[3:6], block("block2", 32), f[6])
+    return net
+
+
+def _digits_cnn() -> nn.Module:
+    from lightning_nas.models import DigitsCNN
+
+    return DigitsCNN(width=16)
+
+
+# The quantize stage keeps the first conv block float: on the pruned net (8 channels from one input channel) ONNX
+# Runtime's int8 QLinearConv is several times slower than its fp32 Conv and made the int8 model slower than the
+# fp32 one; the other layers run int8. It fine-tunes at a tenth of the module's learning rate with BatchNorm
+# statistics frozen (torch's fused Conv+BN QAT modules otherwise knocked the pruned net down by ~20 points in
+# the first epoch). Measured: BENCHMARKS.md, "make demo's quantize stage" (benchmarks/qat_demo.py).
+def _digits_datamodule(seed: int) -> Any:
+    from lightning_nas.data import DigitsDataModule
+
+    return DigitsDataModule(batch_size=64, seed=seed)
+
+
+DIGITS = _Task(
+    name="digits",
+    help="scikit-learn's 8x8 handwritten digits, a small CNN (the default)",
+    datamodule=_digits_datamodule,
+    model=lambda dm: _digits_cnn(),
+    search_space=_digits_space,
+    student=lambda dm: _digits_cnn(),
+    input_spec=lambda dm: {
+        "name": "input",
+        "dtype": "float32",
+        "shape": ["batch", 1, 8, 8],
+        "range": [0.0, 1.0],
+        "normalisation": "pixel / 16",
+    },
+    quant_ignore=("features.0", "features.1", "features.2"),
+)
+
+
+# ------------------------------------------------------------------------------------------------ text
+TEXT_KERNELS = (1, 3, 5, 7)  # the one-shot search's decision: the first conv's width in words
+TEXT_EMBED, TEXT_CHANNELS = 32, 64  # the teacher; the distillation student halves both
+TEXT_MAX_SAMPLES = 30_000  # synsets the demo reads (of 82,115); benchmarks/text.py uses them all
+
+
+def _text_datamodule(seed: int, max_samples: int | None = TEXT_MAX_SAMPLES) -> Any:
+    from lightning_nas.data import TextDataModule
+
+    return TextDataModule(batch_size=256, max_len=32, min_freq=3, max_samples=max_samples, seed=seed)
+
+
+def text_space(dm: Any, embed_dim: int = TEXT_EMBED, channels: int = TEXT_CHANNELS) -> nn.Module:
+    """TextCNN whose first conv block is a LayerChoice over ``TEXT_KERNELS`` widths (label ``"conv1"``)."""
+    from torch import nn
+
+    from lightning_nas import space
+    from lightning_nas.models import TextCNN, text_conv_block
+
+    net = TextCNN(dm.vocab_size, dm.num_classes, embed_dim, channels)
+    choice = space.LayerChoice({f"k{k}": text_conv_block(embed_dim, channels, k) for k in TEXT_KERNELS}, label="conv1")
+    net.features = nn.Sequential(choice, *net.features[3:])
+    return net
+
+
+def _text_cnn(dm: Any, embed_dim: int, channels: int, kernel_size: int = 3) -> nn.Module:
+    from lightning_nas.models import TextCNN
+
+    return TextCNN(dm.vocab_size, dm.num_classes, embed_dim, channels, kernel_size)
+
+
+TEXT = _Task(
+    name="text",
+    help="WordNet 3.0 noun glosses -> 26 lexicographer classes (Debian's wordnet-base), a text CNN",
+    datamodule=_text_datamodule,
+    model=lambda dm: _text_cnn(dm, TEXT_EMBED, TEXT_CHANNELS),
+    search_space=text_space,
+    student=lambda dm: _text_cnn(dm, TEXT_EMBED // 2, TEXT_CHANNELS // 2),
+    input_spec=lambda dm: {
+        "name": "input",
+        "dtype": "int64",
+        "shape": ["batch", dm.max_len],
+        "range": [0, dm.vocab_size - 1],
+        "normalisation": "word ids: lowercase [a-z0-9]+ words, 0 pads, 1 unknown (TextDataModule.vocab)",
+    },
+    quant_ignore=("embedding",),  # an int8 embedding table would need its own quantization scheme: kept float
+    attribution="tokens",
+    embedding="embedding",
+    explain_kwargs=lambda dm: {"vocabulary": dm.vocab.itos, "class_names": dm.class_names},
+    paths=False,
+    max_epochs=3,
+    lr=3e-3,
+    # no bundle: bundles, `serve` and the drift profile take float32 inputs; token ids are not supported there yet
+    stages=("search", "multitrial", "train", "explain", "distill", "prune", "lowrank", "quantize"),
+    quant_lr_scale=0.1,
+)
+
+TASKS: dict[str, _Task] = {t.name: t for t in (DIGITS, TEXT)}
