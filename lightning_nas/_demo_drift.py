@@ -54,7 +54,6 @@ def _attribution_drift(state: _DemoState, stage: str, net: torch.nn.Module) -> d
     """Spearman / top-10% overlap of ``net``'s attributions with the float model's, on the same probe and labels;
     logged as the table ``explain/attribution/drift`` and, for token tasks, ``explain/attribution/tokens/<stage>``."""
     from lightning_nas.explain import attribution as A
-    from lightning_nas.explain._attribution_utils import TOKEN_COLUMNS, token_rows
 
     ref = state.reference
     attr = _attributions(state, net, ref["x"], ref["y"])
@@ -77,7 +76,26 @@ def _attribution_drift(state: _DemoState, stage: str, net: torch.nn.Module) -> d
     cols = ["stage", "spearman", "top10_overlap", "prediction_agreement"]
     tracker.log_table("explain/attribution/drift", cols, state.drift_rows)
     if state.task.attribution == "tokens":
-        kw = state.task.explain_kwargs(state.datamodule)
-        rows = token_rows(ref["x"], attr, ref["y"], preds, kw.get("vocabulary"), kw.get("class_names"))
-        tracker.log_table(f"explain/attribution/tokens/{stage}", list(TOKEN_COLUMNS), rows)
+        _log_token_stages(state, tracker, stage, attr, preds)
     return out
+
+
+def _log_token_stages(state: _DemoState, tracker: Any, stage: str, attr: torch.Tensor, preds: torch.Tensor) -> None:
+    """One token table over every stage so far, sentence by sentence (``"<i> <stage>"`` rows next to each other:
+    the report shows each probe sentence as the float model and every later stage explained it)."""
+    from lightning_nas.explain._attribution_utils import TOKEN_COLUMNS, token_rows
+
+    ref = state.reference
+    kw = state.task.explain_kwargs(state.datamodule)
+    names = {"vocabulary": kw.get("vocabulary"), "class_names": kw.get("class_names")}
+    if not ref.get("token_rows"):
+        ref["token_rows"] = {"explain": token_rows(ref["x"], ref["attr"], ref["y"], ref["preds"], **names)}
+    ref["token_rows"][stage] = token_rows(ref["x"], attr, ref["y"], preds, **names)
+    rows = [
+        [f"{i} {name}", *r[1:]]
+        for i in range(len(ref["x"]))
+        for name, stage_rows in ref["token_rows"].items()
+        for r in stage_rows
+        if r[0] == i
+    ]
+    tracker.log_table("explain/attribution/tokens/stages", list(TOKEN_COLUMNS), rows)

@@ -18,7 +18,12 @@ The stages (``lightning_nas.demo``) are shared; a task only says what is specifi
     TASKS = {t.name: t for t in (DIGITS, TEXT, SPEECH)}
 
 Each field's meaning is documented on ``_Task``; defaults fit a float-input classifier trained by
-``models.Classifier`` with Adam.
+``models.Classifier`` with Adam. The contract with the stages: batches are ``(inputs, labels)`` (what
+``models.Classifier`` trains on), the datamodule is set up once before the first stage, ``split("val")`` /
+``split("test")`` give the probe and the int8 model's test set, ``split("train").tensors[0]`` the bundle's
+reference data (float inputs only), and ``quant_ignore`` / ``embedding`` name modules of the net the factories
+return (after ``space.freeze``: a frozen LayerChoice keeps its name). ``tests/test_text.py`` checks every task
+in ``TASKS`` against ``STAGE_NAMES``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ if TYPE_CHECKING:  # imported where used: `lightning-nas --help` reads TASKS wit
     import lightning as L
     from torch import nn
 
-# the stages every task runs unless it lists its own (names of functions in lightning_nas.demo)
+# every stage a task may list (lightning_nas.demo.STAGES), and those a task runs unless it lists its own
+STAGE_NAMES = ("search", "multitrial", "train", "explain", "distill", "prune", "lowrank", "quantize", "bundle")
 DEFAULT_STAGES = ("search", "multitrial", "train", "explain", "distill", "prune", "quantize", "bundle")
 
 
@@ -55,7 +61,9 @@ class _Task:
         explain_kwargs: ``datamodule -> dict`` of extra ``AttributionMonitor`` arguments (e.g. ``vocabulary``).
         paths: attach ``DecisionPaths`` in the explain stage (needs image-like inputs).
         max_epochs: default epochs per training stage (``--max-epochs`` overrides).
-        lr: Adam's learning rate of every stage (the multi-trial stage searches around it).
+        search_epochs: epochs of the one-shot search (at most ``max_epochs``).
+        distill_factor: the distillation stage trains ``distill_factor * max_epochs`` epochs.
+        lr: Adam's learning rate of the search and training stages.
         lr_range: the multi-trial stage's log-uniform range of learning rates.
         student_lr: the distillation student's learning rate.
         stages: the stages to run, in order (names from ``lightning_nas.demo.STAGES``).
@@ -75,11 +83,24 @@ class _Task:
     explain_kwargs: Callable[[Any], dict[str, Any]] = field(default=lambda dm: {})
     paths: bool = True
     max_epochs: int = 8
+    search_epochs: int = 3
+    distill_factor: float = 1.0
     lr: float = 3e-3
     lr_range: tuple[float, float] = (1e-3, 1e-2)
     student_lr: float = 1e-2
     stages: tuple[str, ...] = DEFAULT_STAGES
     quant_lr_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.attribution not in ("image", "tokens"):
+            raise ValueError(
+                f"_Task {self.name!r}: `attribution` must be 'image' or 'tokens', got {self.attribution!r}"
+            )
+        if self.attribution == "tokens" and not self.embedding:
+            raise ValueError(f"_Task {self.name!r}: attribution='tokens' needs `embedding`, the nn.Embedding's name")
+        unknown = [s for s in self.stages if s not in STAGE_NAMES]
+        if unknown or not self.stages:
+            raise ValueError(f"_Task {self.name!r}: `stages` must be names from {list(STAGE_NAMES)}, got {unknown}")
 
 
 # ------------------------------------------------------------------------------------------------ digits
@@ -186,6 +207,8 @@ TEXT = _Task(
     explain_kwargs=lambda dm: {"vocabulary": dm.vocab.itos, "class_names": dm.class_names},
     paths=False,
     max_epochs=3,
+    search_epochs=2,  # DARTS runs all four widths at once: 2 epochs cost ~10 of plain training
+    distill_factor=2.0,  # the student starts from scratch; the teacher trained 2 + 3 + 2 epochs
     lr=3e-3,
     # no bundle: bundles, `serve` and the drift profile take float32 inputs; token ids are not supported there yet
     stages=("search", "multitrial", "train", "explain", "distill", "prune", "lowrank", "quantize"),

@@ -109,7 +109,8 @@ def _stage_search(state: _DemoState) -> str:
     net = state.task.search_space(state.datamodule)
     nas = DifferentiableNAS(mode="darts", seed=0)
     module = Classifier(net, lr=state.task.lr)
-    _trainer(state, [nas], max_epochs=min(3, state.max_epochs)).fit(module, datamodule=state.datamodule)
+    epochs = min(state.task.search_epochs, state.max_epochs)
+    _trainer(state, [nas], max_epochs=epochs).fit(module, datamodule=state.datamodule)
     state.arch = nas.export()
     found = space.freeze(net, state.arch)
     state.module = Classifier(found, lr=state.task.lr)  # later stages train and compress the found architecture
@@ -229,7 +230,8 @@ def _stage_distill(state: _DemoState) -> str:
     teacher = state.module.net
     student = Classifier(state.task.student(state.datamodule), lr=state.task.student_lr)
     kd = KnowledgeDistillation(teacher, temperature=4.0, alpha=0.7)
-    acc = _fit_test(state, student, [kd])
+    epochs = max(1, round(state.task.distill_factor * state.max_epochs))
+    acc = _fit_test(state, student, [kd], max_epochs=epochs)
     state.module = student
     row = _record(state, "distill", student.net, acc)
     row["agreement"] = kd.history[-1]["distill/agreement"] if kd.history else None

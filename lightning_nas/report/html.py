@@ -34,7 +34,7 @@ SECTIONS: list[tuple[str, str, Callable[[str], bool]]] = [
 _MAX_LINES, _MAX_PLOTS, _MAX_ROWS, _MAX_HIST, _MAX_SKIPPED = 16, 24, 200, 12, 100
 # a token-attribution table (``explain._attribution_utils.TOKEN_COLUMNS``) is drawn as highlighted text
 _TOKEN_COLUMNS = ["sample", "label", "pred", "position", "token", "attribution"]
-_MAX_TOKEN_SAMPLES, _MAX_TOKENS = 40, 64
+_MAX_TOKEN_SAMPLES, _MAX_TOKENS = 60, 64
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
