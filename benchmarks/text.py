@@ -36,8 +36,11 @@ from lightning_nas.models import Classifier, TextCNN  # noqa: E402
 
 
 def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU seconds of this process (all threads) and of its children that have ended (W&B's service)."""
+    return sum(
+        r.ru_utime + r.ru_stime
+        for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
 
 
 def pipeline(max_samples: int | None, epochs: int, seed: int) -> tuple[dict, float, float]:
@@ -118,7 +121,8 @@ def main() -> None:
         f"32 tokens at most, vocabulary from the training split with min frequency 3) -> 26 lexicographer classes "
         f"(chance: 1/26 = 3.8%; the largest class, noun.artifact, is 14%). Model: `TextCNN` (embedding "
         f"{T.TEXT_EMBED}, two Conv1d blocks of {T.TEXT_CHANNELS} channels, max over time), Adam, {args.epochs} "
-        f"epochs per training stage. Torch on {args.threads} thread(s).",
+        f"epoch(s) per training stage (distillation {max(1, round(T.TEXT.distill_factor * args.epochs))}). "
+        f"Torch on {args.threads} thread(s).",
         "",
         "### The pipeline, stage by stage (`lightning-nas demo --task text`)",
         "",
@@ -130,13 +134,13 @@ def main() -> None:
         "",
         table(["stage", "test acc %", "params", "KiB", "smaller", "torch ms", "ORT ms", "attr rho"], stage_rows),
         "",
-        f"Demo wall time {wall:.0f} s, CPU time {cpu:.0f} s (the machine is shared: the CPU time is what the demo "
-        "costs on a free core).",
+        f"Demo wall time {wall:.0f} s, CPU time {cpu:.0f} s (process and its ended children; the machine is "
+        "shared, so the CPU time is what the demo costs on a free core).",
         "",
         "### One-shot search regret (exhaustive over the first conv's width)",
         "",
-        f"DARTS ({min(3, args.epochs)} epochs over the supernet) chose **{picked}**. Each width trained alone for "
-        f"{args.epochs} epochs:",
+        f"DARTS ({min(T.TEXT.search_epochs, args.epochs)} epoch(s) over the supernet) chose **{picked}**. Each width "
+        f"trained alone for {args.epochs} epoch(s):",
         "",
         table(["first conv width", "val acc %", "test acc %", "params"], ex_rows),
         "",
