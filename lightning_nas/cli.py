@@ -30,6 +30,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
     p.add_argument("--out", default="nas_runs/demo", help="output folder (default nas_runs/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: the task's; text 1, digits torch's own)"
+    )
+    p.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -39,6 +42,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
     def run(args: argparse.Namespace) -> int:
         if args.max_epochs is not None and args.max_epochs < 1:
             raise SystemExit(f"--max-epochs must be >= 1, got {args.max_epochs}")
+        if args.threads is not None and args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
         from lightning_nas.demo import run_demo
 
         try:
@@ -49,6 +54,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
                 seed=args.seed,
                 verbose=args.verbose,
                 task=args.task,
+                threads=args.threads,
             )
         except FileNotFoundError as exc:  # the task's data is not installed (e.g. wordnet-base): one line
             print(f"lightning-nas demo: {exc}", file=sys.stderr)

@@ -324,13 +324,27 @@ def run_demo(
     seed: int = 0,
     verbose: bool = False,
     task: str = "digits",
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run every stage of ``task`` (``TASKS``), print one line per stage, the summary table and where the files
     are; write the model card; return a dict of results. ``max_epochs`` defaults to the task's (digits 8, text 3).
-    ``verbose`` also shows Lightning's messages, warnings and W&B's output."""
+    ``verbose`` also shows Lightning's messages, warnings and W&B's output. ``threads``: torch's intra-op threads
+    for the run (default: the task's; torch's own count when the task has none), restored afterwards."""
     if task not in TASKS:
         raise ValueError(f"`task` must be one of {sorted(TASKS)}, got {task!r}")
     spec = TASKS[task]
+    threads = threads or spec.threads
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(spec, max_epochs, online, out_dir, seed, verbose)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(spec: _Task, max_epochs: int | None, online: bool, out_dir: str | Path, seed: int, verbose: bool) -> dict:
+    """``run_demo``'s body, under the run's thread count."""
     console = _Console(sys.stdout, verbose)
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()

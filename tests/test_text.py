@@ -210,6 +210,8 @@ def test_cli_offers_the_tasks():
         _Task(**bad, stages=("train", "nope"))
     with pytest.raises(SystemExit):
         main(["demo", "--task", "no-such-task"])
+    with pytest.raises(SystemExit, match="threads"):
+        main(["demo", "--task", "text", "--threads", "0"])
 
 
 @needs_wordnet
@@ -221,7 +223,9 @@ def test_text_demo_end_to_end(tmp_path, monkeypatch):
 
     small = dataclasses.replace(T.TEXT, datamodule=lambda seed: T._text_datamodule(seed, 4000))
     monkeypatch.setitem(D.TASKS, "text", small)
+    threads = torch.get_num_threads()
     res = D.run_demo(max_epochs=1, out_dir=tmp_path / "demo", task="text")
+    assert torch.get_num_threads() == threads  # the task's one thread is for the run only
     rows = {r["stage"]: r for r in res["rows"]}
     assert list(rows) == [s for s in T.TEXT.stages if s != "multitrial"]  # multitrial tunes, it adds no row
     assert res["arch"]["conv1"] in {f"k{k}" for k in T.TEXT_KERNELS}
