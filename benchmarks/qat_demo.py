@@ -169,7 +169,8 @@ def main() -> None:
     body = [
         f"Seeds {args.seeds} (cells: one value per seed). Test split: 270 images, one image = 0.37 pt. ONNX Runtime: "
         "median ms on 1 thread of the fused int8 file and of the pruned fp32 file, interleaved rounds in one "
-        "process (5 rounds, the median of their medians); the first conv node's mean kernel time from ONNX Runtime's profiler, batch 64 (noisy on a "
+        "process (5 rounds, the median of their medians); the first conv node's mean kernel time from ONNX Runtime's "
+        "profiler, batch 64 (noisy on a "
         "shared machine; it shows where the time goes).",
         "",
         table(
