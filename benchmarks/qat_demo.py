@@ -98,10 +98,10 @@ def demo_rows(seed: int) -> tuple[list[list], dict]:
         L.seed_everything(seed, workers=True, verbose=False)
         dm = DigitsDataModule(batch_size=64, seed=seed)
         st = D._DemoState(out_dir=Path(d), max_epochs=8, online=False, datamodule=dm, logger=CSVLogger(d))
-        for name, stage in D.STAGES:
+        for name in D.TASKS["digits"].stages:
             if name == "quantize":
                 break
-            stage(st)
+            D.STAGES[name](st)
         pruned = st.module.net.eval()
         x = dm.example_input(64)
         fp32 = onnx_bytes(pruned, (x[:1],))

@@ -9,11 +9,29 @@ from pathlib import Path
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
-    p = sub.add_parser("demo", help="train, compress and measure a model on the bundled digits, offline")
-    p.add_argument("--max-epochs", type=int, default=8, help="epochs per training stage (default 8)")
+    from lightning_nas._demo_tasks import TASKS
+
+    p = sub.add_parser("demo", help="search, train, compress, explain and measure a model on real data, offline")
+    p.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default="digits",
+        help="; ".join(f"{name}: {t.help}" for name, t in TASKS.items()),
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="epochs per training stage (default: the task's, "
+        + ", ".join(f"{n} {t.max_epochs}" for n, t in TASKS.items())
+        + ")",
+    )
     p.add_argument("--online", action="store_true", help="sync the W&B run (needs a W&B key)")
     p.add_argument("--out", default="nas_runs/demo", help="output folder (default nas_runs/demo)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: the task's; text 1, digits torch's own)"
+    )
     p.add_argument(
         "-v",
         "--verbose",
@@ -22,11 +40,25 @@ def _add_demo(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
     )
 
     def run(args: argparse.Namespace) -> int:
-        if args.max_epochs < 1:
+        if args.max_epochs is not None and args.max_epochs < 1:
             raise SystemExit(f"--max-epochs must be >= 1, got {args.max_epochs}")
+        if args.threads is not None and args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
         from lightning_nas.demo import run_demo
 
-        run_demo(max_epochs=args.max_epochs, online=args.online, out_dir=args.out, seed=args.seed, verbose=args.verbose)
+        try:
+            run_demo(
+                max_epochs=args.max_epochs,
+                online=args.online,
+                out_dir=args.out,
+                seed=args.seed,
+                verbose=args.verbose,
+                task=args.task,
+                threads=args.threads,
+            )
+        except FileNotFoundError as exc:  # the task's data is not installed (e.g. wordnet-base): one line
+            print(f"lightning-nas demo: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     return run

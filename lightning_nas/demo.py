@@ -1,32 +1,34 @@
-"""``lightning-nas demo``: the pipeline on digits, offline, streamed to one W&B run.
+"""``lightning-nas demo``: the pipeline on one task (digits by default, ``--task text``), offline, streamed to one
+W&B run.
 
 Stages are functions of a shared ``_DemoState`` so that each capability adds its own stage; a stage may return a
-short summary for its line of progress. What a person sees: one line per stage (on a terminal, with a bar for
-the epochs), the summary table, and where the files are. Lightning's messages, warnings, W&B's console output and
-anything a stage prints show only with ``verbose=True`` (``lightning-nas demo --verbose``).
+short summary for its line of progress. What a stage needs to know about the data and the model comes from the
+task's ``_Task`` (``lightning_nas._demo_tasks``: adding a task is one ``_Task`` there). What a person sees: one
+line per stage (on a terminal, with a bar for the epochs), the summary table, and where the files are.
+Lightning's messages, warnings, W&B's console output and anything a stage prints show only with ``verbose=True``
+(``lightning-nas demo --verbose``).
 """
 
 from __future__ import annotations
 
-import io
-import logging
+import copy
 import os
 import sys
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import lightning as L
 import torch
-from typing_extensions import override
 
-from lightning_nas.data import DigitsDataModule
+from lightning_nas._demo_console import _Console, _EpochProgress, _print_table, _quiet
+from lightning_nas._demo_drift import _attribution_drift, _set_reference, _tracker
+from lightning_nas._demo_tasks import TASKS, _Task
 from lightning_nas.deploy import ModelCard, export, measure
-from lightning_nas.models import Classifier, DigitsCNN
+from lightning_nas.models import Classifier
+
+__all__ = ["STAGES", "TASKS", "run_demo"]
 
 
 @dataclass
@@ -34,7 +36,8 @@ class _DemoState:
     out_dir: Path
     max_epochs: int
     online: bool
-    datamodule: DigitsDataModule
+    datamodule: Any
+    task: _Task = field(default_factory=lambda: TASKS["digits"])
     module: L.LightningModule | None = None
     logger: Any = None
     card: ModelCard = field(default_factory=lambda: ModelCard("digits-demo"))
@@ -42,86 +45,8 @@ class _DemoState:
     arch: dict[str, str] | None = None  # set by the "search" stage
     bundle_dir: Path | None = None  # set by the "bundle" stage
     console: _Console | None = None  # the progress lines (None: no progress shown)
-
-
-class _Console:
-    """The demo's own lines, written to ``stream`` (the real stdout, even while the stages' output is hidden).
-
-    One line per stage, written when the stage ends; on a terminal the line is shown from the start and shows
-    the epochs of the running fit as a bar."""
-
-    def __init__(self, stream: TextIO, verbose: bool = False) -> None:
-        self.stream, self.verbose = stream, verbose
-        self.live = not verbose and stream.isatty()
-        self.prefix, self.t0 = "", 0.0
-
-    def write(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
-
-    def start(self, i: int, n: int, name: str) -> None:
-        self.prefix, self.t0 = f"[{i}/{n}] {name:<10} ", time.perf_counter()
-        if self.verbose:
-            self.write(self.prefix + "...\n")
-        elif self.live:
-            self.write(self.prefix)
-
-    def progress(self, done: float, text: str) -> None:
-        if self.live:
-            k = round(20 * min(max(done, 0.0), 1.0))
-            self.write(f"\r\033[K{self.prefix}[{'#' * k}{'.' * (20 - k)}] {text}")
-
-    def end(self, summary: str | None) -> None:
-        line = f"{self.prefix}{summary or 'done'} ({time.perf_counter() - self.t0:.1f} s)"
-        self.write(("\r\033[K" if self.live else "") + line + "\n")
-
-
-class _EpochProgress(L.Callback):
-    """Feeds the console's bar: epoch and batch of the running fit."""
-
-    def __init__(self, console: _Console) -> None:
-        self.console = console
-
-    @override
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        n = trainer.num_training_batches
-        n = int(n) if 0 < n < float("inf") else batch_idx + 1
-        epochs = max(trainer.max_epochs or 1, 1)
-        self.console.progress(
-            (trainer.current_epoch + min(batch_idx + 1, n) / n) / epochs, f"epoch {trainer.current_epoch + 1}/{epochs}"
-        )
-
-
-@contextmanager
-def _quiet(verbose: bool) -> Iterator[None]:
-    """Unless ``verbose``: Lightning's and Optuna's INFO lines, Python warnings, W&B's console output and anything
-    printed go nowhere. If the block fails, what was hidden is written to stderr before the error."""
-    if verbose:
-        yield
-        return
-    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric", "optuna")
-    levels = {name: logging.getLogger(name).level for name in names}
-    silent = os.environ.get("WANDB_SILENT")
-    hidden = io.StringIO()
-    try:
-        for name in names:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        os.environ["WANDB_SILENT"] = "true"
-        with warnings.catch_warnings(), redirect_stdout(hidden), redirect_stderr(hidden):
-            warnings.simplefilter("ignore")
-            yield
-    except BaseException:
-        sys.stderr.write(hidden.getvalue()[-20_000:])
-        raise
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-        if silent is None:
-            os.environ.pop("WANDB_SILENT", None)
-        else:
-            os.environ["WANDB_SILENT"] = silent
+    reference: dict[str, Any] | None = None  # the float model's attributions (explain stage), for drift
+    drift_rows: list[list[Any]] = field(default_factory=list)
 
 
 def _trainer(state: _DemoState, callbacks: list | None = None, max_epochs: int | None = None) -> L.Trainer:
@@ -141,10 +66,15 @@ def _trainer(state: _DemoState, callbacks: list | None = None, max_epochs: int |
 
 
 def _row_summary(row: dict[str, Any]) -> str:
-    return f"test_acc {row['test_acc']:.4f}, {row['size_bytes'] / 1024:.0f} KiB"
+    rho = f", attributions rho {row['attr_rho']:.2f}" if isinstance(row.get("attr_rho"), float) else ""
+    return f"test_acc {row['test_acc']:.4f}, {row['size_bytes'] / 1024:.0f} KiB{rho}"
 
 
-def _record(state: _DemoState, stage: str, model: torch.nn.Module, test_acc: float) -> dict[str, Any]:
+def _record(
+    state: _DemoState, stage: str, model: torch.nn.Module, test_acc: float, explained: torch.nn.Module | None = None
+) -> dict[str, Any]:
+    """Measure ``model`` and add its row; ``explained`` (default ``model``) is attributed against the float
+    model's explanation when there is one (a differentiable stand-in for an int8 model: its fake-quant twin)."""
     m = measure(model, state.datamodule.example_input(64))
     row = {
         "stage": stage,
@@ -154,34 +84,36 @@ def _record(state: _DemoState, stage: str, model: torch.nn.Module, test_acc: flo
         "macs": m.macs,
         "latency_ms": m.latency_ms,
         "onnx_latency_ms": m.onnx_latency_ms,
+        "attr_rho": None,
     }
     state.rows.append(row)
     state.card.add_stage(stage, test_acc=test_acc, measurements=m)
+    if state.reference is not None:
+        drift = _attribution_drift(state, stage, explained if explained is not None else model)
+        row["attr_rho"] = drift["spearman"]
+        state.card.stages[-1].update(attribution_drift=drift)
     return row
 
 
-def _stage_search(state: _DemoState) -> str:
-    """A few epochs of DARTS over two LayerChoices put into DigitsCNN; the found net feeds the next stages."""
-    from torch import nn
+def _fit_test(state: _DemoState, module: L.LightningModule, callbacks: list | None = None, **kw: Any) -> float:
+    trainer = _trainer(state, callbacks, **kw)
+    trainer.fit(module, datamodule=state.datamodule)
+    return trainer.test(module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
 
+
+def _stage_search(state: _DemoState) -> str:
+    """A few epochs of DARTS over the task's LayerChoices; the found net feeds the next stages."""
     from lightning_nas import space
     from lightning_nas.callbacks import DifferentiableNAS
 
-    def block(label: str, c: int) -> space.LayerChoice:
-        def conv(k: int) -> nn.Module:
-            return nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2, bias=False), nn.BatchNorm2d(c), nn.ReLU())
-
-        return space.LayerChoice({"conv3": conv(3), "conv1": conv(1), "skip": nn.Identity()}, label=label)
-
-    net = DigitsCNN(width=16)
-    f = net.features
-    net.features = nn.Sequential(*f[:3], block("block1", 16), *f[3:6], block("block2", 32), f[6])
+    net = state.task.search_space(state.datamodule)
     nas = DifferentiableNAS(mode="darts", seed=0)
-    module = Classifier(net, lr=3e-3)
-    _trainer(state, [nas], max_epochs=min(3, state.max_epochs)).fit(module, datamodule=state.datamodule)
+    module = Classifier(net, lr=state.task.lr)
+    epochs = min(state.task.search_epochs, state.max_epochs)
+    _trainer(state, [nas], max_epochs=epochs).fit(module, datamodule=state.datamodule)
     state.arch = nas.export()
     found = space.freeze(net, state.arch)
-    state.module = Classifier(found, lr=3e-3)  # later stages train and compress the found architecture
+    state.module = Classifier(found, lr=state.task.lr)  # later stages train and compress the found architecture
     acc = _trainer(state).test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
     row = _record(state, "search", found, acc)
     state.card.stages[-1].update(arch=state.arch, reasons=nas.reasons(), space_size=space.size(net))
@@ -189,19 +121,15 @@ def _stage_search(state: _DemoState) -> str:
 
 
 def _stage_train(state: _DemoState) -> str:
-    if state.module is None:  # no search stage ran: the reference CNN
-        state.module = Classifier(DigitsCNN(width=16), lr=3e-3)
-    trainer = _trainer(state)
-    trainer.fit(state.module, datamodule=state.datamodule)
-    acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    if state.module is None:  # no search stage ran: the task's reference model
+        state.module = Classifier(state.task.model(state.datamodule), lr=state.task.lr)
+    acc = _fit_test(state, state.module)
     return _row_summary(_record(state, "train", state.module.net, acc))
 
 
 def _stage_bundle(state: _DemoState) -> str:
     """Bundle the final net (ONNX float + int8, TorchScript, card, drift profile); the end of the demo says how to
     serve it."""
-    import copy
-
     from lightning_nas.deploy import bundle
 
     net = state.module.net.eval()
@@ -225,17 +153,15 @@ def _stage_bundle(state: _DemoState) -> str:
 def _stage_multitrial(state: _DemoState) -> str:
     """Multi-trial hyperparameter search (TPE, 4 short trials) of lr and weight decay for the current network;
     the train stage then trains it with the best values. The trials table goes to the demo's W&B run."""
-    import copy
-
     from lightning_nas.search import run
-    from lightning_nas.tracking import Tracker
 
-    template = state.module.net if state.module is not None else DigitsCNN(width=16)
+    lo, hi = state.task.lr_range
+    template = state.module.net if state.module is not None else state.task.model(state.datamodule)
 
     def build(trial):
         return Classifier(
             copy.deepcopy(template),
-            lr=trial.loguniform("lr", 1e-3, 1e-2),
+            lr=trial.loguniform("lr", lo, hi),
             weight_decay=trial.choice("weight_decay", [0.0, 1e-4, 1e-3]),
         )
 
@@ -249,7 +175,7 @@ def _stage_multitrial(state: _DemoState) -> str:
         out_dir=state.out_dir / "multitrial",
         trainer_kwargs={"max_epochs": 1, "deterministic": True},
     )
-    Tracker(loggers=[state.logger], files_dir=state.out_dir / "multitrial" / "demo").log_table(
+    _tracker(state).log_table(
         "search/trials",
         ["number", "lr", "weight_decay", "val_acc"],
         [
@@ -269,40 +195,43 @@ def _stage_multitrial(state: _DemoState) -> str:
 
 
 def _stage_explain(state: _DemoState) -> str:
-    """Two more epochs of the current model with the explain callbacks attached (maps, AOPC, dynamics, paths)."""
+    """Two more epochs of the current model with the explain callbacks attached (attributions, AOPC, dynamics,
+    decision paths where the inputs are image-like); its attributions become the reference of later stages."""
     from lightning_nas.callbacks import ArchitectureView, AttributionMonitor, DecisionPaths, TrainingDynamics
 
+    task = state.task
     cbs = [
-        AttributionMonitor(n_samples=20),
+        AttributionMonitor(n_samples=20, **task.explain_kwargs(state.datamodule)),
         TrainingDynamics(every_n_steps=5, histogram_every_n_steps=20),
-        DecisionPaths(n_samples=50),
         ArchitectureView(),
     ]
-    trainer = _trainer(state, callbacks=cbs, max_epochs=2)
-    trainer.fit(state.module, datamodule=state.datamodule)
-    acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
-    return "attributions, dynamics, decision paths, architecture view; " + _row_summary(
-        _record(state, "explain", state.module.net, acc)
-    )
+    if task.paths:
+        cbs.insert(2, DecisionPaths(n_samples=50))
+    acc = _fit_test(state, state.module, cbs, max_epochs=2)
+    row = _record(state, "explain", state.module.net, acc)
+    _set_reference(state, state.module.net)
+    kind = "token attributions" if task.attribution == "tokens" else "attributions"
+    return f"{kind}, dynamics{', decision paths' if task.paths else ''}, architecture view; " + _row_summary(row)
 
 
 def _test_acc(model: torch.nn.Module, state: _DemoState) -> float:
     x, y = state.datamodule.split("test").tensors
     with torch.no_grad():
-        return float((model.eval()(x).argmax(1) == y).float().mean())
+        return float(
+            torch.cat([model.eval()(x[i : i + 1024]).argmax(1) for i in range(0, len(x), 1024)]).eq(y).float().mean()
+        )
 
 
 def _stage_distill(state: _DemoState) -> str:
-    """A plain DigitsCNN student (no searched blocks) learns from the trained model (KD); it becomes the model of
+    """The task's plain student (no searched blocks) learns from the trained model (KD); it becomes the model of
     later stages."""
     from lightning_nas.callbacks import KnowledgeDistillation
 
     teacher = state.module.net
-    student = Classifier(DigitsCNN(width=16), lr=1e-2)
+    student = Classifier(state.task.student(state.datamodule), lr=state.task.student_lr)
     kd = KnowledgeDistillation(teacher, temperature=4.0, alpha=0.7)
-    trainer = _trainer(state, [kd])
-    trainer.fit(student, datamodule=state.datamodule)
-    acc = trainer.test(student, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    epochs = max(1, round(state.task.distill_factor * state.max_epochs))
+    acc = _fit_test(state, student, [kd], max_epochs=epochs)
     state.module = student
     row = _record(state, "distill", student.net, acc)
     row["agreement"] = kd.history[-1]["distill/agreement"] if kd.history else None
@@ -313,27 +242,19 @@ def _stage_distill(state: _DemoState) -> str:
         agreement=row["agreement"],
     )
     agreement = f", agreement {row['agreement']:.3f}" if isinstance(row["agreement"], float) else ""
-    return f"plain CNN student{agreement}; {_row_summary(row)}"
-
-
-# The quantize stage keeps the first conv block float: on the pruned net (8 channels from one input channel) ONNX
-# Runtime's int8 QLinearConv is several times slower than its fp32 Conv and made the int8 model slower than the
-# fp32 one; the other layers run int8. It fine-tunes at a tenth of the module's learning rate with BatchNorm
-# statistics frozen (torch's fused Conv+BN QAT modules otherwise knocked the pruned net down by ~20 points in
-# the first epoch). Measured: BENCHMARKS.md, "make demo's quantize stage" (benchmarks/qat_demo.py).
-QUANT_IGNORE = ("features.0", "features.1", "features.2")
-QUANT_LR_SCALE = 0.1
+    return f"plain student{agreement}; {_row_summary(row)}"
 
 
 def _qat_fit(
-    state: _DemoState, module: L.LightningModule, ignore: tuple[str, ...] = QUANT_IGNORE, onnx_path: str | None = None
+    state: _DemoState, module: L.LightningModule, ignore: tuple[str, ...] | None = None, onnx_path: str | None = None
 ) -> Any:
-    """Two epochs of QAT fine-tuning of ``module`` (its ``lr`` scaled by ``QUANT_LR_SCALE`` for the fit)."""
+    """Two epochs of QAT fine-tuning of ``module`` (its ``lr`` scaled by the task's ``quant_lr_scale``)."""
     from lightning_nas.callbacks import QuantizationAware
 
+    ignore = state.task.quant_ignore if ignore is None else ignore
     qat = QuantizationAware(freeze_bn_after=0, ignore=list(ignore), onnx_path=onnx_path)
     lr = module.lr
-    module.lr = lr * QUANT_LR_SCALE
+    module.lr = lr * state.task.quant_lr_scale
     try:
         _trainer(state, [qat], max_epochs=2).fit(module, datamodule=state.datamodule)
     finally:
@@ -347,14 +268,15 @@ def _stage_quantize(state: _DemoState) -> str:
 
     qat = _qat_fit(state, state.module, onnx_path=str(state.out_dir / "model_int8.onnx"))
     with allow_int8_kernels():  # the demo's trainers are deterministic; int8 kernels need the flag lifted
-        row = _record(state, "quantize", qat.int8_model, _test_acc(qat.int8_model, state))
+        # the int8 model has no gradients: its attributions are its fake-quant twin's (the same int8 arithmetic)
+        row = _record(state, "quantize", qat.int8_model, _test_acc(qat.int8_model, state), explained=qat.qat_model)
     state.card.stages[-1].update(
         onnx_int8=str(state.out_dir / "model_int8.onnx"),
         backend="x86",
         size_ratio=qat.measurements.get("quant/size_ratio"),
         speedup=qat.measurements.get("quant/speedup"),
-        float_layers=list(QUANT_IGNORE),
-        qat_lr_scale=QUANT_LR_SCALE,
+        float_layers=list(state.task.quant_ignore),
+        qat_lr_scale=state.task.quant_lr_scale,
     )
     return f"int8 after 2 QAT epochs; {_row_summary(row)}"
 
@@ -363,36 +285,66 @@ def _stage_prune(state: _DemoState) -> str:
     """Remove half of the channels of the trained model (physically), then fine-tune (half the training epochs)."""
     from lightning_nas.callbacks import StructuredPruning
 
-    trainer = _trainer(
-        state, callbacks=[StructuredPruning(amount=0.5, start_epoch=0)], max_epochs=max(2, state.max_epochs // 2)
-    )
-    trainer.fit(state.module, datamodule=state.datamodule)
-    acc = trainer.test(state.module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
+    cbs = [StructuredPruning(amount=0.5, start_epoch=0)]
+    acc = _fit_test(state, state.module, cbs, max_epochs=max(2, state.max_epochs // 2))
     return "half of the channels removed; " + _row_summary(_record(state, "prune", state.module.net, acc))
 
 
-# The pipeline, in order: each capability contributes one stage.
-STAGES = [
-    ("search", _stage_search),
-    ("multitrial", _stage_multitrial),
-    ("train", _stage_train),
-    ("explain", _stage_explain),
-    ("distill", _stage_distill),
-    ("prune", _stage_prune),
-    ("quantize", _stage_quantize),
-    ("bundle", _stage_bundle),
-]
+def _stage_lowrank(state: _DemoState) -> str:
+    """Factorize the current model's Conv/Linear layers by truncated SVD (each pair of factors at most half the
+    layer's parameters), fine-tune one epoch."""
+    from lightning_nas.callbacks import LowRankFactorization
+
+    lr = LowRankFactorization(energy=None, budget=0.5, start_epoch=0)
+    acc = _fit_test(state, state.module, [lr], max_epochs=1)
+    done = sum(r.rank is not None for r in lr.report)
+    row = _record(state, "lowrank", state.module.net, acc)
+    state.card.stages[-1].update(ranks=dict(lr.ranks), budget=0.5)
+    return f"{done} of {len(lr.report)} layers factorized; {_row_summary(row)}"
+
+
+# Every stage a task may list (``_Task.stages``), by name; each capability contributes one.
+STAGES = {
+    "search": _stage_search,
+    "multitrial": _stage_multitrial,
+    "train": _stage_train,
+    "explain": _stage_explain,
+    "distill": _stage_distill,
+    "prune": _stage_prune,
+    "lowrank": _stage_lowrank,
+    "quantize": _stage_quantize,
+    "bundle": _stage_bundle,
+}
 
 
 def run_demo(
-    max_epochs: int = 8,
+    max_epochs: int | None = None,
     online: bool = False,
     out_dir: str | Path = "nas_runs/demo",
     seed: int = 0,
     verbose: bool = False,
+    task: str = "digits",
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Run every stage, print one line per stage, the summary table and where the files are; write the model
-    card; return a dict of results. ``verbose`` also shows Lightning's messages, warnings and W&B's output."""
+    """Run every stage of ``task`` (``TASKS``), print one line per stage, the summary table and where the files
+    are; write the model card; return a dict of results. ``max_epochs`` defaults to the task's (digits 8, text 3).
+    ``verbose`` also shows Lightning's messages, warnings and W&B's output. ``threads``: torch's intra-op threads
+    for the run (default: the task's; torch's own count when the task has none), restored afterwards."""
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {sorted(TASKS)}, got {task!r}")
+    spec = TASKS[task]
+    threads = threads or spec.threads
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(spec, max_epochs, online, out_dir, seed, verbose)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(spec: _Task, max_epochs: int | None, online: bool, out_dir: str | Path, seed: int, verbose: bool) -> dict:
+    """``run_demo``'s body, under the run's thread count."""
     console = _Console(sys.stdout, verbose)
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()
@@ -404,30 +356,28 @@ def run_demo(
         if not online:
             os.environ.setdefault("WANDB_MODE", "offline")
         logger = WandbLogger(project="lightning-nas-demo", save_dir=str(out), offline=not online)
+        datamodule = spec.datamodule(seed)
+        datamodule.setup()
         state = _DemoState(
             out_dir=out,
-            max_epochs=max_epochs,
+            max_epochs=max_epochs or spec.max_epochs,
             online=online,
-            datamodule=DigitsDataModule(batch_size=64, seed=seed),
+            datamodule=datamodule,
+            task=spec,
             logger=logger,
             console=console,
+            card=ModelCard(f"{spec.name}-demo"),
         )
-        state.card.input_spec = {
-            "name": "input",
-            "dtype": "float32",
-            "shape": ["batch", 1, 8, 8],
-            "range": [0.0, 1.0],
-            "normalisation": "pixel / 16",
-        }
-        for i, (name, stage) in enumerate(STAGES, 1):
-            console.start(i, len(STAGES), name)
-            summary = stage(state)
+        state.card.input_spec = spec.input_spec(datamodule)
+        for i, name in enumerate(spec.stages, 1):
+            console.start(i, len(spec.stages), name)
+            summary = STAGES[name](state)
             console.end(summary)
         model = state.module.net.eval()
         state.card.set_model(model)
         state.card.metrics["test_acc"] = state.rows[-1]["test_acc"]
         state.card.measurements = {k: v for k, v in state.rows[-1].items() if k != "stage"}
-        onnx_path = export(model, state.datamodule.example_input(1), out / "model.onnx", "onnx")
+        onnx_path = export(model, datamodule.example_input(1), out / "model.onnx", "onnx")
         card_path = state.card.save(out / "model_card.json")
         run_dir = Path(logger.experiment.dir).parent
         import wandb
@@ -435,7 +385,7 @@ def run_demo(
         wandb.finish()
         from lightning_nas.report import build_report
 
-        report_path = build_report(run_dir, out / "report.html", title="lightning-nas demo")
+        report_path = build_report(run_dir, out / "report.html", title=f"lightning-nas demo ({spec.name})")
     console.write("\n")
     _print_table(state.rows, console.stream)
     int8 = out / "model_int8.onnx"
@@ -457,21 +407,13 @@ def run_demo(
     lines.append(f"demo finished in {time.perf_counter() - t0:.1f} s")
     console.write("\n".join(lines) + "\n")
     return {
+        "task": spec.name,
         "rows": state.rows,
         "card": str(card_path),
         "onnx": str(onnx_path),
         "wandb_run": str(run_dir),
         "report": str(report_path),
         "bundle": str(state.bundle_dir) if state.bundle_dir else None,
+        "arch": state.arch,
+        "seconds": time.perf_counter() - t0,
     }
-
-
-def _print_table(rows: list[dict[str, Any]], stream: TextIO | None = None) -> None:
-    cols = ["stage", "test_acc", "params", "size_bytes", "macs", "latency_ms", "onnx_latency_ms"]
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
-    table = [cols] + [[fmt(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
-    for i, r in enumerate(table):
-        print("  ".join(v.rjust(w) for v, w in zip(r, widths)), file=stream)
-        if i == 0:
-            print("  ".join("-" * w for w in widths), file=stream)

@@ -2,7 +2,8 @@
 
 ``Classifier`` wraps any ``nn.Module`` in an ordinary LightningModule (cross-entropy; logs ``train_loss``,
 ``val_loss``, ``val_acc``, ``test_acc``). It is written the way a user would write one: no lightning_nas
-hooks in it, so callbacks are tested against plain Lightning code.
+hooks in it, so callbacks are tested against plain Lightning code. Batches are ``(x, y)`` whatever ``x`` is:
+images for ``DigitsCNN``, log-mel spectrograms for ``AudioCNN``, int64 token ids for ``TextCNN``.
 """
 
 from __future__ import annotations
@@ -122,6 +123,63 @@ def audio_search_space(width: int = 16, num_classes: int = 10, label: str = "ker
 
     net.features = nn.Sequential(*list(f)[:4], choice(w, 2 * w), f[7], choice(2 * w, 4 * w))
     return net
+
+
+class TextCNN(nn.Module):
+    """A small CNN over word embeddings for sentence classification (Kim 2014, two stacked convs).
+
+    ``ids (B, T)`` int64 -> ``embedding`` ``(B, T, E)`` -> transposed to ``(B, E, T)`` -> ``features``: two
+    ``Conv1d`` + BatchNorm + ReLU blocks (the first of width ``kernel_size``, the second of width 3) ->
+    max over time -> dropout -> ``classifier``. Padding (id ``padding_idx``) embeds to zero.
+
+    Args:
+        vocab_size: rows of the embedding (``TextDataModule.vocab_size``).
+        num_classes: output logits.
+        embed_dim: embedding size.
+        channels: channels of both convs.
+        kernel_size: width of the first conv, odd (the sequence length is kept).
+        dropout: dropout before the classifier.
+        padding_idx: the padding token id.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int = 26,
+        embed_dim: int = 64,
+        channels: int = 128,
+        kernel_size: int = 3,
+        dropout: float = 0.25,
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        check_int("vocab_size", vocab_size, 2)
+        check_int("num_classes", num_classes, 2)
+        check_int("embed_dim", embed_dim, 1)
+        check_int("channels", channels, 1)
+        check_int("kernel_size", kernel_size, 1)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"`kernel_size` must be odd (the sequence length is kept), got {kernel_size}")
+        check_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        self.features = nn.Sequential(
+            *text_conv_block(embed_dim, channels, kernel_size),
+            *text_conv_block(channels, channels, 3),
+        )
+        self.pool = nn.AdaptiveMaxPool1d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embedding(ids).transpose(1, 2)
+        return self.classifier(self.dropout(torch.flatten(self.pool(self.features(h)), 1)))
+
+
+def text_conv_block(cin: int, cout: int, kernel_size: int) -> nn.Sequential:
+    """``Conv1d(cin, cout, kernel_size, padding=kernel_size // 2)`` + BatchNorm1d + ReLU (length kept)."""
+    return nn.Sequential(
+        nn.Conv1d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU()
+    )
 
 
 class Classifier(L.LightningModule):

@@ -143,11 +143,11 @@ def test_bad_arguments(kwargs, match):
 
 def test_bad_model_config(tmp_path, digits):
     train = DataLoader(digits.split("train"), batch_size=64)
-    with pytest.raises(ValueError, match="not Linear/Conv2d"):
+    with pytest.raises(ValueError, match="not Linear/Conv1d/Conv2d"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[LowRankFactorization(layers=["net.nope"])]).fit(
             Classifier(DigitsCNN(8)), train
         )
-    with pytest.raises(ValueError, match="no Linear/Conv2d"):
+    with pytest.raises(ValueError, match="no Linear/Conv1d/Conv2d"):
         fast_trainer(tmp_path, max_steps=1, callbacks=[LowRankFactorization(ignore=["net"])]).fit(
             Classifier(DigitsCNN(8)), train
         )

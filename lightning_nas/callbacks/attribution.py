@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -16,6 +16,7 @@ from lightning_nas._validate import check_choice, check_int, check_range, check_
 from lightning_nas.callbacks._capture import ProbeSet
 from lightning_nas.callbacks._probe import ProbedCallback, ProbeSource, find_embedding, find_module
 from lightning_nas.explain import attribution as A
+from lightning_nas.explain._attribution_utils import TOKEN_COLUMNS, token_rows
 
 _PREFIX = "explain/attribution"
 VIEWS = ("image", "spectrogram")
@@ -25,7 +26,10 @@ class AttributionMonitor(ProbedCallback):
     """Attribute the model's decisions on a fixed validation probe set every ``every_n_epochs`` epochs.
 
     Each run logs heatmaps over image inputs (``explain/attribution/maps``) or a table of each sample's top
-    features for vector/token inputs (``explain/attribution/top_features``), the deletion-curve AOPC of the
+    features for vector/token inputs (``explain/attribution/top_features``); for token inputs also every token
+    with its attribution (``explain/attribution/tokens``, columns ``sample, label, pred, position, token,
+    attribution``; padding, the ``baseline`` id, left out), which the HTML report shows as highlighted text; the
+    deletion-curve AOPC of the
     maps and of a random ordering (``.../aopc``, ``.../aopc_random``, ``.../deletion_curve``) and, once a
     reference exists, how far the maps moved from it (``.../drift_spearman``, ``.../drift_topk``,
     ``.../drift_agreement``). The reference is the first run, replaced by the last run before every change
@@ -57,6 +61,8 @@ class AttributionMonitor(ProbedCallback):
             prediction over each panel, ``explain/attribution/spectrogram``).
         hop_seconds: seconds per spectrogram frame (``view="spectrogram"``).
         seed: picks the probe set.
+        vocabulary: for token inputs, the word of each id (``vocabulary[id]``) in the token table (else ``tok<id>``).
+        class_names: the name of each class, for the label and prediction columns of the token table.
 
     Logged under ``explain/attribution/`` each run: ``probe_acc`` (accuracy on the probe),
     ``structural_changes`` (model-structure changes seen so far), ``aopc`` and ``aopc_random`` and the line
@@ -114,6 +120,8 @@ class AttributionMonitor(ProbedCallback):
         view: str = "image",
         hop_seconds: float = 0.02,
         seed: int = 0,
+        vocabulary: Sequence[str] | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         check_choice("method", method, A.METHODS)
@@ -138,6 +146,11 @@ class AttributionMonitor(ProbedCallback):
         check_choice("view", view, VIEWS)
         check_range("hop_seconds", hop_seconds, 0.0, None, low_inclusive=False)
         check_int("seed", seed, 0)
+        for name, names in (("vocabulary", vocabulary), ("class_names", class_names)):
+            if names is not None and (isinstance(names, str) or not all(isinstance(w, str) for w in names)):
+                raise TypeError(f"`{name}` must be a sequence of strings, got {type(names).__name__}")
+        self.vocabulary = None if vocabulary is None else list(vocabulary)
+        self.class_names = None if class_names is None else list(class_names)
         self.method, self.every_n_epochs, self.n_samples, self.target = method, every_n_epochs, n_samples, target
         self.layer_name, self.forward_fn, self.batch_fn, self.embedding_name = layer, forward_fn, batch_fn, embedding
         self.n_steps, self.internal_batch_size, self.baseline, self.topk = n_steps, internal_batch_size, baseline, topk
@@ -363,3 +376,8 @@ class AttributionMonitor(ProbedCallback):
             tracker.log_table(
                 f"{_PREFIX}/top_features", ["sample", "label", "pred", "rank", "feature", "value", "attribution"], rows
             )
+            if not torch.is_floating_point(x) and x.ndim == 2 and cur["attr"].shape == x.shape:
+                rows = token_rows(
+                    x, cur["attr"], self.probe.y, cur["preds"], self.vocabulary, self.class_names, int(self.baseline)
+                )
+                tracker.log_table(f"{_PREFIX}/tokens", list(TOKEN_COLUMNS), rows)

@@ -24,13 +24,14 @@ from lightning_nas.compress import lowrank as LR
 
 
 class LowRankFactorization(LightningNASCallback):
-    """Factorize ``Linear``/``Conv2d`` layers by truncated SVD at ``start_epoch`` (then training fine-tunes them).
+    """Factorize ``Linear``/``Conv1d``/``Conv2d`` layers by truncated SVD at ``start_epoch`` (then training
+    fine-tunes them).
 
     Args:
         energy: fraction of spectral energy ``sum s_i^2`` each layer keeps, in ``(0, 1]``.
         budget: instead of ``energy``, the fraction in ``(0, 1)`` of a layer's parameters its factors may use.
         start_epoch: epoch at whose start the layers are replaced.
-        layers: layer names to consider (default: every Linear and groups=1 Conv2d).
+        layers: layer names to consider (default: every Linear and groups=1 Conv1d/Conv2d).
         ignore: layer names (prefix or glob) to leave alone.
         min_saving: only factorize where MACs drop by at least this fraction; other layers are skipped with
             a warning (never an error).
@@ -117,13 +118,13 @@ class LowRankFactorization(LightningNASCallback):
             missing = [n for n in self.layers if n not in cands]
             if missing:
                 raise ValueError(
-                    f"LowRankFactorization: `layers` {missing} are not Linear/Conv2d(groups=1) layers "
+                    f"LowRankFactorization: `layers` {missing} are not Linear/Conv1d/Conv2d(groups=1) layers "
                     f"of {type(pl_module).__name__}; allowed: {sorted(cands)}"
                 )
             cands &= set(self.layers)
         if not [n for n in cands if not name_matches(n, self.ignore)]:
             raise ValueError(
-                f"LowRankFactorization: no Linear/Conv2d(groups=1) layer in {type(pl_module).__name__} "
+                f"LowRankFactorization: no Linear/Conv1d/Conv2d(groups=1) layer in {type(pl_module).__name__} "
                 f"after `ignore`={self.ignore}"
             )
 

@@ -1,6 +1,6 @@
 """Low-rank factorization by truncated SVD (pure torch, no Lightning).
 
-Hand-written: no maintained library ships SVD factorization of Linear/Conv2d layers as a reusable
+Hand-written: no maintained library ships SVD factorization of Linear/Conv1d/Conv2d layers as a reusable
 transform with a MAC check (torch offers the SVD itself, ``torch.linalg.svd``).
 
 ``Linear`` ``W (out x in)``: ``W = U S V^T ~ (U_r S_r^{1/2}) (S_r^{1/2} V_r^T)`` -> ``Linear(in, r, bias=False)``
@@ -8,7 +8,8 @@ then ``Linear(r, out)``. Cost per sample ``r (in + out)`` instead of ``in * out`
 
 ``Conv2d`` ``W (out x in x k x k)`` reshaped to ``out x (in k k)``: the first factor is a ``k x k`` conv from
 ``in`` to ``r`` channels (same stride/padding/dilation), the second a ``1 x 1`` conv from ``r`` to ``out``.
-Cost per output pixel ``r (in k^2 + out)`` instead of ``out in k^2``.
+Cost per output pixel ``r (in k^2 + out)`` instead of ``out in k^2``. ``Conv1d`` (e.g. a text CNN over word
+embeddings) likewise: a width-``k`` conv to ``r`` channels, then a width-1 conv.
 
 Rank choice: the smallest ``r`` keeping ``energy`` of the spectrum, ``sum_{i<r} s_i^2 / sum_i s_i^2 >= energy``,
 or the largest ``r`` whose factors cost at most ``budget`` x the original parameters. A layer whose chosen
@@ -70,7 +71,7 @@ def _matrix(m: nn.Module) -> torch.Tensor:
 
 def _cost_full(m: nn.Module) -> int:
     w = _weight(m)
-    return int(w.numel())  # MACs per output position for Linear and Conv2d (groups == 1)
+    return int(w.numel())  # MACs per output position for Linear and Conv1d/Conv2d (groups == 1)
 
 
 def _cost_rank(m: nn.Module, r: int) -> int:
@@ -100,13 +101,13 @@ def choose_rank(
 def _is_candidate(m: nn.Module) -> str | None:
     if isinstance(m, nn.Linear):
         return "linear"
-    if isinstance(m, nn.Conv2d) and m.groups == 1 and isinstance(m.padding, (tuple, int)):
-        return "conv2d"
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups == 1 and isinstance(m.padding, (tuple, int)):
+        return "conv1d" if isinstance(m, nn.Conv1d) else "conv2d"
     return None
 
 
 def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Layers ``factorize`` may replace: Linear and groups=1 Conv2d, except those an attention module
+    """Layers ``factorize`` may replace: Linear and groups=1 Conv1d/Conv2d, except those an attention module
     reads directly (``nn.MultiheadAttention.out_proj`` is used through its ``.weight``)."""
     inside = {
         f"{n}.{c}" if n else c
@@ -134,7 +135,7 @@ def merge_factors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
-    """Two-layer truncated-SVD replacement of a ``Linear`` or ``Conv2d`` (``groups=1``) at ``rank``."""
+    """Two-layer truncated-SVD replacement of a ``Linear``, ``Conv1d`` or ``Conv2d`` (``groups=1``) at ``rank``."""
     mat = _matrix(m)
     u, s, vh = torch.linalg.svd(mat, full_matrices=False)
     r = int(rank)
@@ -150,9 +151,9 @@ def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
         first.weight.data.copy_(a)
         second.weight.data.copy_(b)
     else:
-        m = cast(nn.Conv2d, m)  # the other candidate kind
-        geom: Any = m  # torch types kernel_size/stride/padding/dilation tuple[int, ...], Conv2d's arguments (int, int)
-        first = nn.Conv2d(
+        geom: Any = m  # torch types kernel_size/stride/padding/dilation tuple[int, ...], the convs' arguments ints
+        conv: Any = type(m)  # Conv1d or Conv2d (groups == 1), rebuilt with the same geometry
+        first = conv(
             m.in_channels,
             r,
             geom.kernel_size,
@@ -164,12 +165,13 @@ def factor_layer(m: nn.Module, rank: int) -> nn.Sequential:
             device=dev,
             dtype=m.weight.dtype,
         )
-        second = nn.Conv2d(r, m.out_channels, 1, bias=m.bias is not None, device=dev, dtype=m.weight.dtype)
-        first.weight.data.copy_(a.reshape(r, m.in_channels, *m.kernel_size))
-        second.weight.data.copy_(b.reshape(m.out_channels, r, 1, 1))
-    if m.bias is not None:
+        second = conv(r, m.out_channels, 1, bias=m.bias is not None, device=dev, dtype=m.weight.dtype)
+        first.weight.data.copy_(a.reshape(r, m.in_channels, *geom.kernel_size))
+        second.weight.data.copy_(b.reshape(m.out_channels, r, *(1,) * len(geom.kernel_size)))
+    bias: Any = m.bias
+    if bias is not None:
         assert second.bias is not None  # made with bias=True
-        second.bias.data.copy_(m.bias.detach())
+        second.bias.data.copy_(bias.detach())
     return nn.Sequential(first, second)
 
 
@@ -187,13 +189,14 @@ def factorize(
     ranks: Mapping[str, int] | None = None,
     min_saving: float = 0.1,
 ) -> list[LayerFactorization]:
-    """Replace ``Linear``/``Conv2d`` layers of ``model`` (in place) by truncated-SVD pairs where that is cheaper.
+    """Replace ``Linear``/``Conv1d``/``Conv2d`` layers of ``model`` (in place) by truncated-SVD pairs where that
+    is cheaper.
 
     Args:
         model: any module.
         energy: fraction of spectral energy to keep, in ``(0, 1]`` (ignored when ``budget`` or ``ranks`` given).
         budget: instead, the fraction in ``(0, 1)`` of each layer's parameters the two factors may use.
-        layers: names to consider (default: every Linear and groups=1 Conv2d).
+        layers: names to consider (default: every Linear and groups=1 Conv1d/Conv2d).
         ignore: names (prefix or glob) to leave alone.
         ranks: explicit ``{layer: rank}`` (used to replay a factorization on a fresh model).
         min_saving: factorize only where the factors cost at most ``(1 - min_saving)`` of the layer's MACs.
@@ -238,7 +241,7 @@ def factorize(
     elif layers is not None:
         missing = [n for n in layers if n not in dict(cands)]
         if missing:
-            raise ValueError(f"`layers` {missing} are not Linear/Conv2d(groups=1) layers of the model")
+            raise ValueError(f"`layers` {missing} are not Linear/Conv1d/Conv2d(groups=1) layers of the model")
         cands = [(n, m) for n, m in cands if n in layers]
     cands = [(n, m) for n, m in cands if not name_matches(n, ignore)]
     for name, m in cands:

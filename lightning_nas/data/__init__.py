@@ -1,4 +1,5 @@
-"""Real data that ships inside installed packages, or that the code makes: nothing downloads at run time."""
+"""Real data that ships inside installed packages (or Debian packages), or that the code makes: nothing downloads
+at run time."""
 
 from lightning_nas.data.digits import DigitsDataModule, load_digits_arrays
 from lightning_nas.data.speech import (
@@ -8,6 +9,7 @@ from lightning_nas.data.speech import (
     log_mel_spectrogram,
     mel_filterbank,
 )
+from lightning_nas.data.text import TextDataModule, WordVocabulary, load_wordnet_nouns
 
 __all__ = [
     "DigitsDataModule",
@@ -17,4 +19,7 @@ __all__ = [
     "DIGIT_WORDS",
     "log_mel_spectrogram",
     "mel_filterbank",
+    "TextDataModule",
+    "WordVocabulary",
+    "load_wordnet_nouns",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -282,4 +282,41 @@ def top_features_rows(
                     round(float(flat_a[i, j]), 6),
                 ]
             )
+    return rows
+
+
+# the columns of a token-attribution table (one row per token); the HTML report draws such a table as highlighted text
+TOKEN_COLUMNS = ("sample", "label", "pred", "position", "token", "attribution")
+
+
+def token_rows(
+    x: torch.Tensor,
+    attributions: torch.Tensor,
+    labels: torch.Tensor | None,
+    preds: torch.Tensor,
+    vocabulary: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    pad_id: int | None = 0,
+) -> list[list[Any]]:
+    """Rows ``TOKEN_COLUMNS`` of token inputs ``x (B, T)``: every token of every sample in order with its
+    attribution (``(B, T)``), skipping ``pad_id``; words from ``vocabulary`` (else ``tok<id>``), labels and
+    predictions as ``class_names`` (else class indices)."""
+    if x.ndim != 2 or attributions.shape != x.shape:
+        raise ValueError(
+            f"token rows need ids (B, T) and attributions of the same shape, got {tuple(x.shape)} and "
+            f"{tuple(attributions.shape)}"
+        )
+    ids, att = x.detach().cpu().tolist(), attributions.detach().float().cpu().tolist()
+
+    def word(i: int) -> str:
+        return vocabulary[i] if vocabulary is not None and 0 <= i < len(vocabulary) else f"tok{i}"
+
+    def cls(c: int) -> Any:
+        return class_names[c] if class_names is not None and 0 <= c < len(class_names) else c
+
+    rows: list[list[Any]] = []
+    for s, (row, a) in enumerate(zip(ids, att)):
+        label = None if labels is None or labels.ndim != 1 else cls(int(labels[s]))
+        pred = cls(int(preds[s]))
+        rows += [[s, label, pred, t, word(i), round(v, 6)] for t, (i, v) in enumerate(zip(row, a)) if i != pad_id]
     return rows

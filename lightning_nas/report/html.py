@@ -32,6 +32,9 @@ SECTIONS: list[tuple[str, str, Callable[[str], bool]]] = [
     ("training", "Training metrics", lambda k: True),
 ]
 _MAX_LINES, _MAX_PLOTS, _MAX_ROWS, _MAX_HIST, _MAX_SKIPPED = 16, 24, 200, 12, 100
+# a token-attribution table (``explain._attribution_utils.TOKEN_COLUMNS``) is drawn as highlighted text
+_TOKEN_COLUMNS = ["sample", "label", "pred", "position", "token", "attribution"]
+_MAX_TOKEN_SAMPLES, _MAX_TOKENS = 60, 64
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -43,6 +46,8 @@ border-radius:6px;margin:16px 0;padding:8px 18px}h2{color:#283593}h3{font-size:1
 table{border-collapse:collapse;font-size:12px;margin:6px 0}td,th{border:1px solid #ccc;padding:3px 7px;
 text-align:left}th{background:#eee}.scroll{max-height:360px;overflow:auto;display:inline-block}
 img.media{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}
+p.toks{line-height:1.9;margin:3px 0;font-size:14px}p.toks small{color:#555;margin-right:6px}
+span.tok{padding:1px 3px;border-radius:3px;margin-right:1px}
 """
 
 
@@ -148,6 +153,47 @@ def _table(key: str, t: dict[str, Any]) -> str:
     )
 
 
+def _finite(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return f if math.isfinite(f) else 0.0
+
+
+def _token_text(key: str, t: dict[str, Any]) -> str:
+    """A token-attribution table as sentences: each token's background is red for evidence for the explained
+    class, blue against it, its opacity ``|a| / max |a|`` of the sentence; the value shows on hover. Only
+    numbers reach the style attribute; words, labels and keys are escaped."""
+    samples: dict[str, list[Any]] = {}
+    for r in t.get("rows", []):
+        if not isinstance(r, (list, tuple)) or len(r) != len(_TOKEN_COLUMNS):
+            continue
+        s, label, pred, pos, tok, a = r
+        samples.setdefault(_cell(s), [label, pred, []])[2].append((_finite(pos), tok, _finite(a)))
+    lines = []
+    for s, (label, pred, toks) in list(samples.items())[:_MAX_TOKEN_SAMPLES]:
+        toks = sorted(toks, key=lambda p: p[0])[:_MAX_TOKENS]
+        lim = max((abs(a) for _, _, a in toks), default=0.0) or 1.0
+        spans = []
+        for _, tok, a in toks:
+            rgb = "214,39,40" if a >= 0 else "31,119,180"
+            spans.append(
+                f'<span class="tok" style="background:rgba({rgb},{0.75 * abs(a) / lim:.3f})" '
+                f'title="{a:.4g}">{_cell(tok)}</span>'
+            )
+        mark = "" if str(label) == str(pred) else " ✗"
+        lines.append(
+            f'<p class="toks"><small>#{s} label {_cell(label)} · pred {_cell(pred)}{mark}</small>{" ".join(spans)}</p>'
+        )
+    more = f"<p>... {len(samples) - _MAX_TOKEN_SAMPLES} more samples</p>" if len(samples) > _MAX_TOKEN_SAMPLES else ""
+    return (
+        f"<h3>{html.escape(key)} <small>(step {_cell(t.get('step', '-'))}; red: evidence for the class, blue: "
+        f"against; hover a word for its attribution)</small></h3>"
+        f'<div class="tokens">{"".join(lines)}</div>{more}'
+    )
+
+
 def _images(key: str, items: list[tuple[int, Path]], skipped: list[str]) -> str:
     items = sorted(items, key=lambda t: t[0])
     shown = [items[0], items[-1]] if len(items) > 1 else items
@@ -201,7 +247,12 @@ def _section(sid: str, title: str, data: RunData, keys: set[str], skipped: list[
     elif series:
         parts.append('<div class="grid">' + "".join(series) + "</div>")
     parts += [_images(k, data.images[k], skipped) for k in sorted(keys) if k in data.images]
-    parts += [_table(k, data.tables[k]) for k in sorted(keys) if k in data.tables]
+    parts += [
+        _token_text(k, t) if [str(c) for c in t.get("columns", [])] == _TOKEN_COLUMNS else _table(k, t)
+        for k in sorted(keys)
+        if k in data.tables
+        for t in [data.tables[k]]
+    ]
     hists = [k for k in sorted(keys) if data.histograms.get(k)]
     if hists:
         parts.append(
