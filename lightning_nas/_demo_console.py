@@ -14,9 +14,10 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Any, TextIO
 
 import lightning as L
+from typing_extensions import override
 
 
-class _Console:
+class Console:
     """The demo's own lines, written to ``stream`` (the real stdout, even while the stages' output is hidden).
 
     One line per stage, written when the stage ends; on a terminal the line is shown from the start and shows
@@ -48,12 +49,13 @@ class _Console:
         self.write(("\r\033[K" if self.live else "") + line + "\n")
 
 
-class _EpochProgress(L.Callback):
+class EpochProgress(L.Callback):
     """Feeds the console's bar: epoch and batch of the running fit."""
 
-    def __init__(self, console: _Console) -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
 
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -66,7 +68,7 @@ class _EpochProgress(L.Callback):
 
 
 @contextmanager
-def _quiet(verbose: bool) -> Iterator[None]:
+def quiet_logs(verbose: bool) -> Iterator[None]:
     """Unless ``verbose``: Lightning's and Optuna's INFO lines, Python warnings, W&B's console output and anything
     printed go nowhere. If the block fails, what was hidden is written to stderr before the error."""
     if verbose:
@@ -95,7 +97,7 @@ def _quiet(verbose: bool) -> Iterator[None]:
             os.environ["WANDB_SILENT"] = silent
 
 
-def _print_table(rows: list[dict[str, Any]], stream: TextIO | None = None) -> None:
+def print_table(rows: list[dict[str, Any]], stream: TextIO | None = None) -> None:
     """The summary table: one row per stage; ``attr_rho`` is the Spearman correlation of the stage model's
     attributions with the float model's (after the explain stage), ``-`` where not measured."""
     cols = ["stage", "test_acc", "params", "size_bytes", "macs", "latency_ms", "onnx_latency_ms", "attr_rho"]

@@ -14,10 +14,10 @@ import torch
 from lightning_nas._modules import eval_mode
 
 if TYPE_CHECKING:
-    from lightning_nas.demo import _DemoState
+    from lightning_nas.demo import DemoState
 
 
-def _tracker(state: _DemoState) -> Any:
+def demo_tracker(state: DemoState) -> Any:
     """A tracker writing into the demo's W&B run and its file sink (where the report reads the run's tables)."""
     from lightning_nas.tracking import Tracker
     from lightning_nas.tracking.sink import FILES_DIRNAME
@@ -29,7 +29,7 @@ def _tracker(state: _DemoState) -> Any:
     return Tracker(loggers=[state.logger] if state.logger is not None else [], files_dir=files_dir)
 
 
-def _attributions(state: _DemoState, net: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _attributions(state: DemoState, net: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from lightning_nas.explain import attribution as A
 
     task = state.task
@@ -38,13 +38,13 @@ def _attributions(state: _DemoState, net: torch.nn.Module, x: torch.Tensor, targ
         return A.attribute(net, x, target, "integrated_gradients", embedding=emb, n_steps=8)
 
 
-def _reference(state: _DemoState) -> dict[str, Any]:
+def _reference(state: DemoState) -> dict[str, Any]:
     if state.reference is None:
         raise RuntimeError("the explain stage sets the float model's reference attributions first")
     return state.reference
 
 
-def _set_reference(state: _DemoState, net: torch.nn.Module, n_samples: int = 20) -> None:
+def set_reference(state: DemoState, net: torch.nn.Module, n_samples: int = 20) -> None:
     """The float model's attributions on a fixed validation probe: later stages' drift is measured against them."""
     from lightning_nas.explain import attribution as A
 
@@ -54,7 +54,7 @@ def _set_reference(state: _DemoState, net: torch.nn.Module, n_samples: int = 20)
     state.reference = {"x": probe.x, "y": probe.y, "attr": attr, "preds": A.predict(net.eval(), probe.x)}
 
 
-def _attribution_drift(state: _DemoState, stage: str, net: torch.nn.Module) -> dict[str, float]:
+def attribution_drift(state: DemoState, stage: str, net: torch.nn.Module) -> dict[str, float]:
     """Spearman / top-10% overlap of ``net``'s attributions with the float model's, on the same probe and labels;
     logged as the table ``explain/attribution/drift`` and, for token tasks, ``explain/attribution/tokens/<stage>``."""
     from lightning_nas.explain import attribution as A
@@ -76,7 +76,7 @@ def _attribution_drift(state: _DemoState, stage: str, net: torch.nn.Module) -> d
         "agreement": float((preds == ref["preds"]).float().mean()),
     }
     state.drift_rows.append([stage, out["spearman"], out["topk"], out["agreement"]])
-    tracker = _tracker(state)
+    tracker = demo_tracker(state)
     cols = ["stage", "spearman", "top10_overlap", "prediction_agreement"]
     tracker.log_table("explain/attribution/drift", cols, state.drift_rows)
     if state.task.attribution == "tokens":
@@ -84,7 +84,7 @@ def _attribution_drift(state: _DemoState, stage: str, net: torch.nn.Module) -> d
     return out
 
 
-def _log_token_stages(state: _DemoState, tracker: Any, stage: str, attr: torch.Tensor, preds: torch.Tensor) -> None:
+def _log_token_stages(state: DemoState, tracker: Any, stage: str, attr: torch.Tensor, preds: torch.Tensor) -> None:
     """One token table over every stage so far, sentence by sentence (``"<i> <stage>"`` rows next to each other:
     the report shows each probe sentence as the float model and every later stage explained it)."""
     from lightning_nas.explain._attribution_utils import TOKEN_COLUMNS, token_rows

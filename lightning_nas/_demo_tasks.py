@@ -1,15 +1,15 @@
 """The demo's tasks: what ``lightning-nas demo --task <name>`` trains, searches, compresses and explains.
 
 The stages (``lightning_nas.demo``) are shared; a task only says what is specific to its data and model, in one
-``_Task``. Adding a task is one ``_Task(...)`` appended to ``TASKS`` (``--task`` offers every name there)::
+``Task``. Adding a task is one ``Task(...)`` appended to ``TASKS`` (``--task`` offers every name there)::
 
-    SPEECH = _Task(
+    SPEECH = Task(
         name="speech",
         help="spoken digits synthesized by espeak-ng, a small audio CNN over log-mel spectrograms",
         datamodule=_speech_datamodule,         # split(name) -> TensorDataset(x, y), example_input(n) -> inputs
         model=lambda dm: _audio_cnn(8),        # the reference float model
         search_space=_audio_space,             # the model with space.LayerChoice(s) in it
-        student=lambda dm: _audio_cnn(4),      # distillation's student
+        student=lambda dm: _audio_cnn(8),      # distillation's student
         input_spec=lambda dm: dm.input_spec(),
         quant_ignore=(),                       # layers QAT keeps float
         attribution="image",                   # spectrograms attribute like images
@@ -19,7 +19,7 @@ The stages (``lightning_nas.demo``) are shared; a task only says what is specifi
 
 (``SPEECH`` below is exactly that.)
 
-Each field's meaning is documented on ``_Task``; defaults fit a float-input classifier trained by
+Each field's meaning is documented on ``Task``; defaults fit a float-input classifier trained by
 ``models.Classifier`` with Adam. The contract with the stages: batches are ``(inputs, labels)`` (what
 ``models.Classifier`` trains on), the datamodule is set up once before the first stage, ``split("val")`` /
 ``split("test")`` give the probe and the int8 model's test set, ``split("train").tensors[0]`` the bundle's
@@ -44,7 +44,7 @@ DEFAULT_STAGES = ("search", "multitrial", "train", "explain", "distill", "prune"
 
 
 @dataclass(frozen=True)
-class _Task:
+class Task:
     """What the shared demo stages need to know about one task.
 
     Args:
@@ -97,14 +97,12 @@ class _Task:
 
     def __post_init__(self) -> None:
         if self.attribution not in ("image", "tokens"):
-            raise ValueError(
-                f"_Task {self.name!r}: `attribution` must be 'image' or 'tokens', got {self.attribution!r}"
-            )
+            raise ValueError(f"Task {self.name!r}: `attribution` must be 'image' or 'tokens', got {self.attribution!r}")
         if self.attribution == "tokens" and not self.embedding:
-            raise ValueError(f"_Task {self.name!r}: attribution='tokens' needs `embedding`, the nn.Embedding's name")
+            raise ValueError(f"Task {self.name!r}: attribution='tokens' needs `embedding`, the nn.Embedding's name")
         unknown = [s for s in self.stages if s not in STAGE_NAMES]
         if unknown or not self.stages:
-            raise ValueError(f"_Task {self.name!r}: `stages` must be names from {list(STAGE_NAMES)}, got {unknown}")
+            raise ValueError(f"Task {self.name!r}: `stages` must be names from {list(STAGE_NAMES)}, got {unknown}")
 
 
 # ------------------------------------------------------------------------------------------------ digits
@@ -142,7 +140,7 @@ def _digits_datamodule(seed: int) -> Any:
     return DigitsDataModule(batch_size=64, seed=seed)
 
 
-DIGITS = _Task(
+DIGITS = Task(
     name="digits",
     help="scikit-learn's 8x8 handwritten digits, a small CNN (the default)",
     datamodule=_digits_datamodule,
@@ -192,7 +190,7 @@ def _text_cnn(dm: Any, embed_dim: int, channels: int, kernel_size: int = 3) -> n
     return TextCNN(dm.vocab_size, dm.num_classes, embed_dim, channels, kernel_size)
 
 
-TEXT = _Task(
+TEXT = Task(
     name="text",
     help="WordNet 3.0 noun glosses -> 26 lexicographer classes (Debian's wordnet-base), a text CNN",
     datamodule=_text_datamodule,
@@ -243,13 +241,13 @@ def _audio_space(dm: Any) -> nn.Module:
     return audio_search_space(width=8)  # one tied decision: the kernel shape (freq x time) of blocks 2 and 3
 
 
-SPEECH = _Task(
+SPEECH = Task(
     name="speech",
     help="spoken digits synthesized by espeak-ng (Debian's espeak-ng), a small audio CNN over log-mel spectrograms",
     datamodule=_speech_datamodule,
     model=lambda dm: _audio_cnn(8),
     search_space=_audio_space,
-    student=lambda dm: _audio_cnn(4),
+    student=lambda dm: _audio_cnn(8),  # as digits: the same net from scratch; the prune stage makes it smaller
     input_spec=lambda dm: dm.input_spec(),
     quant_ignore=(),  # models.AUDIO_QUANT_IGNORE: every layer int8 was the fastest in torch (BENCHMARKS.md)
     attribution="image",  # saliency over the spectrogram, drawn with frequency up and time in seconds
@@ -259,4 +257,4 @@ SPEECH = _Task(
     threads=1,
 )
 
-TASKS: dict[str, _Task] = {t.name: t for t in (DIGITS, TEXT, SPEECH)}
+TASKS: dict[str, Task] = {t.name: t for t in (DIGITS, TEXT, SPEECH)}

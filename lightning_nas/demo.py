@@ -1,9 +1,9 @@
 """``lightning-nas demo``: the pipeline on one task (digits by default, ``--task text``), offline, streamed to one
 W&B run.
 
-Stages are functions of a shared ``_DemoState`` so that each capability adds its own stage; a stage may return a
+Stages are functions of a shared ``DemoState`` so that each capability adds its own stage; a stage may return a
 short summary for its line of progress. What a stage needs to know about the data and the model comes from the
-task's ``_Task`` (``lightning_nas._demo_tasks``: adding a task is one ``_Task`` there). What a person sees: one
+task's ``Task`` (``lightning_nas._demo_tasks``: adding a task is one ``Task`` there). What a person sees: one
 line per stage (on a terminal, with a bar for the epochs), the summary table, and where the files are.
 Lightning's messages, warnings, W&B's console output and anything a stage prints show only with ``verbose=True``
 (``lightning-nas demo --verbose``).
@@ -22,9 +22,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_nas._demo_console import _Console, _EpochProgress, _print_table, _quiet
-from lightning_nas._demo_drift import _attribution_drift, _set_reference, _tracker
-from lightning_nas._demo_tasks import TASKS, _Task
+from lightning_nas._demo_console import Console, EpochProgress, print_table, quiet_logs
+from lightning_nas._demo_drift import attribution_drift, demo_tracker, set_reference
+from lightning_nas._demo_tasks import TASKS, Task
 from lightning_nas.deploy import ModelCard, export, measure
 from lightning_nas.models import Classifier
 
@@ -32,25 +32,25 @@ __all__ = ["STAGES", "TASKS", "run_demo"]
 
 
 @dataclass
-class _DemoState:
+class DemoState:
     out_dir: Path
     max_epochs: int
     online: bool
     datamodule: Any
-    task: _Task = field(default_factory=lambda: TASKS["digits"])
+    task: Task = field(default_factory=lambda: TASKS["digits"])
     module: L.LightningModule | None = None
     logger: Any = None
     card: ModelCard = field(default_factory=lambda: ModelCard("digits-demo"))
     rows: list[dict[str, Any]] = field(default_factory=list)  # summary table: one row per stage
     arch: dict[str, str] | None = None  # set by the "search" stage
     bundle_dir: Path | None = None  # set by the "bundle" stage
-    console: _Console | None = None  # the progress lines (None: no progress shown)
+    console: Console | None = None  # the progress lines (None: no progress shown)
     reference: dict[str, Any] | None = None  # the float model's attributions (explain stage), for drift
     drift_rows: list[list[Any]] = field(default_factory=list)
 
 
-def _trainer(state: _DemoState, callbacks: list | None = None, max_epochs: int | None = None) -> L.Trainer:
-    progress = [_EpochProgress(state.console)] if state.console is not None and state.console.live else []
+def _trainer(state: DemoState, callbacks: list | None = None, max_epochs: int | None = None) -> L.Trainer:
+    progress = [EpochProgress(state.console)] if state.console is not None and state.console.live else []
     return L.Trainer(
         max_epochs=max_epochs or state.max_epochs,
         logger=state.logger,
@@ -71,7 +71,7 @@ def _row_summary(row: dict[str, Any]) -> str:
 
 
 def _record(
-    state: _DemoState, stage: str, model: torch.nn.Module, test_acc: float, explained: torch.nn.Module | None = None
+    state: DemoState, stage: str, model: torch.nn.Module, test_acc: float, explained: torch.nn.Module | None = None
 ) -> dict[str, Any]:
     """Measure ``model`` and add its row; ``explained`` (default ``model``) is attributed against the float
     model's explanation when there is one (a differentiable stand-in for an int8 model: its fake-quant twin)."""
@@ -89,19 +89,19 @@ def _record(
     state.rows.append(row)
     state.card.add_stage(stage, test_acc=test_acc, measurements=m)
     if state.reference is not None:
-        drift = _attribution_drift(state, stage, explained if explained is not None else model)
+        drift = attribution_drift(state, stage, explained if explained is not None else model)
         row["attr_rho"] = drift["spearman"]
         state.card.stages[-1].update(attribution_drift=drift)
     return row
 
 
-def _fit_test(state: _DemoState, module: L.LightningModule, callbacks: list | None = None, **kw: Any) -> float:
+def _fit_test(state: DemoState, module: L.LightningModule, callbacks: list | None = None, **kw: Any) -> float:
     trainer = _trainer(state, callbacks, **kw)
     trainer.fit(module, datamodule=state.datamodule)
     return trainer.test(module, datamodule=state.datamodule, verbose=False)[0]["test_acc"]
 
 
-def _stage_search(state: _DemoState) -> str:
+def _stage_search(state: DemoState) -> str:
     """A few epochs of DARTS over the task's LayerChoices; the found net feeds the next stages."""
     from lightning_nas import space
     from lightning_nas.callbacks import DifferentiableNAS
@@ -120,14 +120,14 @@ def _stage_search(state: _DemoState) -> str:
     return f"DARTS chose {', '.join(f'{k}={v}' for k, v in state.arch.items())}; {_row_summary(row)}"
 
 
-def _stage_train(state: _DemoState) -> str:
+def _stage_train(state: DemoState) -> str:
     if state.module is None:  # no search stage ran: the task's reference model
         state.module = Classifier(state.task.model(state.datamodule), lr=state.task.lr)
     acc = _fit_test(state, state.module)
     return _row_summary(_record(state, "train", state.module.net, acc))
 
 
-def _stage_bundle(state: _DemoState) -> str:
+def _stage_bundle(state: DemoState) -> str:
     """Bundle the final net (ONNX float + int8, TorchScript, card, drift profile); the end of the demo says how to
     serve it."""
     from lightning_nas.deploy import bundle
@@ -150,7 +150,7 @@ def _stage_bundle(state: _DemoState) -> str:
     return "ONNX float and int8, TorchScript, model card, drift profile"
 
 
-def _stage_multitrial(state: _DemoState) -> str:
+def _stage_multitrial(state: DemoState) -> str:
     """Multi-trial hyperparameter search (TPE, 4 short trials) of lr and weight decay for the current network;
     the train stage then trains it with the best values. The trials table goes to the demo's W&B run."""
     from lightning_nas.search import run
@@ -175,7 +175,7 @@ def _stage_multitrial(state: _DemoState) -> str:
         out_dir=state.out_dir / "multitrial",
         trainer_kwargs={"max_epochs": 1, "deterministic": True},
     )
-    _tracker(state).log_table(
+    demo_tracker(state).log_table(
         "search/trials",
         ["number", "lr", "weight_decay", "val_acc"],
         [
@@ -194,7 +194,7 @@ def _stage_multitrial(state: _DemoState) -> str:
     )
 
 
-def _stage_explain(state: _DemoState) -> str:
+def _stage_explain(state: DemoState) -> str:
     """Two more epochs of the current model with the explain callbacks attached (attributions, AOPC, dynamics,
     decision paths where the inputs are image-like); its attributions become the reference of later stages."""
     from lightning_nas.callbacks import ArchitectureView, AttributionMonitor, DecisionPaths, TrainingDynamics
@@ -209,12 +209,12 @@ def _stage_explain(state: _DemoState) -> str:
         cbs.insert(2, DecisionPaths(n_samples=50))
     acc = _fit_test(state, state.module, cbs, max_epochs=2)
     row = _record(state, "explain", state.module.net, acc)
-    _set_reference(state, state.module.net)
+    set_reference(state, state.module.net)
     kind = "token attributions" if task.attribution == "tokens" else "attributions"
     return f"{kind}, dynamics{', decision paths' if task.paths else ''}, architecture view; " + _row_summary(row)
 
 
-def _test_acc(model: torch.nn.Module, state: _DemoState) -> float:
+def _test_acc(model: torch.nn.Module, state: DemoState) -> float:
     x, y = state.datamodule.split("test").tensors
     with torch.no_grad():
         return float(
@@ -222,7 +222,7 @@ def _test_acc(model: torch.nn.Module, state: _DemoState) -> float:
         )
 
 
-def _stage_distill(state: _DemoState) -> str:
+def _stage_distill(state: DemoState) -> str:
     """The task's plain student (no searched blocks) learns from the trained model (KD); it becomes the model of
     later stages."""
     from lightning_nas.callbacks import KnowledgeDistillation
@@ -246,7 +246,7 @@ def _stage_distill(state: _DemoState) -> str:
 
 
 def _qat_fit(
-    state: _DemoState, module: L.LightningModule, ignore: tuple[str, ...] | None = None, onnx_path: str | None = None
+    state: DemoState, module: L.LightningModule, ignore: tuple[str, ...] | None = None, onnx_path: str | None = None
 ) -> Any:
     """Two epochs of QAT fine-tuning of ``module`` (its ``lr`` scaled by the task's ``quant_lr_scale``)."""
     from lightning_nas.callbacks import QuantizationAware
@@ -262,7 +262,7 @@ def _qat_fit(
     return qat
 
 
-def _stage_quantize(state: _DemoState) -> str:
+def _stage_quantize(state: DemoState) -> str:
     """Two epochs of QAT fine-tuning of the current model, then the real int8 model (torch) and its ONNX file."""
     from lightning_nas.compress.quantize import allow_int8_kernels
 
@@ -281,7 +281,7 @@ def _stage_quantize(state: _DemoState) -> str:
     return f"int8 after 2 QAT epochs; {_row_summary(row)}"
 
 
-def _stage_prune(state: _DemoState) -> str:
+def _stage_prune(state: DemoState) -> str:
     """Remove half of the channels of the trained model (physically), then fine-tune (half the training epochs)."""
     from lightning_nas.callbacks import StructuredPruning
 
@@ -290,7 +290,7 @@ def _stage_prune(state: _DemoState) -> str:
     return "half of the channels removed; " + _row_summary(_record(state, "prune", state.module.net, acc))
 
 
-def _stage_lowrank(state: _DemoState) -> str:
+def _stage_lowrank(state: DemoState) -> str:
     """Factorize the current model's Conv/Linear layers by truncated SVD (each pair of factors at most half the
     layer's parameters), fine-tune one epoch."""
     from lightning_nas.callbacks import LowRankFactorization
@@ -303,7 +303,7 @@ def _stage_lowrank(state: _DemoState) -> str:
     return f"{done} of {len(lr.report)} layers factorized; {_row_summary(row)}"
 
 
-# Every stage a task may list (``_Task.stages``), by name; each capability contributes one.
+# Every stage a task may list (``Task.stages``), by name; each capability contributes one.
 STAGES = {
     "search": _stage_search,
     "multitrial": _stage_multitrial,
@@ -343,12 +343,12 @@ def run_demo(
         torch.set_num_threads(before)
 
 
-def _run(spec: _Task, max_epochs: int | None, online: bool, out_dir: str | Path, seed: int, verbose: bool) -> dict:
+def _run(spec: Task, max_epochs: int | None, online: bool, out_dir: str | Path, seed: int, verbose: bool) -> dict:
     """``run_demo``'s body, under the run's thread count."""
-    console = _Console(sys.stdout, verbose)
+    console = Console(sys.stdout, verbose)
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()
-    with _quiet(verbose):
+    with quiet_logs(verbose):
         from lightning_nas.tracking import FallbackWandbLogger as WandbLogger
 
         L.seed_everything(seed, workers=True, verbose=False)
@@ -358,7 +358,7 @@ def _run(spec: _Task, max_epochs: int | None, online: bool, out_dir: str | Path,
         logger = WandbLogger(project="lightning-nas-demo", save_dir=str(out), offline=not online)
         datamodule = spec.datamodule(seed)
         datamodule.setup()
-        state = _DemoState(
+        state = DemoState(
             out_dir=out,
             max_epochs=max_epochs or spec.max_epochs,
             online=online,
@@ -387,7 +387,7 @@ def _run(spec: _Task, max_epochs: int | None, online: bool, out_dir: str | Path,
 
         report_path = build_report(run_dir, out / "report.html", title=f"lightning-nas demo ({spec.name})")
     console.write("\n")
-    _print_table(state.rows, console.stream)
+    print_table(state.rows, console.stream)
     int8 = out / "model_int8.onnx"
     files = [
         ("model card", card_path),

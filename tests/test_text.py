@@ -15,7 +15,7 @@ from torch import nn
 
 from lightning_nas.data.text import CLASS_NAMES, WORDNET_DIR, TextDataModule, WordVocabulary, tokenize
 from lightning_nas.models import Classifier, TextCNN
-from tests.conftest import fast_trainer
+from tests.helpers import fast_trainer
 
 needs_wordnet = pytest.mark.skipif(
     not (WORDNET_DIR / "data.noun").is_file(),
@@ -189,7 +189,7 @@ def test_token_view_renders_in_headless_chromium(tmp_path):
 
 def test_cli_offers_the_tasks():
     from lightning_nas import demo
-    from lightning_nas._demo_tasks import STAGE_NAMES, TASKS, _Task
+    from lightning_nas._demo_tasks import STAGE_NAMES, TASKS, Task
     from lightning_nas.cli import main
 
     assert {"digits", "text"} <= set(TASKS) and tuple(demo.STAGES) == STAGE_NAMES
@@ -205,9 +205,9 @@ def test_cli_offers_the_tasks():
     )
     bad = dict(name="x", help="", datamodule=None, model=None, search_space=None, student=None, input_spec=None)
     with pytest.raises(ValueError, match="embedding"):
-        _Task(**bad, attribution="tokens")
+        Task(**bad, attribution="tokens")
     with pytest.raises(ValueError, match="stages"):
-        _Task(**bad, stages=("train", "nope"))
+        Task(**bad, stages=("train", "nope"))
     with pytest.raises(SystemExit):
         main(["demo", "--task", "no-such-task"])
     with pytest.raises(SystemExit, match="threads"):
