@@ -259,33 +259,33 @@ def test_the_spectrogram_view_renders_in_headless_chromium(spectrogram_report, t
 
 @needs_espeak
 @pytest.mark.slow
-def test_the_demos_explain_callbacks_and_bundle_take_the_speech_model(tiny_cache, tmp_path):
-    """What ``lightning-nas demo`` runs after training, on AudioCNN and spectrograms (for a ``--task speech``)."""
-    import lightning as L
+@needs_espeak
+def test_speech_demo_end_to_end(tmp_path, monkeypatch):
+    """``lightning-nas demo --task speech`` on 8 speakers (240 clips), one epoch a stage: every stage's row, the
+    spectrogram view, drift of the attributions, the int8 ONNX model and the bundle."""
+    import dataclasses
+    import json
 
-    from lightning_nas.callbacks import ArchitectureView, AttributionMonitor, DecisionPaths, TrainingDynamics
-    from lightning_nas.deploy import bundle
+    from lightning_nas import _demo_tasks as T
+    from lightning_nas import demo as D
 
-    L.seed_everything(0)
-    dm = SpokenDigitsDataModule(cache_dir=tiny_cache, **TINY)
-    cbs = [
-        AttributionMonitor(n_samples=6, view="spectrogram"),
-        TrainingDynamics(every_n_steps=2, histogram_every_n_steps=4),
-        DecisionPaths(n_samples=6),
-        ArchitectureView(),
-    ]
-    module = Classifier(AudioCNN(4))
-    fast_trainer(tmp_path, max_epochs=1, callbacks=cbs).fit(module, datamodule=dm)
-    images = {p.name.rsplit("-", 1)[0] for p in (tmp_path / "nas_files" / "images").glob("*.png")}
-    assert {"explain_attribution_spectrogram", "explain_architecture_graph"} <= images
-    out = bundle(
-        module.net.eval(),
-        dm.example_input(8),
-        tmp_path / "bundle",
-        int8=True,
-        reference_data=dm.split("train").tensors[0],
-    )
-    assert (Path(out) / "model.onnx").is_file() and any(Path(out).glob("*int8*.onnx"))
+    small_set = dict(voices=("en-us", "en-gb"), variants=("m1", "m3", "f2", "f4"), takes=3)
+    small_set.update(val_fraction=0.25, test_fraction=0.25, batch_size=32, cache_dir=tmp_path / "cache")
+    small = dataclasses.replace(T.SPEECH, datamodule=lambda seed: SpokenDigitsDataModule(seed=seed, **small_set))
+    monkeypatch.setitem(D.TASKS, "speech", small)
+    res = D.run_demo(max_epochs=1, out_dir=tmp_path / "demo", task="speech")
+    rows = {r["stage"]: r for r in res["rows"]}
+    assert list(rows) == [s for s in T.SPEECH.stages if s not in ("multitrial", "bundle")]
+    assert res["arch"]["kernel"] in AUDIO_KERNELS
+    assert rows["prune"]["params"] < rows["distill"]["params"]
+    for stage in ("distill", "prune", "quantize"):
+        assert -1.0 <= rows[stage]["attr_rho"] <= 1.0, stage
+    out = tmp_path / "demo"
+    assert (out / "model_int8.onnx").is_file() and (out / "bundle" / "card.json").is_file()
+    images = {p.name.rsplit("-", 1)[0] for p in out.rglob("nas_files/images/*.png")}
+    assert "explain_attribution_spectrogram" in images
+    card = json.loads(open(res["card"]).read())
+    assert card["input_spec"]["shape"][1:] == [1, 40, 51]
 
 
 # ----------------------------------------------------------------------------------------------- end to end
