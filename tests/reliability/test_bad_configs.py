@@ -301,7 +301,7 @@ CASES = [
         lambda: _fit([LowRankFactorization(layers=["net.nope"])]),
         ValueError,
         r"`layers` \['net.nope'\] are not "
-        r"Linear/Conv2d\(groups=1\) layers of Classifier; allowed: \['net.classifier', 'net.features.0'",
+        r"Linear/Conv1d/Conv2d\(groups=1\) layers of Classifier; allowed: \['net.classifier', 'net.features.0'",
         id="lr-unknown-layer",
     ),
     # ---- QuantizationAware
