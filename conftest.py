@@ -1,7 +1,6 @@
-"""Run settings for the docstring examples (``pytest --doctest-modules lightning_nas``, part of ``make test``).
-
-The suite's own settings live in ``tests/conftest.py``; this file applies to the doctests: W&B offline, and the
-same rule as the tests: no example writes into the repository (they write under ``tempfile`` folders).
+"""Run settings shared by the test suite and the docstring examples (``pytest --doctest-modules lightning_nas``):
+W&B offline, torch's global flags restored after each test, and no test or example writes into the repository
+(they write under ``tmp_path`` / ``tempfile`` folders). Fixtures of the suite alone live in ``tests/conftest.py``.
 """
 
 import os
@@ -15,7 +14,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 
 _REPO = Path(__file__).resolve().parent
-# written by the tools around the tests, not by the examples: never reported
+# written by the tools around the tests, not by the tests: never reported
 _TOOL_PATHS = (".venv", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache", "site")
 
 
@@ -41,18 +40,15 @@ def _repo_entries() -> set[str] | None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _doctests_leave_the_repository_as_they_found_it(request):
-    """Files that appeared or changed under the repository while docstring examples ran fail the run (the test
-    suite has the same check in ``tests/conftest.py``)."""
-    if not any(isinstance(item, pytest.DoctestItem) for item in request.session.items):
-        yield
-        return
+def _session_leaves_the_repository_as_it_found_it():
+    """Files that appeared or changed under the repository during the session (run output, data downloads,
+    caches) fail the run."""
     before = _repo_entries()
     yield
     after = _repo_entries()
     if before is not None and after is not None and after - before:
         pytest.fail(
-            "the docstring examples left files in the repository (write them under a tempfile folder):\n  "
+            "the tests left files in the repository (write them under tmp_path or a tempfile folder):\n  "
             + "\n  ".join(sorted(after - before)),
             pytrace=False,
         )
@@ -60,7 +56,8 @@ def _doctests_leave_the_repository_as_they_found_it(request):
 
 @pytest.fixture(autouse=True)
 def _isolate_global_torch_flags():
-    """An example that changes torch's global flags (deterministic algorithms, quantized engine) restores them."""
+    """``Trainer(deterministic=True)`` turns on ``torch.use_deterministic_algorithms`` for the whole process and
+    never turns it off; restore it (and the quantized engine) after each test so tests don't leak into others."""
     import torch
 
     det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
