@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import lightning as L
@@ -191,3 +193,8 @@ def rotated(x: np.ndarray, degrees: float = 20.0) -> np.ndarray:
 def clean_pool(dm: DigitsDataModule) -> np.ndarray:
     """Validation + test images: clean digits the profile (built on train) never saw."""
     return torch.cat([dm.split("val").tensors[0], dm.split("test").tensors[0]]).numpy()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file the sink wrote (the file closed again)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

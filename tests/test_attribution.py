@@ -13,7 +13,7 @@ from lightning_nas.callbacks import AttributionMonitor
 from lightning_nas.explain import attribution as A
 from lightning_nas.models import Classifier, DigitsCNN
 from tests._explain_helpers import trained_digits_cnn
-from tests.helpers import fast_trainer
+from tests.helpers import fast_trainer, read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_monitor_logs_maps_aopc_and_drift_after_a_structural_change(tmp_path, di
     assert any(r.get("explain/attribution/maps", {}).get("_type") == "image-file" for r in history)
     assert "explain/attribution/aopc" in summary
     assert mon._changes == 1 and mon._reference is not None
-    scal = [json.loads(x) for x in open(f"{files}/nas_files/scalars.jsonl")]
+    scal = read_jsonl(f"{files}/nas_files/scalars.jsonl")
     assert any("explain/attribution/drift_topk" in s for s in scal)
 
 
@@ -160,10 +160,7 @@ def test_grad_cam_and_vector_inputs_on_a_fit(tmp_path):
     mon = AttributionMonitor(method="feature_ablation", n_samples=10)
     trainer = fast_trainer(tmp_path / "flat", limit_train_batches=2, limit_val_batches=1, callbacks=[mon])
     trainer.fit(Classifier(mlp), datamodule=DigitsDataModule(seed=0, flat=True))
-    rows = [
-        json.loads(x)
-        for x in open(tmp_path / "flat" / "nas_files" / "tables" / "explain_attribution_top_features.jsonl")
-    ][-1]["rows"]
+    rows = read_jsonl(tmp_path / "flat" / "nas_files" / "tables" / "explain_attribution_top_features.jsonl")[-1]["rows"]
     assert len(rows) == 10 * 5 and rows[0][4].startswith("f")
 
 
@@ -236,11 +233,9 @@ def test_transformer_demo_attributes_over_token_embeddings(tmp_path, no_wikitext
     model = LightningTransformer(vocab_size=17)
     trainer.fit(model, datamodule=TokenDigits())
     assert mon.embedding_name == "model.embedding" and mon._last["attr"].shape == (4, 16)
-    rows = [json.loads(x) for x in open(tmp_path / "nas_files" / "tables" / "explain_attribution_top_features.jsonl")][
-        -1
-    ]["rows"]
+    rows = read_jsonl(tmp_path / "nas_files" / "tables" / "explain_attribution_top_features.jsonl")[-1]["rows"]
     assert rows[0][4].startswith("pos") and len(rows) == 4 * 5
-    scal = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
+    scal = read_jsonl(tmp_path / "nas_files" / "scalars.jsonl")
     assert "explain/attribution/aopc" in scal[-1]
 
 
@@ -261,7 +256,7 @@ def test_explain_callbacks_under_ddp_log_once_from_rank_zero(tmp_path, digits):
         callbacks=cbs,
     )
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
-    scal = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
+    scal = read_jsonl(tmp_path / "nas_files" / "scalars.jsonl")
     assert sum("explain/attribution/aopc" in s for s in scal) == 2  # one run per epoch, rank zero only
     assert sum("explain/attribution/drift_spearman" in s for s in scal) == 1
     assert [s["step"] for s in scal if "dynamics/grad_norm_total" in s] == [0, 1, 2, 3]

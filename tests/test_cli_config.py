@@ -13,6 +13,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 import lightning_nas.callbacks as C
+from tests.helpers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,7 +155,7 @@ def test_cli_config_prunes_quantizes_and_explains_in_one_fit(tmp_path):
     ops = int8_onnx_ops(onnx.read_bytes())
     assert any(op in ops for op in ("QLinearConv", "ConvInteger"))
     # attribution: maps each epoch in the file sink, and drift after the structural changes
-    scal = [json.loads(x) for x in open(next(tmp_path.rglob("nas_files/scalars.jsonl")))]
+    scal = read_jsonl(next(tmp_path.rglob("nas_files/scalars.jsonl")))
     assert sum("explain/attribution/aopc" in s for s in scal) == 3
     assert any("explain/attribution/drift_spearman" in s for s in scal)
     assert any(s.get("explain/attribution/structural_changes", 0) >= 1 for s in scal)

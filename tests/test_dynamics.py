@@ -1,7 +1,5 @@
 """explain.dynamics and the TrainingDynamics callback."""
 
-import json
-
 import pytest
 import torch
 from torch import nn
@@ -9,7 +7,7 @@ from torch import nn
 from lightning_nas.callbacks import TrainingDynamics
 from lightning_nas.explain import dynamics as D
 from lightning_nas.models import Classifier, DigitsCNN
-from tests.helpers import fast_trainer
+from tests.helpers import fast_trainer, read_jsonl
 
 
 def test_dead_unit_probe_counts_units_that_never_fire():
@@ -45,7 +43,7 @@ def test_callback_logs_per_layer_keys_every_n_steps(tmp_path, digits):
     cb = TrainingDynamics(every_n_steps=5, histogram_every_n_steps=10)
     trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=12, limit_val_batches=1, callbacks=[cb])
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
-    recs = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
+    recs = read_jsonl(tmp_path / "nas_files" / "scalars.jsonl")
     assert [r["step"] for r in recs] == [0, 5, 10]
     r = recs[-1]
     for layer in ("net.features.0", "net.features.3", "net.classifier"):
@@ -57,8 +55,8 @@ def test_callback_logs_per_layer_keys_every_n_steps(tmp_path, digits):
     hists = sorted(p.name for p in (tmp_path / "nas_files" / "histograms").iterdir())
     assert "dynamics_net.features.0_weight_hist.jsonl" in hists and "dynamics_net.classifier_grad_hist.jsonl" in hists
     steps = [
-        json.loads(x)["step"]
-        for x in open(tmp_path / "nas_files" / "histograms" / "dynamics_net.classifier_weight_hist.jsonl")
+        r["step"]
+        for r in read_jsonl(tmp_path / "nas_files" / "histograms" / "dynamics_net.classifier_weight_hist.jsonl")
     ]
     assert steps == [0, 10]
 
@@ -69,7 +67,7 @@ def test_callback_on_lightning_demo_model_unmodified(tmp_path):
     cb = TrainingDynamics(every_n_steps=1)
     trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, callbacks=[cb])
     trainer.fit(DemoModel(), datamodule=BoringDataModule())
-    recs = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
+    recs = read_jsonl(tmp_path / "nas_files" / "scalars.jsonl")
     assert len(recs) == 3 and recs[-1]["dynamics/l1/grad_norm"] > 0 and recs[-1]["dynamics/l1/update_ratio"] > 0
 
 
@@ -92,7 +90,7 @@ def test_gradient_accumulation_logs_once_per_optimizer_step(tmp_path, digits):
         tmp_path, max_epochs=1, limit_train_batches=8, limit_val_batches=1, accumulate_grad_batches=2, callbacks=[cb]
     )
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
-    recs = [json.loads(x) for x in open(tmp_path / "nas_files" / "scalars.jsonl")]
+    recs = read_jsonl(tmp_path / "nas_files" / "scalars.jsonl")
     assert [r["step"] for r in recs] == [0, 2]
     assert all(
         r["dynamics/net.classifier/update_ratio"] > 0 and r["dynamics/net.classifier/grad_norm"] > 0 for r in recs

@@ -1,10 +1,11 @@
 """Each example on a project we did not write runs end to end and has its real effect."""
 
 import importlib
-import json
 
 import pytest
 import torch
+
+from tests.helpers import read_jsonl
 
 
 def _example(name):
@@ -18,9 +19,9 @@ def test_transformer_lm_is_pruned_distilled_and_explained(tmp_path):
     ff = [m for n, m in res["model"].named_modules() if n.endswith("linear1")]
     assert ff and all(m.out_features == 100 for m in ff)  # 200 -> 100 feed-forward channels
     assert res["model"].model.decoder.out_features == 24  # the vocabulary (the logits) is never pruned
-    rows = [json.loads(x) for x in open(res["files"] / "tables" / "explain_attribution_top_features.jsonl")]
+    rows = read_jsonl(res["files"] / "tables" / "explain_attribution_top_features.jsonl")
     assert rows and rows[-1]["rows"][0][4].startswith("pos")  # token positions attributed
-    scal = [json.loads(x) for x in open(res["files"] / "scalars.jsonl")]
+    scal = read_jsonl(res["files"] / "scalars.jsonl")
     assert any("explain/attribution/aopc" in s for s in scal)
     hist = res["kd"].history  # teacher-student agreement, over training batches (the demo has no validation_step)
     assert len(hist) == 1 and 0.0 <= hist[0]["distill/agreement"] <= 1.0

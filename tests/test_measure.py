@@ -1,3 +1,4 @@
+import io
 import json
 
 import numpy as np
@@ -80,3 +81,18 @@ def test_model_card_records_stages(tmp_path):
     assert data["stages"][0]["measurements"]["params"] == m.params
     assert data["versions"]["torch"] == torch.__version__ and "Conv2d" in data["architecture"]
     assert data["input_spec"]["shape"] == ["batch", 1, 8, 8]
+
+
+def test_serialized_size_is_what_torch_save_writes_int8_included():
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from lightning_nas.deploy import serialized_size
+
+    net = DigitsCNN(8).eval()
+    int8 = convert_fx(prepare_fx(net, get_default_qconfig_mapping("x86"), (X[:2],)))
+    for model in (net, int8):  # counted, not copied: the bytes torch.save writes to a buffer
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        assert serialized_size(model) == buf.getbuffer().nbytes
+    assert serialized_size(int8) < 0.8 * serialized_size(net)

@@ -12,7 +12,7 @@ from lightning_nas.explain import paths as P
 from lightning_nas.explain.attribution import select_probe
 from lightning_nas.models import Classifier, DigitsCNN
 from tests._explain_helpers import trained_digits_cnn
-from tests.helpers import fast_trainer
+from tests.helpers import fast_trainer, read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +79,14 @@ def test_paths_and_architecture_callbacks_on_a_fit(tmp_path, digits):
     trainer = fast_trainer(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1, callbacks=[paths, view])
     trainer.fit(Classifier(DigitsCNN(4)), datamodule=digits)
     root = tmp_path / "nas_files"
-    overlap = [json.loads(x) for x in open(root / "tables" / "explain_paths_overlap.jsonl")]
+    overlap = read_jsonl(root / "tables" / "explain_paths_overlap.jsonl")
     assert len(overlap) == 3 and overlap[-1]["columns"] == ["class_a", "class_b", "jaccard"]  # 2 epochs + end
-    layers = [json.loads(x) for x in open(root / "tables" / "explain_architecture_layers.jsonl")]
+    layers = read_jsonl(root / "tables" / "explain_architecture_layers.jsonl")
     assert len(layers) == 2 and layers[0]["columns"] == G.TABLE_COLUMNS and len(layers[0]["rows"]) == 9
-    assert len(list((root / "images").glob("explain_architecture_graph-*.png"))) == 2
-    scal = [json.loads(x) for x in open(root / "scalars.jsonl")]
+    # the model did not change: the graph drawn at the start is not drawn again at the end
+    assert len(list((root / "images").glob("explain_architecture_graph-*.png"))) == 1
+    assert json.loads((root / "summary.json").read_text())["explain/architecture/changed"] is False
+    scal = read_jsonl(root / "scalars.jsonl")
     assert any("explain/paths/mean_jaccard" in s for s in scal)
     assert any(
         s.get("explain/architecture/params") == sum(p.numel() for p in trainer.lightning_module.parameters())
@@ -105,7 +107,7 @@ def test_callbacks_on_the_demo_transformer(tmp_path, monkeypatch):
     trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[view, paths])
     trainer.fit(LightningTransformer(vocab_size=17), datamodule=TokenDigits())
     assert paths.report is not None and paths.report.layers == ["model.transformer.encoder.layers.0.linear1"]
-    rows = [json.loads(x) for x in open(tmp_path / "nas_files" / "tables" / "explain_architecture_layers.jsonl")]
+    rows = read_jsonl(tmp_path / "nas_files" / "tables" / "explain_architecture_layers.jsonl")
     names = [r[0] for r in rows[0]["rows"]]
     assert "model.embedding" in names and "model.decoder" in names
     macs = {r[0]: r[5] for r in rows[0]["rows"]}  # the encoder's fused fast path must not hide its matmuls
@@ -134,7 +136,23 @@ def test_architecture_view_without_validation_data_uses_a_training_sample(tmp_pa
     trainer = fast_trainer(tmp_path, limit_train_batches=1, callbacks=[view])
     trainer.fit(Classifier(DigitsCNN(4)), train_dataloaders=digits.train_dataloader())
     assert tuple(view._example[0][0].shape) == (1, 1, 8, 8)  # (args, kwargs) of what the step fed the model
-    assert len(list((tmp_path / "nas_files" / "images").glob("explain_architecture_graph-*.png"))) == 2
+    assert len(list((tmp_path / "nas_files" / "images").glob("explain_architecture_graph-*.png"))) == 1
+
+
+def test_architecture_view_draws_the_graph_again_when_compression_changed_the_model(tmp_path, digits):
+    from lightning_nas.callbacks import StructuredPruning
+
+    view = ArchitectureView()
+    prune = StructuredPruning(amount=0.5, start_epoch=0, end_epoch=0)
+    trainer = fast_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[prune, view])
+    trainer.fit(Classifier(DigitsCNN(8)), datamodule=digits)
+    root = tmp_path / "nas_files"
+    images = sorted((root / "images").glob("explain_architecture_graph-*.png"))
+    assert len(images) == 2
+    layers = read_jsonl(root / "tables" / "explain_architecture_layers.jsonl")
+    params = G.TABLE_COLUMNS.index("params")
+    assert sum(r[params] for r in layers[-1]["rows"]) < sum(r[params] for r in layers[0]["rows"])
+    assert json.loads((root / "summary.json").read_text())["explain/architecture/changed"] is True
 
 
 def test_one_relu_module_reused_after_layers_of_different_widths():
