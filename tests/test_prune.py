@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import lightning as L
 import pytest
@@ -205,19 +206,64 @@ def test_on_unmodified_lightning_demos(tmp_path):
     lt = LightningTransformer(vocab_size=40)
     lt.prepare_data = lambda: None  # its prepare_data downloads WikiText-2; tests are offline
     n0 = sum(p.numel() for p in lt.parameters())
-    # its PositionalEncoding caches a tensor of the model width outside any parameter: pruning the width
-    # would break it, which a dry run reports before the first step, naming the remedy
-    with pytest.raises(ValueError, match="ignore"):
-        fast_trainer(tmp_path, max_steps=1, callbacks=[StructuredPruning(0.5, start_epoch=1)]).fit(
+    # its PositionalEncoding adds a cached tensor of the model width to the embedding, outside any parameter:
+    # the width's group cannot be pruned. At its defaults the callback's dry run finds that group before the first
+    # step and keeps it whole, with a warning naming it; everything else is pruned
+    cb = StructuredPruning()
+    with pytest.warns(UserWarning, match="kept whole"):
+        fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[cb]).fit(
             lt, DataLoader(pairs, batch_size=4)
         )
-    assert sum(p.numel() for p in lt.parameters()) == n0
-    cb = StructuredPruning(0.5, start_epoch=0, ignore=["model.embedding"])  # keep the width, prune the rest
-    fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[cb]).fit(lt, DataLoader(pairs, batch_size=4))
+    assert len(cb.kept_whole) == 1 and cb.kept_whole[0].startswith("model.transformer.")
     ff = [m for n, m in lt.named_modules() if n.endswith("linear1")]
     assert ff and all(m.out_features == 100 for m in ff)  # 200 -> 100
+    assert lt.model.embedding.embedding_dim == 200 and lt.model.decoder.out_features == 40  # width and vocabulary
     assert sum(p.numel() for p in lt.parameters()) < n0
-    assert lt.model.decoder.out_features == 40
+    # the groups kept whole are checkpoint state (a resumed fit prunes the same groups); old states load
+    restored = StructuredPruning()
+    restored.load_state_dict(cb.state_dict())
+    assert restored._ignore == cb.kept_whole
+    old = {k: v for k, v in cb.state_dict().items() if k != "kept_whole"}
+    restored.load_state_dict(old)
+    assert restored.kept_whole == []
+
+    # naming the width in `ignore` keeps it whole without the warning, with the same result
+    lt2 = LightningTransformer(vocab_size=40)
+    lt2.prepare_data = lambda: None
+    cb2 = StructuredPruning(0.5, ignore=["model.embedding"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast_trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[cb2]).fit(
+            lt2, DataLoader(pairs, batch_size=4)
+        )
+    assert not [w for w in caught if "kept whole" in str(w.message)] and cb2.kept_whole == []
+    assert sum(p.numel() for p in lt2.parameters()) == sum(p.numel() for p in lt.parameters())
+
+
+def test_breaking_groups_names_what_torch_pruning_cannot_see():
+    """A buffer of the residual width (Lightning's demo Transformer's positional encoding): the group that feeds it
+    breaks the pruned model; ignoring the layer breaking_groups names keeps it whole and the rest prunes."""
+    from lightning.pytorch.demos.transformer import Transformer
+
+    torch.manual_seed(0)
+    net = Transformer(vocab_size=30)
+    x = (torch.randint(0, 30, (2, 8)), torch.randint(0, 30, (2, 8)))
+    layers = P.prunable_layers(net, x)
+    amount = {n: 0.5 for n in layers}  # every group at once, as the callback asks
+    with pytest.raises(RuntimeError, match="no longer runs"):
+        P.prune_structured(copy.deepcopy(net), x, amount)
+    before = copy.deepcopy(net.state_dict())
+    bad = P.breaking_groups(net, x, amount)
+    assert len(bad) == 1
+    for k, v in net.state_dict().items():  # found on copies
+        torch.testing.assert_close(v, before[k])
+    kept = list(P.prunable_layers(net, x, bad))
+    assert len(set(layers) - set(kept)) == 1  # one group (the width's) is kept whole, the feed-forward ones prune
+    assert all(n in kept for n in layers if n.endswith("linear1"))
+    pruned = copy.deepcopy(net)
+    P.prune_structured(pruned, x, {n: 0.5 for n in kept}, ignore=bad)
+    assert pruned(*x).shape == net(*x).shape
+    assert all(m.out_features == 100 for n, m in pruned.named_modules() if n.endswith("linear1"))
 
 
 @pytest.mark.parametrize(

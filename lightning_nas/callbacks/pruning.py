@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_nas._modules import name_matches
@@ -50,7 +51,10 @@ class StructuredPruning(LightningNASCallback):
         every_n_steps: prune every this many optimizer steps inside the range (default 1).
         global_pruning: rank channels across layers instead of removing ``amount`` from each layer.
         ignore: layer names (prefix or glob, e.g. ``"net.features.0"``, ``"*.downsample*"``) to keep whole.
-            The output layer producing the logits is always kept.
+            The output layer producing the logits is always kept, and so is any group whose pruning stops the
+            model from running (a positional-encoding buffer of the embedding's width, a hard-coded ``view``):
+            a dry run on a copy finds them before the fit trains (``compress.breaking_groups``), warns with
+            their names and logs them as ``prune/kept_whole``; name them here to keep them whole silently.
         example_input: an override: input of the LightningModule's own ``forward`` for tracing. By default the
             model is traced on what the step really feeds it (the module ``training_step`` calls, with the inputs
             it receives, found in the first validation or training step; see "What the callbacks capture").
@@ -63,7 +67,8 @@ class StructuredPruning(LightningNASCallback):
             trainer's validation loader) and log table ``explain/sensitivity`` and curves.
 
     Logged: ``prune/<layer>/channels``, ``prune/<layer>/sparsity`` (every epoch), ``prune/params``,
-    table ``prune/importance`` and histograms ``prune/<layer>/importance_kept|removed`` (at each pruning).
+    table ``prune/importance`` and histograms ``prune/<layer>/importance_kept|removed`` (at each pruning), and
+    the summary ``prune/kept_whole`` when groups had to be kept whole.
 
     Examples:
         Half the channels of every prunable layer physically removed (the logits layer is kept whole):
@@ -87,7 +92,7 @@ class StructuredPruning(LightningNASCallback):
         (4, 8)
     """
 
-    _state_attrs = ("records", "done", "example", "route", "original_channels")
+    _state_attrs = ("records", "done", "example", "route", "original_channels", "kept_whole")
 
     def __init__(
         self,
@@ -145,6 +150,7 @@ class StructuredPruning(LightningNASCallback):
         self.route: dict[str, Any] | None = None  # Route.to_state() of the route ``example`` goes through
         self._eval = EvalBatches(4)
         self.original_channels: dict[str, int] = {}
+        self.kept_whole: list[str] = []  # roots of the groups whose pruning stops the model from running
         self._grad_sum: dict[str, torch.Tensor] = {}
         self._grad_n = 0
 
@@ -201,6 +207,15 @@ class StructuredPruning(LightningNASCallback):
         self._check_layers(pl_module, trainer)
 
     @property
+    def _ignore(self) -> list[str]:
+        """``ignore``, and the groups the dry run found the model cannot run without."""
+        return [*self.ignore, *self.kept_whole]
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict({"kept_whole": [], **state_dict})  # checkpoints from before the dry run's finding
+
+    @property
     def _fwd(self) -> Any:
         return Route.from_state(self.route).run if self.route else None
 
@@ -211,11 +226,11 @@ class StructuredPruning(LightningNASCallback):
 
     def _ensure_original(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.original_channels:
-            self.original_channels = P.prunable_layers(pl_module, self._ex(pl_module), self.ignore, self._fwd)
+            self.original_channels = P.prunable_layers(pl_module, self._ex(pl_module), self._ignore, self._fwd)
             self._log_state(trainer, pl_module)
 
     def _check_layers(self, pl_module: L.LightningModule, trainer: L.Trainer | None = None) -> None:
-        layers = P.prunable_layers(pl_module, self._ex(pl_module), self.ignore, self._fwd)
+        layers = P.prunable_layers(pl_module, self._ex(pl_module), self._ignore, self._fwd)
         if not layers and not self.records:
             raise ValueError(
                 f"StructuredPruning: no prunable layer in {type(pl_module).__name__} after `ignore`="
@@ -236,20 +251,61 @@ class StructuredPruning(LightningNASCallback):
                     f"{small}; use a smaller count, a fraction, or `ignore` those layers"
                 )
         if not self.records and trainer is not None:
-            # dry run on a copy: a model that cannot run pruned fails now, not at the first pruning epoch
+            self._dry_run(trainer, pl_module, layers)
+
+    def _dry_run(self, trainer: L.Trainer, pl_module: L.LightningModule, layers: dict[str, int]) -> None:
+        """Prune a copy at the final amount: a model that cannot run pruned fails now, not at the first pruning
+        epoch. Groups that break it alone are kept whole (``kept_whole``), with a warning; if the copy still
+        cannot run without them, the error names ``ignore``."""
+        self.kept_whole = []
+
+        def attempt(channels: dict[str, int]) -> None:
             trial = copy_module(pl_module, self)
-            self.original_channels, keep = layers, self.original_channels
+            self.original_channels, keep = channels, self.original_channels
             try:
                 amount = self._targets(trial, 1.0)
                 if amount is not None:
                     P.prune_structured(
-                        trial, self._ex(trial), amount, "l1", self.global_pruning, self.ignore, self.round_to, self._fwd
+                        trial,
+                        self._ex(trial),
+                        amount,
+                        "l1",
+                        self.global_pruning,
+                        self._ignore,
+                        self.round_to,
+                        self._fwd,
                     )
-            except RuntimeError as exc:
-                raise ValueError(f"StructuredPruning(amount={self.amount}): {exc}") from exc
             finally:
                 self.original_channels = keep
-                del trial
+
+        try:
+            attempt(layers)
+            return
+        except RuntimeError as exc:
+            first = exc
+        self.original_channels, keep = layers, self.original_channels
+        try:
+            amount = self._targets(pl_module, 1.0)
+        finally:
+            self.original_channels = keep
+        ex = self._ex(pl_module)
+        bad = P.breaking_groups(
+            pl_module, ex, amount or 0.0, self._ignore, self._fwd, self.global_pruning, self.round_to
+        )
+        if not bad:
+            raise ValueError(f"StructuredPruning(amount={self.amount}): {first}") from first
+        self.kept_whole = bad
+        try:
+            attempt(P.prunable_layers(pl_module, ex, self._ignore, self._fwd))
+        except RuntimeError as exc:
+            self.kept_whole = []
+            raise ValueError(f"StructuredPruning(amount={self.amount}): {first}") from exc
+        rank_zero_warn(
+            f"StructuredPruning: {type(pl_module).__name__} does not run with the groups of {bad} pruned "
+            f"({str(first.__cause__ or first).splitlines()[0][:160]}); those groups are kept whole. Name them in "
+            "`ignore` to keep them whole without this warning"
+        )
+        self.tracker(trainer).log_summary({"prune/kept_whole": ", ".join(bad)})
 
     def _ex(self, pl_module: L.LightningModule) -> Any:
         from lightning.pytorch.utilities import move_data_to_device
@@ -290,8 +346,6 @@ class StructuredPruning(LightningNASCallback):
 
         batches = self._eval.labelled()
         if not batches:
-            from lightning.pytorch.utilities import rank_zero_warn
-
             rank_zero_warn(
                 "StructuredPruning: no labelled validation batch ran before the first pruning, so the "
                 "sensitivity table is skipped (it uses what the validation steps feed the model)"
@@ -305,7 +359,7 @@ class StructuredPruning(LightningNASCallback):
             self.sensitivity_levels,
             layers,
             "l1" if self.importance == "taylor" else self.importance,
-            self.ignore,
+            self._ignore,
             forward_fn=self._fwd,
         )
         route = Route.from_state(self.route)
@@ -334,7 +388,7 @@ class StructuredPruning(LightningNASCallback):
                     amount,
                     self.importance,
                     self.global_pruning,
-                    self.ignore,
+                    self._ignore,
                     self.round_to,
                     self._fwd,
                 )

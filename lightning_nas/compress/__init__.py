@@ -3,6 +3,7 @@
 from lightning_nas.compress.distill import FeatureAdapter, feature_loss, kd_loss, load_teacher
 from lightning_nas.compress.lowrank import factorize
 from lightning_nas.compress.prune import (
+    breaking_groups,
     magnitude_prune,
     make_permanent,
     prunable_layers,
@@ -15,6 +16,7 @@ __all__ = [
     "prune_structured",
     "replay_pruning",
     "prunable_layers",
+    "breaking_groups",
     "magnitude_prune",
     "make_permanent",
     "factorize",

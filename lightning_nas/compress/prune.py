@@ -201,6 +201,23 @@ def prune_structured(
         >>> net(torch.rand(2, 1, 8, 8)).shape
         torch.Size([2, 10])
     """
+    result = _prune(model, example_inputs, amount, importance, global_pruning, ignore, round_to, forward_fn)
+    if result.steps:
+        _check_runs(model, example_inputs, ignore, forward_fn)
+    return result
+
+
+def _prune(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    amount: float | Mapping[str, float],
+    importance: str,
+    global_pruning: bool,
+    ignore: Sequence[str],
+    round_to: int | None,
+    forward_fn: ForwardFn | None,
+) -> PruneResult:
+    """``prune_structured`` without the final check that the pruned model still runs."""
     import torch_pruning as tp
 
     check_choice("importance", importance, IMPORTANCES)
@@ -255,8 +272,72 @@ def prune_structured(
         PruneStep(layer, "out" if out else "in", sorted(int(getattr(i, "idx", i)) for i in idxs))
         for layer, out, idxs in pruner.pruning_history()
     ]
-    _check_runs(model, example_inputs, ignore, forward_fn)
     return result
+
+
+def breaking_groups(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    amount: float | Mapping[str, float],
+    ignore: Sequence[str] = (),
+    forward_fn: ForwardFn | None = None,
+    global_pruning: bool = False,
+    round_to: int | None = None,
+) -> list[str]:
+    """The roots of the pruning groups that, pruned alone, stop ``model`` from running (found on copies:
+    ``model`` is not changed).
+
+    Torch-Pruning follows parameters; a module that keeps a tensor or a size of a group's width elsewhere (a
+    positional-encoding buffer added to the embedding, a hard-coded ``view``) no longer runs once that group is
+    pruned. Each group of the plan for ``amount`` is replayed alone on a fresh copy and run once; the roots of
+    those that fail are returned. Naming one of them in ``ignore`` keeps its whole group (Torch-Pruning skips a
+    group in which an ignored layer would lose output channels). Cost: one pruning of a copy, then one replay and
+    one forward per group: meant for after ``prune_structured`` failed.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_nas.compress import breaking_groups
+        >>> class Scaled(nn.Module):  # a buffer of the hidden width, outside Torch-Pruning's view
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.a, self.b, self.out = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+        ...         self.register_buffer("scale", torch.ones(8))
+        ...     def forward(self, x):
+        ...         return self.out(self.b(self.a(x).relu()) * self.scale)
+        >>> breaking_groups(Scaled(), torch.rand(2, 4), 0.5)  # a's group runs pruned; b's output meets the buffer
+        ['b']
+    """
+    import copy
+
+    steps = _prune(copy.deepcopy(model), example_inputs, amount, "l1", global_pruning, ignore, round_to, forward_fn)
+    bad = []
+    for step in steps.steps:
+        fresh = copy.deepcopy(model)
+        try:
+            replay_pruning(fresh, [step], example_inputs, forward_fn)
+            _run(fresh, example_inputs, forward_fn)
+        except Exception:  # any failure of the replayed copy: this group cannot be pruned in this model
+            bad.append(_out_root(copy.deepcopy(model), step, example_inputs, forward_fn))
+    return list(dict.fromkeys(bad))
+
+
+def _out_root(model: nn.Module, step: PruneStep, example_inputs: ExampleInputs, forward_fn: ForwardFn | None) -> str:
+    """A layer of ``step``'s group that loses output channels (what ``ignore`` needs to keep the group whole; the
+    history may name the group by a layer that loses input channels)."""
+    dg = _graph(model, example_inputs, forward_fn)
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    module = modules[step.layer]
+    pruner = dg.get_pruner_of_module(module)
+    fn = pruner.prune_out_channels if step.direction == "out" else pruner.prune_in_channels
+    group = dg.get_pruning_group(module, fn, list(step.idxs))
+    outs = [
+        names[dep.target.module]
+        for dep, _ in group
+        if dg.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, ROOT_TYPES)
+    ]
+    return outs[0] if outs else step.layer
 
 
 def _check_runs(

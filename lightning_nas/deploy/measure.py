@@ -7,7 +7,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ def serialized_size(model: nn.Module) -> int:
         True
     """
     counter = _ByteCounter()  # counts what torch.save writes: the same number as a file, without a copy of it
-    torch.save(model.state_dict(), counter)
+    torch.save(model.state_dict(), cast(IO[bytes], counter))  # a raw binary stream: all torch.save writes to
     return counter.nbytes
 
 

@@ -54,8 +54,6 @@ REFUSALS: dict[tuple[str, str], str] = {
     # a language model's labels are token sequences: explaining "the label" needs 1-D class labels
     ("demo_transformer", "AttributionMonitor"): r"1-D class labels.*target='pred'",
     ("demo_transformer", "DecisionPaths"): r"1-D class labels.*target='pred'",
-    # README, pruning: the demo Transformer caches a tensor of the model width; the dry run names `ignore`
-    ("demo_transformer", "StructuredPruning"): r"ignore",
 }
 
 NOT_APPLICABLE: dict[tuple[str, str], str] = {
