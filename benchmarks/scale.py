@@ -20,7 +20,7 @@ Part 2, growth: DARTS / GDAS / SPOS step time and memory against candidates per 
 choices (1, 2, 4); AttributionMonitor's time against input size and method; StructuredPruning's decision time against
 depth (ResNet-18/34/50); multi-trial throughput with 1, 2 and 4 worker processes on one PostgreSQL study.
 
-    python benchmarks/scale.py [--accelerator cpu|gpu] [--steps 15] [--epochs 3] [--threads 0] [--parts 1,2] [--quick]
+    python benchmarks/scale.py [--accelerator cpu|gpu] [--steps 15] [--epochs 4] [--threads 0] [--parts 1,2] [--quick]
 """
 
 from __future__ import annotations
@@ -616,7 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu, ...)")
     ap.add_argument("--steps", type=int, default=15, help="training steps per epoch")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs per fit (the first is the start-up epoch)")
+    ap.add_argument(
+        "--epochs", type=int, default=4, help="epochs per fit (the first is the start-up epoch; medians over the rest)"
+    )
     ap.add_argument("--parts", default="1,2", help="1: model scale, 2: growth")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: every core; --quick: 1)")
     ap.add_argument("--quick", action="store_true", help="small widths, 3 steps, 2 epochs; writes results/quick/")
@@ -732,13 +734,15 @@ def _body(args: Any, part1: dict, extra: dict, growth: dict, picture: Path | Non
             if q is not None:
                 ratio = q["epoch"] / qat_s
                 light = r0["plain_epoch"] / float_s
+                worst = max(ratio, ratio / light)  # the loops ran minutes apart: the verdict takes the larger
                 out.append(
                     f"QuantizationAware steady epoch {q['epoch']:.2f} s vs torch's own FX QAT loop (`prepare_qat_fx` + "
-                    f"a plain loop, same model, batches and validation) {qat_s:.2f} s: **{ratio:.2f}x** (goal <= "
-                    f"{QAT_BUDGET}x: {'ok' if ratio <= QAT_BUDGET else 'OVER'}). For scale, Lightning's own loop "
-                    f"against the same plain loop in float: {light:.2f}x ({r0['plain_epoch']:.2f} vs "
-                    f"{float_s:.2f} s); QAT against the FX floor with Lightning's share removed: "
-                    f"{ratio / light:.2f}x.\n"
+                    f"a plain loop, same model, batches and validation) {qat_s:.2f} s: **{ratio:.2f}x**. Lightning's "
+                    f"own loop against the same plain loop in float: {light:.2f}x ({r0['plain_epoch']:.2f} vs "
+                    f"{float_s:.2f} s); QAT against the FX floor with Lightning's share removed (each against the "
+                    f"float loop measured next to it, which cancels a change of machine speed between the two): "
+                    f"**{ratio / light:.2f}x**. Goal <= {QAT_BUDGET}x, judged on the larger of the two: "
+                    f"{'ok' if worst <= QAT_BUDGET else 'OVER'}.\n"
                 )
     quick = bool(args.quick)
     if growth.get("search"):
