@@ -529,7 +529,8 @@ def multitrial_growth(args: Any, root: Path, log: Callable[[str], None]) -> list
 
 # --------------------------------------------------------------------------------------------- pictures
 def plot(part1: dict[str, list[dict[str, Any]]], growth: dict[str, list], path: Path) -> Path | None:
-    """One PNG: per-epoch and end-of-fit costs at model scale, then the growth curves."""
+    """One PNG with a panel for each measurement the run made: per-epoch and end-of-fit costs at model scale, then
+    the growth curves."""
     try:
         import matplotlib
 
@@ -537,72 +538,94 @@ def plot(part1: dict[str, list[dict[str, Any]]], growth: dict[str, list], path: 
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, grid = plt.subplots(2, 4, figsize=(20, 9))
-    axes = [list(grid[0][:3]), [grid[1][0], grid[1][1], grid[1][2]]]
-    names = list(dict.fromkeys(r["name"] for rows in part1.values() for r in rows))
-
-    def bars(ax: Any, value: Callable[[dict], float], xlabel: str, budgets: tuple[float, ...]) -> None:
-        for i, (model, rows) in enumerate(part1.items()):
-            by = {r["name"]: r for r in rows if "error" not in r}
-            ys = [k + 0.4 * i for k, n in enumerate(names) if n in by]
-            ax.barh(ys, [value(by[n]) for n in names if n in by], 0.4, label=model)
-        for b in budgets:
-            ax.axvline(b, ls="--", c="grey", lw=0.8)
-        ax.set_yticks([k + 0.2 for k in range(len(names))], names, fontsize=7)
-        ax.set_xlabel(xlabel)
-        ax.legend(fontsize=7)
-
-    bars(
-        axes[0][0],
-        lambda r: 100 * r["own_epoch"] / r["plain_epoch"],
-        "own code per epoch (% of a plain epoch)",
-        (3, 10),
-    )
-    bars(
-        axes[0][1],
-        lambda r: 100 * (r["clock"].end_s - r["plain_end"]) / r["plain_epoch"],
-        "fixed end-of-fit cost (% of a plain epoch)",
-        (100 * END_BUDGET,),
-    )
-    search = growth.get("search", [])
-    for ax, key, label in ((axes[0][2], 3, "ms per step"), (axes[1][0], 4, "MiB saved for backward")):
-        for k, mode in enumerate(("DARTS", "GDAS", "SPOS")):
-            one = [r for r in search if r[0] == mode and r[1] == 1]
-            ax.plot([r[2] for r in one], [r[key] for r in one], "o-", c=f"C{k}", label=f"{mode}: 1 choice, 2/4/8 cands")
-            many = [r for r in search if r[0] == mode and r[2] == 4]
-            ax.plot([r[1] for r in many], [r[key] for r in many], "s:", c=f"C{k}", label=f"{mode}: 1/2/4 choices of 4")
-        ax.set_xlabel("candidates per choice (solid) or choices (dotted)")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=6)
-    ax = axes[1][1]
-    for method in sorted({r[0] for r in growth.get("attribution", [])}):
-        pts = [r for r in growth["attribution"] if r[0] == method]
-        ax.plot([r[1] for r in pts], [r[2] for r in pts], "o-", label=method)
-    ax.set_xlabel("input size (px)")
-    ax.set_ylabel("AttributionMonitor: s per epoch")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax = axes[1][2]
-    pr = growth.get("pruning", [])
-    ax.plot([r[1] / 1e6 for r in pr], [r[3] for r in pr], "o-")
-    for r in pr:
-        ax.annotate(r[0], (r[1] / 1e6, r[3]), fontsize=7)
-    ax.set_xlabel("parameters (M)")
-    ax.set_ylabel("StructuredPruning: s at fit start")
-    ax = grid[1][3]
-    mt = growth.get("multitrial", [])
-    ax.plot([r[0] for r in mt], [r[4] for r in mt], "s-", label="first start to last end")
-    ax.plot([r[0] for r in mt], [r[3] for r in mt], "o--", label="wall, process start-up included")
-    ax.set_xticks([1, 2, 4])
-    ax.set_xlabel("worker processes on one PostgreSQL study")
-    ax.set_ylabel("trials per minute")
-    ax.legend(fontsize=7)
-    grid[0][3].axis("off")
+    panels: list[Callable[[Any], None]] = []
+    if part1:
+        panels.append(
+            lambda ax: _bars(
+                ax, part1, lambda r: 100 * r["own_epoch"] / r["plain_epoch"], "own code per epoch (% of a plain epoch)"
+            )
+        )
+        panels.append(
+            lambda ax: _bars(
+                ax,
+                part1,
+                lambda r: 100 * (r["clock"].end_s - r["plain_end"]) / r["plain_epoch"],
+                "fixed end-of-fit cost (% of a plain epoch)",
+            )
+        )
+    if growth.get("search"):
+        panels.append(lambda ax: _search_curves(ax, growth["search"], 3, "ms per step"))
+        panels.append(lambda ax: _search_curves(ax, growth["search"], 4, "MiB saved for backward"))
+    for key, draw in (("attribution", _attribution_panel), ("pruning", _pruning_panel), ("multitrial", _mt_panel)):
+        if growth.get(key):
+            panels.append(lambda ax, draw=draw, key=key: draw(ax, growth[key]))
+    if not panels:
+        return None
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(5 * cols, 4.5 * rows), squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for draw_panel, ax in zip(panels, axes):
+        draw_panel(ax)
+    for ax in axes[len(panels) :]:
+        ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _bars(ax: Any, part1: dict[str, list[dict[str, Any]]], value: Callable[[dict], float], xlabel: str) -> None:
+    """One horizontal bar per callback and model; the budgets as dashed lines (per epoch 3% and 10%, end 10%)."""
+    names = list(dict.fromkeys(r["name"] for rows in part1.values() for r in rows))
+    for i, (model, rows) in enumerate(part1.items()):
+        by = {r["name"]: r for r in rows if "error" not in r}
+        ys = [k + 0.4 * i for k, n in enumerate(names) if n in by]
+        ax.barh(ys, [value(by[n]) for n in names if n in by], 0.4, label=model)
+    for b in (3, 10) if xlabel.startswith("own") else (100 * END_BUDGET,):
+        ax.axvline(b, ls="--", c="grey", lw=0.8)
+    ax.set_yticks([k + 0.2 for k in range(len(names))], names, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=7)
+
+
+def _search_curves(ax: Any, search: list[list[Any]], key: int, label: str) -> None:
+    for k, mode in enumerate(("DARTS", "GDAS", "SPOS")):
+        one = [r for r in search if r[0] == mode and r[1] == 1]
+        ax.plot([r[2] for r in one], [r[key] for r in one], "o-", c=f"C{k}", label=f"{mode}: 1 choice, 2/4/8 cands")
+        many = [r for r in search if r[0] == mode and r[2] == 4]
+        ax.plot([r[1] for r in many], [r[key] for r in many], "s:", c=f"C{k}", label=f"{mode}: 1/2/4 choices of 4")
+    ax.set_xlabel("candidates per choice (solid) or choices (dotted)")
+    ax.set_ylabel(label)
+    ax.legend(fontsize=6)
+
+
+def _attribution_panel(ax: Any, rows: list[list[Any]]) -> None:
+    for method in sorted({r[0] for r in rows}):
+        pts = [r for r in rows if r[0] == method]
+        ax.plot([r[1] for r in pts], [r[2] for r in pts], "o-", label=method)
+    ax.set_xlabel("input size (px)")
+    ax.set_ylabel("AttributionMonitor: s per epoch")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+
+
+def _pruning_panel(ax: Any, rows: list[list[Any]]) -> None:
+    ax.plot([r[1] / 1e6 for r in rows], [r[3] for r in rows], "o-")
+    for r in rows:
+        ax.annotate(r[0], (r[1] / 1e6, r[3]), fontsize=7)
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("StructuredPruning: s at fit start")
+
+
+def _mt_panel(ax: Any, rows: list[list[Any]]) -> None:
+    ax.plot([r[0] for r in rows], [r[4] for r in rows], "s-", label="first start to last end")
+    ax.plot([r[0] for r in rows], [r[3] for r in rows], "o--", label="wall, process start-up included")
+    ax.set_xticks([1, 2, 4])
+    ax.set_xlabel("worker processes on one PostgreSQL study")
+    ax.set_ylabel("trials per minute")
+    ax.legend(fontsize=7)
 
 
 # --------------------------------------------------------------------------------------------- main
