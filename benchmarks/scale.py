@@ -813,7 +813,14 @@ def _body(args: Any, part1: dict, extra: dict, growth: dict, picture: Path | Non
                 growth["multitrial"],
             )
             + "\n\nEach worker is a `lightning-nas search` process with `OMP_NUM_THREADS = cores / workers`; the wall "
-            "includes their start-up (imports).\n"
+            "includes their start-up (imports)."
+            + (
+                f" This machine has {os.cpu_count()} cores: more workers than cores share them, so those rows measure "
+                "contention, not scaling (workers pay off on separate machines or cores; the trials here are tiny, so "
+                "each worker's start-up weighs much).\n"
+                if max(r[0] for r in growth["multitrial"]) > (os.cpu_count() or 1)
+                else "\n"
+            )
         )
     return "\n".join(out)
 

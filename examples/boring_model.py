@@ -48,7 +48,7 @@ def main(max_epochs: int = 3, out_dir: str | Path = "nas_runs/boring") -> dict[s
     )
     trainer.fit(model, DataLoader(RandomDataset(32, 256), batch_size=16))
 
-    scalars = [json.loads(line) for line in open(next(out.rglob("nas_files/scalars.jsonl")))]
+    scalars = [json.loads(line) for line in next(out.rglob("nas_files/scalars.jsonl")).read_text().splitlines()]
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:  # KD logs through the module's logger
         kd_losses = [float(r["distill/kd_loss"]) for r in csv.DictReader(f) if r.get("distill/kd_loss")]
     x = torch.randn(8, 32)

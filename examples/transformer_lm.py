@@ -88,7 +88,7 @@ def main(
     ff = {n: m.out_features for n, m in model.named_modules() if n.endswith("linear1")}
     print(f"parameters {n0} -> {n1}; feed-forward widths {sorted(set(ff.values()))}")
     files = out / "nas_files"
-    scalars = [json.loads(line) for line in open(files / "scalars.jsonl")]
+    scalars = [json.loads(line) for line in (files / "scalars.jsonl").read_text().splitlines()]
     print(
         "attribution:",
         {k.rsplit("/", 1)[1]: round(v, 3) for k, v in scalars[-1].items() if k.startswith("explain/attribution/")},

@@ -90,7 +90,9 @@ def test_serialized_size_is_what_torch_save_writes_int8_included():
     from lightning_nas.deploy import serialized_size
 
     net = DigitsCNN(8).eval()
-    int8 = convert_fx(prepare_fx(net, get_default_qconfig_mapping("x86"), (X[:2],)))
+    prepared = prepare_fx(net, get_default_qconfig_mapping("x86"), (X[:2],))
+    prepared(X)  # calibrate the observers
+    int8 = convert_fx(prepared)
     for model in (net, int8):  # counted, not copied: the bytes torch.save writes to a buffer
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)

@@ -108,10 +108,14 @@ def test_postgresql_storage_runs_and_resumes(postgres_url, tmp_path):
     dm = DigitsDataModule(batch_size=64)
     run(build, dm, n_trials=2, seed=0, **kw)
     res = run(build, dm, n_trials=4, seed=1, **kw)  # a second process would do the same: resume from the server
-    study = optuna.load_study(study_name="pg", storage=postgres_url)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
-    assert study.user_attrs["objectives"] == {"val_acc": "maximize"}
-    assert res.best_trials[0].value == max(t.value for t in study.trials)
+    storage = optuna.storages.RDBStorage(postgres_url)
+    try:
+        study = optuna.load_study(study_name="pg", storage=storage)
+        assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+        assert study.user_attrs["objectives"] == {"val_acc": "maximize"}
+        assert res.best_trials[0].value == max(t.value for t in study.trials)
+    finally:
+        storage.engine.dispose()
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -276,7 +277,7 @@ def test_demo_search_stage_streams_to_wandb_and_card(tmp_path):
     from lightning_nas.tracking import read_offline_run
 
     out = run_demo(max_epochs=1, out_dir=tmp_path / "demo")
-    card = json.loads(open(out["card"]).read())
+    card = json.loads(Path(out["card"]).read_text())
     search = card["stages"][0]
     assert search["stage"] == "search" and set(search["arch"]) == {"block1", "block2"}
     assert set(search["reasons"]) == {"block1", "block2"} and search["space_size"] == 9

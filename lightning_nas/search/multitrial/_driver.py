@@ -310,14 +310,18 @@ def run(
         example_input=example_input,
         dedup=dedup,
     )
-    with _quiet_lightning(), storage_errors(storage):
-        _optimize(study, st, objective, n_trials, timeout, heartbeat_interval)
-    best = _best_trials(study)
-    result = SearchResult(study=study, objectives=objs, best_trials=best, wandb_runs=objective.wandb_runs)
-    if summary:
-        from lightning_nas.search.multitrial._explain import summarize
+    try:
+        with _quiet_lightning(), storage_errors(storage):
+            _optimize(study, st, objective, n_trials, timeout, heartbeat_interval)
+        best = _best_trials(study)
+        result = SearchResult(study=study, objectives=objs, best_trials=best, wandb_runs=objective.wandb_runs)
+        if summary:
+            from lightning_nas.search.multitrial._explain import summarize
 
-        summarize(result, out / "summary", wandb_mode=mode, wandb_project=wandb_project)
+            summarize(result, out / "summary", wandb_mode=mode, wandb_project=wandb_project)
+    finally:
+        if isinstance(storage, str) and isinstance(st, optuna.storages.RDBStorage):
+            st.engine.dispose()  # close the database connections this call opened (a later query reconnects)
     return result
 
 
