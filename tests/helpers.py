@@ -172,6 +172,9 @@ def stop_server(proc: subprocess.Popen, client: httpx.Client) -> None:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def trained_digits_cnn(epochs: int = 6, seed: int = 0) -> tuple[torch.nn.Module, DigitsDataModule]:

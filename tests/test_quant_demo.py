@@ -6,6 +6,7 @@ import pytest
 @pytest.mark.slow
 def test_demo_distill_and_quantize_stages(tmp_path):
     import json
+    from pathlib import Path
 
     from lightning_nas.demo import run_demo
 
@@ -18,6 +19,6 @@ def test_demo_distill_and_quantize_stages(tmp_path):
     # 0.967); the bound: within 1 point (one test image is 0.37 pt, so this allows two images)
     assert rows["quantize"]["test_acc"] >= rows["prune"]["test_acc"] - 0.01, (rows["prune"], rows["quantize"])
     assert (tmp_path / "model_int8.onnx").stat().st_size > 0
-    card = json.loads(open(res["card"]).read())
+    card = json.loads(Path(res["card"]).read_text())
     stages = [s["stage"] for s in card["stages"]]
     assert stages.index("distill") < stages.index("quantize")

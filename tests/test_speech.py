@@ -284,7 +284,7 @@ def test_speech_demo_end_to_end(tmp_path, monkeypatch):
     assert (out / "model_int8.onnx").is_file() and (out / "bundle" / "card.json").is_file()
     images = {p.name.rsplit("-", 1)[0] for p in out.rglob("nas_files/images/*.png")}
     assert "explain_attribution_spectrogram" in images
-    card = json.loads(open(res["card"]).read())
+    card = json.loads(Path(res["card"]).read_text())
     assert card["input_spec"]["shape"][1:] == [1, 40, 51]
 
 

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,7 +237,7 @@ def test_text_demo_end_to_end(tmp_path, monkeypatch):
     for stage in ("distill", "prune", "lowrank", "quantize"):
         assert -1.0 <= rows[stage]["attr_rho"] <= 1.0, stage
     assert rows["explain"]["test_acc"] > 1.5 / 26  # better than chance after a few epochs on 3,200 glosses
-    card = json.loads(open(res["card"]).read())
+    card = json.loads(Path(res["card"]).read_text())
     assert card["input_spec"]["dtype"] == "int64"
     assert {s["stage"] for s in card["stages"] if "attribution_drift" in s} == {
         "distill",
@@ -244,7 +245,7 @@ def test_text_demo_end_to_end(tmp_path, monkeypatch):
         "lowrank",
         "quantize",
     }
-    html = open(res["report"]).read()
+    html = Path(res["report"]).read_text()
     assert html.count('<p class="toks">') >= 20 and "explain/attribution/tokens/stages" in html
     for stage in ("explain", "distill", "prune", "lowrank", "quantize"):  # each probe sentence at every stage
         assert f"#0 {stage} label" in html, stage

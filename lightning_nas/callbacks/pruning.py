@@ -290,7 +290,14 @@ class StructuredPruning(LightningNASCallback):
             self.original_channels = keep
         ex = self._ex(pl_module)
         bad = P.breaking_groups(
-            pl_module, ex, amount or 0.0, self._ignore, self._fwd, self.global_pruning, self.round_to
+            pl_module,
+            ex,
+            amount or 0.0,
+            self._ignore,
+            self._fwd,
+            self.global_pruning,
+            self.round_to,
+            copy_fn=lambda m: copy_module(cast(L.LightningModule, m), self),  # shares the trainer, as the dry run
         )
         if not bad:
             raise ValueError(f"StructuredPruning(amount={self.amount}): {first}") from first

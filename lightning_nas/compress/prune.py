@@ -283,9 +283,10 @@ def breaking_groups(
     forward_fn: ForwardFn | None = None,
     global_pruning: bool = False,
     round_to: int | None = None,
+    copy_fn: Callable[[nn.Module], nn.Module] | None = None,
 ) -> list[str]:
-    """The roots of the pruning groups that, pruned alone, stop ``model`` from running (found on copies:
-    ``model`` is not changed).
+    """The roots of the pruning groups that, pruned alone, stop ``model`` from running (found on copies made by
+    ``copy_fn``, default ``copy.deepcopy``: ``model`` is not changed).
 
     Torch-Pruning follows parameters; a module that keeps a tensor or a size of a group's width elsewhere (a
     positional-encoding buffer added to the embedding, a hard-coded ``view``) no longer runs once that group is
@@ -310,15 +311,16 @@ def breaking_groups(
     """
     import copy
 
-    steps = _prune(copy.deepcopy(model), example_inputs, amount, "l1", global_pruning, ignore, round_to, forward_fn)
+    clone = copy_fn or copy.deepcopy
+    steps = _prune(clone(model), example_inputs, amount, "l1", global_pruning, ignore, round_to, forward_fn)
     bad = []
     for step in steps.steps:
-        fresh = copy.deepcopy(model)
+        fresh = clone(model)
         try:
             replay_pruning(fresh, [step], example_inputs, forward_fn)
             _run(fresh, example_inputs, forward_fn)
         except Exception:  # any failure of the replayed copy: this group cannot be pruned in this model
-            bad.append(_out_root(copy.deepcopy(model), step, example_inputs, forward_fn))
+            bad.append(_out_root(clone(model), step, example_inputs, forward_fn))
     return list(dict.fromkeys(bad))
 
 
