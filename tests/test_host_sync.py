@@ -3,7 +3,9 @@
 A host sync (``.item()``, ``.cpu()``, ``.to("cpu")``, ``.tolist()``, ``.numpy()``, ``float(t)``, ``int(t)``,
 ``bool(t)``, a boolean-mask index, ``nonzero``, ``torch.equal``/``allclose``/``unique``/``masked_select``) makes
 the CPU wait for the accelerator: once per step it stalls the pipeline of every GPU fit. On CPU nothing waits, but
-the calls are the same, so this test counts them there: the tensor methods are patched while the training steps
+the calls are the same, so this test counts them there (and, the same way, tensors made without a device by
+``torch.zeros``, ``torch.tensor``, ``torch.arange``... : on a GPU fit each would be a host tensor and a copy per
+step, or a device mismatch): the tensor methods are patched while the training steps
 run (from the first callback's ``on_train_batch_start`` to the last callback's ``on_train_batch_end``, which covers
 every per-step hook, listener and forward hook in between), and each call is charged to the innermost
 ``lightning_nas`` frame that made it. The user's own module (``lightning_nas/models.py``, an ordinary
@@ -37,6 +39,8 @@ _PKG = Path(lightning_nas.__file__).resolve().parent
 _USER_CODE = (_PKG / "models.py", _PKG / "data")  # stands for the user's own LightningModule and data
 _METHODS = ("item", "cpu", "tolist", "numpy", "nonzero", "__bool__", "__float__", "__int__", "__index__")
 _FUNCTIONS = ("equal", "allclose", "nonzero", "unique", "masked_select")
+# factories that make a tensor on the CPU unless told a device: in a step on a GPU, a host tensor (and a copy)
+_FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "as_tensor", "arange", "rand", "randn", "randint", "linspace")
 _OPTIM = Path(torch.optim.__file__).resolve().parent
 STEPS = 6
 
@@ -123,6 +127,17 @@ class SyncCounter(L.Callback):
                 return _orig(*a, **k)
 
             setattr(torch, name, fn)
+
+        for name in _FACTORIES:
+            original = getattr(torch, name)
+            self._saved[f"torch.{name}"] = original
+
+            def factory(*a: Any, _orig: Callable = original, _name: str = name, **k: Any) -> Any:
+                if k.get("device") is None:
+                    counter._charge(f"torch.{_name} without a device")
+                return _orig(*a, **k)
+
+            setattr(torch, name, factory)
 
     def _unpatch(self) -> None:
         for name, fn in self._saved.items():
@@ -256,6 +271,22 @@ def test_no_per_step_host_sync(name: str, tmp_path: Path) -> None:
     make, searchable = CALLBACKS[name]
     counter = count_syncs(make, searchable, tmp_path)
     assert not counter.sites, f"{name}: host syncs in training/validation steps after the first:\n{counter.report()}"
+
+
+def test_counter_sees_a_host_tensor(tmp_path: Path) -> None:
+    """The harness itself: lightning_nas code that makes a tensor without a device in each step is caught."""
+
+    class Allocating(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *a: Any) -> None:
+            from lightning_nas.explain.agreement import Agreement
+
+            Agreement(num_classes=10)  # its states start on the CPU (torchmetrics moves them with .to(device))
+
+    counter = count_syncs(Allocating, False, tmp_path, steps=3)
+    assert {m for _, _, m in counter.sites} == {"torch.zeros without a device", "torch.full without a device"}, (
+        counter.report()
+    )
+    assert {site.split(":")[0] for _, site, _ in counter.sites} == {"lightning_nas/explain/agreement.py"}
 
 
 def test_counter_sees_a_sync(tmp_path: Path) -> None:

@@ -124,8 +124,8 @@ class Agreement(Metric):
         self.add_state("bad_label", torch.full((), _NO_LABEL, dtype=torch.long), dist_reduce_fx="max")
         self._add_per_class(self.num_classes or 0)
 
-    def _add_per_class(self, c: int) -> None:
-        self.add_state("per_class", torch.zeros(c, 4, dtype=torch.long), dist_reduce_fx="sum")
+    def _add_per_class(self, c: int, device: torch.device | None = None) -> None:
+        self.add_state("per_class", torch.zeros(c, 4, dtype=torch.long, device=device), dist_reduce_fx="sum")
 
     def update(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None
@@ -133,8 +133,7 @@ class Agreement(Metric):
         c = student_logits.shape[-1]
         if self.num_classes is None:
             self.num_classes = c
-            self._add_per_class(c)
-            self.per_class = self.per_class.to(self.totals.device)
+            self._add_per_class(c, self.totals.device)
         elif c != self.num_classes:
             raise ValueError(f"agreement: logits have {c} classes, the metric was made for {self.num_classes}")
         st = agreement_stats(student_logits, teacher_logits, targets, self.temperature, self.ignore_index)
