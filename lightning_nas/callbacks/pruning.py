@@ -261,33 +261,18 @@ class StructuredPruning(LightningNASCallback):
 
         def attempt(channels: dict[str, int]) -> None:
             trial = copy_module(pl_module, self)
-            self.original_channels, keep = channels, self.original_channels
-            try:
-                amount = self._targets(trial, 1.0)
-                if amount is not None:
-                    P.prune_structured(
-                        trial,
-                        self._ex(trial),
-                        amount,
-                        "l1",
-                        self.global_pruning,
-                        self._ignore,
-                        self.round_to,
-                        self._fwd,
-                    )
-            finally:
-                self.original_channels = keep
+            amount = self._targets(trial, 1.0, channels)
+            if amount is not None:
+                P.prune_structured(
+                    trial, self._ex(trial), amount, "l1", self.global_pruning, self._ignore, self.round_to, self._fwd
+                )
 
         try:
             attempt(layers)
             return
         except RuntimeError as exc:
             first = exc
-        self.original_channels, keep = layers, self.original_channels
-        try:
-            amount = self._targets(pl_module, 1.0)
-        finally:
-            self.original_channels = keep
+        amount = self._targets(pl_module, 1.0, layers)
         ex = self._ex(pl_module)
         bad = P.breaking_groups(
             pl_module,
@@ -343,10 +328,14 @@ class StructuredPruning(LightningNASCallback):
             return
         self._prune(trainer, pl_module, event)
 
-    def _targets(self, pl_module: L.LightningModule, frac: float) -> float | dict[str, float] | None:
-        """Ratio of the *current* channels to remove now so that ``frac`` of ``amount`` is reached."""
-        cur = P.channel_counts(pl_module, list(self.original_channels))
-        return P.step_ratios(self.original_channels, cur, self.amount, frac, self.global_pruning)
+    def _targets(
+        self, pl_module: L.LightningModule, frac: float, original: dict[str, int] | None = None
+    ) -> float | dict[str, float] | None:
+        """Ratio of the *current* channels to remove now so that ``frac`` of ``amount`` is reached (of the
+        ``original`` channel counts, default those at the fit's start)."""
+        original = self.original_channels if original is None else original
+        cur = P.channel_counts(pl_module, list(original))
+        return P.step_ratios(original, cur, self.amount, frac, self.global_pruning)
 
     def _measure_sensitivity(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning_nas.explain import sensitivity as S

@@ -50,7 +50,7 @@ def serialized_size(model: nn.Module) -> int:
         >>> 440 <= small < large  # 110 float32 values plus the file's own records
         True
     """
-    counter = _ByteCounter()  # counts what torch.save writes: the same number as a file, without a copy of it
+    counter = _ByteCounter()  # counts what torch.save writes to a buffer, without a copy of the bytes
     torch.save(model.state_dict(), cast(IO[bytes], counter))  # a raw binary stream: all torch.save writes to
     return counter.nbytes
 
